@@ -1,0 +1,184 @@
+"""octuefs's own exception types and the one table that maps each to an errno.
+
+Every layer raises these (never ``FuseOSError`` and never a Google exception above
+``storage/gcs.py``). The FUSE adapter turns them into errno values with :func:`errno_for`,
+and logs them at the level the table gives, so an expected miss (ENOENT, ENODATA) stays
+quiet while a surprise is logged with its cause.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+
+class OctuefsError(Exception):
+    """Base of every error octuefs raises on purpose."""
+
+
+# --- storage ---------------------------------------------------------------------------
+
+
+class StorageError(OctuefsError):
+    """A bucket operation failed."""
+
+
+class NotFound(StorageError):
+    """The object (or bucket) does not exist."""
+
+
+class BucketNotFound(NotFound):
+    """The bucket itself does not exist."""
+
+
+class PreconditionFailed(StorageError):
+    """A generation or metageneration precondition did not hold: someone else changed the object."""
+
+
+class PermissionDenied(StorageError):
+    """The credentials may not do this (HTTP 401/403), or there are no usable credentials."""
+
+
+class TransientError(StorageError):
+    """A failure worth retrying: HTTP 408/429/5xx, a reset or refused connection, a timeout."""
+
+
+class RangeNotSatisfiable(StorageError):
+    """A ranged read started at or past the end of the object."""
+
+
+# --- metadata --------------------------------------------------------------------------
+
+
+class InvalidMetadata(OctuefsError, ValueError):
+    """A metadata value breaks a rule. The message names the field and the rule."""
+
+    def __init__(self, field: str, rule: str, value: object = None):
+        self.field = field
+        self.rule = rule
+        self.value = value
+        shown = "" if value is None else f" (got {value!r:.80})"
+        super().__init__(f"invalid {field}: {rule}{shown}")
+
+
+class MetadataTooLarge(InvalidMetadata):
+    """The custom metadata would break a GCS size limit."""
+
+
+# --- extended attributes ---------------------------------------------------------------
+
+
+class NoSuchAttribute(OctuefsError):
+    """The extended attribute is not set on this file (ENODATA)."""
+
+
+class AttributeExists(OctuefsError):
+    """XATTR_CREATE was asked for an attribute that already exists (EEXIST)."""
+
+
+class AttributeNotSupported(OctuefsError):
+    """The filesystem does not store an attribute of this name here (ENOTSUP)."""
+
+
+class ReadOnlyAttribute(OctuefsError):
+    """The attribute can be read but not set or removed (EPERM)."""
+
+
+class AttributeValueTooLarge(OctuefsError):
+    """The value does not fit a GCS metadata limit (E2BIG)."""
+
+
+# --- filesystem ------------------------------------------------------------------------
+
+
+class FileNotFound(OctuefsError):
+    """No file or directory at this path (ENOENT)."""
+
+
+class FileExists(OctuefsError):
+    """Something already exists at this path (EEXIST)."""
+
+
+class IsADirectory(OctuefsError):
+    """A file operation was asked of a directory (EISDIR)."""
+
+
+class NotADirectory(OctuefsError):
+    """A directory operation was asked of a file (ENOTDIR)."""
+
+
+class DirectoryNotEmpty(OctuefsError):
+    """rmdir or rename onto a directory that still holds entries (ENOTEMPTY)."""
+
+
+class NameTooLong(OctuefsError):
+    """A path component longer than 255 bytes (ENAMETOOLONG)."""
+
+
+class InvalidArgument(OctuefsError):
+    """A call the filesystem cannot honour as asked (EINVAL)."""
+
+
+class NotSupported(OctuefsError):
+    """An operation this filesystem does not offer, or refuses by configuration (ENOTSUP)."""
+
+
+class ReadOnlyFilesystem(OctuefsError):
+    """The mount is read-only (EROFS)."""
+
+
+class NoSpace(OctuefsError):
+    """The local cache disk is full (ENOSPC)."""
+
+
+class Conflict(OctuefsError):
+    """The object changed in the bucket since this mount read it; the local version was kept."""
+
+
+class StaleFile(OctuefsError):
+    """The version of the file this handle was reading is gone from the bucket (ESTALE)."""
+
+
+class UploadFailed(OctuefsError):
+    """The data could not be written to the bucket; it stays in the local cache (EIO)."""
+
+
+# errno and the level to log at, by exception type. The most specific type wins.
+_ERRNO_TABLE: dict[type[BaseException], tuple[int, int]] = {
+    FileNotFound: (errno.ENOENT, logging.DEBUG),
+    NotFound: (errno.ENOENT, logging.DEBUG),
+    NoSuchAttribute: (errno.ENODATA, logging.DEBUG),
+    FileExists: (errno.EEXIST, logging.DEBUG),
+    AttributeExists: (errno.EEXIST, logging.DEBUG),
+    IsADirectory: (errno.EISDIR, logging.DEBUG),
+    NotADirectory: (errno.ENOTDIR, logging.DEBUG),
+    DirectoryNotEmpty: (errno.ENOTEMPTY, logging.DEBUG),
+    NameTooLong: (errno.ENAMETOOLONG, logging.DEBUG),
+    AttributeNotSupported: (errno.ENOTSUP, logging.DEBUG),
+    ReadOnlyAttribute: (errno.EPERM, logging.INFO),
+    ReadOnlyFilesystem: (errno.EROFS, logging.DEBUG),
+    InvalidMetadata: (errno.EINVAL, logging.WARNING),
+    MetadataTooLarge: (errno.E2BIG, logging.WARNING),
+    AttributeValueTooLarge: (errno.E2BIG, logging.WARNING),
+    InvalidArgument: (errno.EINVAL, logging.WARNING),
+    NotSupported: (errno.ENOTSUP, logging.WARNING),
+    NoSpace: (errno.ENOSPC, logging.ERROR),
+    PermissionDenied: (errno.EACCES, logging.ERROR),
+    PreconditionFailed: (errno.EIO, logging.WARNING),
+    Conflict: (errno.EIO, logging.WARNING),
+    TransientError: (errno.EIO, logging.ERROR),
+    RangeNotSatisfiable: (errno.EIO, logging.ERROR),
+    UploadFailed: (errno.EIO, logging.ERROR),
+    StaleFile: (errno.ESTALE, logging.WARNING),
+    StorageError: (errno.EIO, logging.ERROR),
+}
+
+
+def errno_for(exc: BaseException) -> tuple[int, int]:
+    """Return ``(errno, log level)`` for an exception; anything unknown is EIO at ERROR."""
+    for cls in type(exc).__mro__:
+        if cls in _ERRNO_TABLE:
+            return _ERRNO_TABLE[cls]
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno, logging.WARNING
+    return errno.EIO, logging.ERROR

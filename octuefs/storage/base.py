@@ -1,0 +1,194 @@
+"""The Bucket protocol: what octuefs needs from an object store, and what each call promises.
+
+Every implementation (``gcs.GCSBucket`` for real GCS or an emulator, ``fake.FakeBucket`` in
+memory) honours the same contract, checked by ``tests/contract``:
+
+* Object names are plain ``str`` (GCS names are UTF-8). A "directory marker" is an object
+  whose name ends in ``/``.
+* Every object has a ``generation`` (changes whenever the content is replaced) and a
+  ``metageneration`` (counts metadata changes of one generation). Code must not assume which
+  of the two moves on a metadata patch: fake-gcs-server moves the generation, GCS the
+  metageneration. Use the :class:`ObjectInfo` a call returns as the new truth.
+* Preconditions: ``if_generation_match=0`` means "only if the object does not exist";
+  a mismatch raises :class:`~octuefs.errors.PreconditionFailed` and changes nothing.
+* Errors are only octuefs's own (:mod:`octuefs.errors`): ``NotFound``, ``BucketNotFound``,
+  ``PreconditionFailed``, ``PermissionDenied``, ``TransientError``, ``RangeNotSatisfiable``.
+  Transient failures are retried inside the implementation (exponential backoff, bounded
+  total time, see :class:`RetryPolicy`) before ``TransientError`` reaches the caller.
+* All methods are safe to call from many threads at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    """What the bucket says about one object (from a stat, a listing, or a write's response)."""
+
+    name: str
+    size: int
+    generation: int
+    metageneration: int
+    updated: dt.datetime  # timezone-aware UTC
+    crc32c: str | None = None  # base64, as GCS reports it
+    md5: str | None = None  # base64, as GCS reports it
+    content_type: str | None = None
+    storage_class: str | None = None
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metadata, MappingProxyType):
+            object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata or {})))
+
+    @property
+    def is_dir_marker(self) -> bool:
+        return self.name.endswith("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ListPage:
+    """One page of a listing: objects in name order, then the common prefixes (``dir/``)."""
+
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    next_token: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for transient failures, bounded in total time."""
+
+    initial_delay: float = 0.1
+    max_delay: float = 5.0
+    multiplier: float = 2.0
+    deadline: float = 30.0  # total seconds spent retrying one call before giving up
+
+
+class Bucket(abc.ABC):
+    """An object store bucket. See the module docstring for the contract."""
+
+    name: str
+
+    @abc.abstractmethod
+    def list_page(
+        self,
+        prefix: str = "",
+        delimiter: str | None = "/",
+        page_token: str | None = None,
+        max_results: int = 1000,
+    ) -> ListPage:
+        """One page of the objects whose names start with ``prefix``, in lexicographic order.
+
+        With a delimiter, names that continue past the next delimiter after the prefix are
+        rolled up into ``prefixes`` (each ending in the delimiter, each listed once across all
+        pages). ``max_results`` bounds the number of objects plus prefixes in a page (GCS counts
+        both; an implementation may return fewer). Each ObjectInfo carries size, generations,
+        updated time, hashes and custom metadata, so no per-object stat is needed.
+        """
+
+    def list_all(self, prefix: str = "", delimiter: str | None = "/") -> tuple[list[ObjectInfo], list[str]]:
+        """Every page of a listing, concatenated: ``(objects, prefixes)``."""
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        for page in self.iter_pages(prefix, delimiter):
+            objects.extend(page.objects)
+            prefixes.extend(page.prefixes)
+        return objects, prefixes
+
+    def iter_pages(self, prefix: str = "", delimiter: str | None = "/", max_results: int = 1000) -> Iterator[ListPage]:
+        token: str | None = None
+        while True:
+            page = self.list_page(prefix, delimiter, token, max_results)
+            yield page
+            token = page.next_token
+            if not token:
+                return
+
+    @abc.abstractmethod
+    def stat(self, name: str) -> ObjectInfo:
+        """The current ObjectInfo of ``name``; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def read_range(self, name: str, start: int, end: int, generation: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object (fewer if the object is shorter).
+
+        With ``generation``, read exactly that generation: ``NotFound`` if it is no longer the
+        live one (so a reader never mixes bytes of two versions). ``start`` at or past the end
+        of a non-empty object raises ``RangeNotSatisfiable``; an empty range returns ``b""``.
+        """
+
+    @abc.abstractmethod
+    def download_to_file(self, name: str, path: str, generation: int | None = None) -> ObjectInfo:
+        """Write the whole object to the local file ``path`` (replacing it); return its info."""
+
+    @abc.abstractmethod
+    def upload_file(
+        self,
+        name: str,
+        path: str,
+        metadata: Mapping[str, str],
+        if_generation_match: int | None = None,
+        content_type: str | None = None,
+    ) -> ObjectInfo:
+        """Create or replace the object from a local file, with its custom metadata, in ONE request.
+
+        ``metadata`` becomes the object's whole custom metadata. ``if_generation_match`` is the
+        generation being replaced (0: must not exist yet); a mismatch raises
+        ``PreconditionFailed`` and leaves the object as it was.
+        """
+
+    def upload_bytes(
+        self,
+        name: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        if_generation_match: int | None = None,
+        content_type: str | None = None,
+    ) -> ObjectInfo:
+        """Like :meth:`upload_file`, from memory (small objects, markers, tests)."""
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="octuefs-upload-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return self.upload_file(name, path, metadata or {}, if_generation_match, content_type)
+        finally:
+            os.unlink(path)
+
+    @abc.abstractmethod
+    def patch_metadata(
+        self,
+        name: str,
+        changes: Mapping[str, str | None],
+        if_metageneration_match: int | None = None,
+        if_generation_match: int | None = None,
+        content_type: str | None = None,
+    ) -> ObjectInfo:
+        """Change custom metadata keys without touching the content (one PATCH request).
+
+        Keys mapped to a string are set, keys mapped to ``None`` are removed (fake-gcs-server
+        stores ``""`` instead; readers treat an empty Octue value as absent), other keys are
+        kept. Returns the object's info after the change, read back if the response lacks it.
+        """
+
+    @abc.abstractmethod
+    def copy(
+        self,
+        source: str,
+        destination: str,
+        if_source_generation_match: int | None = None,
+        if_generation_match: int | None = None,
+    ) -> ObjectInfo:
+        """Server-side copy, keeping content, content type and all custom metadata."""
+
+    @abc.abstractmethod
+    def delete(self, name: str, if_generation_match: int | None = None) -> None:
+        """Delete the object; ``NotFound`` if it is not there."""

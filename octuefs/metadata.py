@@ -1,0 +1,454 @@
+"""The Octue Datafile metadata model, and the one codec between its three forms.
+
+Everything that knows what an Octue field looks like lives here, so a value set through
+``setfattr`` reads back identically through the Python ``Datafile`` API and through the Octue SDK:
+
+* :class:`OctueMetadata`, the validated, immutable model (id, timestamp, tags, labels, cluster,
+  sequence), and the ``validate_*`` functions that define what each field may hold;
+* the object form: GCS custom metadata ``octue__<field>`` holding the SDK's JSON text
+  (:func:`decode_object_metadata`, :func:`encode_object_metadata`, :func:`metadata_patch`,
+  :func:`check_size_limits`);
+* the xattr form: ``user.octue.*`` attributes as ``getfattr``/``setfattr`` see them
+  (:func:`list_xattr_names`, :func:`get_xattr`, :func:`set_xattr`, :func:`remove_xattr`).
+
+The layout is the one in ``octue-metadata.md`` (SDK 0.69.1, plus the ``cluster``/``sequence``
+keys of SDK 0.1.19-0.1.27). Two choices beyond the SDK: labels are folded to lower case before
+they are validated (so ``Vestas`` is stored as ``vestas``, which every SDK can read back), and a
+tag name may not end in a newline (the SDK's ``$`` lets one through). The ``user.octue.timestamp``
+text is POSIX seconds: it carries the instant, not the offset, so setting it back to the same
+instant keeps the datetime already held (naive or with its offset).
+
+Reading is lenient (a malformed stored value logs one warning and reads as the field's default);
+writing is byte-preserving (a stored value that already means what the model holds is kept as it
+is, so a round trip never rewrites what another writer stored).
+
+Two private helpers hold the details: ``_octue_fields`` (the validators, re-exported here) and
+``_octue_json`` (the SDK's JSON dialect with its ``_type`` wrappers). Nothing else in octuefs
+should import them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from octuefs import _octue_json
+from octuefs._octue_fields import (
+    INTEGER_TEXT,
+    format_timestamp,
+    instant_micros,
+    validate_cluster,
+    validate_id,
+    validate_labels,
+    validate_sequence,
+    validate_tag_name,
+    validate_tags,
+    validate_timestamp,
+)
+from octuefs.errors import (
+    AttributeExists,
+    AttributeNotSupported,
+    AttributeValueTooLarge,
+    InvalidMetadata,
+    MetadataTooLarge,
+    NoSuchAttribute,
+    ReadOnlyAttribute,
+)
+
+_log = logging.getLogger(__name__)
+
+SDK_LAYOUT_VERSION = "0.69.1"
+OCTUE_PREFIX = "octue__"
+XATTR_PREFIX = "user.octue."
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+# GCS limits on custom metadata (google.storage.v1 ServiceConstants), in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+MAX_VALUE_BYTES = 4096
+MAX_TOTAL_BYTES = 8192
+
+FIELDS = ("id", "timestamp", "tags", "labels", "cluster", "sequence")
+_SDK_VERSION_KEY = OCTUE_PREFIX + "sdk_version"
+
+
+# --- the model --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OctueMetadata:
+    """One object's Octue metadata, validated on construction and immutable.
+
+    ``tags`` is held as a read-only mapping of a private deep copy (do not mutate nested values).
+    Equality compares what would be written: NaN equals NaN, ``1``/``1.0``/``True`` differ, two
+    timestamps are equal only with the same instant *and* offset (or both naive), tag order does
+    not matter.
+    """
+
+    id: str | None = None
+    timestamp: dt.datetime | None = None
+    tags: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    labels: frozenset[str] = frozenset()
+    cluster: int = 0
+    sequence: int | None = None
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        if self.id is not None:
+            put(self, "id", validate_id(self.id))
+        put(self, "timestamp", validate_timestamp(self.timestamp))
+        put(self, "tags", MappingProxyType(validate_tags(self.tags)))
+        put(self, "labels", validate_labels(self.labels))
+        put(self, "cluster", validate_cluster(self.cluster))
+        put(self, "sequence", validate_sequence(self.sequence))
+
+    def _key(self) -> tuple[str, ...]:
+        return tuple(_canonical(getattr(self, field)) for field in FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OctueMetadata):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def replace(self, **changes: Any) -> OctueMetadata:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def with_id(self) -> OctueMetadata:
+        """``self`` if it has an id, else a copy with a new random (version 4) UUID."""
+        return self if self.id is not None else self.replace(id=str(uuid.uuid4()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values: the tags as a (deep-copied) dict, the labels as a set."""
+        return {
+            "id": self.id,
+            "timestamp": self.timestamp,
+            "tags": copy.deepcopy(dict(self.tags)),
+            "labels": set(self.labels),
+            "cluster": self.cluster,
+            "sequence": self.sequence,
+        }
+
+
+_DEFAULTS = OctueMetadata()
+
+
+def _canonical(value: Any) -> str:
+    return _octue_json.canonical(dict(value) if isinstance(value, Mapping) else value)
+
+
+def _field_text(field: str, value: Any) -> str:
+    """A field's value as the SDK writes it on the object."""
+    return _octue_json.dumps(dict(value) if field == "tags" else value)
+
+
+# --- the object form: GCS custom metadata ----------------------------------------------
+
+
+def _stored_int(value: Any) -> Any:
+    """SDK 0.1.x read cluster/sequence with ``int()``: accept digit strings and whole floats too."""
+    if isinstance(value, str) and INTEGER_TEXT.fullmatch(value.strip()):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_FROM_STORED = {
+    "id": validate_id,
+    "timestamp": validate_timestamp,
+    "tags": validate_tags,
+    "labels": validate_labels,
+    "cluster": lambda value: validate_cluster(_stored_int(value)),
+    "sequence": lambda value: validate_sequence(_stored_int(value)),
+}
+
+
+def _decode_field(field: str, raw: str) -> Any:
+    """The field's value from its stored (non-empty) text; raises if the text is malformed."""
+    value = _octue_json.loads_or(raw, raw)  # text that is not JSON stays text, as in the SDK
+    return _FROM_STORED[field](value)
+
+
+def _stored_value(field: str, raw: Any) -> Any:
+    """The field's value from its stored text, or the default when the text is malformed."""
+    try:
+        return _decode_field(field, raw)
+    except (ValueError, TypeError, RecursionError):
+        return getattr(_DEFAULTS, field)
+
+
+def _is_set(raw: Any) -> bool:
+    """A stored value counts only if it is a non-empty string (fake-gcs-server stores "" for deleted keys)."""
+    return isinstance(raw, str) and raw != ""
+
+
+def decode_object_metadata(custom: Mapping[str, str] | None) -> OctueMetadata:
+    """Read the Octue fields of an object's custom metadata. Never raises.
+
+    An absent or empty key gives the field's default; a malformed value logs one warning naming
+    the key and also gives the default. The returned model has ``id=None`` if the object has none.
+    """
+    custom = custom or {}
+    values = {}
+    for field in FIELDS:
+        raw = custom.get(OCTUE_PREFIX + field)
+        if not _is_set(raw):
+            continue
+        try:
+            values[field] = _decode_field(field, raw)
+        except (ValueError, TypeError, RecursionError) as exc:
+            _log.warning("ignoring malformed %s%s=%.100r (%s); read as the default", OCTUE_PREFIX, field, raw, exc)
+    return OctueMetadata(**values)
+
+
+def encode_object_metadata(meta: OctueMetadata, existing: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole custom metadata to store for ``meta`` on an object that now has ``existing``.
+
+    Every key of ``existing`` that is not an Octue field is kept as it is. For each field, a stored
+    value that already reads as ``meta``'s value (a malformed one reading as the default included)
+    is kept byte for byte. If nothing changes, ``existing`` comes back unchanged; otherwise every
+    field is written, with ``octue__sdk_version`` set to :data:`SDK_LAYOUT_VERSION`.
+    Raises ``ValueError`` if ``meta.id`` is ``None`` (use :meth:`OctueMetadata.with_id`).
+    """
+    if meta.id is None:
+        raise ValueError("cannot encode Octue metadata without an id; call with_id() first")
+    result = dict(existing or {})
+    written: dict[str, str] = {}
+    changed = False
+    for field in FIELDS:
+        key, value = OCTUE_PREFIX + field, getattr(meta, field)
+        raw = result.get(key)
+        if _is_set(raw):
+            if _canonical(_stored_value(field, raw)) == _canonical(value):
+                continue
+            changed = True
+        elif _canonical(value) != _canonical(getattr(_DEFAULTS, field)):
+            changed = True
+        written[key] = _field_text(field, value)
+    if not changed:
+        return result
+    result.update(written)
+    result[_SDK_VERSION_KEY] = _octue_json.dumps(SDK_LAYOUT_VERSION)
+    return result
+
+
+def metadata_patch(existing: Mapping[str, str] | None, meta: OctueMetadata) -> dict[str, str | None]:
+    """The keys to send in one PATCH to turn ``existing`` into ``encode_object_metadata(meta, existing)``.
+
+    ``{}`` means there is nothing to send. (``None``, "delete this key", is part of the type for
+    callers' sake, but never appears: the encoding keeps every key it is given.)
+    """
+    old = dict(existing or {})
+    new = encode_object_metadata(meta, old)
+    return {key: value for key, value in new.items() if old.get(key) != value}
+
+
+def check_size_limits(custom: Mapping[str, str | None]) -> None:
+    """Raise :class:`MetadataTooLarge` if GCS would refuse this custom metadata.
+
+    The limits (UTF-8 bytes): a key at most 1 KiB, a value at most 4 KiB, all keys and values of
+    one object together at most 8 KiB. ``None`` values (deletions) count for nothing.
+    """
+    total = 0
+    for key, value in custom.items():
+        if value is None:
+            continue
+        key_bytes, value_bytes = _utf8_size(key), _utf8_size(value)
+        if key_bytes > MAX_KEY_BYTES:
+            raise MetadataTooLarge(key, f"key is {key_bytes} bytes; GCS allows {MAX_KEY_BYTES} bytes per key")
+        if value_bytes > MAX_VALUE_BYTES:
+            raise MetadataTooLarge(key, f"value is {value_bytes} bytes; GCS allows {MAX_VALUE_BYTES} bytes per value")
+        total += key_bytes + value_bytes
+    if total > MAX_TOTAL_BYTES:
+        raise MetadataTooLarge(
+            "custom metadata",
+            f"keys and values total {total} bytes; GCS allows {MAX_TOTAL_BYTES} bytes of custom metadata per object",
+        )
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+# --- the xattr form: user.octue.* ------------------------------------------------------
+
+
+_TAGS_DOT = "tags."
+
+
+def is_octue_xattr(name: str) -> bool:
+    """Whether ``name`` is in the ``user.octue.`` namespace (known to octuefs or not)."""
+    return name.startswith(XATTR_PREFIX)
+
+
+def _parse_xattr_name(name: str) -> tuple[str, str | None]:
+    """``(field, tag name or None)`` for a ``user.octue.*`` name; AttributeNotSupported otherwise."""
+    rest = name[len(XATTR_PREFIX) :] if is_octue_xattr(name) else None
+    if rest is not None and rest.startswith(_TAGS_DOT):
+        return "tags", rest[len(_TAGS_DOT) :]
+    if rest in FIELDS:
+        return rest, None
+    raise AttributeNotSupported(
+        f"{name}: octuefs stores only {XATTR_PREFIX}{{{','.join(FIELDS)}}} and {XATTR_PREFIX}tags.<name>"
+    )
+
+
+def _has(meta: OctueMetadata, field: str, tag: str | None) -> bool:
+    if tag is not None:
+        return tag in meta.tags
+    return field in ("tags", "labels", "cluster") or getattr(meta, field) is not None
+
+
+def list_xattr_names(meta: OctueMetadata) -> list[str]:
+    """The ``user.octue.*`` names ``listxattr`` shows: every field that has a value, one per tag."""
+    names = [XATTR_PREFIX + f for f in ("id", "timestamp", "tags") if _has(meta, f, None)]
+    names += [XATTR_PREFIX + _TAGS_DOT + tag for tag in sorted(meta.tags)]
+    names += [XATTR_PREFIX + f for f in ("labels", "cluster", "sequence") if _has(meta, f, None)]
+    return names
+
+
+def get_xattr(meta: OctueMetadata, name: str) -> bytes:
+    """The value ``getfattr`` shows for ``name``; NoSuchAttribute if it is absent or not one of ours."""
+    try:
+        field, tag = _parse_xattr_name(name)
+    except AttributeNotSupported:
+        raise NoSuchAttribute(name) from None
+    if not _has(meta, field, tag):
+        raise NoSuchAttribute(name)
+    if tag is not None:
+        return _tag_value_text(meta.tags[tag]).encode("utf-8")
+    value = getattr(meta, field)
+    if field == "timestamp":
+        text = format_timestamp(value)
+    elif field == "labels":
+        text = " ".join(sorted(value))
+    elif field == "tags":
+        text = _field_text("tags", value)
+    else:
+        text = str(value)
+    return text.encode("utf-8")
+
+
+def _tag_value_text(value: Any) -> str:
+    """A tag value as raw text if that is unambiguous (a string that is not JSON), else as JSON."""
+    if isinstance(value, str) and not _octue_json.parses(value) and _is_utf8(value):
+        return value
+    return _octue_json.dumps(value)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: only JSON's \\u escape can carry it
+        return False
+    return True
+
+
+def set_xattr(meta: OctueMetadata, name: str, value: bytes, flags: int = 0) -> OctueMetadata:
+    """The model after ``setxattr(name, value, flags)``; ``meta`` itself is not changed.
+
+    Setting a value to exactly what :func:`get_xattr` returned gives a model equal to ``meta``.
+    Raises AttributeNotSupported (not ours), ReadOnlyAttribute (a different id), AttributeExists /
+    NoSuchAttribute (XATTR_CREATE / XATTR_REPLACE), InvalidMetadata (a bad value, naming the
+    field and the rule) or AttributeValueTooLarge (the encoded field would break the GCS 4 KiB limit).
+    """
+    field, tag = _parse_xattr_name(name)
+    if field == "id" and (meta.id is None or bytes(value) != meta.id.encode()):
+        raise ReadOnlyAttribute(f"{name} is read-only: octuefs assigns the id and keeps it")
+    if tag is not None:
+        validate_tag_name(tag)
+    exists = _has(meta, field, tag)
+    if flags & XATTR_CREATE and exists:
+        raise AttributeExists(name)
+    if flags & XATTR_REPLACE and not exists:
+        raise NoSuchAttribute(name)
+    if field == "id":
+        return meta
+    text = _utf8_text(value, name[len(XATTR_PREFIX) :])
+    new = meta.replace(**{field: _parse_xattr_value(meta, field, tag, text)})
+    _check_field_size(new, field, name)
+    return new
+
+
+def _utf8_text(value: bytes, field: str) -> str:
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidMetadata(field, "must be UTF-8 text", bytes(value)) from None
+
+
+def _parse_xattr_value(meta: OctueMetadata, field: str, tag: str | None, text: str) -> Any:
+    """The new value of ``field`` from the text given to setxattr."""
+    if tag is not None:
+        return {**meta.tags, tag: _octue_json.loads_or(text, text)}
+    if field == "tags":
+        tags = _octue_json.loads_or(text, None)
+        if not isinstance(tags, dict):
+            raise InvalidMetadata("tags", "must be a JSON object of tag names to values", text)
+        return tags
+    if field == "timestamp":
+        new = validate_timestamp(text)
+        same_instant = meta.timestamp is not None and instant_micros(new) == instant_micros(meta.timestamp)
+        return meta.timestamp if same_instant else new
+    if field in ("cluster", "sequence"):
+        if not INTEGER_TEXT.fullmatch(text.strip()):
+            raise InvalidMetadata(field, "must be an integer in decimal digits", text)
+        return int(text)
+    return validate_labels(text)
+
+
+def _check_field_size(meta: OctueMetadata, field: str, name: str) -> None:
+    size = len(_field_text(field, getattr(meta, field)).encode("utf-8"))
+    if size > MAX_VALUE_BYTES:
+        raise AttributeValueTooLarge(
+            f"{name}: {OCTUE_PREFIX}{field} would be {size} bytes; GCS allows {MAX_VALUE_BYTES} bytes per value"
+        )
+
+
+def remove_xattr(meta: OctueMetadata, name: str) -> OctueMetadata:
+    """The model after ``removexattr(name)``: a tag is dropped, a field goes back to its default."""
+    field, tag = _parse_xattr_name(name)
+    if not _has(meta, field, tag):
+        raise NoSuchAttribute(name)
+    if field == "id":
+        raise ReadOnlyAttribute(f"{name} is read-only: octuefs assigns the id and keeps it")
+    if tag is not None:
+        return meta.replace(tags={k: v for k, v in meta.tags.items() if k != tag})
+    return meta.replace(**{field: getattr(_DEFAULTS, field)})
+
+
+__all__ = [
+    "SDK_LAYOUT_VERSION",
+    "OCTUE_PREFIX",
+    "XATTR_PREFIX",
+    "XATTR_CREATE",
+    "XATTR_REPLACE",
+    "OctueMetadata",
+    "validate_tag_name",
+    "validate_tags",
+    "validate_labels",
+    "validate_cluster",
+    "validate_sequence",
+    "validate_timestamp",
+    "validate_id",
+    "format_timestamp",
+    "decode_object_metadata",
+    "encode_object_metadata",
+    "metadata_patch",
+    "check_size_limits",
+    "is_octue_xattr",
+    "list_xattr_names",
+    "get_xattr",
+    "set_xattr",
+    "remove_xattr",
+]

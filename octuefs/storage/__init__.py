@@ -1,0 +1,46 @@
+"""Object storage for octuefs: the Bucket protocol and a way to open a real (or emulated) bucket.
+
+``octuefs.storage`` imports without Google's library; :func:`open_bucket` loads
+:mod:`octuefs.storage.gcs` (the only module that imports ``google.*``) when it is called.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+
+from octuefs.storage.base import Bucket, ListPage, ObjectInfo, RetryPolicy
+
+__all__ = ["Bucket", "ListPage", "ObjectInfo", "RetryPolicy", "open_bucket", "guess_content_type"]
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def guess_content_type(name: str) -> str:
+    """The content type an upload gets when the caller names none: from the object name's
+    extension (``a.csv`` -> ``text/csv``), else ``application/octet-stream``."""
+    return mimetypes.guess_type(name, strict=False)[0] or DEFAULT_CONTENT_TYPE
+
+
+def open_bucket(
+    name: str,
+    project: str | None = None,
+    retry: RetryPolicy | None = None,
+    check: bool = True,
+    *,
+    endpoint: str | None = None,
+    check_deadline: float = 3.0,
+) -> Bucket:
+    """Open GCS bucket ``name``: on the emulator at ``endpoint`` (e.g. ``Emulator.url``) or at
+    ``STORAGE_EMULATOR_HOST`` if either is given, else on GCS with Application Default Credentials.
+
+    With ``check``, make one listing request first (retried for at most ``check_deadline``
+    seconds, so a wrong emulator address fails fast) and raise a one-line error:
+    ``BucketNotFound("bucket 'x' does not exist ...")``, ``PermissionDenied`` (no credentials or
+    no access, with what to do about it) or ``TransientError("cannot reach GCS at <url>: ...")``.
+    """
+    from octuefs.storage import gcs
+
+    bucket = gcs.GCSBucket(name, project=project, retry=retry or RetryPolicy(), endpoint=endpoint)
+    if check:
+        bucket.check(deadline=check_deadline)
+    return bucket

@@ -1,0 +1,428 @@
+"""The Bucket contract (octuefs/storage/base.py), run against FakeBucket and fake-gcs-server.
+
+Each test states one promise. Where fake-gcs-server does not behave like GCS, the test asserts
+GCS's behaviour and carries ``real_gcs_only``: it is a strict xfail on the emulator (see
+tests/conftest.py), so the code is never bent to the emulator.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from octuefs.errors import NotFound, PreconditionFailed, RangeNotSatisfiable
+from octuefs.storage.fake import FakeBucket, crc32c_b64
+
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def put_many(bucket, names, data=b"x", metadata=None):
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: bucket.upload_bytes(n, data, metadata), names))
+
+
+def all_pages(bucket, prefix="", delimiter="/", max_results=1000):
+    return list(bucket.iter_pages(prefix, delimiter, max_results))
+
+
+# --- writing and stat -------------------------------------------------------------------------
+
+
+def test_upload_returns_complete_info_and_stat_agrees(bucket):
+    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    data = b"hello world"
+    info = bucket.upload_bytes("data/a.csv", data, {"octue__id": '"x"', "other": "kept"})
+    assert info.name == "data/a.csv"
+    assert info.size == len(data)
+    assert info.generation > 0 and info.metageneration == 1
+    assert info.updated.tzinfo is not None and info.updated.utcoffset() == dt.timedelta(0)
+    assert before < info.updated < before + dt.timedelta(minutes=1)
+    assert info.md5 == md5_b64(data)
+    assert info.crc32c == crc32c_b64(data)
+    assert info.content_type == "text/csv"  # guessed from the name when not given
+    assert dict(info.metadata) == {"octue__id": '"x"', "other": "kept"}
+    assert bucket.stat("data/a.csv") == info
+
+
+def test_upload_explicit_content_type_and_empty_metadata(bucket):
+    info = bucket.upload_bytes("blob", b"\x00\x01", {}, content_type="application/x-thing")
+    assert info.content_type == "application/x-thing"
+    assert dict(info.metadata) == {}
+    assert bucket.stat("blob").content_type == "application/x-thing"
+
+
+def test_metadata_arrives_with_the_data_in_one_request(bucket, monkeypatch):
+    requests_made = []
+    if isinstance(bucket, FakeBucket):
+        bucket.upload_bytes("one", b"data", {"k": "v"})
+        assert bucket.calls == {"upload": 1}
+    else:  # count the HTTP requests the client really sends
+        session = bucket.client._http
+        original = session.request
+
+        def counting(method, url, *args, **kwargs):
+            requests_made.append((method, url))
+            return original(method, url, *args, **kwargs)
+
+        monkeypatch.setattr(session, "request", counting)
+        info = bucket.upload_bytes("one", b"data", {"k": "v"})
+        monkeypatch.undo()
+        assert len(requests_made) == 1, requests_made
+        assert dict(info.metadata) == {"k": "v"}
+    assert dict(bucket.stat("one").metadata) == {"k": "v"}
+
+
+def test_upload_file_and_download_to_file(bucket, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 40)
+    info = bucket.upload_file("f.bin", str(src), {"a": "1"})
+    dst = tmp_path / "out" / "dst.bin"
+    dst.parent.mkdir()
+    dst.write_bytes(b"old content to be replaced")
+    got = bucket.download_to_file("f.bin", str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+    assert got.generation == info.generation and dict(got.metadata) == {"a": "1"}
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["dst.bin"]  # no temporary left behind
+
+
+def test_download_pinned_generation(bucket, tmp_path):
+    old = bucket.upload_bytes("g", b"v1")
+    new = bucket.upload_bytes("g", b"v2")
+    path = str(tmp_path / "g")
+    assert bucket.download_to_file("g", path, generation=new.generation).generation == new.generation
+    with pytest.raises(NotFound):
+        bucket.download_to_file("g", path, generation=old.generation)
+
+
+@pytest.mark.emulator
+def test_large_upload_keeps_metadata(gcs_bucket, tmp_path):
+    """Above 8 MiB the client uses a resumable upload; metadata still goes with it."""
+    src = tmp_path / "big"
+    src.write_bytes(b"0123456789abcdef" * (9 * 1024 * 1024 // 16))
+    info = gcs_bucket.upload_file("big", str(src), {"octue__id": '"big"'}, if_generation_match=0)
+    assert info.size == src.stat().st_size and dict(info.metadata) == {"octue__id": '"big"'}
+    assert gcs_bucket.read_range("big", 9 * 1024 * 1024 - 4, 10**9) == b"cdef"
+
+
+# --- preconditions ----------------------------------------------------------------------------
+
+
+def test_create_only(bucket):
+    first = bucket.upload_bytes("p", b"first", if_generation_match=0)
+    with pytest.raises(PreconditionFailed):
+        bucket.upload_bytes("p", b"second", {"x": "y"}, if_generation_match=0)
+    after = bucket.stat("p")
+    assert after == first
+    assert bucket.read_range("p", 0, 100) == b"first"
+
+
+def test_replace_with_right_and_wrong_generation(bucket):
+    first = bucket.upload_bytes("p", b"first")
+    second = bucket.upload_bytes("p", b"second", if_generation_match=first.generation)
+    assert second.generation > first.generation
+    with pytest.raises(PreconditionFailed):
+        bucket.upload_bytes("p", b"third", if_generation_match=first.generation)
+    assert bucket.read_range("p", 0, 100) == b"second"
+    with pytest.raises(PreconditionFailed):
+        bucket.upload_bytes("absent", b"x", if_generation_match=second.generation)
+    with pytest.raises(NotFound):
+        bucket.stat("absent")
+
+
+def test_generations_strictly_increase(bucket):
+    gens = [bucket.upload_bytes("same", str(i).encode()).generation for i in range(5)]
+    assert gens == sorted(gens) and len(set(gens)) == 5
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+NAMES = ["b", "a", "a/x", "a/y/z", "a-b", "c/", "c/d", "Z", "é", "a/y/w"]
+
+
+def test_listing_with_delimiter(bucket):
+    put_many(bucket, NAMES)
+    objects, prefixes = bucket.list_all()
+    assert [o.name for o in objects] == ["Z", "a", "a-b", "b", "é"]
+    assert prefixes == ["a/", "c/"]
+
+
+def test_listing_without_delimiter_is_lexicographic(bucket):
+    put_many(bucket, NAMES)
+    objects, prefixes = bucket.list_all(delimiter=None)
+    assert [o.name for o in objects] == sorted(NAMES)  # code point order == UTF-8 byte order
+    assert prefixes == []
+
+
+def test_listing_under_a_prefix(bucket):
+    put_many(bucket, NAMES)
+    objects, prefixes = bucket.list_all("a/")
+    assert [o.name for o in objects] == ["a/x"]
+    assert prefixes == ["a/y/"]
+    objects, prefixes = bucket.list_all("a/y/")
+    assert [o.name for o in objects] == ["a/y/w", "a/y/z"]
+    assert bucket.list_all("nothing/") == ([], [])
+
+
+def test_directory_marker(bucket):
+    put_many(bucket, NAMES)
+    objects, prefixes = bucket.list_all("c/")
+    assert [(o.name, o.is_dir_marker, o.size) for o in objects] == [("c/", True, 1), ("c/d", False, 1)]
+    marker = bucket.upload_bytes("empty-dir/", b"")
+    assert marker.is_dir_marker and marker.size == 0
+    objects, prefixes = bucket.list_all()
+    assert "empty-dir/" in prefixes and "empty-dir/" not in [o.name for o in objects]
+
+
+def test_listing_carries_metadata_and_facts(bucket):
+    written = bucket.upload_bytes("m/one", b"12345", {"octue__tags": '{"a": 1}'}, content_type="text/plain")
+    (listed,), _ = bucket.list_all("m/")
+    assert listed == written
+
+
+@pytest.mark.parametrize("delimiter", [None, "/"])
+def test_pagination_across_many_pages(bucket, delimiter):
+    flat = [f"f{i:03d}" for i in range(200)]
+    nested = [f"d{i:02d}/{leaf}" for i in range(25) for leaf in ("x", "y")]  # 25 prefixes
+    put_many(bucket, flat + nested)
+    pages = all_pages(bucket, delimiter=delimiter, max_results=100)
+    objects = [o.name for p in pages for o in p.objects]
+    prefixes = [q for p in pages for q in p.prefixes]
+    if delimiter is None:
+        assert objects == sorted(flat + nested) and prefixes == []
+        assert len(pages) == 3
+    else:
+        assert objects == flat
+        assert prefixes == [f"d{i:02d}/" for i in range(25)]
+    assert all(p.next_token for p in pages[:-1]) and not pages[-1].next_token
+
+
+@pytest.mark.real_gcs_only(reason="maxResults does not count prefixes")
+def test_page_holds_at_most_max_results_entries_counting_prefixes(bucket):
+    put_many(bucket, [f"d{i:02d}/x" for i in range(30)] + [f"f{i:02d}" for i in range(30)])
+    pages = all_pages(bucket, max_results=25)
+    assert all(len(p.objects) + len(p.prefixes) <= 25 for p in pages)
+    assert sum(len(p.objects) + len(p.prefixes) for p in pages) == 60
+
+
+def test_listing_a_page_with_explicit_tokens(bucket):
+    put_many(bucket, [f"k{i}" for i in range(7)])
+    first = bucket.list_page(max_results=3)
+    assert [o.name for o in first.objects] == ["k0", "k1", "k2"] and first.next_token
+    second = bucket.list_page(page_token=first.next_token, max_results=3)
+    assert [o.name for o in second.objects] == ["k3", "k4", "k5"]
+    again = bucket.list_page(page_token=first.next_token, max_results=3)  # tokens can be reused
+    assert [o.name for o in again.objects] == ["k3", "k4", "k5"]
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def test_ranged_reads(bucket):
+    data = bytes(range(100))
+    bucket.upload_bytes("r", data)
+    assert bucket.read_range("r", 0, 100) == data
+    assert bucket.read_range("r", 10, 20) == data[10:20]
+    assert bucket.read_range("r", 90, 1000) == data[90:]  # short read at the end
+    assert bucket.read_range("r", 99, 100) == data[99:]
+    assert bucket.read_range("r", 5, 5) == b""
+    for start in (100, 150):
+        with pytest.raises(RangeNotSatisfiable):
+            bucket.read_range("r", start, start + 10)
+    with pytest.raises(ValueError):
+        bucket.read_range("r", 10, 5)
+
+
+def test_ranged_read_of_an_empty_object(bucket):
+    bucket.upload_bytes("empty", b"")
+    assert bucket.read_range("empty", 0, 10) == b""
+    assert bucket.read_range("empty", 0, 0) == b""
+
+
+def test_read_pinned_generation_after_replacement(bucket):
+    old = bucket.upload_bytes("v", b"version one")
+    assert bucket.read_range("v", 0, 7, generation=old.generation) == b"version"
+    new = bucket.upload_bytes("v", b"VERSION TWO")
+    with pytest.raises(NotFound):
+        bucket.read_range("v", 0, 7, generation=old.generation)
+    assert bucket.read_range("v", 8, 11, generation=new.generation) == b"TWO"
+
+
+# --- metadata patch ---------------------------------------------------------------------------
+
+
+def effective(metadata) -> dict[str, str]:
+    """Metadata as a reader sees it: an empty value counts as absent (the emulator stores "")."""
+    return {k: v for k, v in metadata.items() if v != ""}
+
+
+def test_patch_sets_and_deletes_keys(bucket):
+    bucket.upload_bytes("o", b"data", {"keep": "1", "change": "old", "drop": "x"})
+    info = bucket.patch_metadata("o", {"change": "new", "drop": None, "add": "yes"})
+    assert effective(info.metadata) == {"keep": "1", "change": "new", "add": "yes"}
+    assert info.metageneration is not None and info.updated is not None
+    assert info == bucket.stat("o")
+    assert bucket.read_range("o", 0, 10) == b"data"
+
+
+@pytest.mark.real_gcs_only(reason="a key patched to null is stored as an empty string")
+def test_patch_none_removes_the_key(bucket):
+    bucket.upload_bytes("o", b"data", {"drop": "x"})
+    assert "drop" not in bucket.patch_metadata("o", {"drop": None}).metadata
+
+
+@pytest.mark.real_gcs_only(reason="memory backend: a patch moves neither generation nor metageneration")
+def test_patch_moves_a_counter(bucket):
+    """Which counter moves is not part of the contract; that one of them does is."""
+    before = bucket.upload_bytes("o", b"data", {"a": "1"})
+    after = bucket.patch_metadata("o", {"a": "2"})
+    assert (after.generation, after.metageneration) != (before.generation, before.metageneration)
+
+
+@pytest.mark.real_gcs_only(reason="a patch does not bump the metageneration (memory backend: nothing moves)")
+def test_patch_keeps_generation_and_bumps_metageneration(bucket):
+    before = bucket.upload_bytes("o", b"data", {"a": "1"})
+    after = bucket.patch_metadata("o", {"a": "2"})
+    assert after.generation == before.generation
+    assert after.metageneration == before.metageneration + 1
+
+
+def test_patch_with_right_preconditions_and_content_type(bucket):
+    before = bucket.upload_bytes("o.txt", b"data")
+    info = bucket.patch_metadata(
+        "o.txt",
+        {"a": "1"},
+        if_metageneration_match=before.metageneration,
+        if_generation_match=before.generation,
+        content_type="application/json",
+    )
+    assert info.content_type == "application/json" and effective(info.metadata) == {"a": "1"}
+
+
+@pytest.mark.real_gcs_only(reason="patch preconditions are ignored")
+@pytest.mark.parametrize("which", ["metageneration", "generation"])
+def test_patch_with_wrong_precondition_changes_nothing(bucket, which):
+    before = bucket.upload_bytes("o", b"data", {"a": "1"})
+    wrong = {f"if_{which}_match": (before.metageneration if which == "metageneration" else before.generation) + 7}
+    with pytest.raises(PreconditionFailed):
+        bucket.patch_metadata("o", {"a": "2"}, **wrong)
+    assert bucket.stat("o") == before
+
+
+# --- copy and delete --------------------------------------------------------------------------
+
+
+def test_copy_keeps_content_type_and_metadata(bucket):
+    src = bucket.upload_bytes("src.json", b'{"a": 1}', {"octue__id": '"1"', "x": "y"})
+    dst = bucket.copy("src.json", "dir/dst.json")
+    assert dst.name == "dir/dst.json" and dst.size == src.size
+    assert dst.content_type == "application/json" and dict(dst.metadata) == dict(src.metadata)
+    assert dst.md5 == src.md5 and dst.crc32c == src.crc32c
+    assert bucket.read_range("dir/dst.json", 0, 100) == b'{"a": 1}'
+    assert bucket.stat("src.json") == src
+    assert bucket.stat("dir/dst.json") == dst
+
+
+def test_copy_with_right_preconditions(bucket):
+    src = bucket.upload_bytes("s", b"1")
+    dst = bucket.copy("s", "d", if_source_generation_match=src.generation, if_generation_match=0)
+    again = bucket.copy("s", "d", if_generation_match=dst.generation)
+    assert again.generation > dst.generation
+
+
+@pytest.mark.real_gcs_only(reason="copy preconditions are ignored")
+def test_copy_with_wrong_preconditions(bucket):
+    src = bucket.upload_bytes("s", b"1")
+    bucket.upload_bytes("d", b"existing")
+    with pytest.raises(PreconditionFailed):
+        bucket.copy("s", "d", if_generation_match=0)
+    with pytest.raises(PreconditionFailed):
+        bucket.copy("s", "new", if_source_generation_match=src.generation + 1)
+    assert bucket.read_range("d", 0, 100) == b"existing"
+    with pytest.raises(NotFound):
+        bucket.stat("new")
+
+
+def test_delete(bucket):
+    info = bucket.upload_bytes("gone", b"x")
+    bucket.delete("gone", if_generation_match=info.generation)
+    with pytest.raises(NotFound):
+        bucket.stat("gone")
+    assert bucket.list_all() == ([], [])
+
+
+@pytest.mark.real_gcs_only(reason="delete preconditions are ignored")
+def test_delete_with_wrong_generation_keeps_the_object(bucket):
+    info = bucket.upload_bytes("kept", b"x")
+    with pytest.raises(PreconditionFailed):
+        bucket.delete("kept", if_generation_match=info.generation + 1)
+    assert bucket.stat("kept") == info
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda b: b.stat("missing"),
+        lambda b: b.read_range("missing", 0, 10),
+        lambda b: b.download_to_file("missing", "/nonexistent-dir/never-written"),
+        lambda b: b.patch_metadata("missing", {"a": "1"}),
+        lambda b: b.copy("missing", "somewhere"),
+        lambda b: b.delete("missing"),
+    ],
+    ids=["stat", "read", "download", "patch", "copy", "delete"],
+)
+def test_not_found_everywhere(bucket, call):
+    with pytest.raises(NotFound):
+        call(bucket)
+
+
+# --- names and threads ------------------------------------------------------------------------
+
+ODD_NAMES = ["ünïcødé/fïlé ☃.txt", "日本語/ファイル", "with space", "plus+sign", "pct%2Fslash", "q?mark#hash", "a\\b"]
+
+
+def test_unicode_and_odd_names(bucket):
+    for i, name in enumerate(ODD_NAMES):
+        bucket.upload_bytes(name, f"data {i}".encode(), {"name": name})
+    for i, name in enumerate(ODD_NAMES):
+        info = bucket.stat(name)
+        assert info.name == name and dict(info.metadata) == {"name": name}
+        assert bucket.read_range(name, 0, 100) == f"data {i}".encode()
+    objects, prefixes = bucket.list_all()
+    assert [o.name for o in objects] == sorted(n for n in ODD_NAMES if "/" not in n)
+    assert prefixes == ["ünïcødé/", "日本語/"]
+    bucket.copy(ODD_NAMES[0], ODD_NAMES[1] + "-copy")
+    for name in ODD_NAMES:
+        bucket.delete(name)
+    assert [o.name for o in bucket.list_all(delimiter=None)[0]] == [ODD_NAMES[1] + "-copy"]
+
+
+def test_many_threads_upload_and_read(bucket):
+    errors = []
+
+    def worker(t):
+        try:
+            for i in range(8):
+                name = f"t{t:02d}/o{i}"
+                data = f"{t}:{i}".encode() * 50
+                info = bucket.upload_bytes(name, data, {"t": str(t)}, if_generation_match=0)
+                assert bucket.read_range(name, 0, len(data), generation=info.generation) == data
+                assert bucket.stat(name).generation == info.generation
+        except Exception as exc:  # collected, so a failure names its thread
+            errors.append((t, exc))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    objects, prefixes = bucket.list_all(delimiter=None)
+    assert len(objects) == 16 * 8 and prefixes == []

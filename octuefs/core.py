@@ -1,0 +1,410 @@
+"""The filesystem in plain Python: paths, directories, files and extended attributes.
+
+Nothing here knows about FUSE: calls take mount paths (``/a/b.txt``) and return plain values
+(:class:`Attr`, bytes, names), and failures are octuefs's own exceptions from
+:mod:`octuefs.errors`. ``fuse_ops`` turns those into errno values. Tests drive this class
+directly against the in-memory bucket, without FUSE.
+
+Files come from objects; directories from ``dir/`` marker objects and from implicit prefixes.
+Open files and their Datafile semantics live in :mod:`octuefs.files`; extended attributes in
+:mod:`octuefs.xattrs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+from . import metadata as octue
+from .cache import ContentCache
+from .config import MountConfig
+from .errors import (
+    Conflict,
+    DirectoryNotEmpty,
+    FileExists,
+    FileNotFound,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    NotSupported,
+    PreconditionFailed,
+    ReadOnlyFilesystem,
+)
+from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
+from .metacache import DIR, MISSING, Listing, MetadataCache
+from .namespace import Namespace
+from .storage.base import Bucket, ObjectInfo
+from .xattrs import XattrSurface
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attr:
+    """What ``stat`` shows of an entry; the FUSE layer adds owner and mode."""
+
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+
+
+class FileSystem:
+    def __init__(self, bucket: Bucket, config: MountConfig, cache: ContentCache | None = None):
+        self.bucket = bucket
+        self.config = config
+        self.ns = Namespace(config.prefix)
+        self.metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
+        self.cache = cache or ContentCache(config.cache_dir, bucket, config.block_size)
+        self.files = OpenFiles(bucket, self.cache, self.metacache, config.read_only)
+        self.xattrs = XattrSurface(self)
+        self._started = time.time()
+
+    # --- lookups ------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> ObjectInfo | object:
+        """What object name ``name`` is: its ObjectInfo, ``DIR`` or ``MISSING`` (cached)."""
+        if name == self.ns.prefix.rstrip("/") or not name:
+            return DIR
+        known = self.metacache.lookup(name)
+        if known is not None:
+            return known
+        try:
+            info = self.bucket.stat(name)
+        except NotFound:
+            pass
+        else:
+            self.metacache.put_file(info)
+            return info
+        page = self.bucket.list_page(name + "/", "/", max_results=1)
+        if page.objects or page.prefixes:
+            self.metacache.put_dir(name)
+            return DIR
+        self.metacache.put_missing(name)
+        return MISSING
+
+    def _node(self, name: str) -> FileNode | None:
+        node = self.files.node(name)
+        return node if node is not None and not node.unlinked else None
+
+    def resolve(self, path: str) -> tuple[str, ObjectInfo | object, FileNode | None]:
+        """``(object name, ObjectInfo | DIR | MISSING, live node or None)`` of a path."""
+        name = self.ns.object_name(path)
+        node = self._node(name) if path != "/" else None
+        if node is not None:
+            return name, node.base, node
+        return name, self.lookup(name), None
+
+    def file_info(self, path: str) -> tuple[str, ObjectInfo | None, FileNode | None]:
+        """A path that must be a file: ``(name, info or None for a new file, node)``."""
+        name, entry, node = self.resolve(path)
+        if node is not None:
+            return name, node.base, node
+        if entry is DIR:
+            raise IsADirectory(path)
+        if entry is MISSING:
+            raise FileNotFound(path)
+        return name, entry, None
+
+    def _check_writable(self) -> None:
+        if self.config.read_only:
+            raise ReadOnlyFilesystem("the mount is read-only")
+
+    # --- attributes ---------------------------------------------------------------------
+
+    def getattr(self, path: str) -> Attr:
+        name, entry, node = self.resolve(path)
+        if node is not None:
+            return Attr(False, node.size, self._node_mtime(node))
+        if entry is DIR:
+            return Attr(True, 0, self._started)
+        if entry is MISSING:
+            raise FileNotFound(path)
+        return Attr(False, entry.size, mtime_of(entry))
+
+    def _node_mtime(self, node: FileNode) -> float:
+        if node.mtime is not None:
+            return node.mtime
+        staging = node.staging
+        if node.dirty and staging:
+            try:
+                return os.stat(staging).st_mtime
+            except FileNotFoundError:
+                pass
+        return mtime_of(node.base) if node.base else time.time()
+
+    def statfs(self) -> dict[str, int]:
+        blocks = 1 << 40  # a bucket has no size; report 4 PiB of 4 KiB blocks, all free
+        return {"bsize": 4096, "frsize": 4096, "blocks": blocks, "bfree": blocks, "bavail": blocks,
+                "files": 1 << 32, "ffree": 1 << 32, "namemax": 255}
+
+    # --- directories ----------------------------------------------------------------------
+
+    def readdir(self, path: str) -> list[tuple[str, Attr]]:
+        name, entry, node = self.resolve(path)
+        if node is not None or isinstance(entry, ObjectInfo):
+            raise NotADirectory(path)
+        if entry is MISSING:
+            raise FileNotFound(path)
+        prefix = self.ns.dir_prefix(path)
+        listing = self.metacache.listing(prefix) or self._list(prefix)
+        out = [(d, Attr(True, 0, self._started)) for d in sorted(listing.dirs)]
+        out += [(f, Attr(False, info.size, mtime_of(info))) for f, info in sorted(listing.files.items())]
+        shown = listing.dirs | listing.files.keys()
+        for extra in self.files.nodes_under(prefix):  # new files not yet in the bucket
+            rest = extra.name[len(prefix) :]
+            if "/" not in rest and rest not in shown and not extra.unlinked:
+                out.append((rest, Attr(False, extra.size, self._node_mtime(extra))))
+        return out
+
+    def _list(self, prefix: str) -> Listing:
+        files: dict[str, ObjectInfo] = {}
+        dirs: set[str] = set()
+        for page in self.bucket.iter_pages(prefix, "/"):
+            for d in page.prefixes:
+                entry = self.ns.entry_name(prefix, d)
+                if entry is not None:
+                    dirs.add(entry)
+            for info in page.objects:
+                entry = self.ns.entry_name(prefix, info.name)
+                if entry is not None and not info.is_dir_marker:
+                    files[entry] = info
+        for clash in dirs & files.keys():
+            self.ns.warn_once(prefix + clash, "a directory of the same name, which hides it")
+            del files[clash]
+        listing = Listing(files, dirs)
+        self.metacache.put_listing(prefix, listing)
+        return listing
+
+    def mkdir(self, path: str) -> None:
+        self._check_writable()
+        name, entry, node = self.resolve(path)
+        if node is not None or entry is not MISSING:
+            raise FileExists(path)
+        try:
+            self.bucket.upload_bytes(name + "/", b"", {}, if_generation_match=0)
+        except PreconditionFailed as exc:
+            raise FileExists(path) from exc
+        self.metacache.made_dir(name)
+
+    def rmdir(self, path: str) -> None:
+        self._check_writable()
+        if path == "/":
+            raise InvalidArgument("cannot remove the mount's root")
+        name, entry, node = self.resolve(path)
+        if node is not None or isinstance(entry, ObjectInfo):
+            raise NotADirectory(path)
+        if entry is MISSING:
+            raise FileNotFound(path)
+        prefix = name + "/"
+        page = self.bucket.list_page(prefix, "/", max_results=2)
+        if page.prefixes or any(o.name != prefix for o in page.objects) or self._new_nodes_under(prefix):
+            raise DirectoryNotEmpty(path)
+        try:
+            self.bucket.delete(prefix)
+        except NotFound:
+            pass
+        self.metacache.removed(name, is_dir=True)
+
+    def _new_nodes_under(self, prefix: str) -> list[FileNode]:
+        return [n for n in self.files.nodes_under(prefix) if not n.unlinked]
+
+    # --- files ----------------------------------------------------------------------------
+
+    def create(self, path: str, flags: int = os.O_WRONLY) -> int:
+        self._check_writable()
+        name, entry, node = self.resolve(path)
+        if entry is DIR:
+            raise IsADirectory(path)
+        if node is not None or isinstance(entry, ObjectInfo):
+            if flags & os.O_EXCL:
+                raise FileExists(path)
+            return self.files.open(name, node.base if node else entry, writable=True, truncate=True)
+        return self.files.open(name, None, writable=True)
+
+    def open(self, path: str, flags: int) -> int:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            self._check_writable()
+        name, info, node = self.file_info(path)
+        if node is not None:
+            return self.files.open(name, node.base, writable, truncate=bool(flags & os.O_TRUNC))
+        return self.files.open(name, info, writable, truncate=bool(flags & os.O_TRUNC))
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        return self.files.read(fh, size, offset)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        return self.files.write(fh, data, offset)
+
+    def flush(self, fh: int) -> None:
+        self.files.flush(fh)
+
+    def fsync(self, fh: int) -> None:
+        self.files.flush(fh)
+
+    def release(self, fh: int) -> None:
+        self.files.release(fh)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self._check_writable()
+        if length < 0:
+            raise InvalidArgument("negative length")
+        if fh is not None:
+            self.files.truncate(self.files.handle(fh).node, length)
+            return
+        name, info, node = self.file_info(path)
+        fh = self.files.open(name, info, writable=True)
+        try:
+            node = self.files.handle(fh).node
+            self.files.truncate(node, length)
+            self.files.save(node)
+        finally:
+            self.files.release(fh)
+
+    def utimens(self, path: str, mtime: float | None = None) -> None:
+        self._check_writable()
+        mtime = time.time() if mtime is None else mtime
+        name, entry, node = self.resolve(path)
+        if entry is DIR and node is None:
+            return  # directories have no stored times
+        if node is not None and node.unsaved:
+            self.files.touch(node, mtime)
+            return
+        if node is None and entry is MISSING:
+            raise FileNotFound(path)
+        info = node.base if node is not None else entry
+        new = self.bucket.patch_metadata(
+            name, {MTIME_KEY: str(int(mtime))},
+            if_generation_match=info.generation, if_metageneration_match=info.metageneration,
+        )
+        self.cache.carry_over(info, new)
+        self.metacache.wrote(new)
+        if node is not None:
+            node.base = new
+
+    def unlink(self, path: str) -> None:
+        self._check_writable()
+        name, entry, node = self.resolve(path)
+        if entry is DIR and node is None:
+            raise IsADirectory(path)
+        if node is None and entry is MISSING:
+            raise FileNotFound(path)
+        info = node.base if node is not None else entry
+        if info is not None:
+            try:
+                self.bucket.delete(name, if_generation_match=info.generation)
+            except NotFound:
+                pass
+            except PreconditionFailed as exc:
+                self.metacache.forget(name)
+                raise Conflict(f"{name!r} changed in the bucket since it was read; not deleted") from exc
+        if node is not None:
+            self.files.forget(node)
+        self.cache.drop(name)
+        self.metacache.removed(name)
+
+    def rename(self, old: str, new: str) -> None:
+        self._check_writable()
+        if old == new:
+            return
+        if new.startswith(old.rstrip("/") + "/"):
+            raise InvalidArgument(f"cannot move {old!r} into itself")
+        src_name, src, node = self.resolve(old)
+        dst_name, dst, dst_node = self.resolve(new)
+        if node is None and src is MISSING:
+            raise FileNotFound(old)
+        if src is DIR and node is None:
+            self._rename_dir(old, new, src_name, dst_name, dst)
+            return
+        if dst is DIR and dst_node is None:
+            raise IsADirectory(new)
+        if node is not None and node.unsaved:
+            self.files.save(node)  # the bucket must hold the latest version before the copy
+        info = node.base if node is not None else src
+        dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
+        try:
+            moved = self.bucket.copy(
+                src_name, dst_name,
+                if_source_generation_match=info.generation,
+                if_generation_match=dst_info.generation if dst_info else 0,
+            )
+            self.bucket.delete(src_name, if_generation_match=info.generation)
+        except PreconditionFailed as exc:
+            self.metacache.forget(src_name)
+            self.metacache.forget(dst_name)
+            raise Conflict(f"{src_name!r} or {dst_name!r} changed in the bucket during the rename") from exc
+        if dst_node is not None:
+            self.files.forget(dst_node)
+        self.cache.drop(dst_name)
+        self.metacache.removed(src_name)
+        self.metacache.wrote(moved)
+        if node is not None:
+            self.files.renamed(node, dst_name, moved)
+        self.cache.drop(src_name)
+
+    def _rename_dir(self, old: str, new: str, src_name: str, dst_name: str, dst: object) -> None:
+        """Copy every object under the directory, then delete the originals. Not atomic."""
+        if isinstance(dst, ObjectInfo):
+            raise NotADirectory(new)
+        src_prefix, dst_prefix = src_name + "/", dst_name + "/"
+        if dst is DIR:
+            page = self.bucket.list_page(dst_prefix, "/", max_results=2)
+            if page.prefixes or any(o.name != dst_prefix for o in page.objects):
+                raise DirectoryNotEmpty(new)
+        for node in self._new_nodes_under(src_prefix):
+            self.files.save(node)
+        objects, _ = self.bucket.list_all(src_prefix, delimiter=None)
+        limit = self.config.rename_dir_limit
+        if len(objects) > limit:
+            raise NotSupported(
+                f"renaming {old!r} would move {len(objects)} objects, more than the limit of {limit} "
+                f"(raise it with --rename-dir-limit)"
+            )
+        log.info("renaming directory %r to %r: %d objects, one by one (not atomic)", old, new, len(objects))
+        moved: dict[str, ObjectInfo] = {}
+        for info in objects:
+            target = dst_prefix + info.name[len(src_prefix) :]
+            moved[info.name] = self.bucket.copy(info.name, target, if_source_generation_match=info.generation)
+        if not any(o.name == src_prefix for o in objects):
+            self.bucket.upload_bytes(dst_prefix, b"", {})  # keep the directory visible if it empties
+        for info in objects:
+            try:
+                self.bucket.delete(info.name, if_generation_match=info.generation)
+            except (NotFound, PreconditionFailed) as exc:
+                log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
+        for node in self.files.nodes_under(src_prefix):
+            if node.name in moved:
+                self.files.renamed(node, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
+            self.cache.drop(node.name)
+        self.metacache.clear()
+
+    # --- extended attributes (see xattrs.py) ---------------------------------------------
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        return self.xattrs.get(path, name)
+
+    def listxattr(self, path: str) -> list[str]:
+        return self.xattrs.list(path)
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        self.xattrs.set(path, name, value, flags)
+
+    def removexattr(self, path: str, name: str) -> None:
+        self.xattrs.remove(path, name)
+
+    def metadata_of(self, info: ObjectInfo) -> octue.OctueMetadata:
+        return self.xattrs.decoded(info)
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Save every node with unsaved changes (called before the mount ends)."""
+        for node in self.files.all_nodes():
+            if node.unsaved:
+                try:
+                    self.files.save(node)
+                except Exception:
+                    log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)

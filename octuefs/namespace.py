@@ -1,0 +1,96 @@
+"""Mapping between mount paths (``/a/b.txt``) and object names (``prefix/a/b.txt``).
+
+Object names that a POSIX path cannot show (``a//b``, ``.`` or ``..`` segments, a segment over
+255 bytes, a NUL) are skipped, with one warning per name for the life of the mount.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .errors import InvalidArgument, NameTooLong
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+
+
+def bad_segment_reason(segment: str) -> str | None:
+    """Why ``segment`` cannot be a file name here, or None if it can."""
+    if segment == "":
+        return "an empty path segment (a double slash)"
+    if segment in (".", ".."):
+        return f"a {segment!r} segment"
+    if "\0" in segment:
+        return "a NUL character"
+    if len(segment.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"a segment longer than {NAME_MAX} bytes"
+    return None
+
+
+class Namespace:
+    """Path <-> object-name translation for one mount of ``bucket[/prefix]``."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix  # "" or ends with "/"
+        self._warned: set[str] = set()  # guarded by _warned_lock
+        self._warned_lock = threading.Lock()
+
+    # --- paths -> names ---------------------------------------------------------------
+
+    def object_name(self, path: str) -> str:
+        """``/a/b`` -> ``prefix + "a/b"``. Refuses paths with segments POSIX would refuse too."""
+        rel = path.strip("/")
+        if not rel:
+            return self.prefix.rstrip("/")  # the mount's root
+        for segment in rel.split("/") if rel else ():
+            if len(segment.encode("utf-8", "surrogateescape")) > NAME_MAX:
+                raise NameTooLong(path)
+            if segment in ("", ".", ".."):
+                raise InvalidArgument(f"bad path {path!r}")
+        return self.prefix + rel
+
+    def dir_prefix(self, path: str) -> str:
+        """The listing prefix of the directory at ``path``: ``""`` or ``"prefix/a/"``."""
+        name = self.object_name(path)
+        return name + "/" if name else ""
+
+    @staticmethod
+    def parent(path: str) -> str:
+        parent = path.rstrip("/").rsplit("/", 1)[0]
+        return parent or "/"
+
+    @staticmethod
+    def basename(path: str) -> str:
+        return path.rstrip("/").rsplit("/", 1)[-1]
+
+    @staticmethod
+    def join(directory: str, child: str) -> str:
+        return directory.rstrip("/") + "/" + child
+
+    # --- names -> entries -------------------------------------------------------------
+
+    def entry_name(self, dir_prefix: str, object_name: str) -> str | None:
+        """The directory entry an object (or ``dir/`` prefix) of a listing shows as, or None.
+
+        ``object_name`` starts with ``dir_prefix``. Returns None for the directory's own marker
+        and for names a path cannot show (warning once per name).
+        """
+        rest = object_name[len(dir_prefix) :]
+        if rest == "":
+            return None  # the directory's own marker object
+        if rest.endswith("/"):
+            rest = rest[:-1]
+        reason = bad_segment_reason(rest) if "/" not in rest else "a double slash"
+        if reason is not None:
+            self.warn_once(object_name, reason)
+            return None
+        return rest
+
+    def warn_once(self, object_name: str, reason: str) -> None:
+        with self._warned_lock:
+            if object_name in self._warned:
+                return
+            self._warned.add(object_name)
+        log.warning("skipping object %r: its name has %s, which a path cannot show", object_name, reason)

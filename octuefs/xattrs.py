@@ -1,0 +1,195 @@
+"""Extended attributes of the mount: ``user.octue.*`` (Octue metadata) and ``user.gcs.*``.
+
+``user.octue.*`` is encoded and validated by :mod:`octuefs.metadata` (the one codec). Setting
+it on a file with no unsaved data is ``update_cloud_metadata``: one metadata PATCH with
+generation and metageneration preconditions, content untouched. On a file with unsaved data
+the change joins that data's upload. ``user.gcs.*`` shows the object's own facts, read-only
+except ``user.gcs.content_type``.
+
+Any other name answers ENODATA on read straight from memory (the kernel asks for
+``security.capability`` before every write) and ENOTSUP on write; directories have none.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import cachetools
+
+from . import metadata as octue
+from .errors import (
+    AttributeExists,
+    AttributeNotSupported,
+    FileNotFound,
+    NoSuchAttribute,
+    PreconditionFailed,
+    ReadOnlyAttribute,
+    ReadOnlyFilesystem,
+)
+from .metacache import DIR, MISSING
+from .storage.base import ObjectInfo
+
+if TYPE_CHECKING:
+    from .core import FileSystem
+
+log = logging.getLogger(__name__)
+
+GCS_PREFIX = "user.gcs."
+CONTENT_TYPE = GCS_PREFIX + "content_type"
+_PATCH_ATTEMPTS = 3  # re-applies of one setfattr when the object changed under it
+
+
+def _hex(b64: str | None) -> str | None:
+    return binascii.hexlify(base64.b64decode(b64)).decode() if b64 else None
+
+
+_GCS_FIELDS: dict[str, Callable[[ObjectInfo], object]] = {
+    "generation": lambda i: i.generation,
+    "metageneration": lambda i: i.metageneration,
+    "crc32c": lambda i: _hex(i.crc32c),
+    "md5": lambda i: _hex(i.md5),
+    "content_type": lambda i: i.content_type,
+    "storage_class": lambda i: i.storage_class,
+}
+
+
+class XattrSurface:
+    def __init__(self, fs: FileSystem):
+        self.fs = fs
+        self._decoded: cachetools.LRUCache = cachetools.LRUCache(100_000)  # guarded by _lock
+        self._lock = threading.Lock()
+
+    # --- the model of a file ------------------------------------------------------------
+
+    def decoded(self, info: ObjectInfo) -> octue.OctueMetadata:
+        """The Octue metadata of an object, decoded once per version."""
+        # Keyed by the Octue values themselves: fake-gcs-server's patches move no counter.
+        key = (info.name, tuple(sorted((k, v) for k, v in info.metadata.items() if k.startswith(octue.OCTUE_PREFIX))))
+        with self._lock:
+            meta = self._decoded.get(key)
+        if meta is None:
+            meta = octue.decode_object_metadata(info.metadata)
+            with self._lock:
+                self._decoded[key] = meta
+        return meta
+
+    def _target(self, path: str):
+        """``(name, info, node)`` of a file, or ``None`` for a directory."""
+        name, entry, node = self.fs.resolve(path)
+        if node is not None:
+            return name, node.base, node
+        if entry is DIR:
+            return None
+        if entry is MISSING:
+            raise FileNotFound(path)
+        return name, entry, None
+
+    def _meta(self, info: ObjectInfo | None, node) -> octue.OctueMetadata:
+        if node is not None:
+            return node.meta
+        return self.decoded(info)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get(self, path: str, name: str) -> bytes:
+        if not (octue.is_octue_xattr(name) or name.startswith(GCS_PREFIX)):
+            raise NoSuchAttribute(name)
+        target = self._target(path)
+        if target is None:
+            raise NoSuchAttribute(name)
+        _, info, node = target
+        if name.startswith(GCS_PREFIX):
+            field = _GCS_FIELDS.get(name[len(GCS_PREFIX) :])
+            value = field(info) if field and info is not None else None
+            if value is None:
+                raise NoSuchAttribute(name)
+            return str(value).encode()
+        return octue.get_xattr(self._meta(info, node), name)
+
+    def list(self, path: str) -> list[str]:
+        target = self._target(path)
+        if target is None:
+            return []
+        _, info, node = target
+        names = octue.list_xattr_names(self._meta(info, node))
+        if info is not None:
+            names += [GCS_PREFIX + k for k, f in _GCS_FIELDS.items() if f(info) is not None]
+        return names
+
+    # --- writes -------------------------------------------------------------------------
+
+    def set(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        self._change(path, name, lambda meta: octue.set_xattr(meta, name, value, flags), value, flags)
+
+    def remove(self, path: str, name: str) -> None:
+        self._change(path, name, lambda meta: octue.remove_xattr(meta, name), None, 0)
+
+    def _change(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
+        if self.fs.config.read_only:
+            raise ReadOnlyFilesystem("the mount is read-only")
+        target = self._target(path)
+        if target is None:
+            raise AttributeNotSupported(f"directories keep no attributes ({name})")
+        if name == CONTENT_TYPE:
+            self._set_content_type(target, value, flags)
+            return
+        if name.startswith(GCS_PREFIX):
+            raise ReadOnlyAttribute(name)
+        if not octue.is_octue_xattr(name):
+            raise AttributeNotSupported(name)
+        fname, info, node = target
+        if node is not None:
+            with node.lock:
+                if node.unsaved or info is None:  # joins the pending upload
+                    node.meta = apply(node.meta)
+                    node.meta_dirty = True
+                    return
+                node.base = self._patch(fname, node.base, apply)
+                node.meta = self.decoded(node.base)
+            return
+        self._patch(fname, info, apply)
+
+    def _patch(self, name: str, info: ObjectInfo, apply) -> ObjectInfo:
+        """Apply a metadata change as one PATCH; re-read and re-apply if the object moved on."""
+        for attempt in range(_PATCH_ATTEMPTS):
+            new_meta = apply(self.decoded(info))
+            try:
+                return self.fs.files.patch_octue(info, new_meta)
+            except PreconditionFailed:
+                if attempt == _PATCH_ATTEMPTS - 1:
+                    raise
+                log.info("%r changed in the bucket during a metadata change; applying it to the new version", name)
+                self.fs.metacache.forget(name)
+                info = self.fs.bucket.stat(name)
+        raise AssertionError("unreachable")
+
+    def _set_content_type(self, target, value: bytes | None, flags: int) -> None:
+        name, info, node = target
+        current = node.content_type if node is not None else info.content_type
+        if flags & octue.XATTR_CREATE and current:
+            raise AttributeExists(CONTENT_TYPE)
+        if flags & octue.XATTR_REPLACE and not current:
+            raise NoSuchAttribute(CONTENT_TYPE)
+        try:
+            text = value.decode("utf-8").strip() if value is not None else ""
+        except UnicodeDecodeError as exc:
+            raise InvalidMetadata("content_type", "must be UTF-8 text") from exc
+        if value is not None and ("/" not in text or any(c.isspace() for c in text)):
+            raise InvalidMetadata("content_type", "must look like type/subtype", text)
+        if node is not None and (node.unsaved or info is None):
+            node.content_type = text or None
+            node.meta_dirty = True
+            return
+        new = self.fs.bucket.patch_metadata(
+            name, {}, if_generation_match=info.generation, if_metageneration_match=info.metageneration,
+            content_type=text or "application/octet-stream",
+        )
+        self.fs.cache.carry_over(info, new)
+        self.fs.metacache.wrote(new)
+        if node is not None:
+            node.base, node.content_type = new, new.content_type

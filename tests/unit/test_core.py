@@ -1,0 +1,345 @@
+"""The filesystem core against the in-memory bucket, without FUSE: fast checks of semantics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+
+import pytest
+
+from octuefs.config import MountConfig
+from octuefs.core import FileSystem
+from octuefs.errors import (
+    AttributeNotSupported,
+    Conflict,
+    DirectoryNotEmpty,
+    FileExists,
+    FileNotFound,
+    InvalidMetadata,
+    IsADirectory,
+    NoSuchAttribute,
+    NotSupported,
+    ReadOnlyAttribute,
+)
+from octuefs.storage.fake import FakeBucket
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def bucket():
+    return FakeBucket("core-test")
+
+
+def make_fs(bucket, tmp_path, **overrides) -> FileSystem:
+    config = MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "mnt"), cache_dir=str(tmp_path / "cache"),
+                         block_size=overrides.pop("block_size", MiB), **overrides)
+    return FileSystem(bucket, config)
+
+
+@pytest.fixture
+def fs(bucket, tmp_path):
+    return make_fs(bucket, tmp_path)
+
+
+def write_file(fs: FileSystem, path: str, data: bytes) -> None:
+    fh = fs.create(path, os.O_WRONLY | os.O_CREAT)
+    fs.write(fh, data, 0)
+    fs.flush(fh)
+    fs.release(fh)
+
+
+def read_file(fs: FileSystem, path: str) -> bytes:
+    fh = fs.open(path, os.O_RDONLY)
+    try:
+        return fs.read(fh, 1 << 30, 0)
+    finally:
+        fs.release(fh)
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def test_close_of_a_new_file_uploads_data_and_metadata_in_one_request(fs, bucket):
+    write_file(fs, "/data.csv", b"a,b\n1,2\n")
+    assert bucket.calls["upload"] == 1
+    assert bucket.calls["patch"] == 0
+    info = bucket.stat("data.csv")
+    assert bucket.objects()["data.csv"] == b"a,b\n1,2\n"
+    assert json.loads(info.metadata["octue__id"])  # a fresh id, in the SDK layout
+    assert info.metadata["octue__labels"] == '{"_type": "set", "items": []}'
+
+
+def test_closing_an_unchanged_file_sends_nothing(fs, bucket):
+    bucket.upload_bytes("x.txt", b"hello")
+    bucket.reset_calls()
+    fh = fs.open("/x.txt", os.O_RDWR)
+    assert fs.read(fh, 100, 0) == b"hello"
+    fs.flush(fh)
+    fs.release(fh)
+    assert bucket.calls["upload"] == bucket.calls["patch"] == 0
+
+
+def test_reads_fetch_only_the_blocks_they_touch(bucket, tmp_path):
+    data = os.urandom(10 * MiB)
+    bucket.upload_bytes("big.bin", data)
+    fs = make_fs(bucket, tmp_path, block_size=MiB)
+    fh = fs.open("/big.bin", os.O_RDONLY)
+    bucket.reset_calls()
+    assert fs.read(fh, 100, 5 * MiB + 10) == data[5 * MiB + 10 : 5 * MiB + 110]
+    assert bucket.calls["read"] == 1 and bucket.calls["download"] == 0
+    assert fs.read(fh, 100, 5 * MiB + 500) == data[5 * MiB + 500 : 5 * MiB + 600]
+    assert bucket.calls["read"] == 1  # same block: served from the cache
+    fs.release(fh)
+
+
+def test_random_write_into_an_existing_object_keeps_the_rest(fs, bucket):
+    bucket.upload_bytes("f.bin", b"0123456789")
+    fh = fs.open("/f.bin", os.O_RDWR)
+    fs.write(fh, b"XY", 4)
+    fs.flush(fh)
+    fs.release(fh)
+    assert bucket.objects()["f.bin"] == b"0123XY6789"
+
+
+def test_truncate_by_path_uploads_at_once(fs, bucket):
+    bucket.upload_bytes("t.txt", b"abcdef")
+    fs.truncate("/t.txt", 2)
+    assert bucket.objects()["t.txt"] == b"ab"
+    assert fs.getattr("/t.txt").size == 2
+
+
+def test_open_with_o_trunc_then_write_replaces_content_with_one_upload(fs, bucket):
+    bucket.upload_bytes("t.txt", b"old content")
+    bucket.reset_calls()
+    fh = fs.open("/t.txt", os.O_WRONLY | os.O_TRUNC)
+    fs.write(fh, b"new", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    assert bucket.objects()["t.txt"] == b"new"
+    assert bucket.calls["upload"] == 1 and bucket.calls["read"] == 0
+
+
+def test_a_conflicting_change_in_the_bucket_is_not_overwritten(fs, bucket):
+    bucket.upload_bytes("c.txt", b"v1")
+    fh = fs.open("/c.txt", os.O_RDWR)
+    fs.write(fh, b"mine", 0)
+    bucket.upload_bytes("c.txt", b"theirs")  # another machine writes meanwhile
+    with pytest.raises(Conflict):
+        fs.flush(fh)
+    assert bucket.objects()["c.txt"] == b"theirs"
+    fs.release(fh)
+
+
+# --- directories ----------------------------------------------------------------------------
+
+
+def test_directories_come_from_markers_and_implicit_prefixes(fs, bucket):
+    bucket.upload_bytes("explicit/", b"")
+    bucket.upload_bytes("implicit/deep/file.txt", b"x")
+    bucket.upload_bytes("top.txt", b"abc")
+    names = {name: attr for name, attr in fs.readdir("/")}
+    assert set(names) == {"explicit", "implicit", "top.txt"}
+    assert names["explicit"].is_dir and names["implicit"].is_dir and not names["top.txt"].is_dir
+    assert names["top.txt"].size == 3
+    assert fs.getattr("/implicit/deep").is_dir
+    assert [n for n, _ in fs.readdir("/explicit")] == []
+
+
+def test_ls_l_of_a_directory_costs_one_list_request(fs, bucket):
+    for i in range(50):
+        bucket.upload_bytes(f"d/f{i}", b"x" * i, {"octue__tags": '{"i": %d}' % i})
+    assert fs.getattr("/d").is_dir
+    bucket.reset_calls()
+    entries = fs.readdir("/d")
+    for name, _ in entries:
+        fs.getattr(f"/d/{name}")
+        fs.listxattr(f"/d/{name}")
+        fs.getxattr(f"/d/{name}", "user.octue.tags")
+    assert len(entries) == 50
+    assert bucket.calls["list"] == 1
+    assert bucket.calls["stat"] == 0 and bucket.calls["read"] == 0
+
+
+def test_names_a_path_cannot_show_are_skipped_with_one_warning(fs, bucket, caplog):
+    bucket.upload_bytes("ok.txt", b"1")
+    bucket.upload_bytes("a//b", b"2")
+    bucket.upload_bytes("x/./y", b"3")
+    bucket.upload_bytes("n" * 300, b"4")
+    with caplog.at_level(logging.WARNING, logger="octuefs"):
+        names = [n for n, _ in fs.readdir("/")]
+        fs.metacache.clear()
+        fs.readdir("/")
+    assert "ok.txt" in names and "n" * 300 not in names
+    warnings = [r for r in caplog.records if "n" * 300 in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_readdir_of_100k_objects_pages_through(bucket, tmp_path):
+    for i in range(100_000):
+        bucket.upload_bytes(f"big/{i:06d}", b"")
+    fs = make_fs(bucket, tmp_path)
+    bucket.reset_calls()
+    names = [n for n, _ in fs.readdir("/big")]
+    assert len(names) == 100_000 and names[0] == "000000" and names[-1] == "099999"
+    assert bucket.calls["list"] >= 100  # many pages, each bounded
+
+
+def test_mkdir_rmdir(fs, bucket):
+    fs.mkdir("/new")
+    assert "new/" in bucket.objects()
+    with pytest.raises(FileExists):
+        fs.mkdir("/new")
+    write_file(fs, "/new/f.txt", b"x")
+    with pytest.raises(DirectoryNotEmpty):
+        fs.rmdir("/new")
+    fs.unlink("/new/f.txt")
+    fs.rmdir("/new")
+    assert bucket.objects() == {}
+    with pytest.raises(FileNotFound):
+        fs.getattr("/new")
+
+
+def test_rename_file_keeps_all_metadata(fs, bucket):
+    write_file(fs, "/a.txt", b"data")
+    fs.setxattr("/a.txt", "user.octue.labels", b"raw")
+    bucket.patch_metadata("a.txt", {"someone-else": "kept"})
+    fs.metacache.clear()
+    before = bucket.stat("a.txt").metadata
+    fs.rename("/a.txt", "/b.txt")
+    assert "a.txt" not in bucket.objects()
+    after = bucket.stat("b.txt").metadata
+    assert dict(after) == dict(before)
+    assert read_file(fs, "/b.txt") == b"data"
+
+
+def test_rename_directory_moves_everything_and_respects_the_limit(bucket, tmp_path):
+    fs = make_fs(bucket, tmp_path, rename_dir_limit=3)
+    for n in ("d/1", "d/2", "d/sub/3"):
+        bucket.upload_bytes(n, n.encode())
+    fs.rename("/d", "/e")
+    assert set(bucket.objects()) == {"e/", "e/1", "e/2", "e/sub/3"}  # a marker keeps "e" if it empties
+    bucket.upload_bytes("e/4", b"4")
+    fs.metacache.clear()
+    with pytest.raises(NotSupported, match="rename-dir-limit"):
+        fs.rename("/e", "/f")
+    assert set(bucket.objects()) == {"e/", "e/1", "e/2", "e/sub/3", "e/4"}
+
+
+def test_unlink_and_is_a_directory(fs, bucket):
+    bucket.upload_bytes("d/x", b"1")
+    with pytest.raises(IsADirectory):
+        fs.unlink("/d")
+    fs.unlink("/d/x")
+    assert bucket.objects() == {}
+
+
+# --- extended attributes -------------------------------------------------------------------
+
+
+def md5(bucket, name):
+    return hashlib.md5(bucket.objects()[name]).hexdigest(), bucket.stat(name).md5
+
+
+def test_setxattr_on_a_saved_file_is_one_patch_with_content_untouched(fs, bucket):
+    bucket.upload_bytes("m.csv", b"content", {"other": "kept"})
+    before = bucket.stat("m.csv")
+    bucket.reset_calls()
+    fs.setxattr("/m.csv", "user.octue.tags", b'{"a": 1}')
+    assert bucket.calls["patch"] == 1 and bucket.calls["upload"] == 0
+    after = bucket.stat("m.csv")
+    assert (after.md5, after.crc32c, after.size) == (before.md5, before.crc32c, before.size)
+    assert after.metadata["octue__tags"] == '{"a": 1}'
+    assert after.metadata["other"] == "kept"
+    assert fs.getxattr("/m.csv", "user.octue.tags.a") == b"1"  # shows at once
+
+
+def test_setxattr_on_a_file_with_unsaved_data_goes_up_with_the_data(fs, bucket):
+    fh = fs.create("/n.csv", os.O_WRONLY)
+    fs.write(fh, b"x", 0)
+    fs.setxattr("/n.csv", "user.octue.labels", b"cleaned new")
+    assert bucket.calls["patch"] == 0 and "n.csv" not in bucket.objects()
+    fs.flush(fh)
+    fs.release(fh)
+    assert bucket.calls["upload"] == 1 and bucket.calls["patch"] == 0
+    assert json.loads(bucket.stat("n.csv").metadata["octue__labels"])["items"] == ["cleaned", "new"]
+
+
+def test_a_bad_value_is_refused_and_leaves_the_object_as_it_was(fs, bucket):
+    bucket.upload_bytes("b.csv", b"x", {"octue__labels": '{"_type": "set", "items": ["raw"]}'})
+    before = bucket.stat("b.csv")
+    with pytest.raises(InvalidMetadata, match="cluster"):  # the FUSE layer logs this message
+        fs.setxattr("/b.csv", "user.octue.cluster", b"not-a-number")
+    assert bucket.stat("b.csv") == before
+
+
+def test_xattr_errors(fs, bucket):
+    bucket.upload_bytes("e.csv", b"x")
+    bucket.upload_bytes("dir/", b"")
+    bucket.reset_calls()
+    with pytest.raises(NoSuchAttribute):
+        fs.getxattr("/e.csv", "security.capability")
+    assert sum(bucket.calls.values()) <= 1  # at most the first stat of the file
+    with pytest.raises(NoSuchAttribute):
+        fs.getxattr("/e.csv", "user.octue.sequence")
+    with pytest.raises(AttributeNotSupported):
+        fs.setxattr("/e.csv", "user.other", b"x")
+    with pytest.raises(ReadOnlyAttribute):
+        fs.setxattr("/e.csv", "user.octue.id", b"x")
+    assert fs.listxattr("/dir") == []
+    with pytest.raises(NoSuchAttribute):
+        fs.getxattr("/dir", "user.octue.tags")
+    with pytest.raises(AttributeNotSupported):
+        fs.setxattr("/dir", "user.octue.tags", b"{}")
+
+
+def test_gcs_attributes(fs, bucket):
+    bucket.upload_bytes("g.csv", b"hello", content_type="text/csv")
+    assert fs.getxattr("/g.csv", "user.gcs.md5") == hashlib.md5(b"hello").hexdigest().encode()
+    assert fs.getxattr("/g.csv", "user.gcs.content_type") == b"text/csv"
+    fs.setxattr("/g.csv", "user.gcs.content_type", b"text/plain")
+    assert bucket.stat("g.csv").content_type == "text/plain"
+    assert bucket.objects()["g.csv"] == b"hello"
+    with pytest.raises(ReadOnlyAttribute):
+        fs.setxattr("/g.csv", "user.gcs.md5", b"00")
+
+
+def test_a_slow_upload_does_not_block_ls_or_other_files(fs, bucket):
+    bucket.upload_bytes("other.txt", b"other")
+    started, release = threading.Event(), threading.Event()
+    real_upload = bucket.upload_file
+
+    def slow_upload(*args, **kwargs):
+        started.set()
+        assert release.wait(10)
+        return real_upload(*args, **kwargs)
+
+    bucket.upload_file = slow_upload
+    fh = fs.create("/slow.bin", os.O_WRONLY)
+    fs.write(fh, b"x" * 1000, 0)
+    saver = threading.Thread(target=fs.flush, args=(fh,))
+    saver.start()
+    try:
+        assert started.wait(5)
+        assert {n for n, _ in fs.readdir("/")} == {"other.txt", "slow.bin"}
+        assert fs.getattr("/slow.bin").size == 1000
+        assert read_file(fs, "/other.txt") == b"other"
+    finally:
+        release.set()
+        saver.join(10)
+    fs.release(fh)
+    assert bucket.objects()["slow.bin"] == b"x" * 1000
+
+
+def test_a_prefix_mount_sees_only_its_prefix(bucket, tmp_path):
+    bucket.upload_bytes("proj/run1/a.csv", b"a")
+    bucket.upload_bytes("proj/run1/sub/b.csv", b"b")
+    bucket.upload_bytes("proj/other.csv", b"x")
+    fs = make_fs(bucket, tmp_path, prefix="proj/run1/")
+    assert fs.getattr("/").is_dir
+    assert sorted(n for n, _ in fs.readdir("/")) == ["a.csv", "sub"]
+    write_file(fs, "/c.csv", b"c")
+    assert bucket.objects()["proj/run1/c.csv"] == b"c"

@@ -1,0 +1,194 @@
+"""The ``octuefs`` command: parse arguments, configure logging once, and mount or unmount.
+
+    octuefs mount BUCKET[/PREFIX] MOUNTPOINT [options]   # returns once mounted; daemon stays
+    octuefs unmount MOUNTPOINT
+    octuefs demo [MOUNTPOINT]                              # a seeded demo bucket, no cloud account
+    octuefs BUCKET MOUNTPOINT -o opt,...                  # the form mount(8)/fstab uses (mount.fuse3)
+
+Errors a user can meet come out as one line, ``octuefs: error: ...``, with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__
+from .config import MountConfig, split_bucket_spec
+from .errors import OctuefsError
+
+log = logging.getLogger("octuefs")
+
+# -o options that are octuefs's own (key -> argparse dest) and generic mount options to drop.
+_OWN_OPTIONS = {
+    "cache_dir": "cache_dir", "log_file": "log_file", "uid": "uid", "gid": "gid",
+    "file_mode": "file_mode", "dir_mode": "dir_mode", "stat_ttl": "stat_ttl", "list_ttl": "list_ttl",
+    "negative_ttl": "negative_ttl", "attr_timeout": "attr_timeout", "entry_timeout": "entry_timeout",
+    "rename_dir_limit": "rename_dir_limit", "project": "project",
+}
+_DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
+
+
+def _octal(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 644") from None
+
+
+def _mount_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bucket", metavar="BUCKET[/PREFIX]", help="bucket to mount, optionally with a prefix inside it")
+    p.add_argument("mountpoint", help="an existing, empty directory")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay attached instead of returning once mounted")
+    p.add_argument("--local", action="store_true",
+                   help="serve the bucket from an embedded local emulator (no cloud account needed)")
+    p.add_argument("--cache-dir", help="local cache directory (default ~/.cache/octuefs/BUCKET)")
+    p.add_argument("--log-file", help="daemon log (default CACHE_DIR/octuefs.log in the background, stderr with -f)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="mount options: ro, allow_other, default_permissions, or any option above as key=value")
+    p.add_argument("--read-only", action="store_true", help="mount read-only (same as -o ro)")
+    p.add_argument("--project", help="Google Cloud project (default: from Application Default Credentials)")
+    p.add_argument("--uid", type=int, help="owner of every file (default: you)")
+    p.add_argument("--gid", type=int, help="group of every file (default: yours)")
+    p.add_argument("--file-mode", type=_octal, help="permissions of files, octal (default 644)")
+    p.add_argument("--dir-mode", type=_octal, help="permissions of directories, octal (default 755)")
+    p.add_argument("--stat-ttl", type=float, help="seconds a file's metadata is cached (default 30)")
+    p.add_argument("--list-ttl", type=float, help="seconds a directory listing is cached (default 30)")
+    p.add_argument("--negative-ttl", type=float, help="seconds a 'does not exist' is cached (default 5)")
+    p.add_argument("--attr-timeout", type=float, help="kernel attribute cache, seconds (default 1)")
+    p.add_argument("--entry-timeout", type=float, help="kernel name cache, seconds (default 1)")
+    p.add_argument("--rename-dir-limit", type=int, help="most objects a directory rename may move (default 10000)")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="octuefs", description="Mount a GCS bucket with Octue metadata as xattrs.")
+    parser.add_argument("--version", action="version", version=f"octuefs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _mount_arguments(sub.add_parser("mount", help="mount a bucket on a directory"))
+    um = sub.add_parser("unmount", aliases=["umount"], help="write out pending changes and unmount")
+    um.add_argument("mountpoint")
+    um.add_argument("--lazy", action="store_true", help="detach now even if busy (fusermount -uz)")
+    um.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for pending writes")
+    demo = sub.add_parser("demo", help="mount a demo bucket served by a local emulator")
+    demo.add_argument("mountpoint", nargs="?", default=os.path.join(os.path.expanduser("~"), "octuefs-demo"))
+    demo.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def _apply_o_options(args: argparse.Namespace) -> list[str]:
+    """Fold ``-o key=value`` options into args; return what is left for FUSE."""
+    fuse: list[str] = []
+    for group in args.options:
+        for opt in filter(None, (o.strip() for o in group.split(","))):
+            key, eq, value = opt.partition("=")
+            if key in _OWN_OPTIONS and eq:
+                dest = _OWN_OPTIONS[key]
+                conv = {"uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
+                        "rename_dir_limit": int, "cache_dir": str, "log_file": str, "project": str}.get(dest, float)
+                setattr(args, dest, conv(value))
+            elif key == "ro":
+                args.read_only = True
+            elif key == "local":
+                args.local = True
+            elif key in _DROPPED_OPTIONS or key.startswith("x-"):
+                continue
+            else:
+                fuse.append(opt)
+    return fuse
+
+
+def config_from_args(args: argparse.Namespace) -> MountConfig:
+    fuse_options = _apply_o_options(args)
+    bucket, prefix = split_bucket_spec(args.bucket)
+    given = {
+        "cache_dir": args.cache_dir, "project": args.project, "uid": args.uid, "gid": args.gid,
+        "file_mode": args.file_mode, "dir_mode": args.dir_mode, "stat_ttl": args.stat_ttl,
+        "list_ttl": args.list_ttl, "negative_ttl": args.negative_ttl, "kernel_attr_ttl": args.attr_timeout,
+        "kernel_entry_ttl": args.entry_timeout, "rename_dir_limit": args.rename_dir_limit,
+    }
+    return MountConfig(
+        bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),
+        read_only=args.read_only, local=args.local, fuse_options=tuple(fuse_options),
+        **{k: v for k, v in given.items() if v is not None},
+    )
+
+
+def configure_logging(verbose: int, log_file: str | None, quiet: bool = False) -> None:
+    """Logging for this process. ``quiet``: a front command whose failures print one line."""
+    level = (logging.ERROR if quiet else logging.WARNING) if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("urllib3", "google", "mfusepy", "fuse"):  # their warnings repeat what our errors say
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 3 else logging.ERROR)
+
+
+def _mount(args: argparse.Namespace, argv: list[str]) -> int:
+    from . import mount
+
+    config = config_from_args(args)
+    if args.foreground:
+        configure_logging(args.verbose, args.log_file)
+        if args.ready_fd is None:
+            mount.preflight(config)
+        mount.serve(config, ready_fd=args.ready_fd)
+        return 0
+    configure_logging(args.verbose, None, quiet=True)
+    mount.preflight(config)
+    log_file = args.log_file or os.path.join(config.cache_dir, "octuefs.log")
+    child_argv = [a for a in argv if a not in ("--foreground", "-f")]
+    if "--log-file" not in child_argv:
+        child_argv += ["--log-file", log_file]
+    pid = mount.start_background(child_argv, config, log_file)
+    print(f"octuefs: mounted {args.bucket} on {config.mountpoint} (pid {pid}, log {log_file})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_BUCKET
+
+    os.makedirs(args.mountpoint, exist_ok=True)
+    argv = ["mount", "--local", DEMO_BUCKET, args.mountpoint] + ["-v"] * args.verbose
+    rc = main(argv)
+    if rc == 0:
+        mp = args.mountpoint
+        print(f"Try:\n  ls -l {mp}/wind\n  getfattr -d {mp}/wind/anemometer-2024-01-01.csv\n"
+              f"  setfattr -n user.octue.labels -v 'raw cleaned' {mp}/wind/anemometer-2024-01-01.csv\n"
+              f"Unmount with: octuefs unmount {mp}")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"mount", "unmount", "umount", "demo", "-h", "--help", "--version"}
+    if argv and argv[0] not in commands and not argv[0].startswith("-"):
+        argv = ["mount", *argv]  # mount.fuse3 runs "octuefs SOURCE MOUNTPOINT -o OPTIONS"
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return _mount(args, argv)
+        if args.command == "demo":
+            return _demo(args)
+        from .mount import unmount
+
+        configure_logging(0, None, quiet=True)
+        unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
+        return 0
+    except OctuefsError as exc:
+        print(f"octuefs: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except ValueError as exc:  # configuration errors
+        print(f"octuefs: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Wiring and lifetime of a mount: checks, bucket -> caches -> core -> FUSE, and unmount.
+
+``preflight`` runs the checks whose failure a user should see as one clear line before any
+daemon starts. ``serve`` runs the daemon in the calling process until the filesystem is
+unmounted (starting and stopping the embedded emulator for ``--local``). ``start_background``
+starts ``serve`` in a detached process and returns once the mount is ready, like gcsfuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+from .config import MountConfig
+from .errors import OctuefsError
+
+log = logging.getLogger(__name__)
+
+READY = b"ready\n"
+
+
+class MountError(OctuefsError):
+    """A mount or unmount that cannot go ahead; the message is one line for the user."""
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def preflight(config: MountConfig) -> None:
+    """Refuse, with one clear line, what would make the mount fail."""
+    mp = config.mountpoint
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse kernel module (modprobe fuse) or run with --device /dev/fuse")
+    if _fusermount() is None:
+        raise MountError("fusermount3 is not installed: install the fuse3 package (apt-get install fuse3)")
+    if not os.path.isdir(mp):
+        raise MountError(f"mountpoint {mp} does not exist or is not a directory")
+    if os.path.ismount(mp):
+        raise MountError(f"{mp} is already a mountpoint")
+    if os.listdir(mp) and "nonempty" not in config.fuse_options:
+        raise MountError(f"mountpoint {mp} is not empty")
+    if not config.local:
+        from .storage import open_bucket
+
+        open_bucket(config.bucket, config.project)  # raises BucketNotFound / PermissionDenied / TransientError
+
+
+# --- where a running mount is recorded ----------------------------------------------------
+
+
+def _state_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/octuefs-{os.getuid()}"
+    path = os.path.join(base, "octuefs-mounts")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def state_file(mountpoint: str) -> str:
+    # abspath, not realpath: resolving a live mountpoint asks its daemon, which may be busy.
+    key = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:32]
+    return os.path.join(_state_dir(), key + ".json")
+
+
+def read_state(mountpoint: str) -> dict | None:
+    try:
+        with open(state_file(mountpoint)) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _bucket_for(config: MountConfig) -> Iterator[object]:
+    """The bucket to serve; for --local, an embedded emulator runs for the duration."""
+    from .storage import open_bucket
+
+    if not config.local:
+        yield open_bucket(config.bucket, config.project)
+        return
+    from . import demo
+    from .emulator import Emulator
+
+    os.makedirs(config.local_data_dir, mode=0o700, exist_ok=True)
+    emulator = Emulator(data_dir=config.local_data_dir, kill_with_parent=True)
+    emulator.start()
+    try:
+        os.environ.update(emulator.env())
+        emulator.create_bucket(config.bucket)
+        bucket = open_bucket(config.bucket, config.project)
+        if config.bucket == demo.DEMO_BUCKET and not bucket.list_page(max_results=1).objects:
+            demo.seed(bucket)
+        log.info("serving bucket %r from a local emulator at %s (data in %s)", config.bucket, emulator.url, config.local_data_dir)
+        yield bucket
+    finally:
+        emulator.stop()
+
+
+def fuse_kwargs(config: MountConfig) -> dict:
+    kwargs: dict = {
+        "foreground": True,
+        "fsname": f"octuefs:{config.bucket}" + (f"/{config.prefix.rstrip('/')}" if config.prefix else ""),
+        "subtype": "octuefs",
+        "attr_timeout": config.kernel_attr_ttl,
+        "entry_timeout": config.kernel_entry_ttl,
+        "negative_timeout": min(config.kernel_entry_ttl, config.negative_ttl),
+    }
+    if config.read_only:
+        kwargs["ro"] = True
+    for opt in config.fuse_options:
+        key, eq, value = opt.partition("=")
+        if key in ("nonempty",):
+            continue
+        kwargs[key] = value if eq else True
+    return kwargs
+
+
+def serve(config: MountConfig, ready_fd: int | None = None) -> None:
+    """Run the mount in this process until it is unmounted."""
+    from .core import FileSystem
+    from .fuse_ops import OctueOperations, run
+
+    with _bucket_for(config) as bucket:
+        fs = FileSystem(bucket, config)
+        ops = OctueOperations(fs)
+
+        def announce(_path="/"):
+            # Runs inside FUSE's INIT: touching the mountpoint here would deadlock.
+            _write_state(config)
+            log.info("mounted %s on %s", config.bucket, config.mountpoint)
+            if ready_fd is not None:
+                os.write(ready_fd, READY)
+                os.close(ready_fd)
+
+        ops.init = announce
+        try:
+            run(ops, config.mountpoint, fuse_kwargs(config))
+        except RuntimeError as exc:
+            raise MountError(f"FUSE could not mount {config.mountpoint}: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(state_file(config.mountpoint))
+        log.info("unmounted %s", config.mountpoint)
+
+
+def _write_state(config: MountConfig) -> None:
+    state = {"pid": os.getpid(), "bucket": config.bucket, "prefix": config.prefix, "cache_dir": config.cache_dir,
+             "mountpoint": config.mountpoint}
+    path = state_file(config.mountpoint)
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+
+
+def start_background(argv: list[str], config: MountConfig, log_file: str, timeout: float = 60.0) -> int:
+    """Start ``octuefs mount ... --foreground`` detached; return its PID once mounted."""
+    read_fd, write_fd = os.pipe()
+    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+    with open(log_file, "ab") as logf:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "octuefs", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+            pass_fds=(write_fd,), start_new_session=True,
+        )
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout
+    try:
+        os.set_blocking(read_fd, False)
+        while time.monotonic() < deadline:
+            try:
+                if os.read(read_fd, 64).startswith(READY.strip()):
+                    return child.pid
+            except BlockingIOError:
+                pass
+            if child.poll() is not None:
+                raise MountError(_last_error(log_file) or f"the mount daemon exited with status {child.returncode}")
+            time.sleep(0.02)
+    finally:
+        os.close(read_fd)
+    os.kill(child.pid, signal.SIGTERM)
+    raise MountError(f"the mount was not ready after {timeout:.0f}s; see {log_file}")
+
+
+def _last_error(log_file: str) -> str | None:
+    try:
+        with open(log_file, errors="replace") as f:
+            lines = f.read().splitlines()[-50:]
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        if "octuefs: error:" in line:
+            return line.split("octuefs: error:", 1)[1].strip()
+    for line in reversed(lines):
+        if " ERROR " in line or "fuse:" in line:
+            return line.strip()
+    return None
+
+
+# --- unmount -----------------------------------------------------------------------------------
+
+
+def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None:
+    """Unmount; wait until the daemon has written out what it held and exited."""
+    if not os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+    state = read_state(mountpoint)
+    fusermount = _fusermount()
+    if fusermount is None:
+        raise MountError("fusermount3 is not installed: install the fuse3 package")
+    args = [fusermount, "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        msg = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount failed"
+        raise MountError(f"cannot unmount {mountpoint}: {msg}")
+    if state and state.get("pid"):
+        _wait_for_exit(int(state["pid"]), timeout)
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise MountError(f"the mount daemon (pid {pid}) is still writing out data after {timeout:.0f}s")

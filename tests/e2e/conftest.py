@@ -1,0 +1,120 @@
+"""End-to-end fixtures: a real kernel mount started with the ``octuefs`` command.
+
+Each ``mount`` is of a fresh bucket on the session's fake-gcs-server. Teardown always runs:
+``octuefs unmount``, then ``fusermount -uz`` if the mount is still there, then the daemon is
+ended by its PID. A test fails if the daemon's log holds a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from octuefs.mount import read_state
+
+pytestmark = pytest.mark.fuse
+
+
+def octuefs_command() -> list[str]:
+    exe = shutil.which("octuefs")
+    return [exe] if exe else [sys.executable, "-m", "octuefs"]
+
+
+def run_octuefs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run([*octuefs_command(), *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"octuefs {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@dataclasses.dataclass
+class Mount:
+    path: Path
+    bucket: object  # a GCSBucket on the emulator, for assertions on the bucket's state
+    log: Path
+    cache: Path
+    spec: str
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _fuse_available() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if not (shutil.which("fusermount3") or shutil.which("fusermount")):
+        return "no fusermount"
+    return None
+
+
+def force_unmount(path: Path) -> None:
+    state = read_state(str(path))
+    if os.path.ismount(path):
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+    if state and state.get("pid"):
+        pid = int(state["pid"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def mount_factory(emulator, tmp_path):
+    """Mount buckets on the emulator: ``mount_factory(*extra_args, prefix="", bucket=None)``."""
+    if reason := _fuse_available():
+        pytest.skip(reason)
+    from octuefs.storage.gcs import GCSBucket
+
+    mounts: list[Mount] = []
+
+    def make(*extra: str, prefix: str = "", bucket: str | None = None) -> Mount:
+        name = bucket or f"e2e-{uuid.uuid4().hex[:12]}"
+        emulator.create_bucket(name)
+        n = len(mounts)
+        mp, cache, log = tmp_path / f"mnt{n}", tmp_path / f"cache{n}", tmp_path / f"octuefs{n}.log"
+        mp.mkdir()
+        spec = name + (f"/{prefix}" if prefix else "")
+        m = Mount(mp, GCSBucket(name), log, cache, spec)
+        mounts.append(m)
+        run_octuefs("mount", spec, str(mp), "--cache-dir", str(cache), "--log-file", str(log), "-vv", *extra)
+        assert os.path.ismount(mp)
+        return m
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for m in mounts:
+            if os.path.ismount(m.path):
+                result = run_octuefs("unmount", str(m.path), check=False, timeout=60)
+                if result.returncode != 0:
+                    errors.append(f"unmount {m.path}: {result.stderr.strip()}")
+            force_unmount(m.path)
+            text = m.log_text()
+            if "Traceback" in text:
+                errors.append(f"traceback in the daemon log {m.log}:\n{text[-4000:]}")
+        if errors:
+            pytest.fail("\n".join(errors))
+
+
+@pytest.fixture
+def mount(mount_factory):
+    return mount_factory()

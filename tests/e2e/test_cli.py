@@ -1,0 +1,108 @@
+"""The octuefs command: clear one-line errors, --local, and mount(8) / fstab through mount.fuse3."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from .conftest import force_unmount, run_octuefs
+
+pytestmark = pytest.mark.fuse
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("octuefs: error:")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_missing_bucket(emulator, tmp_path):
+    (tmp_path / "mp").mkdir()
+    result = run_octuefs("mount", "no-such-bucket-x", str(tmp_path / "mp"), check=False)
+    assert_one_line_error(result, "no-such-bucket-x", "does not exist")
+    assert not os.path.ismount(tmp_path / "mp")
+
+
+def test_unreachable_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    (tmp_path / "mp").mkdir()
+    result = run_octuefs("mount", "some-bucket", str(tmp_path / "mp"), check=False)
+    assert_one_line_error(result)
+
+
+def test_bad_mountpoints(emulator, tmp_path):
+    emulator.create_bucket("cli-bucket")
+    result = run_octuefs("mount", "cli-bucket", str(tmp_path / "absent"), check=False)
+    assert_one_line_error(result, "does not exist")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    result = run_octuefs("mount", "cli-bucket", str(full), check=False)
+    assert_one_line_error(result, "not empty")
+
+
+def test_unmount_of_something_not_mounted(tmp_path):
+    result = run_octuefs("unmount", str(tmp_path), check=False)
+    assert_one_line_error(result, "not mounted")
+
+
+def test_local_mount_keeps_data_across_remounts(tmp_path):
+    mp, cache = tmp_path / "mp", tmp_path / "cache"
+    mp.mkdir()
+    args = ("mount", "--local", "localbucket", str(mp), "--cache-dir", str(cache), "--log-file", str(tmp_path / "log"))
+    try:
+        run_octuefs(*args)
+        (mp / "kept.txt").write_bytes(b"kept")
+        os.setxattr(mp / "kept.txt", "user.octue.labels", b"local")
+        run_octuefs("unmount", str(mp))
+        assert not os.path.ismount(mp)
+        run_octuefs(*args)
+        assert (mp / "kept.txt").read_bytes() == b"kept"
+        assert os.getxattr(mp / "kept.txt", "user.octue.labels") == b"local"
+        run_octuefs("unmount", str(mp))
+    finally:
+        force_unmount(mp)
+    assert "Traceback" not in (tmp_path / "log").read_text()
+
+
+def test_demo_mount_has_files_with_metadata(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    mp = tmp_path / "demo"
+    try:
+        result = run_octuefs("demo", str(mp))
+        assert "getfattr" in result.stdout
+        assert "anemometer-2024-01-01.csv" in os.listdir(mp / "wind")
+        assert os.getxattr(mp / "wind/anemometer-2024-01-01.csv", "user.octue.tags.instrument") == b"anemometer"
+        run_octuefs("unmount", str(mp))
+    finally:
+        force_unmount(mp)
+
+
+@pytest.mark.skipif(not shutil.which("mount.fuse3") and not os.path.exists("/sbin/mount.fuse3"), reason="no mount.fuse3")
+def test_mount_t_fuse_octuefs_as_fstab_would(emulator, tmp_path):
+    if not shutil.which("octuefs", path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"):
+        pytest.skip("octuefs is not on the system PATH mount(8) uses; scripts/install links it there as root")
+    name = f"fstab-{uuid.uuid4().hex[:8]}"
+    emulator.create_bucket(name)
+    mp, cache = tmp_path / "mp", tmp_path / "cache"
+    mp.mkdir()
+    # The same line as in /etc/fstab: "NAME  MP  fuse.octuefs  cache_dir=...,file_mode=600,_netdev  0 0"
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{name} {mp} fuse.octuefs cache_dir={cache},file_mode=600,_netdev,nofail 0 0\n")
+    try:
+        result = subprocess.run(["mount", "-T", str(fstab), str(mp)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(mp)
+        (mp / "f.txt").write_bytes(b"via fstab")
+        assert oct(os.stat(mp / "f.txt").st_mode & 0o777) == "0o600"
+        run_octuefs("unmount", str(mp))
+    finally:
+        force_unmount(mp)

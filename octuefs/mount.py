@@ -227,7 +227,7 @@ def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None
     if result.returncode != 0:
         msg = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount failed"
         raise MountError(f"cannot unmount {mountpoint}: {msg}")
-    if state and state.get("pid"):
+    if state and state.get("pid") and not lazy:  # lazy: open files keep the daemon serving them
         _wait_for_exit(int(state["pid"]), timeout)
 
 

@@ -59,9 +59,16 @@ def _fuse_available() -> str | None:
     return None
 
 
+def is_mounted(path: Path) -> bool:
+    """From /proc/mounts: os.path.ismount says False for a mount whose daemon is broken."""
+    target = os.path.abspath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
 def force_unmount(path: Path) -> None:
     state = read_state(str(path))
-    if os.path.ismount(path):
+    if is_mounted(path):
         subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
     if state and state.get("pid"):
         pid = int(state["pid"])
@@ -95,7 +102,7 @@ def mount_factory(emulator, tmp_path):
         m = Mount(mp, GCSBucket(name), log, cache, spec)
         mounts.append(m)
         run_octuefs("mount", spec, str(mp), "--cache-dir", str(cache), "--log-file", str(log), "-vv", *extra)
-        assert os.path.ismount(mp)
+        assert os.path.ismount(mp), m.log_text()[-2000:]
         return m
 
     try:

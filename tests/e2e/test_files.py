@@ -134,3 +134,41 @@ def test_odd_object_names_are_skipped_not_fatal(mount):
     mount.bucket.upload_bytes("n" * 300, b"3")
     assert sorted(os.listdir(mount.path)) == ["a", "ok.txt"]
     assert "skipping object" in mount.log_text()
+
+
+def test_fsync_returns_once_the_file_is_in_the_bucket(mount):
+    with open(mount / "synced.bin", "wb") as f:
+        f.write(b"durable")
+        f.flush()
+        os.fsync(f.fileno())
+        assert mount.bucket.read_range("synced.bin", 0, 100) == b"durable"  # before close
+
+
+def test_close_of_an_unchanged_file_sends_nothing(mount):
+    mount.bucket.upload_bytes("same.txt", b"same")
+    generation = mount.bucket.stat("same.txt").generation
+    with open(mount / "same.txt", "r+b") as f:
+        assert f.read() == b"same"
+    assert mount.bucket.stat("same.txt").generation == generation
+
+
+def test_lazy_unmount_still_saves_a_file_open_at_the_time(mount):
+    f = open(mount / "open.txt", "wb")
+    try:
+        f.write(b"written while unmounting")
+        result = subprocess.run(["octuefs", "unmount", "--lazy", str(mount.path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert not os.path.ismount(mount.path)
+    finally:
+        f.close()  # the daemon still serves open files after a lazy unmount; close saves
+    assert mount.bucket.read_range("open.txt", 0, 100) == b"written while unmounting"
+
+
+def test_unmount_refuses_while_a_file_is_open(mount):
+    with open(mount / "busy.txt", "wb") as f:
+        f.write(b"x")
+        result = subprocess.run(["octuefs", "unmount", str(mount.path)], capture_output=True, text=True)
+        assert result.returncode != 0
+        assert result.stderr.startswith("octuefs: error: cannot unmount") and "busy" in result.stderr
+        assert os.path.ismount(mount.path)
+    assert mount.bucket.read_range("busy.txt", 0, 10) == b"x"

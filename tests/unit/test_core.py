@@ -343,3 +343,26 @@ def test_a_prefix_mount_sees_only_its_prefix(bucket, tmp_path):
     assert sorted(n for n, _ in fs.readdir("/")) == ["a.csv", "sub"]
     write_file(fs, "/c.csv", b"c")
     assert bucket.objects()["proj/run1/c.csv"] == b"c"
+
+
+def test_a_failed_upload_keeps_the_data_and_the_next_close_retries(fs, bucket):
+    from octuefs.errors import TransientError, UploadFailed
+
+    fh = fs.create("/keep.csv", os.O_WRONLY)
+    fs.write(fh, b"precious", 0)
+    bucket.set_fault_rate(1.0, lambda: TransientError("503 from the bucket"), operations=("upload",))
+    with pytest.raises(UploadFailed):
+        fs.flush(fh)
+    assert "keep.csv" not in bucket.objects()
+    assert read_file(fs, "/keep.csv") == b"precious"  # still served from the cache
+    bucket.set_fault_rate(0.0)
+    fs.flush(fh)
+    fs.release(fh)
+    assert bucket.objects()["keep.csv"] == b"precious"
+
+
+def test_unsaved_changes_are_saved_at_shutdown(fs, bucket):
+    fh = fs.create("/late.csv", os.O_WRONLY)
+    fs.write(fh, b"late", 0)
+    fs.shutdown()
+    assert bucket.objects()["late.csv"] == b"late"

@@ -1,0 +1,56 @@
+"""The layering rules of STYLE.md, checked by parsing imports (so nobody has to remember them)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "octuefs"
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            found.add(base)
+            found.update(f"{base}.{alias.name}" if node.module else f"{base}{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {p.relative_to(PACKAGE).as_posix(): imports_of(p) for p in PACKAGE.rglob("*.py")}
+
+
+def modules_importing(predicate) -> set[str]:
+    return {name for name, imported in MODULES.items() if any(predicate(i) for i in imported)}
+
+
+def test_only_the_fuse_adapter_speaks_fuse():
+    assert modules_importing(lambda i: i.split(".")[0] in ("mfusepy", "fuse")) == {"fuse_ops.py"}
+
+
+def test_only_cli_parses_arguments():
+    assert modules_importing(lambda i: i == "argparse") == {"cli.py"}
+
+
+@pytest.mark.parametrize("module", ["core.py", "files.py", "xattrs.py", "cache.py", "metacache.py", "namespace.py"])
+def test_the_core_knows_nothing_of_fuse_or_the_cli(module):
+    banned = ("fuse_ops", "mount", "cli", "mfusepy")
+    assert not [i for i in MODULES[module] if any(i.lstrip(".").split(".")[0] == b for b in banned)]
+
+
+def test_datafile_stands_on_storage_and_metadata_only():
+    if "datafile.py" not in MODULES:
+        pytest.skip("no datafile module yet")
+    banned = ("core", "files", "xattrs", "cache", "fuse_ops", "mount", "cli", "mfusepy")
+    assert not [i for i in MODULES["datafile.py"] if i.lstrip(".").split(".")[0] in banned]
+
+
+def test_metadata_codec_knows_no_storage():
+    for module in ("metadata.py", "_octue_fields.py", "_octue_json.py"):
+        assert not [i for i in MODULES[module] if "storage" in i or "google" in i]

@@ -106,3 +106,13 @@ def test_mount_t_fuse_octuefs_as_fstab_would(emulator, tmp_path):
         run_octuefs("unmount", str(mp))
     finally:
         force_unmount(mp)
+
+
+def test_bad_credentials(tmp_path, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    key = tmp_path / "key.json"
+    key.write_text('{"type": "service_account", "broken": true}')
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    (tmp_path / "mp").mkdir()
+    result = run_octuefs("mount", "some-bucket", str(tmp_path / "mp"), check=False)
+    assert_one_line_error(result, "credentials")

@@ -172,3 +172,25 @@ def test_unmount_refuses_while_a_file_is_open(mount):
         assert result.stderr.startswith("octuefs: error: cannot unmount") and "busy" in result.stderr
         assert os.path.ismount(mount.path)
     assert mount.bucket.read_range("busy.txt", 0, 10) == b"x"
+
+
+def test_many_threads_write_and_read_different_files_at_once(mount):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> bytes:
+        data = os.urandom(1000 + i * 997)
+        (mount / f"t{i:02d}.bin").write_bytes(data)
+        assert (mount / f"t{i:02d}.bin").read_bytes() == data
+        return data
+
+    with ThreadPoolExecutor(16) as pool:
+        written = list(pool.map(work, range(32)))
+    for i, data in enumerate(written):
+        assert mount.bucket.read_range(f"t{i:02d}.bin", 0, 1 << 20) == data
+    assert len(os.listdir(mount.path)) == 32
+
+
+def test_df_reports_a_filesystem(mount):
+    out = sh("df", "-P", str(mount.path)).stdout.decode()
+    assert "octuefs:" in out
+    assert os.statvfs(mount.path).f_namemax == 255

@@ -137,3 +137,12 @@ def test_gcs_facts(mount):
     assert os.getxattr(mount / "g.txt", "user.gcs.md5") == b"5d41402abc4b2a76b9719d911017c592"
     os.setxattr(mount / "g.txt", "user.gcs.content_type", b"text/plain")
     assert mount.bucket.stat("g.txt").content_type == "text/plain"
+
+
+def test_values_over_the_gcs_limits_are_refused_with_e2big(mount):
+    mount.bucket.upload_bytes("big.csv", b"x", SDK_METADATA)
+    before = dict(mount.bucket.stat("big.csv").metadata)
+    with pytest.raises(OSError) as info:
+        os.setxattr(mount / "big.csv", "user.octue.tags.blob", ("y" * 5000).encode())
+    assert info.value.errno == errno.E2BIG
+    assert dict(mount.bucket.stat("big.csv").metadata) == before

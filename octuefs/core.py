@@ -243,7 +243,7 @@ class FileSystem:
         self.files.flush(fh)
 
     def fsync(self, fh: int) -> None:
-        self.files.flush(fh)
+        self.files.fsync(fh)
 
     def release(self, fh: int) -> None:
         self.files.release(fh)

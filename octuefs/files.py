@@ -267,6 +267,13 @@ class OpenFiles:
         return new
 
     def flush(self, fh: int) -> None:
+        """close(2) of a handle: a writer's close saves; a reader's close never uploads."""
+        handle = self.handle(fh)
+        if handle.writable:
+            self.save(handle.node)
+
+    def fsync(self, fh: int) -> None:
+        """fsync(2): returns once the file (whoever changed it) is in the bucket."""
         self.save(self.handle(fh).node)
 
     def touch(self, node: FileNode, mtime: float) -> None:

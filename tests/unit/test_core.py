@@ -366,3 +366,18 @@ def test_unsaved_changes_are_saved_at_shutdown(fs, bucket):
     fs.write(fh, b"late", 0)
     fs.shutdown()
     assert bucket.objects()["late.csv"] == b"late"
+
+
+def test_a_readers_close_does_not_upload_a_writers_unfinished_data(fs, bucket):
+    writer = fs.create("/w.csv", os.O_WRONLY)
+    fs.write(writer, b"half", 0)
+    reader = fs.open("/w.csv", os.O_RDONLY)
+    assert fs.read(reader, 10, 0) == b"half"
+    fs.flush(reader)
+    fs.release(reader)
+    assert "w.csv" not in bucket.objects()
+    fs.write(writer, b"-done", 4)
+    fs.flush(writer)
+    fs.release(writer)
+    assert bucket.objects()["w.csv"] == b"half-done"
+    assert bucket.calls["upload"] == 1

@@ -23,8 +23,8 @@ class StorageError(OctuefsError):
     """A bucket operation failed."""
 
 
-class NotFound(StorageError):
-    """The object (or bucket) does not exist."""
+class NotFound(StorageError, FileNotFoundError):
+    """The object (or bucket) does not exist. Also a FileNotFoundError, as scripts expect."""
 
 
 class BucketNotFound(NotFound):

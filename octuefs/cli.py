@@ -26,7 +26,7 @@ _OWN_OPTIONS = {
     "cache_dir": "cache_dir", "log_file": "log_file", "uid": "uid", "gid": "gid",
     "file_mode": "file_mode", "dir_mode": "dir_mode", "stat_ttl": "stat_ttl", "list_ttl": "list_ttl",
     "negative_ttl": "negative_ttl", "attr_timeout": "attr_timeout", "entry_timeout": "entry_timeout",
-    "rename_dir_limit": "rename_dir_limit", "project": "project",
+    "rename_dir_limit": "rename_dir_limit", "project": "project", "upload_workers": "upload_workers",
 }
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
 
@@ -61,6 +61,9 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attr-timeout", type=float, help="kernel attribute cache, seconds (default 1)")
     p.add_argument("--entry-timeout", type=float, help="kernel name cache, seconds (default 1)")
     p.add_argument("--rename-dir-limit", type=int, help="most objects a directory rename may move (default 10000)")
+    p.add_argument("--upload-on-close", action="store_true",
+                   help="close waits for the upload (and reports its errors) instead of writing back in the background")
+    p.add_argument("--upload-workers", type=int, help="uploads running at once (default 8)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -72,7 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     um = sub.add_parser("unmount", aliases=["umount"], help="write out pending changes and unmount")
     um.add_argument("mountpoint")
     um.add_argument("--lazy", action="store_true", help="detach now even if busy (fusermount -uz)")
-    um.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for pending writes")
+    um.add_argument("--leave-pending", action="store_true",
+                    help="do not wait for pending uploads: the next mount with this cache directory finishes them")
+    um.add_argument("--timeout", type=float, default=None, help="seconds to wait for pending uploads (default: no limit)")
+    sy = sub.add_parser("sync", help="wait until every pending upload of a mount is in the bucket")
+    sy.add_argument("mountpoint")
+    sy.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    st = sub.add_parser("status", help="list a mount's pending, running and failed uploads and its conflicts")
+    st.add_argument("mountpoint")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
     demo = sub.add_parser("demo", help="mount a demo bucket served by a local emulator")
     demo.add_argument("mountpoint", nargs="?", default=os.path.join(os.path.expanduser("~"), "octuefs-demo"))
     demo.add_argument("-v", "--verbose", action="count", default=0)
@@ -88,12 +99,15 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
             if key in _OWN_OPTIONS and eq:
                 dest = _OWN_OPTIONS[key]
                 conv = {"uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
-                        "rename_dir_limit": int, "cache_dir": str, "log_file": str, "project": str}.get(dest, float)
+                        "rename_dir_limit": int, "upload_workers": int, "cache_dir": str, "log_file": str,
+                        "project": str}.get(dest, float)
                 setattr(args, dest, conv(value))
             elif key == "ro":
                 args.read_only = True
             elif key == "local":
                 args.local = True
+            elif key == "upload_on_close":
+                args.upload_on_close = True
             elif key in _DROPPED_OPTIONS or key.startswith("x-"):
                 continue
             else:
@@ -109,10 +123,12 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
         "file_mode": args.file_mode, "dir_mode": args.dir_mode, "stat_ttl": args.stat_ttl,
         "list_ttl": args.list_ttl, "negative_ttl": args.negative_ttl, "kernel_attr_ttl": args.attr_timeout,
         "kernel_entry_ttl": args.entry_timeout, "rename_dir_limit": args.rename_dir_limit,
+        "upload_workers": args.upload_workers,
     }
     return MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),
         read_only=args.read_only, local=args.local, fuse_options=tuple(fuse_options),
+        upload_on_close=args.upload_on_close,
         **{k: v for k, v in given.items() if v is not None},
     )
 
@@ -164,9 +180,49 @@ def _demo(args: argparse.Namespace) -> int:
     return rc
 
 
+def _progress_printer(what: str):
+    """Progress of pending uploads on stderr, one updating line; silent when nothing is pending."""
+    def show(reply: dict) -> None:
+        total = reply.get("total", 0)
+        if total:
+            end = "\n" if reply.get("done") == total else ""
+            print(f"\roctuefs: {what} {reply.get('done', 0)}/{total} uploads", end=end, file=sys.stderr, flush=True)
+    return show
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from .mount import sync
+
+    left = sync(args.mountpoint, _progress_printer("uploading"), args.timeout)
+    if left:
+        print(f"octuefs: error: {left} upload(s) still pending (see `octuefs status {args.mountpoint}`)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from .mount import status
+
+    report = status(args.mountpoint)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    uploads, conflicts = report["uploads"], report["conflicts"]
+    print(f"gs://{report['bucket']}/{report['prefix']} on {args.mountpoint}: {len(uploads)} upload(s) pending")
+    for row in uploads:
+        error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+        print(f"  {row['state']:<8} {row['size']:>12,d} B  {row['name']}  (attempts {row['attempts']}){error}")
+    for c in conflicts:
+        print(f"  conflict: {c['object']} changed in the bucket ({c['theirs']}); yours saved as {c['saved_as']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"mount", "unmount", "umount", "demo", "-h", "--help", "--version"}
+    commands = {"mount", "unmount", "umount", "demo", "sync", "status", "-h", "--help", "--version"}
     if argv and argv[0] not in commands and not argv[0].startswith("-"):
         argv = ["mount", *argv]  # mount.fuse3 runs "octuefs SOURCE MOUNTPOINT -o OPTIONS"
     args = build_parser().parse_args(argv)
@@ -175,10 +231,15 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args, argv)
         if args.command == "demo":
             return _demo(args)
+        configure_logging(0, None, quiet=True)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "sync":
+            return _sync(args)
         from .mount import unmount
 
-        configure_logging(0, None, quiet=True)
-        unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
+        unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy, leave_pending=args.leave_pending,
+                progress=_progress_printer("writing out"))
         return 0
     except OctuefsError as exc:
         print(f"octuefs: error: {exc}", file=sys.stderr, flush=True)

@@ -50,6 +50,9 @@ class MountConfig:
     block_size: int = 4 * MiB  # unit of ranged reads into the local cache
     rename_dir_limit: int = 10_000  # objects; past this a directory rename is refused
     fuse_options: tuple[str, ...] = ()  # extra -o options passed to FUSE (allow_other, ...)
+    upload_on_close: bool = False  # close waits for the upload (errors at close) instead of write-back
+    upload_workers: int = 8  # uploads running at once
+    fsync_timeout: float = 300.0  # fsync gives EIO if the file is not in the bucket by then (it stays queued)
     local: bool = False  # serve the bucket from an embedded fake-gcs-server
     local_data_dir: str = ""  # where --local keeps objects ("" = <cache_dir>/local-gcs)
 
@@ -67,6 +70,8 @@ class MountConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.block_size < 64 * 1024:
             raise ValueError("block_size must be at least 64 KiB")
+        if self.upload_workers < 1:
+            raise ValueError("upload_workers must be at least 1")
         if self.rename_dir_limit < 0:
             raise ValueError("rename_dir_limit must be >= 0")
         for name in ("file_mode", "dir_mode"):

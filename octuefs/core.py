@@ -37,6 +37,7 @@ from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .metacache import DIR, MISSING, Listing, MetadataCache
 from .namespace import Namespace
 from .storage.base import Bucket, ObjectInfo
+from .uploads import Journal, Uploader
 from .xattrs import XattrSurface
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,15 @@ class FileSystem:
         self.ns = Namespace(config.prefix)
         self.metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
         self.cache = cache or ContentCache(config.cache_dir, bucket, config.block_size)
-        self.files = OpenFiles(bucket, self.cache, self.metacache, config.read_only)
+        journal = Journal(config.cache_dir)
+        self.uploader = Uploader(bucket, journal, workers=config.upload_workers)
+        self.files = OpenFiles(bucket, self.cache, self.metacache, self.uploader,
+                               upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout)
+        recovered = journal.load()
+        self.files.recover(recovered)
+        self.uploader.start(recovered)
         self.xattrs = XattrSurface(self)
+        self.leave_pending = False  # set by `octuefs unmount --leave-pending`
         self._started = time.time()
 
     # --- lookups ------------------------------------------------------------------------
@@ -221,17 +229,15 @@ class FileSystem:
         if node is not None or isinstance(entry, ObjectInfo):
             if flags & os.O_EXCL:
                 raise FileExists(path)
-            return self.files.open(name, node.base if node else entry, writable=True, truncate=True)
-        return self.files.open(name, None, writable=True)
+            return self.files.open(name, None if node else entry, writable=True, truncate=True, seen=node)
+        return self.files.open(name, None, writable=True, create=True)
 
     def open(self, path: str, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._check_writable()
         name, info, node = self.file_info(path)
-        if node is not None:
-            return self.files.open(name, node.base, writable, truncate=bool(flags & os.O_TRUNC))
-        return self.files.open(name, info, writable, truncate=bool(flags & os.O_TRUNC))
+        return self.files.open(name, info, writable, truncate=bool(flags & os.O_TRUNC), seen=node)
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
         return self.files.read(fh, size, offset)
@@ -256,7 +262,7 @@ class FileSystem:
             self.files.truncate(self.files.handle(fh).node, length)
             return
         name, info, node = self.file_info(path)
-        fh = self.files.open(name, info, writable=True)
+        fh = self.files.open(name, info, writable=True, seen=node)
         try:
             node = self.files.handle(fh).node
             self.files.truncate(node, length)
@@ -271,7 +277,7 @@ class FileSystem:
         if entry is DIR and node is None:
             return  # directories have no stored times
         if node is not None and node.unsaved:
-            self.files.touch(node, mtime)
+            self.files.touch(node, mtime)  # travels with the pending upload
             return
         if node is None and entry is MISSING:
             raise FileNotFound(path)
@@ -292,6 +298,8 @@ class FileSystem:
             raise IsADirectory(path)
         if node is None and entry is MISSING:
             raise FileNotFound(path)
+        if node is not None:
+            self.files.settle(node, cancel=True)  # queued versions are moot; a running one lands first
         info = node.base if node is not None else entry
         if info is not None:
             try:
@@ -322,7 +330,9 @@ class FileSystem:
         if dst is DIR and dst_node is None:
             raise IsADirectory(new)
         if node is not None and node.unsaved:
-            self.files.save(node)  # the bucket must hold the latest version before the copy
+            self.files.settle(node)  # the bucket must hold the latest version before the copy
+        if dst_node is not None and dst_node.unsaved:
+            self.files.settle(dst_node, cancel=True)  # about to be replaced
         info = node.base if node is not None else src
         dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
         try:
@@ -355,7 +365,7 @@ class FileSystem:
             if page.prefixes or any(o.name != dst_prefix for o in page.objects):
                 raise DirectoryNotEmpty(new)
         for node in self._new_nodes_under(src_prefix):
-            self.files.save(node)
+            self.files.settle(node)
         objects, _ = self.bucket.list_all(src_prefix, delimiter=None)
         limit = self.config.rename_dir_limit
         if len(objects) > limit:
@@ -400,11 +410,13 @@ class FileSystem:
 
     # --- lifetime ---------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Save every node with unsaved changes (called before the mount ends)."""
+    def shutdown(self, drain: bool | None = None) -> int:
+        """Seal what is still unsaved, then finish the uploads (unless ``drain`` is False:
+        then they stay journaled for the next mount). Returns how many are left."""
         for node in self.files.all_nodes():
-            if node.unsaved:
+            if node.dirty or node.meta_dirty:
                 try:
                     self.files.save(node)
                 except Exception:
                     log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)
+        return self.uploader.shutdown(drain=not self.leave_pending if drain is None else drain)

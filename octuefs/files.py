@@ -1,15 +1,18 @@
 """Open files with Datafile semantics: a node per object being read or written, and handles.
 
-A :class:`FileNode` stands for one object while it is open or holds unsaved changes. Reads of
-a clean node go through the block cache, pinned to the generation that was opened. The first
-write copies the content into a private staging file; closing (flush) a changed node uploads
-data and Octue metadata in ONE request with a generation precondition (0 for a new file): the
-Datafile context manager's meaning. Closing an unchanged file sends nothing.
+A :class:`FileNode` stands for one object while it is open or holds changes not yet in the
+bucket. Reads of a clean node go through the block cache, pinned to the generation that was
+opened. The first write copies the content into a private staging file. Closing (flush) a
+changed node seals that file into the write-back journal (:mod:`octuefs.uploads`), which
+uploads data and Octue metadata in ONE request with a generation precondition: the Datafile
+context manager's meaning, without making close wait for the network (unless
+``upload_on_close``). Until the upload is done the mount shows the local version. Closing an
+unchanged file sends nothing.
 
-Locks, in the order they are taken: ``OpenFiles._lock`` (the node and handle tables) before a
-``FileNode.lock`` (that node's state and staging file). ``FileNode.lock`` may be held across an
-upload of that file; code that only needs a snapshot (getattr, getxattr, readdir) reads the
-node's plain attributes without it, so a slow upload never blocks ``ls`` or other files.
+Locks, in the order they are taken: ``OpenFiles._lock`` (the node and handle tables), then a
+``FileNode.lock`` (that node's state and files), then the uploader's lock. Code that only needs
+a snapshot (getattr, getxattr, readdir) reads a node's plain attributes without its lock, so a
+busy file never blocks ``ls`` or other files.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import dataclasses
 import itertools
 import logging
 import os
+import shutil
 import threading
 import time
 
 from . import metadata as octue
 from .cache import ContentCache
-from .errors import Conflict, IsADirectory, NotFound, PreconditionFailed, StaleFile, TransientError, UploadFailed
+from .errors import FileNotFound, IsADirectory, NotFound, StaleFile
 from .metacache import MetadataCache
 from .storage.base import Bucket, ObjectInfo
+from .uploads import CONFLICT, DONE, Entry, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +54,12 @@ class FileNode:
     content_type: str | None = None
     opens: int = 0
     unlinked: bool = False
+    pending: list[Entry] = dataclasses.field(default_factory=list)  # closed versions not yet uploaded
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     @property
     def unsaved(self) -> bool:
-        return self.dirty or self.meta_dirty
+        return self.dirty or self.meta_dirty or bool(self.pending)
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,11 +71,15 @@ class Handle:
 class OpenFiles:
     """The table of open nodes and handles, and the read/write/save paths of files."""
 
-    def __init__(self, bucket: Bucket, cache: ContentCache, metacache: MetadataCache, read_only: bool = False):
+    def __init__(self, bucket: Bucket, cache: ContentCache, metacache: MetadataCache, uploader: Uploader,
+                 upload_on_close: bool = False, fsync_timeout: float | None = None):
         self.bucket = bucket
         self.cache = cache
         self.metacache = metacache
-        self.read_only = read_only
+        self.uploader = uploader
+        uploader.on_done = self._uploaded
+        self.upload_on_close = upload_on_close
+        self.fsync_timeout = fsync_timeout
         self._lock = threading.Lock()
         self._nodes: dict[str, FileNode] = {}  # by object name; guarded by _lock
         self._handles: dict[int, Handle] = {}  # guarded by _lock
@@ -109,11 +119,23 @@ class OpenFiles:
             self._nodes[name] = node
         return node
 
-    def open(self, name: str, info: ObjectInfo | None, writable: bool, truncate: bool = False) -> int:
-        """Open ``name`` (``info`` None: create a new, empty file). Returns a handle number."""
+    def open(self, name: str, info: ObjectInfo | None, writable: bool, truncate: bool = False,
+             seen: FileNode | None = None, create: bool = False) -> int:
+        """Open ``name``: its live node, else one made from ``info`` (``create``: a new empty file).
+
+        ``seen`` is the node the caller found a moment ago: if it has since been dropped (its
+        upload finished and nobody had it open), its final version is what to open.
+        """
         if info is not None and info.is_dir_marker:
             raise IsADirectory(name)
         with self._lock:
+            if name not in self._nodes:
+                if seen is not None:
+                    if seen.unlinked or seen.base is None:
+                        raise FileNotFound(name)
+                    info = seen.base
+                elif info is None and not create:
+                    raise FileNotFound(name)
             node = self._node_for(name, info)
             node.opens += 1
             fh = next(self._next_fh)
@@ -161,11 +183,20 @@ class OpenFiles:
 
     # --- data ---------------------------------------------------------------------------
 
+    def _local_copy(self, node: FileNode) -> str | None:
+        """The file holding the node's newest local content, if any. Caller holds node.lock."""
+        if node.staging is not None:
+            return node.staging
+        if node.pending:
+            return self.uploader.journal.data_path(node.pending[-1].id)
+        return None
+
     def read(self, fh: int, size: int, offset: int) -> bytes:
         node = self.handle(fh).node
         with node.lock:
-            if node.staging is not None:
-                with open(node.staging, "rb") as f:
+            local = self._local_copy(node)
+            if local is not None:
+                with open(local, "rb") as f:
                     f.seek(offset)
                     return f.read(size)
             base = node.base
@@ -198,54 +229,115 @@ class OpenFiles:
 
     def _ensure_staged(self, node: FileNode, length: int | None = None) -> None:
         """Give the node a private full copy to write to. Caller holds node.lock."""
-        if node.staging is None:
+        if node.staging is not None:
+            return
+        if node.pending:  # the newest version is sealed for upload: write to a copy of it
+            path = self.cache.new_staging_path()
+            with open(self.uploader.journal.data_path(node.pending[-1].id), "rb") as src, \
+                    open(path, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                if length is not None:
+                    dst.truncate(length)
+            node.staging = path
+        else:
             node.staging = self.cache.stage(node.base, length)
 
     # --- saving -------------------------------------------------------------------------
 
-    def save(self, node: FileNode) -> None:
-        """Upload the node's data and metadata if anything is unsaved; otherwise do nothing."""
+    def save(self, node: FileNode) -> Entry | None:
+        """Hand the node's unsaved changes to the write-back queue; return the newest entry.
+
+        Data changes are sealed and journaled (durable locally) before this returns; a
+        metadata-only change of a file with nothing pending is one PATCH, sent now.
+        """
         with node.lock:
-            if not node.unsaved or node.unlinked:
-                return
-            if not node.dirty and node.base is not None:  # metadata only: no re-upload
+            if node.unlinked:
+                return None
+            if node.dirty:
+                return self._seal(node)
+            if node.meta_dirty and node.pending:  # amend the pending upload
+                custom = self._custom_metadata(node, node.meta.with_id())
+                entry = self.uploader.resubmit(node.pending[-1], custom, node.content_type)
+                node.pending = [e for e in node.pending if not e.done.is_set() and e is not entry] + [entry]
+                node.meta_dirty = False
+                return entry
+            if node.meta_dirty and node.base is not None:  # update_cloud_metadata
                 info = self.patch_octue(node.base, node.meta)
                 node.base, node.meta, node.meta_dirty = info, octue.decode_object_metadata(info.metadata), False
-                return
-            if node.staging is None:
-                self._ensure_staged(node)
-            meta = node.meta.with_id()
-            custom = octue.encode_object_metadata(meta, node.base.metadata if node.base else {})
-            custom.pop(MTIME_KEY, None)
-            if node.mtime is not None:
-                custom[MTIME_KEY] = str(int(node.mtime))
-            octue.check_size_limits(custom)
-            expected = node.base.generation if node.base else 0
-            try:
-                info = self.bucket.upload_file(
-                    node.name, node.staging, custom, if_generation_match=expected, content_type=node.content_type
-                )
-            except PreconditionFailed as exc:
-                self.metacache.forget(node.name)
-                log.warning(
-                    "not saving %r: it changed in the bucket since it was opened (expected generation %s); "
-                    "the local version is kept in %s",
-                    node.name,
-                    expected,
-                    node.staging,
-                )
-                raise Conflict(f"{node.name!r} changed in the bucket since it was opened") from exc
-            except TransientError as exc:
-                log.error("could not upload %r, the data stays in %s: %s", node.name, node.staging, exc)
-                raise UploadFailed(str(exc)) from exc
-            node.base, node.meta = info, meta
-            node.dirty = node.meta_dirty = False
-            node.mtime = None
-            node.size = info.size
-            self.cache.adopt(info, node.staging)
-            node.staging = None
-        self.metacache.wrote(info)
-        log.debug("saved %r as generation %s (%d bytes)", info.name, info.generation, info.size)
+            return node.pending[-1] if node.pending else None
+
+    def _custom_metadata(self, node: FileNode, meta: octue.OctueMetadata) -> dict[str, str]:
+        """The whole custom metadata for the node's next upload. Caller holds node.lock."""
+        prior = node.pending[-1].metadata if node.pending else (node.base.metadata if node.base else {})
+        custom = octue.encode_object_metadata(meta, prior)
+        custom.pop(MTIME_KEY, None)
+        if node.mtime is not None:
+            custom[MTIME_KEY] = str(int(node.mtime))
+        octue.check_size_limits(custom)
+        return custom
+
+    def _seal(self, node: FileNode) -> Entry:
+        if node.staging is None:
+            self._ensure_staged(node)
+        meta = node.meta.with_id()
+        custom = self._custom_metadata(node, meta)
+        entry = self.uploader.submit(node.name, node.staging, custom, node.content_type,
+                                     node.base.generation if node.base else 0, node.size)
+        node.meta, node.staging = meta, None
+        node.dirty = node.meta_dirty = False
+        node.mtime = None
+        node.pending = [e for e in node.pending if not e.done.is_set()] + [entry]
+        return entry
+
+    def _uploaded(self, entry: Entry) -> None:
+        """The uploader finished ``entry`` (in the bucket, or kept beside it after a conflict)."""
+        info = entry.result
+        node = self.node(entry.name)
+        if entry.state == CONFLICT:
+            self.metacache.forget(entry.name)
+            self.metacache.wrote(info)
+        if node is None:
+            if entry.state == DONE:
+                self.metacache.wrote(info)
+            return
+        with node.lock:
+            if entry.state == DONE:
+                # Record the new version everywhere before the entry stops counting as
+                # pending: release() may drop the node the moment it does.
+                node.base = info
+                self.metacache.wrote(info)
+                if node.pending and node.pending[-1] is entry and node.staging is None and not node.unlinked:
+                    try:  # the sealed file is exactly this generation: keep it as the cached copy
+                        self.cache.adopt(info, self.uploader.journal.data_path(entry.id))
+                    except OSError:
+                        pass
+            if entry in node.pending:
+                node.pending.remove(entry)
+            idle = not node.unsaved and node.opens == 0
+        if idle:
+            with self._lock:
+                if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0:
+                    del self._nodes[node.name]
+
+    def settle(self, node: FileNode, cancel: bool = False) -> None:
+        """Let the node's uploads finish (``cancel``: drop the queued ones) before a delete or rename."""
+        if cancel:
+            self.uploader.cancel(node.name)
+        else:
+            self.save(node)
+            self.uploader.wait_name(node.name)
+
+    def recover(self, entries: list[Entry]) -> None:
+        """Show the uploads an earlier mount left (oldest first) as the files' local versions."""
+        with self._lock:
+            for entry in entries:
+                node = self._nodes.get(entry.name)
+                if node is None:
+                    node = self._nodes[entry.name] = FileNode(
+                        name=entry.name, base=None, meta=octue.decode_object_metadata(entry.metadata),
+                        size=entry.size, content_type=entry.content_type)
+                node.pending.append(entry)
+                node.size, node.meta = entry.size, octue.decode_object_metadata(entry.metadata)
 
     def patch_octue(self, info: ObjectInfo, meta: octue.OctueMetadata) -> ObjectInfo:
         """update_cloud_metadata: one metadata PATCH, content untouched; ``info`` if nothing changed.
@@ -271,15 +363,33 @@ class OpenFiles:
         handle = self.handle(fh)
         if handle.writable:
             self.save(handle.node)
+            if self.upload_on_close:
+                self.uploader.wait_name(handle.node.name)
 
     def fsync(self, fh: int) -> None:
         """fsync(2): returns once the file (whoever changed it) is in the bucket."""
-        self.save(self.handle(fh).node)
+        node = self.handle(fh).node
+        self.save(node)
+        self.uploader.wait_name(node.name, self.fsync_timeout)
 
     def touch(self, node: FileNode, mtime: float) -> None:
-        """Record an explicit mtime on a node with unsaved data (saved with it)."""
+        """Record an explicit mtime on a node with unsaved changes; it goes up with them."""
+        self.change_metadata(node, lambda: setattr(node, "mtime", mtime))
+
+    def change_metadata(self, node: FileNode, change) -> bool:
+        """Apply ``change()`` to a node with unsaved changes, merging it into what is pending.
+
+        Returns False (and changes nothing) when the node has nothing unsaved: the caller then
+        patches the bucket directly.
+        """
         with node.lock:
-            node.mtime = mtime
+            if not node.unsaved and node.base is not None:
+                return False
+            change()
+            if not node.dirty:
+                node.meta_dirty = True
+                self.save(node)  # amend the queued upload (journaled, so as durable as data)
+            return True
 
 
 def _unlink_quietly(path: str) -> None:

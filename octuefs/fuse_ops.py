@@ -79,7 +79,7 @@ class OctueOperations(mfusepy.Operations):
     # --- lifetime -------------------------------------------------------------------------
 
     def destroy(self, path):
-        self.fs.shutdown()
+        self.fs.shutdown()  # finishes pending uploads unless asked to leave them
 
     # --- attributes and directories --------------------------------------------------------
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 
 from .config import MountConfig
+from .control import ControlServer, request
 from .errors import OctuefsError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ def state_file(mountpoint: str) -> str:
     # abspath, not realpath: resolving a live mountpoint asks its daemon, which may be busy.
     key = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:32]
     return os.path.join(_state_dir(), key + ".json")
+
+
+def socket_path(mountpoint: str) -> str:
+    return state_file(mountpoint)[: -len(".json")] + ".sock"
 
 
 def read_state(mountpoint: str) -> dict | None:
@@ -135,9 +140,11 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     from .core import FileSystem
     from .fuse_ops import OctueOperations, run
 
-    with _bucket_for(config) as bucket:
+    os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
+    with _cache_lock(config.cache_dir), _bucket_for(config) as bucket:
         fs = FileSystem(bucket, config)
         ops = OctueOperations(fs)
+        control = ControlServer(fs, socket_path(config.mountpoint))
 
         def announce(_path="/"):
             # Runs inside FUSE's INIT: touching the mountpoint here would deadlock.
@@ -153,9 +160,30 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
         except RuntimeError as exc:
             raise MountError(f"FUSE could not mount {config.mountpoint}: {exc}") from exc
         finally:
+            control.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(state_file(config.mountpoint))
         log.info("unmounted %s", config.mountpoint)
+
+
+@contextlib.contextmanager
+def _cache_lock(cache_dir: str) -> Iterator[None]:
+    """One daemon per cache directory: its journal must have one reader."""
+    import fcntl
+
+    path = os.path.join(cache_dir, "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise MountError(f"the cache directory {cache_dir} is in use by another octuefs mount (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_state(config: MountConfig) -> None:
@@ -214,11 +242,34 @@ def _last_error(log_file: str) -> str | None:
 # --- unmount -----------------------------------------------------------------------------------
 
 
-def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None:
-    """Unmount; wait until the daemon has written out what it held and exited."""
+def sync(mountpoint: str, progress=None, timeout: float | None = None) -> int:
+    """Wait until every upload pending in the mount is in the bucket; return how many failed to."""
+    _require_mounted(mountpoint)
+    return int(request(socket_path(mountpoint), "sync", progress, timeout).get("left", 0))
+
+
+def status(mountpoint: str) -> dict:
+    _require_mounted(mountpoint)
+    return request(socket_path(mountpoint), "status", timeout=30)
+
+
+def _require_mounted(mountpoint: str) -> None:
     if not os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
+
+
+def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False, leave_pending: bool = False,
+            progress=None) -> None:
+    """Write out pending uploads (unless ``leave_pending``), unmount, wait for the daemon to exit."""
+    _require_mounted(mountpoint)
     state = read_state(mountpoint)
+    if state is not None:
+        if leave_pending:
+            request(socket_path(mountpoint), "leave-pending", timeout=30)
+        elif not lazy:
+            left = sync(mountpoint, progress, timeout)
+            if left:
+                raise MountError(f"{left} upload(s) are still pending; not unmounting (see `octuefs status`)")
     fusermount = _fusermount()
     if fusermount is None:
         raise MountError("fusermount3 is not installed: install the fuse3 package")
@@ -231,7 +282,8 @@ def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False) -> None
         _wait_for_exit(int(state["pid"]), timeout)
 
 
-def _wait_for_exit(pid: int, timeout: float) -> None:
+def _wait_for_exit(pid: int, timeout: float | None) -> None:
+    timeout = 600.0 if timeout is None else timeout  # it has little left to do after the sync
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -145,10 +145,9 @@ class XattrSurface:
         fname, info, node = target
         if node is not None:
             with node.lock:
-                if node.unsaved or info is None:  # joins the pending upload
-                    node.meta = apply(node.meta)
-                    node.meta_dirty = True
-                    return
+                new_meta = apply(node.meta)  # validates before anything changes
+                if self.fs.files.change_metadata(node, lambda: setattr(node, "meta", new_meta)):
+                    return  # merged into the pending upload
                 node.base = self._patch(fname, node.base, apply)
                 node.meta = self.decoded(node.base)
             return
@@ -181,9 +180,7 @@ class XattrSurface:
             raise InvalidMetadata("content_type", "must be UTF-8 text") from exc
         if value is not None and ("/" not in text or any(c.isspace() for c in text)):
             raise InvalidMetadata("content_type", "must look like type/subtype", text)
-        if node is not None and (node.unsaved or info is None):
-            node.content_type = text or None
-            node.meta_dirty = True
+        if node is not None and self.fs.files.change_metadata(node, lambda: setattr(node, "content_type", text or None)):
             return
         new = self.fs.bucket.patch_metadata(
             name, {}, if_generation_match=info.generation, if_metageneration_match=info.metageneration,

@@ -47,6 +47,10 @@ class Mount:
     def __truediv__(self, other: str) -> Path:
         return self.path / other
 
+    def sync(self) -> None:
+        """``octuefs sync``: wait until write-back has put every closed file in the bucket."""
+        run_octuefs("sync", str(self.path))
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

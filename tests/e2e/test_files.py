@@ -6,10 +6,22 @@ import errno
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
 from octuefs.errors import NotFound
+
+
+def wait_for_exit(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"daemon {pid} still running")
 
 
 def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -24,6 +36,7 @@ def test_cp_in_and_cat_back(mount, tmp_path):
     src.write_bytes(b"time,value\n0,1.5\n")
     sh("cp", str(src), str(mount / "data.csv"))
     assert sh("cat", str(mount / "data.csv")).stdout == b"time,value\n0,1.5\n"
+    mount.sync()
     assert mount.bucket.read_range("data.csv", 0, 100) == b"time,value\n0,1.5\n"
     meta = mount.bucket.stat("data.csv").metadata
     assert len(json.loads(meta["octue__id"])) == 36  # a new file gets a fresh Octue id
@@ -40,9 +53,11 @@ def test_objects_already_in_the_bucket_show_with_sizes(mount):
 def test_dd_random_write_and_append(mount):
     mount.bucket.upload_bytes("f.bin", b"0123456789")
     sh("dd", "of=" + str(mount / "f.bin"), "bs=1", "seek=3", "conv=notrunc", input=b"AB")
+    mount.sync()
     assert mount.bucket.read_range("f.bin", 0, 100) == b"012AB56789"
     with open(mount / "f.bin", "ab") as f:
         f.write(b"++")
+    mount.sync()
     assert mount.bucket.read_range("f.bin", 0, 100) == b"012AB56789++"
     assert (mount / "f.bin").read_bytes() == b"012AB56789++"
 
@@ -50,14 +65,17 @@ def test_dd_random_write_and_append(mount):
 def test_truncate_command(mount):
     mount.bucket.upload_bytes("t.txt", b"abcdef")
     sh("truncate", "-s", "2", str(mount / "t.txt"))
+    mount.sync()
     assert mount.bucket.read_range("t.txt", 0, 100) == b"ab"
     sh("truncate", "-s", "4", str(mount / "t.txt"))
+    mount.sync()
     assert mount.bucket.read_range("t.txt", 0, 100) == b"ab\0\0"
 
 
 def test_mv_keeps_metadata_and_rm_deletes(mount):
     (mount / "a.txt").write_bytes(b"data")
     os.setxattr(mount / "a.txt", "user.octue.labels", b"raw")
+    mount.sync()
     before = dict(mount.bucket.stat("a.txt").metadata)
     sh("mv", str(mount / "a.txt"), str(mount / "b.txt"))
     with pytest.raises(NotFound):
@@ -77,6 +95,7 @@ def test_mkdir_rmdir_and_directory_rename(mount):
     result = sh("rmdir", str(mount / "d"), check=False)
     assert result.returncode != 0 and b"not empty" in result.stderr
     sh("mv", str(mount / "d"), str(mount / "e"))
+    mount.sync()
     assert mount.bucket.read_range("e/x.txt", 0, 10) == b"x"
     assert sorted(os.listdir(mount / "e")) == ["x.txt"]
     sh("rm", str(mount / "e" / "x.txt"))
@@ -90,6 +109,7 @@ def test_touch_sets_an_mtime_kept_in_the_bucket(mount):
     assert int(os.stat(mount / "old.txt").st_mtime) == 981173106
     assert mount.bucket.stat("old.txt").metadata["goog-reserved-file-mtime"] == "981173106"
     sh("touch", str(mount / "new.txt"))
+    mount.sync()
     assert mount.bucket.stat("new.txt").size == 0
 
 
@@ -107,6 +127,7 @@ def test_python_open_modes(mount):
         open(mount.path, "w")
     with pytest.raises(FileNotFoundError):
         open(mount / "missing.txt")
+    mount.sync()
     assert mount.bucket.read_range("py.txt", 0, 100) == b"hEllo"
 
 
@@ -125,6 +146,7 @@ def test_prefix_mount_shows_only_the_prefix(mount_factory):
     m.bucket.upload_bytes("elsewhere.csv", b"2")
     assert os.listdir(m.path) == ["result.csv"]
     (m / "new.csv").write_bytes(b"3")
+    m.sync()
     assert m.bucket.read_range("project/run1/new.csv", 0, 10) == b"3"
 
 
@@ -153,6 +175,9 @@ def test_close_of_an_unchanged_file_sends_nothing(mount):
 
 
 def test_lazy_unmount_still_saves_a_file_open_at_the_time(mount):
+    from octuefs.mount import read_state
+
+    pid = read_state(str(mount.path))["pid"]
     f = open(mount / "open.txt", "wb")
     try:
         f.write(b"written while unmounting")
@@ -161,6 +186,7 @@ def test_lazy_unmount_still_saves_a_file_open_at_the_time(mount):
         assert not os.path.ismount(mount.path)
     finally:
         f.close()  # the daemon still serves open files after a lazy unmount; close saves
+    wait_for_exit(pid)  # ... and the daemon finishes its uploads before it exits
     assert mount.bucket.read_range("open.txt", 0, 100) == b"written while unmounting"
 
 
@@ -171,6 +197,7 @@ def test_unmount_refuses_while_a_file_is_open(mount):
         assert result.returncode != 0
         assert result.stderr.startswith("octuefs: error: cannot unmount") and "busy" in result.stderr
         assert os.path.ismount(mount.path)
+    mount.sync()
     assert mount.bucket.read_range("busy.txt", 0, 10) == b"x"
 
 
@@ -185,6 +212,7 @@ def test_many_threads_write_and_read_different_files_at_once(mount):
 
     with ThreadPoolExecutor(16) as pool:
         written = list(pool.map(work, range(32)))
+    mount.sync()
     for i, data in enumerate(written):
         assert mount.bucket.read_range(f"t{i:02d}.bin", 0, 1 << 20) == data
     assert len(os.listdir(mount.path)) == 32

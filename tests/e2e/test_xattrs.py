@@ -116,6 +116,7 @@ def test_setfattr_on_a_file_being_written_goes_up_with_its_data(mount):
         f.flush()
         os.setxattr(p, "user.octue.labels", b"draft")
         f.write(b", part 2")
+    mount.sync()
     info = mount.bucket.stat("w.csv")
     assert mount.bucket.read_range("w.csv", 0, 100) == b"part 1, part 2"
     assert json.loads(info.metadata["octue__labels"])["items"] == ["draft"]
@@ -134,6 +135,7 @@ def test_directories_answer_xattr_calls(mount):
 
 def test_gcs_facts(mount):
     (mount / "g.txt").write_bytes(b"hello")
+    mount.sync()
     assert os.getxattr(mount / "g.txt", "user.gcs.md5") == b"5d41402abc4b2a76b9719d911017c592"
     os.setxattr(mount / "g.txt", "user.gcs.content_type", b"text/plain")
     assert mount.bucket.stat("g.txt").content_type == "text/plain"

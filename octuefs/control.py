@@ -1,0 +1,114 @@
+"""The daemon's control socket: ``octuefs status``, ``octuefs sync`` and unmount's flush.
+
+A Unix socket beside the mount's state file (a 0700 directory of the user's). A request is
+one JSON line, ``{"cmd": "status" | "sync" | "leave-pending"}``; the answer is JSON lines:
+``sync`` streams ``{"done": n, "total": m}`` progress, then ``{"left": k}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+from .errors import OctuefsError
+
+log = logging.getLogger(__name__)
+
+
+class ControlError(OctuefsError):
+    """The daemon of a mount could not be asked (it is gone, or an older version)."""
+
+
+class ControlServer:
+    """Serves control requests for one mounted FileSystem, one thread per connection."""
+
+    def __init__(self, fs, path: str):
+        self.fs = fs
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(path)
+        os.chmod(path, 0o600)
+        self._sock.listen(8)
+        self._thread = threading.Thread(target=self._serve, name="octuefs-control", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rw") as stream:
+            try:
+                request = json.loads(stream.readline() or "{}")
+                for reply in self._answer(request.get("cmd"), request.get("timeout")):
+                    stream.write(json.dumps(reply) + "\n")
+                    stream.flush()
+            except (OSError, ValueError) as exc:
+                log.debug("control request failed: %s", exc)
+
+    def _answer(self, cmd: str | None, timeout: float | None = None) -> Iterator[dict]:
+        uploader = self.fs.uploader
+        if cmd == "status":
+            yield {"bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix, **uploader.status()}
+        elif cmd == "sync":
+            progress: list[tuple[int, int]] = []
+            done = threading.Event()
+            left = []
+
+            def run() -> None:
+                left.append(uploader.sync(timeout, progress=lambda d, t: progress.append((d, t))))
+                done.set()
+
+            threading.Thread(target=run, daemon=True).start()
+            while not done.wait(0.5):
+                if progress:
+                    d, t = progress[-1]
+                    yield {"done": d, "total": t}
+            yield {"left": left[0]}
+        elif cmd == "leave-pending":
+            self.fs.leave_pending = True
+            yield {"ok": True}
+        else:
+            yield {"error": f"unknown command {cmd!r}"}
+
+
+def request(path: str, cmd: str, on_line: Callable[[dict], None] | None = None, timeout: float | None = None) -> dict:
+    """Send ``cmd`` to the daemon at ``path``; return its last reply (earlier ones go to on_line).
+
+    ``timeout`` bounds the daemon's work (a sync) and, with a margin, the wait for each reply.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(None if timeout is None else timeout + 30)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise ControlError(f"cannot reach the mount's daemon ({exc.strerror or exc})") from exc
+    last: dict = {}
+    with sock, sock.makefile("rw") as stream:
+        stream.write(json.dumps({"cmd": cmd, "timeout": timeout}) + "\n")
+        stream.flush()
+        for line in stream:
+            last = json.loads(line)
+            if on_line is not None and "left" not in last:
+                on_line(last)
+    if "error" in last:
+        raise ControlError(last["error"])
+    return last

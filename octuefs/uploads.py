@@ -1,0 +1,430 @@
+"""Write-back: a journal of closed files waiting to be uploaded, and the workers that upload them.
+
+On disk, under the cache directory (0700, files 0600):
+
+    pending/<id>          the file's content as it was when it was closed, fsync'd
+    journal/<id>.json     what to do with it (object, precondition, metadata), written
+                          atomically (temp file, fsync, rename, fsync of the directory)
+                          only after the data is durable
+    conflicts.jsonl       one line per conflict: which object, which versions, where ours went
+
+Closing a changed file seals its content into ``pending/`` and journals it, then returns:
+uploads run in the background, several at once, and retry transient failures with
+exponential backoff for as long as it takes. A daemon that dies (``kill -9``, power loss)
+leaves the journal, and the next mount with the same cache directory finishes the uploads.
+
+Every upload carries a generation precondition. Entries for one object run one at a time and
+in order: a newer entry either replaces a queued older one (its content is newer) or waits for
+the running one and takes the generation it produces. When the object changed or vanished in
+the bucket meanwhile, nothing is overwritten: our version goes up beside it under a marked
+name (``data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``), a warning names both versions,
+and ``octuefs status`` lists it.
+
+Lock: ``_cond`` (a Condition) guards ``_entries`` and every Entry's mutable state. No network
+or disk I/O is done while holding it, except the small journal rewrites of chaining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from .errors import Conflict, NotFound, OctuefsError, PreconditionFailed, UploadFailed
+from .storage.base import Bucket, ObjectInfo
+from .storage.retry import file_md5
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, CONFLICT = "queued", "running", "done", "conflict"
+
+
+@dataclasses.dataclass(eq=False)
+class Entry:
+    """One closed version of one object, waiting to go up. Mutable fields: under Uploader._cond."""
+
+    id: str
+    name: str
+    base_generation: int | None  # precondition; None while waiting for ``after``
+    after: str | None  # the entry for the same object that must finish first
+    metadata: dict[str, str]
+    content_type: str | None
+    size: int
+    created: float
+    state: str = QUEUED
+    attempts: int = 0
+    last_error: str | None = None
+    next_try: float = 0.0
+    result: ObjectInfo | None = None
+    conflict_name: str | None = None
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def record(self) -> dict:
+        return {k: getattr(self, k) for k in
+                ("id", "name", "base_generation", "after", "metadata", "content_type", "size", "created")}
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The on-disk half: sealed content and journal records."""
+
+    def __init__(self, root: str):
+        self.pending_dir = os.path.join(root, "pending")
+        self.journal_dir = os.path.join(root, "journal")
+        self.conflicts_path = os.path.join(root, "conflicts.jsonl")
+        for d in (self.pending_dir, self.journal_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self._ids = itertools.count()
+
+    def new_id(self) -> str:
+        return f"{time.time_ns():020d}-{next(self._ids):06d}-{uuid.uuid4().hex[:6]}"
+
+    def data_path(self, entry_id: str) -> str:
+        return os.path.join(self.pending_dir, entry_id)
+
+    def seal(self, entry_id: str, staging_path: str) -> None:
+        """Make the closed content durable and move it into the journal's keeping."""
+        fd = os.open(staging_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staging_path, self.data_path(entry_id))
+        _fsync_dir(self.pending_dir)
+
+    def write(self, entry: Entry) -> None:
+        path = os.path.join(self.journal_dir, entry.id + ".json")
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(entry.record(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.journal_dir)
+
+    def remove(self, entry: Entry, keep_data: bool = False) -> None:
+        for path in [os.path.join(self.journal_dir, entry.id + ".json")] + ([] if keep_data else [self.data_path(entry.id)]):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def load(self) -> list[Entry]:
+        """Every journaled entry whose data is intact, oldest first; superseded ones dropped."""
+        entries: list[Entry] = []
+        for fname in sorted(os.listdir(self.journal_dir)):
+            path = os.path.join(self.journal_dir, fname)
+            if not fname.endswith(".json"):
+                os.unlink(path)  # a temp file from a write the crash interrupted
+                continue
+            try:
+                with open(path) as f:
+                    rec = json.load(f)
+                entry = Entry(**rec)
+                if os.path.getsize(self.data_path(entry.id)) != entry.size:
+                    raise ValueError("its data file has the wrong size")
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("journal entry %s is unusable (%s); moved aside, nothing uploaded", fname, exc)
+                os.replace(path, path + ".bad")
+                continue
+            entries.append(entry)
+        # A crash between journaling a newer version and dropping the older one it replaced
+        # leaves both: keep only the newest of entries sharing an object, base and chain.
+        newest: dict[tuple, Entry] = {}
+        for entry in entries:
+            key = (entry.name, entry.base_generation, entry.after)
+            if key in newest:
+                self.remove(newest[key])
+            newest[key] = entry
+        return sorted(newest.values(), key=lambda e: e.id)
+
+    def note_conflict(self, record: dict) -> None:
+        with open(self.conflicts_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def conflicts(self, limit: int = 50) -> list[dict]:
+        try:
+            with open(self.conflicts_path) as f:
+                lines = f.readlines()[-limit:]
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def conflict_name(name: str, when: float, tag: str) -> str:
+    """``dir/data.csv`` -> ``dir/data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.rpartition(".")
+    if not stem:  # no extension (or a dotfile)
+        stem, dot, ext = base, "", ""
+    stamp = dt.datetime.fromtimestamp(when, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    marked = f"{stem}.octuefs-conflict-{stamp}-{tag}{dot}{ext}"
+    return f"{head}/{marked}" if head else marked
+
+
+DoneCallback = Callable[[Entry], None]
+
+
+class Uploader:
+    """Background uploads of journaled entries (see the module docstring)."""
+
+    def __init__(self, bucket: Bucket, journal: Journal, workers: int = 8, on_done: DoneCallback | None = None,
+                 max_backoff: float = 60.0, new_id: Callable[[], str] | None = None):
+        self.bucket = bucket
+        self.journal = journal
+        self.on_done = on_done or (lambda entry: None)
+        self.max_backoff = max_backoff
+        self._cond = threading.Condition()
+        self._entries: dict[str, Entry] = {}  # by id, insertion (= id) order; guarded by _cond
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._work, name=f"octuefs-upload-{i}", daemon=True)
+                         for i in range(workers)]
+        self._new_id = new_id or journal.new_id
+
+    def start(self, recovered: list[Entry] = ()) -> None:
+        with self._cond:
+            for entry in recovered:
+                self._entries[entry.id] = entry
+        if recovered:
+            log.warning("resuming %d upload(s) left by an earlier mount", len(recovered))
+        for t in self._threads:
+            t.start()
+
+    # --- submitting -----------------------------------------------------------------------
+
+    def submit(self, name: str, staging_path: str, metadata: dict[str, str], content_type: str | None,
+               base_generation: int, size: int) -> Entry:
+        """Seal a closed file's content and queue its upload. Returns once it is durable locally."""
+        entry = Entry(self._new_id(), name, base_generation, None, dict(metadata), content_type, size, time.time())
+        self.journal.seal(entry.id, staging_path)
+        return self._enqueue(entry)
+
+    def resubmit(self, previous: Entry, metadata: dict[str, str], content_type: str | None) -> Entry:
+        """The same content as ``previous`` with new metadata (a setfattr while it was pending)."""
+        with self._cond:
+            if previous.state == QUEUED and previous.id in self._entries:
+                previous.metadata, previous.content_type = dict(metadata), content_type
+                self.journal.write(previous)  # small; keeps the amendment atomic with the queue
+                return previous
+        entry = Entry(self._new_id(), previous.name, previous.base_generation, None, dict(metadata), content_type,
+                      previous.size, time.time())
+        os.link(self.journal.data_path(previous.id), self.journal.data_path(entry.id))
+        return self._enqueue(entry)
+
+    def _enqueue(self, entry: Entry) -> Entry:
+        with self._cond:
+            older = [e for e in self._entries.values() if e.name == entry.name]
+            replaced = None
+            if older:
+                last = older[-1]
+                if last.state == QUEUED:
+                    replaced = last  # its content is superseded by this newer version
+                    entry.base_generation, entry.after = last.base_generation, last.after
+                else:
+                    entry.base_generation, entry.after = None, last.id
+            self.journal.write(entry)
+            if replaced is not None:
+                del self._entries[replaced.id]
+                self.journal.remove(replaced)
+                replaced.state = DONE
+                replaced.done.set()
+            self._entries[entry.id] = entry
+            self._cond.notify_all()
+        log.debug("queued upload %s of %r (%d bytes)", entry.id, entry.name, entry.size)
+        return entry
+
+    # --- waiting and status ---------------------------------------------------------------------
+
+    def wait(self, entry: Entry, timeout: float | None = None) -> ObjectInfo | None:
+        """Wait until ``entry`` is in the bucket. Conflict if it went up beside the original."""
+        if not entry.done.wait(timeout):
+            raise UploadFailed(f"{entry.name!r} is not in the bucket yet ({entry.last_error or 'still queued'}); "
+                               "it stays queued")
+        if entry.state == CONFLICT:
+            raise Conflict(f"{entry.name!r} changed in the bucket; this version was saved as {entry.conflict_name!r}")
+        return entry.result
+
+    def pending_for(self, name: str) -> list[Entry]:
+        with self._cond:
+            return [e for e in self._entries.values() if e.name == name]
+
+    def wait_name(self, name: str, timeout: float | None = None) -> None:
+        for entry in self.pending_for(name):
+            self.wait(entry, timeout)
+
+    def cancel(self, name: str) -> None:
+        """Drop queued uploads of ``name`` (it is being deleted); let a running one finish."""
+        with self._cond:
+            doomed = [e for e in self._entries.values() if e.name == name and e.state == QUEUED]
+            for e in doomed:
+                del self._entries[e.id]
+                e.state = DONE
+                e.done.set()
+            running = [e for e in self._entries.values() if e.name == name]
+        for e in doomed:
+            self.journal.remove(e)
+        for e in running:
+            e.done.wait()
+
+    def snapshot(self) -> list[Entry]:
+        with self._cond:
+            return list(self._entries.values())
+
+    def sync(self, timeout: float | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+        """Wait for every upload queued now; return how many are still pending at the end."""
+        targets = self.snapshot()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = [e for e in targets if not e.done.is_set()]
+            if progress:
+                progress(len(targets) - len(left), len(targets))
+            if not left or (deadline is not None and time.monotonic() >= deadline):
+                return len(left)
+            left[0].done.wait(0.5)
+
+    def status(self) -> dict:
+        with self._cond:
+            rows = [{"id": e.id, "name": e.name, "state": e.state, "size": e.size, "attempts": e.attempts,
+                     "last_error": e.last_error, "queued_at": e.created} for e in self._entries.values()]
+        return {"uploads": rows, "conflicts": self.journal.conflicts()}
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> int:
+        """Stop the workers, first draining the queue if asked; return what is left queued."""
+        left = self.sync(timeout) if drain else 0
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=5 if not drain else None)
+        remaining = len(self.snapshot())
+        if remaining:
+            log.warning("%d upload(s) still pending; they resume at the next mount with cache %s",
+                        remaining, os.path.dirname(self.journal.journal_dir))
+        return left or remaining
+
+    # --- the workers --------------------------------------------------------------------------
+
+    def _next(self) -> Entry | None:
+        """The oldest runnable entry, marked running. Caller holds _cond."""
+        busy = {e.name for e in self._entries.values() if e.state == RUNNING}
+        now = time.monotonic()
+        for e in self._entries.values():
+            if e.state == QUEUED and e.name not in busy and e.after is None and e.next_try <= now:
+                e.state = RUNNING
+                e.attempts += 1
+                return e
+            busy.add(e.name)  # keep later entries of the same object in order
+        return None
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                entry = self._next()
+                while entry is None and not self._stopping:
+                    soonest = min((e.next_try for e in self._entries.values() if e.state == QUEUED), default=None)
+                    wait = None if soonest is None else max(0.01, soonest - time.monotonic())
+                    self._cond.wait(wait)
+                    entry = self._next()
+                if entry is None:
+                    return
+            self._run(entry)
+
+    def _run(self, entry: Entry) -> None:
+        data = self.journal.data_path(entry.id)
+        try:
+            info = self.bucket.upload_file(entry.name, data, entry.metadata, if_generation_match=entry.base_generation,
+                                           content_type=entry.content_type)
+        except PreconditionFailed:
+            info = self._already_there(entry, data)
+            if info is None:
+                self._keep_beside(entry, data)
+                return
+        except (OctuefsError, OSError) as exc:
+            self._retry_later(entry, exc)
+            return
+        except Exception as exc:  # a bug: keep the data, say so, keep trying
+            log.exception("unexpected error uploading %r; it stays queued", entry.name)
+            self._retry_later(entry, exc)
+            return
+        self._finish(entry, info, DONE)
+
+    def _already_there(self, entry: Entry, data: str) -> ObjectInfo | None:
+        """After a crash or a lost response our own upload may be what the precondition saw."""
+        try:
+            info = self.bucket.stat(entry.name)
+        except NotFound:
+            return None
+        if info.md5 == file_md5(data) and dict(info.metadata) == entry.metadata:
+            log.info("upload of %r was already in the bucket (generation %d)", entry.name, info.generation)
+            return info
+        return None
+
+    def _keep_beside(self, entry: Entry, data: str) -> None:
+        try:
+            theirs = self.bucket.stat(entry.name)
+            theirs_text = f"generation {theirs.generation}"
+        except NotFound:
+            theirs_text = "deleted"
+        target = conflict_name(entry.name, time.time(), entry.id[-6:])
+        metadata = {k: v for k, v in entry.metadata.items() if k != "octue__id"}
+        metadata["octue__id"] = json.dumps(str(uuid.uuid4()))  # a new object, so a new Octue id
+        try:
+            info = self.bucket.upload_file(target, data, metadata, if_generation_match=0,
+                                           content_type=entry.content_type)
+        except (OctuefsError, OSError) as exc:
+            self._retry_later(entry, exc)
+            return
+        log.warning("conflict: gs://%s/%s changed in the bucket (now %s; this mount expected generation %s); "
+                    "not overwritten: your version was saved as gs://%s/%s",
+                    self.bucket.name, entry.name, theirs_text, entry.base_generation, self.bucket.name, target)
+        self.journal.note_conflict({"time": time.time(), "object": entry.name, "theirs": theirs_text,
+                                    "expected_generation": entry.base_generation, "saved_as": target,
+                                    "generation": info.generation})
+        entry.conflict_name = target
+        self._finish(entry, info, CONFLICT)
+
+    def _retry_later(self, entry: Entry, exc: BaseException) -> None:
+        delay = min(self.max_backoff, 0.5 * 2 ** min(entry.attempts - 1, 10))
+        log.warning("upload of %r failed (attempt %d), retrying in %.1fs: %s", entry.name, entry.attempts, delay, exc)
+        with self._cond:
+            entry.state, entry.last_error = QUEUED, str(exc)
+            entry.next_try = time.monotonic() + delay
+            self._cond.notify_all()
+
+    def _finish(self, entry: Entry, info: ObjectInfo, state: str) -> None:
+        # Tell the file layer first, while the entry still counts as running: a version
+        # closed meanwhile then chains after it instead of reusing a stale precondition.
+        entry.state, entry.result = state, info
+        try:
+            self.on_done(entry)  # may adopt the data file into the content cache
+        except Exception:
+            log.exception("after uploading %r", entry.name)
+        with self._cond:
+            for successor in self._entries.values():
+                if successor.after == entry.id:
+                    # A later version of the same object: it replaces what we just wrote, or,
+                    # after a conflict, meets the same precondition and is kept beside too.
+                    successor.after = None
+                    successor.base_generation = info.generation if state == DONE else entry.base_generation
+                    self.journal.write(successor)
+            self._entries.pop(entry.id, None)
+            self._cond.notify_all()
+        self.journal.remove(entry)
+        entry.done.set()
+        log.debug("upload %s of %r: %s (generation %s)", entry.id, entry.name, state, info.generation)

@@ -81,6 +81,9 @@ class ControlServer:
                 if progress:
                     d, t = progress[-1]
                     yield {"done": d, "total": t}
+            if progress:
+                d, t = progress[-1]
+                yield {"done": d, "total": t}
             yield {"left": left[0]}
         elif cmd == "leave-pending":
             self.fs.leave_pending = True

@@ -30,6 +30,7 @@ from .errors import (
     NotADirectory,
     NotFound,
     NotSupported,
+    OctuefsError,
     PreconditionFailed,
     ReadOnlyFilesystem,
 )
@@ -37,7 +38,7 @@ from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .metacache import DIR, MISSING, Listing, MetadataCache
 from .namespace import Namespace
 from .storage.base import Bucket, ObjectInfo
-from .uploads import Journal, Uploader
+from .uploads import Journal, Uploader, quarantine_unclosed
 from .xattrs import XattrSurface
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class FileSystem:
         self.config = config
         self.ns = Namespace(config.prefix)
         self.metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
+        quarantine_unclosed(os.path.join(config.cache_dir, "staging"), config.cache_dir)
         self.cache = cache or ContentCache(config.cache_dir, bucket, config.block_size)
         journal = Journal(config.cache_dir)
         self.uploader = Uploader(bucket, journal, workers=config.upload_workers)
@@ -417,6 +419,8 @@ class FileSystem:
             if node.dirty or node.meta_dirty:
                 try:
                     self.files.save(node)
+                except (OctuefsError, OSError) as exc:
+                    log.error("could not save %r at unmount (%s); its content stays in %s", node.name, exc, node.staging)
                 except Exception:
                     log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)
         return self.uploader.shutdown(drain=not self.leave_pending if drain is None else drain)

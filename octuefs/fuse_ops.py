@@ -28,6 +28,12 @@ from .errors import OctuefsError, errno_for
 log = logging.getLogger(__name__)
 
 
+def _what(name: str, args: tuple) -> str:
+    """``op('/path', 'other')`` for the log: paths and names only, never data."""
+    shown = [repr(a) for a in args[:2] if isinstance(a, str)]
+    return f"{name}({', '.join(shown)})"
+
+
 def _translated(method):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -37,14 +43,14 @@ def _translated(method):
             raise
         except OctuefsError as exc:
             code, level = errno_for(exc)
-            log.log(level, "%s%r: %s (%s)", method.__name__, args[:2], exc or type(exc).__name__, errno.errorcode[code])
+            log.log(level, "%s: %s (%s)", _what(method.__name__, args), exc or type(exc).__name__, errno.errorcode[code])
             raise mfusepy.FuseOSError(code) from None
         except OSError as exc:
             code, level = errno_for(exc)
-            log.log(max(level, logging.WARNING), "%s%r: %s", method.__name__, args[:2], exc)
+            log.log(max(level, logging.WARNING), "%s: %s", _what(method.__name__, args), exc)
             raise mfusepy.FuseOSError(code) from None
         except Exception:
-            log.exception("unexpected error in %s%r", method.__name__, args[:2])
+            log.exception("unexpected error in %s", _what(method.__name__, args))
             raise mfusepy.FuseOSError(errno.EIO) from None
 
     return wrapper

@@ -166,6 +166,23 @@ class Journal:
         return [json.loads(line) for line in lines if line.strip()]
 
 
+def quarantine_unclosed(staging_dir: str, root: str) -> None:
+    """Files a dead daemon was still writing are never uploaded: move them to lost+found/."""
+    try:
+        left = os.listdir(staging_dir)
+    except FileNotFoundError:
+        return
+    if not left:
+        return
+    found = os.path.join(root, "lost+found")
+    os.makedirs(found, mode=0o700, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for fname in left:
+        os.replace(os.path.join(staging_dir, fname), os.path.join(found, f"{stamp}-{fname}"))
+    log.warning("%d file(s) were still open for writing when the last daemon stopped; only closed files are "
+                "uploaded, so they were not: their content is kept in %s", len(left), found)
+
+
 def conflict_name(name: str, when: float, tag: str) -> str:
     """``dir/data.csv`` -> ``dir/data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``."""
     head, _, base = name.rpartition("/")
@@ -212,7 +229,11 @@ class Uploader:
         """Seal a closed file's content and queue its upload. Returns once it is durable locally."""
         entry = Entry(self._new_id(), name, base_generation, None, dict(metadata), content_type, size, time.time())
         self.journal.seal(entry.id, staging_path)
-        return self._enqueue(entry)
+        try:
+            return self._enqueue(entry)
+        except BaseException:  # e.g. the disk filled up: give the content back, untouched
+            os.replace(self.journal.data_path(entry.id), staging_path)
+            raise
 
     def resubmit(self, previous: Entry, metadata: dict[str, str], content_type: str | None) -> Entry:
         """The same content as ``previous`` with new metadata (a setfattr while it was pending)."""
@@ -237,7 +258,11 @@ class Uploader:
                     entry.base_generation, entry.after = last.base_generation, last.after
                 else:
                     entry.base_generation, entry.after = None, last.id
-            self.journal.write(entry)
+            try:
+                self.journal.write(entry)
+            except OSError:
+                self.journal.remove(entry, keep_data=True)
+                raise
             if replaced is not None:
                 del self._entries[replaced.id]
                 self.journal.remove(replaced)

@@ -486,3 +486,18 @@ def test_reopening_while_uploads_finish_never_loses_the_file(fs, bucket):
         list(pool.map(work, range(300)))
     settle(fs)
     assert len(bucket.objects()) == 300
+
+
+def test_an_object_deleted_in_the_bucket_meanwhile_is_not_resurrected_silently(fs, bucket):
+    bucket.upload_bytes("gone.csv", b"v1")
+    fh = fs.open("/gone.csv", os.O_RDWR)
+    fs.write(fh, b"mine", 0)
+    bucket.delete("gone.csv")  # someone deletes it meanwhile
+    fs.flush(fh)
+    fs.release(fh)
+    settle(fs)
+    objects = bucket.objects()
+    assert "gone.csv" not in objects
+    [copy] = [n for n in objects if n.startswith("gone.octuefs-conflict-")]
+    assert objects[copy] == b"mine"
+    assert fs.uploader.status()["conflicts"][-1]["theirs"] == "deleted"

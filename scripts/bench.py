@@ -1,0 +1,884 @@
+#!/usr/bin/env python3
+"""Benchmark octuefs against the bounds: the google-cloud-storage client and local disk.
+
+One run starts fake-gcs-server (memory backend) on 127.0.0.1, mounts a bucket on it with the
+``octuefs mount`` command, exactly as a user would (default options, or ``--mount-arg`` which the
+report then shows), and measures each operation three ways, side by side: through the mount,
+with a ``google.cloud.storage.Client`` talking to the same emulator, and on a local directory
+on the same disk as the mount's cache. It prints one table (octuefs, baselines, ratios, the
+issue's target, PASS/MISS) and, with ``--json FILE``, writes every figure.
+
+    PYTHONPATH=$PWD python scripts/bench.py            # full sizes: several minutes on 2 cores
+    python scripts/bench.py --quick                    # ~1 minute smoke run with small sizes
+    python scripts/bench.py --big                      # also: 4 GiB write/read, daemon RSS (needs
+                                                       # ~30 GiB RAM for fake-gcs-server; --big-gib)
+    python scripts/bench.py --profile /tmp/prof        # py-spy per phase (timings then skewed)
+
+What "cold" means here: the bucket lives in the emulator's RAM, so "cold" is a fresh mount (an
+empty octuefs cache) with the kernel page cache dropped (``/proc/sys/vm/drop_caches``, when
+writable; the header says whether it was). Content is checked, never assumed: every byte timed
+is checked against a CRC32C (the checksum GCS itself keeps) of what was written or uploaded,
+and a mismatch stops the run with an error. The script only reports; it asserts no speed.
+
+The octuefs under test is the one next to this script (its directory is put first on
+PYTHONPATH for the ``octuefs`` command and the daemon it starts). Cleanup always runs, also on
+Ctrl-C or SIGTERM: ``octuefs unmount``, ``fusermount3 -uz`` if the mount is still there, the
+daemon and the emulator ended by their PIDs, the work directory removed (kept with ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import google_crc32c  # noqa: E402
+from google.auth.credentials import AnonymousCredentials  # noqa: E402
+from google.cloud import storage  # noqa: E402
+
+import octuefs  # noqa: E402
+from octuefs import metadata as octue  # noqa: E402
+from octuefs.config import MountConfig  # noqa: E402
+from octuefs.emulator import Emulator  # noqa: E402
+from octuefs.mount import read_state  # noqa: E402
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+PAGE = 4096
+CHUNK = MiB  # unit of the bench's own sequential reads and writes
+BUCKET = "octuefs-bench"
+HEADER = ("Operation", "octuefs", "baseline(s)", "ratio", "target", "result")
+
+
+class BenchError(Exception):
+    """Something the benchmark cannot carry on from: wrong bytes, a failed mount, ..."""
+
+
+# --- content and checksums ------------------------------------------------------------------
+
+_STAMP = struct.Struct("<QQ")
+_POOL: bytes = b""
+
+
+def _pool() -> bytes:
+    global _POOL
+    if not _POOL:
+        _POOL = random.Random(20240101).randbytes(16 * MiB)
+    return _POOL
+
+
+def content(seed: int, offset: int, size: int) -> bytes:
+    """Deterministic bytes ``[offset, offset + size)`` of stream ``seed`` (offset page-aligned).
+
+    Random bytes from a 16 MiB pool; each 4 KiB page starts with its own absolute offset and the
+    seed, so a page from the wrong place, the wrong object or never written changes the CRC.
+    """
+    pool = _pool()
+    buf = bytearray()
+    pos = offset % len(pool)
+    while len(buf) < size:
+        buf += pool[pos : pos + size - len(buf)]
+        pos = 0
+    for p in range(0, size - _STAMP.size + 1, PAGE):
+        _STAMP.pack_into(buf, p, offset + p, seed)
+    return bytes(buf)
+
+
+def stream(seed: int, total: int):
+    for offset in range(0, total, CHUNK):
+        yield content(seed, offset, min(CHUNK, total - offset))
+
+
+class Crc:
+    """CRC32C and length of a byte stream; compares with another or with GCS's base64 form."""
+
+    def __init__(self, data: bytes = b""):
+        self._c = google_crc32c.Checksum()
+        self.size = 0
+        self.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._c.update(data)
+        self.size += len(data)
+
+    @property
+    def gcs(self) -> str:
+        return base64.b64encode(self._c.digest()).decode()
+
+    def __repr__(self) -> str:
+        return f"{self.size} bytes, crc32c {self.gcs}"
+
+    def check(self, got: Crc, what: str) -> None:
+        if (got.size, got.gcs) != (self.size, self.gcs):
+            raise BenchError(f"WRONG BYTES {what}: expected {self}, got {got}")
+
+
+def read_path(path: Path) -> Crc:
+    crc = Crc()
+    with open(path, "rb", buffering=0) as f:
+        while data := f.read(CHUNK):
+            crc.update(data)
+    return crc
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_path(path: Path, seed: int, total: int, fsync: bool = False) -> Crc:
+    crc = Crc()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for data in stream(seed, total):
+            write_all(fd, data)
+            crc.update(data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)  # on the mount: flush, i.e. the upload
+    return crc
+
+
+class _CrcSink:
+    """A write-only file for ``Blob.download_to_file``: checksums what arrives, keeps nothing."""
+
+    def __init__(self):
+        self.crc = Crc()
+
+    def write(self, data) -> int:
+        self.crc.update(bytes(data))
+        return len(data)
+
+
+# --- processes and the system ----------------------------------------------------------------
+
+
+def drop_caches(enabled: bool) -> bool:
+    if not enabled:
+        return False
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# fake-gcs-server 1.54 holds a resumable upload in RAM several times over: measured peak RSS
+# 5.5 GiB for a 1 GiB upload (memory backend; 7.2 GiB with the filesystem backend). A 4 GiB
+# upload got it OOM-killed at 23 GiB on a 24 GiB machine, so --big checks the RAM first.
+EMULATOR_RAM_PER_BYTE = 7
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * KiB
+    return 0
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmHWM and VmRSS of ``pid`` in KiB ({} if it is gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "VmRSS"):
+                    out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.abspath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def octuefs_command() -> list[str]:
+    exe = shutil.which("octuefs")
+    return [exe] if exe else [sys.executable, "-m", "octuefs"]
+
+
+class Mount:
+    """One ``octuefs mount`` of the bench bucket; knows its daemon's PID until it is gone."""
+
+    def __init__(self, mountpoint: Path, cache: Path, log: Path, env: dict, extra: list[str]):
+        self.mountpoint, self.cache, self.log, self.env = mountpoint, cache, log, env
+        ttl = {f.name: f.default for f in dataclasses.fields(MountConfig) if f.name in ("stat_ttl", "list_ttl")}
+        self.args = ["mount", BUCKET, str(mountpoint), "--cache-dir", str(cache), "--log-file", str(log),
+                     "--stat-ttl", str(ttl["stat_ttl"]), "--list-ttl", str(ttl["list_ttl"]), *extra]  # fmt: skip
+        self.pid: int | None = None
+        self.peaks: dict[str, dict[str, int]] = {}  # phase -> VmHWM/VmRSS of the daemon
+
+    def mount(self) -> None:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([*octuefs_command(), *self.args], env=self.env, capture_output=True, text=True, timeout=120)
+        state = read_state(str(self.mountpoint)) or {}
+        self.pid = int(state["pid"]) if state.get("pid") else _pid_from(result.stdout)
+        if result.returncode != 0 or not is_mounted(self.mountpoint):
+            raise BenchError(f"octuefs mount failed ({result.returncode}): {result.stderr.strip()}\n{self.log_tail()}")
+
+    def sample(self, phase: str) -> dict[str, int]:
+        if self.pid is not None:
+            self.peaks[phase] = proc_status(self.pid)
+        return self.peaks.get(phase, {})
+
+    def unmount(self) -> None:
+        """Unmount and wait for the daemon; force it (-uz, then signals by PID) if it will not go."""
+        problems = []
+        if is_mounted(self.mountpoint):
+            try:
+                r = subprocess.run([*octuefs_command(), "unmount", str(self.mountpoint), "--timeout", "120"],
+                                   env=self.env, capture_output=True, text=True, timeout=150)  # fmt: skip
+                if r.returncode != 0:
+                    problems.append(f"octuefs unmount: {r.stderr.strip()}")
+            except subprocess.TimeoutExpired:
+                problems.append("octuefs unmount timed out")
+            if is_mounted(self.mountpoint):
+                subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
+        if self.pid is not None:
+            for sig, wait in ((None, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                if sig is not None and alive(self.pid):
+                    problems.append(f"daemon {self.pid} still running: sending {sig.name}")
+                    os.kill(self.pid, sig)
+                deadline = time.monotonic() + wait
+                while alive(self.pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not alive(self.pid):
+                    break
+            self.pid = None
+        if problems:
+            print("bench: warning: " + "; ".join(problems), file=sys.stderr)
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def _pid_from(stdout: str) -> int | None:
+    marker = "(pid "
+    if marker in stdout:
+        with contextlib.suppress(ValueError):
+            return int(stdout.split(marker, 1)[1].split(",", 1)[0])
+    return None
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Sizes:
+    object_bytes: int
+    random_reads: int
+    files: int
+    file_bytes: int
+    objects: int
+    huge_bytes: int  # 0: no --big phase
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> Sizes:
+        quick = a.quick
+        return cls(
+            object_bytes=int((a.size_mib or (32 if quick else 256)) * MiB),
+            random_reads=a.random_reads or (300 if quick else 2000),
+            files=a.files or (200 if quick else 1000),
+            file_bytes=int(a.file_kib * KiB),
+            objects=a.objects or (1000 if quick else 5000),
+            huge_bytes=int(a.big_gib * GiB) if a.big else 0,
+        )
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.sizes = Sizes.from_args(args)
+        self.m: dict[str, float] = {}  # every measurement, seconds or counts (for --json)
+        self.cpu: dict[str, dict[str, float]] = {}  # phase -> CPU seconds of daemon/emulator/bench
+        self.notes: list[str] = []
+        self.emulator: Emulator | None = None
+        self.mount: Mount | None = None
+        self.mounts: list[Mount] = []
+        self.work: Path | None = None
+        self.dropped = False
+
+    # --- setup and teardown ------------------------------------------------------------------
+
+    def setup(self) -> None:
+        a = self.args
+        parent = Path(a.cache_dir).resolve().parent if a.cache_dir else None
+        if parent:
+            parent.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="octuefs-bench-", dir=parent))
+        self.cache = Path(a.cache_dir).resolve() if a.cache_dir else self.work / "cache"
+        self.local = self.work / "local"
+        self.mp = self.work / "mnt"
+        for d in (self.cache, self.local, self.mp):
+            d.mkdir(parents=True, exist_ok=True)
+        if os.stat(self.cache).st_dev != os.stat(self.local).st_dev:
+            self.notes.append("the octuefs cache and the local-disk baseline are on different devices")
+        self.emulator = Emulator(data_dir=None, kill_with_parent=True).start()
+        self.emulator.create_bucket(BUCKET)
+        os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
+        self.env = {**os.environ, **self.emulator.env(),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+        self.client = storage.Client(
+            project="octuefs-bench", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.emulator.url}
+        )
+        self.bucket = self.client.bucket(BUCKET)
+        self.dropped = drop_caches(not a.no_drop_caches)
+        if not self.dropped:
+            self.notes.append("page cache NOT dropped (drop_caches not writable or --no-drop-caches): 'cold' is octuefs-cold only")
+
+    def cleanup(self) -> None:
+        for mount in self.mounts:
+            with contextlib.suppress(Exception):
+                mount.unmount()
+        if self.emulator is not None:
+            self.emulator.stop()
+        if self.work is None:
+            return
+        if self.args.keep:
+            print(f"bench: kept {self.work} (logs, cache, local files)", file=sys.stderr)
+        elif is_mounted(self.mp):
+            print(f"bench: {self.mp} is still mounted; NOT removing {self.work}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+            if self.args.cache_dir:
+                shutil.rmtree(Path(self.args.cache_dir) / "blocks", ignore_errors=True)
+
+    def remount(self) -> Mount:
+        """A fresh mount (empty octuefs cache), with the page cache dropped first."""
+        if self.mount is not None:
+            self.mount.unmount()
+            self._check_log(self.mount)
+        drop_caches(self.dropped)
+        n = len(self.mounts)
+        self.mount = Mount(self.mp, self.cache, self.work / f"octuefs{n}.log", self.env, self.args.mount_arg)
+        self.mounts.append(self.mount)
+        self.mount.mount()
+        return self.mount
+
+    def _check_log(self, mount: Mount) -> None:
+        text = mount.log_tail(200_000)
+        if "Traceback" in text or " ERROR " in text:
+            raise BenchError(f"the daemon logged an error ({mount.log}):\n{text[-3000:]}")
+
+    # --- timing --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def timed(self, key: str):
+        """Record the wall time of the block as ``self.m[key]`` and the CPU each process used."""
+        pids = {"daemon": self.mount.pid if self.mount else None, "emulator": self.emulator.pid}
+        profiler = self._start_profile(key, pids["daemon"])
+        before = {k: cpu_seconds(p) for k, p in pids.items()}
+        bench0 = sum(os.times()[:2])
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.m[key] = time.perf_counter() - t0
+            self.cpu[key] = {k: round(cpu_seconds(p) - before[k], 3) for k, p in pids.items()}
+            self.cpu[key]["bench"] = round(sum(os.times()[:2]) - bench0, 3)
+            self._stop_profile(profiler)
+
+    def _start_profile(self, key: str, pid: int | None):
+        if not self.args.profile or pid is None or "mount" not in key:
+            return None
+        out = Path(self.args.profile) / f"{key}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking", "-o", str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # let it attach
+        return proc, out
+
+    def _stop_profile(self, profiler) -> None:
+        if profiler is None:
+            return
+        proc, out = profiler
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if out.exists():
+            print(summarize_profile(out), file=sys.stderr)
+
+    # --- phases ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        s = self.sizes
+        print(f"bench: octuefs {octuefs.__file__}; emulator {self.emulator.url}; work dir {self.work}", file=sys.stderr)
+        self.remount()
+        self.sequential_write(s.object_bytes)
+        self.small_files(s.files, s.file_bytes)
+        self.mount.sample("write")
+        self.populate_listing(s.objects)
+        self.remount()
+        self.sequential_read(s.object_bytes)
+        self.mount.sample("read")
+        self.remount()
+        self.random_reads(s.object_bytes, s.random_reads)
+        self.mount.sample("random")
+        self.remount()
+        self.listing(s.objects)
+        self.mount.sample("listing")
+        if s.huge_bytes:
+            self.big_rss(s.huge_bytes)
+        self.mount.unmount()
+        self._check_log(self.mount)
+        self.m["bench_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KiB
+
+    def step(self, text: str) -> None:
+        print(f"bench: {text}", file=sys.stderr, flush=True)
+
+    def sequential_write(self, size: int) -> None:
+        self.step(f"sequential write of {size // MiB} MiB: local disk, client, mount")
+        with self.timed("write_local"):
+            self.big_crc = write_path(self.local / "big.bin", seed=1, total=size, fsync=True)
+        self.m["bench_peak_rss_mib_before_client_upload"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KiB
+        blob = self.bucket.blob("big-client.bin")
+        with self.timed("write_client"):
+            blob.upload_from_filename(str(self.local / "big.bin"))
+        if blob.crc32c != self.big_crc.gcs or blob.size != size:
+            raise BenchError(f"client upload: bucket has {blob.size} bytes crc32c {blob.crc32c}, wanted {self.big_crc}")
+        with self.timed("write_mount"):
+            written = write_path(self.mp / "big-mount.bin", seed=2, total=size)
+            self._wait_in_bucket("big-mount.bin", written)
+        sink = _CrcSink()
+        self.bucket.blob("big-mount.bin").download_to_file(sink)
+        written.check(sink.crc, "of big-mount.bin downloaded from the bucket after writing it through the mount")
+
+    def _wait_in_bucket(self, name: str, crc: Crc, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            blob = self.bucket.get_blob(name)
+            if blob is not None and blob.size == crc.size and blob.crc32c == crc.gcs:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} is not in the bucket with {crc} after {timeout:.0f}s (found {blob and blob.size})")
+            time.sleep(0.01)
+
+    def small_files(self, n: int, size: int) -> None:
+        self.step(f"{n} files of {size // KiB} KiB: create until durable and read back")
+        stride = -(-size // PAGE) * PAGE
+        files = [(f"f{i:05d}.dat", content(3, i * stride, size)) for i in range(n)]  # n * size bytes, small
+        crcs = {name: Crc(data) for name, data in files}
+        for where in ("small-mount", "small-local"):
+            (self.mp if where == "small-mount" else self.local).joinpath(where).mkdir()
+        def create(path: Path, data: bytes, fsync: bool = False) -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                write_all(fd, data)
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)  # on the mount: the upload
+
+        with self.timed("small_create_mount"):
+            for name, data in files:
+                create(self.mp / "small-mount" / name, data)
+        last_close = time.perf_counter()
+        self._wait_in_bucket(f"small-mount/{files[-1][0]}", crcs[files[-1][0]])
+        self.m["small_last_durable_after_close"] = time.perf_counter() - last_close
+        while True:  # every one listed, with the right checksum
+            listed = {b.name: (b.size, b.crc32c) for b in self.client.list_blobs(BUCKET, prefix="small-mount/")}
+            if all(listed.get(f"small-mount/{k}") == (c.size, c.gcs) for k, c in crcs.items()):
+                break
+            if time.perf_counter() - last_close > 120:
+                raise BenchError(f"only {len(listed)} of {n} small files in the bucket 120 s after the last close")
+        self.m["small_all_durable_after_close"] = time.perf_counter() - last_close
+        with self.timed("small_read_mount"):
+            got = {name: read_path(self.mp / "small-mount" / name) for name, _ in files}
+        with self.timed("small_create_local"):
+            for name, data in files:
+                create(self.local / "small-local" / name, data, fsync=True)
+        with self.timed("small_read_local"):
+            got_local = {name: read_path(self.local / "small-local" / name) for name, _ in files}
+        with self.timed("small_create_client"):
+            for name, data in files:
+                self.bucket.blob(f"small-client/{name}").upload_from_string(data)
+        with self.timed("small_read_client"):
+            got_client = {name: Crc(self.bucket.blob(f"small-client/{name}").download_as_bytes()) for name, _ in files}
+        in_bucket = {name: Crc(self.bucket.blob(f"small-mount/{name}").download_as_bytes()) for name, _ in files}
+        for label, results in (("through the mount", got), ("locally", got_local), ("with the client", got_client),
+                               ("from the bucket (written through the mount)", in_bucket)):  # fmt: skip
+            for name, crc in results.items():
+                crcs[name].check(crc, f"reading back {name} {label}")
+
+    def sequential_read(self, size: int) -> None:
+        self.step(f"sequential read of {size // MiB} MiB: mount cold and warm, client, local cold and warm")
+        with self.timed("read_mount_cold"):
+            got = read_path(self.mp / "big-client.bin")
+        self.big_crc.check(got, "reading big-client.bin through the mount (cold)")
+        with self.timed("read_mount_warm"):
+            got = read_path(self.mp / "big-client.bin")
+        self.big_crc.check(got, "reading big-client.bin through the mount (warm)")
+        sink = _CrcSink()
+        with self.timed("read_client"):
+            self.bucket.blob("big-client.bin").download_to_file(sink)
+        self.big_crc.check(sink.crc, "downloading big-client.bin with the client")
+        drop_caches(self.dropped)
+        for key in ("read_local_cold", "read_local_warm"):
+            with self.timed(key):
+                got = read_path(self.local / "big.bin")
+            self.big_crc.check(got, f"reading the local copy ({key})")
+
+    def random_reads(self, size: int, n: int) -> None:
+        self.step(f"{n} random 4 KiB reads: mount cold and warm, client ranged GETs, local cold and warm")
+        rng = random.Random(7)
+        offsets = [rng.randrange(0, size - PAGE + 1) for _ in range(n)]
+
+        def preads(path: Path) -> Crc:
+            crc = Crc()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for off in offsets:
+                    crc.update(os.pread(fd, PAGE, off))
+            finally:
+                os.close(fd)
+            return crc
+
+        drop_caches(self.dropped)
+        with self.timed("random_local_cold"):
+            want = preads(self.local / "big.bin")
+        with self.timed("random_local_warm"):
+            want.check(preads(self.local / "big.bin"), "random reads of the local copy (warm)")
+        with self.timed("random_mount_cold"):
+            got = preads(self.mp / "big-client.bin")
+        want.check(got, "random reads through the mount (cold)")
+        with self.timed("random_mount_warm"):
+            got = preads(self.mp / "big-client.bin")
+        want.check(got, "random reads through the mount (warm)")
+        blob = self.bucket.blob("big-client.bin")
+        with self.timed("random_client"):
+            got = Crc()
+            for off in offsets:
+                got.update(blob.download_as_bytes(start=off, end=off + PAGE - 1, checksum=None))
+        want.check(got, "ranged GETs with the client")
+
+    def populate_listing(self, n: int) -> None:
+        """n objects under list/ with Octue tags (with the client, 8 threads; not timed)."""
+        self.step(f"populating list/ with {n} objects (not timed)")
+        (self.local / "list").mkdir()
+        self.listing_expect: dict[str, tuple[int, dict]] = {}
+
+        def one(i: int) -> None:
+            name, size = f"o{i:05d}.csv", 100 + i % 1000
+            tags = {"index": i, "instrument": "anemometer", "height_m": 80.5}
+            meta = octue.encode_object_metadata(octue.OctueMetadata(tags=tags, labels={"bench"}).with_id())
+            blob = self.bucket.blob(f"list/{name}")
+            blob.metadata = meta
+            data = content(4, i * PAGE, size)
+            blob.upload_from_string(data, content_type="text/csv")
+            path = self.local / "list" / name
+            path.write_bytes(data)
+            os.setxattr(path, "user.octue.tags", meta["octue__tags"].encode())
+            self.listing_expect[name] = (size, tags)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(n)))
+
+    def listing(self, n: int) -> None:
+        self.step(f"ls -l of {n} objects: mount cold and warm, client list, local; stat and getxattr rates")
+        expect = self.listing_expect
+
+        def ls(path: Path, key: str) -> None:
+            with self.timed(key):
+                out = subprocess.run(["ls", "-l", str(path)], capture_output=True, text=True, check=True,
+                                     env={**os.environ, "LC_ALL": "C"}).stdout  # fmt: skip
+            entries = {f[-1]: int(f[4]) for f in (line.split() for line in out.splitlines()[1:])}
+            if entries != {name: size for name, (size, _) in expect.items()}:
+                raise BenchError(f"ls -l {path} ({key}) shows {len(entries)} entries, not the {n} expected")
+
+        ls(self.mp / "list", "ls_mount_cold")
+        ls(self.mp / "list", "ls_mount_warm")
+        ls(self.local / "list", "ls_local")
+        with self.timed("list_client"):
+            listed = {b.name: b.size for b in self.client.list_blobs(BUCKET, prefix="list/", delimiter="/")}
+        if listed != {f"list/{k}": size for k, (size, _) in expect.items()}:
+            raise BenchError(f"the client lists {len(listed)} objects under list/, not {n}")
+        kernel_ttl = max(self.mount_config_default("kernel_attr_ttl"), self.mount_config_default("kernel_entry_ttl"))
+        for where, root in (("mount", self.mp), ("local", self.local)):
+            paths = [root / "list" / name for name in expect]
+            with self.timed(f"stat_{where}_after_ls"):  # on the mount: mostly the kernel's attribute cache
+                sizes = [os.stat(p).st_size for p in paths]
+            if where == "mount":
+                time.sleep(kernel_ttl + 0.2)  # past the kernel's caches: every stat reaches the daemon
+            with self.timed(f"stat_{where}"):
+                sizes = [os.stat(p).st_size for p in paths]
+            with self.timed(f"getxattr_{where}_first"):
+                values = [os.getxattr(p, "user.octue.tags") for p in paths]
+            with self.timed(f"getxattr_{where}"):
+                values = [os.getxattr(p, "user.octue.tags") for p in paths]
+            for (name, (size, tags)), got_size, value in zip(expect.items(), sizes, values):
+                if got_size != size or json.loads(value) != tags:
+                    raise BenchError(f"{where} {name}: size {got_size}, tags {value!r}; wanted {size}, {tags}")
+        sample = list(expect)[: min(n, 500)]
+        self.m["stat_client_n"] = len(sample)
+        with self.timed("stat_client"):
+            got = [self.bucket.get_blob(f"list/{name}").size for name in sample]
+        if got != [expect[name][0] for name in sample]:
+            raise BenchError("the client's stat of list/ objects shows sizes other than those uploaded")
+
+    def big_rss(self, size: int) -> None:
+        need, available = EMULATOR_RAM_PER_BYTE * size + GiB, mem_available()
+        if need > available:
+            self.m["big_skipped_need_gib"], self.m["big_skipped_available_gib"] = need / GiB, available / GiB
+            self.step(f"--big: SKIPPED: fake-gcs-server would need ~{need / GiB:.0f} GiB of RAM, {available / GiB:.0f} available")
+            return
+        self.step(f"--big: {size / GiB:g} GiB through the mount, write then read, daemon peak RSS")
+        self.remount()
+        with self.timed("big_write_mount"):
+            crc = write_path(self.mp / "huge.bin", seed=5, total=size)
+            self._wait_in_bucket("huge.bin", crc, timeout=600)
+        self.m["big_write_hwm_kib"] = self.mount.sample("big_write").get("VmHWM", 0)
+        self.remount()
+        with self.timed("big_read_mount"):
+            crc.check(read_path(self.mp / "huge.bin"), "reading huge.bin back through the mount")
+        self.m["big_read_hwm_kib"] = self.mount.sample("big_read").get("VmHWM", 0)
+        self.bucket.blob("huge.bin").delete()
+
+    # --- the report --------------------------------------------------------------------------
+
+    def rows(self) -> list[tuple[str, ...]]:
+        m, s = self.m, self.sizes
+        mib = s.object_bytes / MiB
+        rate = lambda key, amount: amount / m[key]  # noqa: E731
+        rows = []
+
+        def row(op, octo, baselines, ratio, target=None, ok=None):
+            result = ok if isinstance(ok, str) else "info" if ok is None else "PASS" if ok else "MISS"
+            rows.append((op, octo, baselines, ratio, target or "-", result))
+
+        def mbps(key):
+            return f"{rate(key, mib):,.0f} MiB/s"
+
+        r = rate("read_mount_cold", mib) / rate("read_client", mib)
+        row(f"seq read {mib:.0f} MiB, cold", mbps("read_mount_cold"),
+            f"client {mbps('read_client')}; local cold {mbps('read_local_cold')}", f"{r:.2f}x client", ">= 1.0x client", r >= 1.0)
+        r = rate("read_mount_warm", mib) / rate("read_local_warm", mib)
+        row(f"seq read {mib:.0f} MiB, warm", mbps("read_mount_warm"), f"local warm {mbps('read_local_warm')}",
+            f"{r:.2f}x local", ">= 0.3x local", r >= 0.3)
+        n = s.random_reads
+        for temp in ("cold", "warm"):
+            r = rate(f"random_mount_{temp}", n) / rate("random_client", n)
+            row(f"random 4 KiB reads x{n}, {temp}", f"{rate(f'random_mount_{temp}', n):,.0f} /s",
+                f"client {rate('random_client', n):,.0f} /s; local {temp} {rate(f'random_local_{temp}', n):,.0f} /s",
+                f"{r:.2f}x client")
+        r = rate("write_mount", mib) / rate("write_client", mib)
+        row(f"seq write {mib:.0f} MiB until durable", mbps("write_mount"),
+            f"client upload {mbps('write_client')}; local+fsync {mbps('write_local')}", f"{r:.2f}x client",
+            ">= 1.0x client", r >= 1.0)
+        n = s.files
+        r = rate("small_create_mount", n) / rate("small_create_client", n)
+        row(f"{n} x {s.file_bytes // KiB} KiB files created", f"{rate('small_create_mount', n):,.0f} files/s",
+            f"client {rate('small_create_client', n):,.0f} files/s; local+fsync {rate('small_create_local', n):,.0f} files/s",
+            f"{r:.2f}x client", ">= 2x client", r >= 2.0)
+        t = m["small_all_durable_after_close"]
+        row("  last close -> all in bucket", f"{t:.2f} s", f"(last object: {m['small_last_durable_after_close']:.2f} s)",
+            "-", "<= 2 s", t <= 2.0)
+        r = rate("small_read_mount", n) / rate("small_read_client", n)
+        row(f"{n} small files read back", f"{rate('small_read_mount', n):,.0f} files/s",
+            f"client {rate('small_read_client', n):,.0f} files/s; local {rate('small_read_local', n):,.0f} files/s",
+            f"{r:.2f}x client")
+        n = s.objects
+        for temp in ("cold", "warm"):
+            r = m[f"ls_mount_{temp}"] / m["list_client"]
+            row(f"ls -l {n} objects, {temp}", f"{m[f'ls_mount_{temp}']:.2f} s",
+                f"client list {m['list_client']:.2f} s; local ls -l {m['ls_local']:.3f} s", f"{r:.2f}x client time",
+                *(("<= 1.5x client time", r <= 1.5) if temp == "cold" else ()))
+        row(f"stat x{n} (listed), daemon", f"{rate('stat_mount', n):,.0f} /s",
+            f"client GET {rate('stat_client', m['stat_client_n']):,.0f} /s; local {rate('stat_local', n):,.0f} /s; "
+            f"mount right after ls (kernel cache) {rate('stat_mount_after_ls', n):,.0f} /s",
+            f"{rate('stat_mount', n) / rate('stat_client', m['stat_client_n']):.1f}x client")
+        g = rate("getxattr_mount", n)
+        row(f"getxattr user.octue.tags x{n}, warm", f"{g:,.0f} /s",
+            f"first pass {rate('getxattr_mount_first', n):,.0f} /s; local {rate('getxattr_local', n):,.0f} /s",
+            "-", ">= 20,000/s", g >= 20_000)
+        hwm = {phase: p.get("VmHWM", 0) / KiB for mount in self.mounts for phase, p in mount.peaks.items()}
+        worst = max(hwm, key=hwm.get)
+        row("daemon peak RSS (VmHWM)", f"{hwm[worst]:.0f} MiB", "; ".join(f"{k} {v:.0f}" for k, v in hwm.items()),
+            f"max in {worst}", "<= 250 MiB", hwm[worst] <= 250)
+        if s.huge_bytes and "big_skipped_need_gib" in m:
+            row(f"{s.huge_bytes / GiB:g} GiB write/read: daemon peak RSS", "skipped",
+                f"fake-gcs-server needs ~{m['big_skipped_need_gib']:.0f} GiB RAM, "
+                f"{m['big_skipped_available_gib']:.0f} GiB available (try --big-gib)", "-", "<= 250 MiB", "SKIPPED")
+        elif s.huge_bytes:
+            gib = s.huge_bytes / GiB
+            for key, what in (("big_write", "write"), ("big_read", "read")):
+                peak = m[f"{key}_hwm_kib"] / KiB
+                row(f"{gib:g} GiB {what}: daemon peak RSS", f"{peak:.0f} MiB", f"{rate(f'{key}_mount', gib * 1024):,.0f} MiB/s",
+                    "-", "<= 250 MiB", peak <= 250)
+        return rows
+
+    def report(self) -> str:
+        s = self.sizes
+        rows = [HEADER, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+        lines = [
+            f"octuefs benchmark: {s.object_bytes // MiB} MiB object, {s.random_reads} random reads, "
+            f"{s.files} x {s.file_bytes // KiB} KiB files, {s.objects} listed objects"
+            + (f", {s.huge_bytes // GiB} GiB RSS check" if s.huge_bytes else ""),
+            f"fake-gcs-server (memory backend) on 127.0.0.1; {os.cpu_count()} CPUs; page cache dropped for cold runs: "
+            f"{'yes' if self.dropped else 'NO'}; mount: {self.mount_display()}",
+            *[f"note: {n}" for n in self.notes],
+            "",
+        ]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append("")
+        lines.append(f"bench process peak RSS {self.m['bench_peak_rss_mib']:.0f} MiB "
+                     f"({self.m['bench_peak_rss_mib_before_client_upload']:.0f} MiB before the client baseline's upload); "
+                     "CPU seconds per phase (daemon/emulator/bench) are in --json")  # fmt: skip
+        return "\n".join(lines)
+
+    @staticmethod
+    def mount_config_default(name: str):
+        return next(f.default for f in dataclasses.fields(MountConfig) if f.name == name)
+
+    def mount_display(self) -> str:
+        args = self.mounts[0].args
+        return " ".join(["octuefs", *args[:2], "MNT", "--cache-dir", "CACHE", "--log-file", "LOG", *args[7:]])
+
+    def to_json(self) -> dict:
+        return {
+            "sizes": dataclasses.asdict(self.sizes),
+            "seconds_and_counts": self.m,
+            "cpu_seconds": self.cpu,
+            "daemon_memory_kib": [m.peaks for m in self.mounts],
+            "rows": [dict(zip(HEADER, r)) for r in self.rows()],
+            "mount_command": self.mount_display() if self.mounts else None,
+            "page_cache_dropped": self.dropped,
+            "cpus": os.cpu_count(),
+            "notes": self.notes,
+        }
+
+
+def summarize_profile(path: Path, top: int = 12) -> str:
+    """The functions holding most samples in a py-spy raw (collapsed stacks) file."""
+    inclusive: dict[str, int] = {}
+    leaf: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += int(count)
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + int(count)
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + int(count)
+    out = [f"profile {path.name}: {total} samples"]
+    for title, table in (("self", leaf), ("inclusive", inclusive)):
+        out.append(f"  top {title}:")
+        for f, c in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            out.append(f"    {100 * c / max(total, 1):5.1f}%  {f}")
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of about a minute")
+    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    p.add_argument("--cache-dir", help="octuefs cache directory (default: in a temporary work directory)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, cache, local files)")
+    p.add_argument("--big", action="store_true", help="also write and read a 4 GiB file, checking the daemon's RSS")
+    p.add_argument("--big-gib", type=float, default=4, help="size of the --big file in GiB (4)")
+    p.add_argument("--size-mib", type=float, help="size of the sequential object (256; --quick 32)")
+    p.add_argument("--random-reads", type=int, help="random 4 KiB reads (2000; --quick 300)")
+    p.add_argument("--files", type=int, help="small files (1000; --quick 200)")
+    p.add_argument("--file-kib", type=float, default=4, help="size of each small file (4)")
+    p.add_argument("--objects", type=int, help="objects listed by ls -l (5000; --quick 1000)")
+    p.add_argument("--mount-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `octuefs mount` (repeat; shown in the report)")
+    p.add_argument("--no-drop-caches", action="store_true", help="never write /proc/sys/vm/drop_caches")
+    p.add_argument("--profile", metavar="DIR", help="py-spy record the daemon per phase into DIR (skews timings)")
+    return p.parse_args(argv)
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    bench = Bench(args)
+    try:
+        bench.setup()
+        bench.run()
+        print(bench.report(), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(bench.to_json(), indent=2) + "\n")
+        return 0
+    except BenchError as exc:
+        print(f"bench: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("bench: FAILED: unexpected error (traceback above)", file=sys.stderr)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

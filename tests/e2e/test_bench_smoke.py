@@ -1,0 +1,34 @@
+"""scripts/bench.py keeps working: a tiny run mounts, measures, prints its table and cleans up.
+
+It checks that the benchmark runs, not how fast anything is: no figure is asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import _fuse_available
+
+pytestmark = [pytest.mark.fuse, pytest.mark.emulator]
+
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+TINY = ["--quick", "--size-mib", "4", "--random-reads", "50", "--files", "50", "--objects", "200", "--no-drop-caches"]
+
+
+def test_bench_quick_runs_and_prints_its_table(tmp_path):
+    if reason := _fuse_available():
+        pytest.skip(reason)
+    env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}  # the bench starts its own
+    result = subprocess.run(
+        [sys.executable, str(BENCH), *TINY, "--json", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    header = ["Operation", "octuefs", "baseline(s)", "ratio", "target", "result"]
+    assert any(line.split() == header for line in result.stdout.splitlines()), result.stdout
+    assert (tmp_path / "bench.json").exists()

@@ -59,8 +59,8 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stat-ttl", type=float, help="seconds a file's metadata is cached (default 30)")
     p.add_argument("--list-ttl", type=float, help="seconds a directory listing is cached (default 30)")
     p.add_argument("--negative-ttl", type=float, help="seconds a 'does not exist' is cached (default 5)")
-    p.add_argument("--attr-timeout", type=float, help="kernel attribute cache, seconds (default 1)")
-    p.add_argument("--entry-timeout", type=float, help="kernel name cache, seconds (default 1)")
+    p.add_argument("--attr-timeout", type=float, help="kernel attribute cache, seconds (default 30)")
+    p.add_argument("--entry-timeout", type=float, help="kernel name cache, seconds (default 30)")
     p.add_argument("--rename-dir-limit", type=int, help="most objects a directory rename may move (default 10000)")
     p.add_argument("--upload-on-close", action="store_true",
                    help="close waits for the upload (and reports its errors) instead of writing back in the background")

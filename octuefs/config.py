@@ -44,9 +44,11 @@ class MountConfig:
     stat_ttl: float = 30.0
     list_ttl: float = 30.0
     negative_ttl: float = 5.0
-    # Kernel caches (FUSE attr_timeout / entry_timeout / negative_timeout).
-    kernel_attr_ttl: float = 1.0
-    kernel_entry_ttl: float = 1.0
+    # Kernel caches (FUSE attr_timeout / entry_timeout / negative_timeout). As long as the
+    # daemon's own: changes made elsewhere show within stat_ttl either way, and each expiry
+    # costs every stat or getxattr an extra round trip into the daemon.
+    kernel_attr_ttl: float = 30.0
+    kernel_entry_ttl: float = 30.0
     block_size: int = 4 * MiB  # unit of ranged reads into the local cache
     rename_dir_limit: int = 10_000  # objects; past this a directory rename is refused
     fuse_options: tuple[str, ...] = ()  # extra -o options passed to FUSE (allow_other, ...)

@@ -142,8 +142,12 @@ class MetadataCache:
                 listing.files[entry] = info
 
     def made_dir(self, name: str) -> None:
+        """The mount created directory ``name``: it is known to exist, and to be empty."""
         name = name.rstrip("/")
         self.put_dir(name)
+        with self._lock:
+            if self._listing_enabled:  # so creating files in it asks the bucket nothing
+                self._listings[name + "/"] = Listing({}, set())
         with self._lock:
             listing = self._listings.get(parent_prefix(name))
             if listing is not None:

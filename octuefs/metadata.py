@@ -318,7 +318,22 @@ def list_xattr_names(meta: OctueMetadata) -> list[str]:
 
 
 def get_xattr(meta: OctueMetadata, name: str) -> bytes:
-    """The value ``getfattr`` shows for ``name``; NoSuchAttribute if it is absent or not one of ours."""
+    """The value ``getfattr`` shows for ``name``; NoSuchAttribute if it is absent or not one of ours.
+
+    Rendered once per model and name (a memo on the immutable model): ``getfattr -d`` over a
+    directory asks for every attribute of every file.
+    """
+    memo = meta.__dict__.get("_xattr_memo")
+    if memo is None:
+        memo = {}
+        object.__setattr__(meta, "_xattr_memo", memo)
+    value = memo.get(name)
+    if value is None:
+        value = memo[name] = _render_xattr(meta, name)
+    return value
+
+
+def _render_xattr(meta: OctueMetadata, name: str) -> bytes:
     try:
         field, tag = _parse_xattr_name(name)
     except AttributeNotSupported:

@@ -15,11 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-import cachetools
 
 from . import metadata as octue
 from .errors import (
@@ -61,21 +58,19 @@ _GCS_FIELDS: dict[str, Callable[[ObjectInfo], object]] = {
 class XattrSurface:
     def __init__(self, fs: FileSystem):
         self.fs = fs
-        self._decoded: cachetools.LRUCache = cachetools.LRUCache(100_000)  # guarded by _lock
-        self._lock = threading.Lock()
 
     # --- the model of a file ------------------------------------------------------------
 
     def decoded(self, info: ObjectInfo) -> octue.OctueMetadata:
-        """The Octue metadata of an object, decoded once per version."""
-        # Keyed by the Octue values themselves: fake-gcs-server's patches move no counter.
-        key = (info.name, tuple(sorted((k, v) for k, v in info.metadata.items() if k.startswith(octue.OCTUE_PREFIX))))
-        with self._lock:
-            meta = self._decoded.get(key)
+        """The Octue metadata of an object, decoded once per ObjectInfo (a memo on it).
+
+        An ObjectInfo is immutable and every change in the bucket yields a new one, so the memo
+        can never be stale, whichever counters the server moves.
+        """
+        meta = info.__dict__.get("_octue_memo")
         if meta is None:
             meta = octue.decode_object_metadata(info.metadata)
-            with self._lock:
-                self._decoded[key] = meta
+            object.__setattr__(info, "_octue_memo", meta)
         return meta
 
     def _target(self, path: str):

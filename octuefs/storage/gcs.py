@@ -57,6 +57,7 @@ T = TypeVar("T")
 EMULATOR_PROJECT = "octuefs-local"
 POOL_SIZE = 64  # HTTP connections kept per host: enough for the FUSE threads plus uploads
 DEFAULT_TIMEOUT = (10.0, 60.0)  # seconds: (connect, read between bytes)
+UPLOAD_CHUNK_SIZE = 32 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
 
 CREDENTIALS_HINT = (
     "no usable Google Cloud credentials: run `gcloud auth application-default login` "
@@ -383,7 +384,9 @@ class GCSBucket(Bucket):
         content_type = content_type or guess_content_type(name)
 
         def attempt() -> storage.Blob:
-            blob = self._bucket.blob(name)
+            # Resumable chunks of 32 MiB, not the library's 100 MiB: each chunk is held in memory
+            # (about twice), and the daemon's RSS must stay bounded whatever the file size.
+            blob = self._bucket.blob(name, chunk_size=UPLOAD_CHUNK_SIZE)
             blob.metadata = dict(metadata)  # sent in the same (multipart or resumable) upload
             blob.content_type = content_type
             with open(path, "rb") as f:

@@ -124,6 +124,9 @@ def fuse_kwargs(config: MountConfig) -> dict:
         "attr_timeout": config.kernel_attr_ttl,
         "entry_timeout": config.kernel_entry_ttl,
         "negative_timeout": min(config.kernel_entry_ttl, config.negative_ttl),
+        # Unlink an open file for real: without this, libfuse renames it to .fuse_hiddenNNNN
+        # instead, which would show in listings and be uploaded under that name.
+        "hard_remove": True,
     }
     if config.read_only:
         kwargs["ro"] = True

@@ -24,3 +24,4 @@ def test_unlinking_an_open_file_leaves_no_hidden_entry(mount):
     assert os.listdir(mount.path) == []
     mount.sync()
     assert mount.bucket.list_all("", delimiter=None)[0] == []
+    assert os.listdir(mount.cache / "staging") == []  # nothing of it is left in the cache either

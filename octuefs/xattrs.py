@@ -26,6 +26,7 @@ from .errors import (
     AttributeExists,
     AttributeNotSupported,
     FileNotFound,
+    InvalidMetadata,
     NoSuchAttribute,
     PreconditionFailed,
     ReadOnlyAttribute,

@@ -135,6 +135,10 @@ def fuse_kwargs(config: MountConfig) -> dict:
         if key in ("nonempty",):
             continue
         kwargs[key] = value if eq else True
+    if kwargs.get("allow_other"):
+        # Other users then reach the files: let the kernel enforce the owner and modes shown
+        # (--uid, --file-mode, ...), which octuefs itself never checks.
+        kwargs["default_permissions"] = True
     return kwargs
 
 

@@ -147,6 +147,7 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     from .core import FileSystem
     from .fuse_ops import OctueOperations, run
 
+    os.umask(0o077)  # everything the daemon writes (cache, journal, log, --local data) is private
     os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
     with _cache_lock(config.cache_dir), _bucket_for(config) as bucket:
         fs = FileSystem(bucket, config)
@@ -206,7 +207,8 @@ def start_background(argv: list[str], config: MountConfig, log_file: str, timeou
     """Start ``octuefs mount ... --foreground`` detached; return its PID once mounted."""
     read_fd, write_fd = os.pipe()
     os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-    with open(log_file, "ab") as logf:
+    # The log names objects: private, like the cache directory it lives in by default.
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
         child = subprocess.Popen(
             [sys.executable, "-m", "octuefs", *argv, "--foreground", "--ready-fd", str(write_fd)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,

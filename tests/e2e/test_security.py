@@ -144,3 +144,66 @@ def test_the_cache_directory_and_every_file_in_it_are_private(mount_factory, tmp
     (m / "later.txt").write_bytes(b"later")
     _assert_private(cache)
     m.sync()
+
+
+def _secret_pieces(private_key: str) -> list[str]:
+    """Every 24-character run of the key's base64 body (and the body with its newlines escaped)."""
+    body = "".join(line for line in private_key.splitlines() if not line.startswith("-----"))
+    return [body[i:i + 24] for i in range(0, len(body) - 24, 12)] + [private_key.replace("\n", "\\n")[:80]]
+
+
+def _assert_no_secret(private_key: str, **texts: str) -> None:
+    for where, text in texts.items():
+        leaked = [p for p in _secret_pieces(private_key) if p in text]
+        assert not leaked, f"the private key appears in {where}: {leaked[0]!r}"
+
+
+def test_a_service_account_key_never_reaches_the_daemon_log(mount_factory, emulator, tmp_path, monkeypatch):
+    from .fake_google import FakeGoogle, new_private_key_pem, service_account_json
+
+    private_key = new_private_key_pem()
+    key_file = tmp_path / "service-account.json"
+    key_file.write_text(service_account_json(private_key))
+    key_file.chmod(0o600)
+    with FakeGoogle(tmp_path, emulator.url) as google:
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST")  # real GCS, as far as octuefs can tell
+        for k, v in google.env(str(key_file)).items():
+            monkeypatch.setenv(k, v)
+        m = mount_factory("-v")  # -vvv: google's and urllib3's debug logging too
+        (m / "f.txt").write_bytes(b"data")
+        os.setxattr(m / "f.txt", "user.octue.labels", b"secret-test")
+        m.sync()
+        assert (m / "f.txt").read_bytes() == b"data"
+        result = run_octuefs("unmount", str(m.path))
+        # The key was really used: a JWT signed with it was exchanged for a token, which the
+        # storage requests carried; nothing tried to go anywhere else.
+        assert ("oauth2.googleapis.com", "POST", "/token", "") in google.seen
+        assert any(h == "storage.googleapis.com" and a.startswith("Bearer fake-access") for h, _, _, a in google.seen)
+        assert not google.refused
+    assert "DEBUG google" in m.log_text() or "DEBUG urllib3" in m.log_text()  # the most verbose level
+    _assert_no_secret(private_key, log=m.log_text(), unmount_output=result.stdout + result.stderr)
+
+
+def test_a_broken_key_fails_in_one_line_without_showing_it(emulator, tmp_path, monkeypatch):
+    from .fake_google import FakeGoogle, service_account_json
+
+    secret = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC" + "S3CR3TK3Y" * 20 + "\n-----END PRIVATE KEY-----\n"
+    key_file = tmp_path / "service-account.json"
+    key_file.write_text(service_account_json(secret))
+    (tmp_path / "mp").mkdir()
+    log = tmp_path / "octuefs.log"
+    with FakeGoogle(tmp_path, emulator.url) as google:
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+        for k, v in google.env(str(key_file)).items():
+            monkeypatch.setenv(k, v)
+        plain = run_octuefs("mount", "some-bucket", str(tmp_path / "mp"), "--log-file", str(log),
+                            check=False, timeout=60)
+        verbose = run_octuefs("mount", "some-bucket", str(tmp_path / "mp"), "--log-file", str(log), "-vvv",
+                              check=False, timeout=60)
+        assert not google.refused
+    assert plain.returncode != 0 and not os.path.ismount(tmp_path / "mp")
+    assert plain.stderr.startswith("octuefs: error:") and len(plain.stderr.strip().splitlines()) == 1
+    assert "credentials" in plain.stderr
+    assert verbose.returncode != 0 and "DEBUG" in verbose.stderr  # -vvv logs google's own steps too
+    _assert_no_secret(secret, stderr=plain.stderr + verbose.stderr, stdout=plain.stdout + verbose.stdout,
+                      log=log.read_text(errors="replace") if log.exists() else "")

@@ -63,10 +63,24 @@ def preflight(config: MountConfig) -> None:
 
 
 def _state_dir() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/octuefs-{os.getuid()}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = runtime or f"/tmp/octuefs-{os.getuid()}"
+    if not runtime:  # a name in /tmp anyone could have made first: it must be ours alone
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        _check_private(base)
     path = os.path.join(base, "octuefs-mounts")
     os.makedirs(path, mode=0o700, exist_ok=True)
+    _check_private(path)
     return path
+
+
+def _check_private(path: str) -> None:
+    """Refuse a state directory another user owns or may write: it holds the control socket."""
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.getuid():
+        raise MountError(f"{path} is not a directory of yours (owner uid {st.st_uid}); remove it and try again")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def state_file(mountpoint: str) -> str:

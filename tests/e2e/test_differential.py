@@ -109,6 +109,7 @@ class Handle:
     mnt_fd: int
     loc_fd: int
     append: bool
+    mode_write_only: bool
 
 
 def outcome(fn, *args):
@@ -221,7 +222,7 @@ def make_machine(mount, local_root, remount):
             got = outcome(os.open, os.path.join(self.mnt, rel), flags, 0o644)
             want = outcome(os.open, os.path.join(self.loc, rel), flags, 0o644)
             if got[0] == "ok" and want[0] == "ok":
-                self.handles.append(Handle(next(self.next_handle), rel, got[1], want[1], mode == "a"))
+                self.handles.append(Handle(next(self.next_handle), rel, got[1], want[1], mode == "a", mode != "r+"))
                 if new:
                     self.xattrs[rel] = Xattrs()
                 return
@@ -239,6 +240,22 @@ def make_machine(mount, local_root, remount):
             else:
                 got, want = outcome(os.pwrite, h.mnt_fd, content, offset), outcome(os.pwrite, h.loc_fd, content, offset)
             assert got == want, f"write to handle {h.n} ({h.path}): mount {got}, local {want}"
+
+        @precondition(lambda self: self.handles)
+        @rule(data=st.data(), offset=st.integers(0, 9000), size=st.integers(0, 10000))
+        def pread(self, data, offset, size):
+            h = data.draw(st.sampled_from(self.handles), label="handle")
+            if h.append or h.mode_write_only:
+                return
+            got, want = outcome(os.pread, h.mnt_fd, size, offset), outcome(os.pread, h.loc_fd, size, offset)
+            assert got == want, f"pread of handle {h.n} ({h.path}): mount {got}, local {want}"
+
+        @precondition(lambda self: self.handles)
+        @rule(data=st.data())
+        def fsync(self, data):
+            h = data.draw(st.sampled_from(self.handles), label="handle")
+            got, want = outcome(os.fsync, h.mnt_fd), outcome(os.fsync, h.loc_fd)
+            assert got == want, f"fsync of handle {h.n} ({h.path}): mount {got}, local {want}"
 
         @precondition(lambda self: self.handles)
         @rule(data=st.data(), length=st.integers(0, 5000))

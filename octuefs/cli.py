@@ -138,7 +138,10 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
 def configure_logging(verbose: int, log_file: str | None, quiet: bool = False) -> None:
     """Logging for this process. ``quiet``: a front command whose failures print one line."""
     level = (logging.ERROR if quiet else logging.WARNING) if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    # Names from the kernel may hold bytes that are not UTF-8 (decoded with surrogateescape):
+    # escape them in the log instead of failing the record with a "Logging error".
+    handler: logging.Handler = (logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+                                if log_file else logging.StreamHandler(sys.stderr))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

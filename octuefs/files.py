@@ -157,7 +157,8 @@ class OpenFiles:
             node.opens -= 1
             if node.opens == 0 and not node.unsaved and self._nodes.get(node.name) is node:
                 del self._nodes[node.name]
-        if node.opens == 0 and node.staging and not node.unsaved:
+        if node.opens == 0 and node.staging and (node.unlinked or not node.unsaved):
+            # An unlinked node's writes after its unlink have nowhere to go: drop them too.
             _unlink_quietly(node.staging)
             node.staging = None
 

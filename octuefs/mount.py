@@ -63,10 +63,24 @@ def preflight(config: MountConfig) -> None:
 
 
 def _state_dir() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/octuefs-{os.getuid()}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = runtime or f"/tmp/octuefs-{os.getuid()}"
+    if not runtime:  # a name in /tmp anyone could have made first: it must be ours alone
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        _check_private(base)
     path = os.path.join(base, "octuefs-mounts")
     os.makedirs(path, mode=0o700, exist_ok=True)
+    _check_private(path)
     return path
+
+
+def _check_private(path: str) -> None:
+    """Refuse a state directory another user owns or may write: it holds the control socket."""
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.getuid():
+        raise MountError(f"{path} is not a directory of yours (owner uid {st.st_uid}); remove it and try again")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def state_file(mountpoint: str) -> str:
@@ -124,6 +138,9 @@ def fuse_kwargs(config: MountConfig) -> dict:
         "attr_timeout": config.kernel_attr_ttl,
         "entry_timeout": config.kernel_entry_ttl,
         "negative_timeout": min(config.kernel_entry_ttl, config.negative_ttl),
+        # Unlink an open file for real: without this, libfuse renames it to .fuse_hiddenNNNN
+        # instead, which would show in listings and be uploaded under that name.
+        "hard_remove": True,
     }
     if config.read_only:
         kwargs["ro"] = True
@@ -132,6 +149,10 @@ def fuse_kwargs(config: MountConfig) -> dict:
         if key in ("nonempty",):
             continue
         kwargs[key] = value if eq else True
+    if kwargs.get("allow_other"):
+        # Other users then reach the files: let the kernel enforce the owner and modes shown
+        # (--uid, --file-mode, ...), which octuefs itself never checks.
+        kwargs["default_permissions"] = True
     return kwargs
 
 
@@ -140,6 +161,7 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     from .core import FileSystem
     from .fuse_ops import OctueOperations, run
 
+    os.umask(0o077)  # everything the daemon writes (cache, journal, log, --local data) is private
     os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
     with _cache_lock(config.cache_dir), _bucket_for(config) as bucket:
         fs = FileSystem(bucket, config)
@@ -199,7 +221,8 @@ def start_background(argv: list[str], config: MountConfig, log_file: str, timeou
     """Start ``octuefs mount ... --foreground`` detached; return its PID once mounted."""
     read_fd, write_fd = os.pipe()
     os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-    with open(log_file, "ab") as logf:
+    # The log names objects: private, like the cache directory it lives in by default.
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
         child = subprocess.Popen(
             [sys.executable, "-m", "octuefs", *argv, "--foreground", "--ready-fd", str(write_fd)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,

@@ -44,6 +44,10 @@ class Namespace:
         rel = path.strip("/")
         if not rel:
             return self.prefix.rstrip("/")  # the mount's root
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach us as surrogates
+            raise InvalidArgument(f"{path!r} is not UTF-8 text, which every GCS object name is") from None
         for segment in rel.split("/") if rel else ():
             if len(segment.encode("utf-8", "surrogateescape")) > NAME_MAX:
                 raise NameTooLong(path)

@@ -154,7 +154,8 @@ class Journal:
         return sorted(newest.values(), key=lambda e: e.id)
 
     def note_conflict(self, record: dict) -> None:
-        with open(self.conflicts_path, "a") as f:
+        fd = os.open(self.conflicts_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # names are private
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def conflicts(self, limit: int = 50) -> list[dict]:

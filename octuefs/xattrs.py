@@ -23,6 +23,7 @@ from .errors import (
     AttributeExists,
     AttributeNotSupported,
     FileNotFound,
+    InvalidMetadata,
     NoSuchAttribute,
     PreconditionFailed,
     ReadOnlyAttribute,

@@ -96,11 +96,12 @@ def mount_factory(emulator, tmp_path):
 
     mounts: list[Mount] = []
 
-    def make(*extra: str, prefix: str = "", bucket: str | None = None) -> Mount:
+    def make(*extra: str, prefix: str = "", bucket: str | None = None, parent: Path | None = None) -> Mount:
+        """``parent``: where to make the mountpoint (default the test's private tmp_path)."""
         name = bucket or f"e2e-{uuid.uuid4().hex[:12]}"
         emulator.create_bucket(name)
         n = len(mounts)
-        mp, cache, log = tmp_path / f"mnt{n}", tmp_path / f"cache{n}", tmp_path / f"octuefs{n}.log"
+        mp, cache, log = (parent or tmp_path) / f"mnt{n}", tmp_path / f"cache{n}", tmp_path / f"octuefs{n}.log"
         mp.mkdir()
         spec = name + (f"/{prefix}" if prefix else "")
         m = Mount(mp, GCSBucket(name), log, cache, spec)

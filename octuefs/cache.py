@@ -144,7 +144,8 @@ class ContentCache:
     def _new_entry(self, path: str, size: int, complete: bool = False) -> _Entry:
         bs = self.block_size
         initial = max(2 * bs, 4 * MiB)
-        streams = Streams(initial=initial, maximum=max(self.read_ahead, initial), tolerance=max(bs, MiB))
+        streams = Streams(initial=initial, maximum=max(self.read_ahead, initial), tolerance=max(bs, MiB),
+                          min_run=max(bs, 2 * MiB))
         return _Entry(path, size, bs, streams, complete)
 
     def _pin(self, info: ObjectInfo) -> _Entry:

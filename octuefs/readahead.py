@@ -3,11 +3,12 @@
 :class:`Streams` watches the reads of one cached object and says which bytes to fetch before
 they are asked for. A read that starts where an earlier one ended (give or take ``tolerance``,
 since the kernel sends neighbouring requests concurrently and they may arrive out of order)
-continues a *stream*; a read at offset 0 starts one. A sequential stream gets a window of
-read-ahead that doubles, up to ``maximum`` bytes, each time the reader has eaten half of it.
-Several streams per object are tracked at once (two readers of one file, or one reader
-jumping between two places); a read that matches none starts a new one, which reads ahead
-nothing until a second read continues it. Random reads therefore fetch only what they touch.
+continues a *stream*. A stream is sequential once it has run ``min_run`` bytes, or at once
+if it started at offset 0 (like the kernel's own read-ahead). A sequential stream gets a window
+of read-ahead that doubles, up to ``maximum`` bytes, each time the reader has eaten half of it.
+Several streams per object are tracked at once (two readers of one file, or one reader jumping
+between two places); a read that matches none starts a new one. Random reads, even of a MiB or
+two (which the kernel sends as several neighbouring requests), fetch only what they touch.
 
 :class:`FetchPool` runs fetches on at most ``workers`` threads: a bounded number of ranged
 GETs in flight, so a bounded amount of memory (``workers`` x the largest request). Fetches a
@@ -32,6 +33,7 @@ DEMAND, AHEAD = 0, 1  # fetch priorities: lower runs first
 
 @dataclasses.dataclass
 class _Stream:
+    start: int  # where the stream began
     pos: int  # where the last read of this stream ended
     ahead: int  # read-ahead has been requested up to here (exclusive)
     window: int  # current read-ahead size, bytes
@@ -43,17 +45,18 @@ class Streams:
 
     MAX_STREAMS = 4
 
-    def __init__(self, initial: int, maximum: int, tolerance: int):
+    def __init__(self, initial: int, maximum: int, tolerance: int, min_run: int):
         self.initial = initial
         self.maximum = max(initial, maximum)
         self.tolerance = tolerance
+        self.min_run = min_run
         self._streams: list[_Stream] = []  # most recently used last
 
     def observe(self, start: int, end: int) -> tuple[int, int] | None:
         """Note a read of ``[start, end)``; return the byte range to read ahead, if any."""
         stream = self._match(start)
         if stream is None:
-            stream = _Stream(pos=end, ahead=end, window=self.initial, sequential=start == 0)
+            stream = _Stream(start=start, pos=end, ahead=end, window=self.initial, sequential=start == 0)
             self._streams.append(stream)
             if len(self._streams) > self.MAX_STREAMS:
                 del self._streams[0]
@@ -64,6 +67,8 @@ class Streams:
             self._streams.append(stream)
             stream.pos = max(stream.pos, end)
             if not stream.sequential:
+                if stream.pos - stream.start < self.min_run:
+                    return None
                 stream.sequential = True
             elif stream.ahead - stream.pos > stream.window // 2:
                 return None  # still well ahead of the reader
@@ -128,9 +133,10 @@ class FetchPool:
             self._wake_locked()
 
     def _wake_locked(self) -> None:
-        if self._waiting:
-            self._cond.notify()
-        elif self._threads < self.workers:
+        # A woken thread leaves the waiting count only once it runs: more queued tasks than
+        # waiting threads means the waiting ones cannot take them all, so start another.
+        self._cond.notify()
+        if len(self._heap) > self._waiting and self._threads < self.workers:
             self._threads += 1
             threading.Thread(target=self._work, name=f"{self.name}-{self._threads}", daemon=True).start()
 

@@ -120,7 +120,7 @@ def test_read_ahead_fetches_the_next_blocks_before_they_are_asked_for(tmp_path, 
 
 
 def test_the_read_ahead_window_grows_up_to_its_maximum():
-    streams = Streams(initial=4 * MiB, maximum=32 * MiB, tolerance=MiB)
+    streams = Streams(initial=4 * MiB, maximum=32 * MiB, tolerance=MiB, min_run=2 * MiB)
     windows = []
     pos = 0
     while pos < 200 * MiB:
@@ -133,12 +133,24 @@ def test_the_read_ahead_window_grows_up_to_its_maximum():
     assert windows == sorted(windows)  # never shrinks while the reader stays sequential
 
 
-def test_a_read_far_from_any_stream_reads_nothing_ahead():
-    streams = Streams(initial=4 * MiB, maximum=32 * MiB, tolerance=MiB)
+def test_only_a_long_enough_run_or_a_start_at_offset_0_reads_ahead():
+    streams = Streams(initial=4 * MiB, maximum=32 * MiB, tolerance=MiB, min_run=2 * MiB)
     assert streams.observe(10 * MiB, 10 * MiB + 100) is None
     assert streams.observe(50 * MiB, 50 * MiB + 100) is None
-    assert streams.observe(10 * MiB + 100, 10 * MiB + 200) is not None  # continues the first one
-    assert streams.observe(0, 100) is not None  # offset 0: the start of a sequential read
+    for offset in range(10 * MiB + 100, 11 * MiB, 128 * KiB):  # one random 1 MiB read, in pieces
+        assert streams.observe(offset, offset + 128 * KiB) is None
+    assert streams.observe(12 * MiB - 100, 12 * MiB + 100) == (12 * MiB + 100, 16 * MiB + 100)  # 2 MiB run
+    assert streams.observe(0, 100) == (100, 4 * MiB + 100)  # offset 0: the start of a whole-file read
+
+
+def test_random_1_mib_reads_fetch_only_their_blocks(tmp_path, bucket):
+    info, data = put(bucket, "random-mib.bin", 32 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB)
+    for block in [20, 5, 27, 12]:
+        for offset in range(block * MiB, (block + 1) * MiB, 128 * KiB):
+            assert cache.read(info, offset, 128 * KiB) == data[offset : offset + 128 * KiB]
+    time.sleep(0.1)
+    assert bucket.blocks_fetched(MiB) == [5, 12, 20, 27]
 
 
 def test_random_reads_fetch_only_the_blocks_they_touch(tmp_path, bucket):

@@ -52,11 +52,12 @@ MAX_OPEN_FILES = 256  # cached copies with an open descriptor at once
 class _Fetch:
     """One ranged GET of blocks ``first..last`` of an entry. ``error`` is set before ``done``."""
 
-    __slots__ = ("first", "last", "ahead", "done", "error", "task")
+    __slots__ = ("first", "last", "generation", "ahead", "done", "error", "task")
 
-    def __init__(self, first: int, last: int, ahead: bool):
+    def __init__(self, first: int, last: int, generation: int, ahead: bool):
         self.first = first
         self.last = last
+        self.generation = generation  # the generation it reads (carry_over may have moved on)
         self.ahead = ahead  # started as read-ahead (nobody was waiting for it)
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -253,10 +254,12 @@ class ContentCache:
             failed = [f for f in waits if f.error is not None]
             if not failed:
                 return
-            # A failed read-ahead this read happened to join is not this read's failure: the
-            # blocks are missing again, so fetch them once more, for this read.
-            if attempt == 2 or not all(f.ahead for f in failed):
-                _reraise(next(f for f in failed if attempt == 2 or not f.ahead).error)
+            # A failed fetch this read merely joined (a read-ahead, or a read of the generation
+            # the content had before carry_over) is not this read's failure: the blocks are
+            # missing again, so fetch them once more, for this read.
+            own = [f for f in failed if attempt == 2 or not (f.ahead or f.generation != info.generation)]
+            if own:
+                _reraise(own[0].error)
 
     def _schedule_locked(self, info: ObjectInfo, entry: _Entry, first: int, last: int, priority: int) -> list[_Fetch]:
         """Fetches bringing blocks ``first..last``: new ones for blocks neither present nor in
@@ -285,7 +288,7 @@ class ContentCache:
         return fetches
 
     def _start_locked(self, info: ObjectInfo, entry: _Entry, first: int, last: int, priority: int) -> _Fetch:
-        fetch = _Fetch(first, last, ahead=priority == AHEAD)
+        fetch = _Fetch(first, last, info.generation, ahead=priority == AHEAD)
         for block in range(first, last + 1):
             entry.inflight[block] = fetch
         entry.pins += 1  # the fetch writes through entry.fd; _finish unpins

@@ -296,6 +296,34 @@ def test_reads_stay_pinned_to_their_generation(tmp_path, bucket):
     assert cache.read(new, 0, 4 * MiB) == new_data
 
 
+def test_a_reader_of_a_carried_over_generation_is_not_failed_by_the_old_ones_fetch(tmp_path, bucket):
+    data = random.Random(3).randbytes(4 * MiB)
+    old = bucket.upload_bytes("c.bin", data)
+    cache = make_cache(tmp_path, bucket, block_size=MiB)
+    gate = bucket.gates[MiB] = threading.Event()
+    results = {}
+
+    def read(key, info):
+        try:
+            results[key] = cache.read(info, MiB, 100)
+        except NotFound as exc:
+            results[key] = exc
+
+    old_reader = threading.Thread(target=read, args=("old", old))
+    old_reader.start()
+    assert wait_until(lambda: (MiB, 2 * MiB) in bucket.ranges)
+    new = bucket.upload_bytes("c.bin", data)  # the same bytes as a new generation
+    cache.carry_over(old, new)
+    new_reader = threading.Thread(target=read, args=("new", new))
+    new_reader.start()
+    time.sleep(0.05)  # the new reader now waits for the old generation's fetch of block 1
+    gate.set()
+    old_reader.join(5)
+    new_reader.join(5)
+    assert isinstance(results["old"], NotFound)  # its generation is gone
+    assert results["new"] == data[MiB : MiB + 100]
+
+
 def test_stage_copies_the_whole_object_and_truncate_fetches_only_what_it_keeps(tmp_path, bucket):
     info, data = put(bucket, "stage.bin", 10 * MiB + 5)
     cache = make_cache(tmp_path, bucket, block_size=MiB)

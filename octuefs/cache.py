@@ -291,7 +291,7 @@ class ContentCache:
         fetch = _Fetch(first, last, info.generation, ahead=priority == AHEAD)
         for block in range(first, last + 1):
             entry.inflight[block] = fetch
-        entry.pins += 1  # the fetch writes through entry.fd; _finish unpins
+        entry.pins += 1  # the fetch writes through entry.fd; _run_fetch unpins
         fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority)
         return fetch
 

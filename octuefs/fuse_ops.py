@@ -76,7 +76,8 @@ def _translated(method):
             raise
         except OctuefsError as exc:
             code, level = errno_for(exc)
-            log.log(level, "%s%r: %s (%s)", method.__name__, _shown(args), exc or type(exc).__name__, errno.errorcode[code])
+            what = exc or type(exc).__name__
+            log.log(level, "%s%r: %s (%s)", method.__name__, _shown(args), what, errno.errorcode[code])
             raise mfusepy.FuseOSError(code) from None
         except OSError as exc:
             code, level = errno_for(exc)
@@ -133,7 +134,7 @@ class OctueOperations(mfusepy.Operations):
         except Exception:
             log.exception("could not tune the FUSE connection; going on with libfuse's defaults")
         if self.mountpoint:
-            threading.Thread(target=_raise_read_ahead, args=(self.mountpoint,), name="octuefs-read-ahead", daemon=True).start()
+            threading.Thread(target=_raise_read_ahead, args=(self.mountpoint,), name="octuefs-ra", daemon=True).start()
         init = getattr(self, "init", None)
         if init is not None and not getattr(init, "libfuse_ignore", False):
             init("/")

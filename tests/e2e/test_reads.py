@@ -64,7 +64,8 @@ def test_a_64_mib_object_reads_back_byte_for_byte(mount):
 
     cat = subprocess.run(["cat", str(path)], capture_output=True, check=True)
     assert sha256(cat.stdout) == sha256(data)
-    dd = subprocess.run(["dd", f"if={path}", "bs=4M", "skip=3", "count=5", "status=none"], capture_output=True, check=True)
+    dd_args = ["dd", f"if={path}", "bs=4M", "skip=3", "count=5", "status=none"]
+    dd = subprocess.run(dd_args, capture_output=True, check=True)
     assert dd.stdout == data[12 * MiB : 32 * MiB]
     with open(path, "rb") as f:
         rng = random.Random(1)

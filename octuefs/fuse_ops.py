@@ -1,9 +1,25 @@
 """The thin FUSE adapter: translate each FUSE call into a core call, and errors into errno.
 
 This is the only module that speaks FUSE (mfusepy's ``Operations``, ``FuseOSError``, ``st_*``
-dictionaries). Every error passes through one place, :func:`_translated`, which asks
-:func:`octuefs.errors.errno_for` for the errno and the log level; an unexpected exception is
-logged with its traceback and answered EIO, never the binding's default EINVAL.
+dictionaries, ``fuse_file_info``). Every error passes through one place, :func:`_translated`,
+which asks :func:`octuefs.errors.errno_for` for the errno and the log level; an unexpected
+exception is logged with its traceback and answered EIO, never the binding's default EINVAL.
+
+The kernel side of reading fast:
+
+* Requests are as large as libfuse 3 allows: ``max_write`` 1 MiB (libfuse's own buffer size,
+  which also bounds reads), and more background requests in flight, so the kernel's read-ahead
+  requests reach the daemon's threads together (:meth:`init_with_config`). Reads through the
+  page cache are as large as the kernel's read-ahead window, 128 KiB by default, which INIT can
+  only lower; once the mount is up, a daemon allowed to (root) raises it to 1 MiB for this
+  mount alone (``/sys/class/bdi/<dev>/read_ahead_kb``), so sequential reads come in 1 MiB
+  requests. The block cache reads ahead much further than that anyway.
+* The kernel page cache is kept across opens while the object is unchanged: mfusepy runs with
+  ``raw_fi=True`` so that :meth:`open` can set ``keep_cache`` when the generation the new
+  handle reads is the one the previous open of that path read. A new generation (the object
+  was replaced, in the bucket or through the mount) opens without it, and the kernel drops
+  the old pages. ``FUSE_CAP_AUTO_INVAL_DATA`` also drops them when a refreshed mtime or size
+  differs. The core never sees any of this: it deals in handle numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +30,9 @@ import functools
 import logging
 import os
 import stat
+import threading
+
+import cachetools
 
 # mfusepy takes libfuse 2 when both are installed; octuefs wants libfuse 3 (mfusepy's own
 # recommendation). It reads the choice when imported, so this must come first.
@@ -26,6 +45,21 @@ from .core import Attr, FileSystem
 from .errors import OctuefsError, errno_for
 
 log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+MAX_WRITE = MiB  # libfuse 3 cannot take larger requests (its buffer is 256 pages)
+MAX_BACKGROUND = 64  # kernel requests in flight at once that no caller waits on (read-ahead)
+KEEP_CACHE_PATHS = 65536  # paths whose last opened generation is remembered
+READ_AHEAD_KB = 1024  # the kernel's read-ahead for this mount, if the daemon may set it
+
+# fuse_common.h (libfuse 3)
+FUSE_CAP_ASYNC_READ = 1 << 0
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
+
+
+def _fh(fi) -> int | None:
+    """The handle number in a ``fuse_file_info`` (mfusepy with ``raw_fi=True``)."""
+    return None if fi is None else getattr(fi, "fh", fi)
 
 
 def _what(name: str, args: tuple) -> str:
@@ -57,16 +91,24 @@ def _translated(method):
 
 
 class OctueOperations(mfusepy.Operations):
-    """mfusepy operations backed by a :class:`~octuefs.core.FileSystem`."""
+    """mfusepy operations backed by a :class:`~octuefs.core.FileSystem`.
+
+    Runs with ``raw_fi=True``: file calls get a ``fuse_file_info`` whose ``fh`` is the core's
+    handle number. ``_opened`` (path -> generation the last open of that path read) is guarded
+    by ``_opened_lock``.
+    """
 
     use_ns = True  # times in integer nanoseconds
 
-    def __init__(self, fs: FileSystem):
+    def __init__(self, fs: FileSystem, mountpoint: str | None = None):
         self.fs = fs
+        self.mountpoint = mountpoint  # set by run(); used once the mount is up
         cfg = fs.config
         self._uid, self._gid = cfg.uid, cfg.gid
         self._file_mode = stat.S_IFREG | (cfg.file_mode & (0o555 if cfg.read_only else 0o7777))
         self._dir_mode = stat.S_IFDIR | (cfg.dir_mode & (0o555 if cfg.read_only else 0o7777))
+        self._opened: cachetools.LRUCache[str, int] = cachetools.LRUCache(KEEP_CACHE_PATHS)
+        self._opened_lock = threading.Lock()
 
     def _st(self, attr: Attr) -> dict:
         ns = int(attr.mtime * 1e9)
@@ -83,6 +125,33 @@ class OctueOperations(mfusepy.Operations):
         }
 
     # --- lifetime -------------------------------------------------------------------------
+
+    def init_with_config(self, conn, config):
+        """FUSE INIT: ask for large requests, then run ``init`` (the mount's "ready" hook)."""
+        try:
+            if conn is not None:
+                self._tune(conn)
+        except Exception:
+            log.exception("could not tune the FUSE connection; going on with libfuse's defaults")
+        if self.mountpoint:
+            threading.Thread(target=_raise_read_ahead, args=(self.mountpoint,), name="octuefs-ra", daemon=True).start()
+        init = getattr(self, "init", None)
+        if init is not None and not getattr(init, "libfuse_ignore", False):
+            init("/")
+
+    @staticmethod
+    def _tune(conn) -> None:
+        # libfuse has already capped max_write to its buffer; never raise it past that.
+        conn.max_write = min(conn.max_write, MAX_WRITE) if conn.max_write else MAX_WRITE
+        conn.max_background = max(conn.max_background, MAX_BACKGROUND)
+        conn.congestion_threshold = max(conn.congestion_threshold, MAX_BACKGROUND * 3 // 4)
+        wanted = FUSE_CAP_ASYNC_READ | FUSE_CAP_AUTO_INVAL_DATA
+        conn.want |= wanted & conn.capable  # libfuse's defaults; said here because reads rely on them
+        log.info(
+            "FUSE protocol %d.%d: max_write %d, max_read %d, max_readahead %d, max_background %d, want 0x%x of 0x%x",
+            conn.proto_major, conn.proto_minor, conn.max_write, conn.max_read, conn.max_readahead,
+            conn.max_background, conn.want, conn.capable,
+        )
 
     def destroy(self, path):
         self.fs.shutdown()  # finishes pending uploads unless asked to leave them
@@ -116,11 +185,13 @@ class OctueOperations(mfusepy.Operations):
     @_translated
     def unlink(self, path):
         self.fs.unlink(path)
+        self._forget_opened(path)
         return 0
 
     @_translated
     def rename(self, old, new):
         self.fs.rename(old, new)
+        self._forget_opened(old, new)
         return 0
 
     @_translated
@@ -139,42 +210,71 @@ class OctueOperations(mfusepy.Operations):
         self.fs.utimens(path, mtime)
         return 0
 
-    # --- files ----------------------------------------------------------------------------
+    # --- files (fi: a fuse_file_info, fi.fh the core's handle number) -----------------------
 
     @_translated
-    def create(self, path, mode, flags=0):
-        return self.fs.create(path, flags)
+    def create(self, path, mode, fi):
+        fi.fh = self.fs.create(path, fi.flags)
+        self._forget_opened(path)
+        return 0
 
     @_translated
-    def open(self, path, flags):
-        return self.fs.open(path, flags)
+    def open(self, path, fi):
+        fi.fh = self.fs.open(path, fi.flags)
+        fi.keep_cache = self._same_as_last_open(path)
+        return 0
+
+    def _same_as_last_open(self, path: str) -> bool:
+        """Does the handle just opened read the generation the previous open of ``path`` read?
+
+        Then the kernel's cached pages of that path are still right (every change made through
+        the mount went through the kernel too). Asked after the open, when the core answers
+        with the open file's own version, without a request to the bucket.
+        """
+        try:
+            _name, info, _node = self.fs.file_info(path)
+        except OctuefsError:
+            info = None
+        with self._opened_lock:
+            last = self._opened.pop(path, None)
+            if info is None:
+                return False
+            self._opened[path] = info.generation
+        log.debug("open %s: generation %s, last opened %s: %s the kernel's cached pages", path, info.generation,
+                  last, "keeping" if last == info.generation else "dropping")
+        return last == info.generation
+
+    def _forget_opened(self, *paths: str) -> None:
+        with self._opened_lock:
+            for path in paths:
+                self._opened.pop(path, None)
 
     @_translated
-    def read(self, path, size, offset, fh):
-        return self.fs.read(fh, size, offset)
+    def read(self, path, size, offset, fi):
+        return self.fs.read(fi.fh, size, offset)
 
     @_translated
-    def write(self, path, data, offset, fh):
-        return self.fs.write(fh, data, offset)
+    def write(self, path, data, offset, fi):
+        return self.fs.write(fi.fh, data, offset)
 
     @_translated
     def truncate(self, path, length, fh=None):
-        self.fs.truncate(path, length, fh)
+        self.fs.truncate(path, length, _fh(fh))
         return 0
 
     @_translated
-    def flush(self, path, fh):
-        self.fs.flush(fh)
+    def flush(self, path, fi):
+        self.fs.flush(fi.fh)
         return 0
 
     @_translated
-    def fsync(self, path, datasync, fh):
-        self.fs.fsync(fh)
+    def fsync(self, path, datasync, fi):
+        self.fs.fsync(fi.fh)
         return 0
 
     @_translated
-    def release(self, path, fh):
-        self.fs.release(fh)
+    def release(self, path, fi):
+        self.fs.release(fi.fh)
         return 0
 
     # --- extended attributes ---------------------------------------------------------------
@@ -198,7 +298,27 @@ class OctueOperations(mfusepy.Operations):
         return 0
 
 
+def _raise_read_ahead(mountpoint: str) -> None:
+    """Raise the kernel's read-ahead window of this mount to READ_AHEAD_KB, if allowed.
+
+    Runs in its own thread, started during INIT: the stat of the mountpoint gets through only
+    once INIT is answered, after which the kernel no longer caps the window to INIT's value.
+    """
+    try:
+        dev = os.stat(mountpoint).st_dev
+        knob = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        with open(knob) as f:
+            current = int(f.read())
+        if current < READ_AHEAD_KB:
+            with open(knob, "w") as f:
+                f.write(str(READ_AHEAD_KB))
+            log.info("kernel read-ahead for this mount raised from %d to %d KiB", current, READ_AHEAD_KB)
+    except (OSError, ValueError) as exc:
+        log.debug("kernel read-ahead for this mount left as it is: %s", exc)
+
+
 def run(ops: OctueOperations, mountpoint: str, options: dict) -> None:
     """Serve ``ops`` on ``mountpoint`` until it is unmounted (multithreaded)."""
+    ops.mountpoint = os.path.abspath(mountpoint)
     log.debug("libfuse %d.%d, options %s", mfusepy.fuse_version_major, mfusepy.fuse_version_minor, options)
-    mfusepy.FUSE(ops, mountpoint, nothreads=False, **options)
+    mfusepy.FUSE(ops, mountpoint, nothreads=False, raw_fi=True, **options)

@@ -1,0 +1,164 @@
+"""Read-ahead for the block cache: sequential-access detection, and the pool that fetches.
+
+:class:`Streams` watches the reads of one cached object and says which bytes to fetch before
+they are asked for. A read that starts where an earlier one ended (give or take ``tolerance``,
+since the kernel sends neighbouring requests concurrently and they may arrive out of order)
+continues a *stream*. A stream is sequential once it has run ``min_run`` bytes, or at once
+if it started at offset 0 (like the kernel's own read-ahead). A sequential stream gets a window
+of read-ahead that doubles, up to ``maximum`` bytes, each time the reader has eaten half of it.
+Several streams per object are tracked at once (two readers of one file, or one reader jumping
+between two places); a read that matches none starts a new one. Random reads, even of a MiB or
+two (which the kernel sends as several neighbouring requests), fetch only what they touch.
+
+:class:`FetchPool` runs fetches on at most ``workers`` threads: a bounded number of ranged
+GETs in flight, so a bounded amount of memory (``workers`` x the largest request). Fetches a
+reader is waiting for (``DEMAND``) run before read-ahead (``AHEAD``); a read-ahead fetch a
+reader starts waiting for can be moved up (:meth:`FetchPool.boost`). Threads start when there is
+work and end after ``idle`` seconds without any, so an idle mount holds none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+DEMAND, AHEAD = 0, 1  # fetch priorities: lower runs first
+
+
+@dataclasses.dataclass
+class _Stream:
+    start: int  # where the stream began
+    pos: int  # where the last read of this stream ended
+    ahead: int  # read-ahead has been requested up to here (exclusive)
+    window: int  # current read-ahead size, bytes
+    sequential: bool
+
+
+class Streams:
+    """Sequential-read detection for one object. Not thread-safe: the caller's lock guards it."""
+
+    MAX_STREAMS = 4
+
+    def __init__(self, initial: int, maximum: int, tolerance: int, min_run: int):
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self.tolerance = tolerance
+        self.min_run = min_run
+        self._streams: list[_Stream] = []  # most recently used last
+
+    def observe(self, start: int, end: int) -> tuple[int, int] | None:
+        """Note a read of ``[start, end)``; return the byte range to read ahead, if any."""
+        stream = self._match(start)
+        if stream is None:
+            stream = _Stream(start=start, pos=end, ahead=end, window=self.initial, sequential=start == 0)
+            self._streams.append(stream)
+            if len(self._streams) > self.MAX_STREAMS:
+                del self._streams[0]
+            if not stream.sequential:
+                return None
+        else:
+            self._streams.remove(stream)
+            self._streams.append(stream)
+            stream.pos = max(stream.pos, end)
+            if not stream.sequential:
+                if stream.pos - stream.start < self.min_run:
+                    return None
+                stream.sequential = True
+            elif stream.ahead - stream.pos > stream.window // 2:
+                return None  # still well ahead of the reader
+            else:
+                stream.window = min(self.maximum, stream.window * 2)
+        lo = max(stream.ahead, stream.pos)
+        stream.ahead = stream.pos + stream.window
+        return (lo, stream.ahead) if stream.ahead > lo else None
+
+    def _match(self, start: int) -> _Stream | None:
+        for stream in reversed(self._streams):
+            if stream.pos - self.tolerance <= start <= stream.pos + self.tolerance:
+                return stream
+        return None
+
+
+class Task:
+    """One unit of work in a :class:`FetchPool`. ``priority`` and ``started`` are guarded by
+    the pool's lock."""
+
+    __slots__ = ("fn", "priority", "started")
+
+    def __init__(self, fn: Callable[[], None], priority: int):
+        self.fn = fn
+        self.priority = priority
+        self.started = False
+
+
+class FetchPool:
+    """At most ``workers`` threads running :class:`Task` s, lowest priority value first.
+
+    ``_cond`` (and its lock) guards ``_heap``, ``_threads`` and ``_waiting``. The tasks
+    themselves run without it; a task must not raise (an exception is logged as a bug).
+    """
+
+    def __init__(self, workers: int, idle: float = 30.0, name: str = "octuefs-fetch"):
+        if workers < 1:
+            raise ValueError("a fetch pool needs at least one worker")
+        self.workers = workers
+        self.idle = idle
+        self.name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[int, int, Task]] = []
+        self._seq = itertools.count()
+        self._threads = 0
+        self._waiting = 0
+
+    def submit(self, fn: Callable[[], None], priority: int) -> Task:
+        task = Task(fn, priority)
+        with self._cond:
+            heapq.heappush(self._heap, (priority, next(self._seq), task))
+            self._wake_locked()
+        return task
+
+    def boost(self, task: Task) -> None:
+        """Run ``task`` as a DEMAND task if it has not started yet (a reader now waits on it)."""
+        with self._cond:
+            if task.started or task.priority <= DEMAND:
+                return
+            task.priority = DEMAND
+            heapq.heappush(self._heap, (DEMAND, next(self._seq), task))  # the old entry is skipped
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        # A woken thread leaves the waiting count only once it runs: more queued tasks than
+        # waiting threads means the waiting ones cannot take them all, so start another.
+        self._cond.notify()
+        if len(self._heap) > self._waiting and self._threads < self.workers:
+            self._threads += 1
+            threading.Thread(target=self._work, name=f"{self.name}-{self._threads}", daemon=True).start()
+
+    def _next(self) -> Task | None:
+        """The next task to run, or None when this thread should end (idle too long)."""
+        with self._cond:
+            while True:
+                while self._heap:
+                    _, _, task = heapq.heappop(self._heap)
+                    if not task.started:
+                        task.started = True
+                        return task
+                self._waiting += 1
+                woken = self._cond.wait(self.idle)
+                self._waiting -= 1
+                if not woken and not self._heap:
+                    self._threads -= 1
+                    return None
+
+    def _work(self) -> None:
+        while (task := self._next()) is not None:
+            try:
+                task.fn()
+            except BaseException:  # a bug in the task: log it, keep the worker
+                log.exception("fetch task failed unexpectedly")

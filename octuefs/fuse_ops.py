@@ -198,7 +198,16 @@ class OctueOperations(mfusepy.Operations):
         return 0
 
 
+class _FUSE(mfusepy.FUSE):
+    """mfusepy 3.1.1 drops the file handle libfuse 3 gives truncate (an ftruncate), which
+    turned it into a truncate by path: that saves at once, uploading a writer's unfinished
+    data, and fails for an unlinked file, which has no path. Pass the handle on."""
+
+    def truncate_fuse_3(self, path, length, fip):
+        return self.ftruncate(path, length, fip)
+
+
 def run(ops: OctueOperations, mountpoint: str, options: dict) -> None:
     """Serve ``ops`` on ``mountpoint`` until it is unmounted (multithreaded)."""
     log.debug("libfuse %d.%d, options %s", mfusepy.fuse_version_major, mfusepy.fuse_version_minor, options)
-    mfusepy.FUSE(ops, mountpoint, nothreads=False, **options)
+    _FUSE(ops, mountpoint, nothreads=False, **options)

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from octuefs import mount as octuefs_mount
+
 pytestmark = pytest.mark.fuse
 
 
@@ -25,3 +27,21 @@ def test_unlinking_an_open_file_leaves_no_hidden_entry(mount):
     mount.sync()
     assert mount.bucket.list_all("", delimiter=None)[0] == []
     assert os.listdir(mount.cache / "staging") == []  # nothing of it is left in the cache either
+
+
+def test_ftruncate_of_a_file_being_written_uploads_nothing_before_close(mount):
+    # mfusepy dropped the file handle of libfuse 3's truncate, so ftruncate became a
+    # truncate by path, which saves at once: the writer's unfinished data went up.
+    fd = os.open(mount / "t.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"unfinished")
+        os.ftruncate(fd, 4)
+        # Wait for uploads in this process: a fork/exec (octuefs sync) would close a copy of
+        # fd, and every close is a FUSE flush, which saves.
+        octuefs_mount.sync(str(mount.path))
+        assert mount.bucket.list_all("", delimiter=None)[0] == []
+        os.write(fd, b"++")
+    finally:
+        os.close(fd)
+    mount.sync()
+    assert mount.bucket.read_range("t.bin", 0, 100) == b"unfi\0\0\0\0\0\0++"

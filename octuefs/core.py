@@ -99,8 +99,13 @@ class FileSystem:
         node = self.files.node(name)
         return node if node is not None and not node.unlinked else None
 
-    def resolve(self, path: str) -> tuple[str, ObjectInfo | object, FileNode | None]:
-        """``(object name, ObjectInfo | DIR | MISSING, live node or None)`` of a path."""
+    def resolve(self, path: str | None) -> tuple[str, ObjectInfo | object, FileNode | None]:
+        """``(object name, ObjectInfo | DIR | MISSING, live node or None)`` of a path.
+
+        ``None`` is what libfuse passes for a file unlinked while open: it has no name.
+        """
+        if path is None:
+            raise FileNotFound("(a file unlinked while open has no path)")
         name = self.ns.object_name(path)
         node = self._node(name) if path != "/" else None
         if node is not None:
@@ -124,7 +129,10 @@ class FileSystem:
 
     # --- attributes ---------------------------------------------------------------------
 
-    def getattr(self, path: str) -> Attr:
+    def getattr(self, path: str | None, fh: int | None = None) -> Attr:
+        if path is None and fh is not None:  # fstat of a file unlinked while open
+            node = self.files.handle(fh).node
+            return Attr(False, node.size, self._node_mtime(node))
         name, entry, node = self.resolve(path)
         if node is not None:
             return Attr(False, node.size, self._node_mtime(node))
@@ -301,6 +309,7 @@ class FileSystem:
         if node is None and entry is MISSING:
             raise FileNotFound(path)
         if node is not None:
+            self.files.keep_open_content(node)  # for the handles still open on it
             self.files.settle(node, cancel=True)  # queued versions are moot; a running one lands first
         info = node.base if node is not None else entry
         if info is not None:
@@ -333,8 +342,10 @@ class FileSystem:
             raise IsADirectory(new)
         if node is not None and node.unsaved:
             self.files.settle(node)  # the bucket must hold the latest version before the copy
-        if dst_node is not None and dst_node.unsaved:
-            self.files.settle(dst_node, cancel=True)  # about to be replaced
+        if dst_node is not None:
+            self.files.keep_open_content(dst_node)  # for the handles still open on it
+            if dst_node.unsaved:
+                self.files.settle(dst_node, cancel=True)  # about to be replaced
         info = node.base if node is not None else src
         dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
         try:

@@ -91,7 +91,7 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def getattr(self, path, fh=None):
-        return self._st(self.fs.getattr(path))
+        return self._st(self.fs.getattr(path, fh))
 
     @_translated
     def readdir(self, path, fh):

@@ -509,8 +509,15 @@ def local_root(tmp_path):
     shutil.rmtree(root, ignore_errors=True)
 
 
+NO_CACHES = ("--stat-ttl", "0", "--list-ttl", "0", "--negative-ttl", "0", "--attr-timeout", "0", "--entry-timeout", "0")
+
+
 @pytest.mark.timeout(max(300, EXAMPLES * STEPS * 2))
-def test_mount_behaves_like_a_local_directory(mount_factory, local_root):
-    m = mount_factory()
-    machine = make_machine(m, local_root, Remounter(m, ()))
-    run_state_machine_as_test(machine, settings=SETTINGS)
+@pytest.mark.parametrize("options", [(), NO_CACHES], ids=["default-caches", "no-caches"])
+def test_mount_behaves_like_a_local_directory(mount_factory, local_root, options):
+    """With the default caches, and with none (every lookup and listing asks the bucket, which
+    must then agree with what is still pending upload)."""
+    m = mount_factory(*options)
+    machine = make_machine(m, local_root, Remounter(m, options))
+    examples = EXAMPLES if not options else max(1, EXAMPLES // 2)
+    run_state_machine_as_test(machine, settings=settings(SETTINGS, max_examples=examples))

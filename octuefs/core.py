@@ -35,7 +35,7 @@ from .errors import (
     ReadOnlyFilesystem,
 )
 from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
-from .metacache import DIR, MISSING, Listing, MetadataCache
+from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
 from .storage.base import Bucket, ObjectInfo
 from .uploads import Journal, Uploader, quarantine_unclosed
@@ -81,18 +81,19 @@ class FileSystem:
         known = self.metacache.lookup(name)
         if known is not None:
             return known
+        epoch = self.metacache.epoch(parent_prefix(name))
         try:
             info = self.bucket.stat(name)
         except NotFound:
             pass
         else:
-            self.metacache.put_file(info)
+            self.metacache.put_file(info, epoch)
             return info
         page = self.bucket.list_page(name + "/", "/", max_results=1)
         if page.objects or page.prefixes:
-            self.metacache.put_dir(name)
+            self.metacache.put_dir(name, epoch)
             return DIR
-        self.metacache.put_missing(name)
+        self.metacache.put_missing(name, epoch)
         return MISSING
 
     def _node(self, name: str) -> FileNode | None:
@@ -167,17 +168,39 @@ class FileSystem:
         if entry is MISSING:
             raise FileNotFound(path)
         prefix = self.ns.dir_prefix(path)
-        listing = self.metacache.listing(prefix) or self._list(prefix)
+        listing = self.metacache.listing(prefix)
+        if listing is not None:
+            # The mount's own changes update the cached listing before a node is dropped.
+            nodes = self.files.nodes_under(prefix)
+        else:
+            listing, nodes = self._list(prefix)
         out = [(d, Attr(True, 0, self._started)) for d in sorted(listing.dirs)]
         out += [(f, Attr(False, info.size, mtime_of(info))) for f, info in sorted(listing.files.items())]
         shown = listing.dirs | listing.files.keys()
-        for extra in self.files.nodes_under(prefix):  # new files not yet in the bucket
+        for extra in nodes:  # new files not yet in the bucket
             rest = extra.name[len(prefix) :]
             if "/" not in rest and rest not in shown and not extra.unlinked:
                 out.append((rest, Attr(False, extra.size, self._node_mtime(extra))))
         return out
 
-    def _list(self, prefix: str) -> Listing:
+    def _list(self, prefix: str, attempts: int = 3) -> tuple[Listing, list[FileNode]]:
+        """The bucket's listing of ``prefix`` and the nodes under it, consistent with each other.
+
+        An upload landing (or a delete) while the bucket is being listed can make the page miss
+        a file whose node is then dropped, or show one that is gone: such a listing is read again
+        (a few times at most) and never cached. Nodes are taken after the listing and before the
+        check, so a node dropped meanwhile was counted by the check.
+        """
+        for _ in range(attempts):
+            epoch = self.metacache.epoch(prefix)
+            listing = self._list_bucket(prefix)
+            nodes = self.files.nodes_under(prefix)
+            if self.metacache.put_listing(prefix, listing, epoch):
+                break
+            log.debug("the mount changed %r while it was being listed; listing it again", prefix)
+        return listing, nodes
+
+    def _list_bucket(self, prefix: str) -> Listing:
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
         for page in self.bucket.iter_pages(prefix, "/"):
@@ -192,9 +215,7 @@ class FileSystem:
         for clash in dirs & files.keys():
             self.ns.warn_once(prefix + clash, "a directory of the same name, which hides it")
             del files[clash]
-        listing = Listing(files, dirs)
-        self.metacache.put_listing(prefix, listing)
-        return listing
+        return Listing(files, dirs)
 
     def mkdir(self, path: str) -> None:
         self._check_writable()

@@ -120,6 +120,7 @@ class Handle:
 
 
 TRACE: list[str] = []  # the calls of the current example, for failure messages
+ROOTS: dict[str, str] = {}  # the example's two directories -> "M:" / "L:" in TRACE
 
 
 def outcome(fn, *args):
@@ -128,7 +129,10 @@ def outcome(fn, *args):
         result = ("ok", fn(*args))
     except OSError as exc:
         result = ("err", errno.errorcode.get(exc.errno, exc.errno))
-    shown = ", ".join(repr(a)[:40] for a in args)
+    shown = repr(args)[1:-1]
+    for root, tag in ROOTS.items():
+        shown = shown.replace(root + "/", tag).replace(root, tag)
+    shown = shown[:120]
     TRACE.append(f"{getattr(fn, '__name__', fn)}({shown}) -> {str(result)[:60]}")
     return result
 
@@ -162,6 +166,8 @@ def make_machine(mount, local_root, remount):
             self.sub = f"ex{next(counter)}"
             self.mnt = os.path.join(mount.path, self.sub)
             self.loc = os.path.join(local_root, self.sub)
+            ROOTS.clear()
+            ROOTS.update({self.mnt: "M:", self.loc: "L:"})
             os.mkdir(self.mnt)
             os.mkdir(self.loc)
             self.xattrs: dict[str, Xattrs] = {}  # by file path relative to the example's directory

@@ -35,7 +35,7 @@ from .errors import (
     ReadOnlyFilesystem,
 )
 from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
-from .metacache import DIR, MISSING, Listing, MetadataCache
+from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
 from .storage.base import Bucket, ObjectInfo
 from .uploads import Journal, Uploader, quarantine_unclosed
@@ -81,26 +81,32 @@ class FileSystem:
         known = self.metacache.lookup(name)
         if known is not None:
             return known
+        epoch = self.metacache.epoch(parent_prefix(name))
         try:
             info = self.bucket.stat(name)
         except NotFound:
             pass
         else:
-            self.metacache.put_file(info)
+            self.metacache.put_file(info, epoch)
             return info
         page = self.bucket.list_page(name + "/", "/", max_results=1)
         if page.objects or page.prefixes:
-            self.metacache.put_dir(name)
+            self.metacache.put_dir(name, epoch)
             return DIR
-        self.metacache.put_missing(name)
+        self.metacache.put_missing(name, epoch)
         return MISSING
 
     def _node(self, name: str) -> FileNode | None:
         node = self.files.node(name)
         return node if node is not None and not node.unlinked else None
 
-    def resolve(self, path: str) -> tuple[str, ObjectInfo | object, FileNode | None]:
-        """``(object name, ObjectInfo | DIR | MISSING, live node or None)`` of a path."""
+    def resolve(self, path: str | None) -> tuple[str, ObjectInfo | object, FileNode | None]:
+        """``(object name, ObjectInfo | DIR | MISSING, live node or None)`` of a path.
+
+        ``None`` is what libfuse passes for a file unlinked while open: it has no name.
+        """
+        if path is None:
+            raise FileNotFound("(a file unlinked while open has no path)")
         name = self.ns.object_name(path)
         node = self._node(name) if path != "/" else None
         if node is not None:
@@ -124,7 +130,10 @@ class FileSystem:
 
     # --- attributes ---------------------------------------------------------------------
 
-    def getattr(self, path: str) -> Attr:
+    def getattr(self, path: str | None, fh: int | None = None) -> Attr:
+        if path is None and fh is not None:  # fstat of a file unlinked while open
+            node = self.files.handle(fh).node
+            return Attr(False, node.size, self._node_mtime(node))
         name, entry, node = self.resolve(path)
         if node is not None:
             return Attr(False, node.size, self._node_mtime(node))
@@ -159,17 +168,39 @@ class FileSystem:
         if entry is MISSING:
             raise FileNotFound(path)
         prefix = self.ns.dir_prefix(path)
-        listing = self.metacache.listing(prefix) or self._list(prefix)
+        listing = self.metacache.listing(prefix)
+        if listing is not None:
+            # The mount's own changes update the cached listing before a node is dropped.
+            nodes = self.files.nodes_under(prefix)
+        else:
+            listing, nodes = self._list(prefix)
         out = [(d, Attr(True, 0, self._started)) for d in sorted(listing.dirs)]
         out += [(f, Attr(False, info.size, mtime_of(info))) for f, info in sorted(listing.files.items())]
         shown = listing.dirs | listing.files.keys()
-        for extra in self.files.nodes_under(prefix):  # new files not yet in the bucket
+        for extra in nodes:  # new files not yet in the bucket
             rest = extra.name[len(prefix) :]
             if "/" not in rest and rest not in shown and not extra.unlinked:
                 out.append((rest, Attr(False, extra.size, self._node_mtime(extra))))
         return out
 
-    def _list(self, prefix: str) -> Listing:
+    def _list(self, prefix: str, attempts: int = 3) -> tuple[Listing, list[FileNode]]:
+        """The bucket's listing of ``prefix`` and the nodes under it, consistent with each other.
+
+        An upload landing (or a delete) while the bucket is being listed can make the page miss
+        a file whose node is then dropped, or show one that is gone: such a listing is read again
+        (a few times at most) and never cached. Nodes are taken after the listing and before the
+        check, so a node dropped meanwhile was counted by the check.
+        """
+        for _ in range(attempts):
+            epoch = self.metacache.epoch(prefix)
+            listing = self._list_bucket(prefix)
+            nodes = self.files.nodes_under(prefix)
+            if self.metacache.put_listing(prefix, listing, epoch):
+                break
+            log.debug("the mount changed %r while it was being listed; listing it again", prefix)
+        return listing, nodes
+
+    def _list_bucket(self, prefix: str) -> Listing:
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
         for page in self.bucket.iter_pages(prefix, "/"):
@@ -184,9 +215,7 @@ class FileSystem:
         for clash in dirs & files.keys():
             self.ns.warn_once(prefix + clash, "a directory of the same name, which hides it")
             del files[clash]
-        listing = Listing(files, dirs)
-        self.metacache.put_listing(prefix, listing)
-        return listing
+        return Listing(files, dirs)
 
     def mkdir(self, path: str) -> None:
         self._check_writable()
@@ -301,6 +330,7 @@ class FileSystem:
         if node is None and entry is MISSING:
             raise FileNotFound(path)
         if node is not None:
+            self.files.keep_open_content(node)  # for the handles still open on it
             self.files.settle(node, cancel=True)  # queued versions are moot; a running one lands first
         info = node.base if node is not None else entry
         if info is not None:
@@ -333,8 +363,10 @@ class FileSystem:
             raise IsADirectory(new)
         if node is not None and node.unsaved:
             self.files.settle(node)  # the bucket must hold the latest version before the copy
-        if dst_node is not None and dst_node.unsaved:
-            self.files.settle(dst_node, cancel=True)  # about to be replaced
+        if dst_node is not None:
+            self.files.keep_open_content(dst_node)  # for the handles still open on it
+            if dst_node.unsaved:
+                self.files.settle(dst_node, cancel=True)  # about to be replaced
         info = node.base if node is not None else src
         dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
         try:

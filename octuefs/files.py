@@ -163,16 +163,29 @@ class OpenFiles:
             node.staging = None
 
     def forget(self, node: FileNode) -> None:
-        """Drop a node that no longer stands for anything (its object was deleted)."""
+        """Drop a node that no longer stands for anything (its object was deleted).
+
+        Handles still open on it keep working on its private copy (see :meth:`keep_open_content`)
+        until the last one is released; nothing of it is ever saved again.
+        """
         with self._lock:
             if self._nodes.get(node.name) is node:
                 del self._nodes[node.name]
+            with node.lock:
+                node.unlinked = True
+                node.dirty = node.meta_dirty = False
+                if node.staging and node.opens == 0:
+                    _unlink_quietly(node.staging)
+                    node.staging = None
+
+    def keep_open_content(self, node: FileNode) -> None:
+        """POSIX: a file unlinked (or replaced by a rename) while open stays readable and writable
+        through the handles open on it. Before its name and object go, give such a node a private
+        copy of its newest content: the staging file it has, a copy of its sealed version, or
+        (a clean file) its content fetched from the bucket."""
         with node.lock:
-            node.unlinked = True
-            node.dirty = node.meta_dirty = False
-            if node.staging:
-                _unlink_quietly(node.staging)
-                node.staging = None
+            if node.opens > 0 and node.staging is None and not node.unlinked:
+                self._ensure_staged(node)
 
     def renamed(self, node: FileNode, new_name: str, info: ObjectInfo) -> None:
         with self._lock:
@@ -370,6 +383,8 @@ class OpenFiles:
     def fsync(self, fh: int) -> None:
         """fsync(2): returns once the file (whoever changed it) is in the bucket."""
         node = self.handle(fh).node
+        if node.unlinked:
+            return  # it has no name left to save under
         self.save(node)
         self.uploader.wait_name(node.name, self.fsync_timeout)
 

@@ -160,7 +160,7 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def getattr(self, path, fh=None):
-        return self._st(self.fs.getattr(path))
+        return self._st(self.fs.getattr(path, fh))
 
     @_translated
     def readdir(self, path, fh):
@@ -317,8 +317,17 @@ def _raise_read_ahead(mountpoint: str) -> None:
         log.debug("kernel read-ahead for this mount left as it is: %s", exc)
 
 
+class _FUSE(mfusepy.FUSE):
+    """mfusepy 3.1.1 drops the file handle libfuse 3 gives truncate (an ftruncate), which
+    turned it into a truncate by path: that saves at once, uploading a writer's unfinished
+    data, and fails for an unlinked file, which has no path. Pass the handle on."""
+
+    def truncate_fuse_3(self, path, length, fip):
+        return self.ftruncate(path, length, fip)
+
+
 def run(ops: OctueOperations, mountpoint: str, options: dict) -> None:
     """Serve ``ops`` on ``mountpoint`` until it is unmounted (multithreaded)."""
     ops.mountpoint = os.path.abspath(mountpoint)
     log.debug("libfuse %d.%d, options %s", mfusepy.fuse_version_major, mfusepy.fuse_version_minor, options)
-    mfusepy.FUSE(ops, mountpoint, nothreads=False, raw_fi=True, **options)
+    _FUSE(ops, mountpoint, nothreads=False, raw_fi=True, **options)

@@ -70,6 +70,24 @@ class MetadataCache:
         self._listings: cachetools.TTLCache = cachetools.TTLCache(10_000, max(list_ttl, 1e-9), timer)
         self._negative_enabled = negative_ttl > 0
         self._listing_enabled = list_ttl > 0
+        # How many changes the mount has made in each directory (by listing prefix), and in all
+        # of them: a listing or lookup read while one happened may already be out of date.
+        self._epochs: dict[str, int] = {}
+        self._epoch_all = 0
+
+    # --- change counters ----------------------------------------------------------------
+
+    def epoch(self, prefix: str) -> tuple[int, int]:
+        """A token that changes whenever the mount changes something listed under ``prefix``."""
+        with self._lock:
+            return self._epoch_all, self._epochs.get(prefix, 0)
+
+    def _bump(self, name: str) -> None:  # LOCKS_REQUIRED(_lock)
+        prefix = parent_prefix(name)
+        self._epochs[prefix] = self._epochs.get(prefix, 0) + 1
+
+    def _current(self, prefix: str, epoch: tuple[int, int] | None) -> bool:  # LOCKS_REQUIRED(_lock)
+        return epoch is None or epoch == (self._epoch_all, self._epochs.get(prefix, 0))
 
     # --- lookups ----------------------------------------------------------------------
 
@@ -94,40 +112,52 @@ class MetadataCache:
         return MISSING
 
     def listing(self, prefix: str) -> Listing | None:
+        """A copy of the cached listing of ``prefix`` (the cached one changes in place)."""
         with self._lock:
-            return self._listings.get(prefix)
+            listing = self._listings.get(prefix)
+            return Listing(dict(listing.files), set(listing.dirs)) if listing is not None else None
 
     # --- fills ------------------------------------------------------------------------
 
-    def put_file(self, info: ObjectInfo) -> None:
+    def put_file(self, info: ObjectInfo, epoch: tuple[int, int] | None = None) -> None:
         if not self._enabled:
             return
         with self._lock:
-            self._stats[info.name] = info
-            self._missing.pop(info.name, None)
+            if self._current(parent_prefix(info.name), epoch):
+                self._stats[info.name] = info
+                self._missing.pop(info.name, None)
 
-    def put_dir(self, name: str) -> None:
+    def put_dir(self, name: str, epoch: tuple[int, int] | None = None) -> None:
         if not self._enabled:
             return
         with self._lock:
-            self._stats[name.rstrip("/") + "/"] = DIR
-            self._missing.pop(name.rstrip("/"), None)
+            if self._current(parent_prefix(name.rstrip("/")), epoch):
+                self._stats[name.rstrip("/") + "/"] = DIR
+                self._missing.pop(name.rstrip("/"), None)
 
-    def put_missing(self, name: str) -> None:
+    def put_missing(self, name: str, epoch: tuple[int, int] | None = None) -> None:
+        """``epoch``: :meth:`epoch` of the parent from before the bucket was asked; if the mount
+        changed something there since, the answer may be stale and is not kept."""
         if not self._negative_enabled:
             return
         with self._lock:
-            self._missing[name] = MISSING
+            if self._current(parent_prefix(name), epoch):
+                self._missing[name] = MISSING
 
-    def put_listing(self, prefix: str, listing: Listing) -> None:
+    def put_listing(self, prefix: str, listing: Listing, epoch: tuple[int, int] | None = None) -> bool:
+        """Keep a listing read from the bucket, unless the mount changed the directory since
+        ``epoch`` (taken before the listing was asked for). Returns whether it was current."""
         with self._lock:
+            if not self._current(prefix, epoch):
+                return False
             if self._listing_enabled:
-                self._listings[prefix] = listing
+                self._listings[prefix] = Listing(dict(listing.files), set(listing.dirs))
             if self._enabled:
                 for info in listing.files.values():
                     self._stats[info.name] = info
                 for d in listing.dirs:
                     self._stats[prefix + d + "/"] = DIR
+            return True
 
     # --- the mount's own changes --------------------------------------------------------
 
@@ -136,6 +166,7 @@ class MetadataCache:
         self.put_file(info)
         entry = info.name[len(parent_prefix(info.name)) :]
         with self._lock:
+            self._bump(info.name)
             self._missing.pop(info.name, None)
             listing = self._listings.get(parent_prefix(info.name))
             if listing is not None:
@@ -146,9 +177,9 @@ class MetadataCache:
         name = name.rstrip("/")
         self.put_dir(name)
         with self._lock:
+            self._bump(name)
             if self._listing_enabled:  # so creating files in it asks the bucket nothing
                 self._listings[name + "/"] = Listing({}, set())
-        with self._lock:
             listing = self._listings.get(parent_prefix(name))
             if listing is not None:
                 listing.dirs.add(name[len(parent_prefix(name)) :])
@@ -158,6 +189,9 @@ class MetadataCache:
         name = name.rstrip("/")
         entry = name[len(parent_prefix(name)) :]
         with self._lock:
+            self._bump(name)
+            if is_dir:
+                self._bump(name + "/x")
             self._stats.pop(name, None)
             self._stats.pop(name + "/", None)
             if is_dir:
@@ -173,6 +207,7 @@ class MetadataCache:
         """Drop what is known of ``name`` (after a surprise such as a failed precondition)."""
         name = name.rstrip("/")
         with self._lock:
+            self._bump(name)
             self._stats.pop(name, None)
             self._stats.pop(name + "/", None)
             self._missing.pop(name, None)
@@ -180,6 +215,7 @@ class MetadataCache:
 
     def clear(self) -> None:
         with self._lock:
+            self._epoch_all += 1
             self._stats.clear()
             self._missing.clear()
             self._listings.clear()

@@ -34,7 +34,14 @@ import stat
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from octuefs import metadata as octue
 
@@ -52,7 +59,7 @@ SETTINGS = settings(
     suppress_health_check=list(HealthCheck),
 )
 
-NAMES = ["a", "b.txt", "c.csv", "d"]
+NAMES = ["a", "b.txt", "d"]  # few names: operations often meet the same file
 MAX_HANDLES = 3
 
 # xattr values with their meaning, as docs/semantics.md and octue-metadata.md define it.
@@ -112,12 +119,26 @@ class Handle:
     mode_write_only: bool
 
 
+TRACE: list[str] = []  # the calls of the current example, for failure messages
+ROOTS: dict[str, str] = {}  # the example's two directories -> "M:" / "L:" in TRACE
+
+
 def outcome(fn, *args):
     """``("ok", value)`` or ``("err", errno)``."""
     try:
-        return ("ok", fn(*args))
+        result = ("ok", fn(*args))
     except OSError as exc:
-        return ("err", errno.errorcode.get(exc.errno, exc.errno))
+        result = ("err", errno.errorcode.get(exc.errno, exc.errno))
+    shown = repr(args)[1:-1]
+    for root, tag in ROOTS.items():
+        shown = shown.replace(root + "/", tag).replace(root, tag)
+    shown = shown[:120]
+    TRACE.append(f"{getattr(fn, '__name__', fn)}({shown}) -> {str(result)[:60]}")
+    return result
+
+
+def traced(message: str) -> str:
+    return message + "\ncalls so far (mount and local alternate):\n  " + "\n  ".join(TRACE[-60:])
 
 
 class Remounter:
@@ -141,9 +162,12 @@ def make_machine(mount, local_root, remount):
     class Differential(RuleBasedStateMachine):
         def __init__(self):
             super().__init__()
+            TRACE.clear()
             self.sub = f"ex{next(counter)}"
             self.mnt = os.path.join(mount.path, self.sub)
             self.loc = os.path.join(local_root, self.sub)
+            ROOTS.clear()
+            ROOTS.update({self.mnt: "M:", self.loc: "L:"})
             os.mkdir(self.mnt)
             os.mkdir(self.loc)
             self.xattrs: dict[str, Xattrs] = {}  # by file path relative to the example's directory
@@ -179,9 +203,12 @@ def make_machine(mount, local_root, remount):
             return self.walk()[1]
 
         def any_path(self, data) -> str:
-            """An existing file or directory, or a new name in an existing directory."""
-            parent = data.draw(st.sampled_from(self.dirs()), label="dir")
-            return os.path.join(parent, data.draw(st.sampled_from(NAMES), label="name"))
+            """An open file, an existing file or directory, or a new name in an existing directory
+            (in that order, so operations often meet files that are open or exist)."""
+            dirs, files = self.walk()
+            hot = [h.path for h in self.handles] + files + dirs[1:]
+            fresh = [os.path.join(d, n) for d in dirs for n in NAMES]
+            return data.draw(st.sampled_from(list(dict.fromkeys(hot + fresh))), label="path")
 
         def drop_xattrs_under(self, rel: str) -> None:
             for key in [k for k in self.xattrs if k == rel or k.startswith(rel + "/")]:
@@ -197,6 +224,17 @@ def make_machine(mount, local_root, remount):
 
         def model(self, rel: str) -> Xattrs:
             return self.xattrs.setdefault(rel, Xattrs())
+
+        # --- a starting point: some files, maybe a directory, maybe open handles -------------
+
+        @initialize(data=st.data(), n_files=st.integers(0, 3), subdir=st.booleans(), n_open=st.integers(0, 2))
+        def start(self, data, n_files, subdir, n_open):
+            if subdir:
+                self.both(os.mkdir, "d")
+            for i in range(n_files):
+                self.write_whole_file(data, data.draw(st.binary(max_size=300), label=f"content {i}"))
+            for _ in range(n_open):
+                self.open_file(data, data.draw(st.sampled_from(["w", "r+", "a"]), label="mode"))
 
         # --- files ------------------------------------------------------------------------
 
@@ -396,6 +434,19 @@ def make_machine(mount, local_root, remount):
 
         @invariant()
         def same_tree(self):
+            try:
+                self._same_tree()
+            except AssertionError as exc:
+                raise AssertionError(traced(str(exc))) from None
+
+        @invariant()
+        def same_xattrs(self):
+            try:
+                self._same_xattrs()
+            except AssertionError as exc:
+                raise AssertionError(traced(str(exc))) from None
+
+        def _same_tree(self):
             dirs, files = self.walk()
             for d in dirs:
                 got = sorted(os.listdir(os.path.join(self.mnt, d)))
@@ -410,8 +461,7 @@ def make_machine(mount, local_root, remount):
             for d in dirs[1:]:
                 assert stat.S_ISDIR(os.stat(os.path.join(self.mnt, d)).st_mode), f"{d!r} is not a directory"
 
-        @invariant()
-        def same_xattrs(self):
+        def _same_xattrs(self):
             for f in self.files():
                 p = os.path.join(self.mnt, f)
                 model = self.xattrs.get(f, Xattrs())
@@ -465,7 +515,15 @@ def local_root(tmp_path):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_mount_behaves_like_a_local_directory(mount_factory, local_root):
-    m = mount_factory()
-    machine = make_machine(m, local_root, Remounter(m, ()))
-    run_state_machine_as_test(machine, settings=SETTINGS)
+NO_CACHES = ("--stat-ttl", "0", "--list-ttl", "0", "--negative-ttl", "0", "--attr-timeout", "0", "--entry-timeout", "0")
+
+
+@pytest.mark.timeout(max(300, EXAMPLES * STEPS * 2))
+@pytest.mark.parametrize("options", [(), NO_CACHES], ids=["default-caches", "no-caches"])
+def test_mount_behaves_like_a_local_directory(mount_factory, local_root, options):
+    """With the default caches, and with none (every lookup and listing asks the bucket, which
+    must then agree with what is still pending upload)."""
+    m = mount_factory(*options)
+    machine = make_machine(m, local_root, Remounter(m, options))
+    examples = EXAMPLES if not options else max(1, EXAMPLES // 2)
+    run_state_machine_as_test(machine, settings=settings(SETTINGS, max_examples=examples))

@@ -327,15 +327,15 @@ def test_file_names_that_are_not_utf8_are_refused_without_eio(mount, tmp_path):
     assert files_outside(tmp_path, mount.path, mount.cache) == outside_before
 
 
-@pytest.mark.parametrize("value", [b"no-slash", b"a/b c", b"\xff/\xfe", b"", b"text/plain"])
-def test_content_type_values(mount, value):
+def test_content_type_values(mount):
     (mount / "c.txt").write_bytes(b"c")
     mount.sync()
-    before = mount.bucket.stat("c.txt")
-    result = call(_setx, mount / "c.txt", "user.gcs.content_type", value, 0)
-    after = mount.bucket.stat("c.txt")
-    if value == b"text/plain":
-        assert result[0] == "ok"
-    else:
-        assert result == ("err", errno.EINVAL)
-        assert (after.generation, after.content_type) == (before.generation, before.content_type)
+    for value in (b"no-slash", b"a/b c", b"\xff/\xfe", b"", b"text/plain"):
+        before = mount.bucket.stat("c.txt")
+        result = call(_setx, mount / "c.txt", "user.gcs.content_type", value, 0)
+        after = mount.bucket.stat("c.txt")
+        if value == b"text/plain":
+            assert result[0] == "ok" and after.content_type == "text/plain"
+        else:
+            assert result == ("err", errno.EINVAL), value
+            assert (after.generation, after.content_type) == (before.generation, before.content_type)

@@ -207,3 +207,24 @@ def test_a_broken_key_fails_in_one_line_without_showing_it(emulator, tmp_path, m
     assert verbose.returncode != 0 and "DEBUG" in verbose.stderr  # -vvv logs google's own steps too
     _assert_no_secret(secret, stderr=plain.stderr + verbose.stderr, stdout=plain.stdout + verbose.stdout,
                       log=log.read_text(errors="replace") if log.exists() else "")
+
+
+def test_a_local_buckets_data_is_private_too(tmp_path):
+    # --local keeps the bucket's objects under the cache directory, written by the emulator.
+    mp, cache = tmp_path / "mp", tmp_path / "cache"
+    mp.mkdir()
+    try:
+        run_octuefs("mount", "--local", "privbucket", str(mp), "--cache-dir", str(cache))
+        (mp / "d").mkdir()
+        (mp / "d" / "kept.txt").write_bytes(b"kept")
+        os.setxattr(mp / "d" / "kept.txt", "user.octue.labels", b"local")
+        run_octuefs("sync", str(mp))
+        _assert_private(cache)
+        run_octuefs("unmount", str(mp))  # writes the bucket's snapshot
+        modes = _assert_private(cache)
+        assert any(p.startswith("local-gcs/snapshot/") for p in modes), sorted(modes)
+    finally:
+        from .conftest import force_unmount
+
+        force_unmount(mp)
+    assert "Traceback" not in (cache / "octuefs.log").read_text()

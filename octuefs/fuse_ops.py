@@ -160,7 +160,7 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def getattr(self, path, fh=None):
-        return self._st(self.fs.getattr(path, fh))
+        return self._st(self.fs.getattr(path, _fh(fh)))
 
     @_translated
     def readdir(self, path, fh):

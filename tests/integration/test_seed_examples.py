@@ -22,48 +22,13 @@ import octuefs.datafile as datafile_module
 from octuefs import Datafile
 from octuefs.errors import Conflict
 
+# Raw metadata byte for byte as the SDK writes it (0.69.1, and 0.1.27 for the legacy keys).
+from ..unit.test_metadata_sdk_layout import AWARE_FRACTION, LEGACY, RICH, SEED_D
+
 pytestmark = pytest.mark.emulator
 
 UTC = dt.timezone.utc
 DATA = b"time,speed\n0,7.5\n1,8.0\n"
-
-# SDK dumps (0.69.1, and 0.1.27 for the legacy keys), copied from tests/unit/test_metadata_sdk_layout.py.
-SEED_D = {
-    "octue__id": r'"64be2ab1-c555-4cf9-b014-0c072e82945b"',
-    "octue__timestamp": r"null",
-    "octue__tags": r'{"cleaned": true, "type": "linear"}',
-    "octue__labels": r'{"_type": "set", "items": ["vestas"]}',
-    "octue__sdk_version": r'"0.69.1"',
-}
-AWARE_FRACTION = {
-    "octue__id": r'"02464c6f-0070-50ca-8a9b-ba1af5456601"',
-    "octue__timestamp": r'{"_type": "datetime", "value": "2024-01-01T00:00:00.123456+00:00"}',
-    "octue__tags": r'{"instrument": "anemometer", "height_m": 80.5, "calibrated": true}',
-    "octue__labels": r'{"_type": "set", "items": ["qc-passed", "raw"]}',
-    "octue__sdk_version": r'"0.69.1"',
-}
-RICH = {
-    "octue__id": r'"8b9337d8-6b2a-4e3b-9a4b-9f1d2c3e4f51"',
-    "octue__timestamp": r'{"_type": "datetime", "value": "2023-06-15T08:00:00.000500+05:30"}',
-    "octue__tags": (
-        r'{"nan": NaN, "inf": Infinity, "ninf": -Infinity, "when": {"_type": "datetime", "value": '
-        r'"2022-02-02T02:02:02"}, "kinds": {"_type": "set", "items": ["a", "b"]}, "nested": {"deep": '
-        r'[1, {"at": {"_type": "datetime", "value": "2021-01-01T00:00:00+00:00"}, "s": {"_type": "set", '
-        r'"items": [1, 2, 3]}}], "none": null}, "unicode": "Vestas \u2013 caf\u00e9 \u2603"}'
-    ),
-    "octue__labels": r'{"_type": "set", "items": ["a", "b-2", "z9"]}',
-    "octue__sdk_version": r'"0.69.1"',
-}
-LEGACY = {
-    "octue__id": r'"abff07bc-7c19-4ed5-be6d-a6546eae8e86"',
-    "octue__timestamp": r'{"_type": "datetime", "value": "2021-05-03T18:15:58.298086"}',
-    "octue__cluster": r"2",
-    "octue__sequence": r"3",
-    "octue__tags": r'{"height_m": 80, "manufacturer": "vestas"}',
-    "octue__labels": r'{"_type": "set", "items": ["qc-passed", "raw"]}',
-    "octue__sdk_version": r'"0.1.27"',
-}
-
 
 class CountingBucket:
     """A proxy that counts the calls made on a bucket, by method name."""

@@ -302,10 +302,11 @@ def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False, leave_p
         msg = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount failed"
         raise MountError(f"cannot unmount {mountpoint}: {msg}")
     if state and state.get("pid") and not lazy:  # lazy: open files keep the daemon serving them
-        _wait_for_exit(int(state["pid"]), timeout)
+        wait_for_exit(int(state["pid"]), timeout)
 
 
-def _wait_for_exit(pid: int, timeout: float | None) -> None:
+def wait_for_exit(pid: int, timeout: float | None) -> None:
+    """Wait until process ``pid`` is gone; MountError if it outlives ``timeout`` (None: 600 s)."""
     timeout = 600.0 if timeout is None else timeout  # it has little left to do after the sync
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

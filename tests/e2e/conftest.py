@@ -13,13 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from octuefs.mount import read_state
+from octuefs.mount import MountError, read_state, wait_for_exit
 
 pytestmark = pytest.mark.fuse
 
@@ -76,14 +75,9 @@ def force_unmount(path: Path) -> None:
         subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
     if state and state.get("pid"):
         pid = int(state["pid"])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
+        try:
+            wait_for_exit(pid, 10)
+        except MountError:
             os.kill(pid, signal.SIGKILL)
 
 

@@ -6,22 +6,11 @@ import errno
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
 from octuefs.errors import NotFound
-
-
-def wait_for_exit(pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"daemon {pid} still running")
+from octuefs.mount import wait_for_exit
 
 
 def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -186,7 +175,7 @@ def test_lazy_unmount_still_saves_a_file_open_at_the_time(mount):
         assert not os.path.ismount(mount.path)
     finally:
         f.close()  # the daemon still serves open files after a lazy unmount; close saves
-    wait_for_exit(pid)  # ... and the daemon finishes its uploads before it exits
+    wait_for_exit(pid, 30)  # ... and the daemon finishes its uploads before it exits
     assert mount.bucket.read_range("open.txt", 0, 100) == b"written while unmounting"
 
 

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from octuefs.mount import read_state
+from octuefs.mount import read_state, wait_for_exit
 
 from .conftest import force_unmount, run_octuefs
 
@@ -66,13 +66,7 @@ def private(monkeypatch, mount_factory):
 def kill_daemon(mount) -> None:
     pid = read_state(str(mount.path))["pid"]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    wait_for_exit(pid, 10)
     force_unmount(mount.path)
 
 

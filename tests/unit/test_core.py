@@ -14,7 +14,6 @@ from octuefs.config import MountConfig
 from octuefs.core import FileSystem
 from octuefs.errors import (
     AttributeNotSupported,
-    Conflict,
     DirectoryNotEmpty,
     FileExists,
     FileNotFound,

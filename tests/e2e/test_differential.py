@@ -436,15 +436,15 @@ def make_machine(mount, local_root, remount):
         def same_tree(self):
             try:
                 self._same_tree()
-            except AssertionError as exc:
-                raise AssertionError(traced(str(exc))) from None
+            except (AssertionError, OSError) as exc:
+                raise AssertionError(traced(f"{type(exc).__name__}: {exc}")) from None
 
         @invariant()
         def same_xattrs(self):
             try:
                 self._same_xattrs()
-            except AssertionError as exc:
-                raise AssertionError(traced(str(exc))) from None
+            except (AssertionError, OSError) as exc:
+                raise AssertionError(traced(f"{type(exc).__name__}: {exc}")) from None
 
         def _same_tree(self):
             dirs, files = self.walk()

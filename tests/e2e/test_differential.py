@@ -45,7 +45,7 @@ from hypothesis.stateful import (
 
 from octuefs import metadata as octue
 
-from .conftest import run_octuefs
+from .conftest import is_mounted, run_octuefs
 
 pytestmark = pytest.mark.fuse
 
@@ -147,13 +147,23 @@ class Remounter:
     def __init__(self, mount, extra: tuple[str, ...]):
         self.mount, self.extra = mount, extra
 
+    failure: str | None = None  # why the last remount left no mount, for the examples after it
+
     def __call__(self, leave_pending: bool) -> None:
         m = self.mount
-        run_octuefs("unmount", *(["--leave-pending"] if leave_pending else []), str(m.path), timeout=120)
-        assert not os.path.ismount(m.path)
-        run_octuefs("mount", m.spec, str(m.path), "--cache-dir", str(m.cache), "--log-file", str(m.log), "-vv",
-                    *self.extra)
-        assert os.path.ismount(m.path)
+        try:
+            run_octuefs("unmount", *(["--leave-pending"] if leave_pending else []), str(m.path), timeout=120)
+            assert not is_mounted(m.path), "still mounted after octuefs unmount"
+            run_octuefs("mount", m.spec, str(m.path), "--cache-dir", str(m.cache), "--log-file", str(m.log),
+                        "-vv", *self.extra)
+            assert is_mounted(m.path), "not mounted after octuefs mount"
+        except AssertionError as exc:
+            self.failure = f"remount (leave_pending={leave_pending}) failed: {exc}"
+            raise
+
+    def check(self) -> None:
+        """Every example must run on the mount, not on the bare directory under it."""
+        assert is_mounted(self.mount.path), self.failure or "the mount is gone"
 
 
 def make_machine(mount, local_root, remount):
@@ -162,6 +172,7 @@ def make_machine(mount, local_root, remount):
     class Differential(RuleBasedStateMachine):
         def __init__(self):
             super().__init__()
+            remount.check()
             TRACE.clear()
             self.sub = f"ex{next(counter)}"
             self.mnt = os.path.join(mount.path, self.sub)
@@ -436,15 +447,15 @@ def make_machine(mount, local_root, remount):
         def same_tree(self):
             try:
                 self._same_tree()
-            except AssertionError as exc:
-                raise AssertionError(traced(str(exc))) from None
+            except (AssertionError, OSError) as exc:
+                raise AssertionError(traced(f"{type(exc).__name__}: {exc}")) from None
 
         @invariant()
         def same_xattrs(self):
             try:
                 self._same_xattrs()
-            except AssertionError as exc:
-                raise AssertionError(traced(str(exc))) from None
+            except (AssertionError, OSError) as exc:
+                raise AssertionError(traced(f"{type(exc).__name__}: {exc}")) from None
 
         def _same_tree(self):
             dirs, files = self.walk()

@@ -317,12 +317,36 @@ def _raise_read_ahead(mountpoint: str) -> None:
         log.debug("kernel read-ahead for this mount left as it is: %s", exc)
 
 
+_worker = threading.local()  # .pinned: this libfuse worker thread keeps its Python thread state
+
+
+def _pin_thread_state() -> None:
+    """Keep the calling libfuse worker's Python thread state for the life of the thread.
+
+    A ctypes callback on a thread Python did not start makes a new thread state on entry and
+    destroys it on return (``PyGILState_Ensure``/``Release``), and with it everything
+    thread-local, ``threading.local`` data and the ``_DummyThread`` record included: that was a
+    third of the daemon's time per FUSE call. One extra ``PyGILState_Ensure``, never released,
+    keeps the state alive, so every later callback on that thread only takes the GIL. libfuse
+    keeps its workers for the life of the mount (``max_idle_threads`` aside), so this holds a few
+    KiB per worker thread, freed when the interpreter exits.
+    """
+    if not getattr(_worker, "pinned", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _worker.pinned = True
+
+
 class _FUSE(mfusepy.FUSE):
-    """mfusepy 3.1.1 drops the file handle libfuse 3 gives truncate (an ftruncate), which
-    turned it into a truncate by path: that saves at once, uploading a writer's unfinished
-    data, and fails for an unlinked file, which has no path. Pass the handle on."""
+    """mfusepy's FUSE with two changes, each said where it is made."""
+
+    def _wrapper(self, func, *args, **kwargs):
+        _pin_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def truncate_fuse_3(self, path, length, fip):
+        """mfusepy 3.1.1 drops the file handle libfuse 3 gives truncate (an ftruncate), which
+        turned it into a truncate by path: that saves at once, uploading a writer's unfinished
+        data, and fails for an unlinked file, which has no path. Pass the handle on."""
         return self.ftruncate(path, length, fip)
 
 

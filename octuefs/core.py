@@ -39,6 +39,7 @@ from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
 from .storage.base import Bucket, ObjectInfo
 from .uploads import Journal, Uploader, quarantine_unclosed
+from .xattrs import PREFIXES as XATTR_PREFIXES
 from .xattrs import XattrSurface
 
 log = logging.getLogger(__name__)
@@ -174,13 +175,16 @@ class FileSystem:
             nodes = self.files.nodes_under(prefix)
         else:
             listing, nodes = self._list(prefix)
+        # A file the mount has open or pending upload shows its local version, as getattr does:
+        # the kernel may take these attributes as the files' own (READDIRPLUS).
+        local = {}
+        for node in nodes:
+            rest = node.name[len(prefix) :]
+            if "/" not in rest and not node.unlinked:
+                local[rest] = Attr(False, node.size, self._node_mtime(node))
         out = [(d, Attr(True, 0, self._started)) for d in sorted(listing.dirs)]
-        out += [(f, Attr(False, info.size, mtime_of(info))) for f, info in sorted(listing.files.items())]
-        shown = listing.dirs | listing.files.keys()
-        for extra in nodes:  # new files not yet in the bucket
-            rest = extra.name[len(prefix) :]
-            if "/" not in rest and rest not in shown and not extra.unlinked:
-                out.append((rest, Attr(False, extra.size, self._node_mtime(extra))))
+        out += [(f, local.pop(f, None) or Attr(False, info.size, mtime_of(info))) for f, info in sorted(listing.files.items())]
+        out += [(f, attr) for f, attr in local.items() if f not in listing.dirs]  # new files not yet in the bucket
         return out
 
     def _list(self, prefix: str, attempts: int = 3) -> tuple[Listing, list[FileNode]]:

@@ -41,7 +41,7 @@ if not os.environ.get("FUSE_LIBRARY_PATH") and ctypes.util.find_library("fuse3")
 
 import mfusepy  # noqa: E402
 
-from .core import Attr, FileSystem
+from .core import XATTR_PREFIXES, Attr, FileSystem
 from .errors import OctuefsError, errno_for
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ READ_AHEAD_KB = 1024  # the kernel's read-ahead for this mount, if the daemon ma
 # fuse_common.h (libfuse 3)
 FUSE_CAP_ASYNC_READ = 1 << 0
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
+FUSE_READDIR_PLUS = 1 << 0  # enum fuse_readdir_flags
+FUSE_FILL_DIR_PLUS = 1 << 1  # enum fuse_fill_dir_flags
 
 
 def _fh(fi) -> int | None:
@@ -109,6 +111,9 @@ class OctueOperations(mfusepy.Operations):
         self._dir_mode = stat.S_IFDIR | (cfg.dir_mode & (0o555 if cfg.read_only else 0o7777))
         self._opened: cachetools.LRUCache[str, int] = cachetools.LRUCache(KEEP_CACHE_PATHS)
         self._opened_lock = threading.Lock()
+        self._dirs: dict[int, list] = {}  # open directory -> its entries (READDIRPLUS); _dirs_lock
+        self._dirs_lock = threading.Lock()
+        self._last_dir = 0
 
     def _st(self, attr: Attr) -> dict:
         ns = int(attr.mtime * 1e9)
@@ -164,8 +169,33 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def readdir(self, path, fh):
-        entries = [(".", None, 0), ("..", None, 0)]
-        entries += [(name, self._st(attr), 0) for name, attr in self.fs.readdir(path)]
+        return [(name, attrs, 0) for name, attrs in self._entries(path)]
+
+    def _entries(self, path: str) -> list[tuple[str, dict | None]]:
+        entries: list[tuple[str, dict | None]] = [(".", None), ("..", None)]
+        entries += [(name, self._st(attr)) for name, attr in self.fs.readdir(path)]
+        return entries
+
+    def opendir(self, path):
+        with self._dirs_lock:
+            self._last_dir += 1
+            return self._last_dir
+
+    def releasedir(self, path, fh):
+        with self._dirs_lock:
+            self._dirs.pop(fh, None)
+        return 0
+
+    @_translated
+    def listing(self, path, fh: int, offset: int) -> list[tuple[str, dict | None]]:
+        """The entries of open directory ``fh`` with their attributes, for READDIRPLUS:
+        listed afresh at offset 0 (a new ``readdir`` or a ``rewinddir``), kept for the rest."""
+        with self._dirs_lock:
+            entries = None if offset == 0 else self._dirs.get(fh)
+        if entries is None:
+            entries = self._entries(path)
+            with self._dirs_lock:
+                self._dirs[fh] = entries
         return entries
 
     @_translated
@@ -317,6 +347,7 @@ def _raise_read_ahead(mountpoint: str) -> None:
         log.debug("kernel read-ahead for this mount left as it is: %s", exc)
 
 
+_XATTR_PREFIXES = tuple(p.encode() for p in XATTR_PREFIXES)
 _worker = threading.local()  # .pinned: this libfuse worker thread keeps its Python thread state
 
 
@@ -342,6 +373,44 @@ class _FUSE(mfusepy.FUSE):
     def _wrapper(self, func, *args, **kwargs):
         _pin_thread_state()
         return super()._wrapper(func, *args, **kwargs)
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+        """Answer READDIRPLUS with every entry's full attributes (mfusepy passes only the mode).
+
+        One listing then answers ``ls -l`` whole: the kernel caches the attributes it gets here
+        as a lookup's, so the ``stat`` of each entry that follows never reaches the daemon.
+        Entries go out with offsets (their position + 1), since libfuse 3.14 hands the kernel
+        the attributes only in that mode; the listing is taken once per open directory, at
+        offset 0, and the requests that follow page through it. A plain READDIR (libfuse
+        buffers the whole listing itself) numbers the entries the same way, so the kernel may
+        switch between the two on one open directory.
+        """
+        if not flags & FUSE_READDIR_PLUS:
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        entries = self.operations.listing(decoded, fip.contents.fh, offset)
+        st = mfusepy.c_stat()
+        size = ctypes.sizeof(st)
+        for position in range(offset, len(entries)):
+            name, attrs = entries[position]
+            encoded = name.encode(self.encoding, self.errors)
+            if attrs is None:
+                full = filler(buf, encoded, None, position + 1, 0)
+            else:
+                ctypes.memset(ctypes.byref(st), 0, size)
+                mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
+                full = filler(buf, encoded, st, position + 1, FUSE_FILL_DIR_PLUS)
+            if full:
+                break
+        return 0
+
+    def getxattr(self, path, name, value, size, *args):
+        """A name outside octuefs' namespaces is answered ENODATA here, without the round of
+        exceptions and logging: ``ls -l`` asks for ``security.selinux`` and
+        ``system.posix_acl_access`` of every file it lists."""
+        if not name.startswith(_XATTR_PREFIXES):
+            return -errno.ENODATA
+        return super().getxattr(path, name, value, size, *args)
 
     def truncate_fuse_3(self, path, length, fip):
         """mfusepy 3.1.1 drops the file handle libfuse 3 gives truncate (an ftruncate), which

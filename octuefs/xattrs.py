@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GCS_PREFIX = "user.gcs."
+PREFIXES = (octue.XATTR_PREFIX, GCS_PREFIX)  # the only attribute names a file can have
 CONTENT_TYPE = GCS_PREFIX + "content_type"
 _PATCH_ATTEMPTS = 3  # re-applies of one setfattr when the object changed under it
 
@@ -93,7 +94,7 @@ class XattrSurface:
     # --- reads --------------------------------------------------------------------------
 
     def get(self, path: str, name: str) -> bytes:
-        if not (octue.is_octue_xattr(name) or name.startswith(GCS_PREFIX)):
+        if not name.startswith(PREFIXES):
             raise NoSuchAttribute(name)
         target = self._target(path)
         if target is None:

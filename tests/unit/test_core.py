@@ -193,6 +193,26 @@ def test_names_a_path_cannot_show_are_skipped_with_one_warning(fs, bucket, caplo
     assert len(warnings) == 1
 
 
+def test_readdir_gives_the_attributes_getattr_gives_for_files_being_written(fs, bucket):
+    """The kernel may keep a listing's attributes as the files' own (READDIRPLUS)."""
+    bucket.upload_bytes("d/old.txt", b"12345")
+    bucket.upload_bytes("d/same.txt", b"abc")
+    assert {n: a.size for n, a in fs.readdir("/d")} == {"old.txt": 5, "same.txt": 3}  # listing now cached
+    grown = fs.open("/d/old.txt", os.O_RDWR)
+    fs.write(grown, b"x" * 95, 5)
+    fresh = fs.create("/d/new.txt", os.O_WRONLY | os.O_CREAT)
+    fs.write(fresh, b"y" * 7, 0)
+    entries = fs.readdir("/d")
+    assert sorted((n, a.size) for n, a in entries) == [("new.txt", 7), ("old.txt", 100), ("same.txt", 3)]
+    for name, attr in entries:
+        assert fs.getattr(f"/d/{name}") == attr
+    for fh in (grown, fresh):
+        fs.flush(fh)
+        fs.release(fh)
+    settle(fs)
+    assert {n: a.size for n, a in fs.readdir("/d")} == {"old.txt": 100, "same.txt": 3, "new.txt": 7}
+
+
 def test_readdir_of_100k_objects_pages_through(bucket, tmp_path):
     for i in range(100_000):
         bucket.upload_bytes(f"big/{i:06d}", b"")

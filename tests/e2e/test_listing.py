@@ -1,0 +1,72 @@
+"""Listings through a real mount: ``ls -l`` answered by one listing (READDIRPLUS).
+
+The kernel takes the attributes a READDIRPLUS reply carries as the files' own, so they must be
+exactly what ``stat`` would say, a file being written included, and a directory larger than one
+reply must page through without losing or repeating an entry.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+
+def ls_l(path) -> dict[str, tuple[str, int]]:
+    """``ls -l`` parsed: name -> (type letter, size)."""
+    out = subprocess.run(["ls", "-l", str(path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LC_ALL": "C"}).stdout
+    return {f[-1]: (f[0][0], int(f[4])) for f in (line.split() for line in out.splitlines()[1:])}
+
+
+def test_ls_l_of_a_directory_larger_than_one_reply_shows_every_entry(mount):
+    sizes = {f"f{i:04d}.dat": (i * 37) % 1000 for i in range(600)}  # ~20 READDIRPLUS replies
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda kv: mount.bucket.upload_bytes(f"big/{kv[0]}", b"z" * kv[1]), sizes.items()))
+    mount.bucket.upload_bytes("big/sub/inner.txt", b"inner")
+
+    expected = {name: ("-", size) for name, size in sizes.items()}
+    got = ls_l(mount / "big")
+    assert {k: v for k, v in got.items() if k != "sub"} == expected
+    assert got["sub"][0] == "d"
+    # The attributes the listing gave are what stat says, and a second pass (rewinddir, a new
+    # open) lists the same entries once each.
+    assert {e.name: e.stat().st_size for e in os.scandir(mount / "big") if e.is_file()} == sizes
+    assert sorted(os.listdir(mount / "big")) == sorted([*sizes, "sub"])
+    fd = os.open(mount / "big", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = os.listdir(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert sorted(os.listdir(fd)) == sorted(first)
+    finally:
+        os.close(fd)
+
+
+def test_listing_shows_the_local_version_of_a_file_being_written(mount):
+    mount.bucket.upload_bytes("d/old.txt", b"12345")
+    assert ls_l(mount / "d") == {"old.txt": ("-", 5)}
+    with open(mount / "d/old.txt", "r+b") as grown, open(mount / "d/new.txt", "wb") as fresh:
+        grown.seek(0, os.SEEK_END)
+        grown.write(b"x" * 95)
+        grown.flush()
+        fresh.write(b"y" * 7)
+        fresh.flush()
+        listed = ls_l(mount / "d")
+        assert listed == {"old.txt": ("-", 100), "new.txt": ("-", 7)}
+        assert os.stat(mount / "d/old.txt").st_size == 100  # what the listing told the kernel
+    mount.sync()
+    assert ls_l(mount / "d") == {"old.txt": ("-", 100), "new.txt": ("-", 7)}
+    assert mount.bucket.stat("d/old.txt").size == 100
+    assert mount.bucket.read_range("d/new.txt", 0, 100) == b"y" * 7
+
+
+@pytest.mark.parametrize("name", ["security.selinux", "system.posix_acl_access", "trusted.x", "user.other"])
+def test_attributes_outside_octuefs_namespaces_are_absent_and_leave_ours_working(mount, name):
+    mount.bucket.upload_bytes("f.csv", b"a,b\n", metadata={"octue__labels": '["raw"]'})
+    with pytest.raises(OSError) as caught:
+        os.getxattr(mount / "f.csv", name)
+    assert caught.value.errno == errno.ENODATA
+    assert os.getxattr(mount / "f.csv", "user.octue.labels") == b"raw"

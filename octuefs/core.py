@@ -39,7 +39,7 @@ from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
 from .storage.base import Bucket, ObjectInfo
 from .uploads import Journal, Uploader, quarantine_unclosed
-from .xattrs import PREFIXES as XATTR_PREFIXES
+from .xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
 from .xattrs import XattrSurface
 
 log = logging.getLogger(__name__)

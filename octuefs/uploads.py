@@ -2,11 +2,19 @@
 
 On disk, under the cache directory (0700, files 0600):
 
-    pending/<id>          the file's content as it was when it was closed, fsync'd
-    journal/<id>.json     what to do with it (object, precondition, metadata), written
-                          atomically (temp file, fsync, rename, fsync of the directory)
-                          only after the data is durable
+    pending/<id>          the file's content as it was when it was closed, with its journal
+                          record (what to do with it: object, precondition, metadata) in the
+                          extended attribute ``user.octuefs.upload.<id>``; made durable with
+                          one fsync of the file, then renamed in, then one of the directory
+    journal/<id>.json     the record instead, where the cache's filesystem cannot hold it as
+                          an attribute (no user xattrs, or a record too large for one):
+                          written after the data is durable (temp file, fsync, rename, fsync
+                          of the directory)
     conflicts.jsonl       one line per conflict: which object, which versions, where ours went
+
+A record travels with its content: a file in ``pending/`` always has its record, so a crash
+at any moment leaves either nothing (the close failed, and said so) or both. That costs a
+close two fsyncs, where separate record files cost four.
 
 Closing a changed file seals its content into ``pending/`` and journals it, then returns:
 uploads run in the background, several at once, and retry transient failures with
@@ -21,12 +29,14 @@ name (``data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``), a warning names bo
 and ``octuefs status`` lists it.
 
 Lock: ``_cond`` (a Condition) guards ``_entries`` and every Entry's mutable state. No network
-or disk I/O is done while holding it, except the small journal rewrites of chaining.
+I/O is done while holding it. Journaling is (an entry's precondition and chaining depend on
+what else is queued): a close's two fsyncs, whose data a large file flushed beforehand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import datetime as dt
 import itertools
 import json
@@ -71,6 +81,34 @@ class Entry:
                 ("id", "name", "base_generation", "after", "metadata", "content_type", "size", "created")}
 
 
+RECORD_XATTR = "user.octuefs.upload."  # + entry id: the journal record, on the sealed file
+PREFLUSH_BYTES = 1 << 20  # larger files have their data flushed before the queue's lock is taken
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _xattrs_work(directory: str) -> bool:
+    """Can files in ``directory`` hold user extended attributes?"""
+    probe = os.path.join(directory, f".xattr-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            os.setxattr(fd, RECORD_XATTR + "probe", b"{}")
+            return os.getxattr(fd, RECORD_XATTR + "probe") == b"{}"
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        log.info("the cache's filesystem keeps no user xattrs (%s): journal records go in separate files", exc)
+        return False
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -89,6 +127,7 @@ class Journal:
         for d in (self.pending_dir, self.journal_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self._ids = itertools.count()
+        self.records_in_xattrs = _xattrs_work(self.pending_dir)
 
     def new_id(self) -> str:
         return f"{time.time_ns():020d}-{next(self._ids):06d}-{uuid.uuid4().hex[:6]}"
@@ -106,7 +145,68 @@ class Journal:
         os.replace(staging_path, self.data_path(entry_id))
         _fsync_dir(self.pending_dir)
 
+    def preflush(self, staging_path: str, size: int) -> None:
+        """Flush a large file's data ahead of :meth:`commit`, outside any lock."""
+        if size >= PREFLUSH_BYTES:
+            _fsync_path(staging_path)
+
+    def commit(self, entry: Entry, staging_path: str) -> None:
+        """Make closed content and its record durable together, as ``pending/<id>``.
+
+        Afterwards the content is in the journal's keeping; on error it is still at
+        ``staging_path``, untouched, and nothing is journaled.
+        """
+        if not self._record_to_xattr(staging_path, entry):
+            self.seal(entry.id, staging_path)
+            try:
+                self._write_json(entry)
+            except OSError:
+                os.replace(self.data_path(entry.id), staging_path)
+                raise
+            return
+        os.replace(staging_path, self.data_path(entry.id))
+        try:
+            _fsync_dir(self.pending_dir)
+        except OSError:
+            os.replace(self.data_path(entry.id), staging_path)
+            raise
+
+    def commit_link(self, entry: Entry, previous_id: str) -> None:
+        """Journal ``entry`` for the same content as entry ``previous_id`` (a hard link)."""
+        os.link(self.data_path(previous_id), self.data_path(entry.id))
+        try:
+            self.write(entry)
+            _fsync_dir(self.pending_dir)
+        except OSError:
+            self.remove(entry)
+            raise
+
+    def _record_to_xattr(self, path: str, entry: Entry) -> bool:
+        """Put ``entry``'s record on the file at ``path`` and fsync it (data and record).
+        False if this cache cannot hold the record as an attribute (then nothing was done)."""
+        if not self.records_in_xattrs:
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            try:
+                os.setxattr(fd, RECORD_XATTR + entry.id, json.dumps(entry.record()).encode())
+            except OSError as exc:
+                if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    log.debug("the record of %s goes in a separate file (%s)", entry.id, exc)
+                    return False
+                raise
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
     def write(self, entry: Entry) -> None:
+        """Replace the record of an entry already journaled (a setfattr, a chain resolved)."""
+        json_path = os.path.join(self.journal_dir, entry.id + ".json")
+        if os.path.exists(json_path) or not self._record_to_xattr(self.data_path(entry.id), entry):
+            self._write_json(entry)
+
+    def _write_json(self, entry: Entry) -> None:
         path = os.path.join(self.journal_dir, entry.id + ".json")
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
@@ -126,6 +226,43 @@ class Journal:
 
     def load(self) -> list[Entry]:
         """Every journaled entry whose data is intact, oldest first; superseded ones dropped."""
+        entries = self._load_json() + self._load_xattrs()
+        entries.sort(key=lambda e: e.id)
+        # A crash between journaling a newer version and dropping the older one it replaced
+        # leaves both: keep only the newest of entries sharing an object, base and chain.
+        newest: dict[tuple, Entry] = {}
+        for entry in entries:
+            key = (entry.name, entry.base_generation, entry.after)
+            if key in newest:
+                self.remove(newest[key])
+            newest[key] = entry
+        return sorted(newest.values(), key=lambda e: e.id)
+
+    def _load_xattrs(self) -> list[Entry]:
+        entries: list[Entry] = []
+        for fname in sorted(os.listdir(self.pending_dir)):
+            path = self.data_path(fname)
+            if fname.startswith(".xattr-probe-"):
+                os.unlink(path)
+                continue
+            if os.path.exists(os.path.join(self.journal_dir, fname + ".json")):
+                continue  # its record is in a file of its own
+            try:
+                raw = os.getxattr(path, RECORD_XATTR + fname)
+            except OSError:
+                continue  # content sealed by an older octuefs whose record was never written
+            try:
+                entry = Entry(**json.loads(raw))
+                if entry.id != fname or os.path.getsize(path) != entry.size:
+                    raise ValueError("its record does not match the file")
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("journaled upload %s is unusable (%s); moved aside, nothing uploaded", fname, exc)
+                os.replace(path, path + ".bad")
+                continue
+            entries.append(entry)
+        return entries
+
+    def _load_json(self) -> list[Entry]:
         entries: list[Entry] = []
         for fname in sorted(os.listdir(self.journal_dir)):
             path = os.path.join(self.journal_dir, fname)
@@ -143,15 +280,7 @@ class Journal:
                 os.replace(path, path + ".bad")
                 continue
             entries.append(entry)
-        # A crash between journaling a newer version and dropping the older one it replaced
-        # leaves both: keep only the newest of entries sharing an object, base and chain.
-        newest: dict[tuple, Entry] = {}
-        for entry in entries:
-            key = (entry.name, entry.base_generation, entry.after)
-            if key in newest:
-                self.remove(newest[key])
-            newest[key] = entry
-        return sorted(newest.values(), key=lambda e: e.id)
+        return entries
 
     def note_conflict(self, record: dict) -> None:
         fd = os.open(self.conflicts_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # names are private
@@ -229,12 +358,9 @@ class Uploader:
                base_generation: int, size: int) -> Entry:
         """Seal a closed file's content and queue its upload. Returns once it is durable locally."""
         entry = Entry(self._new_id(), name, base_generation, None, dict(metadata), content_type, size, time.time())
-        self.journal.seal(entry.id, staging_path)
-        try:
-            return self._enqueue(entry)
-        except BaseException:  # e.g. the disk filled up: give the content back, untouched
-            os.replace(self.journal.data_path(entry.id), staging_path)
-            raise
+        self.journal.preflush(staging_path, size)
+        # On error (the disk filled up, say) the content is still at staging_path, untouched.
+        return self._enqueue(entry, lambda e: self.journal.commit(e, staging_path))
 
     def resubmit(self, previous: Entry, metadata: dict[str, str], content_type: str | None) -> Entry:
         """The same content as ``previous`` with new metadata (a setfattr while it was pending)."""
@@ -245,10 +371,11 @@ class Uploader:
                 return previous
         entry = Entry(self._new_id(), previous.name, previous.base_generation, None, dict(metadata), content_type,
                       previous.size, time.time())
-        os.link(self.journal.data_path(previous.id), self.journal.data_path(entry.id))
-        return self._enqueue(entry)
+        return self._enqueue(entry, lambda e: self.journal.commit_link(e, previous.id))
 
-    def _enqueue(self, entry: Entry) -> Entry:
+    def _enqueue(self, entry: Entry, persist: Callable[[Entry], None]) -> Entry:
+        """Queue ``entry`` after ``persist`` journals it, both under the lock: its precondition
+        and chaining depend on what else is queued for the object."""
         with self._cond:
             older = [e for e in self._entries.values() if e.name == entry.name]
             replaced = None
@@ -259,11 +386,7 @@ class Uploader:
                     entry.base_generation, entry.after = last.base_generation, last.after
                 else:
                     entry.base_generation, entry.after = None, last.id
-            try:
-                self.journal.write(entry)
-            except OSError:
-                self.journal.remove(entry, keep_data=True)
-                raise
+            persist(entry)
             if replaced is not None:
                 del self._entries[replaced.id]
                 self.journal.remove(replaced)

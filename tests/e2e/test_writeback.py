@@ -182,7 +182,7 @@ def test_unmount_can_leave_uploads_for_the_next_mount(private):
     (m / "later.txt").write_bytes(b"next time")
     run_octuefs("unmount", "--leave-pending", str(m.path), timeout=60)
     assert not os.path.ismount(m.path)
-    assert len(os.listdir(m.cache / "journal")) == 1  # left, journaled, for the next mount
+    assert len(os.listdir(m.cache / "pending")) == 1  # left, sealed with its journal record, for the next mount
     private.thaw()
     remount(m)
     assert (m / "later.txt").read_bytes() == b"next time"

@@ -1,0 +1,111 @@
+"""The write-back journal on disk: a sealed file and its record are durable together, and the
+next mount finds every closed file, whichever way its record was kept."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+
+import pytest
+
+from octuefs.uploads import RECORD_XATTR, Entry, Journal
+
+
+def staged(tmp_path, data: bytes, name: str = "s") -> str:
+    path = tmp_path / f"staging-{name}"
+    path.write_bytes(data)
+    return str(path)
+
+
+def entry(journal: Journal, name: str = "a/b.csv", size: int = 5, **kw) -> Entry:
+    return Entry(journal.new_id(), name, kw.pop("base", 0), kw.pop("after", None),
+                 kw.pop("metadata", {"octue__labels": '["raw"]'}), "text/csv", size, time.time())
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal(str(tmp_path / "cache"))
+    if not j.records_in_xattrs:
+        pytest.skip("this filesystem keeps no user xattrs")
+    return j
+
+
+def loaded(root) -> dict[str, Entry]:
+    return {e.id: e for e in Journal(str(root)).load()}
+
+
+def test_a_sealed_file_carries_its_record_and_the_next_mount_finds_it(journal, tmp_path):
+    e = entry(journal)
+    journal.commit(e, staged(tmp_path, b"12345"))
+    assert not os.path.exists(tmp_path / "staging-s")
+    assert os.listdir(journal.journal_dir) == []  # no separate record file
+    assert json.loads(os.getxattr(journal.data_path(e.id), RECORD_XATTR + e.id)) == e.record()
+    again = loaded(tmp_path / "cache")
+    assert again[e.id].record() == e.record()
+    with open(journal.data_path(e.id), "rb") as f:
+        assert f.read() == b"12345"
+
+
+def test_an_amended_record_is_what_the_next_mount_uploads(journal, tmp_path):
+    e = entry(journal)
+    journal.commit(e, staged(tmp_path, b"12345"))
+    e.metadata = {"octue__labels": '["cleaned"]'}
+    journal.write(e)
+    assert loaded(tmp_path / "cache")[e.id].metadata == {"octue__labels": '["cleaned"]'}
+
+
+def test_a_record_too_large_for_an_attribute_goes_in_a_file_of_its_own(journal, tmp_path):
+    big = {"octue__tags": json.dumps({f"k{i}": "v" * 50 for i in range(2000)})}  # ~110 KB
+    e = entry(journal, metadata=big)
+    journal.commit(e, staged(tmp_path, b"12345"))
+    assert os.listdir(journal.journal_dir) == [e.id + ".json"]
+    assert loaded(tmp_path / "cache")[e.id].metadata == big
+    e.metadata = {**big, "x": "y"}
+    journal.write(e)  # amended where it lives
+    assert loaded(tmp_path / "cache")[e.id].metadata == e.metadata
+
+
+def test_records_written_as_files_by_an_earlier_octuefs_still_load(tmp_path):
+    root = tmp_path / "cache"
+    old = Journal(str(root))
+    old.records_in_xattrs = False  # as before records moved onto the files, or without xattrs
+    e = entry(old)
+    old.commit(e, staged(tmp_path, b"12345"))
+    assert os.listdir(old.journal_dir) == [e.id + ".json"]
+    assert loaded(root)[e.id].record() == e.record()
+
+
+def test_two_versions_sharing_content_keep_a_record_each(journal, tmp_path):
+    first = entry(journal)
+    journal.commit(first, staged(tmp_path, b"12345"))
+    second = entry(journal, base=None, after=first.id, metadata={"octue__labels": '["new"]'})
+    journal.commit_link(second, first.id)  # a setfattr while the first was uploading: chained after it
+    both = loaded(tmp_path / "cache")
+    assert both[first.id].metadata == first.metadata and both[second.id].metadata == second.metadata
+    journal.remove(first)
+    assert list(loaded(tmp_path / "cache")) == [second.id]
+
+
+def test_a_failed_commit_leaves_the_content_where_it_was_and_journals_nothing(journal, tmp_path, monkeypatch):
+    e = entry(journal)
+    path = staged(tmp_path, b"12345")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("octuefs.uploads._fsync_dir", full)
+    with pytest.raises(OSError):
+        journal.commit(e, path)
+    monkeypatch.undo()
+    with open(path, "rb") as f:
+        assert f.read() == b"12345"
+    assert loaded(tmp_path / "cache") == {}
+
+
+def test_a_record_that_does_not_match_its_file_is_set_aside_not_uploaded(journal, tmp_path):
+    e = entry(journal, size=999)  # the record says 999 bytes; the file has 5
+    journal.commit(e, staged(tmp_path, b"12345"))
+    assert loaded(tmp_path / "cache") == {}
+    assert os.listdir(journal.pending_dir) == [e.id + ".bad"]

@@ -9,6 +9,9 @@ import json
 import os
 import threading
 
+import pytest
+
+from octuefs.errors import Conflict
 from octuefs.storage.fake import FakeBucket
 
 from .test_core import make_fs, read_file, settle, write_file
@@ -71,3 +74,42 @@ def test_writes_after_the_last_close_are_saved_when_the_file_is_released(tmp_pat
     settle(fs)
     assert bucket.objects()["mapped.bin"] == b"HELLO" + b"a" * 95
     assert read_file(fs, "/mapped.bin") == b"HELLO" + b"a" * 95
+
+
+def two_machines(tmp_path):
+    """Mounts A and B of one bucket; B has looked at ``shared.csv`` (version 1), then A changed it."""
+    bucket = FakeBucket("machines")
+    a, b = make_fs(bucket, tmp_path / "a"), make_fs(bucket, tmp_path / "b")
+    write_file(a, "/shared.csv", b"version 1")
+    assert read_file(b, "/shared.csv") == b"version 1"
+    write_file(a, "/shared.csv", b"version 2 from A")
+    return bucket, a, b
+
+
+def test_a_delete_from_a_stale_view_is_refused_and_loses_nothing(tmp_path):
+    bucket, a, b = two_machines(tmp_path)
+    with pytest.raises(Conflict):
+        b.unlink("/shared.csv")
+    assert bucket.objects() == {"shared.csv": b"version 2 from A"}
+    assert read_file(b, "/shared.csv") == b"version 2 from A"  # B looks again after the refusal
+
+
+def test_a_rename_from_a_stale_view_is_refused_and_loses_nothing(tmp_path):
+    bucket, a, b = two_machines(tmp_path)
+    with pytest.raises(Conflict):
+        b.rename("/shared.csv", "/moved.csv")
+    assert bucket.objects() == {"shared.csv": b"version 2 from A"}
+
+
+def test_a_write_from_a_stale_view_goes_beside_the_newer_version(tmp_path):
+    bucket, a, b = two_machines(tmp_path)
+    fh = b.open("/shared.csv", os.O_WRONLY)
+    b.write(fh, b"B's edit", 0)
+    b.flush(fh)
+    b.release(fh)
+    settle(b)
+    objects = bucket.objects()
+    assert objects.pop("shared.csv") == b"version 2 from A"
+    [(name, data)] = objects.items()
+    assert name.startswith("shared.octuefs-conflict-") and name.endswith(".csv") and data == b"B's edit1"
+    assert [c["saved_as"] for c in b.uploader.status()["conflicts"]] == [name]

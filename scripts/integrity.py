@@ -12,8 +12,9 @@ checkout's code), and runs:
   4 MiB blocks), plus ``--parallel`` fsx processes at once on files of their own; after every
   ``octuefs sync`` the object in the bucket must equal fsx's shadow copy.
 * fio: sequential, random and mixed writes with ``--verify=crc32c`` through the psync, pvsync,
-  libaio (if present) and mmap engines, ``numjobs`` files each; then ``octuefs sync`` and the
-  same checksums verified again through a fresh mount, which can only read the bucket.
+  libaio (if present) and mmap engines, ``numjobs`` files each, O_DIRECT, and four processes
+  writing their own parts of one file; then ``octuefs sync`` and the same checksums verified
+  again through a fresh mount, which can only read the bucket.
 
 Everything is unmounted and the emulator stopped at the end, whatever happened. Exit status 0
 when every run verified, 1 otherwise (the failing run's output is printed).
@@ -133,6 +134,9 @@ def fio_jobs(size_mib: int, numjobs: int) -> str:
         jobs.append(f"[seq-{engine}]\nrw=write\nbs=1m\nioengine={engine}\n{depth}")
         jobs.append(f"[rand-{engine}]\nrw=randwrite\nbsrange=4k-512k\nioengine={engine}\nfsync=64\n{depth}")
         jobs.append(f"[randrw-{engine}]\nrw=randrw\nbs=16k\nioengine={engine}\n{depth}")
+    jobs.append("[direct-psync]\nrw=randwrite\nbs=64k\ndirect=1\nioengine=psync\n")
+    jobs.append(f"[shared-file]\nfilename=shared.bin\nnumjobs=4\noffset_increment={size_mib}m\nrw=randwrite\n"
+                "bs=8k\nioengine=psync\n")  # four processes, each writing its own part of one file
     return "\n".join(jobs)
 
 

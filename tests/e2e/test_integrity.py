@@ -140,6 +140,21 @@ ioengine=pvsync
 rw=randwrite
 bs=16k
 ioengine=mmap
+
+[direct-psync]
+rw=randwrite
+bs=64k
+direct=1
+ioengine=psync
+
+[shared-psync]
+filename=shared.bin
+numjobs=3
+size=2m
+offset_increment=2m
+rw=randwrite
+bs=8k
+ioengine=psync
 """
 
 
@@ -164,10 +179,12 @@ def test_fio_verify_workloads_and_the_bucket_holds_what_fio_wrote(mount_factory,
     result, report = run_fio(a.path, jobfile)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [(job["jobname"], job["error"]) for job in report["jobs"]] == [
-        ("seq-psync", 0), ("rand-psync", 0), ("randrw-psync", 0), ("rand-mmap", 0)]
+        ("seq-psync", 0), ("rand-psync", 0), ("randrw-psync", 0), ("rand-mmap", 0), ("direct-psync", 0),
+        *[("shared-psync", 0)] * 3]  # three processes writing their own thirds of one file
     a.sync()
     names = sorted(o.name for o in a.bucket.list_all("")[0])
-    assert names == ["rand-mmap.0.0", "rand-psync.0.0", "randrw-psync.0.0", "seq-psync.0.0"]
+    assert names == ["direct-psync.0.0", "rand-mmap.0.0", "rand-psync.0.0", "randrw-psync.0.0", "seq-psync.0.0",
+                     "shared.bin"]
     for name in names:  # byte for byte what the mount shows, and the size fio asked for
         assert a.bucket.read_range(name, 0, 1 << 30) == (a / name).read_bytes(), name
         assert a.bucket.stat(name).size == 6 * 1024 * 1024

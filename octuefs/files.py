@@ -157,6 +157,11 @@ class OpenFiles:
             node.opens -= 1
             if node.opens == 0 and not node.unsaved and self._nodes.get(node.name) is node:
                 del self._nodes[node.name]
+        if node.opens == 0 and node.dirty and not node.unlinked:
+            # Written after its last close: a shared mapping's pages reach us between the
+            # flush of close(fd) and this release (munmap). Nothing else would ever save them.
+            log.debug("saving %r at release: written after its last close (a shared mapping)", node.name)
+            self.save(node)
         if node.opens == 0 and node.staging and (node.unlinked or not node.unsaved):
             # An unlinked node's writes after its unlink have nowhere to go: drop them too.
             _unlink_quietly(node.staging)

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
-from collections.abc import Callable
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from . import metadata as octue
@@ -40,7 +44,7 @@ log = logging.getLogger(__name__)
 GCS_PREFIX = "user.gcs."
 PREFIXES = (octue.XATTR_PREFIX, GCS_PREFIX)  # the only attribute names a file can have
 CONTENT_TYPE = GCS_PREFIX + "content_type"
-_PATCH_ATTEMPTS = 3  # re-applies of one setfattr when the object changed under it
+_PATCH_ATTEMPTS = 10  # re-applies of one setfattr when the object changed under it (another machine)
 
 
 def _hex(b64: str | None) -> str | None:
@@ -57,9 +61,35 @@ _GCS_FIELDS: dict[str, Callable[[ObjectInfo], object]] = {
 }
 
 
+class _KeyedLocks:
+    """One lock per object name while anyone holds or waits for it. ``_mutex`` guards ``_held``."""
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        self._held: dict[str, list] = {}  # name -> [lock, holders and waiters]
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        with self._mutex:
+            slot = self._held.setdefault(name, [threading.Lock(), 0])
+            slot[1] += 1
+        try:
+            with slot[0]:
+                yield
+        finally:
+            with self._mutex:
+                slot[1] -= 1
+                if slot[1] == 0:
+                    del self._held[name]
+
+
 class XattrSurface:
+    """Lock order: a name's lock in ``_changing`` (one metadata change of an object at a time in
+    this mount, so threads never race each other's patches), then that file's ``FileNode.lock``."""
+
     def __init__(self, fs: FileSystem):
         self.fs = fs
+        self._changing = _KeyedLocks()
 
     # --- the model of a file ------------------------------------------------------------
 
@@ -129,6 +159,13 @@ class XattrSurface:
     def _change(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
         if self.fs.config.read_only:
             raise ReadOnlyFilesystem("the mount is read-only")
+        # Each change reads the metadata the one before it in this mount wrote (the caches hold
+        # its result), so concurrent setfattr calls neither lose each other's changes (even on a
+        # server that ignores preconditions) nor use up each other's attempts.
+        with self._changing.hold(self.fs.ns.object_name(path)):
+            self._change_locked(path, name, apply, value, flags)
+
+    def _change_locked(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
         target = self._target(path)
         if target is None:
             raise AttributeNotSupported(f"directories keep no attributes ({name})")
@@ -160,6 +197,7 @@ class XattrSurface:
                 if attempt == _PATCH_ATTEMPTS - 1:
                     raise
                 log.info("%r changed in the bucket during a metadata change; applying it to the new version", name)
+                time.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 5)))  # let the other writer finish
                 self.fs.metacache.forget(name)
                 info = self.fs.bucket.stat(name)
         raise AssertionError("unreachable")

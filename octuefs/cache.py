@@ -17,14 +17,21 @@ waiting for it (the next reader tries again).
 A file opened for writing is copied into a staging file once; after a successful upload the
 staging file becomes the cached content of the new generation.
 
+Clean content is bounded by ``cache_size`` (see :mod:`octuefs.cachespace`): the least recently
+used blocks give way first, at block granularity, and a block a reader holds or a fetch is
+bringing never does. Staging files are unsaved data: never counted, never evicted.
+
 Each cached copy keeps a file descriptor open (``os.pread``/``os.pwrite``, no open per call);
 at most ``MAX_OPEN_FILES`` are open at once, the least recently used being closed first. An
-entry is *pinned* while a read or a fetch uses its descriptor, and is closed only unpinned.
+entry is *pinned* while a read or a fetch uses its descriptor, and is closed only unpinned; a
+read also *holds* the blocks it returns, from before it makes sure they are present until its
+``pread`` is done, so they cannot be evicted under it.
 
 Locks, in the order they are taken: ``ContentCache._lock`` (the entry table, the open-file
-list) before an ``_Entry.lock`` (that entry's block map, fetches in flight, streams, pins and
-descriptor). Neither is held across a network request; ``_Entry.lock`` is held only for
-bookkeeping and opening or closing the entry's descriptor.
+list, the space accounting and its LRU) before an ``Entry.lock`` (that entry's block map,
+fetches in flight, held blocks, streams, pins and descriptor), one entry at a time.
+Neither is held across a network request; ``Entry.lock`` is held only for bookkeeping, for
+opening or closing the entry's descriptor and for punching an evicted block's hole.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import shutil
 import threading
 import uuid
 
+from .cachespace import Entry, Space, bytes_in
 from .errors import NoSpace, NotFound, StorageError
 from .readahead import AHEAD, DEMAND, FetchPool, Streams, Task
 from .storage.base import Bucket, ObjectInfo
@@ -50,36 +58,24 @@ MAX_OPEN_FILES = 256  # cached copies with an open descriptor at once
 
 
 class _Fetch:
-    """One ranged GET of blocks ``first..last`` of an entry. ``error`` is set before ``done``."""
+    """One ranged GET of blocks ``first..last`` of an entry. ``error`` is set before ``done``;
+    ``wanted`` (a reader waits for it) is guarded by the entry's lock."""
 
-    __slots__ = ("first", "last", "generation", "ahead", "done", "error", "task")
+    __slots__ = ("first", "last", "generation", "ahead", "wanted", "done", "error", "task")
 
     def __init__(self, first: int, last: int, generation: int, ahead: bool):
         self.first = first
         self.last = last
         self.generation = generation  # the generation it reads (carry_over may have moved on)
         self.ahead = ahead  # started as read-ahead (nobody was waiting for it)
+        self.wanted = not ahead
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.task: Task | None = None
 
 
-class _Entry:
-    """Cached content of one object generation. ``lock`` guards every attribute but ``path``,
-    ``size`` and ``streams``' settings."""
-
-    def __init__(self, path: str, size: int, block_size: int, streams: Streams, complete: bool = False):
-        self.path = path
-        self.size = size
-        nblocks = (size + block_size - 1) // block_size
-        self.present = bytearray(b"\x01" * nblocks if complete else nblocks)
-        self.missing = 0 if complete else nblocks
-        self.inflight: dict[int, _Fetch] = {}  # block -> the fetch bringing it
-        self.streams = streams
-        self.fd: int | None = None
-        self.pins = 0  # reads and fetches using fd right now
-        self.dropped = False  # no longer in the table: close fd once unpinned
-        self.lock = threading.Lock()
+class _NoRoom(Exception):
+    """A read-ahead dropped because the cache was full of blocks in use (no reader sees it)."""
 
 
 def _private_dir(path: str) -> None:
@@ -103,8 +99,9 @@ def _reraise(error: BaseException) -> None:
 
 
 class ContentCache:
-    """Cached object content on local disk. ``read_ahead`` is the largest read-ahead window;
-    ``request_size`` the largest ranged GET; ``fetch_workers`` how many run at once."""
+    """Cached object content on local disk. ``cache_size`` bounds the clean bytes held (None:
+    no bound); ``read_ahead`` is the largest read-ahead window (a quarter of ``cache_size`` at
+    most); ``request_size`` the largest ranged GET; ``fetch_workers`` how many run at once."""
 
     def __init__(
         self,
@@ -112,6 +109,7 @@ class ContentCache:
         bucket: Bucket,
         block_size: int,
         *,
+        cache_size: int | None = None,
         read_ahead: int = 64 * MiB,
         request_size: int = 8 * MiB,
         fetch_workers: int = 8,
@@ -119,14 +117,15 @@ class ContentCache:
         self.root = root
         self.bucket = bucket
         self.block_size = block_size
-        self.read_ahead = read_ahead
+        self.read_ahead = read_ahead if cache_size is None else min(read_ahead, max(block_size, cache_size // 4))
         self.blocks_per_request = max(1, request_size // block_size)
         self._pool = FetchPool(fetch_workers)
         self._blocks_dir = os.path.join(root, "blocks")
         self.staging_dir = os.path.join(root, "staging")
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, int], _Entry] = {}  # guarded by _lock
-        self._open: collections.OrderedDict[int, _Entry] = collections.OrderedDict()  # by id; _lock
+        self._entries: dict[tuple[str, int], Entry] = {}  # guarded by _lock
+        self._open: collections.OrderedDict[int, Entry] = collections.OrderedDict()  # by id; _lock
+        self.space = Space(cache_size, self._evict_entry_locked)  # guarded by _lock
         _private_dir(root)
         # Clean copies from an earlier mount are not trusted (their block map was in memory).
         shutil.rmtree(self._blocks_dir, ignore_errors=True)
@@ -142,15 +141,15 @@ class ContentCache:
         digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
         return os.path.join(self._blocks_dir, digest[:2], f"{digest}-{generation}")
 
-    def _new_entry(self, path: str, size: int, complete: bool = False) -> _Entry:
+    def _new_entry(self, key: tuple[str, int], path: str, size: int, complete: bool = False) -> Entry:
         bs = self.block_size
-        initial = max(2 * bs, 4 * MiB)
-        streams = Streams(initial=initial, maximum=max(self.read_ahead, initial), tolerance=max(bs, MiB),
-                          min_run=max(bs, 2 * MiB))
-        return _Entry(path, size, bs, streams, complete)
+        initial = min(max(2 * bs, 4 * MiB), self.read_ahead)
+        streams = Streams(initial=initial, maximum=self.read_ahead, tolerance=max(bs, MiB), min_run=max(bs, 2 * MiB))
+        return Entry(key, path, size, bs, streams, complete)
 
-    def _pin(self, info: ObjectInfo) -> _Entry:
-        """The entry of ``info``'s generation (made if new), pinned with an open descriptor."""
+    def _pin(self, info: ObjectInfo, first: int = 0, last: int = -1) -> Entry:
+        """The entry of ``info``'s generation (made if new), pinned with an open descriptor,
+        holding blocks ``first..last`` for a read (see :meth:`_release`)."""
         key = (info.name, info.generation)
         with self._lock:
             entry = self._entries.get(key)
@@ -163,12 +162,14 @@ class ContentCache:
                 except OSError as exc:
                     os.close(fd)
                     raise _no_space(exc) from exc
-                entry = self._entries[key] = self._new_entry(path, info.size)
+                entry = self._entries[key] = self._new_entry(key, path, info.size)
                 entry.fd = fd
             with entry.lock:
                 if entry.fd is None:
                     entry.fd = os.open(entry.path, os.O_RDWR)
                 entry.pins += 1
+                for block in range(first, last + 1):
+                    entry.reading[block] = entry.reading.get(block, 0) + 1
             self._open[id(entry)] = entry
             self._open.move_to_end(id(entry))
             if len(self._open) > MAX_OPEN_FILES:
@@ -188,7 +189,7 @@ class ContentCache:
             if fd is not None:
                 os.close(fd)
 
-    def _unpin(self, entry: _Entry) -> None:
+    def _unpin(self, entry: Entry) -> None:
         with entry.lock:
             entry.pins -= 1
             if entry.pins or not entry.dropped or entry.fd is None:
@@ -196,10 +197,28 @@ class ContentCache:
             fd, entry.fd = entry.fd, None
         os.close(fd)
 
-    def _forget_locked(self, key: tuple[str, int]) -> _Entry:
+    def _release(self, entry: Entry, first: int, last: int) -> None:
+        """A read is done with blocks ``first..last``: they are recently used, no longer held,
+        and may go if a fetch a reader needed took the cache past its limit meanwhile."""
+        blocks = range(first, last + 1)
+        with self._lock:
+            with entry.lock:
+                for block in blocks:
+                    left = entry.reading[block] - 1
+                    if left:
+                        entry.reading[block] = left
+                    else:
+                        del entry.reading[block]
+            if not entry.dropped:  # (set under _lock)
+                self.space.used(entry, blocks)
+                self.space.trim()
+        self._unpin(entry)
+
+    def _forget_locked(self, key: tuple[str, int]) -> Entry:
         """Take an entry out of the table; its descriptor closes once unpinned. Holds _lock."""
         entry = self._entries.pop(key)
         self._open.pop(id(entry), None)
+        self.space.forget(entry)
         with entry.lock:
             entry.dropped = True
             fd = entry.fd if entry.pins == 0 else None
@@ -209,15 +228,28 @@ class ContentCache:
             os.close(fd)
         return entry
 
+    def _evict_entry_locked(self, entry: Entry) -> None:
+        """Delete a whole cached copy (Space's last resort, or an emptied one). Holds _lock."""
+        if self._entries.get(entry.key) is entry:
+            self._forget_locked(entry.key)
+            _unlink(entry.path)
+
     def drop(self, name: str) -> None:
         """Forget every cached generation of ``name``."""
         with self._lock:
-            entries = [self._forget_locked(key) for key in [k for k in self._entries if k[0] == name]]
-        for entry in entries:
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                pass
+            for key in [k for k in self._entries if k[0] == name]:
+                # Unlinked under the lock: a new entry for the same generation reuses the path.
+                _unlink(self._forget_locked(key).path)
+
+    def usage(self) -> dict:
+        """Clean bytes held (with reservations of fetches in flight), the limit, and more."""
+        with self._lock:
+            return {"clean_bytes": self.space.held, "limit": self.space.limit, "peak_bytes": self.space.peak,
+                    "evicted_bytes": self.space.evicted, "cached_files": len(self._entries)}
+
+    def staging_bytes(self) -> int:
+        """Bytes of unsaved data in staging files (files being written)."""
+        return bytes_in(self.staging_dir)
 
     # --- reads --------------------------------------------------------------------------
 
@@ -230,15 +262,17 @@ class ContentCache:
         end = min(offset + size, info.size)
         if offset >= end:
             return b""
-        entry = self._pin(info)
+        first, last = offset // self.block_size, (end - 1) // self.block_size
+        entry = self._pin(info, first, last)
         try:
             self._fill(info, entry, offset, end, read_ahead=True)
             return _pread_all(entry.fd, end - offset, offset)
         finally:
-            self._unpin(entry)
+            self._release(entry, first, last)
 
-    def _fill(self, info: ObjectInfo, entry: _Entry, start: int, end: int, read_ahead: bool = False) -> None:
-        """Make bytes ``[start, end)`` present, waiting for their fetches. Entry pinned."""
+    def _fill(self, info: ObjectInfo, entry: Entry, start: int, end: int, read_ahead: bool = False) -> None:
+        """Make bytes ``[start, end)`` present, waiting for their fetches. Entry pinned, and
+        those blocks held."""
         bs = self.block_size
         for attempt in (1, 2):
             with entry.lock:
@@ -248,7 +282,10 @@ class ContentCache:
                 if read_ahead and attempt == 1:
                     ahead = entry.streams.observe(start, end)
                     if ahead is not None and ahead[0] < entry.size:
-                        self._schedule_locked(info, entry, ahead[0] // bs, (min(ahead[1], entry.size) - 1) // bs, AHEAD)
+                        # From the end of this read, not just the new part of the window:
+                        # blocks of the window that were evicted or had no room are asked again.
+                        lo, hi = min(ahead[0], end), min(ahead[1], entry.size)
+                        self._schedule_locked(info, entry, lo // bs, (hi - 1) // bs, AHEAD)
             for fetch in waits:
                 fetch.done.wait()
             failed = [f for f in waits if f.error is not None]
@@ -261,7 +298,7 @@ class ContentCache:
             if own:
                 _reraise(own[0].error)
 
-    def _schedule_locked(self, info: ObjectInfo, entry: _Entry, first: int, last: int, priority: int) -> list[_Fetch]:
+    def _schedule_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> list[_Fetch]:
         """Fetches bringing blocks ``first..last``: new ones for blocks neither present nor in
         flight (runs of at most ``blocks_per_request``), and those already in flight. Holds
         entry.lock."""
@@ -275,8 +312,10 @@ class ContentCache:
                 fetch = entry.inflight.get(block)
                 if fetch is not None and (not fetches or fetches[-1] is not fetch):
                     fetches.append(fetch)
-                    if priority == DEMAND and fetch.task is not None:
-                        self._pool.boost(fetch.task)
+                    if priority == DEMAND:
+                        fetch.wanted = True  # a reader waits: it must not be dropped for room
+                        if fetch.task is not None:
+                            self._pool.boost(fetch.task)
                 continue
             if run is None:
                 run = block
@@ -287,7 +326,7 @@ class ContentCache:
             fetches.append(self._start_locked(info, entry, run, last, priority))
         return fetches
 
-    def _start_locked(self, info: ObjectInfo, entry: _Entry, first: int, last: int, priority: int) -> _Fetch:
+    def _start_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> _Fetch:
         fetch = _Fetch(first, last, info.generation, ahead=priority == AHEAD)
         for block in range(first, last + 1):
             entry.inflight[block] = fetch
@@ -295,10 +334,35 @@ class ContentCache:
         fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority)
         return fetch
 
-    def _run_fetch(self, info: ObjectInfo, entry: _Entry, fetch: _Fetch, priority: int) -> None:
+    def _reserve(self, entry: Entry, fetch: _Fetch, nbytes: int) -> bool | None:
+        """Room for a fetch's bytes before its GET: True if reserved as read-ahead, False as a
+        fetch a reader waits for, None if it was a read-ahead nobody waits for and there was no
+        room (it is dropped, its blocks left missing)."""
+        with self._lock:
+            with entry.lock:
+                wanted = fetch.wanted
+            if self.space.reserve(nbytes, ahead=not wanted):
+                return not wanted
+            with entry.lock:
+                if fetch.wanted:  # a reader joined it meanwhile: it goes ahead
+                    self.space.reserve(nbytes, ahead=False)
+                    return False
+                for block in range(fetch.first, fetch.last + 1):
+                    if entry.inflight.get(block) is fetch:
+                        del entry.inflight[block]
+                fetch.error = _NoRoom()
+        fetch.done.set()
+        self._unpin(entry)
+        log.debug("read-ahead of blocks %d-%d of %s dropped: no room in the cache", fetch.first, fetch.last, entry.path)
+        return None
+
+    def _run_fetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, priority: int) -> None:
         """In a pool thread: one ranged GET pinned to the generation, written into the copy."""
         bs = self.block_size
         lo, hi = fetch.first * bs, min((fetch.last + 1) * bs, entry.size)
+        ahead = self._reserve(entry, fetch, hi - lo)
+        if ahead is None:
+            return
         error: BaseException | None = None
         try:
             data = self.bucket.read_range(info.name, lo, hi, generation=info.generation)
@@ -312,6 +376,7 @@ class ContentCache:
                 raise _no_space(exc) from exc
         except BaseException as exc:  # handed to the readers waiting for these blocks
             error = exc
+        landed = []
         with entry.lock:
             for block in range(fetch.first, fetch.last + 1):
                 if entry.inflight.get(block) is fetch:
@@ -319,8 +384,14 @@ class ContentCache:
                 if error is None and not entry.present[block]:
                     entry.present[block] = 1
                     entry.missing -= 1
+                    landed.append(block)
+            fresh = fetch.ahead and not fetch.wanted  # nobody has read these yet
             fetch.error = error
         fetch.done.set()
+        with self._lock:
+            if entry.dropped:  # (set under _lock) its blocks no longer count
+                landed = []
+            self.space.settle(entry, hi - lo, ahead, landed, fresh)
         self._unpin(entry)
         if error is not None:
             level = logging.DEBUG if isinstance(error, NotFound) or priority == DEMAND else logging.INFO
@@ -335,19 +406,24 @@ class ContentCache:
         """A new private staging file holding the object's content (or nothing for a new file).
 
         With ``length``, only the first ``length`` bytes are needed (a truncate), so no more is
-        fetched.
+        fetched. With a bounded cache the copy is made a few blocks at a time, so an object
+        larger than the cache passes through it without pushing it past its limit.
         """
         path = self.new_staging_path()
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             want = 0 if info is None else info.size if length is None else min(length, info.size)
-            if want > 0:
-                entry = self._pin(info)
+            bs, limit = self.block_size, self.space.limit
+            step = want if limit is None else bs * max(1, limit // 4 // bs)  # as much as read-ahead may take
+            for lo in range(0, want, step or 1):
+                hi = min(lo + step, want)
+                first, last = lo // bs, (hi - 1) // bs
+                entry = self._pin(info, first, last)
                 try:
-                    self._fill(info, entry, 0, want)
-                    _copy_range(entry.fd, fd, want)
+                    self._fill(info, entry, lo, hi)
+                    _copy_range(entry.fd, fd, lo, hi - lo)
                 finally:
-                    self._unpin(entry)
+                    self._release(entry, first, last)
         except BaseException as exc:
             os.close(fd)
             os.unlink(path)
@@ -358,8 +434,13 @@ class ContentCache:
         return path
 
     def adopt(self, info: ObjectInfo, staging_path: str) -> None:
-        """Take a fully written staging file as the cached content of ``info`` (just uploaded)."""
+        """Take a fully written staging file as the cached content of ``info`` (just uploaded).
+
+        It becomes clean data and counts against the limit; one larger than the whole cache
+        is not kept (the caller deletes it)."""
         self.drop(info.name)
+        if self.space.limit is not None and info.size > self.space.limit:
+            return
         path = self._path_for(info.name, info.generation)
         _private_dir(os.path.dirname(path))
         os.replace(staging_path, path)
@@ -367,7 +448,8 @@ class ContentCache:
             key = (info.name, info.generation)
             if key in self._entries:  # a reader raced in between drop and replace
                 self._forget_locked(key)
-            self._entries[key] = self._new_entry(path, info.size, complete=True)
+            entry = self._entries[key] = self._new_entry(key, path, info.size, complete=True)
+            self.space.add_complete(entry)
 
     def carry_over(self, old: ObjectInfo, new: ObjectInfo) -> None:
         """Keep cached blocks when a metadata change gave the same content a new generation.
@@ -381,11 +463,20 @@ class ContentCache:
         if not same:
             return
         with self._lock:
-            entry = self._entries.pop((old.name, old.generation), None)
-            if entry is not None and (new.name, new.generation) not in self._entries:
-                self._entries[(new.name, new.generation)] = entry
+            old_key, new_key = (old.name, old.generation), (new.name, new.generation)
+            entry = self._entries.pop(old_key, None)
+            if entry is not None and new_key not in self._entries:
+                self._entries[new_key] = entry
+                entry.key = new_key
             elif entry is not None:
-                self._entries[(old.name, old.generation)] = entry
+                self._entries[old_key] = entry
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
@@ -403,12 +494,13 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _copy_range(src: int, dst: int, length: int, chunk: int = 8 * MiB) -> None:
-    """Copy the first ``length`` bytes of descriptor ``src`` into ``dst`` (in the kernel if it can)."""
-    done = 0
+def _copy_range(src: int, dst: int, start: int, length: int, chunk: int = 8 * MiB) -> None:
+    """Copy bytes ``[start, start + length)`` of descriptor ``src`` to the same place in ``dst``
+    (in the kernel if it can)."""
+    done, end = start, start + length
     try:
-        while done < length:
-            n = os.copy_file_range(src, dst, length - done, done, done)
+        while done < end:
+            n = os.copy_file_range(src, dst, end - done, done, done)
             if n == 0:
                 break
             done += n
@@ -416,8 +508,8 @@ def _copy_range(src: int, dst: int, length: int, chunk: int = 8 * MiB) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
             raise
-    while done < length:
-        data = os.pread(src, min(chunk, length - done), done)
+    while done < end:
+        data = os.pread(src, min(chunk, end - done), done)
         if not data:
             break
         os.pwrite(dst, data, done)

@@ -16,7 +16,7 @@ import os
 import sys
 
 from . import __version__
-from .config import MountConfig, split_bucket_spec
+from .config import MountConfig, format_size, parse_size, split_bucket_spec
 from .errors import OctuefsError
 
 log = logging.getLogger("octuefs")
@@ -27,7 +27,7 @@ _OWN_OPTIONS = {
     "file_mode": "file_mode", "dir_mode": "dir_mode", "stat_ttl": "stat_ttl", "list_ttl": "list_ttl",
     "negative_ttl": "negative_ttl", "attr_timeout": "attr_timeout", "entry_timeout": "entry_timeout",
     "rename_dir_limit": "rename_dir_limit", "project": "project", "upload_workers": "upload_workers",
-    "fsync_timeout": "fsync_timeout",
+    "fsync_timeout": "fsync_timeout", "cache_size": "cache_size",
 }
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
 
@@ -46,6 +46,10 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local", action="store_true",
                    help="serve the bucket from an embedded local emulator (no cloud account needed)")
     p.add_argument("--cache-dir", help="local cache directory (default ~/.cache/octuefs/BUCKET)")
+    p.add_argument("--cache-size", metavar="SIZE",
+                   help="most clean (saved) data the cache keeps, least recently used evicted first: 500M, 10G, "
+                        "1.5GiB, bytes, or 'unlimited'; unsaved data is never evicted (default: 10G, or half "
+                        "the free space of the cache disk if that is less)")
     p.add_argument("--log-file", help="daemon log (default CACHE_DIR/octuefs.log in the background, stderr with -f)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
@@ -102,7 +106,7 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
                 dest = _OWN_OPTIONS[key]
                 conv = {"uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
                         "rename_dir_limit": int, "upload_workers": int, "cache_dir": str, "log_file": str,
-                        "project": str}.get(dest, float)
+                        "project": str, "cache_size": str}.get(dest, float)
                 setattr(args, dest, conv(value))
             elif key == "ro":
                 args.read_only = True
@@ -120,6 +124,12 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
 def config_from_args(args: argparse.Namespace) -> MountConfig:
     fuse_options = _apply_o_options(args)
     bucket, prefix = split_bucket_spec(args.bucket)
+    cache_size = None
+    if args.cache_size is not None:
+        try:
+            cache_size = parse_size(args.cache_size)
+        except ValueError as exc:
+            raise ValueError(f"--cache-size: {exc}") from None
     given = {
         "cache_dir": args.cache_dir, "project": args.project, "uid": args.uid, "gid": args.gid,
         "file_mode": args.file_mode, "dir_mode": args.dir_mode, "stat_ttl": args.stat_ttl,
@@ -130,7 +140,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
     return MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),
         read_only=args.read_only, local=args.local, fuse_options=tuple(fuse_options),
-        upload_on_close=args.upload_on_close,
+        upload_on_close=args.upload_on_close, cache_size=cache_size,
         **{k: v for k, v in given.items() if v is not None},
     )
 
@@ -217,6 +227,11 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     uploads, conflicts = report["uploads"], report["conflicts"]
     print(f"gs://{report['bucket']}/{report['prefix']} on {args.mountpoint}: {len(uploads)} upload(s) pending")
+    if "cache" in report:
+        cache = report["cache"]
+        limit = "no limit" if cache["limit"] is None else f"limit {format_size(cache['limit'])}"
+        print(f"  cache: {format_size(cache['clean_bytes'])} clean ({limit}), "
+              f"{format_size(cache['unsaved_bytes'])} unsaved (never evicted)")
     for row in uploads:
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
         print(f"  {row['state']:<8} {row['size']:>12,d} B  {row['name']}  (attempts {row['attempts']}){error}")

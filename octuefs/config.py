@@ -7,8 +7,47 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+UNLIMITED = -1  # cache_size: keep every clean block (gcsfuse's and rclone's default)
+DEFAULT_CACHE_SIZE = 10 * GiB  # the most clean data kept by default (less on a fuller disk)
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int | None:
+    """``"500M"``, ``"10G"``, ``"1.5GiB"``, ``"1048576"`` -> bytes; ``"unlimited"`` (or ``-1``, as
+    gcsfuse spells it) -> UNLIMITED;
+    ``"auto"`` -> None (the default). K, M, G, T and KiB, MiB, ... are powers of 1024; KB, MB, GB,
+    TB powers of 1000 (as dd(1) reads them). ValueError for anything else."""
+    word = text.strip().lower()
+    if word in ("unlimited", "-1"):
+        return UNLIMITED
+    if word == "auto":
+        return None
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size like 500M, 10G, 1.5GiB or 1048576 (bytes), or 'unlimited'")
+    number, prefix, binary, byte = match.groups()
+    unit = prefix.lower() + ("b" if byte and prefix and not binary else "")
+    if binary and not prefix:
+        raise ValueError(f"{text!r} is not a size like 500M, 10G, 1.5GiB or 1048576 (bytes), or 'unlimited'")
+    return int(float(number) * _UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    """Bytes for people: ``8388608`` -> ``"8.0 MiB"``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def split_bucket_spec(spec: str) -> tuple[str, str]:
@@ -50,6 +89,9 @@ class MountConfig:
     kernel_attr_ttl: float = 30.0
     kernel_entry_ttl: float = 30.0
     block_size: int = 4 * MiB  # unit of ranged reads into the local cache
+    # The most clean (already saved) data the cache keeps, bytes; None: the default (see
+    # effective_cache_size); UNLIMITED: no bound. Unsaved data is never counted or evicted.
+    cache_size: int | None = None
     rename_dir_limit: int = 10_000  # objects; past this a directory rename is refused
     fuse_options: tuple[str, ...] = ()  # extra -o options passed to FUSE (allow_other, ...)
     upload_on_close: bool = False  # close waits for the upload (errors at close) instead of write-back
@@ -72,6 +114,9 @@ class MountConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.block_size < 64 * 1024:
             raise ValueError("block_size must be at least 64 KiB")
+        if self.cache_size is not None and self.cache_size != UNLIMITED and self.cache_size < 2 * self.block_size:
+            raise ValueError(f"the cache size must be at least {format_size(2 * self.block_size)} (two blocks of "
+                             f"{format_size(self.block_size)}), or 'unlimited'")
         if self.upload_workers < 1:
             raise ValueError("upload_workers must be at least 1")
         if self.rename_dir_limit < 0:
@@ -79,3 +124,18 @@ class MountConfig:
         for name in ("file_mode", "dir_mode"):
             if not 0 <= getattr(self, name) <= 0o7777:
                 raise ValueError(f"{name} must be an octal permission like 644")
+
+
+def effective_cache_size(config: MountConfig) -> int | None:
+    """The bound on clean cached data in bytes, None for none. The default is the smaller of
+    DEFAULT_CACHE_SIZE and half the space free on the cache disk now (two blocks at least), so
+    reading a large dataset never takes the room that writes need."""
+    if config.cache_size == UNLIMITED:
+        return None
+    if config.cache_size is not None:
+        return config.cache_size
+    path = config.cache_dir
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return max(2 * config.block_size, min(DEFAULT_CACHE_SIZE, st.f_bavail * st.f_frsize // 2))

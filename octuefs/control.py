@@ -2,7 +2,8 @@
 
 A Unix socket beside the mount's state file (a 0700 directory of the user's). A request is
 one JSON line, ``{"cmd": "status" | "sync" | "leave-pending"}``; the answer is JSON lines:
-``sync`` streams ``{"done": n, "total": m}`` progress, then ``{"left": k}``.
+``status`` answers uploads, conflicts and cache usage; ``sync`` streams ``{"done": n, "total": m}``
+progress, then ``{"left": k}``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class ControlServer:
     def _answer(self, cmd: str | None, timeout: float | None = None) -> Iterator[dict]:
         uploader = self.fs.uploader
         if cmd == "status":
-            yield {"bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix, **uploader.status()}
+            yield {"bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix, **uploader.status(),
+                   "cache": self.fs.cache_usage()}
         elif cmd == "sync":
             progress: list[tuple[int, int]] = []
             done = threading.Event()

@@ -19,7 +19,7 @@ import time
 
 from . import metadata as octue
 from .cache import ContentCache
-from .config import MountConfig
+from .config import MountConfig, effective_cache_size, format_size
 from .errors import (
     Conflict,
     DirectoryNotEmpty,
@@ -61,7 +61,10 @@ class FileSystem:
         self.ns = Namespace(config.prefix)
         self.metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
         quarantine_unclosed(os.path.join(config.cache_dir, "staging"), config.cache_dir)
-        self.cache = cache or ContentCache(config.cache_dir, bucket, config.block_size)
+        self.cache = cache or ContentCache(config.cache_dir, bucket, config.block_size,
+                                           cache_size=effective_cache_size(config))
+        limit = self.cache.space.limit
+        log.info("clean cached data: %s", "no limit" if limit is None else f"at most {format_size(limit)}")
         journal = Journal(config.cache_dir)
         self.uploader = Uploader(bucket, journal, workers=config.upload_workers)
         self.files = OpenFiles(bucket, self.cache, self.metacache, self.uploader,
@@ -445,6 +448,12 @@ class FileSystem:
 
     def metadata_of(self, info: ObjectInfo) -> octue.OctueMetadata:
         return self.xattrs.decoded(info)
+
+    def cache_usage(self) -> dict:
+        """For ``octuefs status``: clean bytes held and their limit, and unsaved bytes."""
+        usage = self.cache.usage()
+        usage["unsaved_bytes"] = self.cache.staging_bytes() + self.uploader.journal.pending_bytes()
+        return usage
 
     # --- lifetime ---------------------------------------------------------------------------
 

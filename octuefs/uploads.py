@@ -47,6 +47,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from .cachespace import bytes_in
 from .errors import Conflict, NotFound, OctuefsError, PreconditionFailed, UploadFailed
 from .storage.base import Bucket, ObjectInfo
 from .storage.retry import file_md5
@@ -281,6 +282,10 @@ class Journal:
                 continue
             entries.append(entry)
         return entries
+
+    def pending_bytes(self) -> int:
+        """Bytes of sealed content waiting to go up (a hard-linked file counted once)."""
+        return bytes_in(self.pending_dir)
 
     def note_conflict(self, record: dict) -> None:
         fd = os.open(self.conflicts_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # names are private

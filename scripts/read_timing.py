@@ -14,7 +14,8 @@ The emulator answers on loopback at once, unlike GCS (tens of ms before the firs
 fetching block after block shows its cost. Both the download and the mount go through it.
 
 Everything it starts (emulator, mount daemon) is stopped by PID or unmounted before it exits.
-Usage: ``PYTHONPATH=$PWD python scripts/read_timing.py [--size-mib 256] [--latency-ms 30]``; the
+Usage: ``PYTHONPATH=$PWD python scripts/read_timing.py [--size-mib 256] [--latency-ms 30]
+[--mount-arg=--cache-size=8M]``; the
 mount daemon imports octuefs from PYTHONPATH (it is started from ``/``).
 """
 
@@ -116,6 +117,8 @@ def main() -> int:
     parser.add_argument("--random", type=int, default=64, help="random 1 MiB preads to time (0: none)")
     parser.add_argument("--latency-ms", type=float, default=0, help="delay of every request to the emulator")
     parser.add_argument("--keep-log", action="store_true", help="print the daemon log's tail")
+    parser.add_argument("--mount-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for octuefs mount, e.g. --mount-arg=--cache-size=8M (repeatable)")
     parser.add_argument("--py-spy", metavar="OUT", help="record the daemon during the cold cat (py-spy raw format)")
     args = parser.parse_args()
 
@@ -147,7 +150,8 @@ def main() -> int:
         def mount(n: int) -> str:
             mp, cache = os.path.join(work, f"mnt{n}"), os.path.join(work, f"cache{n}")
             os.mkdir(mp)
-            octuefs("mount", "timing", mp, "--cache-dir", cache, "--log-file", os.path.join(work, f"log{n}"), env=env)
+            octuefs("mount", "timing", mp, "--cache-dir", cache, "--log-file", os.path.join(work, f"log{n}"),
+                    *args.mount_arg, env=env)
             mounted.append(mp)
             return mp
 

@@ -2,7 +2,8 @@
 
 Each ``mount`` is of a fresh bucket on the session's fake-gcs-server. Teardown always runs:
 ``octuefs unmount``, then ``fusermount -uz`` if the mount is still there, then the daemon is
-ended by its PID. A test fails if the daemon's log holds a traceback.
+ended by its PID. A test fails if the daemon's log holds a traceback. ``private`` gives a test a
+fake-gcs-server of its own, which it may freeze (SIGSTOP) to play a network outage.
 """
 
 from __future__ import annotations
@@ -124,3 +125,42 @@ def mount_factory(emulator, tmp_path):
 @pytest.fixture
 def mount(mount_factory):
     return mount_factory()
+
+
+@pytest.fixture
+def private(monkeypatch, mount_factory):
+    """A fresh emulator of this test's own, a bucket on it, and a way to mount that bucket."""
+    from octuefs.emulator import Emulator
+    from octuefs.storage.gcs import GCSBucket
+
+    server = Emulator(kill_with_parent=True).start()
+    frozen = {"on": False}
+
+    class Private:
+        url = server.url
+        name = f"wb-{uuid.uuid4().hex[:10]}"
+
+        def mount(self, *extra: str):
+            return mount_factory(*extra, bucket=self.name)
+
+        def bucket(self):
+            return GCSBucket(self.name)
+
+        def freeze(self, mount=None):
+            if mount is not None:
+                os.listdir(mount.path)  # a fresh listing answers lookups of new names meanwhile
+            os.kill(server.pid, signal.SIGSTOP)
+            frozen["on"] = True
+
+        def thaw(self):
+            os.kill(server.pid, signal.SIGCONT)
+            frozen["on"] = False
+
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        server.create_bucket(Private.name)
+        yield Private()
+    finally:
+        if frozen["on"]:
+            os.kill(server.pid, signal.SIGCONT)
+        server.stop()

@@ -1,7 +1,7 @@
 """Write-back through a real mount: crashes, an unreachable bucket, conflicts, fsync, unmount.
 
-Each test gets its own fake-gcs-server, so it can be frozen with SIGSTOP (requests hang, as
-with a network outage) without disturbing other tests; it is always resumed and stopped.
+Each test gets its own fake-gcs-server (the ``private`` fixture of conftest.py), so it can be
+frozen with SIGSTOP (requests hang, as with a network outage) without disturbing other tests.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -22,45 +21,6 @@ from octuefs.mount import read_state, wait_for_exit
 from .conftest import force_unmount, run_octuefs
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture
-def private(monkeypatch, mount_factory):
-    """A fresh emulator of this test's own, a bucket on it, and a way to mount that bucket."""
-    from octuefs.emulator import Emulator
-    from octuefs.storage.gcs import GCSBucket
-
-    server = Emulator(kill_with_parent=True).start()
-    frozen = {"on": False}
-
-    class Private:
-        url = server.url
-        name = f"wb-{uuid.uuid4().hex[:10]}"
-
-        def mount(self, *extra: str):
-            return mount_factory(*extra, bucket=self.name)
-
-        def bucket(self):
-            return GCSBucket(self.name)
-
-        def freeze(self, mount=None):
-            if mount is not None:
-                os.listdir(mount.path)  # a fresh listing answers lookups of new names meanwhile
-            os.kill(server.pid, signal.SIGSTOP)
-            frozen["on"] = True
-
-        def thaw(self):
-            os.kill(server.pid, signal.SIGCONT)
-            frozen["on"] = False
-
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
-        server.create_bucket(Private.name)
-        yield Private()
-    finally:
-        if frozen["on"]:
-            os.kill(server.pid, signal.SIGCONT)
-        server.stop()
 
 
 def kill_daemon(mount) -> None:

@@ -55,16 +55,21 @@ class Attr:
 
 class FileSystem:
     def __init__(self, bucket: Bucket, config: MountConfig, cache: ContentCache | None = None):
-        self.bucket = bucket
+        # Every request made while serving a call someone waits on (lookups, listings, reads,
+        # metadata changes, renames) goes through a bounded view: it answers within about
+        # op_timeout or fails with BucketUnreachable. Background uploads use the bucket itself
+        # and retry for as long as it takes.
+        self.bucket = bucket.bounded(config.op_timeout)
         self.config = config
         self.ns = Namespace(config.prefix)
         self.metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
         quarantine_unclosed(os.path.join(config.cache_dir, "staging"), config.cache_dir)
-        self.cache = cache or ContentCache(config.cache_dir, bucket, config.block_size)
+        self.cache = cache or ContentCache(config.cache_dir, self.bucket, config.block_size)
         journal = Journal(config.cache_dir)
         self.uploader = Uploader(bucket, journal, workers=config.upload_workers)
-        self.files = OpenFiles(bucket, self.cache, self.metacache, self.uploader,
-                               upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout)
+        self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
+                               upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,
+                               op_timeout=config.op_timeout)
         recovered = journal.load()
         self.files.recover(recovered)
         self.uploader.start(recovered)

@@ -21,6 +21,7 @@ from . import metadata as octue
 from .cache import ContentCache
 from .config import MountConfig
 from .errors import (
+    BucketUnreachable,
     Conflict,
     DirectoryNotEmpty,
     FileExists,
@@ -380,7 +381,7 @@ class FileSystem:
                 if_source_generation_match=info.generation,
                 if_generation_match=dst_info.generation if dst_info else 0,
             )
-            self.bucket.delete(src_name, if_generation_match=info.generation)
+            self._delete_after_copy(src_name, info, moved)
         except PreconditionFailed as exc:
             self.metacache.forget(src_name)
             self.metacache.forget(dst_name)
@@ -393,6 +394,17 @@ class FileSystem:
         if node is not None:
             self.files.renamed(node, dst_name, moved)
         self.cache.drop(src_name)
+
+    def _delete_after_copy(self, name: str, info: ObjectInfo, copied: ObjectInfo) -> None:
+        """The second half of a file rename. If the bucket stops answering here, the file is
+        under both names: say so, and show the copy too."""
+        try:
+            self.bucket.delete(name, if_generation_match=info.generation)
+        except BucketUnreachable as exc:
+            if self.files.node(copied.name) is None:
+                self.metacache.wrote(copied)
+            raise BucketUnreachable(f"{exc}; it was copied to {copied.name!r} first, so it is under both names now") \
+                from exc
 
     def _rename_dir(self, old: str, new: str, src_name: str, dst_name: str, dst: object) -> None:
         """Copy every object under the directory, then delete the originals. Not atomic."""

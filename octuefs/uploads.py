@@ -45,7 +45,15 @@ import time
 import uuid
 from collections.abc import Callable
 
-from .errors import Conflict, NotFound, OctuefsError, PreconditionFailed, TransientError, UploadFailed, UploadStillPending
+from .errors import (
+    Conflict,
+    NotFound,
+    OctuefsError,
+    PreconditionFailed,
+    TransientError,
+    UploadFailed,
+    UploadStillPending,
+)
 from .storage.base import Bucket, ObjectInfo
 from .storage.retry import file_md5
 

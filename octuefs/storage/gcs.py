@@ -368,7 +368,7 @@ class GCSBucket(Bucket):
         def attempt(timeout: Timeout) -> bytes:
             blob = self._bucket.blob(name, generation=generation)
             return blob.download_as_bytes(
-                start=start, end=end - 1, raw_download=True, checksum=None, retry=None, timeout=self.timeout
+                start=start, end=end - 1, raw_download=True, checksum=None, retry=None, timeout=timeout
             )
 
         try:
@@ -511,7 +511,8 @@ class GCSBucket(Bucket):
                 )
                 return new_token
 
-            result = self._call("copying", attempt, source, after_ambiguous=resolve, shown=f"{source} to {destination}")
+            shown = f"{source} to gs://{self.name}/{destination}"
+            result = self._call("copying", attempt, source, after_ambiguous=resolve, shown=shown)
             if isinstance(result, ObjectInfo):  # an attempt whose answer was lost had done it
                 return result
             token = result

@@ -232,9 +232,41 @@ def test_uploads_waiting_for_the_bucket_are_retried_as_soon_as_one_lands(tmp_pat
     fh = fs.create("/trigger", os.O_WRONLY)
     fs.flush(fh)
     fs.release(fh)
-    while ("trigger" not in bucket.objects() or fs.uploader.pending_for("trigger")) and time.monotonic() < deadline + 20:
+    deadline = time.monotonic() + 20
+    while ("trigger" not in bucket.objects() or fs.uploader.pending_for("trigger")) and time.monotonic() < deadline:
         time.sleep(0.01)
     # Every upload still waiting was moved up to now (it had been due seconds later).
     assert all(e.state != "queued" or e.next_try < waiting[e.id] for e in fs.uploader.snapshot())
     assert fs.uploader.sync(timeout=30) == 0
     assert sorted(bucket.objects()) == ["f0", "f1", "f2", "trigger"]
+
+
+def test_a_read_retried_right_after_the_bucket_was_unreachable_fails_at_once(bucket, t, tmp_path, monkeypatch):
+    import octuefs.cache
+
+    monkeypatch.setattr(octuefs.cache, "RECENT_FAILURE", 0.2)
+    bucket.upload_bytes("a.bin", b"A" * 100_000)
+    fs = make_fs(bucket, tmp_path, op_timeout=3.0)
+    fh = fs.open("/a.bin", os.O_RDONLY)
+    bucket.set_latency(STALL)
+    with pytest.raises(BucketUnreachable):
+        fs.read(fh, 4096, 0)
+    asked, waited = bucket.calls["read"], t.now
+    with pytest.raises(BucketUnreachable):  # as the kernel does: the same page again, at once
+        fs.read(fh, 4096, 0)
+    assert bucket.calls["read"] == asked and t.now == waited  # the bucket was not asked again
+    bucket.set_latency(0)
+    time.sleep(0.3)
+    assert fs.read(fh, 4096, 0) == b"A" * 4096  # later readers try again
+    fs.release(fh)
+
+
+def test_a_rename_cut_short_after_its_copy_says_the_file_is_under_both_names(bucket, t, tmp_path):
+    bucket.upload_bytes("a.csv", b"data")
+    fs = make_fs(bucket, tmp_path, op_timeout=3.0)
+    assert [n for n, _ in fs.readdir("/")] == ["a.csv"]
+    bucket.set_fault_rate(1.0, operations=("delete",))  # the copy lands, then the bucket stops answering
+    with pytest.raises(BucketUnreachable, match="copied to 'b.csv' first, so it is under both names"):
+        fs.rename("/a.csv", "/b.csv")
+    assert sorted(bucket.objects()) == ["a.csv", "b.csv"]
+    assert sorted(n for n, _ in fs.readdir("/")) == ["a.csv", "b.csv"]  # the mount shows what is there

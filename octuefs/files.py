@@ -334,16 +334,18 @@ class OpenFiles:
                 if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0:
                     del self._nodes[node.name]
 
-    def settle(self, node: FileNode, cancel: bool = False) -> None:
+    def settle(self, node: FileNode, cancel: bool = False) -> list[str]:
         """Let the node's uploads finish (``cancel``: drop the queued ones) before a delete or rename.
 
         Waits while uploads are moving; UploadStillPending once none has moved for ``op_timeout``.
+        With ``cancel``, returns the MD5s of dropped versions that had been tried (and so may be
+        in the bucket, if an answer was lost).
         """
         if cancel:
-            self.uploader.cancel(node.name, idle=self.op_timeout)
-        else:
-            self.save(node)
-            self.uploader.wait_name(node.name, idle=self.op_timeout)
+            return self.uploader.cancel(node.name, idle=self.op_timeout)
+        self.save(node)
+        self.uploader.wait_name(node.name, idle=self.op_timeout)
+        return []
 
     def recover(self, entries: list[Entry]) -> None:
         """Show the uploads an earlier mount left (oldest first) as the files' local versions."""

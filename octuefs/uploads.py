@@ -330,14 +330,17 @@ class Uploader:
         for entry in self.pending_for(name):
             self.wait(entry, timeout, idle)
 
-    def cancel(self, name: str, idle: float | None = None) -> None:
+    def cancel(self, name: str, idle: float | None = None) -> list[str]:
         """Drop queued uploads of ``name`` (it is being deleted); let a running attempt end first.
 
         ``idle``: give up (UploadStillPending) once no upload has moved for that long while an
-        attempt of ``name`` is still running; what was queued stays cancelled.
+        attempt of ``name`` is still running; what was queued stays cancelled. Returns the MD5s
+        of the dropped versions that had been tried: a failed attempt may have landed all the
+        same, its answer lost.
         """
         start = time.monotonic()
         doomed: list[Entry] = []
+        tried: list[str] = []
         try:
             with self._cond:
                 while True:
@@ -348,13 +351,15 @@ class Uploader:
                         doomed.append(e)
                     running = [e for e in self._entries.values() if e.name == name]
                     if not running:
-                        return
+                        break
                     if idle is not None and time.monotonic() - max(start, self._moved_at) >= idle:
                         raise self._still_pending(name, running[0], idle)
                     self._cond.wait(0.2 if idle is not None else None)
+            tried = [file_md5(self.journal.data_path(e.id)) for e in doomed if e.attempts]
         finally:
             for e in doomed:
                 self.journal.remove(e)
+        return tried
 
     def snapshot(self) -> list[Entry]:
         with self._cond:

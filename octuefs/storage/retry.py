@@ -71,15 +71,16 @@ def current_bound() -> Bound | None:
 
 
 @contextlib.contextmanager
-def bounded(seconds: float) -> Iterator[Bound]:
+def bounded(seconds: float, attempt: float | None = None) -> Iterator[Bound]:
     """Run the enclosed bucket calls within ``seconds`` in all (an enclosing budget, if any,
     holds instead): their retry loops stop when it is spent, and each attempt waits for an
-    answer at most :func:`attempt_timeout` of it, cut to the time left."""
+    answer at most ``attempt`` seconds (default :func:`attempt_timeout` of ``seconds``), cut to
+    the time left."""
     outer = _bound.get()
     if outer is not None:
         yield outer
         return
-    token = _bound.set(Bound(seconds, attempt_timeout(seconds)))
+    token = _bound.set(Bound(seconds, attempt if attempt is not None else attempt_timeout(seconds)))
     try:
         yield _bound.get()
     finally:

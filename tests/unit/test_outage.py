@@ -63,6 +63,22 @@ def test_a_stalled_bucket_fails_a_bounded_call_within_its_deadline_saying_why(bu
     assert bucket.calls["stat"] >= 3  # each attempt waited a third of the deadline at most
 
 
+def test_while_the_bucket_is_known_unreachable_each_call_makes_one_attempt(bucket, t):
+    bucket.upload_bytes("a", b"a")
+    view = bucket.bounded(3.0)
+    bucket.set_latency(STALL)
+    with pytest.raises(BucketUnreachable):
+        view.stat("a")  # the whole deadline: 3 attempts of 1 s
+    start = t.now
+    with pytest.raises(BucketUnreachable, match=r"unreachable for \d+s, so one attempt per call until it answers"):
+        view.list_page("")
+    assert t.now - start == 1.0  # one attempt, waiting a third of the deadline
+    bucket.set_latency(0)
+    assert view.stat("a").size == 1  # an answer: full deadlines again
+    bucket.fail_next("stat", times=4)
+    assert view.stat("a").size == 1  # a burst of errors is ridden out as before
+
+
 def test_the_bucket_itself_is_not_bounded(bucket, t):
     bucket.upload_bytes("a", b"a")
     bucket.set_latency(100.0)  # slow, not dead: unbounded callers wait for it
@@ -80,16 +96,15 @@ def test_calls_made_inside_a_bounded_call_share_its_budget(t):
     retrier = Retrier(RetryPolicy(initial_delay=0.1, max_delay=5.0, deadline=30.0), sleep=t.sleep, clock=t.clock)
 
     def down():
-        t.now += 0.5
+        t.now += 0.5  # each attempt takes half a second to fail
         raise TransientError("down")
 
     with bounded(4.0):
         with pytest.raises(BucketUnreachable):
             retrier.call(down, "looking up x")
-        first = t.now
         with pytest.raises(BucketUnreachable):
-            retrier.call(down, "listing x/")  # what is left of the 4 s: one attempt
-    assert first <= 4.5 and t.now - first <= 0.5 + 1e-9
+            retrier.call(down, "listing x/")  # only what is left of the 4 s
+    assert t.now <= 4.0 + 2 * 0.5  # not 4 s each: at most one attempt past the budget per call
 
 
 def test_a_budget_belongs_to_its_own_thread(t):
@@ -270,3 +285,39 @@ def test_a_rename_cut_short_after_its_copy_says_the_file_is_under_both_names(buc
         fs.rename("/a.csv", "/b.csv")
     assert sorted(bucket.objects()) == ["a.csv", "b.csv"]
     assert sorted(n for n, _ in fs.readdir("/")) == ["a.csv", "b.csv"]  # the mount shows what is there
+
+
+def test_unlink_deletes_a_dropped_upload_that_had_landed_with_its_answer_lost(tmp_path):
+    bucket = FakeBucket("lost", retry=QUICK)
+    fs = make_fs(bucket, tmp_path, op_timeout=5.0)
+    gate, started = threading.Event(), threading.Event()
+    real_upload = bucket.upload_file
+
+    def lands_but_fails(*args, **kwargs):
+        started.set()
+        gate.wait(30)
+        real_upload(*args, **kwargs)  # in the bucket ...
+        raise BucketUnreachable("bucket unreachable: the answer was lost")  # ... but nobody heard
+
+    bucket.upload_file = lands_but_fails
+    fh = fs.create("/new.csv", os.O_WRONLY)
+    fs.write(fh, b"data", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    assert started.wait(10)
+    threading.Timer(0.3, gate.set).start()
+    fs.unlink("/new.csv")  # waits for the running attempt, drops the upload, deletes what landed
+    assert bucket.objects() == {}
+    assert fs.uploader.sync(timeout=5) == 0 and bucket.objects() == {}
+
+
+def test_a_rename_whose_copy_timed_out_says_the_copy_may_exist(bucket, t, tmp_path):
+    bucket.upload_bytes("a.csv", b"data")
+    fs = make_fs(bucket, tmp_path, op_timeout=3.0)
+    assert [n for n, _ in fs.readdir("/")] == ["a.csv"]
+    bucket.fail_next("copy", after=True)  # the copy is made, its answer lost ...
+    bucket.fail_next("copy", times=1000)  # ... and then the bucket stops answering
+    with pytest.raises(BucketUnreachable, match="'b.csv' may exist now.*'a.csv' is untouched"):
+        fs.rename("/a.csv", "/b.csv")
+    assert sorted(bucket.objects()) == ["a.csv", "b.csv"]
+    assert sorted(n for n, _ in fs.readdir("/")) == ["a.csv", "b.csv"]  # not hidden by a stale listing

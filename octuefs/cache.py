@@ -12,7 +12,8 @@ once, before they are asked for. All fetches run on one bounded :class:`FetchPoo
 so at most ``fetch_workers`` x ``request_size`` bytes are held in memory, whatever the readers
 do. A fetch in flight is recorded per block: a reader of a block being fetched waits for that
 fetch only, a failed fetch leaves its blocks missing and its error reaches only the readers
-waiting for it (the next reader tries again).
+waiting for it (the next reader tries again; after an unreachable bucket, the readers coming
+within ``RECENT_FAILURE`` seconds get the same error instead of waiting as long again).
 
 A file opened for writing is copied into a staging file once; after a successful upload the
 staging file becomes the cached content of the new generation.
@@ -44,10 +45,11 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 
 from .cachespace import Entry, Space, bytes_in
-from .errors import NoSpace, NotFound, StorageError
+from .errors import BucketUnreachable, NoSpace, NotFound, StorageError
 from .readahead import AHEAD, DEMAND, FetchPool, Streams, Task
 from .storage.base import Bucket, ObjectInfo
 
@@ -55,6 +57,11 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 MAX_OPEN_FILES = 256  # cached copies with an open descriptor at once
+# A block whose fetch found the bucket unreachable this recently is not asked for again: its
+# readers get the same error at once. The kernel retries a failed page read straight away (and a
+# read that joined a failed read-ahead tries again): against an unreachable bucket each retry
+# would wait --op-timeout more.
+RECENT_FAILURE = 2.0  # seconds
 
 
 class _Fetch:
@@ -304,7 +311,16 @@ class ContentCache:
         entry.lock."""
         fetches: list[_Fetch] = []
         run: int | None = None  # first block of the run of blocks to fetch being gathered
+        now = time.monotonic()
         for block in range(first, last + 1):
+            failed = _recent_failure_locked(entry, block, info.generation, now)
+            if failed is not None:
+                if run is not None:
+                    fetches.append(self._start_locked(info, entry, run, block - 1, priority))
+                    run = None
+                if priority == DEMAND and failed not in fetches:
+                    fetches.append(failed)  # done, with its error: no new request
+                continue
             if entry.present[block] or block in entry.inflight:
                 if run is not None:
                     fetches.append(self._start_locked(info, entry, run, block - 1, priority))
@@ -378,6 +394,7 @@ class ContentCache:
             error = exc
         landed = []
         with entry.lock:
+            failed_at = time.monotonic()
             for block in range(fetch.first, fetch.last + 1):
                 if entry.inflight.get(block) is fetch:
                     del entry.inflight[block]
@@ -385,6 +402,10 @@ class ContentCache:
                     entry.present[block] = 1
                     entry.missing -= 1
                     landed.append(block)
+                if isinstance(error, BucketUnreachable):  # asking again at once would wait as long
+                    entry.failed[block] = (failed_at, fetch)
+                else:
+                    entry.failed.pop(block, None)
             fresh = fetch.ahead and not fetch.wanted  # nobody has read these yet
             fetch.error = error
         fetch.done.set()
@@ -477,6 +498,21 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _recent_failure_locked(entry: Entry, block: int, generation: int, now: float) -> _Fetch | None:
+    """The fetch of ``block`` that found the bucket unreachable less than RECENT_FAILURE seconds
+    ago, if the block is still missing and not being fetched again. Holds entry.lock."""
+    failed = entry.failed.get(block)
+    if failed is None:
+        return None
+    when, fetch = failed
+    if now - when >= RECENT_FAILURE or fetch.generation != generation:
+        del entry.failed[block]
+        return None
+    if entry.present[block] or block in entry.inflight:
+        return None
+    return fetch
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:

@@ -107,6 +107,7 @@ class Entry:
         self.missing = 0 if complete else nblocks
         self.inflight: dict = {}  # block -> the fetch bringing it
         self.reading: dict[int, int] = {}  # block -> readers about to pread it (no zero counts)
+        self.failed: dict = {}  # block -> (when, the fetch that found the bucket unreachable)
         self.streams = streams
         self.fd: int | None = None
         self.pins = 0  # reads and fetches using fd right now

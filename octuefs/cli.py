@@ -27,7 +27,7 @@ _OWN_OPTIONS = {
     "file_mode": "file_mode", "dir_mode": "dir_mode", "stat_ttl": "stat_ttl", "list_ttl": "list_ttl",
     "negative_ttl": "negative_ttl", "attr_timeout": "attr_timeout", "entry_timeout": "entry_timeout",
     "rename_dir_limit": "rename_dir_limit", "project": "project", "upload_workers": "upload_workers",
-    "fsync_timeout": "fsync_timeout", "cache_size": "cache_size",
+    "fsync_timeout": "fsync_timeout", "cache_size": "cache_size", "op_timeout": "op_timeout",
 }
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
 
@@ -70,6 +70,8 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
                    help="close waits for the upload (and reports its errors) instead of writing back in the background")
     p.add_argument("--upload-workers", type=int, help="uploads running at once (default 8)")
     p.add_argument("--fsync-timeout", type=float, help="seconds fsync waits for the bucket before EIO (default 300)")
+    p.add_argument("--op-timeout", type=float,
+                   help="seconds any other call waits for an unreachable bucket before ETIMEDOUT (default 30)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -135,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
         "file_mode": args.file_mode, "dir_mode": args.dir_mode, "stat_ttl": args.stat_ttl,
         "list_ttl": args.list_ttl, "negative_ttl": args.negative_ttl, "kernel_attr_ttl": args.attr_timeout,
         "kernel_entry_ttl": args.entry_timeout, "rename_dir_limit": args.rename_dir_limit,
-        "upload_workers": args.upload_workers, "fsync_timeout": args.fsync_timeout,
+        "upload_workers": args.upload_workers, "fsync_timeout": args.fsync_timeout, "op_timeout": args.op_timeout,
     }
     return MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),

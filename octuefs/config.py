@@ -97,6 +97,13 @@ class MountConfig:
     upload_on_close: bool = False  # close waits for the upload (errors at close) instead of write-back
     upload_workers: int = 8  # uploads running at once
     fsync_timeout: float = 300.0  # fsync gives EIO if the file is not in the bucket by then (it stays queued)
+    # Every FUSE call that needs the bucket answers within about this long: its requests are
+    # retried until then, each waiting at most a third of it for an answer; then the call fails
+    # with ETIMEDOUT and a log line saying why. 30 s rides out the brief bursts of 503s, 429s
+    # and resets GCS asks clients to retry through (several attempts with backoff), yet shows a
+    # dead network as an error within half a minute, well before the kernel's 120 s hung-task
+    # warnings, instead of the 100 s and more of the library's own timeouts.
+    op_timeout: float = 30.0
     local: bool = False  # serve the bucket from an embedded fake-gcs-server
     local_data_dir: str = ""  # where --local keeps objects ("" = <cache_dir>/local-gcs)
 
@@ -117,6 +124,8 @@ class MountConfig:
         if self.cache_size is not None and self.cache_size != UNLIMITED and self.cache_size < 2 * self.block_size:
             raise ValueError(f"the cache size must be at least {format_size(2 * self.block_size)} (two blocks of "
                              f"{format_size(self.block_size)}), or 'unlimited'")
+        if not self.op_timeout > 0:
+            raise ValueError("op_timeout must be > 0")
         if self.upload_workers < 1:
             raise ValueError("upload_workers must be at least 1")
         if self.rename_dir_limit < 0:

@@ -21,6 +21,7 @@ from . import metadata as octue
 from .cache import ContentCache
 from .config import MountConfig, effective_cache_size, format_size
 from .errors import (
+    BucketUnreachable,
     Conflict,
     DirectoryNotEmpty,
     FileExists,
@@ -56,19 +57,24 @@ class Attr:
 
 class FileSystem:
     def __init__(self, bucket: Bucket, config: MountConfig, cache: ContentCache | None = None):
-        self.bucket = bucket
+        # Every request made while serving a call someone waits on (lookups, listings, reads,
+        # metadata changes, renames) goes through a bounded view: it answers within about
+        # op_timeout or fails with BucketUnreachable. Background uploads use the bucket itself
+        # and retry for as long as it takes.
+        self.bucket = bucket.bounded(config.op_timeout)
         self.config = config
         self.ns = Namespace(config.prefix)
         self.metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
         quarantine_unclosed(os.path.join(config.cache_dir, "staging"), config.cache_dir)
-        self.cache = cache or ContentCache(config.cache_dir, bucket, config.block_size,
+        self.cache = cache or ContentCache(config.cache_dir, self.bucket, config.block_size,
                                            cache_size=effective_cache_size(config))
         limit = self.cache.space.limit
         log.info("clean cached data: %s", "no limit" if limit is None else f"at most {format_size(limit)}")
         journal = Journal(config.cache_dir)
         self.uploader = Uploader(bucket, journal, workers=config.upload_workers)
-        self.files = OpenFiles(bucket, self.cache, self.metacache, self.uploader,
-                               upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout)
+        self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
+                               upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,
+                               op_timeout=config.op_timeout)
         recovered = journal.load()
         self.files.recover(recovered)
         self.uploader.start(recovered)
@@ -336,10 +342,14 @@ class FileSystem:
             raise IsADirectory(path)
         if node is None and entry is MISSING:
             raise FileNotFound(path)
+        maybe_landed: list[str] = []
         if node is not None:
             self.files.keep_open_content(node)  # for the handles still open on it
-            self.files.settle(node, cancel=True)  # queued versions are moot; a running one lands first
+            # Queued versions are moot; a running one lands first, or fails and is dropped too.
+            maybe_landed = self.files.settle(node, cancel=True)
         info = node.base if node is not None else entry
+        if maybe_landed:
+            info = self._own_version(name, info, maybe_landed)
         if info is not None:
             try:
                 self.bucket.delete(name, if_generation_match=info.generation)
@@ -370,19 +380,27 @@ class FileSystem:
             raise IsADirectory(new)
         if node is not None and node.unsaved:
             self.files.settle(node)  # the bucket must hold the latest version before the copy
+        replaced_landed: list[str] = []
         if dst_node is not None:
             self.files.keep_open_content(dst_node)  # for the handles still open on it
             if dst_node.unsaved:
-                self.files.settle(dst_node, cancel=True)  # about to be replaced
+                replaced_landed = self.files.settle(dst_node, cancel=True)  # about to be replaced
         info = node.base if node is not None else src
         dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
+        if replaced_landed:
+            dst_info = self._own_version(dst_name, dst_info, replaced_landed)
         try:
-            moved = self.bucket.copy(
-                src_name, dst_name,
-                if_source_generation_match=info.generation,
-                if_generation_match=dst_info.generation if dst_info else 0,
-            )
-            self.bucket.delete(src_name, if_generation_match=info.generation)
+            try:
+                moved = self.bucket.copy(
+                    src_name, dst_name,
+                    if_source_generation_match=info.generation,
+                    if_generation_match=dst_info.generation if dst_info else 0,
+                )
+            except BucketUnreachable as exc:  # a request that timed out may have been carried out
+                self.metacache.forget(dst_name)
+                raise BucketUnreachable(f"{exc}; {dst_name!r} may exist now, if the copy reached the bucket "
+                                        f"and only its answer was lost; {src_name!r} is untouched") from exc
+            self._delete_after_copy(src_name, info, moved)
         except PreconditionFailed as exc:
             self.metacache.forget(src_name)
             self.metacache.forget(dst_name)
@@ -395,6 +413,29 @@ class FileSystem:
         if node is not None:
             self.files.renamed(node, dst_name, moved)
         self.cache.drop(src_name)
+
+    def _own_version(self, name: str, info: ObjectInfo | None, md5s: list[str]) -> ObjectInfo | None:
+        """An upload dropped after a failed attempt may have landed all the same (its answer
+        lost): if the bucket holds exactly one of those versions, that is the one to delete."""
+        try:
+            current = self.bucket.stat(name)
+        except NotFound:
+            return info
+        if current.md5 in md5s and (info is None or current.generation != info.generation):
+            log.info("a dropped upload of %r had landed after all (generation %d)", name, current.generation)
+            return current
+        return info
+
+    def _delete_after_copy(self, name: str, info: ObjectInfo, copied: ObjectInfo) -> None:
+        """The second half of a file rename. If the bucket stops answering here, the file is
+        under both names: say so, and show the copy too."""
+        try:
+            self.bucket.delete(name, if_generation_match=info.generation)
+        except BucketUnreachable as exc:
+            if self.files.node(copied.name) is None:
+                self.metacache.wrote(copied)
+            raise BucketUnreachable(f"{exc}; it was copied to {copied.name!r} first, so it is under both names now") \
+                from exc
 
     def _rename_dir(self, old: str, new: str, src_name: str, dst_name: str, dst: object) -> None:
         """Copy every object under the directory, then delete the originals. Not atomic."""

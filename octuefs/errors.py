@@ -40,7 +40,22 @@ class PermissionDenied(StorageError):
 
 
 class TransientError(StorageError):
-    """A failure worth retrying: HTTP 408/429/5xx, a reset or refused connection, a timeout."""
+    """A failure worth retrying: HTTP 408/429/5xx, a reset or refused connection, a timeout.
+
+    ``retry_after``: seconds the server asked us to wait (a ``Retry-After`` header), if any.
+    """
+
+    def __init__(self, message: str = "", retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BucketUnreachable(TransientError):
+    """Retries of transient failures ran out of time: the bucket did not answer (ETIMEDOUT).
+
+    The message says what failed, how often and for how long, and what was being done:
+    ``bucket unreachable: ReadTimeout: timed out after 3 attempts in 3.1s while listing gs://b/d/``.
+    """
 
 
 class RangeNotSatisfiable(StorageError):
@@ -139,6 +154,11 @@ class StaleFile(OctuefsError):
     """The version of the file this handle was reading is gone from the bucket (ESTALE)."""
 
 
+class UploadStillPending(OctuefsError):
+    """A call that needs a file's pending upload to land first gave up waiting, because no upload
+    made progress for ``--op-timeout`` seconds (ETIMEDOUT). The upload stays queued."""
+
+
 class UploadFailed(OctuefsError):
     """The data could not be written to the bucket; it stays in the local cache (EIO)."""
 
@@ -166,6 +186,8 @@ _ERRNO_TABLE: dict[type[BaseException], tuple[int, int]] = {
     PermissionDenied: (errno.EACCES, logging.ERROR),
     PreconditionFailed: (errno.EIO, logging.WARNING),
     Conflict: (errno.EIO, logging.WARNING),
+    BucketUnreachable: (errno.ETIMEDOUT, logging.ERROR),
+    UploadStillPending: (errno.ETIMEDOUT, logging.WARNING),
     TransientError: (errno.EIO, logging.ERROR),
     RangeNotSatisfiable: (errno.EIO, logging.ERROR),
     UploadFailed: (errno.EIO, logging.ERROR),

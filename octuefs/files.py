@@ -72,7 +72,7 @@ class OpenFiles:
     """The table of open nodes and handles, and the read/write/save paths of files."""
 
     def __init__(self, bucket: Bucket, cache: ContentCache, metacache: MetadataCache, uploader: Uploader,
-                 upload_on_close: bool = False, fsync_timeout: float | None = None):
+                 upload_on_close: bool = False, fsync_timeout: float | None = None, op_timeout: float | None = None):
         self.bucket = bucket
         self.cache = cache
         self.metacache = metacache
@@ -80,6 +80,7 @@ class OpenFiles:
         uploader.on_done = self._uploaded
         self.upload_on_close = upload_on_close
         self.fsync_timeout = fsync_timeout
+        self.op_timeout = op_timeout  # how long a rename or unlink waits for uploads that do not move
         self._lock = threading.Lock()
         self._nodes: dict[str, FileNode] = {}  # by object name; guarded by _lock
         self._handles: dict[int, Handle] = {}  # guarded by _lock
@@ -338,13 +339,18 @@ class OpenFiles:
                 if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0:
                     del self._nodes[node.name]
 
-    def settle(self, node: FileNode, cancel: bool = False) -> None:
-        """Let the node's uploads finish (``cancel``: drop the queued ones) before a delete or rename."""
+    def settle(self, node: FileNode, cancel: bool = False) -> list[str]:
+        """Let the node's uploads finish (``cancel``: drop the queued ones) before a delete or rename.
+
+        Waits while uploads are moving; UploadStillPending once none has moved for ``op_timeout``.
+        With ``cancel``, returns the MD5s of dropped versions that had been tried (and so may be
+        in the bucket, if an answer was lost).
+        """
         if cancel:
-            self.uploader.cancel(node.name)
-        else:
-            self.save(node)
-            self.uploader.wait_name(node.name)
+            return self.uploader.cancel(node.name, idle=self.op_timeout)
+        self.save(node)
+        self.uploader.wait_name(node.name, idle=self.op_timeout)
+        return []
 
     def recover(self, entries: list[Entry]) -> None:
         """Show the uploads an earlier mount left (oldest first) as the files' local versions."""
@@ -383,7 +389,7 @@ class OpenFiles:
         if handle.writable:
             self.save(handle.node)
             if self.upload_on_close:
-                self.uploader.wait_name(handle.node.name)
+                self.uploader.wait_name(handle.node.name, self.fsync_timeout)
 
     def fsync(self, fh: int) -> None:
         """fsync(2): returns once the file (whoever changed it) is in the bucket."""

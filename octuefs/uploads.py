@@ -28,9 +28,17 @@ the bucket meanwhile, nothing is overwritten: our version goes up beside it unde
 name (``data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``), a warning names both versions,
 and ``octuefs status`` lists it.
 
+Waiting for an upload: ``fsync`` waits up to ``--fsync-timeout``; a rename or unlink that must
+let a file's upload finish first waits while uploads are moving (reading data to send, or
+landing) and gives up with :class:`~octuefs.errors.UploadStillPending` once none has moved for
+its ``idle`` limit (``--op-timeout``): the bucket is not answering, and a FUSE call must not
+hang on it. When an upload lands, uploads that were waiting to retry for want of the bucket are
+tried again at once: it answers again.
+
 Lock: ``_cond`` (a Condition) guards ``_entries`` and every Entry's mutable state. No network
 I/O is done while holding it. Journaling is (an entry's precondition and chaining depend on
 what else is queued): a close's two fsyncs, whose data a large file flushed beforehand.
+``_moved_at`` (a float, written whole) is read without it.
 """
 
 from __future__ import annotations
@@ -48,7 +56,15 @@ import uuid
 from collections.abc import Callable
 
 from .cachespace import bytes_in
-from .errors import Conflict, NotFound, OctuefsError, PreconditionFailed, UploadFailed
+from .errors import (
+    Conflict,
+    NotFound,
+    OctuefsError,
+    PreconditionFailed,
+    TransientError,
+    UploadFailed,
+    UploadStillPending,
+)
 from .storage.base import Bucket, ObjectInfo
 from .storage.retry import file_md5
 
@@ -75,6 +91,7 @@ class Entry:
     next_try: float = 0.0
     result: ObjectInfo | None = None
     conflict_name: str | None = None
+    waits_for_bucket: bool = False  # its last attempt failed for want of the bucket (transient)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def record(self) -> dict:
@@ -347,6 +364,7 @@ class Uploader:
         self._threads = [threading.Thread(target=self._work, name=f"octuefs-upload-{i}", daemon=True)
                          for i in range(workers)]
         self._new_id = new_id or journal.new_id
+        self._moved_at = time.monotonic()  # when an upload last read data to send, or landed
 
     def start(self, recovered: list[Entry] = ()) -> None:
         with self._cond:
@@ -404,36 +422,72 @@ class Uploader:
 
     # --- waiting and status ---------------------------------------------------------------------
 
-    def wait(self, entry: Entry, timeout: float | None = None) -> ObjectInfo | None:
-        """Wait until ``entry`` is in the bucket. Conflict if it went up beside the original."""
-        if not entry.done.wait(timeout):
-            raise UploadFailed(f"{entry.name!r} is not in the bucket yet ({entry.last_error or 'still queued'}); "
-                               "it stays queued")
+    def moved(self) -> None:
+        """An upload is moving: it read data to send, or it landed."""
+        self._moved_at = time.monotonic()
+
+    def wait(self, entry: Entry, timeout: float | None = None, idle: float | None = None) -> ObjectInfo | None:
+        """Wait until ``entry`` is in the bucket. Conflict if it went up beside the original.
+
+        ``timeout``: UploadFailed after that long. ``idle``: UploadStillPending once no upload
+        has moved for that long (the bucket is not answering). Either way it stays queued.
+        """
+        start = time.monotonic()
+        while not entry.done.wait(0.2 if idle is not None else timeout):
+            now = time.monotonic()
+            if timeout is not None and now - start >= timeout:
+                raise UploadFailed(f"{entry.name!r} is not in the bucket yet ({entry.last_error or 'still queued'}); "
+                                   "it stays queued")
+            if idle is not None and now - max(start, self._moved_at) >= idle:
+                raise self._still_pending(entry.name, entry, idle)
         if entry.state == CONFLICT:
             raise Conflict(f"{entry.name!r} changed in the bucket; this version was saved as {entry.conflict_name!r}")
         return entry.result
+
+    @staticmethod
+    def _still_pending(name: str, entry: Entry, idle: float) -> UploadStillPending:
+        why = f"last error: {entry.last_error}" if entry.last_error else f"{entry.state}, attempt {entry.attempts}"
+        return UploadStillPending(f"{name!r} is waiting for its upload, and no upload has moved for {idle:.0f}s "
+                                  f"({why}); it stays queued: try again once `octuefs sync` returns")
 
     def pending_for(self, name: str) -> list[Entry]:
         with self._cond:
             return [e for e in self._entries.values() if e.name == name]
 
-    def wait_name(self, name: str, timeout: float | None = None) -> None:
+    def wait_name(self, name: str, timeout: float | None = None, idle: float | None = None) -> None:
         for entry in self.pending_for(name):
-            self.wait(entry, timeout)
+            self.wait(entry, timeout, idle)
 
-    def cancel(self, name: str) -> None:
-        """Drop queued uploads of ``name`` (it is being deleted); let a running one finish."""
-        with self._cond:
-            doomed = [e for e in self._entries.values() if e.name == name and e.state == QUEUED]
+    def cancel(self, name: str, idle: float | None = None) -> list[str]:
+        """Drop queued uploads of ``name`` (it is being deleted); let a running attempt end first.
+
+        ``idle``: give up (UploadStillPending) once no upload has moved for that long while an
+        attempt of ``name`` is still running; what was queued stays cancelled. Returns the MD5s
+        of the dropped versions that had been tried: a failed attempt may have landed all the
+        same, its answer lost.
+        """
+        start = time.monotonic()
+        doomed: list[Entry] = []
+        tried: list[str] = []
+        try:
+            with self._cond:
+                while True:
+                    for e in [e for e in self._entries.values() if e.name == name and e.state == QUEUED]:
+                        del self._entries[e.id]
+                        e.state = DONE
+                        e.done.set()
+                        doomed.append(e)
+                    running = [e for e in self._entries.values() if e.name == name]
+                    if not running:
+                        break
+                    if idle is not None and time.monotonic() - max(start, self._moved_at) >= idle:
+                        raise self._still_pending(name, running[0], idle)
+                    self._cond.wait(0.2 if idle is not None else None)
+            tried = [file_md5(self.journal.data_path(e.id)) for e in doomed if e.attempts]
+        finally:
             for e in doomed:
-                del self._entries[e.id]
-                e.state = DONE
-                e.done.set()
-            running = [e for e in self._entries.values() if e.name == name]
-        for e in doomed:
-            self.journal.remove(e)
-        for e in running:
-            e.done.wait()
+                self.journal.remove(e)
+        return tried
 
     def snapshot(self) -> list[Entry]:
         with self._cond:
@@ -503,7 +557,7 @@ class Uploader:
         data = self.journal.data_path(entry.id)
         try:
             info = self.bucket.upload_file(entry.name, data, entry.metadata, if_generation_match=entry.base_generation,
-                                           content_type=entry.content_type)
+                                           content_type=entry.content_type, progress=self.moved)
         except PreconditionFailed:
             info = self._already_there(entry, data)
             if info is None:
@@ -540,7 +594,7 @@ class Uploader:
         metadata["octue__id"] = json.dumps(str(uuid.uuid4()))  # a new object, so a new Octue id
         try:
             info = self.bucket.upload_file(target, data, metadata, if_generation_match=0,
-                                           content_type=entry.content_type)
+                                           content_type=entry.content_type, progress=self.moved)
         except (OctuefsError, OSError) as exc:
             self._retry_later(entry, exc)
             return
@@ -558,6 +612,7 @@ class Uploader:
         log.warning("upload of %r failed (attempt %d), retrying in %.1fs: %s", entry.name, entry.attempts, delay, exc)
         with self._cond:
             entry.state, entry.last_error = QUEUED, str(exc)
+            entry.waits_for_bucket = isinstance(exc, TransientError)
             entry.next_try = time.monotonic() + delay
             self._cond.notify_all()
 
@@ -565,11 +620,17 @@ class Uploader:
         # Tell the file layer first, while the entry still counts as running: a version
         # closed meanwhile then chains after it instead of reusing a stale precondition.
         entry.state, entry.result = state, info
+        self.moved()
         try:
             self.on_done(entry)  # may adopt the data file into the content cache
         except Exception:
             log.exception("after uploading %r", entry.name)
         with self._cond:
+            now = time.monotonic()
+            for other in self._entries.values():  # the bucket answers again: no need to wait
+                if other.state == QUEUED and other.waits_for_bucket and other.next_try > now:
+                    other.next_try = now
+                    other.waits_for_bucket = False
             for successor in self._entries.values():
                 if successor.after == entry.id:
                     # A later version of the same object: it replaces what we just wrote, or,

@@ -14,7 +14,9 @@ memory) honours the same contract, checked by ``tests/contract``:
 * Errors are only octuefs's own (:mod:`octuefs.errors`): ``NotFound``, ``BucketNotFound``,
   ``PreconditionFailed``, ``PermissionDenied``, ``TransientError``, ``RangeNotSatisfiable``.
   Transient failures are retried inside the implementation (exponential backoff, bounded
-  total time, see :class:`RetryPolicy`) before ``TransientError`` reaches the caller.
+  total time, see :class:`RetryPolicy`) before ``TransientError`` reaches the caller, as a
+  ``BucketUnreachable`` saying what failed and for how long. :meth:`Bucket.bounded` gives a view
+  whose every call ends within a short deadline, for callers someone is waiting on.
 * All methods are safe to call from many threads at once.
 """
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 
 
@@ -74,6 +76,13 @@ class Bucket(abc.ABC):
     """An object store bucket. See the module docstring for the contract."""
 
     name: str
+
+    def bounded(self, deadline: float) -> Bucket:
+        """This bucket for calls someone is waiting on: each call, retries included, ends within
+        about ``deadline`` seconds or raises BucketUnreachable (see :mod:`octuefs.storage.bounded`)."""
+        from octuefs.storage.bounded import BoundedBucket
+
+        return BoundedBucket(self, deadline)
 
     @abc.abstractmethod
     def list_page(
@@ -135,12 +144,15 @@ class Bucket(abc.ABC):
         metadata: Mapping[str, str],
         if_generation_match: int | None = None,
         content_type: str | None = None,
+        *,
+        progress: Callable[[], None] | None = None,
     ) -> ObjectInfo:
         """Create or replace the object from a local file, with its custom metadata, in ONE request.
 
         ``metadata`` becomes the object's whole custom metadata. ``if_generation_match`` is the
         generation being replaced (0: must not exist yet); a mismatch raises
-        ``PreconditionFailed`` and leaves the object as it was.
+        ``PreconditionFailed`` and leaves the object as it was. ``progress`` is called whenever
+        a part of the file is read to be sent (a sign that the upload is moving).
         """
 
     def upload_bytes(

@@ -15,7 +15,9 @@ Test hooks:
 * :meth:`FakeBucket.fail_next`: make the next N attempts of an operation raise an error, before
   or after the operation takes effect (``after=True`` simulates a lost response).
 * :meth:`FakeBucket.set_fault_rate`: fail a random fraction of attempts.
-* :meth:`FakeBucket.set_latency`: sleep before every attempt (outside the lock).
+* :meth:`FakeBucket.set_latency`: sleep before every attempt (outside the lock). Inside a
+  bounded call (:mod:`octuefs.storage.bounded`) an attempt waits at most its attempt timeout
+  and then fails as timed out, like a request to a server that does not answer.
 * ``clock``: a callable returning POSIX seconds, used for ``updated`` (and generations).
 
 Transient failures go through the same :class:`~octuefs.storage.retry.Retrier` as
@@ -44,9 +46,11 @@ from collections.abc import Callable, Mapping
 from octuefs.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, TransientError
 from octuefs.storage import guess_content_type
 from octuefs.storage.base import Bucket, ListPage, ObjectInfo, RetryPolicy
-from octuefs.storage.retry import Retrier, confirm_delete, confirm_upload
+from octuefs.storage.retry import Retrier, confirm_copy, confirm_delete, confirm_upload, current_bound, cut_to
 
 OPERATIONS = ("list", "stat", "read", "download", "upload", "patch", "copy", "delete")
+_DOING = {"list": "listing", "stat": "looking up", "read": "reading", "download": "downloading",
+          "upload": "uploading", "patch": "changing the metadata in", "copy": "copying in", "delete": "deleting in"}
 
 FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.01, multiplier=2.0, deadline=2.0)
 
@@ -224,12 +228,17 @@ class FakeBucket(Bucket):
     def _run(self, operation: str, act: Callable[[], object], after_ambiguous=None):
         """One logical call: attempts (each counted, delayed, maybe failed) under the retrier."""
 
-        def attempt():
+        def attempt(left: float):
             with self._lock:
                 self.calls[operation] += 1
                 latency = self.latency
                 fault = self._take_fault(operation)
             if latency:
+                bound = current_bound()
+                limit = cut_to(bound.attempt_timeout, left) if bound is not None else None
+                if limit is not None and latency > limit:  # a bounded call stops waiting
+                    self._sleep(limit)
+                    raise TransientError(f"fake://{self.name}: {operation}: no answer within {limit:.1f}s")
                 self._sleep(latency)
             if fault is not None and not fault[1]:
                 raise _make(fault[0])
@@ -239,7 +248,7 @@ class FakeBucket(Bucket):
                 raise _make(fault[0])
             return result
 
-        return self._retrier.call(attempt, f"{operation} fake://{self.name}", after_ambiguous)
+        return self._retrier.call_within(attempt, f"{_DOING[operation]} fake://{self.name}", after_ambiguous)
 
     def _take_fault(self, operation: str) -> tuple[ErrorSpec, bool] | None:  # LOCKS_REQUIRED(_lock)
         for key in (operation, None):
@@ -369,9 +378,13 @@ class FakeBucket(Bucket):
         metadata: Mapping[str, str],
         if_generation_match: int | None = None,
         content_type: str | None = None,
+        *,
+        progress: Callable[[], None] | None = None,
     ) -> ObjectInfo:
         with open(path, "rb") as f:
             data = f.read()
+        if progress is not None:
+            progress()
         return self.upload_bytes(name, data, metadata, if_generation_match, content_type)
 
     def upload_bytes(
@@ -452,7 +465,8 @@ class FakeBucket(Bucket):
             self._put(obj)
             return obj.info()
 
-        return self._run("copy", act)
+        resolve = confirm_copy(self.stat, source, destination, if_source_generation_match, if_generation_match)
+        return self._run("copy", act, after_ambiguous=resolve)
 
     def delete(self, name: str, if_generation_match: int | None = None) -> None:
         def act() -> None:

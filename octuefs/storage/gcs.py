@@ -48,11 +48,12 @@ from octuefs.errors import (
 )
 from octuefs.storage import guess_content_type
 from octuefs.storage.base import Bucket, ListPage, ObjectInfo, RetryPolicy
-from octuefs.storage.retry import Retrier, confirm_delete, confirm_upload
+from octuefs.storage.retry import Retrier, confirm_copy, confirm_delete, confirm_upload, current_bound, cut_to
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Timeout = float | tuple[float, float]  # seconds, or (connect, read), per HTTP request
 
 EMULATOR_PROJECT = "octuefs-local"
 POOL_SIZE = 64  # HTTP connections kept per host: enough for the FUSE threads plus uploads
@@ -78,6 +79,16 @@ def _status_of(exc: BaseException) -> int | None:
     if isinstance(exc, storage_exceptions.InvalidResponse):  # media transfers, if not re-wrapped
         return getattr(getattr(exc, "response", None), "status_code", None)
     return None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (its number-of-seconds form), at most a minute."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        value = float(headers.get("Retry-After", ""))
+    except (TypeError, ValueError):
+        return None
+    return min(max(value, 0.0), 60.0) or None
 
 
 def _short(exc: BaseException) -> str:
@@ -115,7 +126,7 @@ def translate_error(exc: BaseException, bucket: str, name: str | None = None) ->
         if status == 416:
             return RangeNotSatisfiable(f"{where}: requested range not satisfiable")
         if status in _TRANSIENT_STATUS or status >= 500:
-            return TransientError(f"{where}: HTTP {status}: {_short(exc)}")
+            return TransientError(f"{where}: HTTP {status}: {_short(exc)}", retry_after=_retry_after(exc))
         return StorageError(f"{where}: HTTP {status}: {_short(exc)}")
     if isinstance(exc, auth_exceptions.DefaultCredentialsError):
         return PermissionDenied(CREDENTIALS_HINT)
@@ -200,6 +211,22 @@ def _info(blob: storage.Blob) -> ObjectInfo | None:
     )
 
 
+class _Reporting:
+    """A file being uploaded that calls ``progress()`` after each read: the upload is moving."""
+
+    def __init__(self, f, progress: Callable[[], None]):
+        self._f = f
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._progress()
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
 # --- the bucket ----------------------------------------------------------------------------
 
 
@@ -245,24 +272,38 @@ class GCSBucket(Bucket):
 
     def _call(
         self,
-        what: str,
-        fn: Callable[[], T],
+        verb: str,
+        fn: Callable[[Timeout], T],
         name: str | None = None,
         after_ambiguous: Callable[[Exception], T] | None = None,
+        shown: str | None = None,
     ) -> T:
-        """Run ``fn`` with errors translated and transient failures retried."""
+        """Run ``fn(timeout)`` with errors translated and transient failures retried.
 
-        def attempt() -> T:
+        ``verb`` and ``shown`` (default ``name``) say what is being done, for the log and for
+        the error once retries run out: "listing gs://b/dir/". Each attempt's timeout is this
+        bucket's, cut short inside a bounded call (see :mod:`octuefs.storage.retry`).
+        """
+
+        def attempt(left: float) -> T:
             try:
-                return fn()
+                return fn(self._attempt_timeout(left))
             except Exception as exc:
                 ours = translate_error(exc, self.name, name)
                 if ours is exc:
                     raise
                 raise ours from exc
 
-        where = f"gs://{self.name}/{name}" if name is not None else f"gs://{self.name}"
-        return self._retrier.call(attempt, f"{what} {where}", after_ambiguous)
+        what = f"{verb} gs://{self.name}/{shown if shown is not None else name or ''}"
+        return self._retrier.call_within(attempt, what, after_ambiguous)
+
+    def _attempt_timeout(self, left: float) -> Timeout:
+        bound = current_bound()
+        if bound is None:
+            return self.timeout
+        cut = cut_to(bound.attempt_timeout, left)
+        connect, read = self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
+        return (min(connect, cut), min(read, cut))
 
     def _complete(self, blob: storage.Blob) -> ObjectInfo:
         """ObjectInfo from a write's response, stat-ing again if the response lacks fields."""
@@ -281,7 +322,7 @@ class GCSBucket(Bucket):
         page_token: str | None = None,
         max_results: int = 1000,
     ) -> ListPage:
-        def attempt() -> ListPage:
+        def attempt(timeout: Timeout) -> ListPage:
             # One request per page, tokens driven by the caller (page_size, not max_results:
             # the library's max_results counts items across pages and stops early).
             it = self._client.list_blobs(
@@ -291,7 +332,7 @@ class GCSBucket(Bucket):
                 page_size=max_results,
                 page_token=page_token or None,
                 retry=None,
-                timeout=self.timeout,
+                timeout=timeout,
             )
             page = next(it.pages)
             objects = []
@@ -302,15 +343,15 @@ class GCSBucket(Bucket):
                 objects.append(info)
             return ListPage(objects, list(page.prefixes), it.next_page_token or None)
 
-        return self._call("list", attempt)
+        return self._call("listing", attempt, shown=prefix)
 
     def _stat(self, name: str, generation: int | None = None) -> ObjectInfo:
-        def attempt() -> ObjectInfo:
+        def attempt(timeout: Timeout) -> ObjectInfo:
             blob = self._bucket.blob(name, generation=generation)
-            blob.reload(retry=None, timeout=self.timeout)
+            blob.reload(retry=None, timeout=timeout)
             return blob
 
-        info = _info(self._call("stat", attempt, name))
+        info = _info(self._call("looking up", attempt, name))
         if info is None:
             raise StorageError(f"gs://{self.name}/{name}: the server's answer lacks generation or size")
         return info
@@ -324,14 +365,14 @@ class GCSBucket(Bucket):
         if end == start:
             return b""
 
-        def attempt() -> bytes:
+        def attempt(timeout: Timeout) -> bytes:
             blob = self._bucket.blob(name, generation=generation)
             return blob.download_as_bytes(
-                start=start, end=end - 1, raw_download=True, checksum=None, retry=None, timeout=self.timeout
+                start=start, end=end - 1, raw_download=True, checksum=None, retry=None, timeout=timeout
             )
 
         try:
-            return self._call("read", attempt, name)
+            return self._call("reading", attempt, name)
         except RangeNotSatisfiable:
             if self._stat(name, generation).size == 0:  # GCS answers 416 to any range of an empty object
                 return b""
@@ -356,13 +397,13 @@ class GCSBucket(Bucket):
         try:
             with os.fdopen(fd, "wb") as f:
 
-                def attempt() -> None:
+                def attempt(timeout: Timeout) -> None:
                     f.seek(0)
                     f.truncate()
                     blob = self._bucket.blob(name, generation=generation)
-                    blob.download_to_file(f, raw_download=True, retry=None, timeout=self.timeout)
+                    blob.download_to_file(f, raw_download=True, retry=None, timeout=timeout)
 
-                self._call("download", attempt, name)
+                self._call("downloading", attempt, name)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -380,10 +421,12 @@ class GCSBucket(Bucket):
         metadata: Mapping[str, str],
         if_generation_match: int | None = None,
         content_type: str | None = None,
+        *,
+        progress: Callable[[], None] | None = None,
     ) -> ObjectInfo:
         content_type = content_type or guess_content_type(name)
 
-        def attempt() -> storage.Blob:
+        def attempt(timeout: Timeout) -> storage.Blob:
             # Resumable chunks of 32 MiB, not the library's 100 MiB: each chunk is held in memory
             # (about twice), and the daemon's RSS must stay bounded whatever the file size.
             blob = self._bucket.blob(name, chunk_size=UPLOAD_CHUNK_SIZE)
@@ -391,19 +434,19 @@ class GCSBucket(Bucket):
             blob.content_type = content_type
             with open(path, "rb") as f:
                 blob.upload_from_file(
-                    f,
+                    _Reporting(f, progress) if progress is not None else f,
                     size=os.fstat(f.fileno()).st_size,
                     content_type=content_type,
                     if_generation_match=if_generation_match,
                     retry=None,
-                    timeout=self.timeout,
+                    timeout=timeout,
                 )
             return blob
 
         # If a lost response made us retry a create-only/replace upload, the retry fails its
         # precondition because the first attempt worked: confirm_upload recognises that case.
         resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
-        result = self._call("upload", attempt, name, after_ambiguous=resolve)
+        result = self._call("uploading", attempt, name, after_ambiguous=resolve)
         return result if isinstance(result, ObjectInfo) else self._complete(result)
 
     def patch_metadata(
@@ -417,7 +460,7 @@ class GCSBucket(Bucket):
         if not changes and content_type is None:
             return self._check_only(name, if_metageneration_match, if_generation_match)
 
-        def attempt() -> storage.Blob:
+        def attempt(timeout: Timeout) -> storage.Blob:
             blob = self._bucket.blob(name)
             if changes:
                 blob.metadata = dict(changes)  # None values delete keys
@@ -427,11 +470,11 @@ class GCSBucket(Bucket):
                 if_generation_match=if_generation_match,
                 if_metageneration_match=if_metageneration_match,
                 retry=None,
-                timeout=self.timeout,
+                timeout=timeout,
             )
             return blob
 
-        return self._complete(self._call("patch", attempt, name))
+        return self._complete(self._call("changing the metadata of", attempt, name))
 
     def _check_only(self, name: str, if_metageneration_match: int | None, if_generation_match: int | None) -> ObjectInfo:
         """A patch with nothing to change: check the preconditions against a stat."""
@@ -454,28 +497,33 @@ class GCSBucket(Bucket):
         src = self._bucket.blob(source)
         dst = self._bucket.blob(destination)
         token: str | None = None
+        resolve = confirm_copy(self.stat, source, destination, if_source_generation_match, if_generation_match)
         while True:  # rewrite may take several calls for a large object; each call is retried
 
-            def attempt() -> str | None:
+            def attempt(timeout: Timeout) -> str | None:
                 new_token, _done, _total = dst.rewrite(
                     src,
                     token=token,
                     if_generation_match=if_generation_match,
                     if_source_generation_match=if_source_generation_match,
                     retry=None,
-                    timeout=self.timeout,
+                    timeout=timeout,
                 )
                 return new_token
 
-            token = self._call("copy", attempt, source)
+            shown = f"{source} to gs://{self.name}/{destination}"
+            result = self._call("copying", attempt, source, after_ambiguous=resolve, shown=shown)
+            if isinstance(result, ObjectInfo):  # an attempt whose answer was lost had done it
+                return result
+            token = result
             if token is None:
                 return self._complete(dst)
 
     def delete(self, name: str, if_generation_match: int | None = None) -> None:
-        def attempt() -> None:
-            self._bucket.blob(name).delete(if_generation_match=if_generation_match, retry=None, timeout=self.timeout)
+        def attempt(timeout: Timeout) -> None:
+            self._bucket.blob(name).delete(if_generation_match=if_generation_match, retry=None, timeout=timeout)
 
-        self._call("delete", attempt, name, after_ambiguous=confirm_delete)
+        self._call("deleting", attempt, name, after_ambiguous=confirm_delete)
 
     # --- the bucket itself ---------------------------------------------------------------
 
@@ -497,10 +545,10 @@ class GCSBucket(Bucket):
     def create(self, location: str | None = None) -> None:
         """Create the bucket (used for emulators and tests); nothing happens if it exists."""
 
-        def attempt() -> None:
+        def attempt(timeout: Timeout) -> None:
             try:
-                self._client.create_bucket(self.name, location=location, retry=None, timeout=self.timeout)
+                self._client.create_bucket(self.name, location=location, retry=None, timeout=timeout)
             except api_exceptions.Conflict:
                 pass
 
-        self._call("create bucket", attempt)
+        self._call("creating bucket", attempt)

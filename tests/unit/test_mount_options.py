@@ -18,3 +18,18 @@ def test_a_private_mount_leaves_permission_checks_alone():
 
 def test_an_open_file_is_unlinked_for_real():
     assert fuse_kwargs(MountConfig(bucket="b", mountpoint="/mnt"))["hard_remove"] is True
+
+
+def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positive():
+    import pytest
+
+    from octuefs.cli import build_parser, config_from_args
+
+    def config(*argv: str) -> MountConfig:
+        return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
+
+    assert config().op_timeout == 30.0
+    assert config("--op-timeout", "3").op_timeout == 3.0
+    assert config("-o", "op_timeout=7.5,allow_other").op_timeout == 7.5
+    with pytest.raises(ValueError, match="op_timeout"):
+        config("--op-timeout", "0")

@@ -1,0 +1,398 @@
+"""A fault-injecting HTTP proxy for tests and ``scripts/faults.py`` (standard library only).
+
+:class:`FaultProxy` listens on 127.0.0.1 and forwards each request to an upstream server (a
+fake-gcs-server), failing a chosen fraction of them on the way. Point a client at
+:attr:`FaultProxy.url` instead of the server (``STORAGE_EMULATOR_HOST``). Faults, by name:
+
+``503``, ``503_retry``, ``429``
+    answered by the proxy without forwarding (``503_retry`` carries ``Retry-After: 1``).
+``reset_before``
+    the connection is reset (RST) after the request is read, before it is forwarded.
+``reset_after``
+    the request is forwarded (so the server acts on it), then the client gets the status line,
+    headers and half the body at most before the connection is reset: a lost or truncated
+    response.
+``stall``
+    the request is read and never answered, until :meth:`FaultProxy.heal` (or ``stall_seconds``)
+    resets the connection: longer than any client timeout.
+``slow``
+    forwarded, but the response starts late and its body trickles, ``slow_seconds`` in all.
+
+Each request draws one random number from a seeded generator: with fractions ``{"503": 0.1,
+"slow": 0.2}`` a tenth of the requests get a 503 and a fifth are slow. ``only`` limits faults to
+some kinds of request (``json``, ``list``, ``download``, ``upload``). Request bodies are streamed
+to the server as they arrive, chunked or with a Content-Length, so resumable and multipart uploads
+pass; a ``Location`` header naming the server is rewritten to name the proxy, so the chunks of a
+resumable upload come back through it. :attr:`FaultProxy.counts` says what was injected.
+
+    with FaultProxy(emulator.url, seed=1, faults={"503": 0.1, "reset_after": 0.05}) as proxy:
+        os.environ["STORAGE_EMULATOR_HOST"] = proxy.url
+        ...
+        proxy.set_faults({"stall": 1.0})   # the network hangs
+        proxy.heal()                       # and comes back: stalled connections are reset
+
+Run as a script to put one in front of a server by hand:
+``python tests/faultproxy.py http://127.0.0.1:4443 --fault 503=0.1 --fault slow=0.2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.client
+import http.server
+import json
+import random
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+
+FAULTS = ("503", "503_retry", "429", "reset_before", "reset_after", "stall", "slow")
+KINDS = ("json", "list", "download", "upload")
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+               "proxy-connection", "proxy-authenticate", "proxy-authorization"}
+_PIECE = 64 * 1024
+
+
+def kind_of(method: str, target: str) -> str:
+    """What a request to the JSON API is: an upload, a media download, a listing, or other JSON."""
+    path, _, query = target.partition("?")
+    if path.startswith("/upload/"):
+        return "upload"
+    if path.startswith("/download/") or "alt=media" in query:
+        return "download"
+    parts = path.rstrip("/").split("/")  # "", storage, v1, b, BUCKET, o
+    if method == "GET" and len(parts) == 6 and parts[1:4] == ["storage", "v1", "b"] and parts[5] == "o":
+        return "list"
+    return "json"
+
+
+class FaultProxy:
+    """See the module docstring. Thread-safe; ``_lock`` guards the generator, the fractions,
+    the counts and the set of stalled connections."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        faults: Mapping[str, float] | None = None,
+        only: tuple[str, ...] | None = None,
+        stall_seconds: float = 600.0,
+        slow_seconds: tuple[float, float] = (0.2, 1.0),
+        port: int = 0,
+    ):
+        parsed = urllib.parse.urlsplit(upstream if "//" in upstream else "http://" + upstream)
+        self.upstream = f"{parsed.scheme}://{parsed.netloc}"
+        self._up_host, self._up_port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.stall_seconds = stall_seconds
+        self.slow_seconds = slow_seconds
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._fractions: dict[str, float] = {}
+        self._only: frozenset[str] | None = None
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._stalled: set[threading.Event] = set()
+        self.set_faults(faults or {}, only)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self._server.proxy = self  # type: ignore[attr-defined]
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    # --- control -------------------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="faultproxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.heal()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def set_faults(self, faults: Mapping[str, float], only: tuple[str, ...] | None = None) -> None:
+        """Replace the fractions of requests to fail, by fault name (see FAULTS); the rest pass."""
+        unknown = set(faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
+        if only is not None and set(only) - set(KINDS):
+            raise ValueError(f"unknown request kinds {sorted(set(only) - set(KINDS))}; known: {KINDS}")
+        if any(f < 0 for f in faults.values()) or sum(faults.values()) > 1 + 1e-9:
+            raise ValueError(f"fractions must be >= 0 and add up to at most 1: {dict(faults)}")
+        with self._lock:
+            self._fractions = {k: float(v) for k, v in faults.items() if v > 0}
+            self._only = frozenset(only) if only is not None else None
+
+    def heal(self) -> None:
+        """No more faults; every stalled connection is reset now (so its client retries at once)."""
+        with self._lock:
+            self._fractions = {}
+            stalled, self._stalled = self._stalled, set()
+        for event in stalled:
+            event.set()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How often each fault was injected; ``requests`` (also by kind: ``requests_upload``...),
+        ``forwarded`` (reached the server, ``reset_after`` included) and ``upstream_errors``."""
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def injected(self) -> int:
+        counts = self.counts
+        return sum(counts.get(f, 0) for f in FAULTS)
+
+    # --- used by the handler -------------------------------------------------------------
+
+    def _choose(self, kind: str) -> str | None:
+        with self._lock:
+            self._counts["requests"] += 1
+            self._counts[f"requests_{kind}"] += 1
+            draw = self._random.random()
+            if self._only is not None and kind not in self._only:
+                return None
+            edge = 0.0
+            for fault in FAULTS:
+                edge += self._fractions.get(fault, 0.0)
+                if draw < edge:
+                    self._counts[fault] += 1
+                    return fault
+            return None
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self._counts[what] += 1
+
+    def _uniform(self, low: float, high: float) -> float:
+        with self._lock:
+            return self._random.uniform(low, high)
+
+    def _stall(self, conn: socket.socket) -> None:
+        """Hold ``conn`` unanswered until healed, ``stall_seconds`` pass, or its client leaves."""
+        event = threading.Event()
+        with self._lock:
+            self._stalled.add(event)
+        end = time.monotonic() + self.stall_seconds
+        try:
+            while not event.wait(0.2) and time.monotonic() < end:
+                if select.select([conn], [], [], 0)[0]:  # readable while waiting: the client hung up
+                    try:
+                        if not conn.recv(1, socket.MSG_PEEK):
+                            return
+                    except OSError:
+                        return
+        finally:
+            with self._lock:
+                self._stalled.discard(event)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "faultproxy"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def do_GET(self) -> None:
+        self._proxy()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
+
+    @property
+    def proxy(self) -> FaultProxy:
+        return self.server.proxy  # type: ignore[attr-defined]
+
+    # --- the request -------------------------------------------------------------------------
+
+    def _proxy(self) -> None:
+        fault = self.proxy._choose(kind_of(self.command, self.path))
+        if fault in ("503", "503_retry", "429"):
+            self._drain()
+            self._refuse(fault)
+            return
+        if fault in ("reset_before", "stall"):
+            self._drain()
+            if fault == "stall":
+                self.proxy._stall(self.connection)
+            self._reset()
+            return
+        try:
+            upstream = self._forward()
+            response = upstream.getresponse()
+        except OSError as exc:  # the server itself is unreachable: say so, as a gateway would
+            self.proxy._count("upstream_errors")
+            self._send_error(502, f"faultproxy: upstream {self.proxy.upstream} failed: {exc}")
+            return
+        self.proxy._count("forwarded")
+        try:
+            self._respond(response, fault)
+        finally:
+            upstream.close()
+
+    def _body(self) -> Iterator[bytes]:
+        """The request body as it arrives, de-chunked if it was sent chunked."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return
+                yield self.rfile.read(size)
+                self.rfile.readline()  # the CRLF after each chunk
+        left = int(self.headers.get("Content-Length") or 0)
+        while left > 0:
+            piece = self.rfile.read(min(_PIECE, left))
+            if not piece:
+                raise ConnectionError("client closed the connection mid-body")
+            left -= len(piece)
+            yield piece
+
+    def _drain(self) -> None:
+        for _ in self._body():
+            pass
+
+    def _forward(self) -> http.client.HTTPConnection:
+        """Send the request upstream, streaming its body; return the connection."""
+        conn = http.client.HTTPConnection(self.proxy._up_host, self.proxy._up_port, timeout=300)
+        conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        for key, value in self.headers.items():
+            low = key.lower()
+            if low == "host":
+                value = f"{self.proxy._up_host}:{self.proxy._up_port}"
+            elif low in _HOP_BY_HOP:
+                continue
+            conn.putheader(key, value)
+        if chunked:
+            conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for piece in self._body():
+            if chunked:
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            else:
+                conn.send(piece)
+        if chunked:
+            conn.send(b"0\r\n\r\n")
+        return conn
+
+    # --- the response --------------------------------------------------------------------------
+
+    def _respond(self, response: http.client.HTTPResponse, fault: str | None) -> None:
+        proxy = self.proxy
+        delay = proxy._uniform(*proxy.slow_seconds) if fault == "slow" else 0.0
+        if delay:
+            time.sleep(delay / 2)
+        length = response.getheader("Content-Length")
+        no_body = self.command == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200
+        self.send_response_only(response.status, response.reason)
+        for key, value in response.getheaders():
+            low = key.lower()
+            if low in _HOP_BY_HOP or (low == "content-length" and length is None):
+                continue
+            if low == "location":
+                value = value.replace(proxy.upstream, proxy.url)
+            self.send_header(key, value)
+        chunked = length is None and not no_body
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        if response.will_close:
+            self.close_connection = True
+        if fault == "reset_after":
+            body = b"" if no_body else response.read()
+            if len(body) >= 2:  # the head and half the body; otherwise nothing at all arrives
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+            self._reset()
+            return
+        self.end_headers()
+        if no_body:
+            return
+        pieces = 0
+        while piece := response.read(_PIECE):
+            if delay and pieces < 4:
+                time.sleep(delay / 8)  # trickle: the first pieces come slowly
+            pieces += 1
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _refuse(self, fault: str) -> None:
+        status = 429 if fault == "429" else 503
+        reason = "Too Many Requests" if status == 429 else "Service Unavailable"
+        body = json.dumps({"error": {"code": status, "message": f"{reason} (injected by faultproxy)",
+                                     "errors": [{"message": reason, "reason": "backendError"}]}}).encode()
+        self.send_response_only(status, reason)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        if fault == "503_retry":
+            self.send_header("Retry-After", "1")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_error(self, status: int, message: str) -> None:
+        body = json.dumps({"error": {"code": status, "message": message}}).encode()
+        self.send_response_only(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def _reset(self) -> None:
+        """Close the client's connection with a TCP RST (SO_LINGER 0), not a clean FIN."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()  # the last reference to the descriptor but the socket's own
+            self.connection.close()
+        except OSError:
+            pass
+
+
+def _parse_fault(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    return name, float(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="A fault-injecting proxy in front of fake-gcs-server.")
+    p.add_argument("upstream", help="the server's URL, e.g. http://127.0.0.1:4443")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fault", action="append", type=_parse_fault, default=[], metavar="NAME=FRACTION",
+                   help=f"one of {', '.join(FAULTS)}; repeat for several")
+    args = p.parse_args(argv)
+    with FaultProxy(args.upstream, seed=args.seed, faults=dict(args.fault), port=args.port) as proxy:
+        print(f"faultproxy on {proxy.url} -> {proxy.upstream}; Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        print(json.dumps(proxy.counts, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

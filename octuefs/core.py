@@ -414,14 +414,14 @@ class FileSystem:
             self.files.renamed(node, dst_name, moved)
         self.cache.drop(src_name)
 
-    def _own_version(self, name: str, info: ObjectInfo | None, md5s: list[str]) -> ObjectInfo | None:
+    def _own_version(self, name: str, info: ObjectInfo | None, tried: list) -> ObjectInfo | None:
         """An upload dropped after a failed attempt may have landed all the same (its answer
         lost): if the bucket holds exactly one of those versions, that is the one to delete."""
         try:
             current = self.bucket.stat(name)
         except NotFound:
             return info
-        if current.md5 in md5s and (info is None or current.generation != info.generation):
+        if any(f.matches(current) for f in tried) and (info is None or current.generation != info.generation):
             log.info("a dropped upload of %r had landed after all (generation %d)", name, current.generation)
             return current
         return info

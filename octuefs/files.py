@@ -343,7 +343,7 @@ class OpenFiles:
         """Let the node's uploads finish (``cancel``: drop the queued ones) before a delete or rename.
 
         Waits while uploads are moving; UploadStillPending once none has moved for ``op_timeout``.
-        With ``cancel``, returns the MD5s of dropped versions that had been tried (and so may be
+        With ``cancel``, returns the fingerprints of dropped versions that had been tried (and so may be
         in the bucket, if an answer was lost).
         """
         if cancel:

@@ -10,6 +10,7 @@ import logging
 import threading
 
 from .errors import InvalidArgument, NameTooLong
+from .storage.base import PARTS_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class Namespace:
         rest = object_name[len(dir_prefix) :]
         if rest == "":
             return None  # the directory's own marker object
+        if not dir_prefix and rest == PARTS_PREFIX:
+            return None  # parts of large uploads being composed (storage.gcs)
         if rest.endswith("/"):
             rest = rest[:-1]
         reason = bad_segment_reason(rest) if "/" not in rest else "a double slash"

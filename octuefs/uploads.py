@@ -66,7 +66,7 @@ from .errors import (
     UploadStillPending,
 )
 from .storage.base import Bucket, ObjectInfo
-from .storage.retry import file_md5
+from .storage.retry import Fingerprint, file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -458,17 +458,17 @@ class Uploader:
         for entry in self.pending_for(name):
             self.wait(entry, timeout, idle)
 
-    def cancel(self, name: str, idle: float | None = None) -> list[str]:
+    def cancel(self, name: str, idle: float | None = None) -> list[Fingerprint]:
         """Drop queued uploads of ``name`` (it is being deleted); let a running attempt end first.
 
         ``idle``: give up (UploadStillPending) once no upload has moved for that long while an
-        attempt of ``name`` is still running; what was queued stays cancelled. Returns the MD5s
+        attempt of ``name`` is still running; what was queued stays cancelled. Returns the fingerprints
         of the dropped versions that had been tried: a failed attempt may have landed all the
         same, its answer lost.
         """
         start = time.monotonic()
         doomed: list[Entry] = []
-        tried: list[str] = []
+        tried: list[Fingerprint] = []
         try:
             with self._cond:
                 while True:
@@ -483,7 +483,7 @@ class Uploader:
                     if idle is not None and time.monotonic() - max(start, self._moved_at) >= idle:
                         raise self._still_pending(name, running[0], idle)
                     self._cond.wait(0.2 if idle is not None else None)
-            tried = [file_md5(self.journal.data_path(e.id)) for e in doomed if e.attempts]
+            tried = [file_fingerprint(self.journal.data_path(e.id)) for e in doomed if e.attempts]
         finally:
             for e in doomed:
                 self.journal.remove(e)
@@ -578,7 +578,7 @@ class Uploader:
             info = self.bucket.stat(entry.name)
         except NotFound:
             return None
-        if info.md5 == file_md5(data) and dict(info.metadata) == entry.metadata:
+        if file_fingerprint(data).matches(info) and dict(info.metadata) == entry.metadata:
             log.info("upload of %r was already in the bucket (generation %d)", entry.name, info.generation)
             return info
         return None

@@ -28,6 +28,10 @@ import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 
+# Where an implementation may keep the parts of a large upload while it composes them (at the
+# bucket's root); a mount hides it.
+PARTS_PREFIX = ".octuefs-parts/"
+
 
 @dataclasses.dataclass(frozen=True)
 class ObjectInfo:

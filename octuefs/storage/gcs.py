@@ -25,6 +25,9 @@ import os
 import re
 import socket
 import tempfile
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -47,7 +50,7 @@ from octuefs.errors import (
     TransientError,
 )
 from octuefs.storage import guess_content_type
-from octuefs.storage.base import Bucket, ListPage, ObjectInfo, RetryPolicy
+from octuefs.storage.base import PARTS_PREFIX, Bucket, ListPage, ObjectInfo, RetryPolicy
 from octuefs.storage.retry import Retrier, confirm_copy, confirm_delete, confirm_upload, current_bound, cut_to
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,17 @@ EMULATOR_PROJECT = "octuefs-local"
 POOL_SIZE = 64  # HTTP connections kept per host: enough for the FUSE threads plus uploads
 DEFAULT_TIMEOUT = (10.0, 60.0)  # seconds: (connect, read between bytes)
 UPLOAD_CHUNK_SIZE = 32 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
+# Parallel composite uploads: a file of at least COMPOSE_MIN bytes goes up as parts uploaded
+# side by side, then composed into the object in one request that carries its metadata and
+# precondition. One stream is bound by one connection's speed (and here by one thread); parts
+# measured 1.2-1.8x faster than one stream against fake-gcs-server on 2 cores. The cost: a
+# composed object has a CRC32C but no MD5 (octuefs identifies content by either), and a few
+# more requests. Parts live under PARTS_PREFIX at the bucket's root, hidden from the mount,
+# and are deleted once composed (or once the compose failed).
+COMPOSE_MIN = 64 * 1024 * 1024
+PART_CHUNK_SIZE = 16 * 1024 * 1024  # each part's resumable chunk (held in memory, about twice)
+MAX_PARTS = 32  # GCS composes at most 32 objects in one request
+_PART_SLOTS = threading.BoundedSemaphore(4)  # parts in flight at once, for all uploads: bounds RSS
 
 CREDENTIALS_HINT = (
     "no usable Google Cloud credentials: run `gcloud auth application-default login` "
@@ -227,6 +241,38 @@ class _Reporting:
         return getattr(self._f, name)
 
 
+class _Slice:
+    """Bytes ``[start, start + length)`` of an open file, read as a file of their own."""
+
+    def __init__(self, f, start: int, length: int):
+        self._f, self._start, self._length, self._pos = f, start, length, 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._pos
+        size = left if size is None or size < 0 else min(size, left)
+        data = os.pread(self._f.fileno(), size, self._start + self._pos) if size > 0 else b""
+        self._pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+
+def part_ranges(size: int, compose_min: int = COMPOSE_MIN) -> list[tuple[int, int]]:
+    """(start, length) of each part of a ``size``-byte composite upload: parts of half
+    ``compose_min`` (so at least two), fewer and larger past MAX_PARTS, each a multiple of
+    256 KiB but the last."""
+    quantum = 256 * 1024
+    part = max(compose_min // 2, -(-size // MAX_PARTS), quantum)
+    part = -(-part // quantum) * quantum
+    return [(start, min(part, size - start)) for start in range(0, size, part)]
+
+
 # --- the bucket ----------------------------------------------------------------------------
 
 
@@ -243,15 +289,18 @@ class GCSBucket(Bucket):
         *,
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
         endpoint: str | None = None,
+        compose_min: int = COMPOSE_MIN,
     ):
         """``endpoint``: an emulator's URL (overrides STORAGE_EMULATOR_HOST); ``timeout``: per
-        HTTP request, seconds or (connect, read)."""
+        HTTP request, seconds or (connect, read); ``compose_min``: the smallest file uploaded in
+        parallel parts (0: never)."""
         self.name = name
         self.retry_policy = retry
         self.timeout = timeout
         self._client = client if client is not None else make_client(project, endpoint=endpoint)
         self._bucket = self._client.bucket(name)
         self._retrier = Retrier(retry)
+        self.compose_min = compose_min  # 0: never a composite upload
 
     def __repr__(self) -> str:
         return f"GCSBucket({self.name!r}, endpoint={self.endpoint!r})"
@@ -268,7 +317,8 @@ class GCSBucket(Bucket):
 
     def with_retry(self, retry: RetryPolicy, timeout: float | tuple[float, float] | None = None) -> GCSBucket:
         """The same bucket and client with another retry policy (and timeout)."""
-        return GCSBucket(self.name, client=self._client, retry=retry, timeout=timeout or self.timeout)
+        return GCSBucket(self.name, client=self._client, retry=retry, timeout=timeout or self.timeout,
+                         compose_min=self.compose_min)
 
     def _call(
         self,
@@ -425,6 +475,8 @@ class GCSBucket(Bucket):
         progress: Callable[[], None] | None = None,
     ) -> ObjectInfo:
         content_type = content_type or guess_content_type(name)
+        if self.compose_min and os.path.getsize(path) >= self.compose_min:
+            return self._upload_composite(name, path, metadata, if_generation_match, content_type, progress)
 
         def attempt(timeout: Timeout) -> storage.Blob:
             # Resumable chunks of 32 MiB, not the library's 100 MiB: each chunk is held in memory
@@ -448,6 +500,68 @@ class GCSBucket(Bucket):
         resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
         result = self._call("uploading", attempt, name, after_ambiguous=resolve)
         return result if isinstance(result, ObjectInfo) else self._complete(result)
+
+    def _upload_composite(self, name: str, path: str, metadata: Mapping[str, str], if_generation_match: int | None,
+                          content_type: str, progress: Callable[[], None] | None) -> ObjectInfo:
+        """:meth:`upload_file` for a large file: parts side by side, then one compose that sets
+        the content, metadata and content type under the precondition, atomically."""
+        tag = f"{PARTS_PREFIX}{uuid.uuid4().hex}/"
+        ranges = part_ranges(os.path.getsize(path), self.compose_min)
+        parts = [f"{tag}{i:02d}" for i in range(len(ranges))]
+
+        def upload_part(i: int) -> None:
+            start, length = ranges[i]
+
+            def attempt(timeout: Timeout) -> None:
+                blob = self._bucket.blob(parts[i], chunk_size=PART_CHUNK_SIZE)
+                with open(path, "rb") as f:
+                    part = _Slice(f, start, length)
+                    blob.upload_from_file(_Reporting(part, progress) if progress is not None else part, size=length,
+                                          content_type="application/octet-stream", retry=None, timeout=timeout)
+
+            with _PART_SLOTS:
+                self._call("uploading a part of", attempt, parts[i], shown=f"{name} (part {i + 1} of {len(parts)})")
+
+        def compose(timeout: Timeout) -> storage.Blob:
+            blob = self._bucket.blob(name)
+            blob.metadata = dict(metadata)
+            blob.content_type = content_type
+            blob.compose([self._bucket.blob(p) for p in parts], if_generation_match=if_generation_match,
+                         retry=None, timeout=timeout)
+            return blob
+
+        try:
+            with ThreadPoolExecutor(len(parts), thread_name_prefix="octuefs-part") as pool:
+                for done in [pool.submit(upload_part, i) for i in range(len(parts))]:
+                    done.result()
+            # GCS refuses a compose whose precondition fails; fake-gcs-server ignores it, so
+            # check first too (a change landing in between is caught only by GCS itself).
+            self._check_generation(name, if_generation_match)
+            resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
+            result = self._call("composing", compose, name, after_ambiguous=resolve)
+        finally:
+            self._delete_parts(parts)
+        log.debug("uploaded %s in %d parts, composed", name, len(parts))
+        return result if isinstance(result, ObjectInfo) else self._complete(result)
+
+    def _check_generation(self, name: str, if_generation_match: int | None) -> None:
+        if if_generation_match is None:
+            return
+        try:
+            current = self.stat(name).generation
+        except NotFound:
+            current = 0
+        if current != if_generation_match:
+            raise PreconditionFailed(f"gs://{self.name}/{name} is at generation {current}, "
+                                     f"not {if_generation_match}")
+
+    def _delete_parts(self, parts: list[str]) -> None:
+        for part in parts:
+            try:
+                self._bucket.blob(part).delete(retry=None, timeout=self.timeout)
+            except Exception as exc:  # never uploaded, or the bucket is away: harmless leftovers
+                if not isinstance(exc, api_exceptions.NotFound):
+                    log.info("could not delete the upload part %s (%s); it can be deleted by hand", part, _short(exc))
 
     def patch_metadata(
         self,

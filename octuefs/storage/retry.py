@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
+import google_crc32c
+
 from octuefs.errors import BucketUnreachable, NotFound, PreconditionFailed, TransientError
 from octuefs.storage.base import ObjectInfo, RetryPolicy
 
@@ -189,6 +191,36 @@ def call_with_retry(attempt: Callable[[], T], policy: RetryPolicy, what: str = "
 # --- resolving ambiguous retries ------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """What identifies some content in a bucket: its MD5, or, for a composed object (which
+    has none), its CRC32C and size."""
+
+    md5: str
+    crc32c: str
+    size: int
+
+    def matches(self, info: ObjectInfo) -> bool:
+        if info.size != self.size:
+            return False
+        return info.md5 == self.md5 if info.md5 else info.crc32c == self.crc32c
+
+
+def file_fingerprint(path: str | bytes) -> Fingerprint:
+    """The :class:`Fingerprint` of a local file (or of the bytes given), in one read."""
+    md5, crc, size = hashlib.md5(), google_crc32c.Checksum(), 0
+    chunks = [path] if isinstance(path, bytes) else None
+    with contextlib.ExitStack() as stack:
+        if chunks is None:
+            f = stack.enter_context(open(path, "rb"))
+            chunks = iter(lambda: f.read(1 << 20), b"")
+        for chunk in chunks:
+            md5.update(chunk)
+            crc.update(chunk)
+            size += len(chunk)
+    return Fingerprint(base64.b64encode(md5.digest()).decode(), base64.b64encode(crc.digest()).decode(), size)
+
+
 def file_md5(path: str | bytes) -> str:
     """The base64 MD5 of a local file (or of the bytes given), as GCS reports ``md5Hash``."""
     digest = hashlib.md5()
@@ -218,7 +250,8 @@ def confirm_upload(
             info = stat(name)
         except NotFound:
             raise exc from None
-        if info.generation != if_generation_match and info.md5 == file_md5(path) and dict(info.metadata) == dict(metadata):
+        if (info.generation != if_generation_match and file_fingerprint(path).matches(info)
+                and dict(info.metadata) == dict(metadata)):
             log.info("upload of %s had succeeded before its retry (generation %d)", name, info.generation)
             return info
         raise exc

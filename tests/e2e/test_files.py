@@ -211,3 +211,17 @@ def test_df_reports_a_filesystem(mount):
     out = sh("df", "-P", str(mount.path)).stdout.decode()
     assert "octuefs:" in out
     assert os.statvfs(mount.path).f_namemax == 255
+
+
+def test_a_large_file_goes_up_in_parallel_parts_and_arrives_whole(mount):
+    """From 64 MiB a file is uploaded as parts composed into the object (storage.gcs)."""
+    data = os.urandom(1 << 20) * 70  # 70 MiB
+    with open(mount / "big.bin", "wb") as f:
+        f.write(data)
+    os.setxattr(mount / "big.bin", "user.octue.labels", b"large")
+    mount.sync()
+    info = mount.bucket.stat("big.bin")
+    assert info.size == len(data) and json.loads(info.metadata["octue__labels"])["items"] == ["large"]
+    assert mount.bucket.read_range("big.bin", 0, len(data)) == data
+    assert os.listdir(mount.path) == ["big.bin"]  # no parts left, and their place is hidden
+    assert not list(mount.bucket.iter_pages(".octuefs-parts/", delimiter=None))[0].objects

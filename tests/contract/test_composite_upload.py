@@ -1,0 +1,71 @@
+"""Large files go up as parallel parts composed into the object (storage.gcs), against
+fake-gcs-server: the object is exactly the file, with its metadata, under its precondition,
+and no part is left behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from octuefs.errors import PreconditionFailed
+from octuefs.storage.base import PARTS_PREFIX, ObjectInfo
+from octuefs.storage.gcs import GCSBucket, part_ranges
+from octuefs.storage.retry import file_fingerprint
+
+pytestmark = pytest.mark.emulator
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def composing(gcs_bucket):
+    """The test bucket, composing files of 1 MiB and more (parts of 512 KiB)."""
+    return GCSBucket(gcs_bucket.name, client=gcs_bucket.client, retry=gcs_bucket.retry_policy, compose_min=MiB)
+
+
+def leftovers(bucket) -> list[str]:
+    return [o.name for page in bucket.iter_pages(PARTS_PREFIX, delimiter=None) for o in page.objects]
+
+
+def test_part_ranges_cover_the_file_once_in_at_most_32_parts():
+    for size in (64 * MiB, 64 * MiB + 1, 300 * MiB + 7, 10 * 1024 * MiB):
+        ranges = part_ranges(size)
+        assert 2 <= len(ranges) <= 32
+        assert ranges[0][0] == 0 and sum(length for _, length in ranges) == size
+        assert all(a + la == b for (a, la), (b, _) in zip(ranges, ranges[1:]))
+        assert all(length % (256 * 1024) == 0 for _, length in ranges[:-1])
+
+
+def test_a_composed_upload_is_the_file_with_its_metadata(composing, tmp_path):
+    data = os.urandom(3 * MiB + 12345)  # 7 parts
+    src = tmp_path / "big.csv"
+    src.write_bytes(data)
+    meta = {"octue__labels": '["raw"]', "octue__id": '"abc"'}
+    info = composing.upload_file("runs/big.csv", str(src), meta, if_generation_match=0, content_type="text/csv")
+    assert info.size == len(data) and dict(info.metadata) == meta and info.content_type == "text/csv"
+    assert composing.read_range("runs/big.csv", 0, len(data)) == data
+    assert file_fingerprint(str(src)).matches(composing.stat("runs/big.csv"))
+    assert leftovers(composing) == []
+
+
+def test_a_composed_upload_honours_its_precondition_and_leaves_no_parts(composing, tmp_path):
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(2 * MiB))
+    first = composing.upload_file("obj", str(src), {"v": "1"}, if_generation_match=0)
+    src.write_bytes(os.urandom(2 * MiB))
+    with pytest.raises(PreconditionFailed):
+        composing.upload_file("obj", str(src), {"v": "2"}, if_generation_match=0)
+    assert composing.stat("obj").generation == first.generation
+    assert dict(composing.stat("obj").metadata) == {"v": "1"}
+    second = composing.upload_file("obj", str(src), {"v": "2"}, if_generation_match=first.generation)
+    assert composing.read_range("obj", 0, 3 * MiB) == src.read_bytes() and dict(second.metadata) == {"v": "2"}
+    assert leftovers(composing) == []
+
+
+def test_a_fingerprint_recognises_a_composed_object_by_crc32c():
+    f = file_fingerprint(b"hello world")
+    base = dict(name="x", size=11, generation=1, metageneration=1, updated=None)
+    assert f.matches(ObjectInfo(**base, md5=None, crc32c=f.crc32c))
+    assert f.matches(ObjectInfo(**base, md5=f.md5, crc32c=None))
+    assert not f.matches(ObjectInfo(**base, md5=None, crc32c="AAAAAA=="))
+    assert not f.matches(ObjectInfo(**{**base, "size": 12}, md5=None, crc32c=f.crc32c))

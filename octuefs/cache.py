@@ -347,7 +347,7 @@ class ContentCache:
         for block in range(first, last + 1):
             entry.inflight[block] = fetch
         entry.pins += 1  # the fetch writes through entry.fd; _run_fetch unpins
-        fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority)
+        fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority, key=entry)
         return fetch
 
     def _reserve(self, entry: Entry, fetch: _Fetch, nbytes: int) -> bool | None:

@@ -89,35 +89,44 @@ class Task:
     """One unit of work in a :class:`FetchPool`. ``priority`` and ``started`` are guarded by
     the pool's lock."""
 
-    __slots__ = ("fn", "priority", "started")
+    __slots__ = ("fn", "priority", "started", "key")
 
-    def __init__(self, fn: Callable[[], None], priority: int):
+    def __init__(self, fn: Callable[[], None], priority: int, key: object = None):
         self.fn = fn
         self.priority = priority
         self.started = False
+        self.key = key  # read-ahead of one key (one cached file) runs at most ``ahead_per_key`` at once
 
 
 class FetchPool:
     """At most ``workers`` threads running :class:`Task` s, lowest priority value first.
 
-    ``_cond`` (and its lock) guards ``_heap``, ``_threads`` and ``_waiting``. The tasks
-    themselves run without it; a task must not raise (an exception is logged as a bug).
+    Read-ahead of one key runs at most ``ahead_per_key`` tasks at once (a task a reader waits
+    for is never held back): one sequential reader is served best by two ranged GETs in
+    flight, not by every worker (measured, 256 MiB cold on 2 cores: 0.5x the client's
+    download with eight in flight, 0.85-0.95x with two, also behind 30 ms of latency), while
+    several files read at once still use every worker.
+
+    ``_cond`` (and its lock) guards ``_heap``, ``_threads``, ``_waiting`` and ``_running``.
+    The tasks themselves run without it; a task must not raise (an exception is logged as a bug).
     """
 
-    def __init__(self, workers: int, idle: float = 30.0, name: str = "octuefs-fetch"):
+    def __init__(self, workers: int, idle: float = 30.0, name: str = "octuefs-fetch", ahead_per_key: int = 2):
         if workers < 1:
             raise ValueError("a fetch pool needs at least one worker")
         self.workers = workers
         self.idle = idle
         self.name = name
+        self.ahead_per_key = ahead_per_key
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[int, int, Task]] = []
         self._seq = itertools.count()
         self._threads = 0
         self._waiting = 0
+        self._running: dict[object, int] = {}  # key -> its read-ahead tasks running
 
-    def submit(self, fn: Callable[[], None], priority: int) -> Task:
-        task = Task(fn, priority)
+    def submit(self, fn: Callable[[], None], priority: int, key: object = None) -> Task:
+        task = Task(fn, priority, key)
         with self._cond:
             heapq.heappush(self._heap, (priority, next(self._seq), task))
             self._wake_locked()
@@ -144,11 +153,27 @@ class FetchPool:
         """The next task to run, or None when this thread should end (idle too long)."""
         with self._cond:
             while True:
+                held: list[tuple[int, int, Task]] = []  # read-ahead of keys at their limit
+                found = None
                 while self._heap:
-                    _, _, task = heapq.heappop(self._heap)
-                    if not task.started:
-                        task.started = True
-                        return task
+                    item = heapq.heappop(self._heap)
+                    task = item[2]
+                    if task.started:
+                        continue
+                    if self._held_back_locked(task):
+                        held.append(item)
+                        continue
+                    found = task
+                    break
+                for item in held:
+                    heapq.heappush(self._heap, item)
+                if found is not None:
+                    found.started = True
+                    if found.key is not None and found.priority > DEMAND:
+                        self._running[found.key] = self._running.get(found.key, 0) + 1
+                    else:
+                        found.key = None  # not counted: nothing to give back when it ends
+                    return found
                 self._waiting += 1
                 woken = self._cond.wait(self.idle)
                 self._waiting -= 1
@@ -156,9 +181,25 @@ class FetchPool:
                     self._threads -= 1
                     return None
 
+    def _held_back_locked(self, task: Task) -> bool:
+        return task.key is not None and task.priority > DEMAND and self._running.get(task.key, 0) >= self.ahead_per_key
+
+    def _done(self, task: Task) -> None:
+        if task.key is None:
+            return
+        with self._cond:
+            left = self._running[task.key] - 1
+            if left:
+                self._running[task.key] = left
+            else:
+                del self._running[task.key]
+            self._cond.notify_all()  # a held-back task of that key may run now
+
     def _work(self) -> None:
         while (task := self._next()) is not None:
             try:
                 task.fn()
             except BaseException:  # a bug in the task: log it, keep the worker
                 log.exception("fetch task failed unexpectedly")
+            finally:
+                self._done(task)

@@ -282,6 +282,36 @@ def test_the_pool_runs_demand_before_read_ahead_and_boosts_a_waited_for_task():
     assert order == ["demand", "ahead2", "ahead0", "ahead1"]
 
 
+def test_read_ahead_of_one_file_runs_two_at_a_time_but_never_holds_back_a_reader_or_other_files():
+    pool = FetchPool(workers=6, idle=0.5, name="per-key-test-pool")
+    gate, lock = threading.Event(), threading.Lock()
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    done: list[str] = []
+
+    def task(key: str):
+        def run():
+            with lock:
+                running[key] = running.get(key, 0) + 1
+                peak[key] = max(peak.get(key, 0), running[key])
+            gate.wait(5)
+            with lock:
+                running[key] -= 1
+                done.append(key)
+        return run
+
+    for _ in range(5):
+        pool.submit(task("a"), AHEAD, key="file-a")
+    pool.submit(task("b"), AHEAD, key="file-b")
+    pool.submit(task("demand-a"), DEMAND, key="file-a")  # a reader waits: it runs at once
+    assert wait_until(lambda: running.get("a") == 2 and running.get("b") == 1 and running.get("demand-a") == 1)
+    time.sleep(0.2)
+    assert running["a"] == 2  # the other three read-aheads of file a wait their turn
+    gate.set()
+    assert wait_until(lambda: len(done) == 7)
+    assert peak["a"] == 2
+
+
 # --- generations, staging, resources -----------------------------------------------------------
 
 

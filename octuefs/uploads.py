@@ -269,15 +269,8 @@ class Journal:
                 raw = os.getxattr(path, RECORD_XATTR + fname)
             except OSError:
                 continue  # content sealed by an older octuefs whose record was never written
-            try:
-                entry = Entry(**json.loads(raw))
-                if entry.id != fname or os.path.getsize(path) != entry.size:
-                    raise ValueError("its record does not match the file")
-            except (OSError, ValueError, TypeError) as exc:
-                log.error("journaled upload %s is unusable (%s); moved aside, nothing uploaded", fname, exc)
-                os.replace(path, path + ".bad")
-                continue
-            entries.append(entry)
+            if (entry := self._checked(raw, fname, path)) is not None:
+                entries.append(entry)
         return entries
 
     def _load_json(self) -> list[Entry]:
@@ -288,17 +281,30 @@ class Journal:
                 os.unlink(path)  # a temp file from a write the crash interrupted
                 continue
             try:
-                with open(path) as f:
-                    rec = json.load(f)
-                entry = Entry(**rec)
-                if os.path.getsize(self.data_path(entry.id)) != entry.size:
-                    raise ValueError("its data file has the wrong size")
-            except (OSError, ValueError, TypeError) as exc:
-                log.error("journal entry %s is unusable (%s); moved aside, nothing uploaded", fname, exc)
-                os.replace(path, path + ".bad")
-                continue
-            entries.append(entry)
+                with open(path, "rb") as f:
+                    raw = f.read()
+            except OSError as exc:
+                raw = exc
+            if (entry := self._checked(raw, fname, path)) is not None:
+                entries.append(entry)
         return entries
+
+    def _checked(self, raw: bytes | OSError, fname: str, where: str) -> Entry | None:
+        """The entry a record holds if it matches its data file; else the record (``where``)
+        is moved aside with an error in the log, and nothing of it is uploaded."""
+        try:
+            if isinstance(raw, OSError):
+                raise raw
+            entry = Entry(**json.loads(raw))
+            if fname not in (entry.id, entry.id + ".json"):
+                raise ValueError(f"it is the record of {entry.id}")
+            if os.path.getsize(self.data_path(entry.id)) != entry.size:
+                raise ValueError("its data file has another size")
+            return entry
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("journaled upload %s is unusable (%s); moved aside, nothing uploaded", fname, exc)
+            os.replace(where, where + ".bad")
+            return None
 
     def pending_bytes(self) -> int:
         """Bytes of sealed content waiting to go up (a hard-linked file counted once)."""

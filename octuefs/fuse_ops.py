@@ -186,6 +186,13 @@ class OctueOperations(mfusepy.Operations):
             self._dirs.pop(fh, None)
         return 0
 
+    def current(self, directory: str, name: str) -> dict | None:
+        """The attributes of ``name`` in ``directory`` now, or None if it is gone."""
+        try:
+            return self._st(self.fs.getattr(directory.rstrip("/") + "/" + name))
+        except (OctuefsError, OSError):
+            return None
+
     @_translated
     def listing(self, path, fh: int, offset: int) -> list[tuple[str, dict | None]]:
         """The entries of open directory ``fh`` with their attributes, for READDIRPLUS:
@@ -381,7 +388,8 @@ class _FUSE(mfusepy.FUSE):
         as a lookup's, so the ``stat`` of each entry that follows never reaches the daemon.
         Entries go out with offsets (their position + 1), since libfuse 3.14 hands the kernel
         the attributes only in that mode; the listing is taken once per open directory, at
-        offset 0, and the requests that follow page through it. A plain READDIR (libfuse
+        offset 0, and the requests that follow page through it, with each entry's attributes
+        as they are when its page is sent. A plain READDIR (libfuse
         buffers the whole listing itself) numbers the entries the same way, so the kernel may
         switch between the two on one open directory.
         """
@@ -393,6 +401,11 @@ class _FUSE(mfusepy.FUSE):
         size = ctypes.sizeof(st)
         for position in range(offset, len(entries)):
             name, attrs = entries[position]
+            if offset and attrs is not None:
+                # A later page: the kernel takes these attributes as newer than anything it saw
+                # before this request, so they must be current, not the listing's (a file
+                # appended to since, or removed, would otherwise be cached as it was).
+                attrs = self.operations.current(decoded, name)
             encoded = name.encode(self.encoding, self.errors)
             if attrs is None:
                 full = filler(buf, encoded, None, position + 1, 0)

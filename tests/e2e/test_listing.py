@@ -70,3 +70,38 @@ def test_attributes_outside_octuefs_namespaces_are_absent_and_leave_ours_working
         os.getxattr(mount / "f.csv", name)
     assert caught.value.errno == errno.ENODATA
     assert os.getxattr(mount / "f.csv", "user.octue.labels") == b"raw"
+
+
+def test_a_file_appended_to_during_a_long_listing_keeps_its_size_and_its_data(mount):
+    """Later READDIRPLUS pages must carry attributes as they are then, not as they were when
+    the listing began: the kernel takes them as newer than the append, and an O_APPEND write
+    at a stale size overwrites data."""
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: mount.bucket.upload_bytes(f"d/f{i:04d}", b"0123456789"), range(1500)))
+    mount.bucket.upload_bytes("d/f0250.log", b"0123456789")
+    scan = os.scandir(mount / "d")
+    next(scan)  # the first page: the listing is taken now
+    fd = os.open(mount / "d/f0250.log", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"A" * 1000)
+        rest = list(scan)  # the later pages
+        scan.close()
+        assert len(rest) == 1500
+        assert os.stat(mount / "d/f0250.log").st_size == 1010
+        os.write(fd, b"B" * 5)
+    finally:
+        os.close(fd)
+    assert (mount / "d/f0250.log").read_bytes() == b"0123456789" + b"A" * 1000 + b"B" * 5
+
+
+def test_a_file_removed_during_a_long_listing_does_not_come_back(mount):
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: mount.bucket.upload_bytes(f"d/f{i:04d}", b"x"), range(1500)))
+    scan = os.scandir(mount / "d")
+    next(scan)
+    os.unlink(mount / "d/f1400")
+    list(scan)
+    scan.close()
+    assert not os.path.exists(mount / "d/f1400")
+    with pytest.raises(FileNotFoundError):
+        os.stat(mount / "d/f1400")

@@ -85,7 +85,7 @@ class Namespace:
         rest = object_name[len(dir_prefix) :]
         if rest == "":
             return None  # the directory's own marker object
-        if not dir_prefix and rest == PARTS_PREFIX:
+        if rest == PARTS_PREFIX:
             return None  # parts of large uploads being composed (storage.gcs)
         if rest.endswith("/"):
             rest = rest[:-1]

@@ -161,7 +161,11 @@ class Journal:
         finally:
             os.close(fd)
         os.replace(staging_path, self.data_path(entry_id))
-        _fsync_dir(self.pending_dir)
+        try:
+            _fsync_dir(self.pending_dir)
+        except OSError:
+            os.replace(self.data_path(entry_id), staging_path)
+            raise
 
     def preflush(self, staging_path: str, size: int) -> None:
         """Flush a large file's data ahead of :meth:`commit`, outside any lock."""
@@ -263,12 +267,19 @@ class Journal:
             if fname.startswith(".xattr-probe-"):
                 os.unlink(path)
                 continue
+            if fname.endswith(".bad"):
+                continue  # set aside, and said so, by an earlier mount
             if os.path.exists(os.path.join(self.journal_dir, fname + ".json")):
                 continue  # its record is in a file of its own
             try:
                 raw = os.getxattr(path, RECORD_XATTR + fname)
-            except OSError:
-                continue  # content sealed by an older octuefs whose record was never written
+            except OSError:  # sealed, but its close never finished: not journaled, kept aside
+                found = os.path.join(os.path.dirname(self.pending_dir), "lost+found")
+                os.makedirs(found, mode=0o700, exist_ok=True)
+                os.replace(path, os.path.join(found, f"unjournaled-{fname}"))
+                log.warning("%s in the journal has no record (its close failed or was cut short): never "
+                            "uploaded; its content is kept in %s", fname, found)
+                continue
             if (entry := self._checked(raw, fname, path)) is not None:
                 entries.append(entry)
         return entries

@@ -28,8 +28,8 @@ import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 
-# Where an implementation may keep the parts of a large upload while it composes them (at the
-# bucket's root); a mount hides it.
+# Where an implementation may keep the parts of a large upload while it composes them (in the
+# object's directory); a mount hides it.
 PARTS_PREFIX = ".octuefs-parts/"
 
 

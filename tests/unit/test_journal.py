@@ -109,3 +109,32 @@ def test_a_record_that_does_not_match_its_file_is_set_aside_not_uploaded(journal
     journal.commit(e, staged(tmp_path, b"12345"))
     assert loaded(tmp_path / "cache") == {}
     assert os.listdir(journal.pending_dir) == [e.id + ".bad"]
+
+
+def test_a_sealed_file_without_a_record_is_kept_aside_never_uploaded(tmp_path):
+    root = tmp_path / "cache"
+    old = Journal(str(root))
+    old.records_in_xattrs = False
+    e = entry(old)
+    old.seal(e.id, staged(tmp_path, b"12345"))  # a crash before its record was written
+    assert loaded(root) == {}
+    kept = os.listdir(root / "lost+found")
+    assert len(kept) == 1 and (root / "lost+found" / kept[0]).read_bytes() == b"12345"
+    assert os.listdir(old.pending_dir) == []
+
+
+def test_a_failed_seal_gives_the_content_back(tmp_path, monkeypatch):
+    j = Journal(str(tmp_path / "cache"))
+    j.records_in_xattrs = False
+    path = staged(tmp_path, b"12345")
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("octuefs.uploads._fsync_dir", broken)
+    with pytest.raises(OSError):
+        j.commit(entry(j), path)
+    monkeypatch.undo()
+    with open(path, "rb") as f:
+        assert f.read() == b"12345"
+    assert os.listdir(j.pending_dir) == [] and os.listdir(j.journal_dir) == []

@@ -39,6 +39,7 @@ from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
 from .storage.base import Bucket, ObjectInfo
+from .storage.retry import Fingerprint
 from .uploads import Journal, Uploader, quarantine_unclosed
 from .xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
 from .xattrs import XattrSurface
@@ -342,7 +343,7 @@ class FileSystem:
             raise IsADirectory(path)
         if node is None and entry is MISSING:
             raise FileNotFound(path)
-        maybe_landed: list[str] = []
+        maybe_landed: list[Fingerprint] = []
         if node is not None:
             self.files.keep_open_content(node)  # for the handles still open on it
             # Queued versions are moot; a running one lands first, or fails and is dropped too.
@@ -380,7 +381,7 @@ class FileSystem:
             raise IsADirectory(new)
         if node is not None and node.unsaved:
             self.files.settle(node)  # the bucket must hold the latest version before the copy
-        replaced_landed: list[str] = []
+        replaced_landed: list[Fingerprint] = []
         if dst_node is not None:
             self.files.keep_open_content(dst_node)  # for the handles still open on it
             if dst_node.unsaved:
@@ -414,7 +415,7 @@ class FileSystem:
             self.files.renamed(node, dst_name, moved)
         self.cache.drop(src_name)
 
-    def _own_version(self, name: str, info: ObjectInfo | None, tried: list) -> ObjectInfo | None:
+    def _own_version(self, name: str, info: ObjectInfo | None, tried: list[Fingerprint]) -> ObjectInfo | None:
         """An upload dropped after a failed attempt may have landed all the same (its answer
         lost): if the bucket holds exactly one of those versions, that is the one to delete."""
         try:

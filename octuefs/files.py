@@ -30,6 +30,7 @@ from .cache import ContentCache
 from .errors import FileNotFound, IsADirectory, NotFound, StaleFile
 from .metacache import MetadataCache
 from .storage.base import Bucket, ObjectInfo
+from .storage.retry import Fingerprint
 from .uploads import CONFLICT, DONE, Entry, Uploader
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ class OpenFiles:
                 if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0:
                     del self._nodes[node.name]
 
-    def settle(self, node: FileNode, cancel: bool = False) -> list[str]:
+    def settle(self, node: FileNode, cancel: bool = False) -> list[Fingerprint]:
         """Let the node's uploads finish (``cancel``: drop the queued ones) before a delete or rename.
 
         Waits while uploads are moving; UploadStillPending once none has moved for ``op_timeout``.

@@ -381,15 +381,14 @@ class ContentCache:
             return
         error: BaseException | None = None
         try:
-            data = self.bucket.read_range(info.name, lo, hi, generation=info.generation)
-            if len(data) != hi - lo:
-                raise StorageError(f"short read of {info.name!r}: wanted {hi - lo} bytes at {lo}, got {len(data)}")
-            try:
-                written = os.pwrite(entry.fd, data, lo)
-                while written < len(data):
-                    written += os.pwrite(entry.fd, memoryview(data)[written:], lo + written)
+            try:  # straight into the copy, as the bytes arrive
+                got = self.bucket.read_range_into(info.name, lo, hi, entry.fd, generation=info.generation)
             except OSError as exc:
-                raise _no_space(exc) from exc
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise _no_space(exc) from exc
+                raise
+            if got != hi - lo:
+                raise StorageError(f"short read of {info.name!r}: wanted {hi - lo} bytes at {lo}, got {got}")
         except BaseException as exc:  # handed to the readers waiting for these blocks
             error = exc
         landed = []

@@ -25,8 +25,18 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """``os.pwrite`` until all of ``data`` is written."""
+    written = os.pwrite(fd, data, offset)
+    if written < len(data):
+        view = memoryview(data)
+        while written < len(data):
+            written += os.pwrite(fd, view[written:], offset + written)
+
 
 # Where an implementation may keep the parts of a large upload while it composes them (in the
 # object's directory); a mount hides it.
@@ -135,6 +145,16 @@ class Bucket(abc.ABC):
         live one (so a reader never mixes bytes of two versions). ``start`` at or past the end
         of a non-empty object raises ``RangeNotSatisfiable``; an empty range returns ``b""``.
         """
+
+    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None) -> int:
+        """:meth:`read_range`, written into the file ``fd`` at offset ``start``; the number of bytes.
+
+        Implementations may stream, writing as the bytes arrive (a failed call may have written
+        part of the range). An ``OSError`` from writing to ``fd`` is raised as it is.
+        """
+        data = self.read_range(name, start, end, generation)
+        pwrite_all(fd, data, start)
+        return len(data)
 
     @abc.abstractmethod
     def download_to_file(self, name: str, path: str, generation: int | None = None) -> ObjectInfo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -238,6 +239,29 @@ def test_ranged_reads(bucket):
             bucket.read_range("r", start, start + 10)
     with pytest.raises(ValueError):
         bucket.read_range("r", 10, 5)
+
+
+def test_ranged_read_into_a_file_lands_at_the_range_start(bucket, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 5)  # several of the streaming reads' pieces
+    bucket.upload_bytes("r", data)
+    path = tmp_path / "copy"
+    path.write_bytes(b"\xff" * 10)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert bucket.read_range_into("r", 4, len(data), fd) == len(data) - 4
+        assert bucket.read_range_into("r", 0, 4, fd) == 4
+        assert bucket.read_range_into("r", len(data) - 3, len(data) + 100, fd) == 3  # short at the end
+        assert bucket.read_range_into("r", 7, 7, fd) == 0
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+    bucket.upload_bytes("empty", b"")
+    with open(path, "r+b") as f:
+        assert bucket.read_range_into("empty", 0, 10, f.fileno()) == 0
+        with pytest.raises(RangeNotSatisfiable):
+            bucket.read_range_into("r", len(data), len(data) + 1, f.fileno())
+        with pytest.raises(NotFound):
+            bucket.read_range_into("r", 0, 1, f.fileno(), generation=bucket.stat("r").generation + 1)
 
 
 def test_ranged_read_of_an_empty_object(bucket):

@@ -1,7 +1,9 @@
 """The Bucket protocol on Google Cloud Storage (or fake-gcs-server), via google-cloud-storage.
 
-This is the only octuefs module that imports ``google.*``. Everything the library raises is
-translated into octuefs errors in one place, :func:`translate_error`; the library's own retries
+This module and its direct-HTTP half, :mod:`.jsonapi` (stat, list, ranged reads and small
+uploads, made with urllib3 for CPU's sake), are the only octuefs modules that import
+``google.*``. Everything either raises is translated into octuefs errors in one place,
+:func:`translate_error`; the library's own retries
 are switched off on every call (``retry=None``) and transient failures are retried by one loop,
 :class:`octuefs.storage.retry.Retrier`, bounded by the bucket's :class:`RetryPolicy`.
 
@@ -30,8 +32,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from typing import TypeVar
-from urllib.parse import quote, urlencode
 
+import google_crc32c
 import requests
 import requests.adapters
 import urllib3.exceptions
@@ -52,6 +54,7 @@ from octuefs.errors import (
 )
 from octuefs.storage import guess_content_type
 from octuefs.storage.base import PARTS_PREFIX, Bucket, ListPage, ObjectInfo, RetryPolicy, pwrite_all
+from octuefs.storage.jsonapi import JsonApi, object_info
 from octuefs.storage.retry import Retrier, confirm_copy, confirm_delete, confirm_upload, current_bound, cut_to
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ EMULATOR_PROJECT = "octuefs-local"
 POOL_SIZE = 64  # HTTP connections kept per host: enough for the FUSE threads plus uploads
 DEFAULT_TIMEOUT = (10.0, 60.0)  # seconds: (connect, read between bytes)
 READ_CHUNK = 1024 * 1024  # bytes per read from a download's body
+MULTIPART_MAX = 8 * 1024 * 1024  # larger files go up resumable, in chunks (as the library does)
 UPLOAD_CHUNK_SIZE = 32 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
 # Parallel composite uploads: a file of at least COMPOSE_MIN bytes goes up as parts uploaded
 # side by side, then composed into the object in one request that carries its metadata and
@@ -302,6 +306,7 @@ class GCSBucket(Bucket):
         self.timeout = timeout
         self._client = client if client is not None else make_client(project, endpoint=endpoint)
         self._bucket = self._client.bucket(name)
+        self._api = JsonApi.for_client(self._client, name, self._bucket.user_project, POOL_SIZE)
         self._retrier = Retrier(retry)
         self.compose_min = compose_min  # 0: never a composite upload
 
@@ -376,35 +381,21 @@ class GCSBucket(Bucket):
         max_results: int = 1000,
     ) -> ListPage:
         def attempt(timeout: Timeout) -> ListPage:
-            # One request per page, tokens driven by the caller (page_size, not max_results:
-            # the library's max_results counts items across pages and stops early).
-            it = self._client.list_blobs(
-                self._bucket,
-                prefix=prefix or None,
-                delimiter=delimiter or None,
-                page_size=max_results,
-                page_token=page_token or None,
-                retry=None,
-                timeout=timeout,
-            )
-            page = next(it.pages)
+            answer = self._api.list_objects(prefix, delimiter, page_token, max_results, timeout)
             objects = []
-            for blob in page:
-                info = _info(blob)
+            for resource in answer.get("items", ()):
+                info = object_info(resource)
                 if info is None:
-                    raise StorageError(f"gs://{self.name}: listing returned an incomplete entry for {blob.name!r}")
+                    raise StorageError(f"gs://{self.name}: listing returned an incomplete entry for "
+                                       f"{resource.get('name')!r}")
                 objects.append(info)
-            return ListPage(objects, list(page.prefixes), it.next_page_token or None)
+            return ListPage(objects, list(answer.get("prefixes", ())), answer.get("nextPageToken") or None)
 
         return self._call("listing", attempt, shown=prefix)
 
     def _stat(self, name: str, generation: int | None = None) -> ObjectInfo:
-        def attempt(timeout: Timeout) -> ObjectInfo:
-            blob = self._bucket.blob(name, generation=generation)
-            blob.reload(retry=None, timeout=timeout)
-            return blob
-
-        info = _info(self._call("looking up", attempt, name))
+        resource = self._call("looking up", lambda timeout: self._api.get_object(name, generation, timeout), name)
+        info = object_info(resource)
         if info is None:
             raise StorageError(f"gs://{self.name}/{name}: the server's answer lacks generation or size")
         return info
@@ -431,41 +422,18 @@ class GCSBucket(Bucket):
                     sink: Callable[[int, bytes], None], restart: Callable[[], None] = lambda: None) -> int:
         """Stream bytes [start, end) to ``sink(offset, chunk)``; how many there were.
 
-        One media GET with a Range header, through the client's authorised session, read in
-        READ_CHUNK pieces. The library's own download reads the body 8 KiB at a time through
-        three layers of Python, which measured 5x the CPU of this (0.58 s against 0.12 s per
-        256 MiB): on a reader's critical path, that was most of the daemon's time.
+        One media GET with a Range header (:mod:`.jsonapi`), read in READ_CHUNK pieces. The
+        library's own download reads the body 8 KiB at a time through three layers of Python,
+        which measured 5x the CPU of this (0.58 s against 0.12 s per 256 MiB): on a reader's
+        critical path, that was most of the daemon's time.
         """
         if start < 0 or end < start:
             raise ValueError(f"bad range [{start}, {end})")
         if end == start:
             return 0
-        url = self._media_url(name, generation)
-        headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "gzip"}  # stored bytes, never transcoded
-
         def attempt(timeout: Timeout) -> int:
             restart()
-            with self._client._http.get(url, headers=headers, stream=True, timeout=timeout) as response:
-                if response.status_code >= 300:
-                    raise api_exceptions.from_http_response(response)
-                # 206 from the start of the range; 200 (a server that ignored it) from byte 0
-                skip = start if response.status_code == 200 else 0
-                if skip == 0 and not response.headers.get("Content-Range", f"bytes {start}-").startswith(f"bytes {start}-"):
-                    raise StorageError(f"gs://{self.name}/{name}: asked for bytes from {start}, "
-                                       f"got {response.headers['Content-Range']!r}")
-                at = start
-                while at < end:
-                    chunk = response.raw.read(min(READ_CHUNK, end - at + skip), decode_content=False)
-                    if not chunk:
-                        break
-                    if skip:
-                        dropped = min(skip, len(chunk))
-                        chunk, skip = chunk[dropped:], skip - dropped
-                        if not chunk:
-                            continue
-                    sink(at, chunk)
-                    at += len(chunk)
-                return at - start
+            return self._api.read_range(name, start, end, generation, timeout, sink, READ_CHUNK)
 
         try:
             return self._call("reading", attempt, name)
@@ -473,16 +441,6 @@ class GCSBucket(Bucket):
             if self._stat(name, generation).size == 0:  # GCS answers 416 to any range of an empty object
                 return 0
             raise
-
-    def _media_url(self, name: str, generation: int | None) -> str:
-        """The JSON API's media download URL, as the library builds it."""
-        query = [("alt", "media")]
-        if generation is not None:
-            query.append(("generation", str(generation)))
-        if self._bucket.user_project is not None:
-            query.append(("userProject", self._bucket.user_project))
-        path = f"/download/storage/v1/b/{quote(self.name, safe='')}/o/{quote(name, safe='')}"
-        return f"{self.endpoint}{path}?{urlencode(query)}"
 
     def download_to_file(self, name: str, path: str, generation: int | None = None) -> ObjectInfo:
         for _ in range(3):
@@ -531,8 +489,11 @@ class GCSBucket(Bucket):
         progress: Callable[[], None] | None = None,
     ) -> ObjectInfo:
         content_type = content_type or guess_content_type(name)
-        if self.compose_min and os.path.getsize(path) >= self.compose_min:
+        size = os.path.getsize(path)
+        if self.compose_min and size >= self.compose_min:
             return self._upload_composite(name, path, metadata, if_generation_match, content_type, progress)
+        if size <= MULTIPART_MAX:
+            return self._upload_small(name, path, metadata, if_generation_match, content_type, progress)
 
         def attempt(timeout: Timeout) -> storage.Blob:
             # Resumable chunks of 32 MiB, not the library's 100 MiB: each chunk is held in memory
@@ -556,6 +517,30 @@ class GCSBucket(Bucket):
         resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
         result = self._call("uploading", attempt, name, after_ambiguous=resolve)
         return result if isinstance(result, ObjectInfo) else self._complete(result)
+
+    def _upload_small(self, name: str, path: str, metadata: Mapping[str, str], if_generation_match: int | None,
+                      content_type: str, progress: Callable[[], None] | None) -> ObjectInfo:
+        """:meth:`upload_file` in one multipart request (:mod:`.jsonapi`), the content in memory."""
+        with open(path, "rb") as f:
+            data = f.read(MULTIPART_MAX + 1)
+        if len(data) > MULTIPART_MAX:
+            raise StorageError(f"{path} grew past {MULTIPART_MAX} bytes while being uploaded")
+        if progress is not None:
+            progress()
+        crc = google_crc32c.value(data).to_bytes(4, "big")
+
+        def attempt(timeout: Timeout) -> dict:
+            return self._api.upload(name, data, metadata, content_type, if_generation_match, crc, timeout)
+
+        resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
+        result = self._call("uploading", attempt, name, after_ambiguous=resolve)
+        if isinstance(result, ObjectInfo):
+            return result
+        info = object_info(result)
+        if info is None:
+            log.debug("response for %s lacks fields; reading its metadata back", name)
+            info = self.stat(name)
+        return info
 
     def _upload_composite(self, name: str, path: str, metadata: Mapping[str, str], if_generation_match: int | None,
                           content_type: str, progress: Callable[[], None] | None) -> ObjectInfo:

@@ -65,15 +65,14 @@ def test_metadata_arrives_with_the_data_in_one_request(bucket, monkeypatch):
     if isinstance(bucket, FakeBucket):
         bucket.upload_bytes("one", b"data", {"k": "v"})
         assert bucket.calls == {"upload": 1}
-    else:  # count the HTTP requests the client really sends
-        session = bucket.client._http
-        original = session.request
+    else:  # count the HTTP requests really sent, by the library and by the direct path (jsonapi)
+        for owner, attr in ((bucket.client._http, "request"), (bucket._api._http, "urlopen")):
 
-        def counting(method, url, *args, **kwargs):
-            requests_made.append((method, url))
-            return original(method, url, *args, **kwargs)
+            def counting(method, url, *args, _original=getattr(owner, attr), **kwargs):
+                requests_made.append((method, url))
+                return _original(method, url, *args, **kwargs)
 
-        monkeypatch.setattr(session, "request", counting)
+            monkeypatch.setattr(owner, attr, counting)
         info = bucket.upload_bytes("one", b"data", {"k": "v"})
         monkeypatch.undo()
         assert len(requests_made) == 1, requests_made

@@ -85,6 +85,30 @@ class _NoRoom(Exception):
     """A read-ahead dropped because the cache was full of blocks in use (no reader sees it)."""
 
 
+class _Table(dict):
+    """Cached copies by (name, generation), with each name's generations at hand: dropping a
+    name is then not a walk through every cached copy (it was, once per upload)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._generations: dict[str, set[int]] = {}
+
+    def __setitem__(self, key: tuple[str, int], entry: Entry) -> None:
+        super().__setitem__(key, entry)
+        self._generations.setdefault(key[0], set()).add(key[1])
+
+    def pop(self, key: tuple[str, int], *default):
+        if key in self:
+            generations = self._generations[key[0]]
+            generations.discard(key[1])
+            if not generations:
+                del self._generations[key[0]]
+        return super().pop(key, *default)
+
+    def keys_of(self, name: str) -> list[tuple[str, int]]:
+        return [(name, generation) for generation in self._generations.get(name, ())]
+
+
 def _private_dir(path: str) -> None:
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
@@ -130,7 +154,8 @@ class ContentCache:
         self._blocks_dir = os.path.join(root, "blocks")
         self.staging_dir = os.path.join(root, "staging")
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, int], Entry] = {}  # guarded by _lock
+        self._entries = _Table()  # guarded by _lock
+        self._dirs_made: set[str] = set()
         self._open: collections.OrderedDict[int, Entry] = collections.OrderedDict()  # by id; _lock
         self.space = Space(cache_size, self._evict_entry_locked)  # guarded by _lock
         _private_dir(root)
@@ -148,6 +173,13 @@ class ContentCache:
         digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
         return os.path.join(self._blocks_dir, digest[:2], f"{digest}-{generation}")
 
+    def _blocks_subdir(self, path: str) -> None:
+        """Make the directory ``path`` goes in (once per mount, not once per file)."""
+        directory = os.path.dirname(path)
+        if directory not in self._dirs_made:
+            _private_dir(directory)
+            self._dirs_made.add(directory)
+
     def _new_entry(self, key: tuple[str, int], path: str, size: int, complete: bool = False) -> Entry:
         bs = self.block_size
         initial = min(max(2 * bs, 4 * MiB), self.read_ahead)
@@ -162,7 +194,7 @@ class ContentCache:
             entry = self._entries.get(key)
             if entry is None:
                 path = self._path_for(info.name, info.generation)
-                _private_dir(os.path.dirname(path))
+                self._blocks_subdir(path)
                 fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
                 try:
                     os.ftruncate(fd, info.size)
@@ -244,7 +276,7 @@ class ContentCache:
     def drop(self, name: str) -> None:
         """Forget every cached generation of ``name``."""
         with self._lock:
-            for key in [k for k in self._entries if k[0] == name]:
+            for key in self._entries.keys_of(name):
                 # Unlinked under the lock: a new entry for the same generation reuses the path.
                 _unlink(self._forget_locked(key).path)
 
@@ -462,7 +494,7 @@ class ContentCache:
         if self.space.limit is not None and info.size > self.space.limit:
             return
         path = self._path_for(info.name, info.generation)
-        _private_dir(os.path.dirname(path))
+        self._blocks_subdir(path)
         os.replace(staging_path, path)
         with self._lock:
             key = (info.name, info.generation)

@@ -20,14 +20,16 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import re
 import threading
-import urllib.request
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
+import requests.certs
+import requests.utils
 import urllib3
 from google.api_core import exceptions as api_exceptions
 from google.auth.transport.urllib3 import AuthorizedHttp
@@ -65,11 +67,14 @@ def parse_time(text: str) -> dt.datetime:
 
 
 def _pool_manager(base_url: str, pool_size: int, trust_env: bool) -> urllib3.PoolManager:
-    """A pool for ``base_url``, through the proxy the environment names for it, as requests would."""
-    options = {"maxsize": pool_size, "block": False, "retries": False}
-    host = urlsplit(base_url).hostname or ""
-    proxy = urllib.request.getproxies().get(urlsplit(base_url).scheme) if trust_env else None
-    if proxy and not urllib.request.proxy_bypass(host):
+    """A pool for ``base_url`` that trusts and routes as the library's requests session does:
+    the proxy the environment names for it, and the CA bundle in ``REQUESTS_CA_BUNDLE`` or
+    ``CURL_CA_BUNDLE``, else certifi's."""
+    ca_certs = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")) if trust_env else None
+    options = {"maxsize": pool_size, "block": False, "retries": False,
+               "cert_reqs": "CERT_REQUIRED", "ca_certs": ca_certs or requests.certs.where()}
+    proxy = requests.utils.select_proxy(base_url, requests.utils.get_environ_proxies(base_url)) if trust_env else None
+    if proxy:
         return urllib3.ProxyManager(proxy, **options)
     return urllib3.PoolManager(**options)
 

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 
 from . import metadata as octue
 from .cache import ContentCache
@@ -173,6 +174,18 @@ class FileSystem:
     # --- directories ----------------------------------------------------------------------
 
     def readdir(self, path: str) -> list[tuple[str, Attr]]:
+        return [entry for batch, _more in self.readdir_batches(path) for entry in batch]
+
+    def readdir_batches(self, path: str) -> Iterator[tuple[list[tuple[str, Attr]], bool]]:
+        """A directory's entries, a batch at a time, each with whether more follow: all at once
+        from a cached listing, else one batch per page of the bucket's listing as it arrives,
+        so a reader of a large directory works on the first entries while the next page is on
+        its way. Nothing is left to do after the batch that says none follow.
+
+        A file the mount has open or pending upload shows its local version, as getattr does:
+        the kernel may take these attributes as the files' own (READDIRPLUS). Errors about the
+        path itself are raised here, at the call; the bucket's, from the iteration.
+        """
         name, entry, node = self.resolve(path)
         if node is not None or isinstance(entry, ObjectInfo):
             raise NotADirectory(path)
@@ -180,56 +193,86 @@ class FileSystem:
             raise FileNotFound(path)
         prefix = self.ns.dir_prefix(path)
         listing = self.metacache.listing(prefix)
-        if listing is not None:
-            # The mount's own changes update the cached listing before a node is dropped.
-            nodes = self.files.nodes_under(prefix)
-        else:
-            listing, nodes = self._list(prefix)
-        # A file the mount has open or pending upload shows its local version, as getattr does:
-        # the kernel may take these attributes as the files' own (READDIRPLUS).
+        if listing is None:
+            return self._stream_listing(prefix)
+        # The mount's own changes update the cached listing before a node is dropped.
+        local = self._local_attrs(prefix, self.files.nodes_under(prefix))
+        out = [(d, Attr(True, 0, self._started)) for d in sorted(listing.dirs)]
+        out += [(f, local.pop(f, None) or Attr(False, info.size, mtime_of(info))) for f, info in sorted(listing.files.items())]
+        out += [(f, attr) for f, attr in local.items() if f not in listing.dirs]  # new files not yet in the bucket
+        return iter([(out, False)])
+
+    def dir_epoch(self, path: str) -> tuple[int, int]:
+        """A token that changes whenever the mount changes something in directory ``path``."""
+        return self.metacache.epoch(self.ns.dir_prefix(path))
+
+    def live_names(self, path: str) -> frozenset[str]:
+        """The entries of directory ``path`` that the mount has open or pending upload."""
+        prefix = self.ns.dir_prefix(path)
+        return frozenset(n.name[len(prefix) :] for n in self.files.nodes_under(prefix) if "/" not in n.name[len(prefix) :])
+
+    def _local_attrs(self, prefix: str, nodes: list[FileNode]) -> dict[str, Attr]:
+        """The attributes of the files directly under ``prefix`` that have a live node."""
         local = {}
         for node in nodes:
             rest = node.name[len(prefix) :]
             if "/" not in rest and not node.unlinked:
                 local[rest] = Attr(False, node.size, self._node_mtime(node))
-        out = [(d, Attr(True, 0, self._started)) for d in sorted(listing.dirs)]
-        out += [(f, local.pop(f, None) or Attr(False, info.size, mtime_of(info))) for f, info in sorted(listing.files.items())]
-        out += [(f, attr) for f, attr in local.items() if f not in listing.dirs]  # new files not yet in the bucket
-        return out
+        return local
 
-    def _list(self, prefix: str, attempts: int = 3) -> tuple[Listing, list[FileNode]]:
-        """The bucket's listing of ``prefix`` and the nodes under it, consistent with each other.
+    def _stream_listing(self, prefix: str) -> Iterator[tuple[list[tuple[str, Attr]], bool]]:
+        """List ``prefix`` from the bucket, a batch per page; cache the whole if nothing changed.
 
-        An upload landing (or a delete) while the bucket is being listed can make the page miss
-        a file whose node is then dropped, or show one that is gone: such a listing is read again
-        (a few times at most) and never cached. Nodes are taken after the listing and before the
-        check, so a node dropped meanwhile was counted by the check.
+        Pages come in name order, so a file is held back only while a directory of the same
+        name (which hides it) could still follow: until the listing has passed ``name/``.
+        The nodes are taken before the listing and again after it: a file uploaded while the
+        bucket was being listed, its node dropped since, is then still shown.
         """
-        for _ in range(attempts):
-            epoch = self.metacache.epoch(prefix)
-            listing = self._list_bucket(prefix)
-            nodes = self.files.nodes_under(prefix)
-            if self.metacache.put_listing(prefix, listing, epoch):
-                break
-            log.debug("the mount changed %r while it was being listed; listing it again", prefix)
-        return listing, nodes
-
-    def _list_bucket(self, prefix: str) -> Listing:
+        epoch = self.metacache.epoch(prefix)
+        before = self.files.nodes_under(prefix)
+        local = self._local_attrs(prefix, before)
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
+        held: dict[str, ObjectInfo] = {}
+        dir_attr = Attr(True, 0, self._started)
+
+        def release(entry: str, info: ObjectInfo) -> tuple[str, Attr]:
+            files[entry] = info
+            return entry, local.pop(entry, None) or Attr(False, info.size, mtime_of(info))
+
         for page in self.bucket.iter_pages(prefix, "/"):
+            batch = []
             for d in page.prefixes:
                 entry = self.ns.entry_name(prefix, d)
-                if entry is not None:
-                    dirs.add(entry)
+                if entry is None or entry in dirs:
+                    continue
+                dirs.add(entry)
+                if held.pop(entry, None) is not None:
+                    self.ns.warn_once(prefix + entry, "a directory of the same name, which hides it")
+                local.pop(entry, None)
+                batch.append((entry, dir_attr))
             for info in page.objects:
                 entry = self.ns.entry_name(prefix, info.name)
-                if entry is not None and not info.is_dir_marker:
-                    files[entry] = info
-        for clash in dirs & files.keys():
-            self.ns.warn_once(prefix + clash, "a directory of the same name, which hides it")
-            del files[clash]
-        return Listing(files, dirs)
+                if entry is None or info.is_dir_marker:
+                    continue
+                if entry in dirs:
+                    self.ns.warn_once(prefix + entry, "a directory of the same name, which hides it")
+                else:
+                    held[entry] = info
+            horizon = max(page.objects[-1].name if page.objects else "", page.prefixes[-1] if page.prefixes else "")
+            done = page.next_token is None
+            for entry in [e for e in held if done or prefix + e + "/" <= horizon]:
+                batch.append(release(entry, held.pop(entry)))
+            if done:
+                after = self._local_attrs(prefix, self.files.nodes_under(prefix))
+                local.update((f, a) for f, a in after.items() if f not in files)
+                batch += [(f, attr) for f, attr in local.items() if f not in dirs]  # not yet in the bucket
+                self.metacache.put_listing(prefix, Listing(files, dirs), epoch)
+                yield batch, False
+                return
+            if batch:
+                self.metacache.put_page(prefix, [files[e] for e, _ in batch if e in files], epoch)
+                yield batch, True
 
     def mkdir(self, path: str) -> None:
         self._check_writable()

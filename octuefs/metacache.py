@@ -144,6 +144,15 @@ class MetadataCache:
             if self._current(parent_prefix(name), epoch):
                 self._missing[name] = MISSING
 
+    def put_page(self, prefix: str, files: list[ObjectInfo], epoch: tuple[int, int] | None = None) -> None:
+        """Keep the files of one page of a listing of ``prefix`` (while the rest is coming)."""
+        if not self._enabled:
+            return
+        with self._lock:
+            if self._current(prefix, epoch):
+                for info in files:
+                    self._stats[info.name] = info
+
     def put_listing(self, prefix: str, listing: Listing, epoch: tuple[int, int] | None = None) -> bool:
         """Keep a listing read from the bucket, unless the mount changed the directory since
         ``epoch`` (taken before the listing was asked for). Returns whether it was current."""

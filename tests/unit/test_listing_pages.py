@@ -1,0 +1,78 @@
+"""A directory's entries come a page at a time: the first before the bucket is asked for the
+second, a file never shown when a directory of its name follows pages later, and only a
+whole listing is cached."""
+
+from __future__ import annotations
+
+import threading
+
+from octuefs.config import MountConfig
+from octuefs.core import FileSystem
+from octuefs.storage.fake import FakeBucket
+
+
+class _GatedListing(FakeBucket):
+    """A bucket that answers a listing's later pages only once ``gate`` is set."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.pages_asked = 0
+
+    def list_page(self, prefix="", delimiter="/", page_token=None, max_results=1000):
+        self.pages_asked += 1
+        if page_token is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        return super().list_page(prefix, delimiter, page_token, max_results)
+
+
+def _fs(bucket, tmp_path) -> FileSystem:
+    return FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                          cache_dir=str(tmp_path / "c")))
+
+
+def _fill(bucket, names):
+    for name in names:
+        bucket.upload_bytes(name, name.encode())
+
+
+def test_the_first_page_is_there_before_the_second_is_asked_for(tmp_path):
+    bucket = _GatedListing("pages")
+    _fill(bucket, [f"d/{i:05d}" for i in range(2500)])
+    fs = _fs(bucket, tmp_path)
+    bucket.gate.clear()
+    batches = fs.readdir_batches("/d")
+    first, more = next(batches)
+    assert more
+    # all but the page's last file, which waits for the next page in case "00999/" comes first
+    assert [n for n, _ in first] == [f"{i:05d}" for i in range(999)] and first[-1][1].size == len(b"d/00998")
+    assert fs.metacache.lookup("d/00500") is not None  # a page's files answer stat at once
+    assert fs.metacache.listing("d/") is None  # not the whole yet
+    bucket.gate.set()
+    rest = [entry for batch, _ in batches for entry in batch]
+    assert [n for n, _ in first + rest] == [f"{i:05d}" for i in range(2500)]
+    asked = bucket.pages_asked
+    assert len(fs.readdir("/d")) == 2500 and bucket.pages_asked == asked  # whole: cached
+
+
+def test_a_file_hidden_by_a_directory_pages_later_is_never_shown(tmp_path):
+    bucket = FakeBucket("clash")
+    # "x" sorts before "x-0000".."x-1499", which sort before the prefix "x/" ('-' < '/')
+    _fill(bucket, ["d/x"] + [f"d/x-{i:04d}" for i in range(1500)] + ["d/x/inner.txt"])
+    fs = _fs(bucket, tmp_path)
+    entries = fs.readdir("/d")
+    names = [n for n, _ in entries]
+    assert names.count("x") == 1 and dict(entries)["x"].is_dir
+    assert len(names) == 1501
+
+
+def test_a_listing_given_up_half_way_is_not_cached(tmp_path):
+    bucket = _GatedListing("abandon")
+    _fill(bucket, [f"d/{i:05d}" for i in range(1500)])
+    fs = _fs(bucket, tmp_path)
+    batches = fs.readdir_batches("/d")
+    assert len(next(batches)[0]) == 999
+    batches.close()  # the reader went away (ls | head)
+    assert fs.metacache.listing("d/") is None
+    assert len(fs.readdir("/d")) == 1500

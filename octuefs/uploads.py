@@ -366,6 +366,53 @@ def conflict_name(name: str, when: float, tag: str) -> str:
 DoneCallback = Callable[[Entry], None]
 
 
+class _Queue(dict):
+    """Entries by id, in id (= queueing) order, indexed by object name and by the entry each
+    one waits for (``after``), so that queueing, finishing and waiting for one object cost the
+    same with a hundred thousand uploads queued (after an outage, say) as with ten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_name: dict[str, dict[str, Entry]] = {}
+        self._by_after: dict[str, dict[str, Entry]] = {}
+
+    def __setitem__(self, entry_id: str, entry: Entry) -> None:
+        super().__setitem__(entry_id, entry)
+        self._by_name.setdefault(entry.name, {})[entry_id] = entry
+        if entry.after is not None:
+            self._by_after.setdefault(entry.after, {})[entry_id] = entry
+
+    def __delitem__(self, entry_id: str) -> None:
+        self.pop(entry_id)
+
+    def pop(self, entry_id: str, *default):
+        entry = super().pop(entry_id, *default)
+        if isinstance(entry, Entry):
+            _unindex(self._by_name, entry.name, entry_id)
+            if entry.after is not None:
+                _unindex(self._by_after, entry.after, entry_id)
+        return entry
+
+    def of(self, name: str) -> list[Entry]:
+        """The entries of one object, oldest first."""
+        return sorted(self._by_name.get(name, {}).values(), key=lambda e: e.id)
+
+    def release_successors(self, entry_id: str) -> list[Entry]:
+        """The entries chained after ``entry_id``, no longer waiting for it (``after`` cleared)."""
+        successors = list(self._by_after.pop(entry_id, {}).values())
+        for successor in successors:
+            successor.after = None
+        return successors
+
+
+def _unindex(index: dict[str, dict[str, Entry]], key: str, entry_id: str) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.pop(entry_id, None)
+        if not bucket:
+            del index[key]
+
+
 class Uploader:
     """Background uploads of journaled entries (see the module docstring)."""
 
@@ -379,7 +426,8 @@ class Uploader:
         # Idle workers wait here, on the same lock, so that one new entry wakes one worker, not
         # all of them (each woken worker scans the queue: that was a tenth of a close's time).
         self._work_ready = threading.Condition(self._cond._lock)
-        self._entries: dict[str, Entry] = {}  # by id, insertion (= id) order; guarded by _cond
+        self._entries = _Queue()  # guarded by _cond
+        self._bucket_waits: dict[str, Entry] = {}  # entries retrying for want of the bucket; _cond
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"octuefs-upload-{i}", daemon=True)
                          for i in range(workers)]
@@ -420,7 +468,7 @@ class Uploader:
         """Queue ``entry`` after ``persist`` journals it, both under the lock: its precondition
         and chaining depend on what else is queued for the object."""
         with self._cond:
-            older = [e for e in self._entries.values() if e.name == entry.name]
+            older = self._entries.of(entry.name)
             replaced = None
             if older:
                 last = older[-1]
@@ -473,7 +521,7 @@ class Uploader:
 
     def pending_for(self, name: str) -> list[Entry]:
         with self._cond:
-            return [e for e in self._entries.values() if e.name == name]
+            return self._entries.of(name)
 
     def wait_name(self, name: str, timeout: float | None = None, idle: float | None = None) -> None:
         for entry in self.pending_for(name):
@@ -493,12 +541,12 @@ class Uploader:
         try:
             with self._cond:
                 while True:
-                    for e in [e for e in self._entries.values() if e.name == name and e.state == QUEUED]:
+                    for e in [e for e in self._entries.of(name) if e.state == QUEUED]:
                         del self._entries[e.id]
                         e.state = DONE
                         e.done.set()
                         doomed.append(e)
-                    running = [e for e in self._entries.values() if e.name == name]
+                    running = self._entries.of(name)
                     if not running:
                         break
                     if idle is not None and time.monotonic() - max(start, self._moved_at) >= idle:
@@ -552,7 +600,9 @@ class Uploader:
 
     def _next(self) -> Entry | None:
         """The oldest runnable entry, marked running. Caller holds _cond."""
-        busy = {e.name for e in self._entries.values() if e.state == RUNNING}
+        # One pass, oldest first: an object's entries run in order, so its running one (if
+        # any) comes before the rest of its entries, and the pass stops at the first it can run.
+        busy: set[str] = set()
         now = time.monotonic()
         for e in self._entries.values():
             if e.state == QUEUED and e.name not in busy and e.after is None and e.next_try <= now:
@@ -635,6 +685,8 @@ class Uploader:
         with self._cond:
             entry.state, entry.last_error = QUEUED, str(exc)
             entry.waits_for_bucket = isinstance(exc, TransientError)
+            if entry.waits_for_bucket:
+                self._bucket_waits[entry.id] = entry
             entry.next_try = time.monotonic() + delay
             self._cond.notify_all()
             self._work_ready.notify_all()  # to wait until the soonest retry
@@ -651,19 +703,18 @@ class Uploader:
         with self._cond:
             now = time.monotonic()
             runnable = False  # other than what this worker picks up next anyway
-            for other in self._entries.values():  # the bucket answers again: no need to wait
+            waits, self._bucket_waits = self._bucket_waits, {}
+            for other in waits.values():  # the bucket answers again: no need to wait
                 if other.state == QUEUED and other.waits_for_bucket and other.next_try > now:
                     other.next_try = now
-                    other.waits_for_bucket = False
                     runnable = True
-            for successor in self._entries.values():
-                if successor.after == entry.id:
-                    # A later version of the same object: it replaces what we just wrote, or,
-                    # after a conflict, meets the same precondition and is kept beside too.
-                    successor.after = None
-                    successor.base_generation = info.generation if state == DONE else entry.base_generation
-                    self.journal.write(successor)
-                    runnable = True
+                other.waits_for_bucket = False
+            for successor in self._entries.release_successors(entry.id):
+                # A later version of the same object: it replaces what we just wrote, or,
+                # after a conflict, meets the same precondition and is kept beside too.
+                successor.base_generation = info.generation if state == DONE else entry.base_generation
+                self.journal.write(successor)
+                runnable = True
             self._entries.pop(entry.id, None)
             self._cond.notify_all()
             if runnable:

@@ -1,0 +1,51 @@
+"""A deep upload queue (thousands of closes while the bucket does not answer) drains to exactly
+the newest version of every file, chained versions included."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from octuefs.config import MountConfig
+from octuefs.core import FileSystem
+from octuefs.storage.fake import FakeBucket
+
+
+class _HeldUploads(FakeBucket):
+    """Uploads wait until ``gate`` is set (a bucket that does not answer, without the retries)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.gate = threading.Event()
+
+    def upload_file(self, *args, **kwargs):
+        assert self.gate.wait(60), "test gate never opened"
+        return super().upload_file(*args, **kwargs)
+
+
+def _save(fs: FileSystem, path: str, data: bytes) -> None:
+    fh = fs.create(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fs.write(fh, data, 0)
+    fs.flush(fh)
+    fs.release(fh)
+
+
+def test_thousands_of_queued_uploads_drain_to_the_newest_version_of_each(tmp_path):
+    bucket = _HeldUploads("deep")
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / "c"), upload_workers=4))
+    for i in range(3000):
+        _save(fs, f"/f{i:04d}", b"v1-%d" % i)
+    for i in range(0, 3000, 10):  # a second version of every tenth file, queued behind the first
+        _save(fs, f"/f{i:04d}", b"v2-%d" % i)
+    # the first four uploads hold the workers; a second version queued behind a running first
+    # one waits for it (chained), the others replaced their queued first version
+    assert len(fs.uploader.snapshot()) >= 3000
+    bucket.gate.set()
+    assert fs.uploader.sync(timeout=120) == 0
+    objects = bucket.objects()
+    assert len(objects) == 3000
+    for i in range(3000):
+        want = b"v2-%d" % i if i % 10 == 0 else b"v1-%d" % i
+        assert bucket.read_range(f"f{i:04d}", 0, 100) == want, i
+    fs.shutdown()

@@ -267,6 +267,9 @@ class FileSystem:
                 after = self._local_attrs(prefix, self.files.nodes_under(prefix))
                 local.update((f, a) for f, a in after.items() if f not in files)
                 batch += [(f, attr) for f, attr in local.items() if f not in dirs]  # not yet in the bucket
+                for clash in dirs & files.keys():  # only from a server that lists out of name order
+                    self.ns.warn_once(prefix + clash, "a directory of the same name, which hides it")
+                    del files[clash]
                 self.metacache.put_listing(prefix, Listing(files, dirs), epoch)
                 yield batch, False
                 return

@@ -456,13 +456,14 @@ class _DirStream:
 
     def stale(self, offset: int) -> frozenset[str] | _Everything:
         """The names whose listed attributes may be out of date by now, for a request at
-        ``offset``: none for the first (it is as fresh as it gets); for later ones, every name
-        if the mount changed anything under the directory since it was listed, else those of
-        files it has open or pending (a local write moves a size, not the directory)."""
-        if offset == 0:
-            return frozenset()
+        ``offset``: every name if the mount changed anything under the directory since the
+        listing began (a file deleted meanwhile must not come back as the kernel's); else none
+        for the first request (it is as fresh as it gets), and for later ones those of files the
+        mount has open or pending (a local write moves a size, not the directory)."""
         if self._fs.dir_epoch(self._path) != self._epoch:
             return _EVERYTHING
+        if offset == 0:
+            return frozenset()
         return self._fs.live_names(self._path)
 
     def close(self) -> None:

@@ -394,8 +394,9 @@ class _Queue(dict):
         return entry
 
     def of(self, name: str) -> list[Entry]:
-        """The entries of one object, oldest first."""
-        return sorted(self._by_name.get(name, {}).values(), key=lambda e: e.id)
+        """The entries of one object, in the order they were queued (not by id: an id starts
+        with the wall clock, which may step back)."""
+        return list(self._by_name.get(name, {}).values())
 
     def release_successors(self, entry_id: str) -> list[Entry]:
         """The entries chained after ``entry_id``, no longer waiting for it (``after`` cleared)."""
@@ -617,7 +618,11 @@ class Uploader:
             with self._cond:
                 entry = self._next()
                 while entry is None and not self._stopping:
-                    soonest = min((e.next_try for e in self._entries.values() if e.state == QUEUED), default=None)
+                    # Entries due already wait for an object's running upload (its end wakes a
+                    # worker) or for the one they are chained after; only later retries set a timer.
+                    now = time.monotonic()
+                    soonest = min((e.next_try for e in self._entries.values()
+                                   if e.state == QUEUED and e.after is None and e.next_try > now), default=None)
                     wait = None if soonest is None else max(0.01, soonest - time.monotonic())
                     self._work_ready.wait(wait)
                     entry = self._next()
@@ -631,9 +636,15 @@ class Uploader:
             info = self.bucket.upload_file(entry.name, data, entry.metadata, if_generation_match=entry.base_generation,
                                            content_type=entry.content_type, progress=self.moved)
         except PreconditionFailed:
-            info = self._already_there(entry, data)
-            if info is None:
-                self._keep_beside(entry, data)
+            try:
+                info = self._already_there(entry, data)
+                if info is None:
+                    self._keep_beside(entry, data)
+                    return
+            except Exception as exc:  # (its stat failed, say) the worker must live on
+                if not isinstance(exc, (OctuefsError, OSError)):
+                    log.exception("unexpected error after a conflict uploading %r; it stays queued", entry.name)
+                self._retry_later(entry, exc)
                 return
         except (OctuefsError, OSError) as exc:
             self._retry_later(entry, exc)

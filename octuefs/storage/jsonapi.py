@@ -9,8 +9,8 @@ and the read speed. So the calls made once per file or per block (stat, list, ra
 single-request upload) go through :class:`JsonApi`; the rest (resumable and composite uploads,
 compose, patch, copy, delete) through the library, as before.
 
-Requests carry the client's credentials through google-auth's urllib3 transport, which adds and
-refreshes the bearer token. Failures are raised as the library's exceptions
+Requests carry the client's credentials (:class:`_Authorized`: the bearer token, refreshed as
+google-auth's own transports do). Failures are raised as the library's exceptions
 (``google.api_core.exceptions`` for HTTP errors, urllib3's for the network), so
 ``gcs.translate_error`` sees one kind of error whichever path a call took.
 """
@@ -27,16 +27,19 @@ import weakref
 from collections.abc import Callable, Mapping
 from urllib.parse import quote, urlencode
 
+import requests.adapters
 import requests.certs
 import requests.utils
 import urllib3
 from google.api_core import exceptions as api_exceptions
-from google.auth.transport.urllib3 import AuthorizedHttp
+import google.auth.transport.urllib3
+from google.auth.credentials import AnonymousCredentials
 
 from octuefs.storage.base import ObjectInfo
 
 Timeout = float | tuple[float, float]
-_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> its AuthorizedHttp
+DEFAULT_TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> its _Authorized pool
 _SHARED_LOCK = threading.Lock()
 
 
@@ -66,15 +69,45 @@ def parse_time(text: str) -> dt.datetime:
 
 def _pool_manager(base_url: str, pool_size: int, trust_env: bool) -> urllib3.PoolManager:
     """A pool for ``base_url`` that trusts and routes as the library's requests session does:
-    the proxy the environment names for it, and the CA bundle in ``REQUESTS_CA_BUNDLE`` or
-    ``CURL_CA_BUNDLE``, else certifi's."""
-    ca_certs = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")) if trust_env else None
-    options = {"maxsize": pool_size, "block": False, "retries": False,
-               "cert_reqs": "CERT_REQUIRED", "ca_certs": ca_certs or requests.certs.where()}
+    the proxy the environment names for it (with its credentials; SOCKS needs PySocks, as for
+    requests), the CA bundle in ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (a file or a
+    directory), else certifi's. A request that gives no timeout (a token refresh) gets
+    :data:`DEFAULT_TIMEOUT`."""
+    ca = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")) if trust_env else None
+    ca = ca or requests.certs.where()
+    options = {"maxsize": pool_size, "block": False, "retries": False, "timeout": DEFAULT_TIMEOUT,
+               "cert_reqs": "CERT_REQUIRED", ("ca_cert_dir" if os.path.isdir(ca) else "ca_certs"): ca}
     proxy = requests.utils.select_proxy(base_url, requests.utils.get_environ_proxies(base_url)) if trust_env else None
-    if proxy:
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
+    if not proxy:
+        return urllib3.PoolManager(**options)
+    if proxy.lower().startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests does
+
+        return SOCKSProxyManager(proxy, **options)
+    return urllib3.ProxyManager(proxy, proxy_headers=requests.adapters.HTTPAdapter().proxy_headers(proxy), **options)
+
+
+class _Authorized:
+    """A pool whose requests carry the client's credentials: the bearer token, refreshed when
+    due and once more after a 401 (what google-auth's AuthorizedHttp does, but releasing the
+    refused response's connection)."""
+
+    def __init__(self, credentials, pool: urllib3.PoolManager):
+        self.credentials = credentials
+        self.pool = pool
+        self._auth_request = google.auth.transport.urllib3.Request(pool)  # token refreshes go through the pool
+
+    def urlopen(self, method: str, url: str, headers: dict[str, str], **kwargs) -> urllib3.BaseHTTPResponse:
+        for attempt in (1, 2):
+            sent = dict(headers)
+            self.credentials.before_request(self._auth_request, method, url, sent)
+            response = self.pool.urlopen(method, url, headers=sent, **kwargs)
+            if response.status != 401 or attempt == 2 or isinstance(self.credentials, AnonymousCredentials):
+                return response
+            response.drain_conn()
+            response.release_conn()
+            self.credentials.refresh(self._auth_request)
+        raise AssertionError("unreachable")
 
 
 class JsonApi:
@@ -82,8 +115,8 @@ class JsonApi:
     share a client share one (:func:`for_client`), and so its connections."""
 
     def __init__(self, credentials, base_url: str, bucket: str, user_project: str | None = None,
-                 http: AuthorizedHttp | None = None):
-        self._http = http if http is not None else AuthorizedHttp(credentials, http=_pool_manager(base_url, 64, True))
+                 http: _Authorized | None = None):
+        self._http = http if http is not None else _Authorized(credentials, _pool_manager(base_url, 64, True))
         self._base = base_url.rstrip("/")
         self._bucket = quote(bucket, safe="")
         self._user_project = user_project
@@ -95,8 +128,8 @@ class JsonApi:
             http = _SHARED.get(client)
             if http is None:
                 base = client._connection.API_BASE_URL
-                http = AuthorizedHttp(client._credentials,
-                                      http=_pool_manager(base, pool_size, getattr(client._http, "trust_env", True)))
+                http = _Authorized(client._credentials,
+                                   _pool_manager(base, pool_size, getattr(client._http, "trust_env", True)))
                 _SHARED[client] = http
         return cls(None, client._connection.API_BASE_URL, bucket, user_project, http)
 
@@ -115,7 +148,10 @@ class JsonApi:
                                       retries=False, preload_content=not stream,
                                       timeout=urllib3.Timeout(connect=connect, read=read))
         if response.status >= 300:
-            raise _error(method, url, response)
+            error = _error(method, url, response)  # (reads the body: errors are small)
+            response.drain_conn()
+            response.release_conn()
+            raise error
         return response
 
     def _json(self, method: str, url: str, timeout: Timeout, **kwargs) -> dict:
@@ -162,10 +198,10 @@ class JsonApi:
         except BaseException:
             response.close()  # its body is unread: the connection cannot serve another request
             raise
-        if response.status == 206:
-            response.release_conn()  # the whole range was read: the connection is reusable
+        if response.status == 206 and response.length_remaining == 0:
+            response.release_conn()  # the whole body was read: the connection is reusable
         else:
-            response.close()
+            response.close()  # a body left unread (more than asked for, or no length given)
         return at - start
 
     def upload(self, name: str, data: bytes, metadata: Mapping[str, str], content_type: str,
@@ -197,4 +233,5 @@ def _error(method: str, url: str, response: urllib3.BaseHTTPResponse) -> api_exc
         message = json.loads(data)["error"]["message"]
     except Exception:
         message = (locals().get("data") or b"").decode("utf-8", "replace")[:300] or response.reason or ""
-    return api_exceptions.from_http_status(response.status, f"{method} {url}: {message}", response=response)
+    # The server's words first: what they say ("bucket does not exist") must survive truncation.
+    return api_exceptions.from_http_status(response.status, f"{message} ({method} {url})", response=response)

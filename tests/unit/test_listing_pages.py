@@ -5,8 +5,12 @@ whole listing is cached."""
 from __future__ import annotations
 
 import threading
+import time
+
+import pytest
 
 from octuefs.config import MountConfig
+from octuefs.errors import BucketUnreachable
 from octuefs.core import FileSystem
 from octuefs.storage.fake import FakeBucket
 
@@ -19,10 +23,12 @@ class _GatedListing(FakeBucket):
         self.gate = threading.Event()
         self.gate.set()
         self.pages_asked = 0
+        self.later_pages_asked = 0
 
     def list_page(self, prefix="", delimiter="/", page_token=None, max_results=1000):
         self.pages_asked += 1
         if page_token is not None:
+            self.later_pages_asked += 1
             assert self.gate.wait(10), "test gate never opened"
         return super().list_page(prefix, delimiter, page_token, max_results)
 
@@ -76,3 +82,63 @@ def test_a_listing_given_up_half_way_is_not_cached(tmp_path):
     batches.close()  # the reader went away (ls | head)
     assert fs.metacache.listing("d/") is None
     assert len(fs.readdir("/d")) == 1500
+
+
+# --- the FUSE side: one open directory's stream ------------------------------------------------
+
+
+class _FailingLaterPages(FakeBucket):
+    """A bucket whose listing fails after its first page (the network went away mid-listing)."""
+
+    def list_page(self, prefix="", delimiter="/", page_token=None, max_results=1000):
+        if page_token is not None:
+            raise BucketUnreachable("bucket unreachable: connection reset while listing")
+        return super().list_page(prefix, delimiter, page_token, max_results)
+
+
+def _stream(fs, path):
+    from octuefs.fuse_ops import OctueOperations, _DirStream
+
+    stream = _DirStream(fs, path, OctueOperations(fs).packed)
+    stream.start()
+    return stream
+
+
+def test_a_listing_that_fails_half_way_gives_its_first_entries_then_the_error(tmp_path):
+    bucket = _FailingLaterPages("fail")
+    _fill(bucket, [f"d/{i:05d}" for i in range(1500)])
+    fs = _fs(bucket, tmp_path)
+    stream = _stream(fs, "/d")
+    assert len(stream.upto(2)) == 2 + 999  # ".", "..", then the first page's files
+    with pytest.raises(BucketUnreachable):
+        stream.upto(2 + 999)  # the entry that did not come
+    assert fs.metacache.listing("d/") is None
+
+
+def test_a_directory_closed_half_way_stops_listing_after_its_page(tmp_path):
+    bucket = _GatedListing("closed")
+    _fill(bucket, [f"d/{i:05d}" for i in range(3500)])
+    fs = _fs(bucket, tmp_path)
+    bucket.gate.clear()
+    stream = _stream(fs, "/d")
+    deadline = time.monotonic() + 10
+    while bucket.later_pages_asked < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the thread waits for the second page
+    stream.close()  # (ls | head: the reader went away)
+    bucket.gate.set()
+    deadline = time.monotonic() + 10
+    while any(t.name == "octuefs-list" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "octuefs-list" for t in threading.enumerate())
+    assert bucket.later_pages_asked == 1  # the page in flight, no more (there are four)
+    assert fs.metacache.listing("d/") is None
+
+
+def test_entries_deleted_through_the_mount_while_listing_are_refreshed_even_in_the_first_reply(tmp_path):
+    bucket = FakeBucket("deleted")
+    _fill(bucket, ["d/a.txt", "d/b.txt"])
+    fs = _fs(bucket, tmp_path)
+    stream = _stream(fs, "/d")
+    fs.unlink("/d/a.txt")  # after the listing began, before its first reply went out
+    assert stream.stale(0) is not None and "a.txt" in stream.stale(0)
+    assert "a.txt" in stream.stale(3)

@@ -8,6 +8,7 @@ import threading
 
 from octuefs.config import MountConfig
 from octuefs.core import FileSystem
+from octuefs.errors import PreconditionFailed, TransientError
 from octuefs.storage.fake import FakeBucket
 
 
@@ -48,4 +49,35 @@ def test_thousands_of_queued_uploads_drain_to_the_newest_version_of_each(tmp_pat
     for i in range(3000):
         want = b"v2-%d" % i if i % 10 == 0 else b"v1-%d" % i
         assert bucket.read_range(f"f{i:04d}", 0, 100) == want, i
+    fs.shutdown()
+
+
+class _ConflictThenFlakyStat(FakeBucket):
+    """The first upload fails its precondition, and the stat that checks whose object it is
+    fails once (the bucket blinked): the upload must stay queued, and its worker alive."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.refuse_upload, self.fail_stat = True, False
+
+    def upload_file(self, *args, **kwargs):
+        if self.refuse_upload:
+            self.refuse_upload, self.fail_stat = False, True
+            raise PreconditionFailed("gs://x: precondition failed (the object changed)")
+        return super().upload_file(*args, **kwargs)
+
+    def stat(self, name):
+        if self.fail_stat:
+            self.fail_stat = False
+            raise TransientError("gs://x: HTTP 503: try again")
+        return super().stat(name)
+
+
+def test_a_failure_while_settling_a_conflict_leaves_the_upload_queued_and_the_worker_alive(tmp_path):
+    bucket = _ConflictThenFlakyStat("wedge")
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / "c"), upload_workers=1))
+    _save(fs, "/a.txt", b"mine")
+    assert fs.uploader.sync(timeout=30) == 0  # retried (after its backoff) by the one worker
+    assert bucket.read_range("a.txt", 0, 10) == b"mine"
     fs.shutdown()

@@ -1,0 +1,116 @@
+"""The direct JSON API path against a scripted HTTP server: answers fake-gcs-server never gives
+(a range ignored, a wrong Content-Range, a 401 that a token refresh cures)."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+
+import pytest
+from google.api_core import exceptions as api_exceptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+
+from octuefs.storage.jsonapi import JsonApi
+
+DATA = bytes(range(256)) * 64  # 16 KiB
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, answer):
+        self.answer = answer  # (handler) -> None
+        self.seen: list = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.server.seen.append((self.path, self.headers))  # (case-insensitive)
+        self.server.answer(self)
+
+    def log_message(self, *args):
+        pass
+
+
+def _send(handler, status, body, headers=()):
+    handler.send_response(status)
+    for k, v in headers:
+        handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(answer, credentials=None):
+        server = _Server(answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        api = JsonApi(credentials or AnonymousCredentials(), f"http://127.0.0.1:{server.server_port}", "b")
+        return api, server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _read(api, start, end, tmp_path):
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        n = api.read_range("o", start, end, None, 10, lambda off, chunk: os.pwrite(fd, chunk, off), 4096)
+        return n, os.pread(fd, end, start)
+    finally:
+        os.close(fd)
+
+
+def test_a_server_that_ignores_the_range_still_gives_exactly_the_range(serve, tmp_path):
+    api, server = serve(lambda h: _send(h, 200, DATA))
+    assert _read(api, 5000, 9000, tmp_path) == (4000, DATA[5000:9000])
+    assert server.seen[0][1]["Range"] == "bytes=5000-8999"
+
+
+def test_a_wrong_content_range_is_an_error_not_wrong_bytes(serve, tmp_path):
+    api, _ = serve(lambda h: _send(h, 206, DATA[0:4000], [("Content-Range", f"bytes 0-3999/{len(DATA)}")]))
+    with pytest.raises(api_exceptions.GoogleAPICallError):
+        _read(api, 5000, 9000, tmp_path)
+
+
+def test_an_error_keeps_the_servers_message_first(serve, tmp_path):
+    body = b'{"error": {"code": 404, "message": "The specified bucket does not exist."}}'
+    api, _ = serve(lambda h: _send(h, 404, body))
+    with pytest.raises(api_exceptions.NotFound) as caught:
+        api.get_object("x" * 400, None, 10)
+    assert str(caught.value.message).startswith("The specified bucket does not exist.")
+
+
+class _Tokens(Credentials):
+    """Credentials whose first token the server refuses (expired early, say)."""
+
+    def __init__(self):
+        super().__init__()
+        self.token, self.refreshes = "old", 0
+
+    def refresh(self, request):
+        self.refreshes += 1
+        self.token = "new"
+
+
+def test_a_401_refreshes_the_token_once_and_retries(serve, tmp_path):
+    def answer(h):
+        if h.headers["Authorization"] == "Bearer new":
+            _send(h, 200, b'{"name": "o"}')
+        else:
+            _send(h, 401, b'{"error": {"code": 401, "message": "expired"}}')
+
+    credentials = _Tokens()
+    api, server = serve(answer, credentials)
+    assert api.get_object("o", None, 10) == {"name": "o"}
+    assert credentials.refreshes == 1 and [h["Authorization"] for _, h in server.seen] == ["Bearer old", "Bearer new"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -73,6 +74,7 @@ class FileSystem:
         limit = self.cache.space.limit
         log.info("clean cached data: %s", "no limit" if limit is None else f"at most {format_size(limit)}")
         journal = Journal(config.cache_dir)
+        bucket.keep_parts_in(os.path.join(config.cache_dir, "parts"))  # large uploads' parts, until deleted
         self.uploader = Uploader(bucket, journal, workers=config.upload_workers)
         self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
                                upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,
@@ -80,9 +82,19 @@ class FileSystem:
         recovered = journal.load()
         self.files.recover(recovered)
         self.uploader.start(recovered)
+        # Parts an earlier mount's large uploads left in the bucket (it crashed, or the bucket
+        # was away when they were to be deleted): deleted in the background.
+        threading.Thread(target=self._sweep_parts, args=(bucket,), name="octuefs-sweep", daemon=True).start()
         self.xattrs = XattrSurface(self)
         self.leave_pending = False  # set by `octuefs unmount --leave-pending`
         self._started = time.time()
+
+    @staticmethod
+    def _sweep_parts(bucket: Bucket) -> None:
+        try:
+            bucket.sweep_parts()
+        except Exception:
+            log.exception("sweeping the parts of earlier large uploads failed; the next mount tries again")
 
     # --- lookups ------------------------------------------------------------------------
 

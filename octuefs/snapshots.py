@@ -59,6 +59,8 @@ from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from .durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "octuefs-emulator-snapshot/1"
@@ -159,7 +161,7 @@ class Store:
 
     def commit(self, manifest: dict) -> None:
         """Make ``manifest`` the snapshot (atomically, durably), then delete unreferenced blobs."""
-        _fsync_dir(self.blobs)  # the new blobs' names, before the manifest that names them
+        fsync_dir(self.blobs)  # the new blobs' names, before the manifest that names them
         tmp = self.root / f"manifest.json.tmp-{uuid.uuid4().hex}"
         try:
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
@@ -169,7 +171,7 @@ class Store:
             os.replace(tmp, self.manifest_path)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._collect(manifest)
 
     def _collect(self, manifest: dict) -> None:
@@ -193,13 +195,6 @@ def in_parallel(fn: Callable[..., None], jobs: list[tuple]) -> None:
                 future.cancel()
             raise
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- snapshots: talking to the server --------------------------------------------------------

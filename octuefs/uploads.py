@@ -55,6 +55,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from .durable import fsync_dir, fsync_path
 from .cachespace import bytes_in
 from .errors import (
     Conflict,
@@ -103,13 +104,6 @@ RECORD_XATTR = "user.octuefs.upload."  # + entry id: the journal record, on the 
 PREFLUSH_BYTES = 1 << 20  # larger files have their data flushed before the queue's lock is taken
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _xattrs_work(directory: str) -> bool:
     """Can files in ``directory`` hold user extended attributes?"""
@@ -126,13 +120,6 @@ def _xattrs_work(directory: str) -> bool:
         log.info("the cache's filesystem keeps no user xattrs (%s): journal records go in separate files", exc)
         return False
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -162,7 +149,7 @@ class Journal:
             os.close(fd)
         os.replace(staging_path, self.data_path(entry_id))
         try:
-            _fsync_dir(self.pending_dir)
+            fsync_dir(self.pending_dir)
         except OSError:
             os.replace(self.data_path(entry_id), staging_path)
             raise
@@ -170,7 +157,7 @@ class Journal:
     def preflush(self, staging_path: str, size: int) -> None:
         """Flush a large file's data ahead of :meth:`commit`, outside any lock."""
         if size >= PREFLUSH_BYTES:
-            _fsync_path(staging_path)
+            fsync_path(staging_path)
 
     def commit(self, entry: Entry, staging_path: str) -> None:
         """Make closed content and its record durable together, as ``pending/<id>``.
@@ -188,7 +175,7 @@ class Journal:
             return
         os.replace(staging_path, self.data_path(entry.id))
         try:
-            _fsync_dir(self.pending_dir)
+            fsync_dir(self.pending_dir)
         except OSError:
             os.replace(self.data_path(entry.id), staging_path)
             raise
@@ -198,7 +185,7 @@ class Journal:
         os.link(self.data_path(previous_id), self.data_path(entry.id))
         try:
             self.write(entry)
-            _fsync_dir(self.pending_dir)
+            fsync_dir(self.pending_dir)
         except OSError:
             self.remove(entry)
             raise
@@ -237,7 +224,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.journal_dir)
+        fsync_dir(self.journal_dir)
 
     def remove(self, entry: Entry, keep_data: bool = False) -> None:
         for path in [os.path.join(self.journal_dir, entry.id + ".json")] + ([] if keep_data else [self.data_path(entry.id)]):

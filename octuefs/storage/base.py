@@ -156,6 +156,14 @@ class Bucket(abc.ABC):
         pwrite_all(fd, data, start)
         return len(data)
 
+    def keep_parts_in(self, directory: str) -> None:
+        """Where to note the parts of large uploads until they are deleted (for implementations
+        that upload in parts; see :meth:`sweep_parts`)."""
+
+    def sweep_parts(self) -> int:
+        """Delete parts of large uploads that earlier ones left behind; how many objects."""
+        return 0
+
     @abc.abstractmethod
     def download_to_file(self, name: str, path: str, generation: int | None = None) -> ObjectInfo:
         """Write the whole object to the local file ``path`` (replacing it); return its info."""

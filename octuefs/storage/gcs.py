@@ -43,6 +43,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import exceptions as storage_exceptions
 
+from octuefs.durable import fsync_dir
 from octuefs.errors import (
     BucketNotFound,
     NotFound,
@@ -76,10 +77,10 @@ UPLOAD_CHUNK_SIZE = 32 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
 # more requests. Parts live under PARTS_PREFIX in the object's directory, hidden from the mount,
 # and are deleted once composed (or once the compose failed).
 COMPOSE_MIN = 64 * 1024 * 1024
-PART_CHUNK_SIZE = 16 * 1024 * 1024  # each part's resumable chunk (held in memory, about twice)
 MAX_PARTS = 32  # GCS composes at most 32 objects in one request
-PARTS_IN_FLIGHT = 4
-_PART_SLOTS = threading.BoundedSemaphore(PARTS_IN_FLIGHT)  # parts in flight, all uploads together: bounds RSS
+PARTS_IN_FLIGHT = 4  # each streamed from the file, 1 MiB at a time
+_PART_SLOTS = threading.BoundedSemaphore(PARTS_IN_FLIGHT)  # parts in flight, all uploads together
+_IN_FLIGHT: set[str] = set()  # parts prefixes of composite uploads running in this process
 
 CREDENTIALS_HINT = (
     "no usable Google Cloud credentials: run `gcloud auth application-default login` "
@@ -178,6 +179,7 @@ def translate_error(exc: BaseException, bucket: str, name: str | None = None) ->
 # --- client --------------------------------------------------------------------------------
 
 
+
 def emulator_host() -> str | None:
     return os.environ.get("STORAGE_EMULATOR_HOST") or None
 
@@ -248,28 +250,6 @@ class _Reporting:
         return getattr(self._f, name)
 
 
-class _Slice:
-    """Bytes ``[start, start + length)`` of an open file, read as a file of their own."""
-
-    def __init__(self, f, start: int, length: int):
-        self._f, self._start, self._length, self._pos = f, start, length, 0
-
-    def read(self, size: int = -1) -> bytes:
-        left = self._length - self._pos
-        size = left if size is None or size < 0 else min(size, left)
-        data = os.pread(self._f.fileno(), size, self._start + self._pos) if size > 0 else b""
-        self._pos += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
-        self._pos = max(0, min(self._length, base + offset))
-        return self._pos
-
-
 def part_ranges(size: int, compose_min: int = COMPOSE_MIN) -> list[tuple[int, int]]:
     """(start, length) of each part of a ``size``-byte composite upload: parts of half
     ``compose_min`` (so at least two), fewer and larger past MAX_PARTS, each a multiple of
@@ -297,6 +277,7 @@ class GCSBucket(Bucket):
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
         endpoint: str | None = None,
         compose_min: int = COMPOSE_MIN,
+        parts_dir: str | None = None,
     ):
         """``endpoint``: an emulator's URL (overrides STORAGE_EMULATOR_HOST); ``timeout``: per
         HTTP request, seconds or (connect, read); ``compose_min``: the smallest file uploaded in
@@ -309,6 +290,9 @@ class GCSBucket(Bucket):
         self._api = JsonApi.for_client(self._client, name, self._bucket.user_project, POOL_SIZE)
         self._retrier = Retrier(retry)
         self.compose_min = compose_min  # 0: never a composite upload
+        self.parts_dir: str | None = None
+        if parts_dir is not None:
+            self.keep_parts_in(parts_dir)
 
     def __repr__(self) -> str:
         return f"GCSBucket({self.name!r}, endpoint={self.endpoint!r})"
@@ -326,7 +310,7 @@ class GCSBucket(Bucket):
     def with_retry(self, retry: RetryPolicy, timeout: float | tuple[float, float] | None = None) -> GCSBucket:
         """The same bucket and client with another retry policy (and timeout)."""
         return GCSBucket(self.name, client=self._client, retry=retry, timeout=timeout or self.timeout,
-                         compose_min=self.compose_min)
+                         compose_min=self.compose_min, parts_dir=self.parts_dir)
 
     def _call(
         self,
@@ -554,16 +538,10 @@ class GCSBucket(Bucket):
 
         def upload_part(i: int) -> None:
             start, length = ranges[i]
-
-            def attempt(timeout: Timeout) -> None:
-                blob = self._bucket.blob(parts[i], chunk_size=PART_CHUNK_SIZE)
-                with open(path, "rb") as f:
-                    part = _Slice(f, start, length)
-                    blob.upload_from_file(_Reporting(part, progress) if progress is not None else part, size=length,
-                                          content_type="application/octet-stream", retry=None, timeout=timeout)
-
             with _PART_SLOTS:
-                self._call("uploading a part of", attempt, parts[i], shown=f"{name} (part {i + 1} of {len(parts)})")
+                self._call("uploading a part of",
+                           lambda timeout: self._api.upload_range(parts[i], path, start, length, timeout, progress),
+                           parts[i], shown=f"{name} (part {i + 1} of {len(parts)})")
 
         def compose(timeout: Timeout) -> storage.Blob:
             blob = self._bucket.blob(name)
@@ -577,6 +555,7 @@ class GCSBucket(Bucket):
         # before sending the parts (no upload for nothing) and again before composing (a change
         # landing in between is caught only by GCS itself).
         self._check_generation(name, if_generation_match)
+        ledger = self._note_parts(tag)
         try:
             with ThreadPoolExecutor(min(len(parts), PARTS_IN_FLIGHT), thread_name_prefix="octuefs-part") as pool:
                 for done in [pool.submit(upload_part, i) for i in range(len(parts))]:
@@ -585,8 +564,13 @@ class GCSBucket(Bucket):
             resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
             result = self._call("composing", compose, name, after_ambiguous=resolve)
         finally:
-            self._delete_parts(parts)
+            if self._delete_parts(parts):
+                self._forget_parts(tag, ledger)
+            else:
+                _IN_FLIGHT.discard(tag)  # left for sweep_parts
         log.debug("uploaded %s in %d parts, composed", name, len(parts))
+        if self.parts_dir is not None and os.listdir(self.parts_dir):
+            self.sweep_parts()  # the bucket answers again: what an outage left can go now
         return result if isinstance(result, ObjectInfo) else self._complete(result)
 
     def _check_generation(self, name: str, if_generation_match: int | None) -> None:
@@ -600,13 +584,82 @@ class GCSBucket(Bucket):
             raise PreconditionFailed(f"gs://{self.name}/{name} is at generation {current}, "
                                      f"not {if_generation_match}")
 
-    def _delete_parts(self, parts: list[str]) -> None:
+    def _delete_parts(self, parts: list[str]) -> bool:
+        """Delete a composite upload's parts (one attempt each); whether none is left."""
+        gone = True
         for part in parts:
             try:
                 self._bucket.blob(part).delete(retry=None, timeout=self.timeout)
-            except Exception as exc:  # never uploaded, or the bucket is away: harmless leftovers
+            except Exception as exc:  # never uploaded, or the bucket is away
                 if not isinstance(exc, api_exceptions.NotFound):
-                    log.info("could not delete the upload part %s (%s); it can be deleted by hand", part, _short(exc))
+                    gone = False
+                    log.info("could not delete the upload part %s (%s); it is deleted later", part, _short(exc))
+        return gone
+
+    # --- the parts ledger: no part is left in the bucket for good ----------------------------
+
+    def keep_parts_in(self, directory: str) -> None:
+        """Note each composite upload's parts in ``directory`` (a file per upload, made before
+        its first part goes up) until they are deleted, so that :meth:`sweep_parts` can delete
+        what a crash, or a bucket away at the time, left behind. Without it such parts stay."""
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.parts_dir = directory
+
+    def _note_parts(self, tag: str) -> str | None:
+        _IN_FLIGHT.add(tag)
+        if self.parts_dir is None:
+            return None
+        path = os.path.join(self.parts_dir, tag.rstrip("/").rpartition("/")[2])
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, tag.encode("utf-8", "surrogateescape"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.parts_dir)
+        return path
+
+    def _forget_parts(self, tag: str, ledger: str | None) -> None:
+        _IN_FLIGHT.discard(tag)
+        if ledger is not None:
+            try:
+                os.unlink(ledger)
+            except FileNotFoundError:
+                pass
+
+    def sweep_parts(self) -> int:
+        """Delete the parts noted in the ledger that no upload in this process is using; how
+        many objects were deleted. What cannot be deleted now stays noted for the next sweep."""
+        if self.parts_dir is None:
+            return 0
+        deleted = 0
+        for entry in sorted(os.listdir(self.parts_dir)):
+            ledger = os.path.join(self.parts_dir, entry)
+            try:
+                with open(ledger, "rb") as f:
+                    tag = f.read().decode("utf-8", "surrogateescape")
+            except OSError:
+                continue
+            if tag in _IN_FLIGHT:
+                continue
+            if not tag.endswith("/") or PARTS_PREFIX not in tag:  # not ours to act on
+                log.warning("ignoring %s in the parts ledger: %r is no parts prefix", ledger, tag)
+                continue
+            try:
+                objects, _ = self.list_all(tag, delimiter=None)
+                for obj in objects:
+                    try:
+                        self.delete(obj.name)
+                        deleted += 1
+                    except NotFound:
+                        pass
+            except StorageError as exc:
+                log.info("could not delete the parts under gs://%s/%s yet: %s", self.name, tag, exc)
+                continue
+            self._forget_parts(tag, ledger)
+        if deleted:
+            log.info("deleted %d part(s) that earlier uploads left in gs://%s", deleted, self.name)
+        return deleted
 
     def patch_metadata(
         self,

@@ -24,7 +24,7 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import quote, urlencode
 
 import requests.adapters
@@ -141,7 +141,7 @@ class JsonApi:
     def _object_path(self, name: str) -> str:
         return f"/b/{self._bucket}/o/{quote(name, safe='')}"
 
-    def _request(self, method: str, url: str, timeout: Timeout, *, body: bytes | None = None,
+    def _request(self, method: str, url: str, timeout: Timeout, *, body: bytes | Iterable[bytes] | None = None,
                  headers: Mapping[str, str] | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         response = self._http.urlopen(method, url, body=body, headers=dict(headers or {}), redirect=False,
@@ -204,6 +204,16 @@ class JsonApi:
             response.close()  # a body left unread (more than asked for, or no length given)
         return at - start
 
+    def upload_range(self, name: str, path: str, start: int, length: int, timeout: Timeout,
+                     progress: Callable[[], None] | None = None, piece: int = 1 << 20) -> dict:
+        """A new object made of bytes [start, start + length) of a file, sent as they are read
+        (one media request, no metadata): at most one ``piece`` of it in memory."""
+        query = [("uploadType", "media"), ("name", name), ("projection", "noAcl")]
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        body = _file_pieces(path, start, length, piece, progress)
+        return self._json("POST", self._url(f"/upload/storage/v1/b/{self._bucket}/o", query), timeout,
+                          body=body, headers=headers)
+
     def upload(self, name: str, data: bytes, metadata: Mapping[str, str], content_type: str,
                if_generation_match: int | None, crc32c: bytes, timeout: Timeout) -> dict:
         """One multipart request: the resource (metadata, content type, CRC32C for the server to
@@ -224,6 +234,20 @@ class JsonApi:
         headers = {"Content-Type": f'multipart/related; boundary="{boundary.decode()}"'}
         return self._json("POST", self._url(f"/upload/storage/v1/b/{self._bucket}/o", query), timeout,
                           body=body, headers=headers)
+
+
+def _file_pieces(path: str, start: int, length: int, piece: int, progress: Callable[[], None] | None):
+    """Bytes [start, start + length) of the file at ``path``, ``piece`` bytes at a time."""
+    with open(path, "rb") as f:
+        left = length
+        while left:
+            chunk = os.pread(f.fileno(), min(piece, left), start + length - left)
+            if not chunk:
+                raise OSError(f"{path} ended {left} bytes early while being uploaded")
+            left -= len(chunk)
+            if progress is not None:
+                progress()
+            yield chunk
 
 
 def _error(method: str, url: str, response: urllib3.BaseHTTPResponse) -> api_exceptions.GoogleAPICallError:

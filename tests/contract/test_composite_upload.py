@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from octuefs.errors import PreconditionFailed
+from octuefs.errors import BucketUnreachable, PreconditionFailed
 from octuefs.storage.base import PARTS_PREFIX, ObjectInfo
 from octuefs.storage.gcs import GCSBucket, part_ranges
 from octuefs.storage.retry import file_fingerprint
@@ -71,3 +71,46 @@ def test_a_fingerprint_recognises_a_composed_object_by_crc32c():
     assert f.matches(ObjectInfo(**base, md5=f.md5, crc32c=None))
     assert not f.matches(ObjectInfo(**base, md5=None, crc32c="AAAAAA=="))
     assert not f.matches(ObjectInfo(**{**base, "size": 12}, md5=None, crc32c=f.crc32c))
+
+
+# --- the parts ledger: what a crash or an outage left is deleted later -------------------------
+
+
+def test_parts_that_could_not_be_deleted_are_swept_later(gcs_bucket, tmp_path, monkeypatch):
+    ledger = tmp_path / "parts"
+    bucket = GCSBucket(gcs_bucket.name, client=gcs_bucket.client, retry=gcs_bucket.retry_policy,
+                       compose_min=MiB, parts_dir=str(ledger))
+    def away(*args, **kwargs):
+        raise BucketUnreachable("bucket unreachable: connection refused")
+
+    monkeypatch.setattr(GCSBucket, "_delete_parts", lambda self, parts: False)  # the bucket went away
+    monkeypatch.setattr(GCSBucket, "delete", away)  # ... for the sweep after the upload too
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(2 * MiB + 1))
+    bucket.upload_file("d/big", str(src), {"k": "v"}, if_generation_match=0)
+    monkeypatch.undo()
+    assert len(leftovers(bucket)) >= 2 and len(os.listdir(ledger)) == 1
+    # the next mount (a new bucket object, the same cache directory) deletes them
+    again = GCSBucket(gcs_bucket.name, client=gcs_bucket.client, compose_min=MiB, parts_dir=str(ledger))
+    assert again.sweep_parts() >= 2
+    assert leftovers(bucket) == [] and os.listdir(ledger) == []
+    assert bucket.read_range("d/big", 0, 3 * MiB) == src.read_bytes()  # the object itself untouched
+
+
+def test_a_crashed_uploads_parts_are_swept_but_never_a_running_ones(gcs_bucket, tmp_path):
+    from octuefs.storage import gcs
+
+    ledger = tmp_path / "parts"
+    bucket = GCSBucket(gcs_bucket.name, client=gcs_bucket.client, compose_min=MiB, parts_dir=str(ledger))
+    crashed, running = f"x/{PARTS_PREFIX}aaaa/", f"x/{PARTS_PREFIX}bbbb/"
+    for tag in (crashed, running):
+        bucket.upload_bytes(tag + "00", b"part")
+        (ledger / tag.rstrip("/").rpartition("/")[2]).write_text(tag)
+    gcs._IN_FLIGHT.add(running)  # an upload in this process still using its parts
+    try:
+        assert bucket.sweep_parts() == 1
+        assert leftovers(bucket) == [running + "00"]
+        assert sorted(os.listdir(ledger)) == ["bbbb"]
+    finally:
+        gcs._IN_FLIGHT.discard(running)
+    assert bucket.sweep_parts() == 1 and leftovers(bucket) == [] and os.listdir(ledger) == []

@@ -72,6 +72,9 @@ from .storage.retry import Fingerprint, file_fingerprint
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, CONFLICT = "queued", "running", "done", "conflict"
+BURST_QUIET = 0.05  # seconds without a close that end a burst of them
+BURST_HOLD = 2.0  # seconds a small file's upload waits at most for a burst of closes to end
+BURST_MAX_BYTES = 8 * 1024 * 1024  # larger files are never held: their uploads are not CPU per file
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,6 +96,7 @@ class Entry:
     result: ObjectInfo | None = None
     conflict_name: str | None = None
     waits_for_bucket: bool = False  # its last attempt failed for want of the bucket (transient)
+    hold_until: float = 0.0  # (monotonic) not started before this while closes keep coming (a burst)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def record(self) -> dict:
@@ -405,8 +409,10 @@ class Uploader:
     """Background uploads of journaled entries (see the module docstring)."""
 
     def __init__(self, bucket: Bucket, journal: Journal, workers: int = 8, on_done: DoneCallback | None = None,
-                 max_backoff: float = 60.0, new_id: Callable[[], str] | None = None):
+                 max_backoff: float = 60.0, new_id: Callable[[], str] | None = None,
+                 burst_quiet: float = BURST_QUIET, burst_hold: float = BURST_HOLD):
         self.bucket = bucket
+        self.burst_quiet, self.burst_hold = burst_quiet, burst_hold
         self.journal = journal
         self.on_done = on_done or (lambda entry: None)
         self.max_backoff = max_backoff
@@ -416,6 +422,10 @@ class Uploader:
         self._work_ready = threading.Condition(self._cond._lock)
         self._entries = _Queue()  # guarded by _cond
         self._bucket_waits: dict[str, Entry] = {}  # entries retrying for want of the bucket; _cond
+        self._retrying: dict[str, Entry] = {}  # entries waiting to retry after a failure; _cond
+        self._unheld: dict[str, Entry] = {}  # queued entries never held (large, or waited for); _cond
+        self._last_enqueue = 0.0  # (monotonic) when a close last queued an upload; _cond
+        self._held_wake: float | None = None  # when the first held entry may start; _cond
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"octuefs-upload-{i}", daemon=True)
                          for i in range(workers)]
@@ -471,9 +481,15 @@ class Uploader:
                 self.journal.remove(replaced)
                 replaced.state = DONE
                 replaced.done.set()
+            now = time.monotonic()
+            self._last_enqueue = now
+            entry.hold_until = now + self.burst_hold if entry.size < BURST_MAX_BYTES and self.burst_hold else 0.0
+            if not entry.hold_until:
+                self._unheld[entry.id] = entry
             self._entries[entry.id] = entry
             self._cond.notify_all()
-            self._work_ready.notify()
+            if not entry.hold_until or self._held_wake is None:
+                self._work_ready.notify()  # (if held: to set a timer; workers with one need no call)
         log.debug("queued upload %s of %r (%d bytes)", entry.id, entry.name, entry.size)
         return entry
 
@@ -489,6 +505,7 @@ class Uploader:
         ``timeout``: UploadFailed after that long. ``idle``: UploadStillPending once no upload
         has moved for that long (the bucket is not answering). Either way it stays queued.
         """
+        self.hasten([entry])
         start = time.monotonic()
         while not entry.done.wait(0.2 if idle is not None else timeout):
             now = time.monotonic()
@@ -500,6 +517,18 @@ class Uploader:
         if entry.state == CONFLICT:
             raise Conflict(f"{entry.name!r} changed in the bucket; this version was saved as {entry.conflict_name!r}")
         return entry.result
+
+    def hasten(self, entries: list[Entry]) -> None:
+        """Someone waits for these: start them as soon as their turn comes, burst or not."""
+        with self._cond:
+            woken = 0
+            for e in entries:
+                if e.state == QUEUED and e.id in self._entries and e.hold_until:
+                    e.hold_until = 0.0
+                    self._unheld[e.id] = e
+                    woken += 1
+            if woken:
+                self._work_ready.notify(woken)
 
     @staticmethod
     def _still_pending(name: str, entry: Entry, idle: float) -> UploadStillPending:
@@ -553,6 +582,7 @@ class Uploader:
     def sync(self, timeout: float | None = None, progress: Callable[[int, int], None] | None = None) -> int:
         """Wait for every upload queued now; return how many are still pending at the end."""
         targets = self.snapshot()
+        self.hasten(targets)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = [e for e in targets if not e.done.is_set()]
@@ -587,18 +617,42 @@ class Uploader:
     # --- the workers --------------------------------------------------------------------------
 
     def _next(self) -> Entry | None:
-        """The oldest runnable entry, marked running. Caller holds _cond."""
-        # One pass, oldest first: an object's entries run in order, so its running one (if
-        # any) comes before the rest of its entries, and the pass stops at the first it can run.
-        busy: set[str] = set()
+        """The oldest runnable entry, marked running. Caller holds _cond.
+
+        Write-back in bursts: while closes keep coming (one within ``burst_quiet`` of the
+        last), a new entry waits up to ``burst_hold`` before it starts, so that the closes get
+        the CPU first (on two cores, uploads running alongside halved the rate of serial
+        closes) and the uploads follow at full speed once the burst pauses. An entry someone
+        waits for (fsync, sync, a rename, unmount) is never held.
+        """
         now = time.monotonic()
+        for e in list(self._unheld.values()):
+            if e.state != QUEUED or e.id not in self._entries:
+                del self._unheld[e.id]
+            elif e.after is None and e.next_try <= now and self._entries.of(e.name)[0] is e:
+                return self._take(e)
+        # One pass, oldest first: an object's entries run in order, so its running one (if
+        # any) comes before the rest of its entries, and the pass stops at the first it can
+        # run, or at the first held one (those queued after it are held at least as long, or
+        # are in _unheld).
+        quiet = now - self._last_enqueue >= self.burst_quiet
+        self._held_wake = None
+        busy: set[str] = set()
         for e in self._entries.values():
             if e.state == QUEUED and e.name not in busy and e.after is None and e.next_try <= now:
-                e.state = RUNNING
-                e.attempts += 1
-                return e
+                if quiet or now >= e.hold_until:
+                    return self._take(e)
+                self._held_wake = min(self._last_enqueue + self.burst_quiet, e.hold_until)
+                return None
             busy.add(e.name)  # keep later entries of the same object in order
         return None
+
+    def _take(self, e: Entry) -> Entry:
+        e.state = RUNNING
+        e.attempts += 1
+        self._unheld.pop(e.id, None)
+        self._retrying.pop(e.id, None)
+        return e
 
     def _work(self) -> None:
         while True:
@@ -606,15 +660,23 @@ class Uploader:
                 entry = self._next()
                 while entry is None and not self._stopping:
                     # Entries due already wait for an object's running upload (its end wakes a
-                    # worker) or for the one they are chained after; only later retries set a timer.
+                    # worker) or for the one they are chained after; retries and the burst hold
+                    # set a timer.
                     now = time.monotonic()
-                    soonest = min((e.next_try for e in self._entries.values()
-                                   if e.state == QUEUED and e.after is None and e.next_try > now), default=None)
-                    wait = None if soonest is None else max(0.01, soonest - time.monotonic())
+                    for gone in [i for i, e in self._retrying.items() if e.state != QUEUED or i not in self._entries]:
+                        del self._retrying[gone]
+                    wakes = [e.next_try for e in self._retrying.values() if e.after is None and e.next_try > now]
+                    if self._held_wake is not None:
+                        wakes.append(self._held_wake)
+                    wait = None if not wakes else max(0.005, min(wakes) - time.monotonic())
                     self._work_ready.wait(wait)
                     entry = self._next()
                 if entry is None:
                     return
+                if entry.hold_until:
+                    # A burst has paused (or held this one long enough): the entries held with
+                    # it are free too. Only one worker kept a timer; each one woken wakes the next.
+                    self._work_ready.notify()
             self._run(entry)
 
     def _run(self, entry: Entry) -> None:
@@ -686,6 +748,7 @@ class Uploader:
             if entry.waits_for_bucket:
                 self._bucket_waits[entry.id] = entry
             entry.next_try = time.monotonic() + delay
+            self._retrying[entry.id] = entry
             self._cond.notify_all()
             self._work_ready.notify_all()  # to wait until the soonest retry
 

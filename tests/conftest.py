@@ -17,9 +17,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from octuefs.storage.base import RetryPolicy
 from octuefs.storage.fake import FakeBucket
+
+# Property tests judge behaviour, not speed: on two busy cores an example may take longer than
+# hypothesis's default 200 ms deadline, which would fail a run for nothing.
+settings.register_profile("octuefs", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("octuefs")
 
 # Retries against a local emulator: quick, and bounded well inside a test's patience.
 EMULATOR_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.2, deadline=5.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from octuefs.config import MountConfig
 from octuefs.core import FileSystem
@@ -80,4 +81,59 @@ def test_a_failure_while_settling_a_conflict_leaves_the_upload_queued_and_the_wo
     _save(fs, "/a.txt", b"mine")
     assert fs.uploader.sync(timeout=30) == 0  # retried (after its backoff) by the one worker
     assert bucket.read_range("a.txt", 0, 10) == b"mine"
+    fs.shutdown()
+
+
+# --- bursts: closes first, uploads right after ------------------------------------------------
+
+
+class _Starts(FakeBucket):
+    """Records when each upload starts."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.starts: list[float] = []
+
+    def upload_file(self, *args, **kwargs):
+        self.starts.append(time.monotonic())
+        return super().upload_file(*args, **kwargs)
+
+
+def _burst_fs(tmp_path, quiet: float, hold: float):
+    bucket = _Starts("burst")
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c")))
+    fs.uploader.burst_quiet, fs.uploader.burst_hold = quiet, hold
+    return bucket, fs
+
+
+def test_uploads_wait_for_a_burst_of_closes_to_pause_then_all_go(tmp_path):
+    bucket, fs = _burst_fs(tmp_path, quiet=0.5, hold=30)
+    for i in range(20):
+        _save(fs, f"/f{i:02d}", b"x%d" % i)
+    last_close = time.monotonic()
+    deadline = time.monotonic() + 20
+    while len(bucket.objects()) < 20 and time.monotonic() < deadline:  # no sync: it would hasten them
+        time.sleep(0.02)
+    assert len(bucket.objects()) == 20
+    assert min(bucket.starts) >= last_close  # none started while the closes kept coming
+    fs.shutdown()
+
+
+def test_a_long_burst_holds_an_upload_no_longer_than_burst_hold(tmp_path):
+    bucket, fs = _burst_fs(tmp_path, quiet=60, hold=0.3)  # the burst "never" pauses
+    started = time.monotonic()
+    _save(fs, "/a", b"a")
+    deadline = time.monotonic() + 20
+    while "a" not in bucket.objects() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "a" in bucket.objects() and bucket.starts[0] - started >= 0.3
+    fs.shutdown()
+
+
+def test_an_upload_someone_waits_for_is_not_held(tmp_path):
+    bucket, fs = _burst_fs(tmp_path, quiet=60, hold=60)
+    _save(fs, "/a", b"a")
+    (entry,) = fs.uploader.pending_for("a")
+    fs.uploader.wait(entry, timeout=10)  # what fsync does: it must not wait out the burst hold
+    assert bucket.read_range("a", 0, 1) == b"a"
     fs.shutdown()

@@ -70,15 +70,15 @@ def test_closed_files_arrive_whole_through_a_faulty_network(faulty, proxy):
 
     proxy.set_faults(MIX)
     os.mkdir(m / "out")
-    written = {f"out/f{i}.csv": os.urandom(5_000 + 97 * i) for i in range(10)}
+    written = {f"out/f{i:02d}.csv": os.urandom(5_000 + 97 * i) for i in range(40)}  # enough requests to meet faults
     written["out/big.bin"] = os.urandom(9 * 1024 * 1024)  # a resumable upload, through the faults
     for i, (name, data) in enumerate(written.items()):
         (m / name).write_bytes(data)
         os.setxattr(m / name, "user.octue.tags", json.dumps({"n": i}).encode())  # joins the pending upload
     shutil.copyfile(m / "in/r0.bin", m / "out/copy.bin")  # reads through the faults, then a write
     written["out/copy.bin"] = seeded["in/r0.bin"]
-    os.rename(m / "out/f0.csv", m / "out/moved.csv")  # waits for f0's upload, then copy + delete
-    written["out/moved.csv"] = written.pop("out/f0.csv")
+    os.rename(m / "out/f00.csv", m / "out/moved.csv")  # waits for f00's upload, then copy + delete
+    written["out/moved.csv"] = written.pop("out/f00.csv")
 
     good = 0
     for name, data in seeded.items():
@@ -93,7 +93,7 @@ def test_closed_files_arrive_whole_through_a_faulty_network(faulty, proxy):
 
     m.sync()
     for i in range(1, 4):  # metadata of files already in the bucket: one PATCH each, through the faults
-        os.setxattr(m / f"out/f{i}.csv", "user.octue.labels", b"checked faulty")
+        os.setxattr(m / f"out/f{i:02d}.csv", "user.octue.labels", b"checked faulty")
 
     proxy.heal()
     objects = {o.name: o for o in direct.list_all("out/", delimiter=None)[0]}
@@ -101,8 +101,8 @@ def test_closed_files_arrive_whole_through_a_faulty_network(faulty, proxy):
     for name, data in written.items():
         assert direct.read_range(name, 0, len(data) + 1) == data, name
     assert tags(direct.stat("out/moved.csv")) == {"n": 0}
-    assert all(tags(direct.stat(f"out/f{i}.csv")) == {"n": i} for i in range(1, 10))
-    assert all(labels(direct.stat(f"out/f{i}.csv")) == ["checked", "faulty"] for i in range(1, 4))
+    assert all(tags(direct.stat(f"out/f{i:02d}.csv")) == {"n": i} for i in range(1, 40))
+    assert all(labels(direct.stat(f"out/f{i:02d}.csv")) == ["checked", "faulty"] for i in range(1, 4))
     counts = proxy.counts
     print("faults injected:", {k: v for k, v in counts.items() if not k.startswith("requests_")})
     assert sum(counts.get(f, 0) for f in MIX) >= 20, counts

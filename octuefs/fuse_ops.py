@@ -522,11 +522,14 @@ class _FUSE(mfusepy.FUSE):
         return 0
 
     def getxattr(self, path, name, value, size, *args):
-        """A name outside octuefs' namespaces is answered ENODATA here, without the round of
-        exceptions and logging: ``ls -l`` asks for ``security.selinux`` and
-        ``system.posix_acl_access`` of every file it lists."""
+        """Names octuefs does not keep are answered here, without the round of exceptions and
+        logging. Outside the ``user.`` namespace (``security.selinux``, POSIX ACLs, ``trusted.``)
+        the answer is EOPNOTSUPP, what a filesystem without those features says: ``ls -l``
+        asks for ``security.selinux`` and ``system.posix_acl_access`` of every file it lists,
+        and on EOPNOTSUPP it stops asking for the rest of the filesystem (two round trips per
+        file otherwise). Other ``user.`` names are ENODATA: that namespace is ours."""
         if not name.startswith(_XATTR_PREFIXES):
-            return -errno.ENODATA
+            return -errno.ENODATA if name.startswith(b"user.") else -errno.EOPNOTSUPP
         return super().getxattr(path, name, value, size, *args)
 
     def truncate_fuse_3(self, path, length, fip):

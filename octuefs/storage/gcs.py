@@ -179,7 +179,6 @@ def translate_error(exc: BaseException, bucket: str, name: str | None = None) ->
 # --- client --------------------------------------------------------------------------------
 
 
-
 def emulator_host() -> str | None:
     return os.environ.get("STORAGE_EMULATOR_HOST") or None
 
@@ -415,6 +414,7 @@ class GCSBucket(Bucket):
             raise ValueError(f"bad range [{start}, {end})")
         if end == start:
             return 0
+
         def attempt(timeout: Timeout) -> int:
             restart()
             return self._api.read_range(name, start, end, generation, timeout, sink, READ_CHUNK)
@@ -606,17 +606,21 @@ class GCSBucket(Bucket):
         self.parts_dir = directory
 
     def _note_parts(self, tag: str) -> str | None:
-        _IN_FLIGHT.add(tag)
+        _IN_FLIGHT.add(tag)  # first: a sweep must never take a noted prefix for a crash's
         if self.parts_dir is None:
             return None
         path = os.path.join(self.parts_dir, tag.rstrip("/").rpartition("/")[2])
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, tag.encode("utf-8", "surrogateescape"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(self.parts_dir)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, tag.encode("utf-8", "surrogateescape"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.parts_dir)
+        except OSError:  # (the cache disk is full, say) no part has gone up: nothing to note
+            self._forget_parts(tag, path)
+            raise
         return path
 
     def _forget_parts(self, tag: str, ledger: str | None) -> None:

@@ -90,7 +90,9 @@ def _pool_manager(base_url: str, pool_size: int, trust_env: bool) -> urllib3.Poo
 class _Authorized:
     """A pool whose requests carry the client's credentials: the bearer token, refreshed when
     due and once more after a 401 (what google-auth's AuthorizedHttp does, but releasing the
-    refused response's connection)."""
+    refused response's connection). A request whose body is a stream, which cannot be sent
+    twice, is not sent again: its 401 stands, and the caller's retry sends it anew with the
+    refreshed token."""
 
     def __init__(self, credentials, pool: urllib3.PoolManager):
         self.credentials = credentials
@@ -103,6 +105,9 @@ class _Authorized:
             self.credentials.before_request(self._auth_request, method, url, sent)
             response = self.pool.urlopen(method, url, headers=sent, **kwargs)
             if response.status != 401 or attempt == 2 or isinstance(self.credentials, AnonymousCredentials):
+                return response
+            if not isinstance(kwargs.get("body"), (bytes, type(None))):
+                self.credentials.refresh(self._auth_request)
                 return response
             response.drain_conn()
             response.release_conn()
@@ -252,10 +257,10 @@ def _file_pieces(path: str, start: int, length: int, piece: int, progress: Calla
 
 def _error(method: str, url: str, response: urllib3.BaseHTTPResponse) -> api_exceptions.GoogleAPICallError:
     """The library's exception for an error response (its message from the JSON error body)."""
+    data = response.data or b""  # (read whole: errors are small)
     try:
-        data = response.data  # (read whole: errors are small)
         message = json.loads(data)["error"]["message"]
-    except Exception:
-        message = (locals().get("data") or b"").decode("utf-8", "replace")[:300] or response.reason or ""
+    except (ValueError, TypeError, KeyError):
+        message = data.decode("utf-8", "replace")[:300] or response.reason or ""
     # The server's words first: what they say ("bucket does not exist") must survive truncation.
     return api_exceptions.from_http_status(response.status, f"{message} ({method} {url})", response=response)

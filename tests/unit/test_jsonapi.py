@@ -32,6 +32,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.seen.append((self.path, self.headers))  # (case-insensitive)
         self.server.answer(self)
 
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.do_GET()
+
     def log_message(self, *args):
         pass
 
@@ -114,3 +118,15 @@ def test_a_401_refreshes_the_token_once_and_retries(serve, tmp_path):
     api, server = serve(answer, credentials)
     assert api.get_object("o", None, 10) == {"name": "o"}
     assert credentials.refreshes == 1 and [h["Authorization"] for _, h in server.seen] == ["Bearer old", "Bearer new"]
+
+
+def test_a_streamed_upload_refused_401_is_not_sent_again_half_empty(serve, tmp_path):
+    """A body read from a file cannot be sent twice: the 401 stands (the caller retries the
+    whole request) but the token is refreshed for that retry."""
+    src = tmp_path / "part"
+    src.write_bytes(DATA)
+    credentials = _Tokens()
+    api, server = serve(lambda h: _send(h, 401, b'{"error": {"code": 401, "message": "expired"}}'), credentials)
+    with pytest.raises(api_exceptions.Unauthorized):
+        api.upload_range("p/00", str(src), 0, len(DATA), 10)
+    assert credentials.refreshes == 1 and len(server.seen) == 1

@@ -358,7 +358,7 @@ DoneCallback = Callable[[Entry], None]
 
 
 class _Queue(dict):
-    """Entries by id, in id (= queueing) order, indexed by object name and by the entry each
+    """Entries by id, in queueing order, indexed by object name and by the entry each
     one waits for (``after``), so that queueing, finishing and waiting for one object cost the
     same with a hundred thousand uploads queued (after an outage, say) as with ten."""
 
@@ -423,7 +423,9 @@ class Uploader:
         self._entries = _Queue()  # guarded by _cond
         self._bucket_waits: dict[str, Entry] = {}  # entries retrying for want of the bucket; _cond
         self._retrying: dict[str, Entry] = {}  # entries waiting to retry after a failure; _cond
-        self._unheld: dict[str, Entry] = {}  # queued entries never held (large, or waited for); _cond
+        # Queued entries that may start before those queued ahead of them: never held (large, or
+        # waited for), or a newer version that kept the hold of the one it replaced; _cond
+        self._early: dict[str, Entry] = {}
         self._last_enqueue = 0.0  # (monotonic) when a close last queued an upload; _cond
         self._held_wake: float | None = None  # when the first held entry may start; _cond
         self._stopping = False
@@ -484,8 +486,10 @@ class Uploader:
             now = time.monotonic()
             self._last_enqueue = now
             entry.hold_until = now + self.burst_hold if entry.size < BURST_MAX_BYTES and self.burst_hold else 0.0
-            if not entry.hold_until:
-                self._unheld[entry.id] = entry
+            if replaced is not None and replaced.hold_until < entry.hold_until:
+                entry.hold_until = replaced.hold_until  # a file closed again and again is held no longer
+            if replaced is not None or not entry.hold_until:
+                self._early[entry.id] = entry
             self._entries[entry.id] = entry
             self._cond.notify_all()
             if not entry.hold_until or self._held_wake is None:
@@ -525,7 +529,7 @@ class Uploader:
             for e in entries:
                 if e.state == QUEUED and e.id in self._entries and e.hold_until:
                     e.hold_until = 0.0
-                    self._unheld[e.id] = e
+                    self._early[e.id] = e
                     woken += 1
             if woken:
                 self._work_ready.notify(woken)
@@ -626,23 +630,27 @@ class Uploader:
         waits for (fsync, sync, a rename, unmount) is never held.
         """
         now = time.monotonic()
-        for e in list(self._unheld.values()):
+        quiet = now - self._last_enqueue >= self.burst_quiet
+        self._held_wake = None
+        for e in list(self._early.values()):
             if e.state != QUEUED or e.id not in self._entries:
-                del self._unheld[e.id]
+                del self._early[e.id]
             elif e.after is None and e.next_try <= now and self._entries.of(e.name)[0] is e:
-                return self._take(e)
+                if quiet or now >= e.hold_until:
+                    return self._take(e)
+                wake = min(self._last_enqueue + self.burst_quiet, e.hold_until)
+                self._held_wake = min(self._held_wake or wake, wake)
         # One pass, oldest first: an object's entries run in order, so its running one (if
         # any) comes before the rest of its entries, and the pass stops at the first it can
         # run, or at the first held one (those queued after it are held at least as long, or
-        # are in _unheld).
-        quiet = now - self._last_enqueue >= self.burst_quiet
-        self._held_wake = None
+        # are in _early).
         busy: set[str] = set()
         for e in self._entries.values():
             if e.state == QUEUED and e.name not in busy and e.after is None and e.next_try <= now:
                 if quiet or now >= e.hold_until:
                     return self._take(e)
-                self._held_wake = min(self._last_enqueue + self.burst_quiet, e.hold_until)
+                wake = min(self._last_enqueue + self.burst_quiet, e.hold_until)
+                self._held_wake = min(self._held_wake or wake, wake)
                 return None
             busy.add(e.name)  # keep later entries of the same object in order
         return None
@@ -650,7 +658,7 @@ class Uploader:
     def _take(self, e: Entry) -> Entry:
         e.state = RUNNING
         e.attempts += 1
-        self._unheld.pop(e.id, None)
+        self._early.pop(e.id, None)
         self._retrying.pop(e.id, None)
         return e
 

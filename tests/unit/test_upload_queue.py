@@ -137,3 +137,18 @@ def test_an_upload_someone_waits_for_is_not_held(tmp_path):
     fs.uploader.wait(entry, timeout=10)  # what fsync does: it must not wait out the burst hold
     assert bucket.read_range("a", 0, 1) == b"a"
     fs.shutdown()
+
+
+def test_a_file_closed_again_and_again_is_held_no_longer_than_burst_hold(tmp_path):
+    """Each close replaces the queued version, which must not restart its hold: a log file
+    rewritten every 20 ms still goes up within burst_hold of its first close."""
+    bucket, fs = _burst_fs(tmp_path, quiet=60, hold=0.3)
+    started = time.monotonic()
+    deadline = started + 20
+    i = 0
+    while "log" not in bucket.objects() and time.monotonic() < deadline:
+        _save(fs, "/log", b"line %d" % i)
+        i += 1
+        time.sleep(0.02)
+    assert "log" in bucket.objects() and bucket.starts[0] - started < 0.3 + 0.5  # (some slack: busy cores)
+    fs.shutdown()

@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from . import metadata as octue
 from .cache import ContentCache
@@ -41,7 +40,7 @@ from .errors import (
 from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
-from .storage.base import Bucket, ListPage, ObjectInfo
+from .storage.base import Bucket, ObjectInfo
 from .storage.retry import Fingerprint
 from .uploads import Journal, Uploader, quarantine_unclosed
 from .xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
@@ -57,23 +56,6 @@ class Attr:
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
-
-
-def _prefetched(pages: Iterator[ListPage]) -> Iterator[ListPage]:
-    """A listing's pages, each asked for (and decoded) while the caller works on the one
-    before: the bucket's page tokens allow no more overlap than that. Closing the iterator
-    leaves the page in flight to finish on its own."""
-    fetcher = ThreadPoolExecutor(1, thread_name_prefix="octuefs-page")
-    try:
-        ahead = fetcher.submit(next, pages, None)
-        while True:
-            page = ahead.result()
-            if page is None:
-                return
-            ahead = fetcher.submit(next, pages, None)
-            yield page
-    finally:
-        fetcher.shutdown(wait=False, cancel_futures=True)
 
 
 class FileSystem:
@@ -270,7 +252,7 @@ class FileSystem:
             files[entry] = info
             return entry, local.pop(entry, None) or Attr(False, info.size, mtime_of(info))
 
-        for page in _prefetched(self.bucket.iter_pages(prefix, "/")):
+        for page in self.bucket.iter_pages_ahead(prefix, "/"):
             batch = []
             for d in page.prefixes:
                 entry = self.ns.entry_name(prefix, d)

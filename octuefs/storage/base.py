@@ -26,6 +26,8 @@ import abc
 import dataclasses
 import datetime as dt
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 
@@ -77,6 +79,17 @@ class ListPage:
 
 
 @dataclasses.dataclass(frozen=True)
+class FetchedPage:
+    """A page of a listing as the server sent it: the token of the next page is known at once,
+    the entries are made into a :class:`ListPage` by ``convert`` (which may raise
+    ``StorageError`` for a malformed entry). Converting a page of 1,000 objects costs about as
+    much CPU as asking for it, so :meth:`Bucket.iter_pages_ahead` sends the next request first."""
+
+    next_token: str | None
+    convert: Callable[[], ListPage]
+
+
+@dataclasses.dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff for transient failures, bounded in total time."""
 
@@ -115,6 +128,12 @@ class Bucket(abc.ABC):
         updated time, hashes and custom metadata, so no per-object stat is needed.
         """
 
+    def fetch_page(self, prefix: str = "", delimiter: str | None = "/", page_token: str | None = None,
+                   max_results: int = 1000) -> FetchedPage:
+        """:meth:`list_page`, its entries left to convert (see :class:`FetchedPage`)."""
+        page = self.list_page(prefix, delimiter, page_token, max_results)
+        return FetchedPage(page.next_token, lambda: page)
+
     def list_all(self, prefix: str = "", delimiter: str | None = "/") -> tuple[list[ObjectInfo], list[str]]:
         """Every page of a listing, concatenated: ``(objects, prefixes)``."""
         objects: list[ObjectInfo] = []
@@ -132,6 +151,56 @@ class Bucket(abc.ABC):
             token = page.next_token
             if not token:
                 return
+
+    def iter_pages_ahead(self, prefix: str = "", delimiter: str | None = "/", max_results: int = 1000,
+                         depth: int = 2) -> Iterator[ListPage]:
+        """:meth:`iter_pages` with the requests sent by a thread of its own, each as soon as the
+        one before has answered (page tokens allow no more overlap than that), while the caller
+        converts and uses the pages before: at most ``depth`` pages wait for the caller. An
+        error reaches the caller after the pages before it. Closing the iterator stops the
+        thread once the request in flight has answered."""
+        cond = threading.Condition()
+        fetched: deque[FetchedPage | BaseException] = deque()
+        stopped = False
+
+        def fetch() -> None:
+            token: str | None = None
+            try:
+                while True:
+                    with cond:
+                        while len(fetched) >= depth and not stopped:
+                            cond.wait()
+                        if stopped:
+                            return
+                    page = self.fetch_page(prefix, delimiter, token, max_results)
+                    with cond:
+                        fetched.append(page)
+                        cond.notify_all()
+                    token = page.next_token
+                    if token is None:
+                        return
+            except BaseException as exc:  # for the caller, in its turn
+                with cond:
+                    fetched.append(exc)
+                    cond.notify_all()
+
+        threading.Thread(target=fetch, name="octuefs-page", daemon=True).start()
+        try:
+            while True:
+                with cond:
+                    while not fetched:
+                        cond.wait()
+                    item = fetched.popleft()
+                    cond.notify_all()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item.convert()
+                if item.next_token is None:
+                    return
+        finally:
+            with cond:
+                stopped = True
+                cond.notify_all()
 
     @abc.abstractmethod
     def stat(self, name: str) -> ObjectInfo:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from octuefs.errors import BucketUnreachable
-from octuefs.storage.base import Bucket, ListPage, ObjectInfo
+from octuefs.storage.base import Bucket, FetchedPage, ListPage, ObjectInfo
 from octuefs.storage.retry import attempt_timeout, bounded, current_bound
 
 T = TypeVar("T")
@@ -74,6 +74,10 @@ class BoundedBucket(Bucket):
     def list_page(self, prefix: str = "", delimiter: str | None = "/", page_token: str | None = None,
                   max_results: int = 1000) -> ListPage:
         return self._run(lambda: self.inner.list_page(prefix, delimiter, page_token, max_results))
+
+    def fetch_page(self, prefix: str = "", delimiter: str | None = "/", page_token: str | None = None,
+                   max_results: int = 1000) -> FetchedPage:
+        return self._run(lambda: self.inner.fetch_page(prefix, delimiter, page_token, max_results))
 
     def stat(self, name: str) -> ObjectInfo:
         return self._run(lambda: self.inner.stat(name))

@@ -54,7 +54,7 @@ from octuefs.errors import (
     TransientError,
 )
 from octuefs.storage import guess_content_type
-from octuefs.storage.base import PARTS_PREFIX, Bucket, ListPage, ObjectInfo, RetryPolicy, pwrite_all
+from octuefs.storage.base import PARTS_PREFIX, Bucket, FetchedPage, ListPage, ObjectInfo, RetryPolicy, pwrite_all
 from octuefs.storage.jsonapi import JsonApi, object_info
 from octuefs.storage.retry import Retrier, confirm_copy, confirm_delete, confirm_upload, current_bound, cut_to
 
@@ -363,8 +363,14 @@ class GCSBucket(Bucket):
         page_token: str | None = None,
         max_results: int = 1000,
     ) -> ListPage:
-        def attempt(timeout: Timeout) -> ListPage:
-            answer = self._api.list_objects(prefix, delimiter, page_token, max_results, timeout)
+        return self.fetch_page(prefix, delimiter, page_token, max_results).convert()
+
+    def fetch_page(self, prefix: str = "", delimiter: str | None = "/", page_token: str | None = None,
+                   max_results: int = 1000) -> FetchedPage:
+        answer = self._call("listing", lambda timeout: self._api.list_objects(prefix, delimiter, page_token,
+                                                                              max_results, timeout), shown=prefix)
+
+        def convert() -> ListPage:
             objects = []
             for resource in answer.get("items", ()):
                 info = object_info(resource)
@@ -374,7 +380,7 @@ class GCSBucket(Bucket):
                 objects.append(info)
             return ListPage(objects, list(answer.get("prefixes", ())), answer.get("nextPageToken") or None)
 
-        return self._call("listing", attempt, shown=prefix)
+        return FetchedPage(answer.get("nextPageToken") or None, convert)
 
     def _stat(self, name: str, generation: int | None = None) -> ObjectInfo:
         resource = self._call("looking up", lambda timeout: self._api.get_object(name, generation, timeout), name)

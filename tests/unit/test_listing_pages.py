@@ -4,6 +4,7 @@ whole listing is cached."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -117,7 +118,7 @@ def test_a_listing_that_fails_half_way_gives_its_first_entries_then_the_error(tm
 
 def test_a_directory_closed_half_way_stops_listing_after_its_page(tmp_path):
     bucket = _GatedListing("closed")
-    _fill(bucket, [f"d/{i:05d}" for i in range(3500)])
+    _fill(bucket, [f"d/{i:05d}" for i in range(5500)])
     fs = _fs(bucket, tmp_path)
     bucket.gate.clear()
     stream = _stream(fs, "/d")
@@ -130,8 +131,8 @@ def test_a_directory_closed_half_way_stops_listing_after_its_page(tmp_path):
     while any(t.name == "octuefs-list" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(t.name == "octuefs-list" for t in threading.enumerate())
-    # the page in flight and the one asked ahead of it, no more (there are three after the first)
-    assert bucket.later_pages_asked <= 2
+    # the page in flight and at most two asked ahead of it, no more (there are five after the first)
+    assert bucket.later_pages_asked <= 3
     while any(t.name.startswith("octuefs-page") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(t.name.startswith("octuefs-page") for t in threading.enumerate())
@@ -146,3 +147,52 @@ def test_entries_deleted_through_the_mount_while_listing_are_refreshed_even_in_t
     fs.unlink("/d/a.txt")  # after the listing began, before its first reply went out
     assert stream.stale(0) is not None and "a.txt" in stream.stale(0)
     assert "a.txt" in stream.stale(3)
+
+
+# --- the bucket side: pages asked for ahead of the caller ---------------------------------------
+
+
+class _PipelineProbe(FakeBucket):
+    """A bucket whose pages, once fetched, convert only after the next page has been asked for:
+    a listing that converted each page before asking for the next would fail."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.fetched = 0
+        self.asked = threading.Condition()
+
+    def fetch_page(self, prefix="", delimiter="/", page_token=None, max_results=1000):
+        with self.asked:
+            self.fetched += 1
+            number = self.fetched
+            self.asked.notify_all()
+        fetched = super().fetch_page(prefix, delimiter, page_token, max_results)
+
+        def convert():
+            if fetched.next_token is not None:
+                with self.asked:
+                    assert self.asked.wait_for(lambda: self.fetched > number, timeout=10), "next page never asked for"
+            return fetched.convert()
+
+        return dataclasses.replace(fetched, convert=convert)
+
+
+def test_the_next_page_is_asked_for_before_the_caller_converts_this_one():
+    bucket = _PipelineProbe("ahead")
+    _fill(bucket, [f"d/{i:05d}" for i in range(3500)])
+    pages = list(bucket.iter_pages_ahead("d/", "/"))
+    assert [o.name for page in pages for o in page.objects] == [f"d/{i:05d}" for i in range(3500)]
+    assert bucket.fetched == 4
+
+
+def test_an_error_while_asking_ahead_comes_after_the_pages_before_it():
+    bucket = _FailingLaterPages("ahead-fails")
+    _fill(bucket, [f"d/{i:05d}" for i in range(1500)])
+    pages = bucket.iter_pages_ahead("d/", "/")
+    assert len(next(pages).objects) == 1000
+    with pytest.raises(BucketUnreachable):
+        next(pages)
+    deadline = time.monotonic() + 10
+    while any(t.name == "octuefs-page" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "octuefs-page" for t in threading.enumerate())

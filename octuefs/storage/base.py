@@ -30,6 +30,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
+from typing import NamedTuple
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """``os.pwrite`` until all of ``data`` is written."""
@@ -45,10 +46,10 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 PARTS_PREFIX = ".octuefs-parts/"
 
 
-@dataclasses.dataclass(frozen=True)
-class ObjectInfo:
-    """What the bucket says about one object (from a stat, a listing, or a write's response)."""
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
+
+class _ObjectFields(NamedTuple):
     name: str
     size: int
     generation: int
@@ -58,11 +59,23 @@ class ObjectInfo:
     md5: str | None = None  # base64, as GCS reports it
     content_type: str | None = None
     storage_class: str | None = None
-    metadata: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    metadata: Mapping[str, str] = _NO_METADATA  # read-only
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.metadata, MappingProxyType):
-            object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata or {})))
+
+class ObjectInfo(_ObjectFields):
+    """What the bucket says about one object (from a stat, a listing, or a write's response).
+
+    Immutable: every change in the bucket yields a new one, so a memo may be kept on it. A
+    named tuple rather than a frozen dataclass because listings make thousands at a time, and
+    it is made in a third of the time."""
+
+    def __new__(cls, name: str, size: int, generation: int, metageneration: int, updated: dt.datetime,
+                crc32c: str | None = None, md5: str | None = None, content_type: str | None = None,
+                storage_class: str | None = None, metadata: Mapping[str, str] | None = _NO_METADATA) -> ObjectInfo:
+        if type(metadata) is not MappingProxyType:
+            metadata = MappingProxyType(dict(metadata or {}))
+        return tuple.__new__(cls, (name, size, generation, metageneration, updated, crc32c, md5, content_type,
+                                   storage_class, metadata))
 
     @property
     def is_dir_marker(self) -> bool:

@@ -25,6 +25,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from urllib.parse import quote, urlencode
 
 import requests.adapters
@@ -46,17 +47,18 @@ _SHARED_LOCK = threading.Lock()
 def object_info(resource: Mapping) -> ObjectInfo | None:
     """ObjectInfo from an object resource, or None if it lacks a field octuefs relies on."""
     try:
-        return ObjectInfo(
-            name=resource["name"],
-            size=int(resource["size"]),
-            generation=int(resource["generation"]),
-            metageneration=int(resource["metageneration"]),
-            updated=parse_time(resource["updated"]),
-            crc32c=resource.get("crc32c"),
-            md5=resource.get("md5Hash"),
-            content_type=resource.get("contentType"),
-            storage_class=resource.get("storageClass"),
-            metadata=resource.get("metadata") or {},
+        metadata = resource.get("metadata")
+        return ObjectInfo(  # positional: a listing makes thousands
+            resource["name"],
+            int(resource["size"]),
+            int(resource["generation"]),
+            int(resource["metageneration"]),
+            parse_time(resource["updated"]),
+            resource.get("crc32c"),
+            resource.get("md5Hash"),
+            resource.get("contentType"),
+            resource.get("storageClass"),
+            MappingProxyType(metadata) if type(metadata) is dict else metadata,  # the answer's own: not copied
         )
     except (KeyError, TypeError, ValueError):
         return None

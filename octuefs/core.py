@@ -282,7 +282,9 @@ class FileSystem:
                 for clash in dirs & files.keys():  # only from a server that lists out of name order
                     self.ns.warn_once(prefix + clash, "a directory of the same name, which hides it")
                     del files[clash]
-                self.metacache.put_listing(prefix, Listing(files, dirs), epoch)
+                # Earlier pages' files were kept as they came (put_page): only this page's remain.
+                unkept = [files[e] for e, _ in batch if e in files]
+                self.metacache.put_listing(prefix, Listing(files, dirs), epoch, unkept)
                 yield batch, False
                 return
             if batch:

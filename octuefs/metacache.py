@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import cachetools
 
@@ -153,16 +153,18 @@ class MetadataCache:
                 for info in files:
                     self._stats[info.name] = info
 
-    def put_listing(self, prefix: str, listing: Listing, epoch: tuple[int, int] | None = None) -> bool:
+    def put_listing(self, prefix: str, listing: Listing, epoch: tuple[int, int] | None = None,
+                    unkept: Iterable[ObjectInfo] | None = None) -> bool:
         """Keep a listing read from the bucket, unless the mount changed the directory since
-        ``epoch`` (taken before the listing was asked for). Returns whether it was current."""
+        ``epoch`` (taken before the listing was asked for). Returns whether it was current.
+        ``unkept``: the files :meth:`put_page` has not kept (by default, all of them)."""
         with self._lock:
             if not self._current(prefix, epoch):
                 return False
             if self._listing_enabled:
                 self._listings[prefix] = Listing(dict(listing.files), set(listing.dirs))
             if self._enabled:
-                for info in listing.files.values():
+                for info in listing.files.values() if unkept is None else unkept:
                     self._stats[info.name] = info
                 for d in listing.dirs:
                     self._stats[prefix + d + "/"] = DIR

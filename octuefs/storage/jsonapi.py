@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from urllib.parse import quote, urlencode
 
+import orjson
 import requests.adapters
 import requests.certs
 import requests.utils
@@ -162,7 +163,7 @@ class JsonApi:
         return response
 
     def _json(self, method: str, url: str, timeout: Timeout, **kwargs) -> dict:
-        return json.loads(self._request(method, url, timeout, **kwargs).data or b"{}")
+        return orjson.loads(self._request(method, url, timeout, **kwargs).data or b"{}")
 
     # --- the calls -------------------------------------------------------------------------
 

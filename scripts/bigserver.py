@@ -1,25 +1,22 @@
 #!/usr/bin/env python3
-"""A disk-backed server for the few GCS JSON API calls octuefs makes to write and read one big file.
+"""A disk-backed stand-in for GCS, serving the few JSON API calls octuefs makes to write and read one big file.
 
 It exists only because fake-gcs-server cannot hold a 4 GiB object on this machine (it keeps about
 six times what it is sent in RAM), so ``scripts/bench.py --big`` could not measure the daemon's
 RSS at the size the issue names. It is a measuring tool for RSS at size, not a test double for
 correctness: the test suite runs against fake-gcs-server, and nothing here is checked against GCS.
 
-What it serves, on 127.0.0.1: buckets (get, create), object stat, listing (prefix, delimiter,
-pages), media and multipart uploads, compose, metadata patch, delete, and ``alt=media`` downloads
-with a Range (206 and Content-Range) and ``generation=``; ``ifGenerationMatch`` and
-``ifMetagenerationMatch`` (412), errors as GCS words them (404 "No such object"). Nothing else:
-no resumable uploads, copies or object versions. Each object is a content file and a JSON
-sidecar (its resource: generation, metageneration, size, crc32c, md5Hash, updated, contentType,
-metadata) under the root directory. Bodies are streamed 1 MiB at a time and downloads are sent
-with sendfile, so no object is ever held in memory; the CRC32C (and for uploads the MD5) is
-computed as the bytes go to disk. A composed object gets a CRC32C but no MD5, as on GCS.
+It serves, on 127.0.0.1: stat, listing (prefix, delimiter, pages), media and multipart uploads,
+compose, metadata patch, delete, and ``alt=media`` downloads (Range, ``generation=``), with
+``ifGenerationMatch``/``ifMetagenerationMatch`` (412) and GCS's JSON errors; of the bucket calls,
+only a get (buckets are directories, made with ``--bucket``). No resumable uploads, copies or
+older generations. An object is a content file and a JSON sidecar (its resource). Bodies go
+through 1 MiB at a time (downloads by sendfile), never a whole object in memory, the CRC32C (for
+uploads also the MD5) computed on the way to disk. A composed object has a CRC32C and no MD5, as
+on GCS.
 
-    python scripts/bigserver.py --bucket my-bucket        # then STORAGE_EMULATOR_HOST=<the URL printed>
-
-    with BigServer(buckets=["b"]) as server:               # in a program: server.url, server.counts
-        ...
+    python scripts/bigserver.py --bucket b      # serves until Ctrl-C; STORAGE_EMULATOR_HOST=<URL printed>
+    with BigServer(buckets=["b"]) as server:    # in a program: server.url; server.counts (requests by kind)
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -55,12 +53,24 @@ class HttpError(Exception):
         self.code, self.message, self.reason = code, message, reason
 
 
-def no_object(bucket: str, name: str) -> HttpError:
-    return HttpError(404, f"No such object: {bucket}/{name}", "notFound")
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
+
+
+def check(meta: dict | None, query: dict, bucket: str, name: str, creating: bool = False) -> None:
+    """404 for a missing object (unless ``creating``); 412 if a precondition in ``query`` fails."""
+    generation = int(meta["generation"]) if meta else 0
+    if (meta is None and not creating) or int(query.get("generation", generation)) != generation:
+        raise HttpError(404, f"No such object: {bucket}/{name}", "notFound")  # (no older generations are kept)
+    failed = int(query.get("ifGenerationMatch", generation)) != generation
+    if "ifMetagenerationMatch" in query:
+        failed |= meta is None or int(query["ifMetagenerationMatch"]) != int(meta["metageneration"])
+    if failed:
+        raise HttpError(412, "At least one of the pre-conditions you specified did not hold.", "conditionNotMet")
 
 
 class Sink:
@@ -83,15 +93,15 @@ class Sink:
         fields = {"size": str(self.size), "crc32c": b64(self.crc.digest())}
         return fields | ({"md5Hash": b64(self.md5.digest())} if self.md5 is not None else {})
 
-    def discard(self) -> None:
+    def discard(self) -> None:  # (after commit: nothing left to remove)
         self.file.close()
         if os.path.exists(self.path):
             os.unlink(self.path)
 
 
 class BigServer(http.server.ThreadingHTTPServer):
-    """The server, on an ephemeral port of 127.0.0.1; a context manager serving from a thread.
-    Without ``root``, it keeps its objects in a temporary directory removed when it stops."""
+    """The server, on ``port`` (default: a free one) of 127.0.0.1; a context manager serving from a
+    thread. Without ``root`` its objects are in a temporary directory, removed when it stops."""
 
     daemon_threads = True
     request_queue_size = 128
@@ -100,12 +110,11 @@ class BigServer(http.server.ThreadingHTTPServer):
         self.own_root = root is None
         self.root = tempfile.mkdtemp(prefix="octuefs-bigserver-") if root is None else os.fspath(root)
         self.tmp = os.path.join(self.root, ".tmp")
-        os.makedirs(self.tmp, exist_ok=True)
-        for bucket in buckets:
-            os.makedirs(os.path.join(self.root, bucket), exist_ok=True)
+        for directory in (self.tmp, *(os.path.join(self.root, b) for b in buckets)):
+            os.makedirs(directory, exist_ok=True)
         self.verbose = verbose
-        self.lock = threading.Lock()  # object commits, deletes, patches; a read's resource with its file
-        self.counts: collections.Counter[str] = collections.Counter()  # "POST upload 200": requests
+        self.lock = threading.Lock()  # held to change an object, and to read a resource with its content
+        self.counts: collections.Counter[str] = collections.Counter()  # "POST upload 200" -> requests
         self._generation = 0
         super().__init__(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -120,10 +129,9 @@ class BigServer(http.server.ThreadingHTTPServer):
         if self.own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    # --- the store (callers hold the lock where a resource and its content must agree) --------
-
     def paths(self, bucket: str, name: str) -> tuple[str, str]:
-        if not os.path.isdir(os.path.join(self.root, bucket)) or bucket.startswith("."):
+        """The content file and the sidecar of ``bucket/name``."""
+        if bucket.startswith(".") or not os.path.isdir(os.path.join(self.root, bucket)):
             raise HttpError(404, "The specified bucket does not exist.", "notFound")
         stem = os.path.join(self.root, bucket, hashlib.sha256(name.encode()).hexdigest())
         return stem + ".data", stem + ".json"
@@ -142,35 +150,20 @@ class BigServer(http.server.ThreadingHTTPServer):
         os.replace(path + ".new", path)
 
     def commit(self, bucket: str, name: str, sink: Sink, resource: dict, query: dict) -> dict:
-        """Make ``sink`` the content of ``bucket/name``, if the preconditions in ``query`` hold."""
+        """Make ``sink`` the content of ``bucket/name`` if the preconditions in ``query`` hold."""
         fields = sink.close()
         with self.lock:
             check(self.resource(bucket, name), query, bucket, name, creating=True)
-            self._generation = max(time.time_ns() // 1000, self._generation + 1)
-            now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            meta = {"kind": "storage#object", "id": f"{bucket}/{name}/{self._generation}", "bucket": bucket,
-                    "name": name, "generation": str(self._generation), "metageneration": "1",
+            self._generation = generation = max(time.time_ns() // 1000, self._generation + 1)
+            stamp = now()
+            meta = {"kind": "storage#object", "id": f"{bucket}/{name}/{generation}", "bucket": bucket, "name": name,
+                    "generation": str(generation), "metageneration": "1", "storageClass": "STANDARD",
                     "contentType": resource.get("contentType") or "application/octet-stream",
-                    "storageClass": "STANDARD", "timeCreated": now, "updated": now,
                     "metadata": {k: v for k, v in (resource.get("metadata") or {}).items() if v is not None},
-                    **fields, "etag": fields["crc32c"]}  # fmt: skip
+                    "timeCreated": stamp, "updated": stamp, **fields, "etag": fields["crc32c"]}  # fmt: skip
             os.replace(sink.path, self.paths(bucket, name)[0])
             self.save(meta)
         return meta
-
-
-def check(meta: dict | None, query: dict, bucket: str, name: str, creating: bool = False) -> None:
-    """404 for a missing object (unless ``creating``); 412 if a precondition in ``query`` fails."""
-    if meta is None and not creating:
-        raise no_object(bucket, name)
-    generation = int(meta["generation"]) if meta else 0
-    if "generation" in query and int(query["generation"]) != generation:
-        raise no_object(bucket, name)  # (no older generations are kept)
-    failed = "ifGenerationMatch" in query and int(query["ifGenerationMatch"]) != generation
-    if "ifMetagenerationMatch" in query:
-        failed |= meta is None or int(query["ifMetagenerationMatch"]) != int(meta["metageneration"])
-    if failed:
-        raise HttpError(412, "At least one of the pre-conditions you specified did not hold.", "conditionNotMet")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -193,9 +186,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             bucket, name = (match[key] and unquote(match[key]) for key in ("bucket", "object"))
             status = getattr(self, kind)(bucket, name)
         except HttpError as exc:
-            status = exc.code
             errors = [{"message": exc.message, "reason": exc.reason}]
-            self.reply(exc.code, {"error": {"code": exc.code, "message": exc.message, "errors": errors}})
+            status = self.reply(exc.code, {"error": {"code": exc.code, "message": exc.message, "errors": errors}})
         except (ConnectionError, TimeoutError):
             status, self.close_connection = "disconnected", True
         except Exception:
@@ -210,7 +202,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """The method that answers this request ("" if none does)."""
         method, area, name = self.command, match["area"] or "", match["object"]
         if match["objects"] is None:
-            return ""
+            return "get_bucket" if (method, area) == ("GET", "") else ""
         if name is None:
             return {("POST", "upload/"): "upload", ("GET", ""): "list"}.get((method, area), "")
         if (method, area) == ("POST", "") and name.endswith("/compose"):
@@ -219,10 +211,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return "media"
         return {"GET": "stat", "PATCH": "patch", "DELETE": "delete"}.get(method, "") if not area else ""
 
-    # --- bodies --------------------------------------------------------------------------------
-
     def body(self):
-        """The request body, CHUNK bytes at a time (chunked transfer encoding is not supported)."""
+        """The request body, CHUNK bytes at a time (no chunked transfer encoding: the clients send lengths)."""
         if "Transfer-Encoding" in self.headers:
             raise HttpError(501, "bigserver does not implement Transfer-Encoding", "notImplemented")
         left = int(self.headers.get("Content-Length") or 0)
@@ -234,15 +224,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             yield data
         self.unread = False
 
-    def read_all(self) -> bytes:  # (small JSON bodies only)
-        return b"".join(self.body())
+    def json_body(self) -> dict:  # (small bodies only)
+        return json.loads(b"".join(self.body()) or b"{}")
 
     def reply(self, code: int, payload: dict | None) -> int:
         data = json.dumps(payload).encode() if payload is not None else b""
         self.send_response(code)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))
-        if self.unread:  # (an error before its body was read: the connection cannot be reused)
+        if self.unread:  # (an error before the request's body was read: the connection cannot be reused)
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
@@ -250,6 +240,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return code
 
     # --- the calls -----------------------------------------------------------------------------
+
+    def get_bucket(self, bucket: str, _name: None) -> int:
+        self.server.paths(bucket, "")  # (404 for a missing bucket)
+        return self.reply(200, {"kind": "storage#bucket", "id": bucket, "name": bucket, "storageClass": "STANDARD"})
 
     def stat(self, bucket: str, name: str) -> int:
         with self.server.lock:
@@ -264,100 +258,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 os.unlink(path)
         return self.reply(204, None)
 
-    def upload(self, bucket: str, _name: None) -> int:
-        self.server.paths(bucket, "")  # (404 for a missing bucket, before the body is read)
-        sink = Sink(self.server.tmp)
-        try:
-            upload_type = self.query.get("uploadType")
-            if upload_type == "media":
-                resource = {"name": self.query.get("name"), "contentType": self.headers.get("Content-Type")}
-                for data in self.body():
-                    sink.write(data)
-            elif upload_type == "multipart":
-                resource = self.multipart(sink)
-            else:
-                raise HttpError(501, f"bigserver does not implement uploadType={upload_type}", "notImplemented")
-            if not resource.get("name"):
-                raise HttpError(400, "Required parameter: name", "required")
-            sent_crc = resource.get("crc32c")
-            if sent_crc and sent_crc != b64(sink.crc.digest()):
-                raise HttpError(400, f"Provided CRC32C {sent_crc!r} does not match the content's", "invalid")
-            return self.reply(200, self.server.commit(bucket, resource["name"], sink, resource, self.query))
-        finally:
-            sink.discard()
-
-    def multipart(self, sink: Sink) -> dict:
-        """The resource of a multipart/related upload; its media part streamed to ``sink``."""
-        header = email.message.Message()
-        header["Content-Type"] = self.headers.get("Content-Type", "")
-        boundary = (header.get_param("boundary") or "").encode()
-        head = re.compile(rb"--%s\r\n.*?\r\n\r\n(.*?)\r\n--%s\r\n.*?\r\n\r\n" % ((re.escape(boundary),) * 2), re.S)
-        chunks, buf, match = self.body(), b"", None
-        while match is None:
-            data = next(chunks, b"")
-            if not data or len(buf) > CHUNK:
-                raise HttpError(400, "Malformed multipart body", "invalid")
-            buf += data
-            match = head.match(buf)
-        resource, held = json.loads(match[1]), buf[match.end() :]
-        closing = b"\r\n--" + boundary + b"--"
-        for data in chunks:  # all but the last len(closing) + 2 bytes are surely content
-            held += data
-            if len(held) > len(closing) + 2:
-                sink.write(held[: -len(closing) - 2])
-                held = held[-len(closing) - 2 :]
-        if closing not in held:
-            raise HttpError(400, "Malformed multipart body: no closing boundary", "invalid")
-        sink.write(held[: held.rindex(closing)])
-        return resource
-
-    def compose(self, bucket: str, name: str) -> int:
-        name = name.removesuffix("/compose")
-        request = json.loads(self.read_all() or b"{}")
-        sources = request.get("sourceObjects") or []
-        if not 1 <= len(sources) <= 32:
-            raise HttpError(400, "The number of source components provided must be between 1 and 32", "invalid")
-        files = []
-        try:
-            with self.server.lock:  # each source as it is now, resource and content together
-                for source in sources:
-                    query = {"generation": source["generation"]} if source.get("generation") else {}
-                    check(self.server.resource(bucket, source["name"]), query, bucket, source["name"])
-                    files.append(open(self.server.paths(bucket, source["name"])[0], "rb"))
-            sink = Sink(self.server.tmp, md5=False)
-            try:
-                for f in files:
-                    while data := f.read(8 * CHUNK):
-                        sink.write(data)
-                meta = self.server.commit(bucket, name, sink, request.get("destination") or {}, self.query)
-                return self.reply(200, meta)
-            finally:
-                sink.discard()
-        finally:
-            for f in files:
-                f.close()
-
     def patch(self, bucket: str, name: str) -> int:
-        changes = json.loads(self.read_all() or b"{}")
+        changes = self.json_body()
         with self.server.lock:
             meta = self.server.resource(bucket, name)
             check(meta, self.query, bucket, name)
-            if "metadata" in changes:
-                merged = {**meta["metadata"], **(changes["metadata"] or {})} if changes["metadata"] else {}
+            if "metadata" in changes:  # merged; a key set to null is removed; metadata null removes all
+                merged = {**meta["metadata"], **changes["metadata"]} if changes["metadata"] else {}
                 meta["metadata"] = {k: v for k, v in merged.items() if v is not None}
-            if changes.get("contentType"):
-                meta["contentType"] = changes["contentType"]
-            meta["metageneration"] = str(int(meta["metageneration"]) + 1)
-            meta["updated"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            meta["contentType"] = changes.get("contentType") or meta["contentType"]
+            meta["metageneration"], meta["updated"] = str(int(meta["metageneration"]) + 1), now()
             self.server.save(meta)
         return self.reply(200, meta)
 
     def list(self, bucket: str, _name: None) -> int:
-        self.server.paths(bucket, "")  # (404 for a missing bucket)
         prefix, delimiter = self.query.get("prefix", ""), self.query.get("delimiter", "")
         entries: dict[str, dict | None] = {}  # name or prefix -> resource (None for a prefix)
         with self.server.lock:
-            for entry in os.scandir(os.path.join(self.server.root, bucket)):
+            directory = os.path.dirname(self.server.paths(bucket, "")[0])
+            for entry in os.scandir(directory):
                 if entry.name.endswith(".json"):
                     with open(entry.path) as f:
                         meta = json.load(f)
@@ -370,16 +289,88 @@ class Handler(http.server.BaseHTTPRequestHandler):
         keys = [k for k in sorted(entries) if k > self.query.get("pageToken", "")]
         page = keys[: int(self.query.get("maxResults") or 1000)]
         answer = {"kind": "storage#objects", "items": [entries[k] for k in page if entries[k] is not None],
-                  "prefixes": [k for k in page if entries[k] is None]}  # fmt: skip
-        if len(keys) > len(page):
-            answer["nextPageToken"] = page[-1]
+                  "prefixes": [k for k in page if entries[k] is None],
+                  "nextPageToken": page[-1] if len(keys) > len(page) else None}  # fmt: skip
         return self.reply(200, {k: v for k, v in answer.items() if v})
 
+    def upload(self, bucket: str, _name: None) -> int:
+        self.server.paths(bucket, "")  # (404 for a missing bucket before the body is read)
+        sink = Sink(self.server.tmp)
+        try:
+            kind = self.query.get("uploadType")
+            if kind == "media":
+                resource = {"name": self.query.get("name"), "contentType": self.headers.get("Content-Type")}
+                for data in self.body():
+                    sink.write(data)
+            elif kind == "multipart":
+                resource = self.multipart(sink)
+            else:
+                raise HttpError(501, f"bigserver does not implement uploadType={kind}", "notImplemented")
+            if not resource.get("name"):
+                raise HttpError(400, "Required parameter: name", "required")
+            if resource.get("crc32c", crc := b64(sink.crc.digest())) != crc:
+                raise HttpError(400, f"Provided CRC32C {resource['crc32c']!r} does not match the content's", "invalid")
+            return self.reply(200, self.server.commit(bucket, resource["name"], sink, resource, self.query))
+        finally:
+            sink.discard()
+
+    def multipart(self, sink: Sink) -> dict:
+        """The resource of a multipart/related upload; its media part streamed to ``sink``."""
+        header = email.message.Message()
+        header["Content-Type"] = self.headers.get("Content-Type", "")
+        raw = (header.get_param("boundary") or "").encode()
+        boundary = re.escape(raw)
+        head = re.compile(rb"--%s\r\n.*?\r\n\r\n(.*?)\r\n--%s\r\n(.*?)\r\n\r\n" % (boundary, boundary), re.DOTALL)
+        chunks, held, match = self.body(), b"", None
+        while match is None:  # up to the media part's first byte
+            data = next(chunks, b"")
+            if not data or len(held) > CHUNK:
+                raise HttpError(400, "Malformed multipart body", "invalid")
+            held += data
+            match = head.match(held)
+        resource, held = json.loads(match[1]), held[match.end() :]
+        media_type = re.search(rb"(?im)^content-type:[ \t]*([^\r\n]+)", match[2])
+        if media_type and not resource.get("contentType"):  # (the media part's type, if the resource has none)
+            resource["contentType"] = media_type[1].decode("latin-1").strip()
+        closing = re.compile(rb"\r\n--%s--(\r\n)?" % boundary)
+        keep = len(raw) + 8  # the longest closing delimiter: all before the last ``keep`` bytes is content
+        for data in chunks:
+            held += data
+            if len(held) > keep:
+                sink.write(held[:-keep])
+                held = held[-keep:]
+        end = closing.search(held)
+        if end is None or end.end() != len(held):
+            raise HttpError(400, "Malformed multipart body: no closing boundary", "invalid")
+        sink.write(held[: end.start()])
+        return resource
+
+    def compose(self, bucket: str, name: str) -> int:
+        request, name = self.json_body(), name.removesuffix("/compose")
+        sources = request.get("sourceObjects") or []
+        if not 1 <= len(sources) <= 32:
+            raise HttpError(400, "The number of source components provided must be between 1 and 32", "invalid")
+        files, sink = [], Sink(self.server.tmp, md5=False)
+        try:
+            with self.server.lock:  # each source as it is now, resource and content together
+                for source in sources:
+                    query = {"generation": source["generation"]} if source.get("generation") else {}
+                    check(self.server.resource(bucket, source["name"]), query, bucket, source["name"])
+                    files.append(open(self.server.paths(bucket, source["name"])[0], "rb"))  # noqa: SIM115
+            for f in files:
+                while data := f.read(8 * CHUNK):
+                    sink.write(data)
+            return self.reply(200, self.server.commit(bucket, name, sink, request.get("destination") or {}, self.query))
+        finally:
+            sink.discard()
+            for f in files:
+                f.close()
+
     def media(self, bucket: str, name: str) -> int:
-        with self.server.lock:  # the resource and the file it describes, together
+        with self.server.lock:  # the resource and the content it describes
             meta = self.server.resource(bucket, name)
             check(meta, self.query, bucket, name)
-            f = open(self.server.paths(bucket, name)[0], "rb")
+            f = open(self.server.paths(bucket, name)[0], "rb")  # noqa: SIM115
         with f:
             size, start, end, code = int(meta["size"]), 0, int(meta["size"]) - 1, 200
             wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "").strip())
@@ -391,14 +382,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     raise HttpError(416, "The requested range cannot be satisfied.", "requestedRangeNotSatisfiable")
                 code = 206
             self.send_response(code)
-            self.send_header("Content-Type", meta["contentType"])
-            self.send_header("Content-Length", str(end + 1 - start))
+            hashes = f"crc32c={meta['crc32c']}" + (f",md5={meta['md5Hash']}" if "md5Hash" in meta else "")
+            for key, value in (("Content-Type", meta["contentType"]), ("Content-Length", str(end + 1 - start)),
+                               ("x-goog-generation", meta["generation"]), ("x-goog-hash", hashes),
+                               ("x-goog-metageneration", meta["metageneration"]),
+                               ("x-goog-stored-content-length", meta["size"])):  # fmt: skip
+                self.send_header(key, value)
             if code == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            hashes = [f"crc32c={meta['crc32c']}"] + ([f"md5={meta['md5Hash']}"] if "md5Hash" in meta else [])
-            for key, value in (("generation", meta["generation"]), ("metageneration", meta["metageneration"]),
-                               ("hash", ",".join(hashes)), ("stored-content-length", meta["size"])):  # fmt: skip
-                self.send_header(f"x-goog-{key}", value)
             self.end_headers()
             if end >= start:
                 self.connection.sendfile(f, start, end + 1 - start)
@@ -408,12 +399,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", help="directory for the objects (default: a temporary one, removed on exit)")
-    p.add_argument("--bucket", action="append", default=[], help="a bucket to create (repeat)")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    p.add_argument("--bucket", action="append", default=[], help="a bucket to serve (repeat)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # killed by PID: clean up as for Ctrl-C
     with BigServer(a.root, a.bucket, a.port, a.verbose) as server:
-        print(f"bigserver: {server.url} (objects in {server.root}); STORAGE_EMULATOR_HOST={server.url}", flush=True)
+        print(f"bigserver: {server.url}, objects in {server.root}; STORAGE_EMULATOR_HOST={server.url}", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:

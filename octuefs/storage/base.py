@@ -77,6 +77,13 @@ class ObjectInfo(_ObjectFields):
         return tuple.__new__(cls, (name, size, generation, metageneration, updated, crc32c, md5, content_type,
                                    storage_class, metadata))
 
+    def _replace(self, **changes) -> ObjectInfo:  # through __new__, so metadata stays read-only
+        return ObjectInfo(**{**self._asdict(), **changes})
+
+    @classmethod
+    def _make(cls, iterable) -> ObjectInfo:
+        return cls(*iterable)
+
     @property
     def is_dir_marker(self) -> bool:
         return self.name.endswith("/")
@@ -190,7 +197,7 @@ class Bucket(abc.ABC):
                         fetched.append(page)
                         cond.notify_all()
                     token = page.next_token
-                    if token is None:
+                    if not token:
                         return
             except BaseException as exc:  # for the caller, in its turn
                 with cond:
@@ -208,7 +215,7 @@ class Bucket(abc.ABC):
                 if isinstance(item, BaseException):
                     raise item
                 yield item.convert()
-                if item.next_token is None:
+                if not item.next_token:
                     return
         finally:
             with cond:

@@ -1,6 +1,6 @@
-"""A directory's entries come a page at a time: the first before the bucket is asked for the
-second, a file never shown when a directory of its name follows pages later, and only a
-whole listing is cached."""
+"""A directory's entries come a page at a time: the first while the second is on its way, a
+file never shown when a directory of its name follows pages later, and only a whole listing
+is cached. Each next page is asked for as soon as the one before answers."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _fill(bucket, names):
         bucket.upload_bytes(name, name.encode())
 
 
-def test_the_first_page_is_there_before_the_second_is_asked_for(tmp_path):
+def test_the_first_page_is_served_while_the_second_is_on_its_way(tmp_path):
     bucket = _GatedListing("pages")
     _fill(bucket, [f"d/{i:05d}" for i in range(2500)])
     fs = _fs(bucket, tmp_path)
@@ -61,6 +61,18 @@ def test_the_first_page_is_there_before_the_second_is_asked_for(tmp_path):
     assert [n for n, _ in first + rest] == [f"{i:05d}" for i in range(2500)]
     asked = bucket.pages_asked
     assert len(fs.readdir("/d")) == 2500 and bucket.pages_asked == asked  # whole: cached
+
+
+def test_every_listed_file_answers_stat_without_a_request_even_with_listings_not_cached(tmp_path):
+    bucket = FakeBucket("stats")
+    _fill(bucket, [f"d/{i:05d}" for i in range(2500)])
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / "c"), list_ttl=0))
+    assert len(fs.readdir("/d")) == 2500
+    assert fs.metacache.listing("d/") is None  # (list_ttl=0)
+    bucket.reset_calls()
+    assert [fs.getattr(f"/d/{i:05d}").size for i in (0, 998, 999, 1999, 2000, 2499)] == [len(b"d/00000")] * 6
+    assert bucket.calls["stat"] == 0 and bucket.calls["list"] == 0
 
 
 def test_a_file_hidden_by_a_directory_pages_later_is_never_shown(tmp_path):

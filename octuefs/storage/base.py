@@ -102,8 +102,10 @@ class ListPage:
 class FetchedPage:
     """A page of a listing as the server sent it: the token of the next page is known at once,
     the entries are made into a :class:`ListPage` by ``convert`` (which may raise
-    ``StorageError`` for a malformed entry). Converting a page of 1,000 objects costs about as
-    much CPU as asking for it, so :meth:`Bucket.iter_pages_ahead` sends the next request first."""
+    ``StorageError`` for a malformed page). Decoding and converting a page of 1,000 objects
+    costs about as much CPU as asking for it, so :meth:`Bucket.iter_pages_ahead` sends the next
+    request first. ``next_token`` may be read off the undecoded answer, a guess: the converted
+    page's ``next_token`` is the truth."""
 
     next_token: str | None
     convert: Callable[[], ListPage]
@@ -178,49 +180,26 @@ class Bucket(abc.ABC):
         one before has answered (page tokens allow no more overlap than that), while the caller
         converts and uses the pages before: at most ``depth`` pages wait for the caller. An
         error reaches the caller after the pages before it. Closing the iterator stops the
-        thread once the request in flight has answered."""
-        cond = threading.Condition()
-        fetched: deque[FetchedPage | BaseException] = deque()
-        stopped = False
+        thread once the request in flight has answered.
 
-        def fetch() -> None:
-            token: str | None = None
+        A page's token as :meth:`fetch_page` announces it may be a guess: where the converted
+        page says otherwise, what was fetched with the guess is dropped and the listing goes on
+        from the page's own token."""
+        token: str | None = None
+        while True:
+            ahead = _PagesAhead(self, prefix, delimiter, max_results, depth, token)
             try:
                 while True:
-                    with cond:
-                        while len(fetched) >= depth and not stopped:
-                            cond.wait()
-                        if stopped:
-                            return
-                    page = self.fetch_page(prefix, delimiter, token, max_results)
-                    with cond:
-                        fetched.append(page)
-                        cond.notify_all()
-                    token = page.next_token
-                    if not token:
+                    fetched = ahead.take()
+                    page = fetched.convert()
+                    yield page
+                    if not page.next_token:
                         return
-            except BaseException as exc:  # for the caller, in its turn
-                with cond:
-                    fetched.append(exc)
-                    cond.notify_all()
-
-        threading.Thread(target=fetch, name="octuefs-page", daemon=True).start()
-        try:
-            while True:
-                with cond:
-                    while not fetched:
-                        cond.wait()
-                    item = fetched.popleft()
-                    cond.notify_all()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item.convert()
-                if not item.next_token:
-                    return
-        finally:
-            with cond:
-                stopped = True
-                cond.notify_all()
+                    if page.next_token != fetched.next_token:
+                        token = page.next_token
+                        break
+            finally:
+                ahead.stop()
 
     @abc.abstractmethod
     def stat(self, name: str) -> ObjectInfo:
@@ -325,3 +304,56 @@ class Bucket(abc.ABC):
     @abc.abstractmethod
     def delete(self, name: str, if_generation_match: int | None = None) -> None:
         """Delete the object; ``NotFound`` if it is not there."""
+
+
+class _PagesAhead:
+    """A thread fetching a listing's pages from ``token`` on, each as soon as the one before
+    has answered (by the token it announces), while at most ``depth`` wait to be taken."""
+
+    def __init__(self, bucket: Bucket, prefix: str, delimiter: str | None, max_results: int, depth: int,
+                 token: str | None):
+        self._args = bucket, prefix, delimiter, max_results
+        self._depth = depth
+        self._cond = threading.Condition()
+        self._fetched: deque[FetchedPage | BaseException] = deque()
+        self._stopped = False
+        threading.Thread(target=self._fetch, args=(token,), name="octuefs-page", daemon=True).start()
+
+    def _fetch(self, token: str | None) -> None:
+        bucket, prefix, delimiter, max_results = self._args
+        try:
+            while True:
+                with self._cond:
+                    while len(self._fetched) >= self._depth and not self._stopped:
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                page = bucket.fetch_page(prefix, delimiter, token, max_results)
+                with self._cond:
+                    self._fetched.append(page)
+                    self._cond.notify_all()
+                token = page.next_token
+                if not token:
+                    return
+        except BaseException as exc:  # for the caller, in its turn
+            with self._cond:
+                self._fetched.append(exc)
+                self._cond.notify_all()
+
+    def take(self) -> FetchedPage:
+        """The next page fetched (waiting for it), or the error that came instead."""
+        with self._cond:
+            while not self._fetched:
+                self._cond.wait()
+            item = self._fetched.popleft()
+            self._cond.notify_all()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        """No request after the one in flight; what was fetched is dropped."""
+        with self._cond:
+            self._stopped = True
+            self._fetched.clear()
+            self._cond.notify_all()

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import google_crc32c
+import orjson
 import requests
 import requests.adapters
 import urllib3.exceptions
@@ -55,7 +56,7 @@ from octuefs.errors import (
 )
 from octuefs.storage import guess_content_type
 from octuefs.storage.base import PARTS_PREFIX, Bucket, FetchedPage, ListPage, ObjectInfo, RetryPolicy, pwrite_all
-from octuefs.storage.jsonapi import JsonApi, object_info
+from octuefs.storage.jsonapi import JsonApi, guess_next_token, object_info
 from octuefs.storage.retry import Retrier, confirm_copy, confirm_delete, confirm_upload, current_bound, cut_to
 
 log = logging.getLogger(__name__)
@@ -367,10 +368,14 @@ class GCSBucket(Bucket):
 
     def fetch_page(self, prefix: str = "", delimiter: str | None = "/", page_token: str | None = None,
                    max_results: int = 1000) -> FetchedPage:
-        answer = self._call("listing", lambda timeout: self._api.list_objects(prefix, delimiter, page_token,
-                                                                              max_results, timeout), shown=prefix)
+        raw = self._call("listing", lambda timeout: self._api.list_objects(prefix, delimiter, page_token,
+                                                                           max_results, timeout), shown=prefix)
 
         def convert() -> ListPage:
+            try:
+                answer = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise StorageError(f"gs://{self.name}: listing {prefix!r} returned no JSON ({exc})") from exc
             objects = []
             for resource in answer.get("items", ()):
                 info = object_info(resource)
@@ -380,7 +385,7 @@ class GCSBucket(Bucket):
                 objects.append(info)
             return ListPage(objects, list(answer.get("prefixes", ())), answer.get("nextPageToken") or None)
 
-        return FetchedPage(answer.get("nextPageToken") or None, convert)
+        return FetchedPage(guess_next_token(raw), convert)  # the next request need not wait for decoding
 
     def _stat(self, name: str, generation: int | None = None) -> ObjectInfo:
         resource = self._call("looking up", lambda timeout: self._api.get_object(name, generation, timeout), name)

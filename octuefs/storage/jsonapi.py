@@ -21,6 +21,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import threading
 import uuid
 import weakref
@@ -62,6 +63,22 @@ def object_info(resource: Mapping) -> ObjectInfo | None:
             MappingProxyType(metadata) if type(metadata) is dict else metadata,  # the answer's own: not copied
         )
     except (KeyError, TypeError, ValueError):
+        return None
+
+
+_NEXT_TOKEN = re.compile(rb'"nextPageToken"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def guess_next_token(page: bytes) -> str | None:
+    """The ``nextPageToken`` of an undecoded listing page, found without decoding the page (a
+    tenth of the time). A guess: the first such key may be an object's custom metadata, so the
+    decoded page has the last word."""
+    found = _NEXT_TOKEN.search(page)
+    if found is None:
+        return None
+    try:
+        return orjson.loads(b'"' + found.group(1) + b'"') or None
+    except orjson.JSONDecodeError:
         return None
 
 
@@ -172,10 +189,11 @@ class JsonApi:
         return self._json("GET", self._url("/storage/v1" + self._object_path(name), query), timeout)
 
     def list_objects(self, prefix: str, delimiter: str | None, page_token: str | None, max_results: int,
-                     timeout: Timeout) -> dict:
+                     timeout: Timeout) -> bytes:
+        """A page of a listing, undecoded (see :func:`guess_next_token`)."""
         query = [("projection", "noAcl"), ("maxResults", str(max_results))]
         query += [(k, v) for k, v in (("prefix", prefix), ("delimiter", delimiter), ("pageToken", page_token)) if v]
-        return self._json("GET", self._url(f"/storage/v1/b/{self._bucket}/o", query), timeout)
+        return self._request("GET", self._url(f"/storage/v1/b/{self._bucket}/o", query), timeout).data or b"{}"
 
     def read_range(self, name: str, start: int, end: int, generation: int | None, timeout: Timeout,
                    sink: Callable[[int, bytes], None], chunk_size: int) -> int:

@@ -204,6 +204,16 @@ def test_pagination_across_many_pages(bucket, delimiter):
     assert all(p.next_token for p in pages[:-1]) and not pages[-1].next_token
 
 
+def test_pages_asked_ahead_list_every_object_once_even_when_metadata_names_a_page_token(bucket):
+    # A key "nextPageToken" in objects' custom metadata is found before the page's own token
+    # by a scan of the undecoded page: the listing must not follow it.
+    names = [f"t{i:03d}" for i in range(250)]
+    put_many(bucket, names, metadata={"nextPageToken": "bogus", "note": '"nextPageToken": "x"'})
+    pages = list(bucket.iter_pages_ahead("", "/", max_results=100))
+    assert [o.name for p in pages for o in p.objects] == names
+    assert len(pages) == 3 and pages[0].objects[0].metadata["nextPageToken"] == "bogus"
+
+
 @pytest.mark.real_gcs_only(reason="maxResults does not count prefixes")
 def test_page_holds_at_most_max_results_entries_counting_prefixes(bucket):
     put_many(bucket, [f"d{i:02d}/x" for i in range(30)] + [f"f{i:02d}" for i in range(30)])

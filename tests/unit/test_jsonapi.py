@@ -130,3 +130,12 @@ def test_a_streamed_upload_refused_401_is_not_sent_again_half_empty(serve, tmp_p
     with pytest.raises(api_exceptions.Unauthorized):
         api.upload_range("p/00", str(src), 0, len(DATA), 10)
     assert credentials.refreshes == 1 and len(server.seen) == 1
+
+
+def test_a_pages_next_token_is_read_without_decoding_it_escapes_included():
+    from octuefs.storage.jsonapi import guess_next_token
+
+    assert guess_next_token(b'{"kind": "storage#objects", "nextPageToken": "Q2Fy\\/bw==", "items": []}') == "Q2Fy/bw=="
+    assert guess_next_token(b'{"items": [{"metadata": {"a": "\\"nextPageToken\\": \\"no\\""}}]}') is None
+    assert guess_next_token(b'{"items": [], "nextPageToken": ""}') is None
+    assert guess_next_token(b"not json") is None

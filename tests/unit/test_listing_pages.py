@@ -208,3 +208,44 @@ def test_an_error_while_asking_ahead_comes_after_the_pages_before_it():
     while any(t.name == "octuefs-page" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(t.name == "octuefs-page" for t in threading.enumerate())
+
+
+class _WrongGuesses(FakeBucket):
+    """A bucket whose announced next tokens are wrong where ``lie`` says: a later page's token
+    (pages skipped), a token on the last page, none on a middle page, or one the server refuses."""
+
+    def __init__(self, name: str, lie):
+        super().__init__(name)
+        self.lie = lie
+        self.asked: list[str | None] = []
+
+    def fetch_page(self, prefix="", delimiter="/", page_token=None, max_results=1000):
+        self.asked.append(page_token)
+        if page_token == "refused":
+            raise BucketUnreachable("bucket unreachable: 400 invalid page token")  # never reaches the caller
+        page = super().fetch_page(prefix, delimiter, page_token, max_results)
+        return dataclasses.replace(page, next_token=self.lie(len(self.asked), page.next_token))
+
+
+@pytest.mark.parametrize("lie", [
+    lambda n, true: true,
+    lambda n, true: None if n == 2 else true,  # says the listing ends after the second page
+    lambda n, true: "refused" if n in (1, 3) else true,  # a token the server refuses
+    lambda n, true: true or "refused",  # a token on the last page
+], ids=["right", "ends-early", "refused", "more-after-last"])
+def test_pages_read_ahead_on_a_wrong_token_are_dropped_and_the_listing_goes_on_from_the_right_one(lie):
+    bucket = _WrongGuesses("guesses", lie)
+    _fill(bucket, [f"d/{i:05d}" for i in range(3500)])
+    names = [o.name for page in bucket.iter_pages_ahead("d/", "/", max_results=1000) for o in page.objects]
+    assert names == [f"d/{i:05d}" for i in range(3500)]
+
+
+def test_a_skipping_guess_is_caught_too():
+    bucket = FakeBucket("skip")
+    _fill(bucket, [f"d/{i:05d}" for i in range(4500)])
+    tokens = [p.next_token for p in bucket.iter_pages("d/", "/")]
+    skip = _WrongGuesses("skip", lambda n, true: tokens[1] if n == 1 else true)  # page 1 points at page 3
+    _fill(skip, [f"d/{i:05d}" for i in range(4500)])
+    names = [o.name for page in skip.iter_pages_ahead("d/", "/") for o in page.objects]
+    assert names == [f"d/{i:05d}" for i in range(4500)]
+    assert skip.asked[:2] == [None, tokens[1]] and tokens[0] in skip.asked

@@ -44,6 +44,9 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 # Where an implementation may keep the parts of a large upload while it composes them (in the
 # object's directory); a mount hides it.
 PARTS_PREFIX = ".octuefs-parts/"
+# Every part's name ends so, for a bucket lifecycle rule (matchesSuffix) to delete the parts that
+# no mount is left to sweep (README: "Large files").
+PART_SUFFIX = ".octuefs-part"
 
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})

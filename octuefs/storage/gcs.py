@@ -55,7 +55,16 @@ from octuefs.errors import (
     TransientError,
 )
 from octuefs.storage import guess_content_type
-from octuefs.storage.base import PARTS_PREFIX, Bucket, FetchedPage, ListPage, ObjectInfo, RetryPolicy, pwrite_all
+from octuefs.storage.base import (
+    PART_SUFFIX,
+    PARTS_PREFIX,
+    Bucket,
+    FetchedPage,
+    ListPage,
+    ObjectInfo,
+    RetryPolicy,
+    pwrite_all,
+)
 from octuefs.storage.jsonapi import JsonApi, guess_next_token, object_info
 from octuefs.storage.retry import Retrier, confirm_copy, confirm_delete, confirm_upload, current_bound, cut_to
 
@@ -545,7 +554,7 @@ class GCSBucket(Bucket):
         # object may write too (a credential limited to a prefix, say).
         tag = f"{name.rpartition('/')[0] + '/' if '/' in name else ''}{PARTS_PREFIX}{uuid.uuid4().hex}/"
         ranges = part_ranges(os.path.getsize(path), self.compose_min)
-        parts = [f"{tag}{i:02d}" for i in range(len(ranges))]
+        parts = [f"{tag}{i:02d}{PART_SUFFIX}" for i in range(len(ranges))]
 
         def upload_part(i: int) -> None:
             start, length = ranges[i]

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from octuefs.errors import BucketUnreachable, PreconditionFailed
-from octuefs.storage.base import PARTS_PREFIX, ObjectInfo
+from octuefs.storage.base import PART_SUFFIX, PARTS_PREFIX, ObjectInfo
 from octuefs.storage.gcs import GCSBucket, part_ranges
 from octuefs.storage.retry import file_fingerprint
 
@@ -90,6 +90,8 @@ def test_parts_that_could_not_be_deleted_are_swept_later(gcs_bucket, tmp_path, m
     bucket.upload_file("d/big", str(src), {"k": "v"}, if_generation_match=0)
     monkeypatch.undo()
     assert len(leftovers(bucket)) >= 2 and len(os.listdir(ledger)) == 1
+    # what a lifecycle rule on the suffix deletes, should the ledger be lost (README: "Large files")
+    assert all(name.endswith(PART_SUFFIX) for name in leftovers(bucket))
     # the next mount (a new bucket object, the same cache directory) deletes them
     again = GCSBucket(gcs_bucket.name, client=gcs_bucket.client, compose_min=MiB, parts_dir=str(ledger))
     assert again.sweep_parts() >= 2

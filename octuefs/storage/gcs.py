@@ -385,6 +385,9 @@ class GCSBucket(Bucket):
                 answer = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise StorageError(f"gs://{self.name}: listing {prefix!r} returned no JSON ({exc})") from exc
+            if not isinstance(answer, dict):
+                raise StorageError(f"gs://{self.name}: listing {prefix!r} returned {type(answer).__name__}, "
+                                   "not a JSON object")
             objects = []
             for resource in answer.get("items", ()):
                 info = object_info(resource)

@@ -139,3 +139,20 @@ def test_a_pages_next_token_is_read_without_decoding_it_escapes_included():
     assert guess_next_token(b'{"items": [{"metadata": {"a": "\\"nextPageToken\\": \\"no\\""}}]}') is None
     assert guess_next_token(b'{"items": [], "nextPageToken": ""}') is None
     assert guess_next_token(b"not json") is None
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"[]", b"null"])
+def test_a_listing_answer_that_is_no_json_object_is_a_clear_error(serve, body):
+    from google.cloud import storage
+
+    from octuefs.errors import StorageError
+    from octuefs.storage.gcs import GCSBucket
+
+    _, server = serve(lambda h: _send(h, 200, body, [("Content-Type", "application/json")]))
+    url = f"http://127.0.0.1:{server.server_port}"
+    client = storage.Client(project="p", credentials=AnonymousCredentials(), client_options={"api_endpoint": url})
+    bucket = GCSBucket("b", client=client)
+    with pytest.raises(StorageError, match="listing 'd/' returned"):
+        bucket.list_page("d/")
+    with pytest.raises(StorageError, match="listing 'd/' returned"):
+        list(bucket.iter_pages_ahead("d/"))

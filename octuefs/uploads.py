@@ -55,8 +55,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from .durable import fsync_dir, fsync_path
 from .cachespace import bytes_in
+from .durable import fsync_dir, fsync_path
 from .errors import (
     Conflict,
     NotFound,
@@ -108,7 +108,6 @@ RECORD_XATTR = "user.octuefs.upload."  # + entry id: the journal record, on the 
 PREFLUSH_BYTES = 1 << 20  # larger files have their data flushed before the queue's lock is taken
 
 
-
 def _xattrs_work(directory: str) -> bool:
     """Can files in ``directory`` hold user extended attributes?"""
     probe = os.path.join(directory, f".xattr-probe-{uuid.uuid4().hex[:8]}")
@@ -123,7 +122,6 @@ def _xattrs_work(directory: str) -> bool:
     except OSError as exc:
         log.info("the cache's filesystem keeps no user xattrs (%s): journal records go in separate files", exc)
         return False
-
 
 
 class Journal:

@@ -12,6 +12,7 @@ Open files and their Datafile semantics live in :mod:`octuefs.files`; extended a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -40,9 +41,8 @@ from .errors import (
 from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
-from .storage.base import Bucket, ObjectInfo
-from .storage.retry import Fingerprint
-from .uploads import Journal, Uploader, quarantine_unclosed
+from .storage.base import PARTS_PREFIX, Bucket, ObjectInfo
+from .uploads import Journal, Uploader, is_version, quarantine_unclosed
 from .xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
 from .xattrs import XattrSurface
 
@@ -79,7 +79,7 @@ class FileSystem:
         self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
                                upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,
                                op_timeout=config.op_timeout)
-        recovered = journal.load()
+        recovered = journal.load(bucket.name)
         self.files.recover(recovered)
         self.uploader.start(recovered)
         # Parts an earlier mount's large uploads left in the bucket (it crashed, or the bucket
@@ -296,6 +296,7 @@ class FileSystem:
         name, entry, node = self.resolve(path)
         if node is not None or entry is not MISSING:
             raise FileExists(path)
+        self.ns.check_new_name(name + "/")
         try:
             self.bucket.upload_bytes(name + "/", b"", {}, if_generation_match=0)
         except PreconditionFailed as exc:
@@ -335,6 +336,7 @@ class FileSystem:
             if flags & os.O_EXCL:
                 raise FileExists(path)
             return self.files.open(name, None if node else entry, writable=True, truncate=True, seen=node)
+        self.ns.check_new_name(name)
         return self.files.open(name, None, writable=True, create=True)
 
     def open(self, path: str, flags: int) -> int:
@@ -403,24 +405,32 @@ class FileSystem:
             raise IsADirectory(path)
         if node is None and entry is MISSING:
             raise FileNotFound(path)
-        maybe_landed: list[Fingerprint] = []
         if node is not None:
             self.files.keep_open_content(node)  # for the handles still open on it
-            # Queued versions are moot; a running one lands first, or fails and is dropped too.
-            maybe_landed = self.files.settle(node, cancel=True)
-        info = node.base if node is not None else entry
-        if maybe_landed:
-            info = self._own_version(name, info, maybe_landed)
-        if info is not None:
+        with self.files.held_still(node):
+            # Queued versions are moot once the object is deleted, and only then: they are held
+            # back, and go up after all if the delete fails. A running one lands first.
+            held = self.files.withhold(node) if node is not None else None
             try:
-                self.bucket.delete(name, if_generation_match=info.generation)
-            except NotFound:
-                pass
-            except PreconditionFailed as exc:
-                self.metacache.forget(name)
-                raise Conflict(f"{name!r} changed in the bucket since it was read; not deleted") from exc
-        if node is not None:
-            self.files.forget(node)
+                info = node.base if node is not None else entry
+                if held is not None and (tried := held.tried()):
+                    info = self._own_version(name, info, tried)
+                if info is not None:
+                    try:
+                        self.bucket.delete(name, if_generation_match=info.generation)
+                    except NotFound:
+                        pass
+                    except PreconditionFailed as exc:
+                        self.metacache.forget(name)
+                        raise Conflict(f"{name!r} changed in the bucket since it was read; not deleted") from exc
+            except BaseException:
+                if held is not None:
+                    held.restore()
+                raise
+            if held is not None:
+                held.drop()
+            if node is not None:
+                self.files.forget(node)
         self.cache.drop(name)
         self.metacache.removed(name)
 
@@ -439,17 +449,49 @@ class FileSystem:
             return
         if dst is DIR and dst_node is None:
             raise IsADirectory(new)
-        if node is not None and node.unsaved:
-            self.files.settle(node)  # the bucket must hold the latest version before the copy
-        replaced_landed: list[Fingerprint] = []
+        self.ns.check_new_name(dst_name)
         if dst_node is not None:
             self.files.keep_open_content(dst_node)  # for the handles still open on it
-            if dst_node.unsaved:
-                replaced_landed = self.files.settle(dst_node, cancel=True)  # about to be replaced
-        info = node.base if node is not None else src
-        dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
-        if replaced_landed:
-            dst_info = self._own_version(dst_name, dst_info, replaced_landed)
+        # The source's latest version is in the bucket, and stays its latest until the rename
+        # ends; the target's queued versions are held back, dropped only once it is replaced.
+        with self._held_still_both(node, dst_node):
+            held = self.files.withhold(dst_node) if dst_node is not None else None
+            try:
+                moved = self._move_file(src_name, dst_name, node.base if node is not None else src,
+                                        dst_node.base if dst_node is not None else
+                                        (dst if isinstance(dst, ObjectInfo) else None),
+                                        held.tried() if held is not None else [])
+            except BaseException:
+                if held is not None:
+                    held.restore()
+                raise
+            if held is not None:
+                held.drop()
+            if dst_node is not None:
+                self.files.forget(dst_node)
+            self.cache.drop(dst_name)
+            self.metacache.removed(src_name)
+            self.metacache.wrote(moved)
+            if node is not None:
+                self.files.renamed(node, dst_name, moved)
+            self.cache.drop(src_name)
+
+    @contextlib.contextmanager
+    def _held_still_both(self, node: FileNode | None, dst_node: FileNode | None):
+        """:meth:`OpenFiles.held_still` of a rename's source (settled) and target, taken in name
+        order so that two renames between the same files never wait for each other."""
+        holds = [(node, True), (dst_node, False)]
+        holds.sort(key=lambda h: h[0].name if h[0] is not None else "")
+        with contextlib.ExitStack() as stack:
+            for held_node, settle in holds:
+                stack.enter_context(self.files.held_still(held_node, settle=settle))
+            yield
+
+    def _move_file(self, src_name: str, dst_name: str, info: ObjectInfo, dst_info: ObjectInfo | None,
+                   tried: list[dict]) -> ObjectInfo:
+        """Copy, then delete the source: the bucket half of a file rename."""
+        if tried:
+            dst_info = self._own_version(dst_name, dst_info, tried)
         try:
             try:
                 moved = self.bucket.copy(
@@ -466,23 +508,16 @@ class FileSystem:
             self.metacache.forget(src_name)
             self.metacache.forget(dst_name)
             raise Conflict(f"{src_name!r} or {dst_name!r} changed in the bucket during the rename") from exc
-        if dst_node is not None:
-            self.files.forget(dst_node)
-        self.cache.drop(dst_name)
-        self.metacache.removed(src_name)
-        self.metacache.wrote(moved)
-        if node is not None:
-            self.files.renamed(node, dst_name, moved)
-        self.cache.drop(src_name)
+        return moved
 
-    def _own_version(self, name: str, info: ObjectInfo | None, tried: list[Fingerprint]) -> ObjectInfo | None:
-        """An upload dropped after a failed attempt may have landed all the same (its answer
-        lost): if the bucket holds exactly one of those versions, that is the one to delete."""
+    def _own_version(self, name: str, info: ObjectInfo | None, tried: list[dict]) -> ObjectInfo | None:
+        """An upload held back after a failed attempt may have landed all the same (its answer
+        lost): if the bucket holds exactly one of those versions, that is the one to replace."""
         try:
             current = self.bucket.stat(name)
         except NotFound:
             return info
-        if any(f.matches(current) for f in tried) and (info is None or current.generation != info.generation):
+        if any(is_version(k, current) for k in tried) and (info is None or current.generation != info.generation):
             log.info("a dropped upload of %r had landed after all (generation %d)", name, current.generation)
             return current
         return info
@@ -509,20 +544,11 @@ class FileSystem:
                 raise DirectoryNotEmpty(new)
         for node in self._new_nodes_under(src_prefix):
             self.files.settle(node)
-        objects, _ = self.bucket.list_all(src_prefix, delimiter=None)
-        limit = self.config.rename_dir_limit
-        if len(objects) > limit:
-            raise NotSupported(
-                f"renaming {old!r} would move {len(objects)} objects, more than the limit of {limit} "
-                f"(raise it with --rename-dir-limit)"
-            )
-        log.info("renaming directory %r to %r: %d objects, one by one (not atomic)", old, new, len(objects))
-        moved: dict[str, ObjectInfo] = {}
+        objects = self._objects_to_move(old, src_prefix)
         for info in objects:
-            target = dst_prefix + info.name[len(src_prefix) :]
-            moved[info.name] = self.bucket.copy(info.name, target, if_source_generation_match=info.generation)
-        if not any(o.name == src_prefix for o in objects):
-            self.bucket.upload_bytes(dst_prefix, b"", {})  # keep the directory visible if it empties
+            self.ns.check_new_name(dst_prefix + info.name[len(src_prefix) :])
+        log.info("renaming directory %r to %r: %d objects, one by one (not atomic)", old, new, len(objects))
+        moved = self._copy_all(objects, src_prefix, dst_prefix, new)
         for info in objects:
             try:
                 self.bucket.delete(info.name, if_generation_match=info.generation)
@@ -533,6 +559,52 @@ class FileSystem:
                 self.files.renamed(node, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
             self.cache.drop(node.name)
         self.metacache.clear()
+
+    def _objects_to_move(self, old: str, src_prefix: str) -> list[ObjectInfo]:
+        """Every object under a directory being renamed, listed only up to ``--rename-dir-limit``.
+        The parts of large uploads in flight (``.octuefs-parts/``) stay where they are: their
+        upload composes them by name."""
+        limit = self.config.rename_dir_limit
+        objects: list[ObjectInfo] = []
+        for page in self.bucket.iter_pages(src_prefix, delimiter=None):
+            objects += [o for o in page.objects if f"/{PARTS_PREFIX}" not in "/" + o.name[len(src_prefix):]]
+            if len(objects) > limit:
+                raise NotSupported(f"renaming {old!r} would move more than {limit} objects "
+                                   f"(raise the limit with --rename-dir-limit)")
+        return objects
+
+    def _copy_all(self, objects: list[ObjectInfo], src_prefix: str, dst_prefix: str, new: str) -> dict[str, ObjectInfo]:
+        """Copy each object under the new prefix, only where nothing is yet (another machine may
+        have made a file there since this mount looked); on a clash, delete the copies made and
+        refuse, with the originals untouched."""
+        moved: dict[str, ObjectInfo] = {}
+        try:
+            for info in objects:
+                if info.name == src_prefix:
+                    continue  # the directory's own marker: below
+                target = dst_prefix + info.name[len(src_prefix) :]
+                moved[info.name] = self.bucket.copy(info.name, target, if_source_generation_match=info.generation,
+                                                    if_generation_match=0)
+            try:  # a marker keeps the directory visible if it empties
+                self.bucket.upload_bytes(dst_prefix, b"", {}, if_generation_match=0)
+            except PreconditionFailed:
+                pass  # (an empty directory renamed over) its marker is there already
+        except PreconditionFailed as exc:
+            self._undo_copies(moved)
+            self.metacache.clear()
+            raise Conflict(f"cannot move into {new!r}: something there, or a file being moved, changed in the bucket "
+                           f"meanwhile (another machine?); nothing was moved") from exc
+        except BaseException:
+            self._undo_copies(moved)
+            raise
+        return moved
+
+    def _undo_copies(self, moved: dict[str, ObjectInfo]) -> None:
+        for copy in moved.values():
+            try:
+                self.bucket.delete(copy.name, if_generation_match=copy.generation)
+            except (OctuefsError, OSError) as exc:
+                log.warning("could not delete %r, copied by a directory rename that failed: %s", copy.name, exc)
 
     # --- extended attributes (see xattrs.py) ---------------------------------------------
 

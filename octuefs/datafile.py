@@ -461,7 +461,10 @@ class Datafile:
         md5, generation = file_md5(local), (existing.generation if existing else 0)
         _log.debug("uploading %s to gs://%s/%s (if generation %d)", local, target[0], target[1], generation)
         try:
-            info = bucket.upload_file(target[1], local, custom, generation, content_type)
+            # The metageneration too: a metadata change made elsewhere moves only it, and must
+            # not be overwritten by this upload's metadata.
+            info = bucket.upload_file(target[1], local, custom, generation, content_type,
+                                      if_metageneration_match=existing.metageneration if existing else None)
         except PreconditionFailed as exc:
             raise _conflict(f"gs://{target[0]}/{target[1]}", existing, "content and metadata", local, exc) from exc
         self._location, self._bucket = target, bucket

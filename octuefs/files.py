@@ -17,6 +17,7 @@ busy file never blocks ``ls`` or other files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -30,8 +31,7 @@ from .cache import ContentCache
 from .errors import FileNotFound, IsADirectory, NotFound, StaleFile
 from .metacache import MetadataCache
 from .storage.base import Bucket, ObjectInfo
-from .storage.retry import Fingerprint
-from .uploads import CONFLICT, DONE, Entry, Uploader
+from .uploads import CONFLICT, DONE, Entry, Uploader, Withheld
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ class FileNode:
     opens: int = 0
     unlinked: bool = False
     pending: list[Entry] = dataclasses.field(default_factory=list)  # closed versions not yet uploaded
+    moving: bool = False  # a rename is putting it under another name: nothing is sealed meanwhile
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
+
+    def __post_init__(self) -> None:
+        self.moved = threading.Condition(self.lock)  # notified when ``moving`` ends
 
     @property
     def unsaved(self) -> bool:
@@ -196,11 +200,13 @@ class OpenFiles:
 
     def renamed(self, node: FileNode, new_name: str, info: ObjectInfo) -> None:
         with self._lock:
-            if self._nodes.get(node.name) is node:
+            listed = self._nodes.get(node.name) is node
+            if listed:
                 del self._nodes[node.name]
             node.name = new_name
             node.base = info
-            self._nodes[new_name] = node
+            if listed or node.opens > 0:  # (one dropped since, idle, stays dropped)
+                self._nodes[new_name] = node
 
     # --- data ---------------------------------------------------------------------------
 
@@ -272,6 +278,8 @@ class OpenFiles:
         metadata-only change of a file with nothing pending is one PATCH, sent now.
         """
         with node.lock:
+            while node.moving:  # sealed now, it would go up under the name being left
+                node.moved.wait()
             if node.unlinked:
                 return None
             if node.dirty:
@@ -302,8 +310,7 @@ class OpenFiles:
             self._ensure_staged(node)
         meta = node.meta.with_id()
         custom = self._custom_metadata(node, meta)
-        entry = self.uploader.submit(node.name, node.staging, custom, node.content_type,
-                                     node.base.generation if node.base else 0, node.size)
+        entry = self.uploader.submit(node.name, node.staging, custom, node.content_type, node.base, node.size)
         node.meta, node.staging = meta, None
         node.dirty = node.meta_dirty = False
         node.mtime = None
@@ -334,24 +341,53 @@ class OpenFiles:
                         pass
             if entry in node.pending:
                 node.pending.remove(entry)
+            if entry.state == DONE and not node.unsaved and not node.unlinked:
+                # What landed may hold a metadata change made elsewhere, merged into it.
+                node.meta = octue.decode_object_metadata(info.metadata)
             idle = not node.unsaved and node.opens == 0
         if idle:
             with self._lock:
                 if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0:
                     del self._nodes[node.name]
 
-    def settle(self, node: FileNode, cancel: bool = False) -> list[Fingerprint]:
-        """Let the node's uploads finish (``cancel``: drop the queued ones) before a delete or rename.
+    def settle(self, node: FileNode) -> None:
+        """Let the node's uploads finish before a rename copies it.
 
         Waits while uploads are moving; UploadStillPending once none has moved for ``op_timeout``.
-        With ``cancel``, returns the fingerprints of dropped versions that had been tried (and so may be
-        in the bucket, if an answer was lost).
         """
-        if cancel:
-            return self.uploader.cancel(node.name, idle=self.op_timeout)
         self.save(node)
         self.uploader.wait_name(node.name, idle=self.op_timeout)
-        return []
+
+    def withhold(self, node: FileNode) -> Withheld:
+        """Hold back the node's queued uploads before a delete or a rename over it (see
+        :meth:`Uploader.withhold`): the caller drops them once the bucket has done it, or
+        restores them if it failed."""
+        return self.uploader.withhold(node.name, idle=self.op_timeout)
+
+    @contextlib.contextmanager
+    def held_still(self, node: FileNode | None, settle: bool = False):
+        """While a rename or unlink works on ``node``'s object in the bucket, nothing of the node
+        is sealed (a close waits for the block to end): a version sealed meanwhile would go up
+        under a name being left or deleted. With ``settle``, first let every change of the node
+        reach the bucket (a rename copies the object)."""
+        if node is None:
+            yield
+            return
+        while True:
+            if settle and node.unsaved:
+                self.settle(node)  # the bucket must hold the latest version before the copy
+            with node.lock:
+                while node.moving:  # another rename or unlink of it
+                    node.moved.wait()
+                if not (settle and node.unsaved):
+                    node.moving = True
+                    break
+        try:
+            yield
+        finally:
+            with node.lock:
+                node.moving = False
+                node.moved.notify_all()
 
     def recover(self, entries: list[Entry]) -> None:
         """Show the uploads an earlier mount left (oldest first) as the files' local versions."""

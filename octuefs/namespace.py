@@ -15,6 +15,9 @@ from .storage.base import PARTS_PREFIX
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+OBJECT_NAME_MAX = 1024  # bytes of UTF-8: GCS refuses longer object names
+# What a conflict copy adds to a name (uploads.conflict_name): ".octuefs-conflict-20261125T101500Z-1a2b3c"
+CONFLICT_MARK_BYTES = len(".octuefs-conflict-") + len("20261125T101500Z") + len("-1a2b3c")
 
 
 def bad_segment_reason(segment: str) -> str | None:
@@ -55,6 +58,20 @@ class Namespace:
             if segment in ("", ".", ".."):
                 raise InvalidArgument(f"bad path {path!r}")
         return self.prefix + rel
+
+    @staticmethod
+    def check_new_name(name: str) -> None:
+        """Refuse a name for a new object that GCS would refuse, before anything is written:
+        an upload that can never land must not be accepted at close. The limit leaves room for
+        the mark a conflict copy adds (a version that loses a race goes up beside the object)."""
+        if "\r" in name or "\n" in name:
+            raise InvalidArgument(f"{name!r}: GCS object names cannot hold a carriage return or a line feed")
+        limit = OBJECT_NAME_MAX - CONFLICT_MARK_BYTES
+        if len(name.encode("utf-8", "surrogateescape")) > limit:
+            raise NameTooLong(f"{name[:60]!r}...: an object name (with the mount's prefix) is at most {limit} bytes "
+                              f"here ({OBJECT_NAME_MAX} in GCS, less room for a conflict copy's mark)")
+        if name.startswith(".well-known/acme-challenge/"):
+            raise InvalidArgument(f"{name!r}: GCS refuses object names under .well-known/acme-challenge/")
 
     def dir_prefix(self, path: str) -> str:
         """The listing prefix of the directory at ``path``: ``""`` or ``"prefix/a/"``."""

@@ -44,8 +44,9 @@ what else is queued): a close's two fsyncs, whose data a large file flushed befo
 from __future__ import annotations
 
 import dataclasses
-import errno
 import datetime as dt
+import errno
+import hashlib
 import itertools
 import json
 import logging
@@ -58,10 +59,14 @@ from collections.abc import Callable
 from .cachespace import bytes_in
 from .durable import fsync_dir, fsync_path
 from .errors import (
+    BucketNotFound,
     Conflict,
     NotFound,
     OctuefsError,
+    PermissionDenied,
     PreconditionFailed,
+    RangeNotSatisfiable,
+    StorageError,
     TransientError,
     UploadFailed,
     UploadStillPending,
@@ -72,6 +77,7 @@ from .storage.retry import Fingerprint, file_fingerprint
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, CONFLICT = "queued", "running", "done", "conflict"
+WITHHELD = "withheld"  # held back while a delete or rename decides whether it is still wanted
 BURST_QUIET = 0.05  # seconds without a close that end a burst of them
 BURST_HOLD = 2.0  # seconds a small file's upload waits at most for a burst of closes to end
 BURST_MAX_BYTES = 8 * 1024 * 1024  # larger files are never held: their uploads are not CPU per file
@@ -83,12 +89,20 @@ class Entry:
 
     id: str
     name: str
-    base_generation: int | None  # precondition; None while waiting for ``after``
+    base_generation: int | None  # precondition; None while waiting for ``after``; BASE_UNKNOWN
     after: str | None  # the entry for the same object that must finish first
     metadata: dict[str, str]
     content_type: str | None
     size: int
     created: float
+    # Journaled too (absent from records written before they existed: the defaults).
+    bucket: str | None = None  # the bucket it goes to; None: a record from before buckets were noted
+    seq: int = -1  # queueing order within the journal (ids start with the wall clock, which may step back)
+    base_metageneration: int | None = None  # the metadata version replaced (a change elsewhere moves it)
+    base_metadata: dict[str, str] | None = None  # the custom metadata replaced, to merge a change made elsewhere
+    # Versions of this object this mount sent whose answers never came (a timeout, a reset): any
+    # may be in the bucket. ``{"md5", "crc32c", "size", "metadata"}`` (a digest of the metadata).
+    tried: list[dict] = dataclasses.field(default_factory=list)
     state: str = QUEUED
     attempts: int = 0
     last_error: str | None = None
@@ -96,12 +110,45 @@ class Entry:
     result: ObjectInfo | None = None
     conflict_name: str | None = None
     waits_for_bucket: bool = False  # its last attempt failed for want of the bucket (transient)
+    failed: str | None = None  # its last attempt failed in a way retrying alone will not mend (403, 400)
     hold_until: float = 0.0  # (monotonic) not started before this while closes keep coming (a burst)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def record(self) -> dict:
-        return {k: getattr(self, k) for k in
-                ("id", "name", "base_generation", "after", "metadata", "content_type", "size", "created")}
+        return {k: getattr(self, k) for k in RECORD_FIELDS}
+
+
+RECORD_FIELDS = ("id", "name", "base_generation", "after", "metadata", "content_type", "size", "created",
+                 "bucket", "seq", "base_metageneration", "base_metadata", "tried")
+# The version an entry replaces is not known (its record was set aside after a crash): the entry
+# goes up only if the bucket already holds it, else beside the object as a conflict copy.
+BASE_UNKNOWN = -1
+PERMANENT_RETRY = 300.0  # seconds between retries of an upload that failed for good (403, 400)
+
+
+def version_key(data: str | bytes, metadata: dict[str, str]) -> dict:
+    """What identifies one version this mount sent: its content and its custom metadata."""
+    fp = file_fingerprint(data)
+    return {"md5": fp.md5, "crc32c": fp.crc32c, "size": fp.size, "metadata": metadata_digest(metadata)}
+
+
+def metadata_digest(metadata) -> str:
+    return hashlib.sha256(json.dumps(dict(metadata), sort_keys=True).encode()).hexdigest()[:32]
+
+
+def is_version(key: dict, info: ObjectInfo) -> bool:
+    """Is the live object ``info`` the version ``key`` describes?"""
+    return (Fingerprint(key["md5"], key["crc32c"], key["size"]).matches(info)
+            and metadata_digest(info.metadata) == key["metadata"])
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """An upload error that retrying alone will not mend: refused (403), a bad request (400), no
+    such bucket. The data is kept and retried now and then, but nobody waits for it."""
+    if isinstance(exc, (PermissionDenied, BucketNotFound)):
+        return True
+    return isinstance(exc, StorageError) and not isinstance(
+        exc, (TransientError, PreconditionFailed, NotFound, RangeNotSatisfiable))
 
 
 RECORD_XATTR = "user.octuefs.upload."  # + entry id: the journal record, on the sealed file
@@ -133,8 +180,15 @@ class Journal:
         self.conflicts_path = os.path.join(root, "conflicts.jsonl")
         for d in (self.pending_dir, self.journal_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        self.lost_dir = os.path.join(root, "lost+found")
         self._ids = itertools.count()
+        self._seqs = itertools.count()  # restarted past the highest journaled by load()
         self.records_in_xattrs = _xattrs_work(self.pending_dir)
+        self.foreign: list[Entry] = []  # journaled for another bucket: kept, never uploaded here
+
+    def next_seq(self) -> int:
+        """The next queueing number (the caller holds the uploader's lock: queueing order)."""
+        return next(self._seqs)
 
     def new_id(self) -> str:
         return f"{time.time_ns():020d}-{next(self._ids):06d}-{uuid.uuid4().hex[:6]}"
@@ -235,10 +289,26 @@ class Journal:
             except FileNotFoundError:
                 pass
 
-    def load(self) -> list[Entry]:
-        """Every journaled entry whose data is intact, oldest first; superseded ones dropped."""
+    def load(self, bucket: str | None = None) -> list[Entry]:
+        """Every journaled entry for ``bucket`` whose data is intact, in queueing order;
+        superseded ones dropped.
+
+        Entries journaled for another bucket (the same cache directory mounted for another
+        bucket) are left as they are, listed in :attr:`foreign`: they go up only when that
+        bucket is mounted with this cache directory again. Records from before buckets were
+        noted are taken as this bucket's.
+        """
         entries = self._load_json() + self._load_xattrs()
-        entries.sort(key=lambda e: e.id)
+        self.foreign = [e for e in entries if bucket is not None and e.bucket not in (None, bucket)]
+        for entry in self.foreign:
+            log.warning("upload %s of gs://%s/%s was journaled by a mount of another bucket: kept for it, "
+                        "not uploaded here (mount gs://%s with cache directory %s to finish it)",
+                        entry.id, entry.bucket, entry.name, entry.bucket, os.path.dirname(self.pending_dir))
+        entries = [e for e in entries if e not in self.foreign]
+        # Queueing order: the journal's own sequence, not the wall clock (ids start with it, and
+        # it may have stepped back); records from before the sequence first, by id.
+        entries.sort(key=lambda e: (e.seq, e.id))
+        self._seqs = itertools.count(max([e.seq for e in entries + self.foreign] + [-1]) + 1)
         # A crash between journaling a newer version and dropping the older one it replaced
         # leaves both: keep only the newest of entries sharing an object, base and chain.
         newest: dict[tuple, Entry] = {}
@@ -247,7 +317,17 @@ class Journal:
             if key in newest:
                 self.remove(newest[key])
             newest[key] = entry
-        return sorted(newest.values(), key=lambda e: e.id)
+        kept = [e for e in entries if newest.get((e.name, e.base_generation, e.after)) is e]
+        ids = {e.id for e in kept}
+        for entry in kept:
+            if entry.after is not None and entry.after not in ids:
+                # What it was chained after is gone without saying which generation it made (its
+                # record was set aside): the version it replaces is unknown, so it never overwrites.
+                log.warning("upload %s of %r was to follow %s, which is no longer journaled: it goes up only "
+                            "as a conflict copy, unless the bucket already holds it", entry.id, entry.name,
+                            entry.after)
+                entry.after, entry.base_generation = None, BASE_UNKNOWN
+        return kept
 
     def _load_xattrs(self) -> list[Entry]:
         entries: list[Entry] = []
@@ -257,19 +337,19 @@ class Journal:
                 os.unlink(path)
                 continue
             if fname.endswith(".bad"):
-                continue  # set aside, and said so, by an earlier mount
+                self._set_aside(fname[: -len(".bad")], None, None, "set aside by an earlier version")
+                continue
             if os.path.exists(os.path.join(self.journal_dir, fname + ".json")):
                 continue  # its record is in a file of its own
             try:
                 raw = os.getxattr(path, RECORD_XATTR + fname)
             except OSError:  # sealed, but its close never finished: not journaled, kept aside
-                found = os.path.join(os.path.dirname(self.pending_dir), "lost+found")
-                os.makedirs(found, mode=0o700, exist_ok=True)
-                os.replace(path, os.path.join(found, f"unjournaled-{fname}"))
+                os.makedirs(self.lost_dir, mode=0o700, exist_ok=True)
+                os.replace(path, os.path.join(self.lost_dir, f"unjournaled-{fname}"))
                 log.warning("%s in the journal has no record (its close failed or was cut short): never "
-                            "uploaded; its content is kept in %s", fname, found)
+                            "uploaded; its content is kept in %s", fname, self.lost_dir)
                 continue
-            if (entry := self._checked(raw, fname, path)) is not None:
+            if (entry := self._checked(raw, fname, None)) is not None:
                 entries.append(entry)
         return entries
 
@@ -277,6 +357,9 @@ class Journal:
         entries: list[Entry] = []
         for fname in sorted(os.listdir(self.journal_dir)):
             path = os.path.join(self.journal_dir, fname)
+            if fname.endswith(".json.bad"):  # set aside by an earlier version: keep it with its data
+                self._set_aside(fname[: -len(".json.bad")], None, path, "set aside by an earlier version")
+                continue
             if not fname.endswith(".json"):
                 os.unlink(path)  # a temp file from a write the crash interrupted
                 continue
@@ -289,22 +372,46 @@ class Journal:
                 entries.append(entry)
         return entries
 
-    def _checked(self, raw: bytes | OSError, fname: str, where: str) -> Entry | None:
-        """The entry a record holds if it matches its data file; else the record (``where``)
-        is moved aside with an error in the log, and nothing of it is uploaded."""
+    def _checked(self, raw: bytes | OSError, fname: str, record_file: str | None) -> Entry | None:
+        """The entry a record holds if it matches its data file; else the record and its data
+        are set aside in ``lost+found/`` together, with an error in the log, and nothing of it
+        is uploaded. ``record_file``: where the record is, if not on the data file."""
+        entry_id = fname[: -len(".json")] if fname.endswith(".json") else fname
         try:
             if isinstance(raw, OSError):
                 raise raw
             entry = Entry(**json.loads(raw))
-            if fname not in (entry.id, entry.id + ".json"):
+            if entry.id != entry_id:
                 raise ValueError(f"it is the record of {entry.id}")
             if os.path.getsize(self.data_path(entry.id)) != entry.size:
                 raise ValueError("its data file has another size")
             return entry
         except (OSError, ValueError, TypeError) as exc:
-            log.error("journaled upload %s is unusable (%s); moved aside, nothing uploaded", fname, exc)
-            os.replace(where, where + ".bad")
+            self._set_aside(entry_id, raw if isinstance(raw, bytes) else None, record_file, str(exc))
             return None
+
+    def _set_aside(self, entry_id: str, raw: bytes | None, record_file: str | None, why: str) -> None:
+        """Move an unusable journal entry into ``lost+found/``: ``<id>.data`` (its content, if
+        any) beside ``<id>.record`` (its record, as found), so it is known which object the data
+        was for. Nothing of it is uploaded; it stays until someone deletes it."""
+        os.makedirs(self.lost_dir, mode=0o700, exist_ok=True)
+        base = os.path.join(self.lost_dir, entry_id)
+        for data in (self.data_path(entry_id), self.data_path(entry_id) + ".bad"):
+            if os.path.exists(data):
+                if raw is None and record_file is None:
+                    try:
+                        raw = os.getxattr(data, RECORD_XATTR + entry_id)
+                    except OSError:
+                        pass
+                os.replace(data, base + ".data")
+        if record_file is not None:
+            os.replace(record_file, base + ".record")
+        elif raw is not None:
+            fd = os.open(base + ".record", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+        log.error("journaled upload %s is unusable (%s): nothing of it is uploaded; its content and record "
+                  "are kept as %s.data and %s.record", entry_id, why, base, base)
 
     def pending_bytes(self) -> int:
         """Bytes of sealed content waiting to go up (a hard-linked file counted once)."""
@@ -350,6 +457,54 @@ def conflict_name(name: str, when: float, tag: str) -> str:
     stamp = dt.datetime.fromtimestamp(when, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     marked = f"{stem}.octuefs-conflict-{stamp}-{tag}{dot}{ext}"
     return f"{head}/{marked}" if head else marked
+
+
+def merge_metadata(base: dict[str, str] | None, ours: dict[str, str], theirs: dict[str, str]) -> dict[str, str] | None:
+    """Our custom metadata with a change made elsewhere to the same content merged in, key by key
+    against the metadata both started from; None if both changed one key differently (or the
+    base is not known): then neither may win silently."""
+    if base is None:
+        return None
+    merged: dict[str, str] = {}
+    for key in ours.keys() | theirs.keys() | base.keys():
+        b, o, t = base.get(key), ours.get(key), theirs.get(key)
+        if o != b and t != b and o != t:
+            return None
+        value = t if o == b else o
+        if value is not None:
+            merged[key] = value
+    return merged
+
+
+class Withheld:
+    """Queued uploads of one object held back by :meth:`Uploader.withhold`: drop or restore."""
+
+    def __init__(self, uploader: Uploader, entries: list[Entry]):
+        self._uploader = uploader
+        self.entries = entries
+
+    def tried(self) -> list[dict]:
+        """The versions these uploads sent whose answers were lost, or that a failed attempt may
+        have landed: any may be the object's live version now."""
+        keys: list[dict] = []
+        for e in self.entries:
+            candidates = list(e.tried)
+            if e.attempts:
+                try:
+                    candidates.append(version_key(self._uploader.journal.data_path(e.id), e.metadata))
+                except OSError:
+                    pass
+            keys += [k for k in candidates if k not in keys]
+        return keys
+
+    def drop(self) -> None:
+        """They are moot (their object was deleted or replaced): forget them for good."""
+        self._uploader._drop(self.entries)
+
+    def restore(self) -> None:
+        """What made them moot did not happen: they go up as they would have."""
+        with self._uploader._cond:
+            self._uploader._restore(self.entries)
 
 
 DoneCallback = Callable[[Entry], None]
@@ -444,9 +599,12 @@ class Uploader:
     # --- submitting -----------------------------------------------------------------------
 
     def submit(self, name: str, staging_path: str, metadata: dict[str, str], content_type: str | None,
-               base_generation: int, size: int) -> Entry:
-        """Seal a closed file's content and queue its upload. Returns once it is durable locally."""
-        entry = Entry(self._new_id(), name, base_generation, None, dict(metadata), content_type, size, time.time())
+               base: ObjectInfo | None, size: int) -> Entry:
+        """Seal a closed file's content and queue its upload, to replace ``base`` (None: a new
+        object). Returns once it is durable locally."""
+        entry = Entry(self._new_id(), name, base.generation if base else 0, None, dict(metadata), content_type,
+                      size, time.time(), base_metageneration=base.metageneration if base else None,
+                      base_metadata=dict(base.metadata) if base else None)
         self.journal.preflush(staging_path, size)
         # On error (the disk filled up, say) the content is still at staging_path, untouched.
         return self._enqueue(entry, lambda e: self.journal.commit(e, staging_path))
@@ -459,13 +617,15 @@ class Uploader:
                 self.journal.write(previous)  # small; keeps the amendment atomic with the queue
                 return previous
         entry = Entry(self._new_id(), previous.name, previous.base_generation, None, dict(metadata), content_type,
-                      previous.size, time.time())
+                      previous.size, time.time(), base_metageneration=previous.base_metageneration,
+                      base_metadata=previous.base_metadata)
         return self._enqueue(entry, lambda e: self.journal.commit_link(e, previous.id))
 
     def _enqueue(self, entry: Entry, persist: Callable[[Entry], None]) -> Entry:
         """Queue ``entry`` after ``persist`` journals it, both under the lock: its precondition
         and chaining depend on what else is queued for the object."""
         with self._cond:
+            entry.bucket, entry.seq = self.bucket.name, self.journal.next_seq()
             older = self._entries.of(entry.name)
             replaced = None
             if older:
@@ -473,6 +633,10 @@ class Uploader:
                 if last.state == QUEUED:
                     replaced = last  # its content is superseded by this newer version
                     entry.base_generation, entry.after = last.base_generation, last.after
+                    entry.base_metageneration, entry.base_metadata = last.base_metageneration, last.base_metadata
+                    # What it sent and never heard back about may be in the bucket: remember it,
+                    # so that finding it there is not taken for someone else's change.
+                    entry.tried = last.tried + [t for t in entry.tried if t not in last.tried]
                 else:
                     entry.base_generation, entry.after = None, last.id
             persist(entry)
@@ -509,7 +673,10 @@ class Uploader:
         """
         self.hasten([entry])
         start = time.monotonic()
-        while not entry.done.wait(0.2 if idle is not None else timeout):
+        while not entry.done.wait(0.2):
+            if entry.failed:
+                raise UploadFailed(f"{entry.name!r} could not be uploaded ({entry.failed}); it stays in the cache "
+                                   "and is retried: see `octuefs status`")
             now = time.monotonic()
             if timeout is not None and now - start >= timeout:
                 raise UploadFailed(f"{entry.name!r} is not in the bucket yet ({entry.last_error or 'still queued'}); "
@@ -546,36 +713,56 @@ class Uploader:
         for entry in self.pending_for(name):
             self.wait(entry, timeout, idle)
 
-    def cancel(self, name: str, idle: float | None = None) -> list[Fingerprint]:
-        """Drop queued uploads of ``name`` (it is being deleted); let a running attempt end first.
+    def withhold(self, name: str, idle: float | None = None) -> Withheld:
+        """Hold back the queued uploads of ``name`` (it is about to be deleted or replaced) and
+        let a running attempt end first. Nothing is dropped yet: the caller calls
+        :meth:`Withheld.drop` once the bucket has done what made them moot, or
+        :meth:`Withheld.restore` if it failed, so a failed ``rm`` or ``mv`` loses no closed
+        version. A crash meanwhile leaves them journaled: they are uploaded at the next mount
+        (beside the object as a conflict copy if it is gone by then), never lost.
 
-        ``idle``: give up (UploadStillPending) once no upload has moved for that long while an
-        attempt of ``name`` is still running; what was queued stays cancelled. Returns the fingerprints
-        of the dropped versions that had been tried: a failed attempt may have landed all the
-        same, its answer lost.
+        ``idle``: give up (UploadStillPending, everything restored) once no upload has moved for
+        that long while an attempt of ``name`` is still running.
         """
         start = time.monotonic()
-        doomed: list[Entry] = []
-        tried: list[Fingerprint] = []
-        try:
-            with self._cond:
+        held: list[Entry] = []
+        with self._cond:
+            try:
                 while True:
-                    for e in [e for e in self._entries.of(name) if e.state == QUEUED]:
-                        del self._entries[e.id]
-                        e.state = DONE
-                        e.done.set()
-                        doomed.append(e)
-                    running = self._entries.of(name)
+                    for e in self._entries.of(name):
+                        if e.state == QUEUED:
+                            e.state = WITHHELD
+                            held.append(e)
+                    running = [e for e in self._entries.of(name) if e.state == RUNNING]
                     if not running:
                         break
                     if idle is not None and time.monotonic() - max(start, self._moved_at) >= idle:
                         raise self._still_pending(name, running[0], idle)
                     self._cond.wait(0.2 if idle is not None else None)
-            tried = [file_fingerprint(self.journal.data_path(e.id)) for e in doomed if e.attempts]
-        finally:
-            for e in doomed:
-                self.journal.remove(e)
-        return tried
+            except BaseException:
+                self._restore(held)
+                raise
+        return Withheld(self, held)
+
+    def _restore(self, held: list[Entry]) -> None:  # caller holds _cond
+        for e in held:
+            if e.state == WITHHELD:
+                e.state = QUEUED
+                if e.next_try > time.monotonic():
+                    self._retrying[e.id] = e
+        self._cond.notify_all()
+        if held:
+            self._work_ready.notify_all()
+
+    def _drop(self, held: list[Entry]) -> None:
+        with self._cond:
+            for e in held:
+                self._entries.pop(e.id, None)
+                e.state = DONE
+                e.done.set()
+            self._cond.notify_all()
+        for e in held:
+            self.journal.remove(e)
 
     def snapshot(self) -> list[Entry]:
         with self._cond:
@@ -588,16 +775,21 @@ class Uploader:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = [e for e in targets if not e.done.is_set()]
+            waiting = [e for e in left if not e.failed]  # (what failed for good is retried, not waited for)
             if progress:
                 progress(len(targets) - len(left), len(targets))
-            if not left or (deadline is not None and time.monotonic() >= deadline):
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 return len(left)
-            left[0].done.wait(0.5)
+            waiting[0].done.wait(0.5)
 
     def status(self) -> dict:
         with self._cond:
-            rows = [{"id": e.id, "name": e.name, "state": e.state, "size": e.size, "attempts": e.attempts,
-                     "last_error": e.last_error, "queued_at": e.created} for e in self._entries.values()]
+            rows = [{"id": e.id, "name": e.name, "state": "failed" if e.failed else e.state, "size": e.size,
+                     "attempts": e.attempts, "last_error": e.last_error, "queued_at": e.created}
+                    for e in self._entries.values()]
+        rows += [{"id": e.id, "name": e.name, "state": f"kept for gs://{e.bucket}", "size": e.size, "attempts": 0,
+                  "last_error": "journaled by a mount of another bucket", "queued_at": e.created}
+                 for e in self.journal.foreign]
         return {"uploads": rows, "conflicts": self.journal.conflicts()}
 
     def shutdown(self, drain: bool = True, timeout: float | None = None) -> int:
@@ -688,20 +880,22 @@ class Uploader:
     def _run(self, entry: Entry) -> None:
         data = self.journal.data_path(entry.id)
         try:
-            info = self.bucket.upload_file(entry.name, data, entry.metadata, if_generation_match=entry.base_generation,
-                                           content_type=entry.content_type, progress=self.moved)
+            if entry.base_generation == BASE_UNKNOWN:
+                raise PreconditionFailed(f"{entry.name!r}: the version this upload replaces is not known")
+            info = self.bucket.upload_file(
+                entry.name, data, entry.metadata, if_generation_match=entry.base_generation,
+                if_metageneration_match=entry.base_metageneration if entry.base_generation else None,
+                content_type=entry.content_type, progress=self.moved)
         except PreconditionFailed:
             try:
-                info = self._already_there(entry, data)
-                if info is None:
-                    self._keep_beside(entry, data)
-                    return
+                self._settle_precondition(entry, data)
             except Exception as exc:  # (its stat failed, say) the worker must live on
                 if not isinstance(exc, (OctuefsError, OSError)):
                     log.exception("unexpected error after a conflict uploading %r; it stays queued", entry.name)
                 self._retry_later(entry, exc)
-                return
+            return
         except (OctuefsError, OSError) as exc:
+            self._note_tried(entry, data, exc)
             self._retry_later(entry, exc)
             return
         except Exception as exc:  # a bug: keep the data, say so, keep trying
@@ -710,23 +904,58 @@ class Uploader:
             return
         self._finish(entry, info, DONE)
 
-    def _already_there(self, entry: Entry, data: str) -> ObjectInfo | None:
-        """After a crash or a lost response our own upload may be what the precondition saw."""
+    def _note_tried(self, entry: Entry, data: str, exc: BaseException) -> None:
+        """An attempt failed after it may have reached the bucket (no answer): remember what it sent."""
+        if not isinstance(exc, TransientError):
+            return
         try:
-            info = self.bucket.stat(entry.name)
-        except NotFound:
-            return None
-        if file_fingerprint(data).matches(info) and dict(info.metadata) == entry.metadata:
-            log.info("upload of %r was already in the bucket (generation %d)", entry.name, info.generation)
-            return info
-        return None
+            key = version_key(data, entry.metadata)
+        except OSError:
+            return
+        with self._cond:
+            if key not in entry.tried:
+                entry.tried.append(key)
 
-    def _keep_beside(self, entry: Entry, data: str) -> None:
+    def _settle_precondition(self, entry: Entry, data: str) -> None:
+        """The object is not the version this upload replaces. It may be ours after all (a lost
+        answer, a crash), or only its metadata changed elsewhere (merged), or someone else
+        changed it: then ours goes beside it, never over it."""
         try:
-            theirs = self.bucket.stat(entry.name)
-            theirs_text = f"generation {theirs.generation}"
+            current = self.bucket.stat(entry.name)
         except NotFound:
-            theirs_text = "deleted"
+            current = None
+        if current is not None and file_fingerprint(data).matches(current) and dict(current.metadata) == entry.metadata:
+            log.info("upload of %r was already in the bucket (generation %d)", entry.name, current.generation)
+            self._finish(entry, current, DONE)
+            return
+        if current is not None and any(is_version(key, current) for key in entry.tried):
+            # A version this mount sent earlier landed with its answer lost: it is what ours replaces.
+            log.info("an earlier upload of %r had landed after all (generation %d); the newer version replaces it",
+                     entry.name, current.generation)
+            self._rebase(entry, current, entry.metadata)
+            return
+        if current is not None and current.generation == entry.base_generation:
+            merged = merge_metadata(entry.base_metadata, entry.metadata, dict(current.metadata))
+            if merged is not None:
+                log.info("the metadata of %r changed elsewhere while this version waited to go up: merged",
+                         entry.name)
+                self._rebase(entry, current, merged)
+                return
+        self._keep_beside(entry, data, current)
+
+    def _rebase(self, entry: Entry, current: ObjectInfo, metadata: dict[str, str]) -> None:
+        """Retry ``entry`` at once, replacing ``current`` (with ``metadata``)."""
+        with self._cond:
+            entry.base_generation, entry.base_metageneration = current.generation, current.metageneration
+            entry.base_metadata, entry.metadata = dict(current.metadata), metadata
+            self.journal.write(entry)
+            entry.state, entry.next_try = QUEUED, 0.0
+            self._early[entry.id] = entry
+            self._cond.notify_all()
+            self._work_ready.notify()
+
+    def _keep_beside(self, entry: Entry, data: str, theirs: ObjectInfo | None) -> None:
+        theirs_text = f"generation {theirs.generation}" if theirs is not None else "deleted"
         target = conflict_name(entry.name, time.time(), entry.id[-6:])
         metadata = {k: v for k, v in entry.metadata.items() if k != "octue__id"}
         metadata["octue__id"] = json.dumps(str(uuid.uuid4()))  # a new object, so a new Octue id
@@ -746,9 +975,19 @@ class Uploader:
         self._finish(entry, info, CONFLICT)
 
     def _retry_later(self, entry: Entry, exc: BaseException) -> None:
-        delay = min(self.max_backoff, 0.5 * 2 ** min(entry.attempts - 1, 10))
-        log.warning("upload of %r failed (attempt %d), retrying in %.1fs: %s", entry.name, entry.attempts, delay, exc)
+        permanent = is_permanent(exc)
+        if permanent:
+            delay = max(self.max_backoff, PERMANENT_RETRY)
+            log.error("upload of gs://%s/%s failed, and retrying alone will not mend it: %s. Its data stays in "
+                      "the cache (%s); it is tried again every %.0fs and at the next mount; nothing waits for it "
+                      "meanwhile (`octuefs status` lists it)", self.bucket.name, entry.name, exc,
+                      self.journal.data_path(entry.id), delay)
+        else:
+            delay = min(self.max_backoff, 0.5 * 2 ** min(entry.attempts - 1, 10))
+            log.warning("upload of %r failed (attempt %d), retrying in %.1fs: %s", entry.name, entry.attempts,
+                        delay, exc)
         with self._cond:
+            entry.failed = str(exc) if permanent else None
             entry.state, entry.last_error = QUEUED, str(exc)
             entry.waits_for_bucket = isinstance(exc, TransientError)
             if entry.waits_for_bucket:
@@ -761,7 +1000,7 @@ class Uploader:
     def _finish(self, entry: Entry, info: ObjectInfo, state: str) -> None:
         # Tell the file layer first, while the entry still counts as running: a version
         # closed meanwhile then chains after it instead of reusing a stale precondition.
-        entry.state, entry.result = state, info
+        entry.state, entry.result, entry.failed = state, info, None
         self.moved()
         try:
             self.on_done(entry)  # may adopt the data file into the content cache
@@ -779,7 +1018,13 @@ class Uploader:
             for successor in self._entries.release_successors(entry.id):
                 # A later version of the same object: it replaces what we just wrote, or,
                 # after a conflict, meets the same precondition and is kept beside too.
-                successor.base_generation = info.generation if state == DONE else entry.base_generation
+                if state == DONE:
+                    successor.base_generation, successor.base_metageneration = info.generation, info.metageneration
+                    successor.base_metadata = dict(info.metadata)
+                else:
+                    successor.base_generation = entry.base_generation
+                    successor.base_metageneration, successor.base_metadata = (entry.base_metageneration,
+                                                                              entry.base_metadata)
                 self.journal.write(successor)
                 runnable = True
             self._entries.pop(entry.id, None)

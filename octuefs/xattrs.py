@@ -182,8 +182,12 @@ class XattrSurface:
                 new_meta = apply(node.meta)  # validates before anything changes
                 if self.fs.files.change_metadata(node, lambda: setattr(node, "meta", new_meta)):
                     return  # merged into the pending upload
-                node.base = self._patch(fname, node.base, apply)
-                node.meta = self.decoded(node.base)
+                new = self._patch(fname, node.base, apply)
+                if new.generation == node.base.generation:
+                    node.base, node.meta = new, self.decoded(new)
+                else:  # its content changed elsewhere: the open file stays on the version it opened
+                    log.info("%r was replaced in the bucket while open here: the change applies to the new version; "
+                             "the open file keeps the version it opened", fname)
             return
         self._patch(fname, info, apply)
 

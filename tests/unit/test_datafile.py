@@ -47,9 +47,10 @@ class RecordingBucket(FakeBucket):
         self.uploads: list[dict] = []
         self.patches: list[dict] = []
 
-    def upload_file(self, name, path, metadata, if_generation_match=None, content_type=None):
-        self.uploads.append(dict(name=name, metadata=dict(metadata), if_generation_match=if_generation_match))
-        return super().upload_file(name, path, metadata, if_generation_match, content_type)
+    def upload_file(self, name, path, metadata, if_generation_match=None, content_type=None, **kwargs):
+        self.uploads.append(dict(name=name, metadata=dict(metadata), if_generation_match=if_generation_match,
+                                 if_metageneration_match=kwargs.get("if_metageneration_match")))
+        return super().upload_file(name, path, metadata, if_generation_match, content_type, **kwargs)
 
     def patch_metadata(self, name, changes, if_metageneration_match=None, if_generation_match=None, content_type=None):
         self.patches.append(
@@ -482,6 +483,17 @@ def test_a_content_conflict_raises_and_does_not_overwrite(bucket):
             bucket.upload_bytes(OBJECT, b"theirs", {"octue__cluster": "9"})
     assert content(bucket) == b"theirs" and raw(bucket) == {"octue__cluster": "9"}
     assert "from_cloud" in str(caught.value)
+
+
+def test_a_content_upload_after_a_metadata_change_elsewhere_raises_and_keeps_it(bucket):
+    """On GCS a metadata change moves only the metageneration: the upload checks it too."""
+    put(bucket, metadata=AWARE_FRACTION)
+    with pytest.raises(Conflict, match="changed in the bucket"):
+        with Datafile.from_cloud(PROJECT, BUCKET, OBJECT, mode="w") as (_, f):
+            f.write("mine")
+            bucket.patch_metadata(OBJECT, {"octue__tags": '{"by": "someone else"}'})
+    assert raw(bucket)["octue__tags"] == '{"by": "someone else"}'
+    assert content(bucket) != b"mine"
 
 
 def test_a_metadata_conflict_raises_and_does_not_overwrite(bucket):

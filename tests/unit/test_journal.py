@@ -108,7 +108,11 @@ def test_a_record_that_does_not_match_its_file_is_set_aside_not_uploaded(journal
     e = entry(journal, size=999)  # the record says 999 bytes; the file has 5
     journal.commit(e, staged(tmp_path, b"12345"))
     assert loaded(tmp_path / "cache") == {}
-    assert os.listdir(journal.pending_dir) == [e.id + ".bad"]
+    assert os.listdir(journal.pending_dir) == []
+    lost = tmp_path / "cache" / "lost+found"  # the data and its record side by side, for good
+    assert (lost / f"{e.id}.data").read_bytes() == b"12345"
+    assert json.loads((lost / f"{e.id}.record").read_bytes())["size"] == 999
+    assert loaded(tmp_path / "cache") == {} and (lost / f"{e.id}.data").exists()
 
 
 def test_a_sealed_file_without_a_record_is_kept_aside_never_uploaded(tmp_path):

@@ -10,7 +10,9 @@ memory) honours the same contract, checked by ``tests/contract``:
   of the two moves on a metadata patch: fake-gcs-server moves the generation, GCS the
   metageneration. Use the :class:`ObjectInfo` a call returns as the new truth.
 * Preconditions: ``if_generation_match=0`` means "only if the object does not exist";
-  a mismatch raises :class:`~octuefs.errors.PreconditionFailed` and changes nothing.
+  ``if_metageneration_match=m`` means "only if the live object's metageneration is ``m``" (so
+  an absent object fails it); a mismatch raises :class:`~octuefs.errors.PreconditionFailed`
+  and changes nothing. Preconditions are judged when the request takes effect, as GCS does.
 * Errors are only octuefs's own (:mod:`octuefs.errors`): ``NotFound``, ``BucketNotFound``,
   ``PreconditionFailed``, ``PermissionDenied``, ``TransientError``, ``RangeNotSatisfiable``.
   Transient failures are retried inside the implementation (exponential backoff, bounded
@@ -249,13 +251,17 @@ class Bucket(abc.ABC):
         content_type: str | None = None,
         *,
         progress: Callable[[], None] | None = None,
+        if_metageneration_match: int | None = None,
     ) -> ObjectInfo:
         """Create or replace the object from a local file, with its custom metadata, in ONE request.
 
         ``metadata`` becomes the object's whole custom metadata. ``if_generation_match`` is the
-        generation being replaced (0: must not exist yet); a mismatch raises
-        ``PreconditionFailed`` and leaves the object as it was. ``progress`` is called whenever
-        a part of the file is read to be sent (a sign that the upload is moving).
+        generation being replaced (0: must not exist yet); ``if_metageneration_match`` the
+        metageneration it must still have (so a metadata change made elsewhere since it was
+        read is not overwritten; an absent object fails it). A mismatch of either raises
+        ``PreconditionFailed`` and leaves the object as it was. The new generation starts at
+        metageneration 1. ``progress`` is called whenever a part of the file is read to be
+        sent (a sign that the upload is moving).
         """
 
     def upload_bytes(
@@ -265,16 +271,18 @@ class Bucket(abc.ABC):
         metadata: Mapping[str, str] | None = None,
         if_generation_match: int | None = None,
         content_type: str | None = None,
+        *,
+        if_metageneration_match: int | None = None,
     ) -> ObjectInfo:
         """Like :meth:`upload_file`, from memory (small objects, markers, tests)."""
-        import os
         import tempfile
 
         fd, path = tempfile.mkstemp(prefix="octuefs-upload-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            return self.upload_file(name, path, metadata or {}, if_generation_match, content_type)
+            return self.upload_file(name, path, metadata or {}, if_generation_match, content_type,
+                                    if_metageneration_match=if_metageneration_match)
         finally:
             os.unlink(path)
 

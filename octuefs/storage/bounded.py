@@ -97,8 +97,10 @@ class BoundedBucket(Bucket):
                                                         **kwargs))
 
     def upload_bytes(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None,
-                     if_generation_match: int | None = None, content_type: str | None = None) -> ObjectInfo:
-        return self._run(lambda: self.inner.upload_bytes(name, data, metadata, if_generation_match, content_type))
+                     if_generation_match: int | None = None, content_type: str | None = None, *,
+                     if_metageneration_match: int | None = None) -> ObjectInfo:
+        return self._run(lambda: self.inner.upload_bytes(name, data, metadata, if_generation_match, content_type,
+                                                         if_metageneration_match=if_metageneration_match))
 
     def patch_metadata(self, name: str, changes: Mapping[str, str | None], if_metageneration_match: int | None = None,
                        if_generation_match: int | None = None, content_type: str | None = None) -> ObjectInfo:

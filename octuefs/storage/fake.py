@@ -283,6 +283,15 @@ class FakeBucket(Bucket):
         if actual != expected:
             raise PreconditionFailed(f"fake://{self.name}/{name}: generation is {actual}, not {expected}")
 
+    def _check_metageneration(self, name: str, expected: int | None) -> None:  # LOCKS_REQUIRED(_lock)
+        """GCS: a metageneration precondition on an absent object fails."""
+        if expected is None:
+            return
+        obj = self._objects.get(name)
+        if obj is None or obj.metageneration != expected:
+            actual = "absent" if obj is None else f"at metageneration {obj.metageneration}"
+            raise PreconditionFailed(f"fake://{self.name}/{name}: {actual}, not at metageneration {expected}")
+
     def _put(self, obj: _Object) -> None:  # LOCKS_REQUIRED(_lock)
         if obj.name not in self._objects:
             bisect.insort(self._names, obj.name)
@@ -380,12 +389,14 @@ class FakeBucket(Bucket):
         content_type: str | None = None,
         *,
         progress: Callable[[], None] | None = None,
+        if_metageneration_match: int | None = None,
     ) -> ObjectInfo:
         with open(path, "rb") as f:
             data = f.read()
         if progress is not None:
             progress()
-        return self.upload_bytes(name, data, metadata, if_generation_match, content_type)
+        return self.upload_bytes(name, data, metadata, if_generation_match, content_type,
+                                 if_metageneration_match=if_metageneration_match)
 
     def upload_bytes(
         self,
@@ -394,6 +405,8 @@ class FakeBucket(Bucket):
         metadata: Mapping[str, str] | None = None,
         if_generation_match: int | None = None,
         content_type: str | None = None,
+        *,
+        if_metageneration_match: int | None = None,
     ) -> ObjectInfo:
         """Counted as one "upload", like upload_file, without a temporary file."""
         metadata = dict(metadata or {})
@@ -401,11 +414,12 @@ class FakeBucket(Bucket):
 
         def act() -> ObjectInfo:
             self._check_generation(name, if_generation_match)
+            self._check_metageneration(name, if_metageneration_match)
             obj = self._new_object(name, data, metadata, content_type)
             self._put(obj)
             return obj.info()
 
-        resolve = confirm_upload(self.stat, name, data, metadata, if_generation_match)
+        resolve = confirm_upload(self.stat, name, data, metadata, if_generation_match, if_metageneration_match)
         return self._run("upload", act, after_ambiguous=resolve)
 
     def patch_metadata(

@@ -494,13 +494,15 @@ class GCSBucket(Bucket):
         content_type: str | None = None,
         *,
         progress: Callable[[], None] | None = None,
+        if_metageneration_match: int | None = None,
     ) -> ObjectInfo:
         content_type = content_type or guess_content_type(name)
         size = os.path.getsize(path)
+        preconditions = (if_generation_match, if_metageneration_match)
         if self.compose_min and size >= self.compose_min:
-            return self._upload_composite(name, path, metadata, if_generation_match, content_type, progress)
+            return self._upload_composite(name, path, metadata, preconditions, content_type, progress)
         if size <= MULTIPART_MAX:
-            return self._upload_small(name, path, metadata, if_generation_match, content_type, progress)
+            return self._upload_small(name, path, metadata, preconditions, content_type, progress)
 
         def attempt(timeout: Timeout) -> storage.Blob:
             # Resumable chunks of 32 MiB, not the library's 100 MiB: each chunk is held in memory
@@ -514,6 +516,7 @@ class GCSBucket(Bucket):
                     size=os.fstat(f.fileno()).st_size,
                     content_type=content_type,
                     if_generation_match=if_generation_match,
+                    if_metageneration_match=if_metageneration_match,
                     retry=None,
                     timeout=timeout,
                 )
@@ -521,12 +524,13 @@ class GCSBucket(Bucket):
 
         # If a lost response made us retry a create-only/replace upload, the retry fails its
         # precondition because the first attempt worked: confirm_upload recognises that case.
-        resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
+        resolve = confirm_upload(self.stat, name, path, metadata, *preconditions)
         result = self._call("uploading", attempt, name, after_ambiguous=resolve)
         return result if isinstance(result, ObjectInfo) else self._complete(result)
 
-    def _upload_small(self, name: str, path: str, metadata: Mapping[str, str], if_generation_match: int | None,
-                      content_type: str, progress: Callable[[], None] | None) -> ObjectInfo:
+    def _upload_small(self, name: str, path: str, metadata: Mapping[str, str],
+                      preconditions: tuple[int | None, int | None], content_type: str,
+                      progress: Callable[[], None] | None) -> ObjectInfo:
         """:meth:`upload_file` in one multipart request (:mod:`.jsonapi`), the content in memory."""
         with open(path, "rb") as f:
             data = f.read(MULTIPART_MAX + 1)
@@ -537,9 +541,10 @@ class GCSBucket(Bucket):
         crc = google_crc32c.value(data).to_bytes(4, "big")
 
         def attempt(timeout: Timeout) -> dict:
-            return self._api.upload(name, data, metadata, content_type, if_generation_match, crc, timeout)
+            return self._api.upload(name, data, metadata, content_type, preconditions[0], crc, timeout,
+                                    if_metageneration_match=preconditions[1])
 
-        resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
+        resolve = confirm_upload(self.stat, name, path, metadata, *preconditions)
         result = self._call("uploading", attempt, name, after_ambiguous=resolve)
         if isinstance(result, ObjectInfo):
             return result
@@ -549,8 +554,9 @@ class GCSBucket(Bucket):
             info = self.stat(name)
         return info
 
-    def _upload_composite(self, name: str, path: str, metadata: Mapping[str, str], if_generation_match: int | None,
-                          content_type: str, progress: Callable[[], None] | None) -> ObjectInfo:
+    def _upload_composite(self, name: str, path: str, metadata: Mapping[str, str],
+                          preconditions: tuple[int | None, int | None], content_type: str,
+                          progress: Callable[[], None] | None) -> ObjectInfo:
         """:meth:`upload_file` for a large file: parts side by side, then one compose that sets
         the content, metadata and content type under the precondition, atomically."""
         # Parts go beside the object (under its directory), where whoever may write the
@@ -570,21 +576,21 @@ class GCSBucket(Bucket):
             blob = self._bucket.blob(name)
             blob.metadata = dict(metadata)
             blob.content_type = content_type
-            blob.compose([self._bucket.blob(p) for p in parts], if_generation_match=if_generation_match,
-                         retry=None, timeout=timeout)
+            blob.compose([self._bucket.blob(p) for p in parts], if_generation_match=preconditions[0],
+                         if_metageneration_match=preconditions[1], retry=None, timeout=timeout)
             return blob
 
         # GCS refuses a compose whose precondition fails; fake-gcs-server ignores it, so check
         # before sending the parts (no upload for nothing) and again before composing (a change
         # landing in between is caught only by GCS itself).
-        self._check_generation(name, if_generation_match)
+        self._check_preconditions(name, *preconditions)
         ledger = self._note_parts(tag)
         try:
             with ThreadPoolExecutor(min(len(parts), PARTS_IN_FLIGHT), thread_name_prefix="octuefs-part") as pool:
                 for done in [pool.submit(upload_part, i) for i in range(len(parts))]:
                     done.result()
-            self._check_generation(name, if_generation_match)
-            resolve = confirm_upload(self.stat, name, path, metadata, if_generation_match)
+            self._check_preconditions(name, *preconditions)
+            resolve = confirm_upload(self.stat, name, path, metadata, *preconditions)
             result = self._call("composing", compose, name, after_ambiguous=resolve)
         finally:
             if self._delete_parts(parts):
@@ -596,16 +602,22 @@ class GCSBucket(Bucket):
             self.sweep_parts()  # the bucket answers again: what an outage left can go now
         return result if isinstance(result, ObjectInfo) else self._complete(result)
 
-    def _check_generation(self, name: str, if_generation_match: int | None) -> None:
-        if if_generation_match is None:
+    def _check_preconditions(self, name: str, if_generation_match: int | None,
+                             if_metageneration_match: int | None) -> None:
+        if if_generation_match is None and if_metageneration_match is None:
             return
         try:
-            current = self.stat(name).generation
+            info: ObjectInfo | None = self.stat(name)
         except NotFound:
-            current = 0
-        if current != if_generation_match:
+            info = None
+        current = info.generation if info is not None else 0
+        if if_generation_match is not None and current != if_generation_match:
             raise PreconditionFailed(f"gs://{self.name}/{name} is at generation {current}, "
                                      f"not {if_generation_match}")
+        if if_metageneration_match is not None and (info is None or info.metageneration != if_metageneration_match):
+            actual = "absent" if info is None else f"at metageneration {info.metageneration}"
+            raise PreconditionFailed(f"gs://{self.name}/{name} is {actual}, not at metageneration "
+                                     f"{if_metageneration_match}")
 
     def _delete_parts(self, parts: list[str]) -> bool:
         """Delete a composite upload's parts (one attempt each); whether none is left."""

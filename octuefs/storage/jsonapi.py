@@ -241,9 +241,11 @@ class JsonApi:
                           body=body, headers=headers)
 
     def upload(self, name: str, data: bytes, metadata: Mapping[str, str], content_type: str,
-               if_generation_match: int | None, crc32c: bytes, timeout: Timeout) -> dict:
+               if_generation_match: int | None, crc32c: bytes, timeout: Timeout,
+               if_metageneration_match: int | None = None) -> dict:
         """One multipart request: the resource (metadata, content type, CRC32C for the server to
-        check) and the content, created only if ``if_generation_match`` holds."""
+        check) and the content, created only if ``if_generation_match`` and
+        ``if_metageneration_match`` hold."""
         resource = {"name": name, "metadata": dict(metadata), "contentType": content_type,
                     "crc32c": base64.b64encode(crc32c).decode()}
         boundary = f"octuefs-{uuid.uuid4().hex}".encode()
@@ -257,6 +259,8 @@ class JsonApi:
         query = [("uploadType", "multipart"), ("projection", "noAcl")]
         if if_generation_match is not None:
             query.append(("ifGenerationMatch", str(if_generation_match)))
+        if if_metageneration_match is not None:
+            query.append(("ifMetagenerationMatch", str(if_metageneration_match)))
         headers = {"Content-Type": f'multipart/related; boundary="{boundary.decode()}"'}
         return self._json("POST", self._url(f"/upload/storage/v1/b/{self._bucket}/o", query), timeout,
                           body=body, headers=headers)

@@ -239,18 +239,23 @@ def confirm_upload(
     path: str | bytes,
     metadata: Mapping[str, str],
     if_generation_match: int | None,
+    if_metageneration_match: int | None = None,
 ) -> Callable[[Exception], ObjectInfo]:
-    """An ``after_ambiguous`` for uploads: a PreconditionFailed after a lost response is a
-    success if the live object now holds exactly our bytes and metadata."""
+    """An ``after_ambiguous`` for uploads (and composes): a PreconditionFailed after a lost
+    response is a success if the live object now holds exactly our bytes and metadata, as a
+    generation our upload made: not the generation it was to replace, and, under a
+    metageneration precondition, still at metageneration 1 (a new generation's first)."""
 
     def resolve(exc: Exception) -> ObjectInfo:
-        if not isinstance(exc, PreconditionFailed) or if_generation_match is None:
+        if not isinstance(exc, PreconditionFailed) or (if_generation_match is None and if_metageneration_match is None):
             raise exc
         try:
             info = stat(name)
         except NotFound:
             raise exc from None
-        if (info.generation != if_generation_match and file_fingerprint(path).matches(info)
+        new_generation = if_generation_match is None or info.generation != if_generation_match
+        fresh = if_metageneration_match is None or info.metageneration == 1
+        if (new_generation and fresh and file_fingerprint(path).matches(info)
                 and dict(info.metadata) == dict(metadata)):
             log.info("upload of %s had succeeded before its retry (generation %d)", name, info.generation)
             return info

@@ -157,6 +157,46 @@ def test_precondition_failure_after_a_retry_is_real_when_content_differs(fake):
     assert fake.objects() == {"a": b"theirs"}
 
 
+def test_upload_after_another_writers_patch_fails_the_metageneration_precondition(fake):
+    """GCS: a metadata change moves only the metageneration, so only that precondition sees it."""
+    base = fake.upload_bytes("a", b"v1", {"owner": "me"})
+    fake.patch_metadata("a", {"label": "theirs"})  # another writer
+    with pytest.raises(PreconditionFailed, match="metageneration"):
+        fake.upload_bytes("a", b"v2", {"owner": "me"}, if_generation_match=base.generation,
+                          if_metageneration_match=base.metageneration)
+    assert fake.objects() == {"a": b"v1"}
+    assert dict(fake.stat("a").metadata) == {"owner": "me", "label": "theirs"}
+    new = fake.upload_bytes("a", b"v2", {"owner": "me"}, if_generation_match=base.generation,
+                            if_metageneration_match=2)
+    assert (new.metageneration, fake.objects()) == (1, {"a": b"v2"})
+
+
+def test_metageneration_precondition_on_an_absent_object_fails(fake, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    with pytest.raises(PreconditionFailed):
+        fake.upload_file("a", str(path), {}, if_metageneration_match=1)
+    assert fake.objects() == {}
+
+
+def test_lost_response_on_a_metageneration_guarded_upload_counts_as_success(fake):
+    base = fake.upload_bytes("a", b"v1")
+    fake.patch_metadata("a", {"k": "v"})
+    fake.reset_calls()
+    fake.fail_next("upload", after=True)
+    info = fake.upload_bytes("a", b"v2", {"k": "v"}, if_metageneration_match=2)
+    assert info == fake.stat("a") and info.generation > base.generation
+    assert fake.objects() == {"a": b"v2"} and fake.calls["upload"] == 2
+
+
+def test_metageneration_failure_after_a_retry_is_real_when_another_writer_patched(fake):
+    base = fake.upload_bytes("a", b"v1")
+    fake.fail_next("upload", error=lambda: (fake.patch_metadata("a", {"k": "theirs"}), TransientError("x"))[1])
+    with pytest.raises(PreconditionFailed):
+        fake.upload_bytes("a", b"v2", if_generation_match=base.generation, if_metageneration_match=1)
+    assert fake.objects() == {"a": b"v1"} and dict(fake.stat("a").metadata) == {"k": "theirs"}
+
+
 def test_lost_response_on_delete_counts_as_success(fake):
     fake.upload_bytes("a", b"data")
     fake.fail_next("delete", after=True)

@@ -90,10 +90,11 @@ class Emulator:
     server when the thread that started it exits; good for test sessions (nothing leaks if
     pytest is killed), wrong for a server started from a worker thread that ends first.
 
-    What a crash loses: :meth:`stop` takes a final snapshot, so a clean stop loses nothing. If
-    the owning process dies without :meth:`stop` (``kill -9``; with ``kill_with_parent`` the
-    server is then SIGTERMed), the changes since the last periodic snapshot are lost: at most
-    ``snapshot_interval`` seconds of writes (plus one snapshot's duration).
+    What a crash loses: nothing that was acknowledged. When persistent, clients talk to a front
+    (:mod:`octuefs.emulator_front`) that answers a mutation only once :mod:`octuefs.emulator_journal`
+    has it on disk (fdatasync), with the generation it will keep across restarts; ``url`` and
+    ``port`` are the front's, ``server_url`` the server's. A snapshot folds the journal into
+    ``data_dir/snapshot`` every ``snapshot_interval`` seconds and at :meth:`stop`.
 
     Threads: ``_snapshot_lock`` guards ``_manifest`` and the files under ``data_dir/snapshot``
     (the flock on ``data_dir/lock`` keeps other processes out); it is the only lock.
@@ -305,8 +306,9 @@ class Emulator:
         front, self._front = self._front, None
         if front is not None:
             if self._restored:
-                front.shutdown()
-            front.server_close()
+                front.close()
+            else:
+                front.server_close()
 
     def _stop_ticker(self) -> None:
         ticker, self._ticker = self._ticker, None

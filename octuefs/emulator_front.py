@@ -23,6 +23,7 @@ locked; a read that sees a version the journal does not know yet waits for that 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
@@ -93,7 +94,18 @@ class Front(http.server.ThreadingHTTPServer):
         self.locks = [threading.RLock() for _ in range(_STRIPES)]
         self.resumable: dict[str, tuple[str, str, dict[str, str]]] = {}  # upload id -> (bucket, name, conditions)
         self.uid = os.getuid()
+        self.connections: set[socket.socket] = set()  # guarded by _conn_lock
+        self._conn_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def close(self) -> None:
+        """Stop serving, and end the connections still open (their threads go with them)."""
+        self.shutdown()
+        self.server_close()
+        with self._conn_lock:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def lock_of(self, *keys: tuple[str, str]) -> list[threading.RLock]:
         return [self.locks[i] for i in sorted({hash(k) % _STRIPES for k in keys})]
@@ -134,6 +146,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms delayed-ACK stalls
+        with self.server._conn_lock:
+            self.server.connections.add(self.connection)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         log.debug("front: " + format, *args)
@@ -414,6 +428,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def finish(self) -> None:
+        with self.server._conn_lock:
+            self.server.connections.discard(self.connection)
         super().finish()
         upstream = getattr(self, "_conn", None)
         if upstream is not None and upstream.conn is not None:
@@ -475,22 +491,26 @@ class _Upstream:
         self.conn: http.client.HTTPConnection | None = None
 
     def request_stream(self, method: str, path: str, headers: dict, body=None) -> http.client.HTTPResponse:
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-            self.conn.connect()
-            self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         headers = dict(headers)
         if isinstance(body, (bytes, bytearray)):
             headers["Content-Length"] = str(len(body))
         elif body is not None:
             headers["Transfer-Encoding"] = "chunked"
-        try:
-            self.conn.request(method, path, body=body, headers=headers, encode_chunked=not isinstance(body, (bytes, type(None))))
-            return self.conn.getresponse()
-        except (OSError, http.client.HTTPException):
-            self.conn.close()
-            self.conn = None
-            raise
+        replayable = isinstance(body, (bytes, type(None)))
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+                self.conn.connect()
+                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self.conn.request(method, path, body=body, headers=headers, encode_chunked=not replayable)
+                return self.conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt or not replayable:  # an idle connection the server closed: once more
+                    raise
+        raise AssertionError("unreachable")
 
 
 class _locked:

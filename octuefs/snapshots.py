@@ -25,8 +25,9 @@ Layout of ``data_dir``::
 
 Object entries use the JSON API's field names; ``contentEncoding``, ``contentDisposition``,
 ``contentLanguage``, ``cacheControl``, ``customTime`` and ``storageClass`` are kept too when
-set. Not kept: generations and times (restored objects get new ones, so a mount's cache re-reads
-them), ACLs, bucket settings, noncurrent versions.
+set, and the stable ``generation`` and ``metageneration`` the front shows (see
+:mod:`octuefs.emulator_journal`; the server's own are new after each restore). Not kept: times,
+ACLs, bucket settings, noncurrent versions. Changes since the manifest are in ``journal/``.
 
 Crash safety: a blob is written to a temporary file, fsynced and renamed into place; so is the
 manifest, last. Blobs no manifest references are deleted only after that commit. A crash at any

@@ -524,3 +524,15 @@ def test_filesystem_backend_keeps_names_as_written(fs_backend):
     bucket = bucket_on(fs_backend, "dots")
     bucket.upload_bytes("a/./b/../c//d", b"x")
     assert [o.name for o in bucket.list_all(delimiter=None)[0]] == ["a/./b/../c//d"]
+
+
+def test_another_user_is_refused_by_the_persistent_front(start):
+    import shutil
+
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to connect as another user")
+    server = start()
+    code = "import sys, urllib.request\ntry:\n urllib.request.urlopen(sys.argv[1] + '/storage/v1/b', timeout=5)\n print('served')\nexcept Exception:\n print('refused')"
+    other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
+                            server.url], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert other.stdout.strip() == "refused", other.stderr

@@ -34,6 +34,8 @@ import urllib.request
 import weakref
 from pathlib import Path
 
+from .emulator_front import Front
+from .emulator_journal import Journal
 from .snapshots import SNAPSHOT_FORMAT, HTTPError, Http, SnapshotError, SnapshotStats, Store, dump, in_parallel, upload
 
 __all__ = ["SNAPSHOT_FORMAT", "Emulator", "SnapshotError", "SnapshotStats", "emulator_binary"]
@@ -88,10 +90,11 @@ class Emulator:
     server when the thread that started it exits; good for test sessions (nothing leaks if
     pytest is killed), wrong for a server started from a worker thread that ends first.
 
-    What a crash loses: :meth:`stop` takes a final snapshot, so a clean stop loses nothing. If
-    the owning process dies without :meth:`stop` (``kill -9``; with ``kill_with_parent`` the
-    server is then SIGTERMed), the changes since the last periodic snapshot are lost: at most
-    ``snapshot_interval`` seconds of writes (plus one snapshot's duration).
+    What a crash loses: nothing that was acknowledged. When persistent, clients talk to a front
+    (:mod:`octuefs.emulator_front`) that answers a mutation only once :mod:`octuefs.emulator_journal`
+    has it on disk (fdatasync), with the generation it will keep across restarts; ``url`` and
+    ``port`` are the front's, ``server_url`` the server's. A snapshot folds the journal into
+    ``data_dir/snapshot`` every ``snapshot_interval`` seconds and at :meth:`stop`.
 
     Threads: ``_snapshot_lock`` guards ``_manifest`` and the files under ``data_dir/snapshot``
     (the flock on ``data_dir/lock`` keeps other processes out); it is the only lock.
@@ -126,8 +129,10 @@ class Emulator:
         self._proc: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
         self._store = Store(self.data_dir / "snapshot") if self.persistent else None
+        self._journal = Journal(self.data_dir, self._store) if self.persistent else None
+        self._front: Front | None = None  # persistent: what clients talk to, in front of the server
+        self._server_port: int | None = None
         self._snapshot_lock = threading.Lock()
-        self._manifest: dict | None = None  # the last committed snapshot
         self._restored = False  # start() restored the snapshot: only now may snapshots be taken
         self._lock_fd: int | None = None
         self._ticker: threading.Thread | None = None
@@ -140,6 +145,11 @@ class Emulator:
         if self.port is None:
             raise RuntimeError("emulator not started")
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def server_url(self) -> str:
+        """Where fake-gcs-server itself listens (behind the front, when persistent)."""
+        return f"http://{self.host}:{self._server_port}"
 
     @property
     def pid(self) -> int | None:
@@ -168,6 +178,8 @@ class Emulator:
             return self
         try:
             manifest = self._open_store(timeout) if self.persistent else None
+            if self.persistent:
+                self._bind_front()
             self._launch(timeout)
             if self.persistent:
                 self._restore(manifest)
@@ -181,10 +193,9 @@ class Emulator:
         safe to call more than once. If the final snapshot fails, the server is stopped all the
         same and RuntimeError says what was lost."""
         self._stop_ticker()
+        self._stop_front()
         failure = None
-        if self._restored and not self.running:
-            log.error("fake-gcs-server exited by itself; changes to %s since the last snapshot are lost", self.data_dir)
-        elif self._restored:
+        if self._restored:
             try:
                 stats = self._take_snapshot()
                 log.info("final snapshot of %s: %d objects in %d buckets", self.data_dir, stats.objects, stats.buckets)
@@ -192,14 +203,17 @@ class Emulator:
                 failure = exc
                 log.error("final snapshot of %s failed: %s", self.data_dir, exc)
         self._restored = False
+        if self._journal is not None:
+            self._journal.close()
         self._kill(timeout)
         self._unlock()
-        if failure is not None:
-            raise RuntimeError(f"final snapshot of {self.data_dir} failed; changes since the last one are lost") from failure
+        if failure is not None:  # the journal still has every change: the next start replays it
+            raise RuntimeError(f"final snapshot of {self.data_dir} failed (its journal is kept)") from failure
 
     def snapshot(self) -> SnapshotStats:
-        """Copy every bucket into a new snapshot under ``data_dir`` and commit it atomically.
-        Only objects whose bytes are not in the store already are downloaded. Thread-safe."""
+        """Fold the journal into a new snapshot under ``data_dir`` and commit it atomically
+        (``downloaded`` counts small objects whose bytes moved from the journal into blobs).
+        Thread-safe."""
         if not self.persistent:
             raise RuntimeError("snapshot() needs a data_dir and the memory backend")
         if not self._restored:
@@ -216,19 +230,7 @@ class Emulator:
 
     def create_bucket(self, name: str) -> None:
         """Create bucket ``name``; nothing happens if it already exists."""
-        body = json.dumps({"name": name}).encode()
-        req = urllib.request.Request(
-            f"{self.url}/storage/v1/b?project=octuefs-local",
-            data=body,
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with _OPENER.open(req, timeout=10) as resp:
-                resp.read()
-        except urllib.error.HTTPError as e:
-            if e.code != 409:  # 409: it exists already
-                raise RuntimeError(f"cannot create bucket {name!r} on {self.url}: HTTP {e.code} {e.read()[:200]!r}") from e
+        _create_bucket(self.url, name)
 
     def list_buckets(self) -> list[str]:
         with _OPENER.open(f"{self.url}/storage/v1/b", timeout=10) as resp:
@@ -261,13 +263,21 @@ class Emulator:
 
     def _restore(self, manifest: dict | None) -> None:
         started = time.monotonic()
-        buckets = manifest["buckets"] if manifest else {}
-        for bucket in buckets:
-            self.create_bucket(bucket)
-        jobs = [(bucket, entry) for bucket, entries in buckets.items() for entry in entries]
-        with Http(self.host, self.port) as client:
-            in_parallel(lambda bucket, entry: upload(client, self._store, bucket, entry), jobs)
-        self._manifest = manifest
+        buckets = self._journal.recover(manifest)
+        jobs = [(bucket, entry) for bucket, entries in buckets.items() for entry in entries.values()]
+        with Http(self.host, self._server_port) as client:
+            for bucket in buckets:
+                _create_bucket(self.server_url, bucket)
+                self._journal.restored_bucket(bucket)
+
+            def restore(bucket: str, entry: dict) -> None:
+                answer = upload(client, self._store, bucket, entry)
+                self._journal.restored(bucket, entry, int(answer["generation"]))
+
+            in_parallel(restore, jobs)
+        self._journal.open()
+        self._front.server_port_ = self._server_port
+        self._front.serve()
         self._restored = True
         took = time.monotonic() - started
         log.info("restored %d objects in %d buckets from %s in %.1fs", len(jobs), len(buckets), self.data_dir, took)
@@ -283,11 +293,22 @@ class Emulator:
 
     def _take_snapshot(self) -> SnapshotStats:
         with self._snapshot_lock:
-            if not self.running:
-                raise RuntimeError(f"fake-gcs-server is not running (exit code {self._proc and self._proc.poll()})")
-            with Http(self.host, self.port) as client:
-                self._manifest, stats = dump(client, self._store, self._manifest)
-            return stats
+            return self._journal.compact()
+
+    def _bind_front(self) -> None:
+        try:
+            self._front = Front(self.port or 0, 0, self._journal)
+        except OSError as exc:
+            raise RuntimeError(f"the local emulator cannot listen on {self.host}:{self.port}: {exc}") from None
+        self.port = self._front.server_address[1]
+
+    def _stop_front(self) -> None:
+        front, self._front = self._front, None
+        if front is not None:
+            if self._restored:
+                front.close()
+            else:
+                front.server_close()
 
     def _stop_ticker(self) -> None:
         ticker, self._ticker = self._ticker, None
@@ -315,10 +336,11 @@ class Emulator:
     # --- the server process -------------------------------------------------------------
 
     def _launch(self, timeout: float) -> None:
-        fixed_port = self.port is not None
+        fixed_port = self.port is not None and not self.persistent  # the front has the fixed port
         for _attempt in range(3):  # a free port can be taken between probing and binding
-            if not fixed_port:
-                self.port = _free_port(self.host)
+            self._server_port = self.port if fixed_port else _free_port(self.host)
+            if not self.persistent:
+                self.port = self._server_port
             try:
                 self._spawn()
                 self._wait_ready(timeout)
@@ -344,7 +366,7 @@ class Emulator:
         cmd = [
             str(emulator_binary()),
             "-host", self.host,
-            "-port", str(self.port),
+            "-port", str(self._server_port),
             "-scheme", "http",
             "-external-url", self.url,
             "-log-level", self.log_level,
@@ -380,7 +402,7 @@ class Emulator:
                 preexec_fn=_set_parent_death_signal if self.kill_with_parent else None,
             )
         self._finalizer = weakref.finalize(self, _stop_process, self._proc)
-        log.debug("fake-gcs-server pid %d starting on %s", self._proc.pid, self.url)
+        log.debug("fake-gcs-server pid %d starting on %s", self._proc.pid, self.server_url)
 
     def _log_tail(self, limit: int = 4000) -> str:
         try:
@@ -403,21 +425,36 @@ class Emulator:
                     f"fake-gcs-server exited with code {proc.returncode} while starting; its output:\n{output}"
                 )
             try:
-                with _OPENER.open(f"{self.url}/storage/v1/b", timeout=1) as resp:
+                with _OPENER.open(f"{self.server_url}/storage/v1/b", timeout=1) as resp:
                     if resp.status == 200 and proc.poll() is None:  # ours, not a squatter's
-                        log.info("fake-gcs-server pid %d ready on %s", proc.pid, self.url)
+                        log.info("fake-gcs-server pid %d ready on %s", proc.pid, self.server_url)
                         return
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
                 output = self._log_tail()
                 self._kill()
-                raise RuntimeError(f"fake-gcs-server did not answer on {self.url} within {timeout:.0f}s; its output:\n{output}")
+                raise RuntimeError(f"fake-gcs-server did not answer on {self.server_url} within {timeout:.0f}s; its output:\n{output}")
             time.sleep(0.05)
 
 
 class _PortTaken(Exception):
     pass
+
+
+def _create_bucket(url: str, name: str) -> None:
+    req = urllib.request.Request(
+        f"{url}/storage/v1/b?project=octuefs-local",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with _OPENER.open(req, timeout=10) as resp:
+            resp.read()
+    except urllib.error.HTTPError as e:
+        if e.code != 409:  # 409: it exists already
+            raise RuntimeError(f"cannot create bucket {name!r} on {url}: HTTP {e.code} {e.read()[:200]!r}") from e
 
 
 def _snapshot_loop(ref: weakref.ref, stopping: threading.Event, interval: float) -> None:

@@ -25,8 +25,9 @@ Layout of ``data_dir``::
 
 Object entries use the JSON API's field names; ``contentEncoding``, ``contentDisposition``,
 ``contentLanguage``, ``cacheControl``, ``customTime`` and ``storageClass`` are kept too when
-set. Not kept: generations and times (restored objects get new ones, so a mount's cache re-reads
-them), ACLs, bucket settings, noncurrent versions.
+set, and the stable ``generation`` and ``metageneration`` the front shows (see
+:mod:`octuefs.emulator_journal`; the server's own are new after each restore). Not kept: times,
+ACLs, bucket settings, noncurrent versions. Changes since the manifest are in ``journal/``.
 
 Crash safety: a blob is written to a temporary file, fsynced and renamed into place; so is the
 manifest, last. Blobs no manifest references are deleted only after that commit. A crash at any
@@ -103,10 +104,7 @@ class Store:
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
         for leftover in [*self.root.glob("*.tmp-*"), *self.blobs.glob("*.tmp-*")]:
             leftover.unlink(missing_ok=True)
-        manifest = self._load()
-        if manifest is not None:
-            self._collect(manifest)
-        return manifest
+        return self._load()
 
     def damaged(self, why: str) -> SnapshotError:
         return SnapshotError(f"the snapshot in {self.root} is damaged ({why}); move that directory aside to start without it")
@@ -159,7 +157,8 @@ class Store:
         return sha.hexdigest()
 
     def commit(self, manifest: dict) -> None:
-        """Make ``manifest`` the snapshot (atomically, durably), then delete unreferenced blobs."""
+        """Make ``manifest`` the snapshot (atomically, durably). Blobs it no longer names stay
+        until :meth:`collect`."""
         fsync_dir(self.blobs)  # the new blobs' names, before the manifest that names them
         tmp = self.root / f"manifest.json.tmp-{uuid.uuid4().hex}"
         try:
@@ -171,10 +170,9 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(self.root)
-        self._collect(manifest)
 
-    def _collect(self, manifest: dict) -> None:
-        keep = {e["blob"] for entries in manifest["buckets"].values() for e in entries}
+    def collect(self, keep: set[str]) -> None:
+        """Delete every blob not in ``keep`` (and no temporary file being written)."""
         for path in self.blobs.iterdir():
             if path.name not in keep and ".tmp-" not in path.name:
                 path.unlink(missing_ok=True)
@@ -345,8 +343,8 @@ def _fetch(client: Http, store: Store, bucket: str, entry: dict, resource: dict)
     raise SnapshotError(f"gs://{bucket}/{entry['name']} kept changing while being copied")
 
 
-def upload(client: Http, store: Store, bucket: str, entry: dict) -> None:
-    """Create one object from its manifest entry, in one multipart request."""
+def upload(client: Http, store: Store, bucket: str, entry: dict) -> dict:
+    """Create one object from its manifest entry, in one multipart request; return the server's answer."""
     boundary = uuid.uuid4().hex
     resource = {"name": entry["name"], **{k: entry[k] for k in _KEPT_FIELDS if k in entry}}
     content_type = entry.get("contentType")  # the server takes it from the media part's header
@@ -368,3 +366,4 @@ def upload(client: Http, store: Store, bucket: str, entry: dict) -> None:
     answer = client.json("POST", f"/upload/storage/v1/b/{_q(bucket)}/o?uploadType=multipart", body=body, headers=headers)
     if entry.get("md5Hash") and answer.get("md5Hash") != entry["md5Hash"]:
         raise store.damaged(f"blobs/{entry['blob']} does not hold the bytes of gs://{bucket}/{entry['name']}")
+    return answer

@@ -25,7 +25,7 @@ import uuid
 import pytest
 
 from octuefs.emulator import SNAPSHOT_FORMAT, Emulator, SnapshotError, emulator_binary
-from octuefs.errors import NotFound
+from octuefs.errors import NotFound, PreconditionFailed
 from octuefs.storage.base import RetryPolicy
 
 pytestmark = pytest.mark.emulator
@@ -281,24 +281,46 @@ def test_a_deleted_object_stays_deleted(start):
         bucket.stat("gone")
 
 
-def test_only_changed_bytes_are_downloaded(start):
+def test_generations_and_metagenerations_survive_a_restart(start):
     server = start()
-    bucket = bucket_on(server, "incremental")
-    for name in ("one", "two", "three"):
-        bucket.upload_bytes(name, name.encode())
-    first = server.snapshot()
-    assert (first.objects, first.downloaded, first.written) == (3, 3, True)
-    again = server.snapshot()
-    assert (again.downloaded, again.written) == (0, False)  # nothing changed: nothing rewritten
-    bucket.upload_bytes("one", b"new content")
-    bucket.patch_metadata("two", {"octue__id": '"2"'})
-    bucket.upload_bytes("copy-of-three", b"three")
-    third = server.snapshot()
-    assert (third.objects, third.downloaded, third.written) == (4, 1, True)  # only "one"'s bytes
+    bucket = bucket_on(server, "stable")
+    one = bucket.upload_bytes("one", b"first")
+    two = bucket.patch_metadata(bucket.upload_bytes("two", b"second").name, {"octue__id": '"2"'})
+    assert two.metageneration == 2  # a patch moves the metageneration, as on GCS
     restart(server)
-    assert bucket.read_range("one", 0, 100) == b"new content"
-    assert bucket.stat("two").metadata == {"octue__id": '"2"'}
-    assert bucket.read_range("copy-of-three", 0, 100) == b"three"
+    assert (bucket.stat("one").generation, bucket.stat("one").metageneration) == (one.generation, 1)
+    assert (bucket.stat("two").generation, bucket.stat("two").metageneration) == (two.generation, 2)
+    assert bucket.read_range("two", 0, 100, generation=two.generation) == b"second"
+    replaced = bucket.upload_bytes("one", b"again", if_generation_match=one.generation)  # lands: no conflict
+    with pytest.raises(PreconditionFailed):
+        bucket.upload_bytes("one", b"stale", if_generation_match=one.generation)
+    with pytest.raises(PreconditionFailed):
+        bucket.patch_metadata("two", {"k": "v"}, if_metageneration_match=1)
+    assert bucket.read_range("one", 0, 100) == b"again" and bucket.stat("one").generation == replaced.generation
+
+
+def test_an_acknowledged_upload_survives_kill_9_at_once(start, tmp_path):
+    data_dir = tmp_path / "data"
+    owner = subprocess.Popen([sys.executable, "-c", CRASHING_OWNER, str(data_dir), "3600"], stdout=subprocess.PIPE, text=True)
+    server_pid = None
+    try:
+        server_pid, url = owner.stdout.readline().split()
+        server_pid = int(server_pid)
+        from octuefs.storage.gcs import GCSBucket
+
+        info = GCSBucket("crash", retry=NO_RETRY, endpoint=url).upload_bytes("now.txt", b"acknowledged", {"k": "v"})
+        owner.kill()  # no snapshot was taken (interval one hour): only the journal has it
+        owner.wait(5)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(5)
+        if server_pid is not None and pid_alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)  # started by our child for this test
+    server = start(data_dir)
+    bucket = bucket_on(server, "crash")
+    assert bucket.read_range("now.txt", 0, 100) == b"acknowledged"
+    assert (bucket.stat("now.txt").metadata, bucket.stat("now.txt").generation) == ({"k": "v"}, info.generation)
 
 
 def test_snapshots_under_concurrent_writes_are_consistent(start):
@@ -340,7 +362,8 @@ def test_snapshots_under_concurrent_writes_are_consistent(start):
 CRASHING_OWNER = textwrap.dedent("""
     import sys, time
     from octuefs.emulator import Emulator
-    server = Emulator(sys.argv[1], snapshot_interval=0.1, kill_with_parent=True).start()
+    interval = float(sys.argv[2]) if len(sys.argv) > 2 else 0.1
+    server = Emulator(sys.argv[1], snapshot_interval=interval, kill_with_parent=True).start()
     server.create_bucket("crash")
     print(server.pid, server.url, flush=True)
     time.sleep(60)
@@ -501,3 +524,15 @@ def test_filesystem_backend_keeps_names_as_written(fs_backend):
     bucket = bucket_on(fs_backend, "dots")
     bucket.upload_bytes("a/./b/../c//d", b"x")
     assert [o.name for o in bucket.list_all(delimiter=None)[0]] == ["a/./b/../c//d"]
+
+
+def test_another_user_is_refused_by_the_persistent_front(start):
+    import shutil
+
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to connect as another user")
+    server = start()
+    code = "import sys, urllib.request\ntry:\n urllib.request.urlopen(sys.argv[1] + '/storage/v1/b', timeout=5)\n print('served')\nexcept Exception:\n print('refused')"
+    other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
+                            server.url], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert other.stdout.strip() == "refused", other.stderr

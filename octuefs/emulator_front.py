@@ -1,0 +1,587 @@
+"""The write-through front of a persistent local emulator: an HTTP server on 127.0.0.1 that
+passes the JSON API through to fake-gcs-server and answers a mutation only once
+:class:`~octuefs.emulator_journal.Journal` has it on disk.
+
+What it adds to the server behind it:
+
+* **Durability.** An upload, compose, copy/rewrite, metadata patch or delete that succeeded is
+  journaled (fdatasync) before the client sees the answer; so is a bucket's creation or deletion.
+  Any other mutating request (batch, XML API, ``/_internal``) is refused with 501, so nothing
+  changes the buckets behind the journal's back.
+* **Stable generations and metagenerations.** The client sees the generations objects had when
+  written, also after a restart, and a metageneration that a patch moves (as GCS does; the
+  memory backend keeps "1"). Preconditions (``ifGenerationMatch``, ``ifMetagenerationMatch``,
+  their ``Not`` and ``Source`` forms, compose's ``objectPreconditions``) are checked here,
+  against the journal, under the object's lock, and answered 412 as GCS does.
+* **One user.** Connections from another local user are refused (the peer's uid is read from
+  ``/proc/net/tcp``): the front is bound to loopback, which every local user can reach.
+
+Mutations of one object run one at a time (a striped lock per bucket and name, taken for the
+request, its journaling and its answer), so the journal's order is the server's. Reads are not
+locked; a read that sees a version the journal does not know yet waits for that object's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import urllib.parse
+
+from .emulator_journal import INLINE_MAX, Journal, Stored, md5_b64
+from .snapshots import _entry
+
+log = logging.getLogger(__name__)
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade",
+        "proxy-connection", "proxy-authorization", "proxy-authenticate"}  # fmt: skip
+_CONDITIONS = ("ifGenerationMatch", "ifGenerationNotMatch", "ifMetagenerationMatch", "ifMetagenerationNotMatch")
+_SOURCE_CONDITIONS = tuple(c.replace("if", "ifSource", 1) for c in _CONDITIONS)
+_OBJECT = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
+_COMPOSE = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)/compose$")
+_REWRITE = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)/(?:rewriteTo|copyTo)/b/([^/]+)/o/([^/]+)$")
+_BUCKETS = re.compile(r"^/storage/v1/b/?$")
+_BUCKET = re.compile(r"^/storage/v1/b/([^/]+)$")
+_UPLOAD = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
+_RESUMABLE = re.compile(r"^/upload/resumable/([^/]+)$")
+_DOWNLOAD = re.compile(r"^/download/storage/v1/b/([^/]+)/o/([^/]+)$")
+_STRIPES = 256
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def _unq(segment: str) -> str:
+    return urllib.parse.unquote(segment)
+
+
+def check(query: dict[str, str], stored: Stored | None, names=_CONDITIONS, missing_ok: bool = False) -> None:
+    """Raise a 412 unless ``query``'s preconditions hold for ``stored`` (None: no such object).
+    ``missing_ok``: a missing object is the server's to answer (404), not a failed precondition."""
+    gen_match, gen_not, meta_match, meta_not = (query.get(n) for n in names)
+    if stored is None:
+        if missing_ok:
+            return
+        ok = gen_match in (None, "0") and meta_match is None
+    else:
+        ok = ((gen_match is None or int(gen_match) == stored.generation)
+              and (gen_not is None or int(gen_not) != stored.generation)
+              and (meta_match is None or int(meta_match) == stored.metageneration)
+              and (meta_not is None or int(meta_not) != stored.metageneration))  # fmt: skip
+    if not ok:
+        raise _Refused(412, "conditionNotMet", "At least one of the pre-conditions you specified did not hold.")
+
+
+class Front(http.server.ThreadingHTTPServer):
+    """The front on ``127.0.0.1:port`` for the server on ``127.0.0.1:server_port``."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, port: int, server_port: int, journal: Journal):
+        self.server_port_ = server_port
+        self.journal = journal
+        self.locks = [threading.RLock() for _ in range(_STRIPES)]
+        self.resumable: dict[str, tuple[str, str, dict[str, str]]] = {}  # upload id -> (bucket, name, conditions)
+        self.uid = os.getuid()
+        self.connections: set[socket.socket] = set()  # guarded by _conn_lock
+        self._conn_lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    def close(self) -> None:
+        """Stop serving, and end the connections still open (their threads go with them)."""
+        self.shutdown()
+        self.server_close()
+        with self._conn_lock:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def lock_of(self, *keys: tuple[str, str]) -> list[threading.RLock]:
+        return [self.locks[i] for i in sorted({hash(k) % _STRIPES for k in keys})]
+
+    def verify_request(self, request, client_address) -> bool:
+        uid = peer_uid(client_address[1], self.server_address[1])
+        if uid is not None and uid not in (self.uid, 0):  # root may reach everything anyway
+            log.warning("refused a connection from uid %d to the local emulator (only uid %d may use it)", uid, self.uid)
+            return False
+        return True
+
+    def serve(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name="octuefs-emulator-front", daemon=True)  # fmt: skip
+        thread.start()
+        return thread
+
+
+def peer_uid(peer_port: int, our_port: int) -> int | None:
+    """The uid owning the loopback TCP socket ``127.0.0.1:peer_port`` connected to ``our_port``."""
+    want = (f"0100007F:{peer_port:04X}", f"0100007F:{our_port:04X}")
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if (fields[1], fields[2]) == want:
+                    return int(fields[7])
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    return None
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Front
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms delayed-ACK stalls
+        with self.server._conn_lock:
+            self.server.connections.add(self.connection)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        log.debug("front: " + format, *args)
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    def _handle(self) -> None:
+        self._request_body = None
+        try:
+            self._dispatch()
+        except _Refused as exc:
+            self._drain()
+            self._send_json(exc.status, {"error": {"code": exc.status, "message": str(exc),
+                                                   "errors": [{"reason": exc.reason, "message": str(exc)}]}})  # fmt: skip
+        except (ConnectionError, http.client.HTTPException, OSError) as exc:
+            log.warning("local emulator front: %s %s: %s", self.command, self.path, exc)
+            self.close_connection = True
+            try:
+                self._send_json(502, {"error": {"code": 502, "message": f"local emulator: {exc}"}})
+            except OSError:
+                pass
+
+    def _dispatch(self) -> None:
+        split = urllib.parse.urlsplit(self.path)
+        path, method = split.path, self.command
+        query = dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True))
+        if method in ("GET", "HEAD"):
+            return self._read(path, query)
+        if m := _UPLOAD.match(path):
+            if method == "POST":
+                return self._upload(_unq(m[1]), query)
+            if method == "PUT":
+                return self._resumable_put(query.get("upload_id", ""), query)
+            if method == "DELETE":
+                self.server.resumable.pop(query.get("upload_id", ""), None)
+                return self._pass(query)
+        if (m := _RESUMABLE.match(path)) and method in ("PUT", "POST"):
+            return self._resumable_put(_unq(m[1]), query)
+        if (m := _OBJECT.match(path)) and method in ("PATCH", "PUT", "DELETE"):
+            key = (_unq(m[1]), _unq(m[2]))
+            return self._delete(key, query) if method == "DELETE" else self._patch(key, query)
+        if (m := _COMPOSE.match(path)) and method == "POST":
+            return self._compose((_unq(m[1]), _unq(m[2])), query)
+        if (m := _REWRITE.match(path)) and method == "POST":
+            return self._rewrite((_unq(m[1]), _unq(m[2])), (_unq(m[3]), _unq(m[4])), query)
+        if _BUCKETS.match(path) and method == "POST":
+            status, headers, body = self._forward(query, self._body())
+            if status == 200:
+                self.server.journal.bucket_created(json.loads(body)["name"])
+            return self._send(status, headers, body)
+        if (m := _BUCKET.match(path)) and method == "DELETE":
+            status, headers, body = self._forward(query, self._body())
+            if status in (200, 204):
+                self.server.journal.bucket_deleted(_unq(m[1]))
+            return self._send(status, headers, body)
+        raise _Refused(501, "notImplemented", f"the local emulator does not take {method} {path} (it would not be kept)")
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def _read(self, path: str, query: dict[str, str]) -> None:
+        m = _DOWNLOAD.match(path) or _OBJECT.match(path)
+        key = (_unq(m[1]), _unq(m[2])) if m else None
+        if key is not None:
+            self._translate_generation(query, "generation", key)
+        upstream = self._open(query, None)
+        with upstream:
+            if (upstream.getheader("Content-Type") or "").startswith("application/json"):
+                body = upstream.read()
+                if upstream.status == 200:
+                    body = self._translated(body)
+                return self._send(upstream.status, upstream.getheaders(), body)
+            headers = upstream.getheaders()
+            if key is not None:
+                headers = self._translated_headers(key, headers)
+            self._stream(upstream, headers)
+
+    def _translated(self, body: bytes) -> bytes:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body
+        if not isinstance(data, dict):
+            return body
+        for resource in data.get("items", []) if "items" in data else [data]:
+            if isinstance(resource, dict) and resource.get("kind") == "storage#object":
+                self._show_stable(resource)
+        return json.dumps(data).encode()
+
+    def _show_stable(self, resource: dict) -> None:
+        key = (resource.get("bucket"), resource.get("name"))
+        server_generation = resource.get("generation")
+        stored = self.server.journal.get(*key)
+        if stored is None or str(stored.server_generation) != server_generation:
+            for lock in self.server.lock_of(key):  # a mutation in flight: wait for its journaling
+                with lock:
+                    pass
+            stored = self.server.journal.get(*key)
+        if stored is not None and str(stored.server_generation) == server_generation:
+            _show(resource, stored)
+
+    def _translated_headers(self, key, headers):
+        stored = self.server.journal.get(*key)
+        if stored is None:
+            return headers
+        out = []
+        for name, value in headers:
+            if name.lower() == "x-goog-generation" and value == str(stored.server_generation):
+                out += [(name, str(stored.generation)), ("X-Goog-Metageneration", str(stored.metageneration))]
+            elif name.lower() != "x-goog-metageneration":
+                out.append((name, value))
+        return out
+
+    def _translate_generation(self, query: dict[str, str], param: str, key) -> None:
+        if param in query:
+            stored = self.server.journal.get(*key)
+            if stored is not None and query[param] == str(stored.generation):
+                query[param] = str(stored.server_generation)
+
+    # --- mutations -------------------------------------------------------------------------
+
+    def _upload(self, bucket: str, query: dict[str, str]) -> None:
+        kind = query.get("uploadType", "")
+        if kind == "multipart":
+            body = self._body()
+            name = query.get("name") or _multipart_name(self.headers.get("Content-Type", ""), body)
+        elif kind == "resumable":
+            body = self._body()
+            name = query.get("name") or json.loads(body or b"{}").get("name")
+            conditions = {c: query.pop(c) for c in _CONDITIONS if c in query}
+            status, headers, answer = self._forward(query, body)
+            upload_id = _upload_id(dict((k.lower(), v) for k, v in headers).get("location", ""))
+            if status == 200 and upload_id:
+                self.server.resumable[upload_id] = (bucket, name, conditions)
+            return self._send(status, headers, answer)
+        else:
+            body = self._body_stream()
+            name = query.get("name")
+        if not name:
+            raise _Refused(400, "required", "the upload names no object")
+        key = (bucket, name)
+        with _locked(self.server.lock_of(key)):
+            check(query, self.server.journal.get(*key))
+            status, headers, answer = self._forward(_strip(query), body)
+            self._created(key, status, headers, answer)
+
+    def _resumable_put(self, upload_id: str, query: dict[str, str]) -> None:
+        known = self.server.resumable.get(upload_id)
+        if known is None:
+            return self._pass(query)
+        bucket, name, conditions = known
+        key = (bucket, name)
+        with _locked(self.server.lock_of(key)):
+            check(conditions, self.server.journal.get(*key))
+            status, headers, answer = self._forward(query, self._body_stream())
+            if status in (200, 201):
+                self.server.resumable.pop(upload_id, None)
+            self._created(key, status, headers, answer)
+
+    def _compose(self, key, query: dict[str, str]) -> None:
+        request = json.loads(self._body())
+        sources = [(key[0], s["name"]) for s in request.get("sourceObjects", [])]
+        with _locked(self.server.lock_of(key, *sources)):
+            check(query, self.server.journal.get(*key))
+            for source in request.get("sourceObjects", []):
+                stored = self.server.journal.get(key[0], source["name"])
+                wanted = source.get("objectPreconditions", {}).get("ifGenerationMatch")
+                if wanted is not None:
+                    check({"ifGenerationMatch": str(wanted)}, stored)
+                    source["objectPreconditions"]["ifGenerationMatch"] = str(stored.server_generation)
+                if source.get("generation") is not None and stored is not None and int(source["generation"]) == stored.generation:
+                    source["generation"] = str(stored.server_generation)
+            status, headers, answer = self._forward(_strip(query), json.dumps(request).encode(),
+                                                    content_type="application/json")  # fmt: skip
+            self._created(key, status, headers, answer)
+
+    def _rewrite(self, source, key, query: dict[str, str]) -> None:
+        body = self._body()
+        with _locked(self.server.lock_of(source, key)):
+            check(query, self.server.journal.get(*key))
+            check(query, self.server.journal.get(*source), _SOURCE_CONDITIONS, missing_ok=True)
+            self._translate_generation(query, "sourceGeneration", source)
+            query = {k: v for k, v in _strip(query).items() if k not in _SOURCE_CONDITIONS}
+            status, headers, answer = self._forward(query, body)
+            if status == 200 and not json.loads(answer).get("done", True):
+                raise _Refused(501, "notImplemented", "a rewrite in several calls is not kept by the local emulator")
+            if status == 200:
+                resource = json.loads(answer)
+                created = self._created(key, status, headers, json.dumps(resource.get("resource", resource)).encode(), send=False)
+                if "resource" in resource:
+                    resource["resource"] = created
+                else:
+                    resource = created
+                answer = json.dumps(resource).encode()
+            self._send(status, headers, answer)
+
+    def _patch(self, key, query: dict[str, str]) -> None:
+        body = self._body()
+        with _locked(self.server.lock_of(key)):
+            stored = self.server.journal.get(*key)
+            check(query, stored, missing_ok=True)
+            status, headers, answer = self._forward(_strip(query), body)
+            if status == 200 and stored is not None:
+                resource = json.loads(answer)
+                entry = {**_entry(resource), "generation": str(stored.generation),
+                         "metageneration": str(stored.metageneration + 1)}  # fmt: skip
+                if "blob" in stored.entry:
+                    entry["blob"] = stored.entry["blob"]
+                self.server.journal.put(key[0], entry, int(resource["generation"]), stored.data)
+                _show(resource, self.server.journal.get(*key))
+                answer = json.dumps(resource).encode()
+            self._send(status, headers, answer)
+
+    def _delete(self, key, query: dict[str, str]) -> None:
+        body = self._body()
+        with _locked(self.server.lock_of(key)):
+            stored = self.server.journal.get(*key)
+            check(query, stored, missing_ok=True)
+            self._translate_generation(query, "generation", key)
+            status, headers, answer = self._forward(_strip(query), body)
+            if status in (200, 204):
+                self.server.journal.delete(*key)
+            self._send(status, headers, answer)
+
+    def _created(self, key, status: int, headers, answer: bytes, send: bool = True):
+        """Journal the object version a successful request made (its bytes fetched back from the
+        server, pinned to its generation), then answer; holds the object's lock."""
+        if status not in (200, 201):
+            return self._send(status, headers, answer) if send else None
+        resource = json.loads(answer)
+        server_generation = int(resource["generation"])
+        entry = {**_entry(resource), "generation": str(server_generation), "metageneration": "1"}
+        what = f"gs://{key[0]}/{key[1]}"
+        query = urllib.parse.urlencode({"alt": "media", "generation": server_generation})
+        path = f"/download/storage/v1/b/{_q(key[0])}/o/{_q(key[1])}?{query}"
+        with self._upstream().request_stream("GET", path, {"Accept-Encoding": "gzip"}) as upstream:
+            if upstream.status != 200:
+                raise OSError(f"{what} vanished from the server before it was journaled (HTTP {upstream.status})")
+            if entry["size"] <= INLINE_MAX:
+                data = upstream.read()
+                if entry.get("md5Hash") and md5_b64(data) != entry["md5Hash"]:
+                    raise OSError(f"{what}: the server's bytes do not match its MD5")
+                self.server.journal.put(key[0], entry, server_generation, data)
+            else:
+                entry["blob"] = self.server.journal.blob(iter(lambda: upstream.read(1 << 20), b""), what, entry.get("md5Hash"))
+                self.server.journal.put(key[0], entry, server_generation)
+        resource["metageneration"] = "1"
+        if send:
+            self._send(status, headers, json.dumps(resource).encode())
+        return resource
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _upstream(self) -> _Upstream:
+        upstream = getattr(self, "_conn", None)
+        if upstream is None:
+            upstream = self._conn = _Upstream(self.server.server_port_)
+        return upstream
+
+    def _body(self) -> bytes:
+        return b"".join(self._body_stream())
+
+    def _body_stream(self):
+        """The request's body, as a generator; the same one on every call."""
+        if self._request_body is None:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                self._request_body = _dechunk(self.rfile)
+            else:
+                self._request_body = _limited(self.rfile, int(self.headers.get("Content-Length") or 0))
+        return self._request_body
+
+    def _drain(self) -> None:
+        for _chunk in self._body_stream():
+            pass
+
+    def finish(self) -> None:
+        with self.server._conn_lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
+        upstream = getattr(self, "_conn", None)
+        if upstream is not None and upstream.conn is not None:
+            upstream.conn.close()
+
+    def _open(self, query: dict[str, str], body, content_type: str | None = None) -> http.client.HTTPResponse:
+        path = urllib.parse.urlsplit(self.path).path + ("?" + urllib.parse.urlencode(query) if query else "")
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+        if content_type is not None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers["Content-Type"] = content_type
+        return self._upstream().request_stream(self.command, path, headers, body)
+
+    def _forward(self, query: dict[str, str], body, content_type: str | None = None):
+        with self._open(query, body, content_type) as upstream:
+            return upstream.status, upstream.getheaders(), upstream.read()
+
+    def _pass(self, query: dict[str, str]) -> None:
+        status, headers, body = self._forward(query, self._body_stream())
+        self._send(status, headers, body)
+
+    def _send(self, status: int, headers, body: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in _HOP and name.lower() != "date" and name.lower() != "server":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, data: dict) -> None:
+        self._send(status, [("Content-Type", "application/json; charset=utf-8")], json.dumps(data).encode())
+
+    def _stream(self, upstream: http.client.HTTPResponse, headers) -> None:
+        self.send_response(upstream.status)
+        length = upstream.getheader("Content-Length")
+        for name, value in headers:
+            if name.lower() not in _HOP and name.lower() not in ("date", "server"):
+                self.send_header(name, value)
+        if length is not None:
+            self.send_header("Content-Length", length)
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        for chunk in iter(lambda: upstream.read1(1 << 20), b""):
+            self.wfile.write(chunk if length is not None else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if length is None:
+            self.wfile.write(b"0\r\n\r\n")
+
+
+class _Upstream:
+    """One keep-alive connection to the server, for one client connection's thread."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def request_stream(self, method: str, path: str, headers: dict, body=None) -> http.client.HTTPResponse:
+        headers = dict(headers)
+        if isinstance(body, (bytes, bytearray)):
+            headers["Content-Length"] = str(len(body))
+        elif body is not None:
+            headers["Transfer-Encoding"] = "chunked"
+        replayable = isinstance(body, (bytes, type(None)))
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+                self.conn.connect()
+                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self.conn.request(method, path, body=body, headers=headers, encode_chunked=not replayable)
+                return self.conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt or not replayable:  # an idle connection the server closed: once more
+                    raise
+        raise AssertionError("unreachable")
+
+
+class _locked:
+    def __init__(self, locks):
+        self.locks = locks
+
+    def __enter__(self):
+        for lock in self.locks:
+            lock.acquire()
+
+    def __exit__(self, *exc_info):
+        for lock in reversed(self.locks):
+            lock.release()
+
+
+def _show(resource: dict, stored: Stored) -> None:
+    """Make ``resource`` (the server's view of ``stored``) show its stable generations."""
+    server_generation = str(stored.server_generation)
+    generation = str(stored.generation)
+    resource["generation"] = generation
+    resource["metageneration"] = str(stored.metageneration)
+    for field in ("id", "mediaLink", "selfLink"):
+        if isinstance(resource.get(field), str) and server_generation != generation:
+            resource[field] = resource[field].replace(server_generation, generation)
+
+
+def _strip(query: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in query.items() if k not in _CONDITIONS}
+
+
+def _q(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _upload_id(location: str) -> str | None:
+    split = urllib.parse.urlsplit(location)
+    found = dict(urllib.parse.parse_qsl(split.query)).get("upload_id")
+    if found:
+        return found
+    m = _RESUMABLE.match(split.path)
+    return _unq(m[1]) if m else None
+
+
+def _multipart_name(content_type: str, body: bytes) -> str | None:
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not m:
+        return None
+    first = body.split(b"--" + m[1].encode())[1]
+    _headers, _, rest = first.partition(b"\r\n\r\n")
+    try:
+        return json.loads(rest.strip()).get("name")
+    except ValueError:
+        return None
+
+
+def _limited(rfile, length: int):
+    while length > 0:
+        chunk = rfile.read(min(length, 1 << 20))
+        if not chunk:
+            raise ConnectionError("the client closed the connection in the middle of its request")
+        length -= len(chunk)
+        yield chunk
+
+
+def _dechunk(rfile):
+    while True:
+        size = int(rfile.readline().split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return
+        yield rfile.read(size)
+        rfile.readline()
+

@@ -111,6 +111,7 @@ class Entry:
     conflict_name: str | None = None
     waits_for_bucket: bool = False  # its last attempt failed for want of the bucket (transient)
     failed: str | None = None  # its last attempt failed in a way retrying alone will not mend (403, 400)
+    fingerprint: Fingerprint | None = None  # of its sealed content (which never changes), once read
     hold_until: float = 0.0  # (monotonic) not started before this while closes keep coming (a burst)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -126,10 +127,16 @@ BASE_UNKNOWN = -1
 PERMANENT_RETRY = 300.0  # seconds between retries of an upload that failed for good (403, 400)
 
 
-def version_key(data: str | bytes, metadata: dict[str, str]) -> dict:
+def version_key(fp: Fingerprint, metadata: dict[str, str]) -> dict:
     """What identifies one version this mount sent: its content and its custom metadata."""
-    fp = file_fingerprint(data)
     return {"md5": fp.md5, "crc32c": fp.crc32c, "size": fp.size, "metadata": metadata_digest(metadata)}
+
+
+def content_fingerprint(entry: Entry, data: str) -> Fingerprint:
+    """The fingerprint of an entry's sealed content, read once (the file never changes)."""
+    if entry.fingerprint is None:
+        entry.fingerprint = file_fingerprint(data)
+    return entry.fingerprint
 
 
 def metadata_digest(metadata) -> str:
@@ -491,7 +498,8 @@ class Withheld:
             candidates = list(e.tried)
             if e.attempts:
                 try:
-                    candidates.append(version_key(self._uploader.journal.data_path(e.id), e.metadata))
+                    fp = content_fingerprint(e, self._uploader.journal.data_path(e.id))
+                    candidates.append(version_key(fp, e.metadata))
                 except OSError:
                     pass
             keys += [k for k in candidates if k not in keys]
@@ -909,7 +917,7 @@ class Uploader:
         if not isinstance(exc, TransientError):
             return
         try:
-            key = version_key(data, entry.metadata)
+            key = version_key(content_fingerprint(entry, data), entry.metadata)
         except OSError:
             return
         with self._cond:
@@ -924,7 +932,8 @@ class Uploader:
             current = self.bucket.stat(entry.name)
         except NotFound:
             current = None
-        if current is not None and file_fingerprint(data).matches(current) and dict(current.metadata) == entry.metadata:
+        if (current is not None and content_fingerprint(entry, data).matches(current)
+                and dict(current.metadata) == entry.metadata):
             log.info("upload of %r was already in the bucket (generation %d)", entry.name, current.generation)
             self._finish(entry, current, DONE)
             return
@@ -1028,9 +1037,12 @@ class Uploader:
                 self.journal.write(successor)
                 runnable = True
             self._entries.pop(entry.id, None)
+            # Its record goes before a successor can run: a crash must never leave this record
+            # beside a newer version already landed (it would be retried, and meet that version
+            # as someone else's change).
+            self.journal.remove(entry)
             self._cond.notify_all()
             if runnable:
                 self._work_ready.notify_all()
-        self.journal.remove(entry)
         entry.done.set()
         log.debug("upload %s of %r: %s (generation %s)", entry.id, entry.name, state, info.generation)

@@ -42,6 +42,7 @@ def test_a_failed_mv_onto_a_pending_file_keeps_its_newest_version(proxy, mount_f
     bucket = direct(m, emulator)
     (m / "A").write_bytes(b"a")
     m.sync()
+    assert os.listdir(m.path) == ["A"]  # a fresh listing answers that "B" is free meanwhile
     proxy.set_faults({"stall": 1.0})  # the bucket stops answering
     (m / "B").write_bytes(b"v1")
     (m / "B").write_bytes(b"version two")  # both closes succeed: write-back

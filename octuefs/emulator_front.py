@@ -275,9 +275,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _upload(self, bucket: str, query: dict[str, str]) -> None:
         kind = query.get("uploadType", "")
+        sent = None  # the object's bytes as sent, if they can be told apart in the body
         if kind == "multipart":
             body = self._body()
-            name = query.get("name") or _multipart_name(self.headers.get("Content-Type", ""), body)
+            name, sent = _multipart(self.headers.get("Content-Type", ""), body)
+            name = query.get("name") or name
         elif kind == "resumable":
             body = self._body()
             name = query.get("name") or json.loads(body or b"{}").get("name")
@@ -296,7 +298,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with _locked(self.server.lock_of(key)):
             check(query, self.server.journal.get(*key))
             status, headers, answer = self._forward(_strip(query), body)
-            self._created(key, status, headers, answer)
+            self._created(key, status, headers, answer, sent=sent)
 
     def _resumable_put(self, upload_id: str, query: dict[str, str]) -> None:
         known = self.server.resumable.get(upload_id)
@@ -376,14 +378,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.server.journal.delete(*key)
             self._send(status, headers, answer)
 
-    def _created(self, key, status: int, headers, answer: bytes, send: bool = True):
-        """Journal the object version a successful request made (its bytes fetched back from the
-        server, pinned to its generation), then answer; holds the object's lock."""
+    def _created(self, key, status: int, headers, answer: bytes, send: bool = True, sent: bytes | None = None):
+        """Journal the object version a successful request made, then answer; holds the object's
+        lock. Its bytes are ``sent`` (what the client sent) when the server's MD5 of the object
+        says they are what it stored, else fetched back from the server, pinned to its generation."""
         if status not in (200, 201):
             return self._send(status, headers, answer) if send else None
         resource = json.loads(answer)
         server_generation = int(resource["generation"])
         entry = {**_entry(resource), "generation": str(server_generation), "metageneration": "1"}
+        if sent is not None and len(sent) == entry["size"] <= INLINE_MAX and md5_b64(sent) == entry.get("md5Hash"):
+            self.server.journal.put(key[0], entry, server_generation, sent)
+        else:
+            self._fetched(key, entry, server_generation)
+        resource["metageneration"] = "1"
+        if send:
+            self._send(status, headers, json.dumps(resource).encode())
+        return resource
+
+    def _fetched(self, key, entry: dict, server_generation: int) -> None:
+        """Journal ``entry`` with its bytes read back from the server."""
         what = f"gs://{key[0]}/{key[1]}"
         query = urllib.parse.urlencode({"alt": "media", "generation": server_generation})
         path = f"/download/storage/v1/b/{_q(key[0])}/o/{_q(key[1])}?{query}"
@@ -398,10 +412,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 entry["blob"] = self.server.journal.blob(iter(lambda: upstream.read(1 << 20), b""), what, entry.get("md5Hash"))
                 self.server.journal.put(key[0], entry, server_generation)
-        resource["metageneration"] = "1"
-        if send:
-            self._send(status, headers, json.dumps(resource).encode())
-        return resource
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -554,16 +564,26 @@ def _upload_id(location: str) -> str | None:
     return _unq(m[1]) if m else None
 
 
-def _multipart_name(content_type: str, body: bytes) -> str | None:
+def _multipart(content_type: str, body: bytes) -> tuple[str | None, bytes | None]:
+    """The object name in a multipart upload's metadata part, and its media part's bytes (None
+    for what cannot be found)."""
     m = re.search(r'boundary="?([^";]+)"?', content_type)
     if not m:
-        return None
-    first = body.split(b"--" + m[1].encode())[1]
-    _headers, _, rest = first.partition(b"\r\n\r\n")
+        return None, None
+    delimiter = b"--" + m[1].encode()
+    parts = body.split(delimiter, 3)
+    if len(parts) < 3:
+        return None, None
+    _headers, _, rest = parts[1].partition(b"\r\n\r\n")
     try:
-        return json.loads(rest.strip()).get("name")
-    except ValueError:
-        return None
+        name = json.loads(rest.strip()).get("name")
+    except (ValueError, AttributeError):
+        name = None
+    start = body.find(b"\r\n\r\n", len(parts[0]) + len(delimiter) + len(parts[1]) + len(delimiter))
+    end = body.rfind(b"\r\n" + delimiter + b"--")
+    if start < 0 or end < start + 4:
+        return name, None
+    return name, body[start + 4 : end]
 
 
 def _limited(rfile, length: int):

@@ -85,8 +85,10 @@ class Emulator:
     ``data_dir``: persist the buckets under it (see the module docstring), or keep them only in
     memory when None. ``backend="filesystem"`` runs fake-gcs-server's own filesystem backend on
     ``data_dir/buckets`` instead (unfaithful; kept to probe its limits). ``port``: a fixed port,
-    or None for a free one. ``snapshot_interval``: seconds between background snapshots (0: only
-    :meth:`stop` takes one). ``kill_with_parent``: on Linux, have the kernel send SIGTERM to the
+    or None for a free one. ``snapshot_interval``: seconds between looks at the journal (0: only
+    :meth:`stop` takes a snapshot); a background snapshot is taken once the journal holds
+    ``snapshot_min_journal`` bytes (the journal is as durable as a snapshot: folding it in only
+    bounds its size and the replay at the next start, and costs an fsync per small object). ``kill_with_parent``: on Linux, have the kernel send SIGTERM to the
     server when the thread that started it exits; good for test sessions (nothing leaks if
     pytest is killed), wrong for a server started from a worker thread that ends first.
 
@@ -94,7 +96,7 @@ class Emulator:
     (:mod:`octuefs.emulator_front`) that answers a mutation only once :mod:`octuefs.emulator_journal`
     has it on disk (fdatasync), with the generation it will keep across restarts; ``url`` and
     ``port`` are the front's, ``server_url`` the server's. A snapshot folds the journal into
-    ``data_dir/snapshot`` every ``snapshot_interval`` seconds and at :meth:`stop`.
+    ``data_dir/snapshot`` when it has grown (see above) and at :meth:`stop`.
 
     Threads: ``_snapshot_lock`` guards ``_manifest`` and the files under ``data_dir/snapshot``
     (the flock on ``data_dir/lock`` keeps other processes out); it is the only lock.
@@ -109,6 +111,7 @@ class Emulator:
         *,
         backend: str = "memory",
         snapshot_interval: float = 10.0,
+        snapshot_min_journal: int = 8 << 20,
         kill_with_parent: bool = False,
         log_level: str = "info",
     ):
@@ -122,6 +125,7 @@ class Emulator:
         self.port = port
         self.backend = backend
         self.snapshot_interval = snapshot_interval
+        self.snapshot_min_journal = snapshot_min_journal
         self.kill_with_parent = kill_with_parent
         self.log_level = log_level
         self.log_path: Path | None = None
@@ -464,7 +468,8 @@ def _snapshot_loop(ref: weakref.ref, stopping: threading.Event, interval: float)
         if emulator is None:
             return
         try:
-            emulator._take_snapshot()
+            if emulator._journal.appended >= emulator.snapshot_min_journal:
+                emulator._take_snapshot()
         except Exception as exc:
             log.warning("periodic snapshot of %s failed: %s", emulator.data_dir, exc)
         del emulator

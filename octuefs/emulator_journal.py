@@ -84,6 +84,7 @@ class Journal:
         self._inflight: dict[str, int] = {}  # blobs written whose record is not appended yet
         self._writing = 0  # blobs being written (their names are not known yet)
         self._retired: list[int] = []  # fds of older segments, closed a rotation later
+        self.appended = 0  # bytes appended to the current segment (read without the lock: a hint)
 
     # --- recovery ----------------------------------------------------------------------------
 
@@ -241,7 +242,9 @@ class Journal:
         commit), and the answer still waits for its own record to be on disk."""
         if self._segment is None:
             raise RuntimeError("the emulator's journal is closed")
-        os.write(self._segment, json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        os.write(self._segment, line)
+        self.appended += len(line)
         return self._segment
 
     def _rotate(self) -> list[int]:
@@ -255,6 +258,7 @@ class Journal:
             self._retired.append(self._segment)
         path = self.dir / f"{self._seq}.jsonl"
         self._seq += 1
+        self.appended = 0
         self._segment = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         fsync_dir(self.dir)
         return older

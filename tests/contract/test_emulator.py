@@ -363,7 +363,7 @@ CRASHING_OWNER = textwrap.dedent("""
     import sys, time
     from octuefs.emulator import Emulator
     interval = float(sys.argv[2]) if len(sys.argv) > 2 else 0.1
-    server = Emulator(sys.argv[1], snapshot_interval=interval, kill_with_parent=True).start()
+    server = Emulator(sys.argv[1], snapshot_interval=interval, snapshot_min_journal=0, kill_with_parent=True).start()
     server.create_bucket("crash")
     print(server.pid, server.url, flush=True)
     time.sleep(60)

@@ -162,6 +162,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _handle(self) -> None:
         self._request_body = None
         try:
+            if self.server.journal.failed is not None:
+                raise _Refused(503, "backendError", f"the local emulator's journal failed ({self.server.journal.failed}); "
+                               "nothing acknowledged is lost: unmount and mount again")  # fmt: skip
             self._dispatch()
         except _Refused as exc:
             self._drain()
@@ -286,7 +289,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             conditions = {c: query.pop(c) for c in _CONDITIONS if c in query}
             status, headers, answer = self._forward(query, body)
             upload_id = _upload_id(dict((k.lower(), v) for k, v in headers).get("location", ""))
-            if status == 200 and upload_id:
+            if status == 200 and not upload_id:  # its chunks could not be told apart: not kept
+                raise _Refused(501, "notImplemented", "the local emulator cannot follow this resumable upload")
+            if status == 200:
                 self.server.resumable[upload_id] = (bucket, name, conditions)
             return self._send(status, headers, answer)
         else:
@@ -302,8 +307,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _resumable_put(self, upload_id: str, query: dict[str, str]) -> None:
         known = self.server.resumable.get(upload_id)
-        if known is None:
-            return self._pass(query)
+        if known is None:  # never begun through the front, or done: the server must not take it unjournaled
+            raise _Refused(404, "notFound", f"no resumable upload {upload_id!r}")
         bucket, name, conditions = known
         key = (bucket, name)
         with _locked(self.server.lock_of(key)):

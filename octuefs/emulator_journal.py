@@ -26,7 +26,13 @@ here, whatever fake-gcs-server numbers them after a restart (it gives every rest
 new one). The front translates; :attr:`Journal.objects` maps each object to its stable
 generation, metageneration and the server's generation of it.
 
-Lock: ``_lock`` guards ``objects``, ``buckets``, ``_segment`` and ``_inflight``; it is taken
+Failures: a record that cannot be written whole (a full disk) is cut off again, and a failed
+fdatasync leaves the segment's state unknown; either way :attr:`Journal.failed` says why, nothing
+more is appended, and the front refuses every request until a restart (the server may hold a
+change the journal does not: serving it would show a version that the restart takes back).
+
+Lock: ``_lock`` guards ``objects``, ``buckets``, ``_segment``, ``appended``, ``failed`` and
+``_inflight``; it is taken
 after any of the front's per-object locks, and nothing but the append and its fdatasync is done
 while holding it. ``_compact_lock`` serializes compactions and is taken before ``_lock``.
 """
@@ -36,6 +42,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -44,7 +51,7 @@ import threading
 from pathlib import Path
 
 from .durable import fsync_dir
-from .snapshots import SNAPSHOT_FORMAT, SnapshotStats, Store
+from .snapshots import SNAPSHOT_FORMAT, SnapshotError, SnapshotStats, Store
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +91,8 @@ class Journal:
         self._inflight: dict[str, int] = {}  # blobs written whose record is not appended yet
         self._writing = 0  # blobs being written (their names are not known yet)
         self._retired: list[int] = []  # fds of older segments, closed a rotation later
-        self.appended = 0  # bytes appended to the current segment (read without the lock: a hint)
+        self.appended = 0  # the current segment's size (read without the lock: a hint)
+        self.failed: str | None = None  # why a write or flush failed; then nothing more is appended
 
     # --- recovery ----------------------------------------------------------------------------
 
@@ -131,7 +139,8 @@ class Journal:
                 if i >= len(lines) - 2:  # the last record, torn by a crash: never acknowledged
                     log.warning("%s: ignoring a torn last record", path)
                     return
-                raise
+                raise SnapshotError(f"the journal record {path}:{i + 1} is damaged; move {path.parent} aside "
+                                    "to start from the last snapshot (losing the changes since)") from None
             op, bucket = record["op"], record["b"]
             if op == "put":
                 state.setdefault(bucket, {})[record["e"]["name"]] = record["e"]
@@ -155,8 +164,9 @@ class Journal:
             self.objects[(bucket, entry["name"])] = Stored(entry, server_generation)
 
     def open(self) -> None:
-        """Start appending (a new segment)."""
+        """Start appending (a new segment), after :meth:`recover`."""
         with self._lock:
+            self.failed = None
             self._rotate()
 
     def close(self) -> None:
@@ -208,13 +218,13 @@ class Journal:
             if "blob" in entry:
                 self._release(entry["blob"])
             self.objects[(bucket, entry["name"])] = Stored(entry, server_generation, data)
-        os.fdatasync(fd)
+        self._sync(fd)
 
     def delete(self, bucket: str, name: str) -> None:
         with self._lock:
             fd = self._append({"op": "del", "b": bucket, "n": name})
             self.objects.pop((bucket, name), None)
-        os.fdatasync(fd)
+        self._sync(fd)
 
     def bucket_created(self, bucket: str) -> None:
         with self._lock:
@@ -222,7 +232,7 @@ class Journal:
                 return
             fd = self._append({"op": "mkb", "b": bucket})
             self.buckets.add(bucket)
-        os.fdatasync(fd)
+        self._sync(fd)
 
     def bucket_deleted(self, bucket: str) -> None:
         with self._lock:
@@ -230,7 +240,7 @@ class Journal:
             self.buckets.discard(bucket)
             for key in [k for k in self.objects if k[0] == bucket]:
                 del self.objects[key]
-        os.fdatasync(fd)
+        self._sync(fd)
 
     def get(self, bucket: str, name: str) -> Stored | None:
         with self._lock:
@@ -242,10 +252,39 @@ class Journal:
         commit), and the answer still waits for its own record to be on disk."""
         if self._segment is None:
             raise RuntimeError("the emulator's journal is closed")
+        if self.failed is not None:
+            raise OSError(f"the emulator's journal failed earlier ({self.failed})")
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        os.write(self._segment, line)
+        try:
+            written = os.write(self._segment, line)
+            if written != len(line):  # a full disk: the line is torn
+                raise OSError(errno.ENOSPC, f"short write to the journal ({written} of {len(line)} bytes)")
+        except OSError as exc:
+            self._fail(f"append: {exc}")
+            try:  # no torn line may stay in the middle of a segment: the next start would stop there
+                os.ftruncate(self._segment, self.appended)
+            except OSError as again:
+                log.error("cannot cut a torn record off %s: %s", self.dir, again)
+            raise
         self.appended += len(line)
         return self._segment
+
+    def _sync(self, fd: int) -> None:
+        """fdatasync the segment; a failure leaves its state unknown (the kernel may have dropped
+        the dirty pages), so nothing more is appended until a restart replays what is there."""
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            with self._lock:
+                self._fail(f"fdatasync: {exc}")
+            raise
+
+    def _fail(self, why: str) -> None:
+        """Holds ``_lock``. The server may hold a change the journal does not: the front refuses
+        every request from now on (:attr:`failed`), and a restart restores the journal's state."""
+        if self.failed is None:
+            log.error("the local emulator's journal in %s failed (%s): it takes no more changes until a restart", self.dir, why)
+            self.failed = why
 
     def _rotate(self) -> list[int]:
         """Open a new segment; return the older ones. Holds ``_lock``."""

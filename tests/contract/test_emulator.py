@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -536,3 +537,118 @@ def test_another_user_is_refused_by_the_persistent_front(start):
     other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
                             server.url], capture_output=True, text=True, timeout=30)  # fmt: skip
     assert other.stdout.strip() == "refused", other.stderr
+
+
+# --- the journal under faults: what a failed write, a crash image and a torn record leave ------------
+
+
+def crash_image(server: Emulator, tmp_path) -> Emulator:
+    """An Emulator on a copy of ``server``'s data_dir as a kill -9 would leave it (not stopped)."""
+    import shutil
+
+    image = tmp_path / f"image-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(server.data_dir, image, ignore=shutil.ignore_patterns("lock"))
+    return Emulator(data_dir=image, kill_with_parent=True, snapshot_interval=0)
+
+
+def _status(call) -> int:
+    try:
+        call()
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    return 200
+
+
+def _get(server: Emulator, bucket: str, name: str) -> bytes:
+    with _OPENER.open(f"{server.url}/download/storage/v1/b/{bucket}/o/{name}?alt=media", timeout=10) as resp:
+        return resp.read()
+
+
+def _delete(server: Emulator, bucket: str, name: str) -> None:
+    req = urllib.request.Request(f"{server.url}/storage/v1/b/{bucket}/o/{name}", method="DELETE")
+    with _OPENER.open(req, timeout=10) as resp:
+        resp.read()
+
+
+@pytest.mark.parametrize("fault", ["torn write", "ENOSPC", "fdatasync EIO"])
+@pytest.mark.parametrize("op", ["upload", "delete"])
+def test_a_journal_write_that_fails_is_never_acknowledged_and_fences_the_front(start, tmp_path, monkeypatch, fault, op):
+    import errno
+
+    server = start()
+    server.create_bucket("faults")
+    raw_upload(server, "faults", "a", b"version 1")
+    segment, armed = server._journal._segment, [True]
+    real_write, real_sync = os.write, os.fdatasync
+
+    def write(fd, data):
+        if fd == segment and armed and fault != "fdatasync EIO":
+            armed.clear()
+            if fault == "ENOSPC":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data[: len(data) // 2])  # a full disk: part of the line, and its length
+        return real_write(fd, data)
+
+    def fdatasync(fd):
+        if fd == segment and armed and fault == "fdatasync EIO":
+            armed.clear()
+            raise OSError(errno.EIO, "Input/output error")
+        return real_sync(fd)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    mutate = (lambda: raw_upload(server, "faults", "a", b"version 2")) if op == "upload" else (lambda: _delete(server, "faults", "a"))
+    assert _status(mutate) >= 500, "a change the journal could not keep was acknowledged"
+    # the server may hold that change and the journal not: nothing is served until a restart
+    assert _status(lambda: _get(server, "faults", "a")) == 503
+    assert _status(lambda: raw_upload(server, "faults", "b", b"later")) == 503
+    monkeypatch.undo()
+
+    allowed = {b"version 1"}  # a failed fdatasync may have kept the record all the same
+    if fault == "fdatasync EIO":
+        allowed.add(b"version 2" if op == "upload" else None)
+    image = crash_image(server, tmp_path).start()  # kill -9 now: the journal must replay
+    try:
+        state = {n: v[1] for n, v in raw_state(image)["faults"].items()}
+        assert state.get("a") in allowed and "b" not in state
+    finally:
+        image.stop()
+    restart(server)  # and a clean restart serves again
+    raw_upload(server, "faults", "b", b"later")
+    assert {n: v[1] for n, v in raw_state(server)["faults"].items()}.get("a") in allowed
+
+
+def test_a_torn_last_record_is_ignored_and_a_damaged_one_inside_stops_start(start, tmp_path):
+    server = start()
+    server.create_bucket("torn")
+    raw_upload(server, "torn", "kept", b"acknowledged")
+    segment = server._journal._segment
+    os.write(segment, b'{"op":"put","b":"torn","e":{"name":"half')  # the crash came in the middle of a record
+    image = crash_image(server, tmp_path).start()
+    try:
+        assert {n: v[1] for n, v in raw_state(image)["torn"].items()} == {"kept": b"acknowledged"}
+    finally:
+        image.stop()
+    os.write(segment, b'\n{"op":"del","b":"torn","n":"kept"}\n')  # a damaged record with records after it
+    damaged = crash_image(server, tmp_path)
+    with pytest.raises(SnapshotError, match="damaged"):
+        damaged.start()
+    os.ftruncate(segment, server._journal.appended)  # leave the running server's journal whole
+
+
+def test_a_resumable_upload_is_journaled_and_checks_its_precondition(start, tmp_path):
+    from octuefs.storage.gcs import MULTIPART_MAX
+
+    server = start()
+    bucket = bucket_on(server, "big")
+    data = os.urandom(MULTIPART_MAX + 1000)
+    info = bucket.upload_bytes("large.bin", data, if_generation_match=0)
+    with pytest.raises(PreconditionFailed):
+        bucket.upload_bytes("large.bin", b"stale" * 1000, if_generation_match=0)
+    image = crash_image(server, tmp_path).start()
+    try:
+        again = bucket_on(image, "big")
+        assert again.read_range("large.bin", 0, len(data) + 1) == data
+        assert again.stat("large.bin").generation == info.generation
+    finally:
+        image.stop()

@@ -13,8 +13,10 @@ What it adds to the server behind it:
   memory backend keeps "1"). Preconditions (``ifGenerationMatch``, ``ifMetagenerationMatch``,
   their ``Not`` and ``Source`` forms, compose's ``objectPreconditions``) are checked here,
   against the journal, under the object's lock, and answered 412 as GCS does.
-* **One user.** Connections from another local user are refused (the peer's uid is read from
-  ``/proc/net/tcp``): the front is bound to loopback, which every local user can reach.
+* **One user.** Connections from another local user are refused (see
+  :mod:`octuefs.emulator_proxy`, which holds the HTTP plumbing this module builds on).
+* **No answer from a failed journal.** After the journal failed to keep a change (a full disk,
+  a failed fdatasync), every request is refused with 503 until a restart.
 
 Mutations of one object run one at a time (a striped lock per bucket and name, taken for the
 request, its journaling and its answer), so the journal's order is the server's. Reads are not
@@ -23,24 +25,19 @@ locked; a read that sees a version the journal does not know yet waits for that 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import http.server
 import json
 import logging
-import os
 import re
-import socket
 import threading
 import urllib.parse
 
 from .emulator_journal import INLINE_MAX, Journal, Stored, md5_b64
-from .snapshots import _entry
+from .emulator_proxy import LoopbackServer, PassThroughHandler
+from .snapshots import manifest_entry
 
 log = logging.getLogger(__name__)
 
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade",
-        "proxy-connection", "proxy-authorization", "proxy-authenticate"}  # fmt: skip
 _CONDITIONS = ("ifGenerationMatch", "ifGenerationNotMatch", "ifMetagenerationMatch", "ifMetagenerationNotMatch")
 _SOURCE_CONDITIONS = tuple(c.replace("if", "ifSource", 1) for c in _CONDITIONS)
 _OBJECT = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
@@ -81,76 +78,21 @@ def check(query: dict[str, str], stored: Stored | None, names=_CONDITIONS, missi
         raise _Refused(412, "conditionNotMet", "At least one of the pre-conditions you specified did not hold.")
 
 
-class Front(http.server.ThreadingHTTPServer):
+class Front(LoopbackServer):
     """The front on ``127.0.0.1:port`` for the server on ``127.0.0.1:server_port``."""
 
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-
     def __init__(self, port: int, server_port: int, journal: Journal):
-        self.server_port_ = server_port
         self.journal = journal
         self.locks = [threading.RLock() for _ in range(_STRIPES)]
         self.resumable: dict[str, tuple[str, str, dict[str, str]]] = {}  # upload id -> (bucket, name, conditions)
-        self.uid = os.getuid()
-        self.connections: set[socket.socket] = set()  # guarded by _conn_lock
-        self._conn_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def close(self) -> None:
-        """Stop serving, and end the connections still open (their threads go with them)."""
-        self.shutdown()
-        self.server_close()
-        with self._conn_lock:
-            for conn in self.connections:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+        super().__init__(port, server_port, _Handler)
 
     def lock_of(self, *keys: tuple[str, str]) -> list[threading.RLock]:
         return [self.locks[i] for i in sorted({hash(k) % _STRIPES for k in keys})]
 
-    def verify_request(self, request, client_address) -> bool:
-        uid = peer_uid(client_address[1], self.server_address[1])
-        if uid is not None and uid not in (self.uid, 0):  # root may reach everything anyway
-            log.warning("refused a connection from uid %d to the local emulator (only uid %d may use it)", uid, self.uid)
-            return False
-        return True
 
-    def serve(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
-                                  name="octuefs-emulator-front", daemon=True)  # fmt: skip
-        thread.start()
-        return thread
-
-
-def peer_uid(peer_port: int, our_port: int) -> int | None:
-    """The uid owning the loopback TCP socket ``127.0.0.1:peer_port`` connected to ``our_port``."""
-    want = (f"0100007F:{peer_port:04X}", f"0100007F:{our_port:04X}")
-    try:
-        with open("/proc/net/tcp") as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                if (fields[1], fields[2]) == want:
-                    return int(fields[7])
-    except (OSError, StopIteration, IndexError, ValueError):
-        return None
-    return None
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(PassThroughHandler):
     server: Front
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms delayed-ACK stalls
-        with self.server._conn_lock:
-            self.server.connections.add(self.connection)
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        log.debug("front: " + format, *args)
 
     def do_GET(self) -> None:
         self._handle()
@@ -363,7 +305,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, headers, answer = self._forward(_strip(query), body)
             if status == 200 and stored is not None:
                 resource = json.loads(answer)
-                entry = {**_entry(resource), "generation": str(stored.generation),
+                entry = {**manifest_entry(resource), "generation": str(stored.generation),
                          "metageneration": str(stored.metageneration + 1)}  # fmt: skip
                 if "blob" in stored.entry:
                     entry["blob"] = stored.entry["blob"]
@@ -391,7 +333,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(status, headers, answer) if send else None
         resource = json.loads(answer)
         server_generation = int(resource["generation"])
-        entry = {**_entry(resource), "generation": str(server_generation), "metageneration": "1"}
+        entry = {**manifest_entry(resource), "generation": str(server_generation), "metageneration": "1"}
         if sent is not None and len(sent) == entry["size"] <= INLINE_MAX and md5_b64(sent) == entry.get("md5Hash"):
             self.server.journal.put(key[0], entry, server_generation, sent)
         else:
@@ -417,116 +359,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 entry["blob"] = self.server.journal.blob(iter(lambda: upstream.read(1 << 20), b""), what, entry.get("md5Hash"))
                 self.server.journal.put(key[0], entry, server_generation)
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _upstream(self) -> _Upstream:
-        upstream = getattr(self, "_conn", None)
-        if upstream is None:
-            upstream = self._conn = _Upstream(self.server.server_port_)
-        return upstream
-
-    def _body(self) -> bytes:
-        return b"".join(self._body_stream())
-
-    def _body_stream(self):
-        """The request's body, as a generator; the same one on every call."""
-        if self._request_body is None:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                self._request_body = _dechunk(self.rfile)
-            else:
-                self._request_body = _limited(self.rfile, int(self.headers.get("Content-Length") or 0))
-        return self._request_body
-
-    def _drain(self) -> None:
-        for _chunk in self._body_stream():
-            pass
-
-    def finish(self) -> None:
-        with self.server._conn_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
-        upstream = getattr(self, "_conn", None)
-        if upstream is not None and upstream.conn is not None:
-            upstream.conn.close()
-
-    def _open(self, query: dict[str, str], body, content_type: str | None = None) -> http.client.HTTPResponse:
-        path = urllib.parse.urlsplit(self.path).path + ("?" + urllib.parse.urlencode(query) if query else "")
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-        if content_type is not None:
-            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-            headers["Content-Type"] = content_type
-        return self._upstream().request_stream(self.command, path, headers, body)
-
-    def _forward(self, query: dict[str, str], body, content_type: str | None = None):
-        with self._open(query, body, content_type) as upstream:
-            return upstream.status, upstream.getheaders(), upstream.read()
-
-    def _pass(self, query: dict[str, str]) -> None:
-        status, headers, body = self._forward(query, self._body_stream())
-        self._send(status, headers, body)
-
-    def _send(self, status: int, headers, body: bytes) -> None:
-        self.send_response(status)
-        for name, value in headers:
-            if name.lower() not in _HOP and name.lower() != "date" and name.lower() != "server":
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _send_json(self, status: int, data: dict) -> None:
-        self._send(status, [("Content-Type", "application/json; charset=utf-8")], json.dumps(data).encode())
-
-    def _stream(self, upstream: http.client.HTTPResponse, headers) -> None:
-        self.send_response(upstream.status)
-        length = upstream.getheader("Content-Length")
-        for name, value in headers:
-            if name.lower() not in _HOP and name.lower() not in ("date", "server"):
-                self.send_header(name, value)
-        if length is not None:
-            self.send_header("Content-Length", length)
-        else:
-            self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        for chunk in iter(lambda: upstream.read1(1 << 20), b""):
-            self.wfile.write(chunk if length is not None else b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        if length is None:
-            self.wfile.write(b"0\r\n\r\n")
-
-
-class _Upstream:
-    """One keep-alive connection to the server, for one client connection's thread."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.conn: http.client.HTTPConnection | None = None
-
-    def request_stream(self, method: str, path: str, headers: dict, body=None) -> http.client.HTTPResponse:
-        headers = dict(headers)
-        if isinstance(body, (bytes, bytearray)):
-            headers["Content-Length"] = str(len(body))
-        elif body is not None:
-            headers["Transfer-Encoding"] = "chunked"
-        replayable = isinstance(body, (bytes, type(None)))
-        for attempt in range(2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-                self.conn.connect()
-                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                self.conn.request(method, path, body=body, headers=headers, encode_chunked=not replayable)
-                return self.conn.getresponse()
-            except (OSError, http.client.HTTPException):
-                self.conn.close()
-                self.conn = None
-                if attempt or not replayable:  # an idle connection the server closed: once more
-                    raise
-        raise AssertionError("unreachable")
-
 
 class _locked:
     def __init__(self, locks):
@@ -590,23 +422,4 @@ def _multipart(content_type: str, body: bytes) -> tuple[str | None, bytes | None
         return name, None
     return name, body[start + 4 : end]
 
-
-def _limited(rfile, length: int):
-    while length > 0:
-        chunk = rfile.read(min(length, 1 << 20))
-        if not chunk:
-            raise ConnectionError("the client closed the connection in the middle of its request")
-        length -= len(chunk)
-        yield chunk
-
-
-def _dechunk(rfile):
-    while True:
-        size = int(rfile.readline().split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            while rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return
-        yield rfile.read(size)
-        rfile.readline()
 

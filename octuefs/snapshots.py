@@ -255,7 +255,7 @@ def _q(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def _entry(resource: dict) -> dict:
+def manifest_entry(resource: dict) -> dict:
     """A manifest entry (without its blob) from an object resource."""
     entry = {"name": resource["name"], "size": int(resource.get("size", 0))}
     for key in ("md5Hash", "crc32c", *_KEPT_FIELDS):
@@ -296,7 +296,7 @@ def dump(client: Http, store: Store, previous: dict | None) -> tuple[dict, Snaps
             raise
         buckets[bucket] = []
         for resource in resources:
-            entry = _entry(resource)
+            entry = manifest_entry(resource)
             blob = known.get((entry.get("md5Hash"), entry.get("crc32c"), entry["size"]))
             if blob is not None:
                 entry["blob"] = blob
@@ -339,7 +339,7 @@ def _fetch(client: Http, store: Store, bucket: str, entry: dict, resource: dict)
                 return
             raise
         entry.clear()
-        entry.update(_entry(resource))
+        entry.update(manifest_entry(resource))
     raise SnapshotError(f"gs://{bucket}/{entry['name']} kept changing while being copied")
 
 

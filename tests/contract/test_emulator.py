@@ -652,3 +652,30 @@ def test_a_resumable_upload_is_journaled_and_checks_its_precondition(start, tmp_
         assert again.stat("large.bin").generation == info.generation
     finally:
         image.stop()
+
+
+def test_concurrent_conditional_uploads_of_one_object_have_one_winner_and_it_is_kept(start, tmp_path):
+    import concurrent.futures
+
+    server = start()
+    bucket = bucket_on(server, "race")
+    first = bucket.upload_bytes("x", b"base")
+
+    def attempt(i: int):
+        try:
+            return i, bucket.upload_bytes("x", f"writer {i}".encode(), if_generation_match=first.generation)
+        except PreconditionFailed:
+            return i, None
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = [r for r in pool.map(attempt, range(16))]
+    winners = [(i, info) for i, info in results if info is not None]
+    assert len(winners) == 1, winners
+    (i, info), = winners
+    image = crash_image(server, tmp_path).start()
+    try:
+        again = bucket_on(image, "race")
+        assert again.read_range("x", 0, 100) == f"writer {i}".encode()
+        assert again.stat("x").generation == info.generation
+    finally:
+        image.stop()

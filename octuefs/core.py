@@ -542,23 +542,26 @@ class FileSystem:
             page = self.bucket.list_page(dst_prefix, "/", max_results=2)
             if page.prefixes or any(o.name != dst_prefix for o in page.objects):
                 raise DirectoryNotEmpty(new)
-        for node in self._new_nodes_under(src_prefix):
-            self.files.settle(node)
-        objects = self._objects_to_move(old, src_prefix)
-        for info in objects:
-            self.ns.check_new_name(dst_prefix + info.name[len(src_prefix) :])
-        log.info("renaming directory %r to %r: %d objects, one by one (not atomic)", old, new, len(objects))
-        moved = self._copy_all(objects, src_prefix, dst_prefix, new)
-        for info in objects:
-            try:
-                self.bucket.delete(info.name, if_generation_match=info.generation)
-            except (NotFound, PreconditionFailed) as exc:
-                log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
-        for node in self.files.nodes_under(src_prefix):
-            if node.name in moved:
-                self.files.renamed(node, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
-            self.cache.drop(node.name)
-        self.metacache.clear()
+        with contextlib.ExitStack() as stack:
+            # Every file under it reaches the bucket first, and none is sealed until the move ends
+            # (it would go up under a name being left).
+            for node in sorted(self._new_nodes_under(src_prefix), key=lambda n: n.name):
+                stack.enter_context(self.files.held_still(node, settle=True))
+            objects = self._objects_to_move(old, src_prefix)
+            for info in objects:
+                self.ns.check_new_name(dst_prefix + info.name[len(src_prefix) :])
+            log.info("renaming directory %r to %r: %d objects, one by one (not atomic)", old, new, len(objects))
+            moved = self._copy_all(objects, src_prefix, dst_prefix, new)
+            for info in objects:
+                try:
+                    self.bucket.delete(info.name, if_generation_match=info.generation)
+                except (NotFound, PreconditionFailed) as exc:
+                    log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
+            for node in self.files.nodes_under(src_prefix):
+                if node.name in moved:
+                    self.files.renamed(node, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
+                self.cache.drop(node.name)
+            self.metacache.clear()
 
     def _objects_to_move(self, old: str, src_prefix: str) -> list[ObjectInfo]:
         """Every object under a directory being renamed, listed only up to ``--rename-dir-limit``.

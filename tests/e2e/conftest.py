@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -48,6 +49,16 @@ def _octuefs_under_test():
 def octuefs_command() -> list[str]:
     exe = shutil.which("octuefs")
     return [exe] if exe else [sys.executable, "-m", "octuefs"]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)
+    return True
 
 
 def run_octuefs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

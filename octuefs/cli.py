@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
 
 from . import __version__
@@ -151,12 +152,35 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
     )
 
 
+def _open_private(path: str, flags: int) -> int:
+    """Open the log, creating it 0600 whatever the umask (the daemon sets its own umask only
+    later, in serve). A regular file of ours that anyone may read (an older octuefs created its
+    log 0644) loses those bits; group bits someone chose stay, and devices are left alone."""
+    fd = os.open(path, flags, 0o600)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o007:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o007)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _PrivateFileHandler(logging.FileHandler):
+    """The daemon's log names the mount's files: only its owner reads it, from its creation."""
+
+    def _open(self):
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                    opener=_open_private)
+
+
 def configure_logging(verbose: int, log_file: str | None, quiet: bool = False) -> None:
     """Logging for this process. ``quiet``: a front command whose failures print one line."""
     level = (logging.ERROR if quiet else logging.WARNING) if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     # Names from the kernel may hold bytes that are not UTF-8 (decoded with surrogateescape):
     # escape them in the log instead of failing the record with a "Logging error".
-    handler: logging.Handler = (logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+    handler: logging.Handler = (_PrivateFileHandler(log_file, encoding="utf-8", errors="backslashreplace")
                                 if log_file else logging.StreamHandler(sys.stderr))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

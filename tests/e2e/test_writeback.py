@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 
 from octuefs.mount import read_state, wait_for_exit
 
-from .conftest import force_unmount, run_octuefs
+from .conftest import force_unmount, run_octuefs, wait_until
 
 pytestmark = pytest.mark.fuse
 
@@ -69,9 +68,13 @@ def test_everything_arrives_after_the_bucket_was_unreachable(private):
     private.freeze(m)
     for i in range(10):
         (m / f"x{i}.bin").write_bytes(bytes([i]) * 5000)
-    time.sleep(1)
-    status = run_octuefs("status", str(m.path), "--json", timeout=60)
-    rows = json.loads(status.stdout)["uploads"]
+
+    def uploads() -> list[dict]:
+        return json.loads(run_octuefs("status", str(m.path), "--json", timeout=60).stdout)["uploads"]
+
+    # status answers while uploads are under way into a bucket that does not answer
+    assert wait_until(lambda: any(r["state"] == "running" for r in uploads()), timeout=30, interval=0.2)
+    rows = uploads()
     assert len(rows) == 10 and {r["state"] for r in rows} <= {"queued", "running"}
     assert sorted(os.listdir(m.path)) == [f"x{i}.bin" for i in range(10)]  # the mount shows them meanwhile
     assert (m / "x3.bin").read_bytes() == bytes([3]) * 5000

@@ -87,6 +87,53 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
     return predicate()
 
 
+def pool_settled(pool: FetchPool, busy: int = 0) -> bool:
+    """True once ``busy`` of the pool's threads are running tasks, every other one waits for
+    work, and every task not started is read-ahead held back by its key's limit: from then on
+    nothing new starts until a task is submitted or a running one ends. (It reads the pool's
+    private state, under its lock: the one way to know that nothing more is on its way.)"""
+    with pool._cond:
+        unstarted = [task for _, _, task in pool._heap if not task.started]
+        return pool._threads - pool._waiting == busy and all(pool._held_back_locked(t) for t in unstarted)
+
+
+@pytest.fixture
+def joined(monkeypatch):
+    """``joined(block, readers)``: wait (10 s at most) until ``readers`` readers wait at once on
+    the one fetch bringing ``block``. Counts who waits on each fetch's ``done`` event."""
+    cond = threading.Condition()
+    waiting: dict[object, int] = {}
+
+    class Done(threading.Event):
+        def __init__(self, fetch):
+            super().__init__()
+            self.fetch = fetch
+
+        def wait(self, timeout=None):
+            with cond:
+                waiting[self.fetch] = waiting.get(self.fetch, 0) + 1
+                cond.notify_all()
+            try:
+                return super().wait(timeout)
+            finally:
+                with cond:
+                    waiting[self.fetch] -= 1
+
+    class WatchedFetch(cache_module._Fetch):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.done = Done(self)
+
+    monkeypatch.setattr(cache_module, "_Fetch", WatchedFetch)
+
+    def joined(block: int, readers: int = 1) -> bool:
+        with cond:
+            return cond.wait_for(lambda: any(f.first <= block <= f.last and n >= readers for f, n in waiting.items()),
+                                 timeout=10)
+
+    return joined
+
+
 # --- sequential and random access ---------------------------------------------------------------
 
 
@@ -149,7 +196,7 @@ def test_random_1_mib_reads_fetch_only_their_blocks(tmp_path, bucket):
     for block in [20, 5, 27, 12]:
         for offset in range(block * MiB, (block + 1) * MiB, 128 * KiB):
             assert cache.read(info, offset, 128 * KiB) == data[offset : offset + 128 * KiB]
-    time.sleep(0.1)
+    assert wait_until(lambda: pool_settled(cache._pool))  # any fetch started in the background is done
     assert bucket.blocks_fetched(MiB) == [5, 12, 20, 27]
 
 
@@ -160,7 +207,7 @@ def test_random_reads_fetch_only_the_blocks_they_touch(tmp_path, bucket):
     for block in blocks:
         offset = block * MiB + 1234
         assert cache.read(info, offset, 100) == data[offset : offset + 100]
-    time.sleep(0.1)  # room for any background fetch to show up
+    assert wait_until(lambda: pool_settled(cache._pool))  # any fetch started in the background is done
     assert bucket.blocks_fetched(MiB) == sorted(blocks)
     assert bucket.calls["read"] == len(blocks)
 
@@ -253,7 +300,7 @@ def test_a_failed_read_ahead_leaves_the_blocks_missing_for_the_reader_to_fetch(t
     assert bucket.ranges.count((2 * MiB, 3 * MiB)) == 2
 
 
-def test_a_reader_that_joined_a_failed_read_ahead_fetches_its_block_itself(tmp_path, bucket):
+def test_a_reader_that_joined_a_failed_read_ahead_fetches_its_block_itself(tmp_path, bucket, joined):
     info, data = put(bucket, "joined.bin", 16 * MiB)
     cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=MiB)
     gate = bucket.gates[2 * MiB] = threading.Event()
@@ -263,7 +310,7 @@ def test_a_reader_that_joined_a_failed_read_ahead_fetches_its_block_itself(tmp_p
     result = {}
     reader = threading.Thread(target=lambda: result.update(got=cache.read(info, 2 * MiB, 100)))
     reader.start()
-    time.sleep(0.05)  # the reader now waits for the read-ahead of block 2
+    assert joined(2)  # the reader now waits for the read-ahead of block 2
     gate.set()
     reader.join(5)
     assert result["got"] == data[2 * MiB : 2 * MiB + 100]
@@ -305,7 +352,7 @@ def test_read_ahead_of_one_file_runs_two_at_a_time_but_never_holds_back_a_reader
     pool.submit(task("b"), AHEAD, key="file-b")
     pool.submit(task("demand-a"), DEMAND, key="file-a")  # a reader waits: it runs at once
     assert wait_until(lambda: running.get("a") == 2 and running.get("b") == 1 and running.get("demand-a") == 1)
-    time.sleep(0.2)
+    assert wait_until(lambda: pool_settled(pool, busy=4))  # nothing else will start by itself
     assert running["a"] == 2  # the other three read-aheads of file a wait their turn
     gate.set()
     assert wait_until(lambda: len(done) == 7)
@@ -326,7 +373,7 @@ def test_reads_stay_pinned_to_their_generation(tmp_path, bucket):
     assert cache.read(new, 0, 4 * MiB) == new_data
 
 
-def test_a_reader_of_a_carried_over_generation_is_not_failed_by_the_old_ones_fetch(tmp_path, bucket):
+def test_a_reader_of_a_carried_over_generation_is_not_failed_by_the_old_ones_fetch(tmp_path, bucket, joined):
     data = random.Random(3).randbytes(4 * MiB)
     old = bucket.upload_bytes("c.bin", data)
     cache = make_cache(tmp_path, bucket, block_size=MiB)
@@ -346,7 +393,7 @@ def test_a_reader_of_a_carried_over_generation_is_not_failed_by_the_old_ones_fet
     cache.carry_over(old, new)
     new_reader = threading.Thread(target=read, args=("new", new))
     new_reader.start()
-    time.sleep(0.05)  # the new reader now waits for the old generation's fetch of block 1
+    assert joined(1, readers=2)  # the new reader now waits for the old generation's fetch of block 1
     gate.set()
     old_reader.join(5)
     new_reader.join(5)

@@ -314,5 +314,16 @@ def wait_for_exit(pid: int, timeout: float | None) -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             return
+        if _is_zombie(pid):  # it has exited; only its parent (maybe the caller) has not reaped it
+            return
         time.sleep(0.05)
     raise MountError(f"the mount daemon (pid {pid}) is still writing out data after {timeout:.0f}s")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"

@@ -33,3 +33,24 @@ def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positiv
     assert config("-o", "op_timeout=7.5,allow_other").op_timeout == 7.5
     with pytest.raises(ValueError, match="op_timeout"):
         config("--op-timeout", "0")
+
+
+def test_waiting_for_a_daemon_that_exited_but_is_not_reaped_returns_at_once():
+    """`octuefs unmount` run by the daemon's own parent: the daemon is a zombie until reaped."""
+    import subprocess
+    import time
+
+    from octuefs.mount import wait_for_exit
+
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until it has exited (a zombie: not reaped yet)
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+        start = time.monotonic()
+        wait_for_exit(child.pid, 5)
+        assert time.monotonic() - start < 1
+    finally:
+        child.wait()

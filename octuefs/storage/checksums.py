@@ -30,15 +30,19 @@ def _table() -> list[int]:
 _TABLE = _table()
 
 
-try:
-    import google_crc32c as _fast
-except ImportError:  # pragma: no cover - it comes with google-cloud-storage
-    _fast = None
+_fast = None  # google_crc32c, once a CRC32C is first asked for (the package loads without Google's code)
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:
     """The CRC32C of ``data`` (continuing from ``crc``, the CRC32C of what came before)."""
-    if _fast is not None:
+    global _fast
+    if _fast is None:
+        try:
+            import google_crc32c as fast
+        except ImportError:  # pragma: no cover - it comes with google-cloud-storage
+            fast = False
+        _fast = fast
+    if _fast:
         return _fast.extend(crc, bytes(data))
     return _crc32c_table(data, crc)
 

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
+from octuefs.errors import StorageError
+
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """``os.pwrite`` until all of ``data`` is written."""
     written = os.pwrite(fd, data, offset)
@@ -50,6 +52,16 @@ PARTS_PREFIX = ".octuefs-parts/"
 # no mount is left to sweep (README: "Large files").
 PART_SUFFIX = ".octuefs-part"
 MAX_COMPOSE_SOURCES = 32  # GCS composes at most 32 objects in one request
+
+
+class ChecksumMismatch(StorageError):
+    """What the bucket stored is not what was sent (a composed object whose CRC32C is not the
+    file's): the upload did not happen as asked, and must not count as done. ``generation`` is
+    the object's generation holding the wrong bytes, if one was made."""
+
+    def __init__(self, message: str, generation: int | None = None):
+        super().__init__(message)
+        self.generation = generation
 
 
 def check_sources(sources: Sequence[str]) -> list[str]:

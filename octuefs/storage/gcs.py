@@ -21,6 +21,7 @@ patched to None is stored as ``""``; ``maxResults`` does not count prefixes. Thi
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import os
@@ -60,6 +61,7 @@ from octuefs.storage.base import (
     PARTS_PREFIX,
     MAX_COMPOSE_SOURCES,
     Bucket,
+    ChecksumMismatch,
     FetchedPage,
     ListPage,
     ObjectInfo,
@@ -67,6 +69,7 @@ from octuefs.storage.base import (
     check_sources,
     pwrite_all,
 )
+from octuefs.storage.checksums import combine_b64
 from octuefs.storage.jsonapi import JsonApi, guess_next_token, object_info
 from octuefs.storage.retry import (
     Retrier,
@@ -267,6 +270,20 @@ class _Reporting:
 
     def __getattr__(self, name: str):
         return getattr(self._f, name)
+
+
+def _range_crc32c(path: str, start: int, length: int) -> str:
+    """The base64 CRC32C of bytes [start, start + length) of a file, read 1 MiB at a time."""
+    crc = google_crc32c.Checksum()
+    with open(path, "rb") as f:
+        at, end = start, start + length
+        while at < end:
+            chunk = os.pread(f.fileno(), min(READ_CHUNK, end - at), at)
+            if not chunk:
+                raise OSError(f"{path} ended {end - at} bytes early while being uploaded")
+            crc.update(chunk)
+            at += len(chunk)
+    return base64.b64encode(crc.digest()).decode()
 
 
 def part_ranges(size: int, compose_min: int = COMPOSE_MIN) -> list[tuple[int, int]]:
@@ -575,12 +592,20 @@ class GCSBucket(Bucket):
         ranges = part_ranges(os.path.getsize(path), self.compose_min)
         parts = [f"{tag}{i:02d}{PART_SUFFIX}" for i in range(len(ranges))]
 
+        crcs: list[str] = [""] * len(parts)  # each part's CRC32C, as read from the file and sent
+
         def upload_part(i: int) -> None:
             start, length = ranges[i]
+            crcs[i] = _range_crc32c(path, start, length)
+
+            def attempt(timeout: Timeout) -> None:
+                answer = self._api.upload_range(parts[i], path, start, length, timeout, progress, crc32c=crcs[i])
+                if answer.get("crc32c") != crcs[i]:  # a server that does not check what it is sent
+                    raise TransientError(f"gs://{self.name}/{parts[i]}: stored with CRC32C {answer.get('crc32c')}, "
+                                         f"sent with {crcs[i]}")
+
             with _PART_SLOTS:
-                self._call("uploading a part of",
-                           lambda timeout: self._api.upload_range(parts[i], path, start, length, timeout, progress),
-                           parts[i], shown=f"{name} (part {i + 1} of {len(parts)})")
+                self._call("uploading a part of", attempt, parts[i], shown=f"{name} (part {i + 1} of {len(parts)})")
 
         # GCS refuses a compose whose precondition fails; fake-gcs-server ignores it, so check
         # before sending the parts (no upload for nothing) and again before composing (a change
@@ -593,6 +618,11 @@ class GCSBucket(Bucket):
                     done.result()
             self._check_preconditions(name, *preconditions)
             result = self.compose(parts, name, metadata, content_type, *preconditions)
+            whole = combine_b64(zip(crcs, (length for _start, length in ranges)))
+            if result.crc32c != whole:  # never counted as done: the caller keeps the file and tries again
+                raise ChecksumMismatch(f"gs://{self.name}/{name}: composed with CRC32C {result.crc32c}, but the "
+                                       f"file's is {whole} (generation {result.generation} holds wrong bytes)",
+                                       result.generation)
         finally:
             if self._delete_parts(parts):
                 self._forget_parts(tag, ledger)

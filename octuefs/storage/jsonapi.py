@@ -255,11 +255,15 @@ class JsonApi:
         return at - start
 
     def upload_range(self, name: str, path: str, start: int, length: int, timeout: Timeout,
-                     progress: Callable[[], None] | None = None, piece: int = 1 << 20) -> dict:
+                     progress: Callable[[], None] | None = None, piece: int = 1 << 20,
+                     crc32c: str | None = None) -> dict:
         """A new object made of bytes [start, start + length) of a file, sent as they are read
-        (one media request, no metadata): at most one ``piece`` of it in memory."""
+        (one media request, no metadata): at most one ``piece`` of it in memory. ``crc32c``
+        (base64) goes with it in ``X-Goog-Hash``, for the server to check."""
         query = [("uploadType", "media"), ("name", name), ("projection", "noAcl")]
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        if crc32c is not None:
+            headers["X-Goog-Hash"] = f"crc32c={crc32c}"
         body = _file_pieces(path, start, length, piece, progress)
         return self._json("POST", self._url(f"/upload/storage/v1/b/{self._bucket}/o", query), timeout,
                           body=body, headers=headers)

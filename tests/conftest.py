@@ -1,19 +1,24 @@
 """Shared fixtures: buckets to test against (in memory, and on a fake-gcs-server emulator).
 
-* ``emulator`` (session): one fake-gcs-server for the whole run, with ``STORAGE_EMULATOR_HOST``
-  set in ``os.environ`` while it runs (restored afterwards). The server is always stopped, by
-  PID, when the session ends, whatever the tests did.
+* ``emulator`` (session): one fake-gcs-server for the whole run, behind a strict proxy
+  (``tests/faultproxy.py`` with ``strict=True``: GCS's preconditions on patch, copy, delete and
+  compose, and a metageneration that moves on a patch, which fake-gcs-server leaves out), with
+  ``STORAGE_EMULATOR_HOST`` naming the proxy in ``os.environ`` while it runs (restored
+  afterwards). Its ``url`` is the proxy's, ``server_url`` the server's own. The server is always
+  stopped, by PID, and the proxy closed, when the session ends, whatever the tests did.
+  ``OCTUEFS_TEST_LAX=1`` leaves the proxy out (to compare, or to see fake-gcs-server as it is).
 * ``gcs_bucket``: a fresh, uniquely named bucket on that emulator, as a ``GCSBucket``.
 * ``fake_bucket``: a fresh ``FakeBucket``.
 * ``bucket``: parametrized over ``fake`` and ``emulator``; the contract suite uses it.
 
-Marker ``real_gcs_only``: a test of real-GCS behaviour that fake-gcs-server does not reproduce.
-On the ``emulator`` parameter such a test is an expected failure (strict: if the emulator ever
+Marker ``real_gcs_only``: a test of real-GCS behaviour that fake-gcs-server does not reproduce,
+even behind the strict proxy. On the ``emulator`` parameter such a test is an expected failure (strict: if the emulator ever
 starts behaving like GCS, the run says so); on the fake it runs normally.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -41,15 +46,47 @@ def emulator():
         pytest.skip(f"fake-gcs-server not available: {exc}")
     # Memory backend: the filesystem backend cannot hold both "a" and "a/x" (it maps names to
     # nested directories); tests/contract/test_emulator.py covers the filesystem backend.
+    from tests.faultproxy import FaultProxy
+
     server = Emulator(data_dir=None, kill_with_parent=True)
+    proxy = None
     try:
         server.start()
+        front = server
+        if os.environ.get("OCTUEFS_TEST_LAX") != "1":
+            proxy = FaultProxy(server.url, strict=True).start()
+            front = StrictEmulator(server, proxy)
         with pytest.MonkeyPatch.context() as mp:
-            for key, value in server.env().items():
+            for key, value in front.env().items():
                 mp.setenv(key, value)
-            yield server
+            yield front
     finally:
+        if proxy is not None:
+            proxy.stop()
         server.stop()
+
+
+class StrictEmulator:
+    """An emulator as its clients see it through the strict proxy: ``url`` and ``env()`` name
+    the proxy; everything else is the emulator's own."""
+
+    def __init__(self, server, proxy):
+        self.server = server
+        self.proxy = proxy
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    @property
+    def server_url(self) -> str:
+        return self.server.url
+
+    def env(self) -> dict[str, str]:
+        return {"STORAGE_EMULATOR_HOST": self.proxy.url}
+
+    def __getattr__(self, attr: str):
+        return getattr(self.server, attr)
 
 
 @pytest.fixture(scope="session")

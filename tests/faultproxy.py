@@ -31,14 +31,21 @@ resumable upload come back through it. :attr:`FaultProxy.counts` says what was i
         proxy.set_faults({"stall": 1.0})   # the network hangs
         proxy.heal()                       # and comes back: stalled connections are reset
 
+With ``strict=True`` the proxy also keeps GCS's rules that fake-gcs-server leaves out
+(:mod:`tests.strictgcs`): preconditions on patch, copy, delete, compose and uploads, answered
+with 412s, and a metageneration that moves on every patch. The tests' session emulator sits
+behind one (``tests/conftest.py``), so every layer runs with GCS's rules.
+
 Run as a script to put one in front of a server by hand:
-``python tests/faultproxy.py http://127.0.0.1:4443 --fault 503=0.1 --fault slow=0.2``.
+``python tests/faultproxy.py http://127.0.0.1:4443 --fault 503=0.1 --fault slow=0.2 [--strict]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import os
 import http.client
 import http.server
 import json
@@ -51,6 +58,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
+
+try:
+    from tests import strictgcs
+except ImportError:  # run as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests import strictgcs
 
 FAULTS = ("503", "503_retry", "429", "reset_before", "reset_after", "stall", "slow")
 KINDS = ("json", "list", "download", "upload")
@@ -86,10 +99,13 @@ class FaultProxy:
         stall_seconds: float = 600.0,
         slow_seconds: tuple[float, float] = (0.2, 1.0),
         port: int = 0,
+        strict: bool = False,
     ):
+        """``strict``: keep GCS's precondition and metageneration rules (:mod:`tests.strictgcs`)."""
         parsed = urllib.parse.urlsplit(upstream if "//" in upstream else "http://" + upstream)
         self.upstream = f"{parsed.scheme}://{parsed.netloc}"
         self._up_host, self._up_port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.rules = strictgcs.GCSRules(self._up_host, self._up_port) if strict else None
         self.stall_seconds = stall_seconds
         self.slow_seconds = slow_seconds
         self._lock = threading.Lock()
@@ -224,7 +240,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # --- the request -------------------------------------------------------------------------
 
     def _proxy(self) -> None:
-        fault = self.proxy._choose(kind_of(self.command, self.path))
+        kind = kind_of(self.command, self.path)
+        fault = self.proxy._choose(kind)
         if fault in ("503", "503_retry", "429"):
             self._drain()
             self._refuse(fault)
@@ -234,6 +251,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if fault == "stall":
                 self.proxy._stall(self.connection)
             self._reset()
+            return
+        if self.proxy.rules is not None and kind != "download":
+            self._proxy_strict(fault)
             return
         try:
             upstream = self._forward()
@@ -247,6 +267,81 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._respond(response, fault)
         finally:
             upstream.close()
+
+    def _proxy_strict(self, fault: str | None) -> None:
+        """Forward under GCS's rules: check preconditions with the object held, then note and
+        rewrite what the answer says (its body read whole: JSON answers are small)."""
+        rules = self.proxy.rules
+        request = strictgcs.parse(self.command, self.path)
+        body, name, hold = None, request.name, None
+        if request.op in ("patch", "delete", "copy", "compose") or (request.op == "upload" and request.guarded):
+            if request.op == "upload" and name is None:
+                body = b"".join(self._body())
+                name = strictgcs.upload_name(self.headers.get("Content-Type", ""), body)
+            elif request.op == "compose":
+                body = b"".join(self._body())
+                request.sources = strictgcs.compose_sources(body)
+            if name is not None:
+                hold = rules.hold(request.bucket, name)
+        with hold if hold is not None else contextlib.nullcontext():
+            try:
+                before = rules.check(request, name) if hold is not None else None
+            except strictgcs.Refused as refused:
+                if body is None:
+                    self._drain()
+                self._send_json(refused.status, strictgcs.error_body(refused.status, str(refused)))
+                return
+            upstream = None
+            try:
+                upstream = self._forward(body)
+                response = upstream.getresponse()
+                answer = b"" if self.command == "HEAD" else response.read()
+            except OSError as exc:
+                self.proxy._count("upstream_errors")
+                self._send_error(502, f"faultproxy: upstream {self.proxy.upstream} failed: {exc}")
+                return
+            finally:
+                if upstream is not None:
+                    upstream.close()
+            if "json" in (response.getheader("Content-Type") or "") or request.op == "delete":
+                answer = rules.rewrite(request, response.status, answer, before)
+        self.proxy._count("forwarded")
+        self._respond_bytes(response, answer, fault)
+
+    def _respond_bytes(self, response: http.client.HTTPResponse, body: bytes, fault: str | None) -> None:
+        """Send an answer already read whole, with the fault chosen for it."""
+        delay = self.proxy._uniform(*self.proxy.slow_seconds) if fault == "slow" else 0.0
+        if delay:
+            time.sleep(delay)
+        no_body = self.command == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200
+        self.send_response_only(response.status, response.reason)
+        for key, value in response.getheaders():
+            low = key.lower()
+            if low in _HOP_BY_HOP or low == "content-length":
+                continue
+            if low == "location":
+                value = value.replace(self.proxy.upstream, self.proxy.url)
+            self.send_header(key, value)
+        if not no_body:
+            self.send_header("Content-Length", str(len(body)))
+        if response.will_close:
+            self.close_connection = True
+        if fault == "reset_after":
+            if len(body) >= 2:
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+            self._reset()
+            return
+        self.end_headers()
+        if not no_body:
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, body: bytes) -> None:
+        self.send_response_only(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _body(self) -> Iterator[bytes]:
         """The request body as it arrives, de-chunked if it was sent chunked."""
@@ -271,22 +366,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for _ in self._body():
             pass
 
-    def _forward(self) -> http.client.HTTPConnection:
-        """Send the request upstream, streaming its body; return the connection."""
+    def _forward(self, body: bytes | None = None) -> http.client.HTTPConnection:
+        """Send the request upstream, streaming its body (or sending ``body``, read already);
+        return the connection."""
         conn = http.client.HTTPConnection(self.proxy._up_host, self.proxy._up_port, timeout=300)
         conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        chunked = body is None and "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         for key, value in self.headers.items():
             low = key.lower()
             if low == "host":
                 value = f"{self.proxy._up_host}:{self.proxy._up_port}"
-            elif low in _HOP_BY_HOP:
+            elif low in _HOP_BY_HOP or (body is not None and low == "content-length"):
                 continue
             conn.putheader(key, value)
         if chunked:
             conn.putheader("Transfer-Encoding", "chunked")
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
         conn.endheaders()
-        for piece in self._body():
+        for piece in ([body] if body is not None else self._body()):
             if chunked:
                 conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
             else:
@@ -380,10 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("upstream", help="the server's URL, e.g. http://127.0.0.1:4443")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="keep GCS's precondition and metageneration rules")
     p.add_argument("--fault", action="append", type=_parse_fault, default=[], metavar="NAME=FRACTION",
                    help=f"one of {', '.join(FAULTS)}; repeat for several")
     args = p.parse_args(argv)
-    with FaultProxy(args.upstream, seed=args.seed, faults=dict(args.fault), port=args.port) as proxy:
+    with FaultProxy(args.upstream, seed=args.seed, faults=dict(args.fault), port=args.port,
+                    strict=args.strict) as proxy:
         print(f"faultproxy on {proxy.url} -> {proxy.upstream}; Ctrl-C to stop", flush=True)
         try:
             while True:

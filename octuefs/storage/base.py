@@ -30,9 +30,11 @@ import datetime as dt
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
+
+from octuefs.errors import StorageError
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """``os.pwrite`` until all of ``data`` is written."""
@@ -49,6 +51,27 @@ PARTS_PREFIX = ".octuefs-parts/"
 # Every part's name ends so, for a bucket lifecycle rule (matchesSuffix) to delete the parts that
 # no mount is left to sweep (README: "Large files").
 PART_SUFFIX = ".octuefs-part"
+MAX_COMPOSE_SOURCES = 32  # GCS composes at most 32 objects in one request
+
+
+class ChecksumMismatch(StorageError):
+    """What the bucket stored is not what was sent (a composed object whose CRC32C is not the
+    file's): the upload did not happen as asked, and must not count as done. ``generation`` is
+    the object's generation holding the wrong bytes, if one was made."""
+
+    def __init__(self, message: str, generation: int | None = None):
+        super().__init__(message)
+        self.generation = generation
+
+
+def check_sources(sources: Sequence[str]) -> list[str]:
+    """The sources of a compose as a list, or ``ValueError`` if there are none or too many."""
+    if isinstance(sources, str):
+        raise ValueError("compose takes a sequence of source names, not one string")
+    sources = list(sources)
+    if not 1 <= len(sources) <= MAX_COMPOSE_SOURCES:
+        raise ValueError(f"a compose takes 1 to {MAX_COMPOSE_SOURCES} sources, not {len(sources)}")
+    return sources
 
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
@@ -311,6 +334,27 @@ class Bucket(abc.ABC):
         if_generation_match: int | None = None,
     ) -> ObjectInfo:
         """Server-side copy, keeping content, content type and all custom metadata."""
+
+    @abc.abstractmethod
+    def compose(
+        self,
+        sources: Sequence[str],
+        destination: str,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+        if_generation_match: int | None = None,
+        if_metageneration_match: int | None = None,
+    ) -> ObjectInfo:
+        """Make ``destination`` the concatenation of ``sources`` (live generations, in order),
+        server-side, in ONE request, with ``metadata`` as its whole custom metadata and
+        ``content_type`` (default: guessed from the name).
+
+        At most :data:`MAX_COMPOSE_SOURCES` sources, at least one (``ValueError`` before any
+        request); a missing source raises ``NotFound``. The preconditions are the
+        destination's, as for :meth:`upload_file`; a mismatch raises ``PreconditionFailed`` and
+        changes nothing. The result is a new generation at metageneration 1 with a CRC32C (of
+        the whole) and no MD5. The sources are left as they are.
+        """
 
     @abc.abstractmethod
     def delete(self, name: str, if_generation_match: int | None = None) -> None:

@@ -22,7 +22,7 @@ bucket's, looked up on it at each use, so the two share objects, connections and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from octuefs.errors import BucketUnreachable
@@ -110,6 +110,12 @@ class BoundedBucket(Bucket):
     def copy(self, source: str, destination: str, if_source_generation_match: int | None = None,
              if_generation_match: int | None = None) -> ObjectInfo:
         return self._run(lambda: self.inner.copy(source, destination, if_source_generation_match, if_generation_match))
+
+    def compose(self, sources: Sequence[str], destination: str, metadata: Mapping[str, str] | None = None,
+                content_type: str | None = None, if_generation_match: int | None = None,
+                if_metageneration_match: int | None = None) -> ObjectInfo:
+        return self._run(lambda: self.inner.compose(sources, destination, metadata, content_type, if_generation_match,
+                                                    if_metageneration_match))
 
     def delete(self, name: str, if_generation_match: int | None = None) -> None:
         self._run(lambda: self.inner.delete(name, if_generation_match))

@@ -21,6 +21,7 @@ patched to None is stored as ``""``; ``maxResults`` does not count prefixes. Thi
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import os
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import google_crc32c
@@ -58,15 +59,27 @@ from octuefs.storage import guess_content_type
 from octuefs.storage.base import (
     PART_SUFFIX,
     PARTS_PREFIX,
+    MAX_COMPOSE_SOURCES,
     Bucket,
+    ChecksumMismatch,
     FetchedPage,
     ListPage,
     ObjectInfo,
     RetryPolicy,
+    check_sources,
     pwrite_all,
 )
+from octuefs.storage.checksums import combine_b64
 from octuefs.storage.jsonapi import JsonApi, guess_next_token, object_info
-from octuefs.storage.retry import Retrier, confirm_copy, confirm_delete, confirm_upload, current_bound, cut_to
+from octuefs.storage.retry import (
+    Retrier,
+    composed_fingerprint,
+    confirm_copy,
+    confirm_delete,
+    confirm_upload,
+    current_bound,
+    cut_to,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +100,7 @@ UPLOAD_CHUNK_SIZE = 32 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
 # more requests. Parts live under PARTS_PREFIX in the object's directory, hidden from the mount,
 # and are deleted once composed (or once the compose failed).
 COMPOSE_MIN = 64 * 1024 * 1024
-MAX_PARTS = 32  # GCS composes at most 32 objects in one request
+MAX_PARTS = MAX_COMPOSE_SOURCES
 PARTS_IN_FLIGHT = 4  # each streamed from the file, 1 MiB at a time
 _PART_SLOTS = threading.BoundedSemaphore(PARTS_IN_FLIGHT)  # parts in flight, all uploads together
 _IN_FLIGHT: set[str] = set()  # parts prefixes of composite uploads running in this process
@@ -257,6 +270,20 @@ class _Reporting:
 
     def __getattr__(self, name: str):
         return getattr(self._f, name)
+
+
+def _range_crc32c(path: str, start: int, length: int) -> str:
+    """The base64 CRC32C of bytes [start, start + length) of a file, read 1 MiB at a time."""
+    crc = google_crc32c.Checksum()
+    with open(path, "rb") as f:
+        at, end = start, start + length
+        while at < end:
+            chunk = os.pread(f.fileno(), min(READ_CHUNK, end - at), at)
+            if not chunk:
+                raise OSError(f"{path} ended {end - at} bytes early while being uploaded")
+            crc.update(chunk)
+            at += len(chunk)
+    return base64.b64encode(crc.digest()).decode()
 
 
 def part_ranges(size: int, compose_min: int = COMPOSE_MIN) -> list[tuple[int, int]]:
@@ -565,20 +592,20 @@ class GCSBucket(Bucket):
         ranges = part_ranges(os.path.getsize(path), self.compose_min)
         parts = [f"{tag}{i:02d}{PART_SUFFIX}" for i in range(len(ranges))]
 
+        crcs: list[str] = [""] * len(parts)  # each part's CRC32C, as read from the file and sent
+
         def upload_part(i: int) -> None:
             start, length = ranges[i]
-            with _PART_SLOTS:
-                self._call("uploading a part of",
-                           lambda timeout: self._api.upload_range(parts[i], path, start, length, timeout, progress),
-                           parts[i], shown=f"{name} (part {i + 1} of {len(parts)})")
+            crcs[i] = _range_crc32c(path, start, length)
 
-        def compose(timeout: Timeout) -> storage.Blob:
-            blob = self._bucket.blob(name)
-            blob.metadata = dict(metadata)
-            blob.content_type = content_type
-            blob.compose([self._bucket.blob(p) for p in parts], if_generation_match=preconditions[0],
-                         if_metageneration_match=preconditions[1], retry=None, timeout=timeout)
-            return blob
+            def attempt(timeout: Timeout) -> None:
+                answer = self._api.upload_range(parts[i], path, start, length, timeout, progress, crc32c=crcs[i])
+                if answer.get("crc32c") != crcs[i]:  # a server that does not check what it is sent
+                    raise TransientError(f"gs://{self.name}/{parts[i]}: stored with CRC32C {answer.get('crc32c')}, "
+                                         f"sent with {crcs[i]}")
+
+            with _PART_SLOTS:
+                self._call("uploading a part of", attempt, parts[i], shown=f"{name} (part {i + 1} of {len(parts)})")
 
         # GCS refuses a compose whose precondition fails; fake-gcs-server ignores it, so check
         # before sending the parts (no upload for nothing) and again before composing (a change
@@ -590,8 +617,12 @@ class GCSBucket(Bucket):
                 for done in [pool.submit(upload_part, i) for i in range(len(parts))]:
                     done.result()
             self._check_preconditions(name, *preconditions)
-            resolve = confirm_upload(self.stat, name, path, metadata, *preconditions)
-            result = self._call("composing", compose, name, after_ambiguous=resolve)
+            result = self.compose(parts, name, metadata, content_type, *preconditions)
+            whole = combine_b64(zip(crcs, (length for _start, length in ranges)))
+            if result.crc32c != whole:  # never counted as done: the caller keeps the file and tries again
+                raise ChecksumMismatch(f"gs://{self.name}/{name}: composed with CRC32C {result.crc32c}, but the "
+                                       f"file's is {whole} (generation {result.generation} holds wrong bytes)",
+                                       result.generation)
         finally:
             if self._delete_parts(parts):
                 self._forget_parts(tag, ledger)
@@ -600,6 +631,26 @@ class GCSBucket(Bucket):
         log.debug("uploaded %s in %d parts, composed", name, len(parts))
         if self.parts_dir is not None and os.listdir(self.parts_dir):
             self.sweep_parts()  # the bucket answers again: what an outage left can go now
+        return result
+
+    def compose(self, sources: Sequence[str], destination: str, metadata: Mapping[str, str] | None = None,
+                content_type: str | None = None, if_generation_match: int | None = None,
+                if_metageneration_match: int | None = None) -> ObjectInfo:
+        sources = check_sources(sources)
+        metadata = dict(metadata or {})
+        content_type = content_type or guess_content_type(destination)
+
+        def attempt(timeout: Timeout) -> storage.Blob:
+            blob = self._bucket.blob(destination)
+            blob.metadata = dict(metadata)
+            blob.content_type = content_type
+            blob.compose([self._bucket.blob(source) for source in sources], if_generation_match=if_generation_match,
+                         if_metageneration_match=if_metageneration_match, retry=None, timeout=timeout)
+            return blob
+
+        resolve = confirm_upload(self.stat, destination, composed_fingerprint(self.stat, sources), metadata,
+                                 if_generation_match, if_metageneration_match)
+        result = self._call("composing", attempt, destination, after_ambiguous=resolve)
         return result if isinstance(result, ObjectInfo) else self._complete(result)
 
     def _check_preconditions(self, name: str, if_generation_match: int | None,

@@ -10,7 +10,8 @@ single-request upload) go through :class:`JsonApi`; the rest (resumable and comp
 compose, patch, copy, delete) through the library, as before.
 
 Requests carry the client's credentials (:class:`_Authorized`: the bearer token, refreshed as
-google-auth's own transports do). Failures are raised as the library's exceptions
+google-auth's own transports do, each refresh bounded by the timeout of the request that needed
+it, so by ``--op-timeout`` inside a bounded call). Failures are raised as the library's exceptions
 (``google.api_core.exceptions`` for HTTP errors, urllib3's for the network), so
 ``gcs.translate_error`` sees one kind of error whichever path a call took.
 """
@@ -120,19 +121,42 @@ class _Authorized:
         self._auth_request = google.auth.transport.urllib3.Request(pool)  # token refreshes go through the pool
 
     def urlopen(self, method: str, url: str, headers: dict[str, str], **kwargs) -> urllib3.BaseHTTPResponse:
+        """``kwargs["timeout"]`` (a urllib3 Timeout) bounds a token refresh this request makes
+        as well: a call cut to the caller's deadline (``--op-timeout``) is not kept waiting
+        for a token server beyond it."""
+        auth = _TimedRequest(self._auth_request, kwargs.get("timeout"))
         for attempt in (1, 2):
             sent = dict(headers)
-            self.credentials.before_request(self._auth_request, method, url, sent)
+            self.credentials.before_request(auth, method, url, sent)
             response = self.pool.urlopen(method, url, headers=sent, **kwargs)
             if response.status != 401 or attempt == 2 or isinstance(self.credentials, AnonymousCredentials):
                 return response
             if not isinstance(kwargs.get("body"), (bytes, type(None))):
-                self.credentials.refresh(self._auth_request)
+                self.credentials.refresh(auth)
                 return response
             response.drain_conn()
             response.release_conn()
-            self.credentials.refresh(self._auth_request)
+            self.credentials.refresh(auth)
         raise AssertionError("unreachable")
+
+
+class _TimedRequest:
+    """google-auth's transport for token refreshes, each request of it bounded by the timeout of
+    the call that needed the token (whole: connecting, and the answer within the read timeout)."""
+
+    def __init__(self, request: google.auth.transport.urllib3.Request, timeout: urllib3.Timeout | None):
+        self._request = request
+        self._timeout = timeout
+
+    def __call__(self, url: str, method: str = "GET", body=None, headers=None, timeout=None, **kwargs):
+        bound = self._timeout
+        if bound is not None:
+            read = bound.read_timeout if isinstance(bound.read_timeout, (int, float)) else None
+            connect = bound.connect_timeout if isinstance(bound.connect_timeout, (int, float)) else None
+            limits = [t for t in (timeout, read) if isinstance(t, (int, float))]
+            total = min(limits) if limits else None
+            timeout = urllib3.Timeout(connect=connect, read=total, total=total)
+        return self._request(url, method=method, body=body, headers=headers, timeout=timeout, **kwargs)
 
 
 class JsonApi:
@@ -231,11 +255,15 @@ class JsonApi:
         return at - start
 
     def upload_range(self, name: str, path: str, start: int, length: int, timeout: Timeout,
-                     progress: Callable[[], None] | None = None, piece: int = 1 << 20) -> dict:
+                     progress: Callable[[], None] | None = None, piece: int = 1 << 20,
+                     crc32c: str | None = None) -> dict:
         """A new object made of bytes [start, start + length) of a file, sent as they are read
-        (one media request, no metadata): at most one ``piece`` of it in memory."""
+        (one media request, no metadata): at most one ``piece`` of it in memory. ``crc32c``
+        (base64) goes with it in ``X-Goog-Hash``, for the server to check."""
         query = [("uploadType", "media"), ("name", name), ("projection", "noAcl")]
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        if crc32c is not None:
+            headers["X-Goog-Hash"] = f"crc32c={crc32c}"
         body = _file_pieces(path, start, length, piece, progress)
         return self._json("POST", self._url(f"/upload/storage/v1/b/{self._bucket}/o", query), timeout,
                           body=body, headers=headers)

@@ -236,7 +236,7 @@ def file_md5(path: str | bytes) -> str:
 def confirm_upload(
     stat: Callable[[str], ObjectInfo],
     name: str,
-    path: str | bytes,
+    path: str | bytes | Callable[[], Fingerprint],
     metadata: Mapping[str, str],
     if_generation_match: int | None,
     if_metageneration_match: int | None = None,
@@ -244,7 +244,9 @@ def confirm_upload(
     """An ``after_ambiguous`` for uploads (and composes): a PreconditionFailed after a lost
     response is a success if the live object now holds exactly our bytes and metadata, as a
     generation our upload made: not the generation it was to replace, and, under a
-    metageneration precondition, still at metageneration 1 (a new generation's first)."""
+    metageneration precondition, still at metageneration 1 (a new generation's first).
+    ``path``: the file or bytes sent, or a callable giving their :class:`Fingerprint` (a
+    compose's, from its sources: see :func:`composed_fingerprint`)."""
 
     def resolve(exc: Exception) -> ObjectInfo:
         if not isinstance(exc, PreconditionFailed) or (if_generation_match is None and if_metageneration_match is None):
@@ -255,13 +257,32 @@ def confirm_upload(
             raise exc from None
         new_generation = if_generation_match is None or info.generation != if_generation_match
         fresh = if_metageneration_match is None or info.metageneration == 1
-        if (new_generation and fresh and file_fingerprint(path).matches(info)
+        sent = path() if callable(path) else file_fingerprint(path)
+        if (new_generation and fresh and sent.matches(info)
                 and dict(info.metadata) == dict(metadata)):
             log.info("upload of %s had succeeded before its retry (generation %d)", name, info.generation)
             return info
         raise exc
 
     return resolve
+
+
+def composed_fingerprint(stat: Callable[[str], ObjectInfo], sources: list[str]) -> Callable[[], Fingerprint]:
+    """The :class:`Fingerprint` a compose of ``sources`` (as they are now) makes, to be asked
+    for when needed: their CRC32Cs combined, their sizes summed (a composed object has no MD5)."""
+
+    def fingerprint() -> Fingerprint:
+        from octuefs.storage.checksums import combine_b64
+
+        try:
+            infos = [stat(source) for source in sources]
+        except NotFound:
+            return Fingerprint("", "", -1)  # a source is gone: nothing to tell by
+        if any(info.crc32c is None for info in infos):
+            return Fingerprint("", "", -1)  # matches nothing
+        return Fingerprint("", combine_b64((i.crc32c, i.size) for i in infos), sum(i.size for i in infos))
+
+    return fingerprint
 
 
 def confirm_delete(exc: Exception) -> None:

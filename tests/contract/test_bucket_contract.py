@@ -1,8 +1,9 @@
 """The Bucket contract (octuefs/storage/base.py), run against FakeBucket and fake-gcs-server.
 
-Each test states one promise. Where fake-gcs-server does not behave like GCS, the test asserts
-GCS's behaviour and carries ``real_gcs_only``: it is a strict xfail on the emulator (see
-tests/conftest.py), so the code is never bent to the emulator.
+Each test states one promise. The emulator runs behind the strict proxy (tests/conftest.py),
+which keeps GCS's preconditions and metageneration; where fake-gcs-server still does not behave
+like GCS, the test asserts GCS's behaviour and carries ``real_gcs_only``: it is a strict xfail on
+the emulator, so the code is never bent to the emulator.
 """
 
 from __future__ import annotations
@@ -311,7 +312,6 @@ def test_patch_none_removes_the_key(bucket):
     assert "drop" not in bucket.patch_metadata("o", {"drop": None}).metadata
 
 
-@pytest.mark.real_gcs_only(reason="memory backend: a patch moves neither generation nor metageneration")
 def test_patch_moves_a_counter(bucket):
     """Which counter moves is not part of the contract; that one of them does is."""
     before = bucket.upload_bytes("o", b"data", {"a": "1"})
@@ -319,7 +319,6 @@ def test_patch_moves_a_counter(bucket):
     assert (after.generation, after.metageneration) != (before.generation, before.metageneration)
 
 
-@pytest.mark.real_gcs_only(reason="a patch does not bump the metageneration (memory backend: nothing moves)")
 def test_patch_keeps_generation_and_bumps_metageneration(bucket):
     before = bucket.upload_bytes("o", b"data", {"a": "1"})
     after = bucket.patch_metadata("o", {"a": "2"})
@@ -339,7 +338,6 @@ def test_patch_with_right_preconditions_and_content_type(bucket):
     assert info.content_type == "application/json" and effective(info.metadata) == {"a": "1"}
 
 
-@pytest.mark.real_gcs_only(reason="patch preconditions are ignored")
 @pytest.mark.parametrize("which", ["metageneration", "generation"])
 def test_patch_with_wrong_precondition_changes_nothing(bucket, which):
     before = bucket.upload_bytes("o", b"data", {"a": "1"})
@@ -370,7 +368,6 @@ def test_copy_with_right_preconditions(bucket):
     assert again.generation > dst.generation
 
 
-@pytest.mark.real_gcs_only(reason="copy preconditions are ignored")
 def test_copy_with_wrong_preconditions(bucket):
     src = bucket.upload_bytes("s", b"1")
     bucket.upload_bytes("d", b"existing")
@@ -391,12 +388,123 @@ def test_delete(bucket):
     assert bucket.list_all() == ([], [])
 
 
-@pytest.mark.real_gcs_only(reason="delete preconditions are ignored")
 def test_delete_with_wrong_generation_keeps_the_object(bucket):
     info = bucket.upload_bytes("kept", b"x")
     with pytest.raises(PreconditionFailed):
         bucket.delete("kept", if_generation_match=info.generation + 1)
     assert bucket.stat("kept") == info
+
+
+# --- another writer got there first: stale preconditions fail and change nothing ----------------
+
+
+def _state(bucket, *names):
+    """What a user relies on: each object's bytes and its whole ObjectInfo (or None)."""
+    result = {}
+    for name in names:
+        try:
+            info = bucket.stat(name)
+            result[name] = (bucket.read_range(name, 0, 1 << 20) if info.size else b"", info)
+        except NotFound:
+            result[name] = None
+    return result
+
+
+def test_upload_after_another_writers_patch_fails_the_metageneration_precondition(bucket):
+    base = bucket.upload_bytes("f.csv", b"v1", {"owner": "me"})
+    theirs = bucket.patch_metadata("f.csv", {"label": "theirs"})  # another writer, between read and write
+    assert theirs.metageneration == base.metageneration + 1
+    before = _state(bucket, "f.csv")
+    with pytest.raises(PreconditionFailed):
+        bucket.upload_bytes("f.csv", b"v2", {"owner": "me"}, if_generation_match=base.generation,
+                            if_metageneration_match=base.metageneration)
+    assert _state(bucket, "f.csv") == before and effective(bucket.stat("f.csv").metadata)["label"] == "theirs"
+    info = bucket.upload_bytes("f.csv", b"v2", {"owner": "me"}, if_generation_match=theirs.generation,
+                               if_metageneration_match=theirs.metageneration)
+    assert info.metageneration == 1 and bucket.read_range("f.csv", 0, 10) == b"v2"
+
+
+def test_metageneration_precondition_on_an_absent_object_fails(bucket):
+    with pytest.raises(PreconditionFailed):
+        bucket.upload_bytes("absent", b"x", if_metageneration_match=1)
+    with pytest.raises(NotFound):
+        bucket.stat("absent")
+
+
+def test_compose_makes_a_new_generation_with_a_crc32c(bucket):
+    bucket.upload_bytes("parts/a", b"hello ")
+    bucket.upload_bytes("parts/b", b"world")
+    info = bucket.compose(["parts/a", "parts/b"], "out.txt", {"k": "v"}, if_generation_match=0)
+    assert bucket.read_range("out.txt", 0, 100) == b"hello world"
+    assert (info.size, info.metageneration, info.crc32c) == (11, 1, crc32c_b64(b"hello world"))
+    assert effective(info.metadata) == {"k": "v"} and info.content_type == "text/plain"
+    assert bucket.read_range("parts/a", 0, 100) == b"hello "  # the sources stay
+
+
+@pytest.mark.parametrize("stale", ["generation", "absent", "metageneration"])
+def test_compose_under_a_stale_generation_fails_and_changes_nothing(bucket, stale):
+    bucket.upload_bytes("parts/a", b"ours")
+    base = bucket.upload_bytes("out", b"old", {"k": "old"})
+    newer = bucket.upload_bytes("out", b"theirs", {"k": "theirs"})  # another writer replaced it
+    theirs = bucket.patch_metadata("out", {"k": "theirs, patched"})
+    preconditions = {"generation": {"if_generation_match": base.generation}, "absent": {"if_generation_match": 0},
+                     "metageneration": {"if_generation_match": newer.generation,
+                                        "if_metageneration_match": newer.metageneration}}[stale]
+    before = _state(bucket, "out", "parts/a")
+    with pytest.raises(PreconditionFailed):
+        bucket.compose(["parts/a"], "out", {"k": "ours"}, **preconditions)
+    assert _state(bucket, "out", "parts/a") == before and bucket.stat("out") == theirs
+
+
+def test_compose_of_a_missing_source_fails(bucket):
+    bucket.upload_bytes("parts/a", b"1")
+    with pytest.raises(NotFound):
+        bucket.compose(["parts/a", "parts/missing"], "out")
+    with pytest.raises(NotFound):
+        bucket.stat("out")
+
+
+@pytest.mark.parametrize("stale", ["generation", "metageneration"])
+def test_patch_with_a_stale_precondition_after_another_writer_fails(bucket, stale):
+    base = bucket.upload_bytes("o", b"data", {"a": "1"})
+    if stale == "generation":
+        bucket.upload_bytes("o", b"newer", {"a": "theirs"})
+    else:
+        bucket.patch_metadata("o", {"a": "theirs"})
+    before = _state(bucket, "o")
+    with pytest.raises(PreconditionFailed):
+        bucket.patch_metadata("o", {"a": "ours"}, **{f"if_{stale}_match": getattr(base, stale)})
+    assert _state(bucket, "o") == before
+
+
+def test_copy_with_a_stale_source_or_destination_generation_fails(bucket):
+    src = bucket.upload_bytes("s", b"v1")
+    bucket.upload_bytes("s", b"v2")  # the source was replaced since it was read
+    dst = bucket.upload_bytes("d", b"d1")
+    bucket.upload_bytes("d", b"d2")  # and so was the destination
+    before = _state(bucket, "s", "d", "new")
+    with pytest.raises(PreconditionFailed):
+        bucket.copy("s", "new", if_source_generation_match=src.generation, if_generation_match=0)
+    with pytest.raises(PreconditionFailed):
+        bucket.copy("s", "d", if_generation_match=dst.generation)
+    assert _state(bucket, "s", "d", "new") == before
+
+
+def test_delete_with_a_stale_generation_fails(bucket):
+    base = bucket.upload_bytes("kept", b"v1")
+    bucket.upload_bytes("kept", b"v2")
+    before = _state(bucket, "kept")
+    with pytest.raises(PreconditionFailed):
+        bucket.delete("kept", if_generation_match=base.generation)
+    assert _state(bucket, "kept") == before
+
+
+def test_listing_and_stat_agree_on_the_metageneration(bucket):
+    bucket.upload_bytes("dir/o", b"x")
+    bucket.patch_metadata("dir/o", {"a": "1"})
+    bucket.patch_metadata("dir/o", {"a": "2"})
+    (listed,), _ = bucket.list_all("dir/")
+    assert listed.metageneration == bucket.stat("dir/o").metageneration == 3
 
 
 @pytest.mark.parametrize(

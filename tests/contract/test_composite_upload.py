@@ -9,7 +9,7 @@ import os
 import pytest
 
 from octuefs.errors import BucketUnreachable, PreconditionFailed
-from octuefs.storage.base import PART_SUFFIX, PARTS_PREFIX, ObjectInfo
+from octuefs.storage.base import PART_SUFFIX, PARTS_PREFIX, ChecksumMismatch, ObjectInfo
 from octuefs.storage.gcs import GCSBucket, part_ranges
 from octuefs.storage.retry import file_fingerprint
 
@@ -116,3 +116,47 @@ def test_a_crashed_uploads_parts_are_swept_but_never_a_running_ones(gcs_bucket, 
     finally:
         gcs._IN_FLIGHT.discard(running)
     assert bucket.sweep_parts() == 1 and leftovers(bucket) == [] and os.listdir(ledger) == []
+
+
+# --- end-to-end checksum -------------------------------------------------------------------------
+
+
+def test_a_part_stored_with_other_bytes_is_sent_again(composing, tmp_path, monkeypatch):
+    """A server that does not check a part's CRC32C and stores other bytes: the part's answer
+    gives it away and the part goes up again; the object is exactly the file."""
+    data = os.urandom(2 * MiB)
+    src, bad = tmp_path / "big.bin", tmp_path / "bad.bin"
+    src.write_bytes(data)
+    bad.write_bytes(bytes(b ^ 0xFF for b in data[:MiB]) + data[MiB:])
+    real, corrupted = composing._api.upload_range, []
+
+    def corrupting(name, path, start, length, *args, **kwargs):
+        if not corrupted:
+            corrupted.append(name)
+            kwargs.pop("crc32c", None)  # (fake-gcs-server would not check it anyway)
+            return real(name, str(bad), start, length, *args, **kwargs)
+        return real(name, path, start, length, *args, **kwargs)
+
+    monkeypatch.setattr(composing._api, "upload_range", corrupting)
+    info = composing.upload_file("big.bin", str(src), {}, if_generation_match=0)
+    assert corrupted and composing.read_range("big.bin", 0, len(data)) == data
+    assert file_fingerprint(str(src)).matches(info) and leftovers(composing) == []
+
+
+def test_a_composed_object_whose_crc32c_is_not_the_files_is_never_a_success(composing, tmp_path, monkeypatch):
+    """A part changed after it was checked (so the composed bytes differ): the upload raises,
+    so the caller keeps the file and tries again, and says which generation holds what."""
+    data = os.urandom(2 * MiB)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    real = composing.compose
+
+    def compose_after_a_part_changed(sources, *args, **kwargs):
+        composing.upload_bytes(sources[0], os.urandom(MiB // 2))  # a part: same size, other bytes
+        return real(sources, *args, **kwargs)
+
+    monkeypatch.setattr(composing, "compose", compose_after_a_part_changed)
+    with pytest.raises(ChecksumMismatch) as caught:
+        composing.upload_file("big.bin", str(src), {}, if_generation_match=0)
+    assert caught.value.generation == composing.stat("big.bin").generation
+    assert composing.read_range("big.bin", 0, len(data)) != data and leftovers(composing) == []

@@ -358,3 +358,119 @@ def test_paged_listing_matches_a_model(names, prefix, delimiter, max_results):
     assert all(len(p.objects) + len(p.prefixes) <= max_results for p in pages)
     got = ([o.name for p in pages for o in p.objects], [q for p in pages for q in p.prefixes])
     assert got == _model(names, prefix, delimiter)
+
+
+# --- compose ------------------------------------------------------------------------------------
+
+
+def test_compose_concatenates_into_a_new_generation_with_a_crc32c_and_no_md5(fake):
+    a = fake.upload_bytes("p/a", b"hello ")
+    fake.upload_bytes("p/b", b"world")
+    old = fake.upload_bytes("out.txt", b"old", {"k": "old"})
+    fake.reset_calls()
+    info = fake.compose(["p/a", "p/b"], "out.txt", {"k": "v"}, if_generation_match=old.generation)
+    assert fake.objects() == {"p/a": b"hello ", "p/b": b"world", "out.txt": b"hello world"}
+    assert info == fake.stat("out.txt") and info.generation > a.generation and info.metageneration == 1
+    assert (info.size, info.crc32c, info.md5) == (11, crc32c_b64(b"hello world"), None)
+    assert dict(info.metadata) == {"k": "v"} and info.content_type == "text/plain"
+    assert fake.calls == {"compose": 1, "stat": 1}
+
+
+def test_compose_under_a_stale_generation_or_metageneration_changes_nothing(fake):
+    fake.upload_bytes("a", b"1")
+    base = fake.upload_bytes("out", b"old", {"k": "old"})
+    fake.patch_metadata("out", {"k": "theirs"})
+    for preconditions in ({"if_generation_match": base.generation - 1}, {"if_generation_match": 0},
+                          {"if_metageneration_match": base.metageneration}):
+        with pytest.raises(PreconditionFailed):
+            fake.compose(["a"], "out", {"k": "ours"}, **preconditions)
+    assert fake.objects()["out"] == b"old" and dict(fake.stat("out").metadata) == {"k": "theirs"}
+
+
+def test_compose_of_a_missing_source_fails_and_too_many_are_refused_unsent(fake):
+    fake.upload_bytes("a", b"1")
+    with pytest.raises(NotFound):
+        fake.compose(["a", "missing"], "out")
+    fake.reset_calls()
+    for sources in ([], ["a"] * 33, "a"):
+        with pytest.raises(ValueError):
+            fake.compose(sources, "out")
+    assert fake.objects() == {"a": b"1"} and fake.calls == {}
+    assert fake.compose(["a"] * 32, "out").size == 32
+
+
+def test_compose_whose_answer_was_lost_counts_as_done(fake):
+    fake.upload_bytes("a", b"12")
+    fake.upload_bytes("b", b"34")
+    fake.fail_next("compose", after=True)
+    info = fake.compose(["a", "b"], "out", {"k": "v"}, if_generation_match=0)
+    assert info == fake.stat("out") and fake.objects()["out"] == b"1234" and fake.calls["compose"] == 2
+
+
+def test_compose_after_a_lost_answer_and_another_writer_is_a_conflict(fake):
+    fake.upload_bytes("a", b"12")
+    fake.fail_next("compose", error=lambda: (fake.upload_bytes("out", b"theirs"), TransientError("lost"))[1])
+    with pytest.raises(PreconditionFailed):
+        fake.compose(["a"], "out", if_generation_match=0)
+    assert fake.objects()["out"] == b"theirs"
+
+
+# --- requests that land after the client gave up --------------------------------------------------
+
+
+def test_a_late_upload_lands_after_the_retry_and_fails_its_precondition_then(fake):
+    gate = threading.Event()
+    fake.fail_next("upload", late=gate)
+    info = fake.upload_bytes("a", b"ours", if_generation_match=0)  # timed out, retried, done
+    assert fake.objects() == {"a": b"ours"} and fake.calls["upload"] == 2
+    gate.set()
+    (landing,) = fake.wait_landed()
+    assert isinstance(landing.error, PreconditionFailed)  # judged when it landed, as GCS does
+    assert fake.stat("a") == info
+
+
+def test_a_late_delete_without_a_precondition_deletes_what_came_after_it(fake):
+    """What GCS does too: the reason callers send preconditions."""
+    fake.upload_bytes("a", b"1")
+    gate = threading.Event()
+    fake.fail_next("delete", late=gate)
+    fake.delete("a")  # the retry deletes it
+    fake.upload_bytes("a", b"2")
+    gate.set()
+    fake.wait_landed()
+    assert fake.objects() == {}
+
+
+def test_a_late_delete_with_a_precondition_spares_a_newer_generation(fake):
+    first = fake.upload_bytes("a", b"1")
+    gate = threading.Event()
+    fake.fail_next("delete", late=gate)
+    fake.delete("a", if_generation_match=first.generation)
+    fake.upload_bytes("a", b"2")
+    gate.set()
+    (landing,) = fake.wait_landed()
+    assert isinstance(landing.error, PreconditionFailed) and fake.objects() == {"a": b"2"}
+
+
+def test_a_late_patch_lands_after_a_delay_and_is_judged_then(fake):
+    fake.upload_bytes("a", b"1")
+    fake.fail_next("patch", late=0.05)
+    assert fake.patch_metadata("a", {"k": "v"}, if_metageneration_match=1).metageneration == 2  # the retry
+    (guarded,) = fake.wait_landed()
+    assert isinstance(guarded.error, PreconditionFailed)
+    fake.fail_next("patch", late=0.05)
+    fake.patch_metadata("a", {"k": "w"})
+    assert fake.stat("a").metageneration == 3
+    fake.wait_landed()
+    info = fake.stat("a")
+    assert (dict(info.metadata), info.metageneration) == ({"k": "w"}, 4)  # unguarded: it applied again
+
+
+def test_two_clients_of_one_server_see_one_bucket():
+    one = FakeBucket("shared")
+    other = FakeBucket(server=one.server)
+    base = one.upload_bytes("a", b"1")
+    other.patch_metadata("a", {"k": "theirs"})
+    with pytest.raises(PreconditionFailed):
+        one.upload_bytes("a", b"2", if_generation_match=base.generation, if_metageneration_match=1)
+    assert one.calls == other.calls == {"upload": 2, "patch": 1}

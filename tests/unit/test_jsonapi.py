@@ -156,3 +156,41 @@ def test_a_listing_answer_that_is_no_json_object_is_a_clear_error(serve, body):
         bucket.list_page("d/")
     with pytest.raises(StorageError, match="listing 'd/' returned"):
         list(bucket.iter_pages_ahead("d/"))
+
+
+class _SlowTokenServer(Credentials):
+    """Credentials whose token must be fetched from a token server that never answers."""
+
+    def __init__(self, token_url):
+        super().__init__()
+        self.token_url = token_url
+
+    def refresh(self, request):
+        request(self.token_url, method="POST", body=b"grant_type=x")
+        self.token = "fresh"
+
+
+def test_a_token_refresh_is_bounded_by_the_callers_timeout(serve):
+    """A call cut to --op-timeout must not wait the library's 60 s for a stalled token server."""
+    import socket
+    import time
+
+    from google.auth import exceptions as auth_exceptions
+
+    from octuefs.errors import TransientError
+    from octuefs.storage.gcs import translate_error
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never answers
+    try:
+        credentials = _SlowTokenServer(f"http://127.0.0.1:{silent.getsockname()[1]}/token")
+        api, server = serve(lambda h: _send(h, 200, b'{"name": "o"}'), credentials)
+        started = time.monotonic()
+        with pytest.raises(auth_exceptions.TransportError) as caught:
+            api.get_object("o", None, (0.5, 0.5))
+        assert time.monotonic() - started < 3
+        assert isinstance(translate_error(caught.value, "b", "o"), TransientError)  # retried, within the deadline
+        assert server.seen == []  # no request went without its token
+    finally:
+        silent.close()

@@ -71,7 +71,7 @@ from .errors import (
     UploadFailed,
     UploadStillPending,
 )
-from .storage.base import Bucket, ObjectInfo
+from .storage.base import Bucket, ChecksumMismatch, ObjectInfo
 from .storage.retry import Fingerprint, file_fingerprint
 
 log = logging.getLogger(__name__)
@@ -550,6 +550,16 @@ class _Queue(dict):
         with the wall clock, which may step back)."""
         return list(self._by_name.get(name, {}).values())
 
+    def successors(self, entry_id: str) -> list[Entry]:
+        """The entries chained after ``entry_id``."""
+        return list(self._by_after.get(entry_id, {}).values())
+
+    def unchain(self, entry: Entry) -> None:
+        """``entry`` no longer waits for the one it was chained after."""
+        if entry.after is not None:
+            _unindex(self._by_after, entry.after, entry.id)
+            entry.after = None
+
     def release_successors(self, entry_id: str) -> list[Entry]:
         """The entries chained after ``entry_id``, no longer waiting for it (``after`` cleared)."""
         successors = list(self._by_after.pop(entry_id, {}).values())
@@ -902,6 +912,15 @@ class Uploader:
                     log.exception("unexpected error after a conflict uploading %r; it stays queued", entry.name)
                 self._retry_later(entry, exc)
             return
+        except ChecksumMismatch as exc:
+            # What landed is not our bytes (a composed object): it is ours to replace, at once.
+            if exc.generation:
+                with self._cond:
+                    entry.base_generation, entry.base_metageneration = exc.generation, 1
+                    entry.base_metadata = dict(entry.metadata)
+                    self.journal.write(entry)
+            self._retry_later(entry, TransientError(str(exc)))
+            return
         except (OctuefsError, OSError) as exc:
             self._note_tried(entry, data, exc)
             self._retry_later(entry, exc)
@@ -955,6 +974,20 @@ class Uploader:
     def _rebase(self, entry: Entry, current: ObjectInfo, metadata: dict[str, str]) -> None:
         """Retry ``entry`` at once, replacing ``current`` (with ``metadata``)."""
         with self._cond:
+            for successor in self._entries.successors(entry.id):
+                # Derived from what this entry was to send: it takes the change merged in too.
+                merged = merge_metadata(entry.metadata, successor.metadata, metadata)
+                if merged is None:
+                    # It changed a key the other writer changed too: it must not win silently. It
+                    # keeps the precondition this entry had, so it goes up beside, reported.
+                    self._entries.unchain(successor)
+                    successor.base_generation, successor.base_metageneration = (entry.base_generation,
+                                                                                entry.base_metageneration)
+                    successor.base_metadata = entry.base_metadata
+                    self.journal.write(successor)
+                elif merged != successor.metadata:
+                    successor.metadata = merged
+                    self.journal.write(successor)
             entry.base_generation, entry.base_metageneration = current.generation, current.metageneration
             entry.base_metadata, entry.metadata = dict(current.metadata), metadata
             self.journal.write(entry)
@@ -1027,10 +1060,15 @@ class Uploader:
             for successor in self._entries.release_successors(entry.id):
                 # A later version of the same object: it replaces what we just wrote, or,
                 # after a conflict, meets the same precondition and is kept beside too.
-                if state == DONE:
+                merged = successor.metadata
+                if state == DONE and dict(info.metadata) != entry.metadata:
+                    # What landed holds a change made elsewhere (merged into it): the successor's
+                    # metadata was derived from what was sent, so it takes that change too.
+                    merged = merge_metadata(entry.metadata, successor.metadata, dict(info.metadata))
+                if state == DONE and merged is not None:
                     successor.base_generation, successor.base_metageneration = info.generation, info.metageneration
-                    successor.base_metadata = dict(info.metadata)
-                else:
+                    successor.base_metadata, successor.metadata = dict(info.metadata), merged
+                else:  # beside the object, as its predecessor went (or both changed one key)
                     successor.base_generation = entry.base_generation
                     successor.base_metageneration, successor.base_metadata = (entry.base_metageneration,
                                                                               entry.base_metadata)

@@ -104,3 +104,26 @@ def test_names_gcs_refuses_are_refused_at_create(mount):
     assert touch.returncode != 0 and "too long" in touch.stderr
     mount.sync()
     assert os.listdir(deep) == []
+
+
+def test_a_close_after_setfattr_on_another_machine_keeps_their_labels(mount_factory):
+    """Finding 3: on GCS a setfattr moves only the metageneration; the upload of a close that
+    started from the older metadata must not overwrite it (the session's emulator is behind
+    tests/faultproxy.py's strict layer, which moves it as GCS does)."""
+    import json
+    import time
+
+    caches = ("--stat-ttl", "1", "--list-ttl", "1", "--negative-ttl", "1", "--attr-timeout", "1",
+              "--entry-timeout", "1")
+    one = mount_factory(*caches)
+    two = mount_factory(*caches, bucket=one.bucket.name)
+    (one / "f.csv").write_bytes(b"v1")
+    one.sync()
+    with open(one / "f.csv", "r+b") as f:  # mount 1 opens f
+        time.sleep(1.5)  # mount 2's caches expire: it sees f
+        os.setxattr(two / "f.csv", "user.octue.labels", b"from-two")  # mount 2 labels it
+        f.write(b"v2 from one")  # mount 1 writes and closes
+    one.sync()
+    info = one.bucket.stat("f.csv")
+    assert one.bucket.read_range("f.csv", 0, 100) == b"v2 from one"
+    assert json.loads(info.metadata["octue__labels"])["items"] == ["from-two"]

@@ -193,6 +193,65 @@ def test_a_setfattr_merged_into_a_pending_upload_keeps_a_change_made_elsewhere(b
         one.uploader.shutdown(drain=False)
 
 
+def test_a_setfattr_chained_after_a_running_upload_keeps_a_change_merged_into_it(bucket, tmp_path):
+    one = make_fs(bucket, tmp_path, "one")
+    try:
+        close_write(one, "/f.csv", b"v1")
+        assert one.uploader.sync(timeout=10) == 0
+        release, started = threading.Event(), threading.Event()
+        real_upload = bucket.upload_file
+
+        def held(*args, **kwargs):
+            started.set()
+            assert release.wait(10)
+            return real_upload(*args, **kwargs)
+
+        bucket.upload_file = held
+        close_write(one, "/f.csv", b"v2")
+        assert started.wait(10)  # v2's upload is running ...
+        one.setxattr("/f.csv", "user.octue.labels", b"ours")  # ... so this is chained after it
+        tags = json.dumps({"run": 3})
+        bucket.patch_metadata("f.csv", {"octue__tags": tags})  # another machine, meanwhile
+        bucket.upload_file = real_upload
+        release.set()
+        assert one.uploader.sync(timeout=20) == 0
+        info = bucket.stat("f.csv")
+        assert bucket.objects()["f.csv"] == b"v2" and labels(info) == ["ours"]
+        assert info.metadata["octue__tags"] == tags
+    finally:
+        one.uploader.shutdown(drain=False)
+
+
+def test_a_setfattr_chained_after_a_running_upload_never_silently_wins_over_elsewhere(bucket, tmp_path):
+    one = make_fs(bucket, tmp_path, "one")
+    try:
+        close_write(one, "/f.csv", b"v1")
+        assert one.uploader.sync(timeout=10) == 0
+        release, started = threading.Event(), threading.Event()
+        real_upload = bucket.upload_file
+
+        def held(*args, **kwargs):
+            started.set()
+            assert release.wait(10)
+            return real_upload(*args, **kwargs)
+
+        bucket.upload_file = held
+        close_write(one, "/f.csv", b"v2")
+        assert started.wait(10)
+        one.setxattr("/f.csv", "user.octue.tags", b'{"run": 1}')  # chained after v2's upload
+        theirs = json.dumps({"run": 2})
+        bucket.patch_metadata("f.csv", {"octue__tags": theirs})  # the same key, elsewhere
+        bucket.upload_file = real_upload
+        release.set()
+        assert one.uploader.sync(timeout=20) == 0
+        objects = bucket.objects()
+        assert objects["f.csv"] == b"v2" and bucket.stat("f.csv").metadata["octue__tags"] == theirs
+        [copy] = [n for n in objects if "octuefs-conflict" in n]
+        assert objects[copy] == b"v2" and json.loads(bucket.stat(copy).metadata["octue__tags"]) == {"run": 1}
+    finally:
+        one.uploader.shutdown(drain=False)
+
+
 # --- 4: pending uploads belong to their bucket ------------------------------------------------
 
 
@@ -422,3 +481,25 @@ def test_an_unusable_record_is_kept_beside_its_data_across_mounts(bucket, tmp_pa
     assert (lost / f"{entry.id}.data").read_bytes() == b"precious"
     assert (lost / f"{entry.id}.record").read_text() == "{not json"
     assert bucket.objects() == {}
+
+
+def test_an_upload_that_landed_corrupt_is_replaced_not_taken_for_a_conflict(fs, bucket):
+    from octuefs.storage.base import ChecksumMismatch
+
+    close_write(fs, "/big.bin", b"v0")
+    assert fs.uploader.sync(timeout=10) == 0
+    real_upload = bucket.upload_file
+    calls = []
+
+    def corrupting(name, path, metadata, *args, **kwargs):  # a compose that stored other bytes
+        calls.append(name)
+        if len(calls) == 1:
+            bad = bucket.upload_bytes(name, b"garbage", metadata, kwargs.get("if_generation_match"))
+            raise ChecksumMismatch(f"{name}: composed with another CRC32C", generation=bad.generation)
+        return real_upload(name, path, metadata, *args, **kwargs)
+
+    bucket.upload_file = corrupting
+    close_write(fs, "/big.bin", b"the real bytes")
+    assert fs.uploader.sync(timeout=20) == 0
+    assert bucket.objects() == {"big.bin": b"the real bytes"}
+    assert fs.uploader.status()["conflicts"] == []

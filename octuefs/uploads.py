@@ -103,12 +103,15 @@ class Entry:
     # Versions of this object this mount sent whose answers never came (a timeout, a reset): any
     # may be in the bucket. ``{"md5", "crc32c", "size", "metadata"}`` (a digest of the metadata).
     tried: list[dict] = dataclasses.field(default_factory=list)
+    # Where it goes beside the object after a conflict, and its new Octue id: chosen once, and
+    # journaled before that upload, so a retry or a crash reuses them (one copy, reported).
+    conflict_name: str | None = None
+    conflict_id: str | None = None
     state: str = QUEUED
     attempts: int = 0
     last_error: str | None = None
     next_try: float = 0.0
     result: ObjectInfo | None = None
-    conflict_name: str | None = None
     waits_for_bucket: bool = False  # its last attempt failed for want of the bucket (transient)
     failed: str | None = None  # its last attempt failed in a way retrying alone will not mend (403, 400)
     fingerprint: Fingerprint | None = None  # of its sealed content (which never changes), once read
@@ -120,7 +123,7 @@ class Entry:
 
 
 RECORD_FIELDS = ("id", "name", "base_generation", "after", "metadata", "content_type", "size", "created",
-                 "bucket", "seq", "base_metageneration", "base_metadata", "tried")
+                 "bucket", "seq", "base_metageneration", "base_metadata", "tried", "conflict_name", "conflict_id")
 # The version an entry replaces is not known (its record was set aside after a crash): the entry
 # goes up only if the bucket already holds it, else beside the object as a conflict copy.
 BASE_UNKNOWN = -1
@@ -998,12 +1001,27 @@ class Uploader:
 
     def _keep_beside(self, entry: Entry, data: str, theirs: ObjectInfo | None) -> None:
         theirs_text = f"generation {theirs.generation}" if theirs is not None else "deleted"
-        target = conflict_name(entry.name, time.time(), entry.id[-6:])
+        if entry.conflict_name is None:
+            with self._cond:
+                entry.conflict_name = conflict_name(entry.name, time.time(), entry.id[-6:])
+                entry.conflict_id = json.dumps(str(uuid.uuid4()))  # a new object, so a new Octue id
+                self.journal.write(entry)
+        target = entry.conflict_name
         metadata = {k: v for k, v in entry.metadata.items() if k != "octue__id"}
-        metadata["octue__id"] = json.dumps(str(uuid.uuid4()))  # a new object, so a new Octue id
+        metadata["octue__id"] = entry.conflict_id
         try:
-            info = self.bucket.upload_file(target, data, metadata, if_generation_match=0,
-                                           content_type=entry.content_type, progress=self.moved)
+            try:
+                info = self.bucket.upload_file(target, data, metadata, if_generation_match=0,
+                                               content_type=entry.content_type, progress=self.moved)
+            except PreconditionFailed:  # there already: ours, from before a lost answer or a crash?
+                info = self.bucket.stat(target)
+                if not (content_fingerprint(entry, data).matches(info) and dict(info.metadata) == metadata):
+                    with self._cond:  # someone else's: another name next time
+                        entry.conflict_name = entry.conflict_id = None
+                    raise
+                if any(c.get("saved_as") == target for c in self.journal.conflicts()):
+                    self._finish(entry, info, CONFLICT)  # noted before the crash
+                    return
         except (OctuefsError, OSError) as exc:
             self._retry_later(entry, exc)
             return
@@ -1013,7 +1031,6 @@ class Uploader:
         self.journal.note_conflict({"time": time.time(), "object": entry.name, "theirs": theirs_text,
                                     "expected_generation": entry.base_generation, "saved_as": target,
                                     "generation": info.generation})
-        entry.conflict_name = target
         self._finish(entry, info, CONFLICT)
 
     def _retry_later(self, entry: Entry, exc: BaseException) -> None:

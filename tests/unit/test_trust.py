@@ -503,3 +503,29 @@ def test_an_upload_that_landed_corrupt_is_replaced_not_taken_for_a_conflict(fs, 
     assert fs.uploader.sync(timeout=20) == 0
     assert bucket.objects() == {"big.bin": b"the real bytes"}
     assert fs.uploader.status()["conflicts"] == []
+
+
+def test_a_conflict_copy_whose_answer_was_lost_is_made_once_and_reported_once(fs, bucket):
+    close_write(fs, "/f.csv", b"v1")
+    assert fs.uploader.sync(timeout=10) == 0
+    fh = fs.open("/f.csv", os.O_RDWR)
+    bucket.upload_bytes("f.csv", b"theirs")  # another machine replaces it meanwhile
+    real_upload = bucket.upload_file
+    lost = []
+
+    def lose_the_copys_answer(name, *args, **kwargs):
+        info = real_upload(name, *args, **kwargs)
+        if "octuefs-conflict" in name and not lost:
+            lost.append(name)
+            raise TransientError("the answer was lost")  # (after retries ran out)
+        return info
+
+    bucket.upload_file = lose_the_copys_answer
+    fs.write(fh, b"ours", 0)
+    fs.flush(fh)
+    fs.release(fh)
+    assert fs.uploader.sync(timeout=20) == 0
+    objects = bucket.objects()
+    copies = [n for n in objects if "octuefs-conflict" in n]
+    assert copies == lost and objects[copies[0]] == b"ours" and objects["f.csv"] == b"theirs"
+    assert [c["saved_as"] for c in fs.uploader.status()["conflicts"]] == copies

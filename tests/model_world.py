@@ -85,6 +85,7 @@ class World:
         self.violations: list[str] = []
         self.conflict_copies: dict[str, str] = {}  # conflict object name -> owner that wrote it
         self.injected_412: dict[str, int] = {}  # owner -> 412s injected into its uploads (justify conflicts)
+        self.base_tokens: dict[tuple[str, int], set] = {}  # (name, generation) -> tokens it was written with
 
     # --- the ledger -----------------------------------------------------------------------
 
@@ -105,13 +106,16 @@ class World:
                 self.next_vid += 1
             return v
 
-    def moot(self, owner: str, name: str) -> None:
-        """``owner`` replaced what it had at ``name``: its versions and tokens there need not land."""
+    def moot(self, owner: str, name: str, tokens: bool = True) -> None:
+        """``owner`` replaced what it had at ``name``: its versions there (and, unless a new close
+        carries them on, its metadata tokens) need not land."""
         with self.lock:
             for v in self.versions.values():
                 if v.owner == owner and v.name == name:
                     v.moot = True
             for t, rec in self.tokens_set.items():
+                if not tokens:
+                    break
                 if rec["owner"] == owner and rec["name"] == name:
                     rec["accounted"] = True
 
@@ -140,6 +144,8 @@ class World:
                 self.violations.append(f"{actor} wrote {name!r} into another bucket ({bucket.name})")
             return
         if after is not None:
+            if before is None or after[0] != before[0]:
+                self.base_tokens[(name, after[0])] = tokens_of(after[3])
             self.explain(after[2], f"{actor} {op} {name!r}")
             v = self.versions.get(after[2])
             if v is not None:
@@ -162,11 +168,15 @@ class World:
         dropped = tokens_of(meta) - (tokens_of(after[3]) if after else set())
         for t in dropped:
             owner = t[0]
-            deliberate = op in ("delete", "copy") or saw_meta or owner == actor
-            if t[1] == "label":  # labels are one field: a writer sets them whole
+            if t[1] == "label" or op in ("delete", "copy") or saw_meta:
+                # labels are one field that a writer sets whole; an unlink or a rename onto the
+                # name replaces the file deliberately; a request naming the metageneration saw it
                 self._account(t)
-            elif deliberate:
-                self._account(t)
+            elif saw_content and t in self.base_tokens.get((name, gen), ()):
+                self.violations.append(f"{actor} {op} of {name!r} dropped {owner}'s metadata {t}, which generation "
+                                       f"{gen} (named in its precondition) was written with: {req}")
+            elif owner == actor:
+                pass  # its own: it must still be somewhere at quiescence, unless it set a newer value
             elif self.flags.get("F3"):
                 self.violations.append(f"{actor} {op} of {name!r} dropped {owner}'s metadata {t} (it had "
                                        f"generation {gen} metageneration {metagen}; request {req}) [finding 3]")

@@ -271,7 +271,7 @@ class ModelMachine(RuleBasedStateMachine):
     def closed(self, m: Mount, name: str, data: bytes) -> None:
         w = self.world
         with w.lock:
-            w.moot(m.actor, name)
+            w.moot(m.actor, name, tokens=False)  # a new close carries the file's metadata on
             v = w.register(m.actor, name, data)
             v.must_land, v.moot, v.name = True, False, name
 

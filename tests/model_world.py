@@ -69,6 +69,7 @@ class Gate:
     acted there but ``before`` its answer goes back (an answer in flight)."""
 
     after: bool
+    many: bool = False  # a stall: holds every upload until released, not just the next one
     open: threading.Event = dataclasses.field(default_factory=threading.Event)
     caught: threading.Event = dataclasses.field(default_factory=threading.Event)
     name: str | None = None
@@ -249,7 +250,8 @@ class MountView(Bucket):
         if not background:
             return
         with self._mutex:
-            gate = next((g for g in self.gates if not g.caught.is_set() and g.after == after), None)
+            gate = next((g for g in self.gates if g.after == after and not g.open.is_set()
+                         and (g.many or not g.caught.is_set())), None)
             if gate is None:
                 return
             gate.caught.set()

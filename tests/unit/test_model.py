@@ -94,6 +94,7 @@ class Mount:
         self.view: MountView | None = None
         self.fs: FileSystem | None = None
         self.tokens = 0
+        self.clock_skew = 0  # ns the wall clock stepped back (finding 10)
 
     def open(self, bucket: FakeBucket) -> None:
         self.view = MountView(self.world, self.actor, bucket)
@@ -103,7 +104,7 @@ class Mount:
                              upload_hold=0, op_timeout=OP_TIMEOUT, fsync_timeout=5, cache_size=64 * 1024 * 1024)
         cache = ContentCache(self.cache_dir, self.view.bounded(OP_TIMEOUT), BLOCK, cache_size=64 * 1024 * 1024)
         self.fs = FileSystem(self.view, config, cache=cache)
-        self.fs.uploader.max_backoff = 0.002  # retries at once: one-shot faults, fast examples
+        self.fs.uploader.max_backoff = 0.002  # retries at once (see slow_retries): one-shot faults, fast examples
 
     def kill(self) -> None:
         """The process dies: nothing of it touches the bucket or the cache directory again."""
@@ -147,7 +148,9 @@ class ModelMachine(RuleBasedStateMachine):
         running = [e for e in entries if e.state != "queued"]
         busy_names = {e.name for e in running}
         free = len(up._threads) - view.blocked
-        runnable = [e for e in entries if e.state == "queued" and e.after is None and e.name not in busy_names]
+        soon = time.monotonic() + 0.05
+        runnable = [e for e in entries if e.state == "queued" and e.after is None and e.name not in busy_names
+                    and e.next_try <= soon]
         return len(running) <= view.blocked and (not runnable or free <= 0)
 
     def settle(self, m: Mount, timeout: float = 5.0, until: threading.Event | None = None) -> None:
@@ -261,7 +264,8 @@ class ModelMachine(RuleBasedStateMachine):
                 m.fs.write(fh, data, 0)
                 m.fs.flush(fh)
             finally:
-                m.fs.release(fh)
+                if not m.view.dead:  # a dead process runs nothing more
+                    m.fs.release(fh)
 
         ok, _ = self.guarded(m, f"write {name}", op)
         if ok:
@@ -412,12 +416,30 @@ class ModelMachine(RuleBasedStateMachine):
 
     # --- gates and faults -------------------------------------------------------------------
 
-    @rule(i=mounts, after=st.booleans())
-    def hold(self, i, after):
+    @rule(i=mounts, after=st.booleans(), many=st.booleans())
+    def hold(self, i, after, many):
+        """Hold the next upload of mount i (``many``: every upload, a stall) before it reaches the
+        bucket, or (``after``) once it acted there, before its answer comes back."""
         m = self.mounts[i]
         if len(m.view.gates) >= 2:
             return
-        m.view.gates.append(Gate(after))
+        m.view.gates.append(Gate(after, many))
+
+    @rule(i=mounts, slow=st.booleans())
+    def slow_retries(self, i, slow):
+        """A failed upload waits its real backoff (seconds) before it is tried again, so that
+        closes and setfattr meet it queued; or it is tried again at once."""
+        self.set_slow(self.mounts[i], slow)
+
+    def set_slow(self, m: Mount, slow: bool) -> None:
+        up = m.fs.uploader
+        up.max_backoff = 30.0 if slow else 0.002
+        if not slow:
+            with up._cond:
+                for e in up._entries.values():
+                    e.next_try = min(e.next_try, time.monotonic())
+                up._work_ready.notify_all()
+            self.settle(m)
 
     @rule(i=mounts)
     def release(self, i):
@@ -453,7 +475,7 @@ class ModelMachine(RuleBasedStateMachine):
 
     # --- crashes ------------------------------------------------------------------------------
 
-    @rule(i=mounts, point=st.sampled_from(["quiet", "commit_before", "commit_after", "remove", "upload_before",
+    @rule(i=mounts, point=st.sampled_from(["quiet", "commit_before", "commit_after", "remove", "write", "upload_before",
                                            "upload_after", "copy_after", "delete_before"]),
           name=names, dst=names, elsewhere=st.booleans())
     def crash(self, i, point, name, dst, elsewhere):
@@ -463,7 +485,20 @@ class ModelMachine(RuleBasedStateMachine):
         journal = m.fs.uploader.journal
         w = self.world
         try:
-            if point.startswith("commit"):
+            if point == "write":  # a record rewritten (a setfattr merged, a chain resolved)
+                real_write = journal.write
+
+                def write(entry):
+                    m.view.dead = True
+                    m.view.crashed.set()
+                    raise Crash("write")
+
+                journal.write = write
+                self.setxattr(i, name, "tag")
+                self.close_version(m, name, w.new_content(m.actor, name, 300, False), True)
+                self.settle(m, until=m.view.crashed)
+                del real_write
+            elif point.startswith("commit"):
                 real = journal.commit
 
                 def commit(entry, staging, real=real, point=point):
@@ -522,10 +557,9 @@ class ModelMachine(RuleBasedStateMachine):
         m = self.live(i)
         if m is None:
             return
-        journal = m.fs.uploader.journal
+        m.clock_skew += 3600 * 10**9
         counter = iter(range(10**6))
-        m.fs.uploader._new_id = lambda: f"{time.time_ns() - 3600 * 10**9:020d}-{next(counter):06d}-clock"
-        del journal
+        m.fs.uploader._new_id = lambda: f"{time.time_ns() - m.clock_skew:020d}-{next(counter):06d}-clock"
 
     @rule()
     def quiesce(self):
@@ -553,6 +587,7 @@ class ModelMachine(RuleBasedStateMachine):
     def check_quiescent(self) -> None:
         w = self.world
         for m in self.mounts:
+            self.set_slow(m, False)
             m.view.faults.clear()
             m.view.crash_at.clear()
             for g in m.view.gates:

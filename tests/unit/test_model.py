@@ -65,6 +65,9 @@ FINDINGS = {
     "F8": False,  # a close racing a rename of the same file: close during rename
     "F9": False,  # the mount conflicts with itself after a lost answer: the conflict-cause check
     "F10": False,  # recovery by wall-clock id: a clock step back before a crash
+    # Found by this machine (not in issue 12's list):
+    "N1": False,  # a conflict copy whose answer was lost (or a crash right after it landed) stays unreported,
+                  # and a second copy is made: the check that every conflict copy is in status
 }
 _env = os.environ.get("OCTUEFS_MODEL_FINDINGS", "")
 for _f in filter(None, (x.strip() for x in _env.split(","))):
@@ -621,6 +624,8 @@ class ModelMachine(RuleBasedStateMachine):
             reported |= conflicts_reported(m.fs.uploader.status())
         for name in objects:
             if CONFLICT_MARK in name and name not in reported:
+                if not self.flags["N1"] and any(d == objects[name] for n, d in objects.items() if n != name):
+                    continue  # N1: a duplicate (of a reported copy, or of the upload that followed it)
                 w.violations.append(f"conflict copy {name!r} is in no mount's status")
         for m in self.mounts:
             for name in NAMES:
@@ -677,7 +682,7 @@ class KnownFindingsMachine(ModelMachine):
     flags = {k: True for k in FINDINGS}
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 findings 1, 3, 4, 7, 8, 9, 10 are open")
+@pytest.mark.xfail(strict=False, reason="issue 12 findings 1, 3, 4, 7, 8, 9, 10 and N1 are open")
 def test_known_findings():
     from hypothesis.stateful import run_state_machine_as_test
 

@@ -52,6 +52,7 @@ from tests.model_world import (
     World,
     conflicts_reported,
     outside_delete,
+    tokens_of,
     outside_patch,
     outside_upload,
 )
@@ -84,8 +85,11 @@ names = st.sampled_from(NAMES)
 mounts = st.sampled_from([0, 1])
 sizes = st.sampled_from(SIZES)
 
-CI = settings(max_examples=int(os.environ.get("OCTUEFS_MODEL_EXAMPLES", "600")),
-              stateful_step_count=int(os.environ.get("OCTUEFS_MODEL_STEPS", "25")),
+# CI: about 60 s on two cores (800 examples of up to 25 steps, ~50-75 ms each). The long profile
+# (OCTUEFS_MODEL_PROFILE=long, for scripts/stress.py) takes longer sequences and more examples.
+_LONG = os.environ.get("OCTUEFS_MODEL_PROFILE") == "long"
+CI = settings(max_examples=int(os.environ.get("OCTUEFS_MODEL_EXAMPLES", "2000" if _LONG else "800")),
+              stateful_step_count=int(os.environ.get("OCTUEFS_MODEL_STEPS", "50" if _LONG else "25")),
               deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 
 
@@ -238,16 +242,19 @@ class ModelMachine(RuleBasedStateMachine):
             m.view.faults = faults + m.view.faults
 
     def moved(self, owner: str, src: str, dst: str) -> None:
-        """A successful rename: the writer's versions at dst are replaced, and what was at src
-        (anyone's) is at dst now."""
+        """A successful rename by ``owner``: its versions at dst are replaced, and what it moved
+        (its own versions of src, or whatever content and metadata the bucket had there, now at
+        dst) has dst as its name. Another mount's versions of src not yet uploaded stay at src."""
         w = self.world
+        got = w.peek(w.bucket, dst)
+        data, tokens = (got[2], tokens_of(got[3])) if got else (None, set())
         with w.lock:
             w.moot(owner, dst)
             for v in w.versions.values():
-                if v.name == src:
+                if v.name == src and (v.owner == owner or v.content == data):
                     v.name = dst
-            for rec in w.tokens_set.values():
-                if rec["name"] == src:
+            for t, rec in w.tokens_set.items():
+                if rec["name"] == src and (rec["owner"] == owner or t in tokens):
                     rec["name"] = dst
 
     # --- mount operations -------------------------------------------------------------------
@@ -614,7 +621,6 @@ class ModelMachine(RuleBasedStateMachine):
         for name in objects:
             got = w.peek(w.bucket, name)
             if got is not None:
-                from tests.model_world import tokens_of
                 live_tokens |= tokens_of(got[3])
         for t, rec in w.tokens_set.items():
             if not rec["accounted"] and t not in live_tokens:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 from collections.abc import Mapping
 
@@ -153,7 +154,7 @@ class World:
                 v.landed = True
             if CONFLICT_MARK in name and op == "upload":
                 self.conflict_copies[name] = actor
-                base = name.split(CONFLICT_MARK)[0]
+                base = re.sub(r"\.octuefs-conflict-\d{8}T\d{6}Z-[0-9a-z]+", "", name)  # the original's name
                 self._check_conflict_justified(actor, base, req)
         if before is None or actor == OUTSIDE:
             if actor == OUTSIDE and before is not None:

@@ -49,10 +49,10 @@ def run_e2e(args, env) -> int:
 def failures_in(output: str) -> list[tuple[str, str]]:
     """(first line of the error, the shrunk steps) of each failure hypothesis reported."""
     found = []
-    for block in re.split(r"\n(?=\s*\|?\s*Falsifying example:)", output)[1:]:
+    for block in re.split(r"\n(?=\s*(?:\||E)?\s*Falsifying example:)", output)[1:]:
         steps = []
         for line in block.splitlines()[1:]:
-            line = line.strip().lstrip("|").strip()
+            line = re.sub(r"^\s*(\||E\s)?\s*", "", line).strip()
             if line.startswith(("state", "state.")):
                 if "reads_are_explained" not in line:
                     steps.append(line)

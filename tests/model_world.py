@@ -167,13 +167,16 @@ class World:
         if not saw_content and (after is None or after[2] != data):
             self.violations.append(f"{actor} {op} replaced the content of {name!r} (generation {gen}) "
                                    f"without a precondition naming it: {req}")
-        dropped = tokens_of(meta) - (tokens_of(after[3]) if after else set())
+        new_tokens = tokens_of(after[3]) if after else set()
+        dropped = tokens_of(meta) - new_tokens
         for t in dropped:
             owner = t[0]
             if t[1] == "label" or op in ("delete", "copy") or saw_meta:
                 # labels are one field that a writer sets whole; an unlink or a rename onto the
                 # name replaces the file deliberately; a request naming the metageneration saw it
                 self._account(t)
+            elif owner == actor and t[1] == "tag" and any(n[0] == t[0] and n[1] == "tag" for n in new_tokens):
+                self._account(t)  # its owner set a newer value of that tag
             elif saw_content and t in self.base_tokens.get((name, gen), ()):
                 self.violations.append(f"{actor} {op} of {name!r} dropped {owner}'s metadata {t}, which generation "
                                        f"{gen} (named in its precondition) was written with: {req}")

@@ -40,7 +40,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from octuefs.cache import ContentCache
 from octuefs.config import MountConfig
 from octuefs.core import FileSystem
-from octuefs.errors import FileNotFound, OctuefsError
+from octuefs.errors import FileNotFound, OctuefsError, TransientError
 from octuefs.storage.fake import FakeBucket
 from octuefs.uploads import RUNNING
 from tests.model_world import (
@@ -635,7 +635,11 @@ class ModelMachine(RuleBasedStateMachine):
                 w.violations.append(f"conflict copy {name!r} is in no mount's status")
         for m in self.mounts:
             for name in NAMES:
-                shown = self.read_through(m, name)
+                try:
+                    shown = self.read_through(m, name)
+                except (OctuefsError, OSError) as exc:
+                    w.violations.append(f"{m.actor}: reading {name!r} at quiescence: {type(exc).__name__}: {exc}")
+                    continue
                 if shown != objects.get(name):
                     w.violations.append(f"{m.actor} shows {name!r} as {_short(shown)}, the bucket holds "
                                         f"{_short(objects.get(name))}")
@@ -693,3 +697,39 @@ def test_known_findings():
     from hypothesis.stateful import run_state_machine_as_test
 
     run_state_machine_as_test(KnownFindingsMachine, settings=settings(CI, max_examples=100))
+
+
+class _AnswerLostOnConflictCopy(FakeBucket):
+    """The conflict copy lands, then its answer is lost (the bucket's own retries ran out)."""
+
+    armed = True
+
+    def upload_bytes(self, name, data, metadata=None, if_generation_match=None, content_type=None, **kw):
+        info = super().upload_bytes(name, data, metadata, if_generation_match, content_type, **kw)
+        if self.armed and CONFLICT_MARK in name:
+            self.armed = False
+            raise TransientError("the answer was lost")
+        return info
+
+
+@pytest.mark.xfail(strict=False, reason="N1 (found by this machine): open")
+def test_n1_a_conflict_copy_whose_answer_was_lost_is_reported_once(tmp_path):
+    """N1, the machine's shrunk example as a plain test: the first copy stays in the bucket,
+    unreported, and the retry (after spinning on 412s for the rest of that second) makes a second."""
+    bucket = _AnswerLostOnConflictCopy("b")
+    bucket.upload_bytes("f.txt", b"v1")
+    fs = FileSystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c"),
+                                        upload_hold=0))
+    fs.uploader.max_backoff = 0.01
+    try:
+        fh = fs.open("/f.txt", os.O_RDWR)
+        fs.write(fh, b"mine", 0)
+        bucket.upload_bytes("f.txt", b"theirs")  # someone else changes it meanwhile
+        fs.flush(fh)
+        fs.release(fh)
+        assert fs.uploader.sync(timeout=10) == 0
+        copies = sorted(n for n in bucket.objects() if CONFLICT_MARK in n)
+        reported = sorted(c["saved_as"] for c in fs.uploader.status()["conflicts"])
+        assert copies == reported, f"in the bucket: {copies}; reported: {reported}"
+    finally:
+        fs.shutdown(drain=False)

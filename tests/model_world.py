@@ -217,6 +217,7 @@ class MountView(Bucket):
         self.name = bucket.name
         self.dead = False
         self.gates: list[Gate] = []
+        self.op_gates: dict[str, Gate] = {}  # op -> a gate for the next such request, whoever makes it
         self.faults: list[tuple[str, BaseException, bool]] = []  # (operation, error, after)
         self.crash_at: dict[str, int] = {}  # point -> requests of that kind to let through first
         self.crashed = threading.Event()  # a crash point was met
@@ -272,6 +273,11 @@ class MountView(Bucket):
         background = threading.current_thread().name.startswith("octuefs-upload")
         self._check_alive()
         self._gate(background and op == "upload", False, name)
+        held = self.op_gates.pop(op, None)  # a request of the mount's own calls, held once
+        if held is not None:
+            held.caught.set()
+            held.open.wait()
+            self._check_alive()
         self._point(f"{op}_before")
         err = self._fault(op, False)
         if err is not None:

@@ -408,16 +408,25 @@ class ModelMachine(RuleBasedStateMachine):
             return
         if src == dst or self.pending(m, dst):
             return
-        ok, fh = self.guarded(m, f"open {src}", lambda: m.fs.open("/" + src, os.O_RDWR | os.O_TRUNC))
+        ok, fh = self.guarded(m, f"open {src}", lambda: m.fs.open("/" + src, os.O_RDWR))
         if not ok:
             return
-        data = self.world.new_content(m.actor, src, 300, must_land=False)
-        m.fs.write(fh, data, 0)
+        ok, seen = self.guarded(m, f"read {src}", lambda: m.fs.read(fh, 1 << 20, 0))
+        if not ok:
+            self.guarded(m, f"release {src}", lambda: m.fs.release(fh))
+            return
+        part = self.world.new_content(m.actor, src, 300, must_land=False)
+        data = part + seen[len(part):]
+        self.world.register(m.actor, src, data).must_land = False
         box = {}
+        gate = m.view.op_gates["copy"] = Gate(False)  # the rename stops at its copy while the file is closed
         t = threading.Thread(target=lambda: box.update(r=self.guarded(m, "rename", lambda: m.fs.rename(
             "/" + src, "/" + dst))))
         t.start()
-        ok, _ = self.guarded(m, f"close {src}", lambda: (m.fs.flush(fh), m.fs.release(fh)))
+        gate.caught.wait(2)
+        ok, _ = self.guarded(m, f"close {src}", lambda: (m.fs.write(fh, part, 0), m.fs.flush(fh), m.fs.release(fh)))
+        gate.open.set()
+        m.view.op_gates.pop("copy", None)
         t.join(30)
         if ok:
             self.closed(m, src, data)

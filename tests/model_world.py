@@ -26,7 +26,7 @@ import threading
 from collections.abc import Mapping
 
 from octuefs import metadata as octue
-from octuefs.errors import BucketUnreachable, NotFound, PermissionDenied, PreconditionFailed, TransientError
+from octuefs.errors import BucketUnreachable, PermissionDenied, PreconditionFailed, TransientError
 from octuefs.storage.base import Bucket, ListPage, ObjectInfo
 from octuefs.storage.fake import FakeBucket
 
@@ -87,6 +87,7 @@ class World:
         self.violations: list[str] = []
         self.conflict_copies: dict[str, str] = {}  # conflict object name -> owner that wrote it
         self.injected_412: dict[str, int] = {}  # owner -> 412s injected into its uploads (justify conflicts)
+        self.ambiguous: set[str] = set()  # mounts that lost an upload's answer or died (N1)
         self.base_tokens: dict[tuple[str, int], set] = {}  # (name, generation) -> tokens it was written with
 
     # --- the ledger -----------------------------------------------------------------------
@@ -297,6 +298,7 @@ class MountView(Bucket):
         self._gate(background and op == "upload", True, name)
         err = self._fault(op, True)
         if err is not None:
+            self.world.ambiguous.add(self.actor)
             raise err
         return result
 

@@ -33,7 +33,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -42,7 +42,6 @@ from octuefs.config import MountConfig
 from octuefs.core import FileSystem
 from octuefs.errors import FileNotFound, OctuefsError, TransientError
 from octuefs.storage.fake import FakeBucket
-from octuefs.uploads import RUNNING
 from tests.model_world import (
     CONFLICT_MARK,
     ERRORS,
@@ -85,10 +84,10 @@ names = st.sampled_from(NAMES)
 mounts = st.sampled_from([0, 1])
 sizes = st.sampled_from(SIZES)
 
-# CI: about 60 s on two cores (800 examples of up to 25 steps, ~50-75 ms each). The long profile
+# CI: 1,200 examples of up to 25 steps, 5-60 ms each: 40 s on two idle cores, 90 s on busy ones. The long profile
 # (OCTUEFS_MODEL_PROFILE=long, for scripts/stress.py) takes longer sequences and more examples.
 _LONG = os.environ.get("OCTUEFS_MODEL_PROFILE") == "long"
-CI = settings(max_examples=int(os.environ.get("OCTUEFS_MODEL_EXAMPLES", "2000" if _LONG else "800")),
+CI = settings(max_examples=int(os.environ.get("OCTUEFS_MODEL_EXAMPLES", "2000" if _LONG else "1200")),
               stateful_step_count=int(os.environ.get("OCTUEFS_MODEL_STEPS", "50" if _LONG else "25")),
               deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 
@@ -116,6 +115,7 @@ class Mount:
     def kill(self) -> None:
         """The process dies: nothing of it touches the bucket or the cache directory again."""
         view, fs = self.view, self.fs
+        self.world.ambiguous.add(self.actor)
         view.dead = True
         for g in view.gates:
             g.open.set()
@@ -127,7 +127,6 @@ class Mount:
         for t in up._threads:
             t.join(timeout=5)
             assert not t.is_alive(), f"{self.actor}: an upload worker outlived its crash"
-        fs.cache._pool.__dict__.get("_stop", lambda: None)  # fetch threads are idle between steps
 
 
 class ModelMachine(RuleBasedStateMachine):
@@ -639,8 +638,8 @@ class ModelMachine(RuleBasedStateMachine):
             reported |= conflicts_reported(m.fs.uploader.status())
         for name in objects:
             if CONFLICT_MARK in name and name not in reported:
-                if not self.flags["N1"] and any(d == objects[name] for n, d in objects.items() if n != name):
-                    continue  # N1: a duplicate (of a reported copy, or of the upload that followed it)
+                if not self.flags["N1"] and w.conflict_copies.get(name) in w.ambiguous:
+                    continue  # N1: its writer lost an upload's answer or died (a copy whose answer was lost)
                 w.violations.append(f"conflict copy {name!r} is in no mount's status")
         for m in self.mounts:
             for name in NAMES:
@@ -705,7 +704,9 @@ class KnownFindingsMachine(ModelMachine):
 def test_known_findings():
     from hypothesis.stateful import run_state_machine_as_test
 
-    run_state_machine_as_test(KnownFindingsMachine, settings=settings(CI, max_examples=100))
+    # No shrinking: this only shows the known failures are still there (stress.py shrinks them).
+    run_state_machine_as_test(KnownFindingsMachine, settings=settings(
+        CI, max_examples=100, phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None))
 
 
 class _AnswerLostOnConflictCopy(FakeBucket):

@@ -10,7 +10,7 @@
 ``--model`` runs tests/unit/test_model.py (two mounts, an outside writer, gates, faults and
 crashes on the in-memory bucket; no FUSE) in its long profile, run after run with fresh seeds
 until the time is up, and writes what it found (each distinct failure, its shrunk steps and
-how often it came up) to ``--out`` (default stress-model-<time>.md). ``--findings`` turns on the
+how often it came up) to ``--out`` (default stress-model-<time>.md; each failing run's whole output beside it, ``.runN.log``). ``--findings`` turns on the
 rules and checks for open issue-12 findings (tests/unit/test_model.py, FINDINGS).
 
 The e2e tests read OCTUEFS_STRESS_EXAMPLES / OCTUEFS_STRESS_STEPS; pytest's per-test timeout is
@@ -87,6 +87,8 @@ def run_model(args, env) -> int:
         proc = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             failed += 1
+            with open(f"{out_path}.run{runs}.log", "w") as f:  # the whole output: a Flaky report needs it
+                f.write(proc.stdout + proc.stderr)
             for error, steps in failures_in(proc.stdout + proc.stderr) or [("(unparsed failure)", proc.stdout[-3000:])]:
                 key = re.sub(r"\d{6,}|[0-9a-f]{6}\.|\d{8}T\d{6}Z", "#", error)[:200]
                 seen[key] += 1

@@ -55,7 +55,8 @@ def summary(output: str) -> str:
         steps = re.search(r"Falsifying example:.*?(?=\n\S|\Z)", block, re.S)
         keep.append("\n".join([head, *error[:40], steps.group(0) if steps else ""]))
     seeds = re.findall(r"fault proxy seed \d+", output)
-    return "\n".join(keep + seeds)[-12000:]
+    errors = sorted(set(re.findall(r"AssertionError: (?:AssertionError: )?(.*)", output)))
+    return "\n".join(["distinct errors:", *errors[:20], *seeds, "", *keep])[:20000]
 
 
 def main() -> int:
@@ -78,7 +79,10 @@ def main() -> int:
         rows.append(f"| {n} | {verdict} | {seconds:.0f} s | {calls} |")
         print(f"round {n}: {verdict} in {seconds:.0f} s, {calls} calls", flush=True)
         if rc != 0:
-            failures.append(f"### Round {n}\n\n```\n{summary(output)}\n```\n")
+            log = f"{args.report}.round-{n}.log"
+            with open(log, "w") as f:
+                f.write(output)
+            failures.append(f"### Round {n} (whole output: {log})\n\n```\n{summary(output)}\n```\n")
     with open(args.report, "w") as f:
         f.write(f"# stress_mount.py, {dt.datetime.now():%Y-%m-%d %H:%M}\n\n")
         f.write(f"{args.minutes:g} minutes, {args.examples} examples of at most {args.steps} steps per world and "

@@ -348,3 +348,48 @@ def test_a_late_landing_of_a_dropped_upload_does_not_resurrect_a_removed_file(fs
     bucket.wait_landed()
     assert fs.uploader.sync(timeout=10) == 0
     assert "new.csv" not in bucket.objects()
+
+
+# --- R9: recovery's dedupe drops a rebased version that shares a key with its unchained successor
+
+
+@pytest.mark.xfail(strict=True, reason="R9: _rebase (merge path) leaves the entry at base (G, mg2) and unchains a "
+                   "clashing successor at (G, mg1): both are (name, G, None), so Journal.load's 'superseded' dedupe "
+                   "deletes the older one after a crash; its version (the closed content with the merged change) "
+                   "never lands under its name")
+def test_a_crash_after_a_merge_with_a_clashing_successor_keeps_the_merged_version(bucket, tmp_path):
+    one = make_fs(bucket, tmp_path)
+    close_write(one, "/f.csv", b"v1")
+    assert one.uploader.sync(timeout=10) == 0
+    fh = one.open("/f.csv", os.O_RDWR)
+    FakeBucket(server=bucket.server).patch_metadata("f.csv", {"octue__tags": json.dumps({"run": 2})})  # elsewhere
+    real_upload = bucket.upload_file
+    calls, running, go_on = [], threading.Event(), threading.Event()
+
+    def gated(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:  # v2's first attempt: hold it while a setfattr chains after it
+            running.set()
+            assert go_on.wait(10)
+            return real_upload(*args, **kwargs)  # 412: their tags merged, retried ...
+        raise TransientError("503")  # ... and the retry does not get through before the crash
+
+    bucket.upload_file = gated
+    one.write(fh, b"v2", 0)
+    one.flush(fh)
+    assert running.wait(10)
+    one.setxattr("/f.csv", "user.octue.tags", b'{"run": 1}')  # the same key as theirs: chained, will clash
+    go_on.set()
+    assert wait_until(lambda: len(calls) >= 2)
+    one.release(fh)
+    one.uploader.shutdown(drain=False)  # kill -9
+    bucket.upload_file = real_upload
+
+    two = make_fs(bucket, tmp_path)
+    try:
+        assert two.uploader.sync(timeout=10) == 0
+        objects = bucket.objects()
+        # Without the crash: f.csv is v2 with their tags merged, and v2 with ours goes beside.
+        assert objects["f.csv"] == b"v2", objects
+    finally:
+        two.uploader.shutdown(drain=False)

@@ -393,3 +393,31 @@ def test_a_crash_after_a_merge_with_a_clashing_successor_keeps_the_merged_versio
         assert objects["f.csv"] == b"v2", objects
     finally:
         two.uploader.shutdown(drain=False)
+
+
+# --- R10: a close between unlink's keep_open_content and its hold breaks the open handles ------
+
+
+@pytest.mark.xfail(strict=True, reason="R10: core.unlink gives open handles a private copy (keep_open_content) "
+                   "before held_still; a close in between seals that copy into the journal, the unlink drops it "
+                   "(data file removed) and the handle's reads and writes point at a file that no longer exists")
+def test_a_close_just_before_an_unlink_leaves_the_open_handle_usable(fs, bucket):
+    close_write(fs, "/f.csv", b"v0")
+    assert fs.uploader.sync(timeout=10) == 0
+    stall(bucket, "upload")
+    fh = fs.open("/f.csv", os.O_RDWR)
+    fs.write(fh, b"written, then closed as rm ran", 0)
+    real_held_still = fs.files.held_still
+
+    def close_first(node, settle=False):  # the writer's close lands between the two steps of unlink
+        fs.flush(fh)
+        return real_held_still(node, settle)
+
+    fs.files.held_still = close_first
+    fs.unlink("/f.csv")
+    fs.files.held_still = real_held_still
+    heal(bucket)
+    try:
+        assert fs.read(fh, 100, 0) == b"written, then closed as rm ran"  # FileNotFoundError
+    finally:
+        fs.release(fh)

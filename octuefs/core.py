@@ -405,16 +405,16 @@ class FileSystem:
             raise IsADirectory(path)
         if node is None and entry is MISSING:
             raise FileNotFound(path)
-        if node is not None:
-            self.files.keep_open_content(node)  # for the handles still open on it
         with self.files.held_still(node):
+            if node is not None:  # (here, where no close can seal it meanwhile)
+                self.files.keep_open_content(node)  # for the handles still open on it
             # Queued versions are moot once the object is deleted, and only then: they are held
             # back, and go up after all if the delete fails. A running one lands first.
             held = self.files.withhold(node) if node is not None else None
             try:
                 info = node.base if node is not None else entry
-                if held is not None and (tried := held.tried()):
-                    info = self._own_version(name, info, tried)
+                if held is not None:
+                    info = self._replaced_by_held(name, info, held)
                 if info is not None:
                     try:
                         self.bucket.delete(name, if_generation_match=info.generation)
@@ -450,17 +450,17 @@ class FileSystem:
         if dst is DIR and dst_node is None:
             raise IsADirectory(new)
         self.ns.check_new_name(dst_name)
-        if dst_node is not None:
-            self.files.keep_open_content(dst_node)  # for the handles still open on it
         # The source's latest version is in the bucket, and stays its latest until the rename
         # ends; the target's queued versions are held back, dropped only once it is replaced.
         with self._held_still_both(node, dst_node):
+            if dst_node is not None:
+                self.files.keep_open_content(dst_node)  # for the handles still open on it
             held = self.files.withhold(dst_node) if dst_node is not None else None
             try:
-                moved = self._move_file(src_name, dst_name, node.base if node is not None else src,
-                                        dst_node.base if dst_node is not None else
-                                        (dst if isinstance(dst, ObjectInfo) else None),
-                                        held.tried() if held is not None else [])
+                dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
+                if held is not None:
+                    dst_info = self._replaced_by_held(dst_name, dst_info, held)
+                moved = self._move_file(src_name, dst_name, node.base if node is not None else src, dst_info)
             except BaseException:
                 if held is not None:
                     held.restore()
@@ -487,11 +487,25 @@ class FileSystem:
                 stack.enter_context(self.files.held_still(held_node, settle=settle))
             yield
 
-    def _move_file(self, src_name: str, dst_name: str, info: ObjectInfo, dst_info: ObjectInfo | None,
-                   tried: list[dict]) -> ObjectInfo:
+    def _replaced_by_held(self, name: str, info: ObjectInfo | None, held) -> ObjectInfo | None:
+        """The version of ``name`` in the bucket that a delete or a rename over it replaces, given
+        the versions held back: one a held upload sent with its answer lost, or (a file recovered
+        from the journal after a crash, whose node knows no version) the one they replace."""
+        tried = held.tried()
+        bases = {e.base_generation for e in held.entries if e.base_generation}
+        if info is None and bases:
+            try:
+                current = self.bucket.stat(name)
+            except NotFound:
+                return None
+            if current.generation in bases or any(is_version(k, current) for k in tried):
+                return current
+            self.metacache.forget(name)
+            raise Conflict(f"{name!r} changed in the bucket since its pending versions were closed; left as it is")
+        return self._own_version(name, info, tried) if tried else info
+
+    def _move_file(self, src_name: str, dst_name: str, info: ObjectInfo, dst_info: ObjectInfo | None) -> ObjectInfo:
         """Copy, then delete the source: the bucket half of a file rename."""
-        if tried:
-            dst_info = self._own_version(dst_name, dst_info, tried)
         try:
             try:
                 moved = self.bucket.copy(
@@ -503,7 +517,21 @@ class FileSystem:
                 self.metacache.forget(dst_name)
                 raise BucketUnreachable(f"{exc}; {dst_name!r} may exist now, if the copy reached the bucket "
                                         f"and only its answer was lost; {src_name!r} is untouched") from exc
-            self._delete_after_copy(src_name, info, moved)
+            for _ in range(3):
+                try:
+                    self._delete_after_copy(src_name, info, moved)
+                    break
+                except PreconditionFailed:
+                    # A metadata change (elsewhere, or a setfattr here) after the copy: copy again,
+                    # with it, if the content is still the one copied; else refuse below.
+                    current = self.bucket.stat(src_name)
+                    if current.generation != info.generation:
+                        raise
+                    info = current
+                    moved = self.bucket.copy(src_name, dst_name, if_source_generation_match=info.generation,
+                                             if_generation_match=moved.generation)
+            else:
+                raise PreconditionFailed(f"{src_name!r} kept changing during the rename")
         except PreconditionFailed as exc:
             self.metacache.forget(src_name)
             self.metacache.forget(dst_name)
@@ -526,7 +554,7 @@ class FileSystem:
         """The second half of a file rename. If the bucket stops answering here, the file is
         under both names: say so, and show the copy too."""
         try:
-            self.bucket.delete(name, if_generation_match=info.generation)
+            self.bucket.delete(name, if_generation_match=info.generation, if_metageneration_match=info.metageneration)
         except BucketUnreachable as exc:
             if self.files.node(copied.name) is None:
                 self.metacache.wrote(copied)
@@ -554,7 +582,8 @@ class FileSystem:
             moved = self._copy_all(objects, src_prefix, dst_prefix, new)
             for info in objects:
                 try:
-                    self.bucket.delete(info.name, if_generation_match=info.generation)
+                    self.bucket.delete(info.name, if_generation_match=info.generation,
+                                       if_metageneration_match=info.metageneration)
                 except (NotFound, PreconditionFailed) as exc:
                     log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
             for node in self.files.nodes_under(src_prefix):

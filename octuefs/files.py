@@ -31,7 +31,7 @@ from .cache import ContentCache
 from .errors import FileNotFound, IsADirectory, NotFound, StaleFile
 from .metacache import MetadataCache
 from .storage.base import Bucket, ObjectInfo
-from .uploads import CONFLICT, DONE, Entry, Uploader, Withheld
+from .uploads import CONFLICT, DONE, Entry, Uploader, Withheld, merge_metadata
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class FileNode:
     unlinked: bool = False
     pending: list[Entry] = dataclasses.field(default_factory=list)  # closed versions not yet uploaded
     moving: bool = False  # a rename is putting it under another name: nothing is sealed meanwhile
+    # The custom metadata ``meta`` was last in step with (read, sent or landed): the node's own
+    # changes are what ``meta`` changed from it, so changes merged in since are never undone.
+    meta_from: dict[str, str] | None = None
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -121,6 +124,7 @@ class OpenFiles:
                 size=info.size if info else 0,
                 content_type=info.content_type if info else None,
                 dirty=info is None,
+                meta_from=dict(info.metadata) if info else None,
             )
             self._nodes[name] = node
         return node
@@ -185,6 +189,7 @@ class OpenFiles:
             with node.lock:
                 node.unlinked = True
                 node.dirty = node.meta_dirty = False
+                node.pending = []  # dropped with it (Uploader.withhold), or never to go up
                 if node.staging and node.opens == 0:
                     _unlink_quietly(node.staging)
                     node.staging = None
@@ -287,18 +292,29 @@ class OpenFiles:
             if node.meta_dirty and node.pending:  # amend the pending upload
                 custom = self._custom_metadata(node, node.meta.with_id())
                 entry = self.uploader.resubmit(node.pending[-1], custom, node.content_type)
+                node.meta_from = custom
                 node.pending = [e for e in node.pending if not e.done.is_set() and e is not entry] + [entry]
                 node.meta_dirty = False
                 return entry
             if node.meta_dirty and node.base is not None:  # update_cloud_metadata
                 info = self.patch_octue(node.base, node.meta)
                 node.base, node.meta, node.meta_dirty = info, octue.decode_object_metadata(info.metadata), False
+                node.meta_from = dict(info.metadata)
             return node.pending[-1] if node.pending else None
 
     def _custom_metadata(self, node: FileNode, meta: octue.OctueMetadata) -> dict[str, str]:
         """The whole custom metadata for the node's next upload. Caller holds node.lock."""
-        prior = node.pending[-1].metadata if node.pending else (node.base.metadata if node.base else {})
+        prior = dict(node.pending[-1].metadata if node.pending else (node.base.metadata if node.base else {}))
         custom = octue.encode_object_metadata(meta, prior)
+        if node.meta_from is not None and prior != node.meta_from:
+            # What this goes on top of moved on since ``meta`` was taken (a change made elsewhere
+            # merged into an upload): apply only the node's own changes to it.
+            own = octue.encode_object_metadata(meta, node.meta_from)
+            merged = merge_metadata(node.meta_from, own, prior)
+            if merged is not None:
+                custom = merged
+            else:
+                log.warning("%r: a metadata key changed here and elsewhere; this mount's change is sent", node.name)
         custom.pop(MTIME_KEY, None)
         if node.mtime is not None:
             custom[MTIME_KEY] = str(int(node.mtime))
@@ -311,7 +327,7 @@ class OpenFiles:
         meta = node.meta.with_id()
         custom = self._custom_metadata(node, meta)
         entry = self.uploader.submit(node.name, node.staging, custom, node.content_type, node.base, node.size)
-        node.meta, node.staging = meta, None
+        node.meta, node.staging, node.meta_from = meta, None, custom
         node.dirty = node.meta_dirty = False
         node.mtime = None
         node.pending = [e for e in node.pending if not e.done.is_set()] + [entry]
@@ -339,11 +355,26 @@ class OpenFiles:
                         self.cache.adopt(info, self.uploader.journal.data_path(entry.id))
                     except OSError:
                         pass
+            if entry.state == DONE and not node.unlinked and dict(info.metadata) != entry.metadata:
+                # What landed holds a metadata change made elsewhere, merged into it: the node's
+                # own metadata (what its next upload sends) takes that change too, keeping its own.
+                ours = octue.encode_object_metadata(node.meta, entry.metadata)
+                merged = merge_metadata(entry.metadata, ours, dict(info.metadata))
+                if merged is not None:
+                    node.meta = octue.decode_object_metadata(merged)
+                    node.meta_from = dict(info.metadata)
+            if (entry.state == CONFLICT and node.opens > 0 and node.staging is None and not node.unlinked
+                    and node.pending and node.pending[-1] is entry):
+                # Its newest version went beside: the handles open on it keep reading (and
+                # extending) what they wrote, not the bucket's version, before the sealed file goes.
+                path = self.cache.new_staging_path()
+                shutil.copyfile(self.uploader.journal.data_path(entry.id), path)
+                node.staging = path
+            if entry.state == CONFLICT and node.pending and node.pending[-1] is entry:
+                # What it sent went beside: its changes are again changes to the version it had.
+                node.meta_from = dict(node.base.metadata) if node.base else None
             if entry in node.pending:
                 node.pending.remove(entry)
-            if entry.state == DONE and not node.unsaved and not node.unlinked:
-                # What landed may hold a metadata change made elsewhere, merged into it.
-                node.meta = octue.decode_object_metadata(info.metadata)
             idle = not node.unsaved and node.opens == 0
         if idle:
             with self._lock:
@@ -374,11 +405,15 @@ class OpenFiles:
             yield
             return
         while True:
+            if node.unlinked:  # an unlink or a rename over it won the race
+                raise FileNotFound(node.name)
             if settle and node.unsaved:
                 self.settle(node)  # the bucket must hold the latest version before the copy
             with node.lock:
                 while node.moving:  # another rename or unlink of it
                     node.moved.wait()
+                if node.unlinked:
+                    raise FileNotFound(node.name)
                 if not (settle and node.unsaved):
                     node.moving = True
                     break
@@ -400,6 +435,7 @@ class OpenFiles:
                         size=entry.size, content_type=entry.content_type)
                 node.pending.append(entry)
                 node.size, node.meta = entry.size, octue.decode_object_metadata(entry.metadata)
+                node.meta_from = dict(entry.metadata)
 
     def patch_octue(self, info: ObjectInfo, meta: octue.OctueMetadata) -> ObjectInfo:
         """update_cloud_metadata: one metadata PATCH, content untouched; ``info`` if nothing changed.

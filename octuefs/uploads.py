@@ -107,6 +107,7 @@ class Entry:
     # journaled before that upload, so a retry or a crash reuses them (one copy, reported).
     conflict_name: str | None = None
     conflict_id: str | None = None
+    replaces: str | None = None  # the queued entry this newer version superseded (dropped at once)
     state: str = QUEUED
     attempts: int = 0
     last_error: str | None = None
@@ -123,7 +124,8 @@ class Entry:
 
 
 RECORD_FIELDS = ("id", "name", "base_generation", "after", "metadata", "content_type", "size", "created",
-                 "bucket", "seq", "base_metageneration", "base_metadata", "tried", "conflict_name", "conflict_id")
+                 "bucket", "seq", "base_metageneration", "base_metadata", "tried", "conflict_name", "conflict_id",
+                 "replaces")
 # The version an entry replaces is not known (its record was set aside after a crash): the entry
 # goes up only if the bucket already holds it, else beside the object as a conflict copy.
 BASE_UNKNOWN = -1
@@ -320,14 +322,25 @@ class Journal:
         entries.sort(key=lambda e: (e.seq, e.id))
         self._seqs = itertools.count(max([e.seq for e in entries + self.foreign] + [-1]) + 1)
         # A crash between journaling a newer version and dropping the older one it replaced
-        # leaves both: keep only the newest of entries sharing an object, base and chain.
+        # leaves both: drop the one it names. (Records from before ``replaces``: keep only the
+        # newest of entries sharing an object, base and chain.)
+        superseded = {e.replaces for e in entries if e.replaces}
         newest: dict[tuple, Entry] = {}
         for entry in entries:
-            key = (entry.name, entry.base_generation, entry.after)
-            if key in newest:
-                self.remove(newest[key])
-            newest[key] = entry
-        kept = [e for e in entries if newest.get((e.name, e.base_generation, e.after)) is e]
+            if entry.seq < 0:
+                key = (entry.name, entry.base_generation, entry.after)
+                if key in newest:
+                    superseded.add(newest[key].id)
+                newest[key] = entry
+        for entry in entries:
+            if entry.id in superseded:
+                self.remove(entry)
+        kept = [e for e in entries if e.id not in superseded]
+        for entry in kept:
+            if entry.base_generation and entry.base_generation > 0 and entry.base_metageneration is None:
+                # A record from before metagenerations were noted: assume none changed since
+                # (1); if one did, the upload goes beside, reported, never over it.
+                entry.base_metageneration = 1
         ids = {e.id for e in kept}
         for entry in kept:
             if entry.after is not None and entry.after not in ids:
@@ -653,6 +666,7 @@ class Uploader:
                 last = older[-1]
                 if last.state == QUEUED:
                     replaced = last  # its content is superseded by this newer version
+                    entry.replaces = last.id
                     entry.base_generation, entry.after = last.base_generation, last.after
                     entry.base_metageneration, entry.base_metadata = last.base_metageneration, last.base_metadata
                     # What it sent and never heard back about may be in the bucket: remember it,
@@ -1047,6 +1061,8 @@ class Uploader:
                         delay, exc)
         with self._cond:
             entry.failed = str(exc) if permanent else None
+            for successor in self._entries.successors(entry.id):  # they wait for it: nobody waits for them
+                successor.failed = f"waits for an earlier version that failed: {exc}" if permanent else None
             entry.state, entry.last_error = QUEUED, str(exc)
             entry.waits_for_bucket = isinstance(exc, TransientError)
             if entry.waits_for_bucket:
@@ -1077,6 +1093,7 @@ class Uploader:
             for successor in self._entries.release_successors(entry.id):
                 # A later version of the same object: it replaces what we just wrote, or,
                 # after a conflict, meets the same precondition and is kept beside too.
+                successor.failed = None
                 merged = successor.metadata
                 if state == DONE and dict(info.metadata) != entry.metadata:
                     # What landed holds a change made elsewhere (merged into it): the successor's

@@ -184,7 +184,7 @@ class XattrSurface:
                     return  # merged into the pending upload
                 new = self._patch(fname, node.base, apply)
                 if new.generation == node.base.generation:
-                    node.base, node.meta = new, self.decoded(new)
+                    node.base, node.meta, node.meta_from = new, self.decoded(new), dict(new.metadata)
                 else:  # its content changed elsewhere: the open file stays on the version it opened
                     log.info("%r was replaced in the bucket while open here: the change applies to the new version; "
                              "the open file keeps the version it opened", fname)

@@ -325,21 +325,25 @@ class MountView(Bucket):
         return self._read("read", lambda: self.inner.download_to_file(name, path, generation))
 
     def upload_file(self, name: str, path: str, metadata: Mapping[str, str], if_generation_match: int | None = None,
-                    content_type: str | None = None, *, progress=None) -> ObjectInfo:
+                    content_type: str | None = None, *, progress=None,
+                    if_metageneration_match: int | None = None) -> ObjectInfo:
         with open(path, "rb") as f:
             data = f.read()
         if progress is not None:
             progress()
-        return self.upload_bytes(name, data, metadata, if_generation_match, content_type)
+        return self.upload_bytes(name, data, metadata, if_generation_match, content_type,
+                                 if_metageneration_match=if_metageneration_match)
 
     def upload_bytes(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None,
-                     if_generation_match: int | None = None, content_type: str | None = None) -> ObjectInfo:
+                     if_generation_match: int | None = None, content_type: str | None = None, *,
+                     if_metageneration_match: int | None = None) -> ObjectInfo:
         if name.endswith("/"):  # directory markers are not part of the model's ledger
             self._check_alive()
             return self.inner.upload_bytes(name, data, metadata, if_generation_match, content_type)
-        req = {"if_generation_match": if_generation_match}
+        req = {"if_generation_match": if_generation_match, "if_metageneration_match": if_metageneration_match}
         return self._write("upload", name, lambda: self.inner.upload_bytes(
-            name, data, metadata, if_generation_match, content_type), req)
+            name, data, metadata, if_generation_match, content_type,
+            if_metageneration_match=if_metageneration_match), req)
 
     def patch_metadata(self, name: str, changes: Mapping[str, str | None], if_metageneration_match: int | None = None,
                        if_generation_match: int | None = None, content_type: str | None = None) -> ObjectInfo:
@@ -353,12 +357,17 @@ class MountView(Bucket):
         return self._write("copy", source, lambda: self.inner.copy(
             source, destination, if_source_generation_match, if_generation_match), req, dst=destination)
 
-    def delete(self, name: str, if_generation_match: int | None = None) -> None:
+    def compose(self, sources, destination, metadata=None, content_type=None, if_generation_match=None,
+                if_metageneration_match=None):
+        """The model's files are small: octuefs never composes them (no gate, no ledger)."""
+        raise AssertionError("the model never composes")
+
+    def delete(self, name: str, if_generation_match: int | None = None, **kwargs) -> None:
         if name.endswith("/"):
             self._check_alive()
-            return self.inner.delete(name, if_generation_match)
+            return self.inner.delete(name, if_generation_match, **kwargs)
         req = {"if_generation_match": if_generation_match}
-        return self._write("delete", name, lambda: self.inner.delete(name, if_generation_match), req)
+        return self._write("delete", name, lambda: self.inner.delete(name, if_generation_match, **kwargs), req)
 
 
 # --- the outside writer: straight on the bucket, no mount ------------------------------------

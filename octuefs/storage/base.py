@@ -357,8 +357,10 @@ class Bucket(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete(self, name: str, if_generation_match: int | None = None) -> None:
-        """Delete the object; ``NotFound`` if it is not there."""
+    def delete(self, name: str, if_generation_match: int | None = None, *,
+               if_metageneration_match: int | None = None) -> None:
+        """Delete the object; ``NotFound`` if it is not there. With ``if_metageneration_match``, only
+        if no metadata change moved its metageneration (``PreconditionFailed`` otherwise)."""
 
 
 class _PagesAhead:

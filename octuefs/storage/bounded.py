@@ -117,5 +117,6 @@ class BoundedBucket(Bucket):
         return self._run(lambda: self.inner.compose(sources, destination, metadata, content_type, if_generation_match,
                                                     if_metageneration_match))
 
-    def delete(self, name: str, if_generation_match: int | None = None) -> None:
-        self._run(lambda: self.inner.delete(name, if_generation_match))
+    def delete(self, name: str, if_generation_match: int | None = None, *,
+               if_metageneration_match: int | None = None) -> None:
+        self._run(lambda: self.inner.delete(name, if_generation_match, if_metageneration_match=if_metageneration_match))

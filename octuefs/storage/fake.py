@@ -242,5 +242,7 @@ class FakeBucket(Bucket):
                                  if_generation_match, if_metageneration_match)
         return self._run("compose", act, after_ambiguous=resolve)
 
-    def delete(self, name: str, if_generation_match: int | None = None) -> None:
-        self._run("delete", lambda: self.server.delete(name, if_generation_match), after_ambiguous=confirm_delete)
+    def delete(self, name: str, if_generation_match: int | None = None, *,
+               if_metageneration_match: int | None = None) -> None:
+        self._run("delete", lambda: self.server.delete(name, if_generation_match, if_metageneration_match),
+                  after_ambiguous=confirm_delete)

@@ -821,9 +821,11 @@ class GCSBucket(Bucket):
             if token is None:
                 return self._complete(dst)
 
-    def delete(self, name: str, if_generation_match: int | None = None) -> None:
+    def delete(self, name: str, if_generation_match: int | None = None, *,
+               if_metageneration_match: int | None = None) -> None:
         def attempt(timeout: Timeout) -> None:
-            self._bucket.blob(name).delete(if_generation_match=if_generation_match, retry=None, timeout=timeout)
+            self._bucket.blob(name).delete(if_generation_match=if_generation_match,
+                                           if_metageneration_match=if_metageneration_match, retry=None, timeout=timeout)
 
         self._call("deleting", attempt, name, after_ambiguous=confirm_delete)
 

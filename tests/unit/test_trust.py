@@ -446,7 +446,7 @@ def test_recovery_follows_queueing_order_even_when_the_clock_stepped_back(bucket
     import dataclasses
 
     newer = dataclasses.replace(entry, id="00000000000000000001-000000-aaaaaa", seq=entry.seq + 5,
-                                done=threading.Event())
+                                replaces=entry.id, done=threading.Event())
     with open(journal.data_path(entry.id), "rb") as f:
         old_bytes = f.read()
     staging = tmp_path / "newer"

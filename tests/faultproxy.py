@@ -224,6 +224,7 @@ class FaultProxy:
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "faultproxy"
+    disable_nagle_algorithm = True  # else each answer waits on the client's delayed ACK (~40-90 ms)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
@@ -370,6 +371,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Send the request upstream, streaming its body (or sending ``body``, read already);
         return the connection."""
         conn = http.client.HTTPConnection(self.proxy._up_host, self.proxy._up_port, timeout=300)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
         chunked = body is None and "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         for key, value in self.headers.items():

@@ -1,7 +1,7 @@
 """Shared fixtures: buckets to test against (in memory, and on a fake-gcs-server emulator).
 
 * ``emulator`` (session): one fake-gcs-server for the whole run, behind a strict proxy
-  (``tests/faultproxy.py`` with ``strict=True``: GCS's preconditions on patch, copy, delete and
+  (``tests/faultproxy.py`` with ``strict=True``, in a process of its own: GCS's preconditions on patch, copy, delete and
   compose, and a metageneration that moves on a patch, which fake-gcs-server leaves out), with
   ``STORAGE_EMULATOR_HOST`` naming the proxy in ``os.environ`` while it runs (restored
   afterwards). Its ``url`` is the proxy's, ``server_url`` the server's own. The server is always
@@ -46,7 +46,7 @@ def emulator():
         pytest.skip(f"fake-gcs-server not available: {exc}")
     # Memory backend: the filesystem backend cannot hold both "a" and "a/x" (it maps names to
     # nested directories); tests/contract/test_emulator.py covers the filesystem backend.
-    from tests.faultproxy import FaultProxy
+    from tests.faultproxy import ProxyProcess
 
     server = Emulator(data_dir=None, kill_with_parent=True)
     proxy = None
@@ -54,7 +54,7 @@ def emulator():
         server.start()
         front = server
         if os.environ.get("OCTUEFS_TEST_LAX") != "1":
-            proxy = FaultProxy(server.url, strict=True).start()
+            proxy = ProxyProcess(server.url, strict=True).start()
             front = StrictEmulator(server, proxy)
         with pytest.MonkeyPatch.context() as mp:
             for key, value in front.env().items():

@@ -45,14 +45,17 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import ctypes
 import os
 import http.client
 import http.server
 import json
 import random
 import select
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -469,6 +472,55 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.connection.close()
         except OSError:
             pass
+
+
+class ProxyProcess:
+    """A :class:`FaultProxy` in a process of its own (``python tests/faultproxy.py``), stopped by
+    its PID. The session's strict proxy runs this way: a test process blocked in a call that holds
+    the GIL (``mmap.flush`` is one) on a file of a mount whose daemon waits on the proxy would
+    otherwise stall the proxy with it, until the daemon's request timed out."""
+
+    def __init__(self, upstream: str, *, strict: bool = False, seed: int = 0):
+        self.upstream, self.strict, self.seed = upstream, strict, seed
+        self.url = ""
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> ProxyProcess:
+        command = [sys.executable, os.path.abspath(__file__), self.upstream, "--seed", str(self.seed)]
+        if self.strict:
+            command.append("--strict")
+        self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                      preexec_fn=_die_with_parent)
+        line = self._proc.stdout.readline() if self._proc.stdout else ""
+        if not line.startswith("faultproxy on "):
+            self.stop()
+            raise RuntimeError(f"faultproxy did not start: {line!r}")
+        self.url = line.split()[2]
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _parse_fault(text: str) -> tuple[str, float]:

@@ -723,10 +723,17 @@ class Uploader:
         return entry.result
 
     def hasten(self, entries: list[Entry]) -> None:
-        """Someone waits for these: start them as soon as their turn comes, burst or not."""
+        """Someone waits for these: start them as soon as their turn comes, burst or not. One
+        that failed for good is tried once more now (the cause may be mended: a permission
+        granted, a quota raised); if it fails again it is marked failed again."""
         with self._cond:
             woken = 0
             for e in entries:
+                if e.failed and e.state == QUEUED and e.id in self._entries:
+                    e.failed, e.next_try = None, 0.0
+                    for successor in self._entries.successors(e.id):
+                        successor.failed = None
+                    woken += 1
                 if e.state == QUEUED and e.id in self._entries and e.hold_until:
                     e.hold_until = 0.0
                     self._early[e.id] = e
@@ -883,6 +890,10 @@ class Uploader:
     def _take(self, e: Entry) -> Entry:
         e.state = RUNNING
         e.attempts += 1
+        if e.failed:  # tried again: no longer failed unless this attempt fails too (then marked again)
+            e.failed = None
+            for successor in self._entries.successors(e.id):
+                successor.failed = None
         self._early.pop(e.id, None)
         self._retrying.pop(e.id, None)
         return e

@@ -210,6 +210,28 @@ def test_a_version_chained_after_a_refused_upload_does_not_block_unmount(fs, buc
     assert took < 4, f"sync waited {took:.1f}s for a version that can never run (unmount would wait forever)"
 
 
+def test_sync_tries_a_refused_upload_again_once_the_cause_is_mended(fs, bucket):
+    """The user grants the permission and runs `octuefs sync`: it goes up now, not in 5 minutes."""
+    real_upload = bucket.upload_file
+    refusing = [True]
+
+    def maybe_refused(*args, **kwargs):
+        if refusing[0]:
+            raise PermissionDenied("403: the mount's account may not write")
+        return real_upload(*args, **kwargs)
+
+    bucket.upload_file = maybe_refused
+    close_write(fs, "/f.csv", b"v1")
+    assert wait_until(lambda: any(e.failed for e in fs.uploader.snapshot()))
+    assert fs.uploader.sync(timeout=5) == 1  # still refused: tried once more, not waited for
+    assert [row["state"] for row in fs.uploader.status()["uploads"]] == ["failed"]
+    refusing[0] = False  # the permission is granted
+    start = time.monotonic()
+    assert fs.uploader.sync(timeout=5) == 0
+    assert time.monotonic() - start < 4
+    assert bucket.read_range("f.csv", 0, 100) == b"v1"
+
+
 # --- R5: unlink of a file recovered from the journal deletes nothing in the bucket -------------
 
 

@@ -408,13 +408,8 @@ class FileSystem:
         with self.files.held_still(node):
             if node is not None:  # (here, where no close can seal it meanwhile)
                 self.files.keep_open_content(node)  # for the handles still open on it
-            # Queued versions are moot once the object is deleted, and only then: they are held
-            # back, and go up after all if the delete fails. A running one lands first.
-            held = self.files.withhold(node) if node is not None else None
-            try:
-                info = node.base if node is not None else entry
-                if held is not None:
-                    info = self._replaced_by_held(name, info, held)
+            # Queued versions are moot once the object is deleted, and only then.
+            with self._replacing(name, node, node.base if node is not None else entry) as info:
                 if info is not None:
                     try:
                         self.bucket.delete(name, if_generation_match=info.generation)
@@ -423,12 +418,6 @@ class FileSystem:
                     except PreconditionFailed as exc:
                         self.metacache.forget(name)
                         raise Conflict(f"{name!r} changed in the bucket since it was read; not deleted") from exc
-            except BaseException:
-                if held is not None:
-                    held.restore()
-                raise
-            if held is not None:
-                held.drop()
             if node is not None:
                 self.files.forget(node)
         self.cache.drop(name)
@@ -455,18 +444,9 @@ class FileSystem:
         with self._held_still_both(node, dst_node):
             if dst_node is not None:
                 self.files.keep_open_content(dst_node)  # for the handles still open on it
-            held = self.files.withhold(dst_node) if dst_node is not None else None
-            try:
-                dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
-                if held is not None:
-                    dst_info = self._replaced_by_held(dst_name, dst_info, held)
+            dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
+            with self._replacing(dst_name, dst_node, dst_info) as dst_info:
                 moved = self._move_file(src_name, dst_name, node.base if node is not None else src, dst_info)
-            except BaseException:
-                if held is not None:
-                    held.restore()
-                raise
-            if held is not None:
-                held.drop()
             if dst_node is not None:
                 self.files.forget(dst_node)
             self.cache.drop(dst_name)
@@ -486,6 +466,22 @@ class FileSystem:
             for held_node, settle in holds:
                 stack.enter_context(self.files.held_still(held_node, settle=settle))
             yield
+
+    @contextlib.contextmanager
+    def _replacing(self, name: str, node: FileNode | None, info: ObjectInfo | None):
+        """Around a delete of ``name``, or a rename onto it: the versions of ``node`` queued here
+        are held back, dropped once the object is replaced, and restored (they go up after all)
+        if that fails. A running one lands first. Yields the version in the bucket being replaced
+        (see :meth:`_replaced_by_held`)."""
+        held = self.files.withhold(node) if node is not None else None
+        try:
+            yield self._replaced_by_held(name, info, held) if held is not None else info
+        except BaseException:
+            if held is not None:
+                held.restore()
+            raise
+        if held is not None:
+            held.drop()
 
     def _replaced_by_held(self, name: str, info: ObjectInfo | None, held) -> ObjectInfo | None:
         """The version of ``name`` in the bucket that a delete or a rename over it replaces, given

@@ -5,13 +5,14 @@
     scripts/stress.py -n 2000 -s 40 -k differential
     scripts/stress.py --loop 10             # ten runs, each with fresh random seeds
     scripts/stress.py --model --minutes 30  # the model-based state machine, for 30 minutes
-    scripts/stress.py --model --minutes 10 --findings 1,8,10   # with known findings' paths on
+    scripts/stress.py --model --minutes 10 --findings-off 8    # with finding 8's checks left out
 
 ``--model`` runs tests/unit/test_model.py (two mounts, an outside writer, gates, faults and
 crashes on the in-memory bucket; no FUSE) in its long profile, run after run with fresh seeds
 until the time is up, and writes what it found (each distinct failure, its shrunk steps and
-how often it came up) to ``--out`` (default stress-model-<time>.md; each failing run's whole output beside it, ``.runN.log``). ``--findings`` turns on the
-rules and checks for open issue-12 findings (tests/unit/test_model.py, FINDINGS).
+how often it came up) to ``--out`` (default stress-model-<time>.md; each failing run's whole
+output beside it, ``.runN.log``). ``--findings-off`` leaves out the rules and checks of chosen
+findings (tests/unit/test_model.py, FINDINGS: all on, since all are fixed), to bisect a failure.
 
 The e2e tests read OCTUEFS_STRESS_EXAMPLES / OCTUEFS_STRESS_STEPS; pytest's per-test timeout is
 lifted, since a long run of one test function is expected. A failing run prints hypothesis's
@@ -71,8 +72,8 @@ def failures_in(output: str) -> list[tuple[str, str]]:
 def run_model(args, env) -> int:
     env = dict(env, OCTUEFS_MODEL_PROFILE="long", OCTUEFS_MODEL_EXAMPLES=str(args.examples),
                OCTUEFS_MODEL_STEPS=str(args.steps))
-    if args.findings:
-        env["OCTUEFS_MODEL_FINDINGS"] = args.findings
+    if args.findings_off:
+        env["OCTUEFS_MODEL_FINDINGS_OFF"] = args.findings_off
     out_path = args.out or os.path.join(HERE, time.strftime("stress-model-%Y%m%dT%H%M%S.md"))
     end = time.monotonic() + args.minutes * 60
     seen: collections.Counter[str] = collections.Counter()
@@ -102,7 +103,7 @@ def run_model(args, env) -> int:
 def write_report(path, args, runs, failed, seen, examples) -> None:
     lines = [f"# Model-based stress run, {time.strftime('%Y-%m-%d %H:%M:%S')}", "",
              f"{runs} run(s) of up to {args.examples} examples of up to {args.steps} steps; {failed} failed.",
-             f"Findings' paths on: {args.findings or 'none'}.", ""]
+             f"Findings' checks left out: {args.findings_off or 'none'}.", ""]
     if not seen:
         lines.append("Nothing found.")
     for key, count in seen.most_common():
@@ -120,7 +121,7 @@ def main() -> int:
     p.add_argument("--loop", type=int, default=1, help="repeat the whole run this many times (default 1)")
     p.add_argument("--model", action="store_true", help="run the model-based state machine instead")
     p.add_argument("--minutes", type=float, default=10.0, help="--model: keep running for this long (default 10)")
-    p.add_argument("--findings", default="", help="--model: open findings whose paths to turn on, e.g. 1,3,8")
+    p.add_argument("--findings-off", default="", help="--model: findings whose checks to leave out, e.g. 1,3,8")
     p.add_argument("--out", help="--model: where to write what was found")
     args = p.parse_args()
     env = dict(os.environ)

@@ -18,10 +18,10 @@ The oracle:
   is live or was dropped for a reason; each conflict copy is in some mount's status; each mount
   shows exactly what the bucket holds.
 
-Known bugs of today's code (issue 12) sit behind FINDINGS: each flag turns on the rule, path or
-check that finds one. CI runs with all off; ``test_known_findings`` (xfail) runs with all on, and
-``OCTUEFS_MODEL_FINDINGS=1,3`` turns chosen ones on for ``scripts/stress.py``. Once a finding is
-fixed, turn its flag on here: that is the one-line change.
+The findings of issue 12 (and N1, found by this machine) each have a flag in FINDINGS that turns
+on the rule, path or check that found it. All are fixed, so all are on; should one come back,
+``OCTUEFS_MODEL_FINDINGS_OFF=1,3`` leaves chosen ones out (to see which check a failure needs).
+A new finding gets a flag, off until it is fixed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -58,20 +58,20 @@ from tests.model_world import (
 
 # Known findings of issue 12, off while they are open (True: the machine looks for them).
 FINDINGS = {
-    "F1": False,  # a failed mv/rm onto a file with pending uploads drops them: rename/unlink onto pending names
-    "F3": False,  # a content upload drops a metadata change made elsewhere: the metadata-drop check
-    "F4": False,  # pending uploads follow the cache dir into another bucket: reopen against a second bucket
-    "F7": False,  # setfattr moves an open file to another version: append around an outside upload + setfattr
-    "F8": False,  # a close racing a rename of the same file: close during rename
-    "F9": False,  # the mount conflicts with itself after a lost answer: the conflict-cause check
-    "F10": False,  # recovery by wall-clock id: a clock step back before a crash
+    "F1": True,  # a failed mv/rm onto a file with pending uploads drops them: rename/unlink onto pending names
+    "F3": True,  # a content upload drops a metadata change made elsewhere: the metadata-drop check
+    "F4": True,  # pending uploads follow the cache dir into another bucket: reopen against a second bucket
+    "F7": True,  # setfattr moves an open file to another version: append around an outside upload + setfattr
+    "F8": True,  # a close racing a rename of the same file: close during rename
+    "F9": True,  # the mount conflicts with itself after a lost answer: the conflict-cause check
+    "F10": True,  # recovery by wall-clock id: a clock step back before a crash
     # Found by this machine (not in issue 12's list):
-    "N1": False,  # a conflict copy whose answer was lost (or a crash right after it landed) stays unreported,
-                  # and a second copy is made: the check that every conflict copy is in status
+    "N1": True,  # a conflict copy whose answer was lost (or a crash right after it landed) stays unreported,
+                 # and a second copy is made: the check that every conflict copy is in status
 }
-_env = os.environ.get("OCTUEFS_MODEL_FINDINGS", "")
+_env = os.environ.get("OCTUEFS_MODEL_FINDINGS_OFF", "")  # e.g. "1,3": leave those checks out (to bisect)
 for _f in filter(None, (x.strip() for x in _env.split(","))):
-    FINDINGS["F" + _f.lstrip("Ff")] = True
+    FINDINGS[_f if _f in FINDINGS else "F" + _f.lstrip("Ff")] = False
 
 NAMES = ["d/a.txt", "d/b.txt", "e/c.bin"]
 DIRS = ["d", "e"]
@@ -423,10 +423,18 @@ class ModelMachine(RuleBasedStateMachine):
             "/" + src, "/" + dst))))
         t.start()
         gate.caught.wait(2)
-        ok, _ = self.guarded(m, f"close {src}", lambda: (m.fs.write(fh, part, 0), m.fs.flush(fh), m.fs.release(fh)))
+        # The close may wait for the move (it must not go up under the name being left): it runs
+        # in a thread too, and the copy is let go once the close has finished or is seen waiting.
+        closing = threading.Thread(target=lambda: box.update(c=self.guarded(
+            m, f"close {src}", lambda: (m.fs.write(fh, part, 0), m.fs.flush(fh), m.fs.release(fh)))))
+        closing.start()
+        closing.join(0.05)
         gate.open.set()
         m.view.op_gates.pop("copy", None)
         t.join(30)
+        closing.join(30)
+        assert not t.is_alive() and not closing.is_alive(), f"{m.actor}: a close racing a rename hung"
+        ok = box.get("c", (False,))[0]
         if ok:
             self.closed(m, src, data)
         if box.get("r", (False,))[0]:
@@ -473,8 +481,8 @@ class ModelMachine(RuleBasedStateMachine):
         m = self.mounts[i]
         if not self.flags["F1"] and op in ("copy", "delete"):
             return  # finding 1 (a failed rename or unlink)
-        if after and (op == "stat" or kind == "412"):
-            after = False  # a lost answer is a transient one
+        if after and (op == "stat" or kind in ("412", "403")):
+            after = False  # a lost answer is a transient one: GCS refuses (412, 403) without acting
         m.view.faults.append((op, ERRORS[kind](), after))
 
     # --- the outside writer -------------------------------------------------------------------
@@ -577,7 +585,7 @@ class ModelMachine(RuleBasedStateMachine):
             return
         m.clock_skew += 3600 * 10**9
         counter = iter(range(10**6))
-        m.fs.uploader._new_id = lambda: f"{time.time_ns() - m.clock_skew:020d}-{next(counter):06d}-clock"
+        m.fs.uploader._new_id = lambda: f"{time.time_ns() - m.clock_skew:020d}-{next(counter):06d}-{os.urandom(3).hex()}"
 
     @rule()
     def quiesce(self):
@@ -694,25 +702,6 @@ def _crashes_end_threads_quietly():
 
 TestModel = ModelMachine.TestCase
 TestModel.settings = CI
-# Written against the code before the issue-12 fixes, where it found them; on the fixed code it
-# stalls (an example waits without end: found at the end of the session, not yet diagnosed), so
-# it is off until that is found and fixed (issue 12 stays open for it). scripts/stress.py --model
-# still runs it by hand.
-TestModel = pytest.mark.skip(reason="stalls on the issue-12 fixes; being diagnosed (issue 12)")(TestModel)
-pytestmark = pytest.mark.skip(reason="the state machine stalls on the issue-12 fixes; being diagnosed (issue 12)")
-
-
-class KnownFindingsMachine(ModelMachine):
-    flags = {k: True for k in FINDINGS}
-
-
-@pytest.mark.xfail(strict=False, reason="issue 12 findings 1, 3, 4, 7, 8, 9, 10 and N1 are open")
-def test_known_findings():
-    from hypothesis.stateful import run_state_machine_as_test
-
-    # No shrinking: this only shows the known failures are still there (stress.py shrinks them).
-    run_state_machine_as_test(KnownFindingsMachine, settings=settings(
-        CI, max_examples=100, phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None))
 
 
 class _AnswerLostOnConflictCopy(FakeBucket):
@@ -728,10 +717,10 @@ class _AnswerLostOnConflictCopy(FakeBucket):
         return info
 
 
-@pytest.mark.xfail(strict=False, reason="N1 (found by this machine): open")
 def test_n1_a_conflict_copy_whose_answer_was_lost_is_reported_once(tmp_path):
-    """N1, the machine's shrunk example as a plain test: the first copy stays in the bucket,
-    unreported, and the retry (after spinning on 412s for the rest of that second) makes a second."""
+    """N1, the machine's shrunk example as a plain test: before the fix the first copy stayed in
+    the bucket, unreported, and the retry (after spinning on 412s for the rest of that second)
+    made a second."""
     bucket = _AnswerLostOnConflictCopy("b")
     bucket.upload_bytes("f.txt", b"v1")
     fs = FileSystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c"),

@@ -130,6 +130,10 @@ RECORD_FIELDS = ("id", "name", "base_generation", "after", "metadata", "content_
 # goes up only if the bucket already holds it, else beside the object as a conflict copy.
 BASE_UNKNOWN = -1
 PERMANENT_RETRY = 300.0  # seconds between retries of an upload that failed for good (403, 400)
+# How long a request this mount gave up on (its answer lost) may still land: the client's request
+# timeout is 60 s, so three times that. See LateLandings.
+LATE_WINDOW = 180.0
+LATE_SWEEP_EVERY = 5.0
 
 
 def version_key(fp: Fingerprint, metadata: dict[str, str]) -> dict:
@@ -522,13 +526,96 @@ class Withheld:
         return keys
 
     def drop(self) -> None:
-        """They are moot (their object was deleted or replaced): forget them for good."""
+        """They are moot (their object was deleted or replaced): forget them for good. Those
+        that created the object and were sent with no answer may still land (their precondition,
+        "absent", holds again once it is deleted): they are watched for (:class:`LateLandings`)."""
+        creating = [e for e in self.entries if e.base_generation == 0 and (e.tried or e.attempts)]
+        if creating:
+            self._uploader.late.watch(creating[0].name, Withheld(self._uploader, creating).tried())
         self._uploader._drop(self.entries)
 
     def restore(self) -> None:
         """What made them moot did not happen: they go up as they would have."""
         with self._uploader._cond:
             self._uploader._restore(self.entries)
+
+
+class LateLandings:
+    """Versions of a removed file that may land after its removal, removed again if they do.
+
+    A new file's upload that timed out may reach GCS later; if the file was removed meanwhile,
+    nothing was there to delete, and the late request's "absent" precondition holds: the removed
+    file would come back. For ``LATE_WINDOW`` after the removal, each sync, each unmount and a
+    sweep every ``LATE_SWEEP_EVERY`` seconds look at the name: one of those versions there is
+    deleted (naming its generation); anything else there (a newer file) ends the watch, untouched.
+    A new upload of the name that meets one of them replaces it (Uploader._settle_precondition).
+    """
+
+    def __init__(self, bucket: Bucket):
+        self.bucket = bucket
+        self._lock = threading.Lock()
+        self._watched: dict[str, tuple[list[dict], float]] = {}  # name -> (version keys, until)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, name: str, keys: list[dict]) -> None:
+        if not keys:
+            return
+        with self._lock:
+            old = self._watched.get(name, ([], 0.0))[0]
+            self._watched[name] = (old + [k for k in keys if k not in old], time.monotonic() + LATE_WINDOW)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="octuefs-late-landings", daemon=True)
+                self._thread.start()
+
+    def is_late(self, name: str, info: ObjectInfo) -> bool:
+        """Is ``info`` a version of a removed file that landed late?"""
+        with self._lock:
+            keys = self._watched.get(name, ([], 0.0))[0]
+        return any(is_version(k, info) for k in keys)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._watched.pop(name, None)
+
+    def sweep(self) -> None:
+        with self._lock:
+            watched = list(self._watched.items())
+        for name, (keys, until) in watched:
+            try:
+                current = self.bucket.stat(name)
+            except NotFound:
+                if time.monotonic() >= until:
+                    self._end(name, keys)
+                continue
+            except (OctuefsError, OSError):
+                continue  # the bucket does not answer: next sweep
+            if any(is_version(k, current) for k in keys):
+                try:
+                    self.bucket.delete(name, if_generation_match=current.generation)
+                    log.warning("an upload of %r sent before it was removed landed late (generation %d): "
+                                "removed again", name, current.generation)
+                except (NotFound, PreconditionFailed):
+                    pass  # gone, or replaced meanwhile: not ours to touch
+                except (OctuefsError, OSError):
+                    continue
+            self._end(name, keys)
+
+    def _end(self, name: str, keys: list[dict]) -> None:
+        with self._lock:
+            if name in self._watched and self._watched[name][0] is keys:
+                del self._watched[name]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(LATE_SWEEP_EVERY):
+            self.sweep()
+            with self._lock:
+                if not self._watched:
+                    self._thread = None
+                    return
 
 
 DoneCallback = Callable[[Entry], None]
@@ -620,6 +707,7 @@ class Uploader:
                          for i in range(workers)]
         self._new_id = new_id or journal.new_id
         self._moved_at = time.monotonic()  # when an upload last read data to send, or landed
+        self.late = LateLandings(bucket)
 
     def start(self, recovered: list[Entry] = ()) -> None:
         with self._cond:
@@ -821,6 +909,7 @@ class Uploader:
             if progress:
                 progress(len(targets) - len(left), len(targets))
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                self.late.sweep()
                 return len(left)
             waiting[0].done.wait(0.5)
 
@@ -837,6 +926,7 @@ class Uploader:
     def shutdown(self, drain: bool = True, timeout: float | None = None) -> int:
         """Stop the workers, first draining the queue if asked; return what is left queued."""
         left = self.sync(timeout) if drain else 0
+        self.late.stop()
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -983,6 +1073,13 @@ class Uploader:
                 and dict(current.metadata) == entry.metadata):
             log.info("upload of %r was already in the bucket (generation %d)", entry.name, current.generation)
             self._finish(entry, current, DONE)
+            return
+        if current is not None and self.late.is_late(entry.name, current):
+            # A removed file's upload that landed late: what the user removed, not a change to keep.
+            log.info("%r: replacing a version of the removed file that landed late (generation %d)",
+                     entry.name, current.generation)
+            self.late.forget(entry.name)
+            self._rebase(entry, current, entry.metadata)
             return
         if current is not None and any(is_version(key, current) for key in entry.tried):
             # A version this mount sent earlier landed with its answer lost: it is what ours replaces.

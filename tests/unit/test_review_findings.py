@@ -1,7 +1,7 @@
 """A fresh-eyes review of the issue-12 fixes (R1-R10): ways the core still lost a closed file,
 overwrote a change made elsewhere silently, wedged, or showed bytes no one wrote. Each test failed
-on the code as reviewed and passes with its fix; R8 (a dropped upload that lands after the client
-gave up) is a known limit, in docs/semantics.md, and stays a strict xfail."""
+on the code as reviewed and passes with its fix (R8, a dropped upload that lands after the client
+gave up, is watched for and removed again: uploads.LateLandings)."""
 
 from __future__ import annotations
 
@@ -332,9 +332,6 @@ def test_an_open_file_whose_version_went_beside_keeps_showing_and_extending_what
 # --- R8: an upload whose answer was lost lands after the rm that dropped it --------------------
 
 
-@pytest.mark.xfail(strict=True, reason="R8: unlink of a new file whose upload timed out (tried, not landed yet) "
-                   "deletes nothing and drops the entry; the request lands later (ifGenerationMatch=0 still holds) "
-                   "and the removed file comes back in the bucket")
 def test_a_late_landing_of_a_dropped_upload_does_not_resurrect_a_removed_file(fs, bucket):
     gate = threading.Event()
     bucket.fail_next("upload", late=gate)  # times out now, reaches the bucket later
@@ -347,6 +344,36 @@ def test_a_late_landing_of_a_dropped_upload_does_not_resurrect_a_removed_file(fs
     bucket.wait_landed()
     assert fs.uploader.sync(timeout=10) == 0
     assert "new.csv" not in bucket.objects()
+
+
+def test_a_late_landing_is_removed_again_without_a_sync(fs, bucket, monkeypatch):
+    monkeypatch.setattr("octuefs.uploads.LATE_SWEEP_EVERY", 0.05)
+    gate = threading.Event()
+    bucket.fail_next("upload", late=gate)
+    stall(bucket, "upload")
+    close_write(fs, "/new.csv", b"written then removed")
+    assert wait_until(lambda: any(e.tried for e in fs.uploader.snapshot()))
+    fs.unlink("/new.csv")
+    heal(bucket)
+    gate.set()
+    bucket.wait_landed()
+    assert wait_until(lambda: "new.csv" not in bucket.objects(), timeout=5), "the removed file came back"
+
+
+def test_a_file_made_again_after_rm_replaces_the_late_landing_of_the_removed_one(fs, bucket):
+    gate = threading.Event()
+    bucket.fail_next("upload", late=gate)
+    stall(bucket, "upload")
+    close_write(fs, "/new.csv", b"written then removed")
+    assert wait_until(lambda: any(e.tried for e in fs.uploader.snapshot()))
+    fs.unlink("/new.csv")
+    heal(bucket)
+    gate.set()
+    bucket.wait_landed()  # the removed one lands late ...
+    close_write(fs, "/new.csv", b"made again")  # ... before the new one goes up
+    assert fs.uploader.sync(timeout=10) == 0
+    assert bucket.objects() == {"new.csv": b"made again"}, "the new file went beside, or the old one stayed"
+    assert fs.uploader.status()["conflicts"] == []
 
 
 # --- R9: recovery's dedupe drops a rebased version that shares a key with its unchained successor

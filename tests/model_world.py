@@ -89,6 +89,7 @@ class World:
         self.injected_412: dict[str, int] = {}  # owner -> 412s injected into its uploads (justify conflicts)
         self.ambiguous: set[str] = set()  # mounts that lost an upload's answer or died (N1)
         self.base_tokens: dict[tuple[str, int], set] = {}  # (name, generation) -> tokens it was written with
+        self.placed_by: dict[str, str] = {}  # name -> the actor whose request made its live generation
 
     # --- the ledger -----------------------------------------------------------------------
 
@@ -149,10 +150,18 @@ class World:
         if after is not None:
             if before is None or after[0] != before[0]:
                 self.base_tokens[(name, after[0])] = tokens_of(after[3])
+                self.placed_by[name] = actor  # (a rename places another writer's content)
             self.explain(after[2], f"{actor} {op} {name!r}")
             v = self.versions.get(after[2])
             if v is not None:
                 v.landed = True
+                if v.owner != OUTSIDE and CONFLICT_MARK not in name:
+                    # A newer version of its writer landed under that name: the older ones it
+                    # closed there are replaced (a close a crash cut short that landed after all
+                    # counts too: recovery sends the newest version of each file, not each one).
+                    for older in self.versions.values():
+                        if older.owner == v.owner and older.name == name and older.vid < v.vid and not older.landed:
+                            older.moot = True
             if CONFLICT_MARK in name and op == "upload":
                 self.conflict_copies[name] = actor
                 base = re.sub(r"\.octuefs-conflict-\d{8}T\d{6}Z-[0-9a-z]+", "", name)  # the original's name
@@ -203,7 +212,7 @@ class World:
             return
         v = self.versions.get(cur[2])
         other_meta = any(t[0] != actor for t in tokens_of(cur[3]) if t[1] == "tag")
-        if v is not None and v.owner == actor and not other_meta and cur[1] == 1:
+        if v is not None and v.owner == actor and self.placed_by.get(base) == actor and not other_meta and cur[1] == 1:
             self.violations.append(f"{actor} kept a version of {base!r} beside the original as a conflict, but "
                                    f"the original is its own (v{v.vid}) [finding 9]")
 

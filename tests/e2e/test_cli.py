@@ -116,3 +116,9 @@ def test_bad_credentials(tmp_path, monkeypatch):
     (tmp_path / "mp").mkdir()
     result = run_octuefs("mount", "some-bucket", str(tmp_path / "mp"), check=False)
     assert_one_line_error(result, "credentials")
+
+
+def test_a_mount_logs_no_libfuse_thread_warning(mount):
+    """libfuse 3.14 refused its own default max_idle_threads (UINT_MAX) with a line at every mount."""
+    (mount / "f.txt").write_bytes(b"x")
+    assert "Ignoring invalid max threads" not in mount.log_text()

@@ -127,8 +127,23 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
     return fuse
 
 
+# Options naming a file or directory: made absolute as they are read (see _absolute_paths).
+_PATH_OPTIONS = ("cache_dir", "log_file")
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    """A relative path option means relative to where the command was typed: the daemon runs
+    in ``/`` (libfuse changes to it), so a relative path kept as given would name another place
+    there (every write failed with ENOENT)."""
+    for dest in _PATH_OPTIONS:
+        value = getattr(args, dest, None)
+        if value:
+            setattr(args, dest, os.path.abspath(os.path.expanduser(value)))
+
+
 def config_from_args(args: argparse.Namespace) -> MountConfig:
     fuse_options = _apply_o_options(args)
+    _absolute_paths(args)
     bucket, prefix = split_bucket_spec(args.bucket)
     cache_size = None
     if args.cache_size is not None:

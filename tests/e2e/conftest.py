@@ -61,8 +61,8 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
     return True
 
 
-def run_octuefs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run([*octuefs_command(), *args], capture_output=True, text=True, timeout=timeout)
+def run_octuefs(*args: str, check: bool = True, timeout: float = 120, cwd=None) -> subprocess.CompletedProcess:
+    result = subprocess.run([*octuefs_command(), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"octuefs {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result

@@ -118,6 +118,27 @@ def test_bad_credentials(tmp_path, monkeypatch):
     assert_one_line_error(result, "credentials")
 
 
+def test_a_relative_cache_dir_is_where_the_command_was_typed(emulator, tmp_path):
+    """`octuefs mount B mnt --cache-dir lc` from a directory: writes reach the bucket (they
+    failed with ENOENT, leaving a 0-byte file, when the daemon in "/" took lc as /lc)."""
+    from octuefs.storage.gcs import GCSBucket
+
+    name = f"relcache-{uuid.uuid4().hex[:8]}"
+    emulator.create_bucket(name)
+    (tmp_path / "mnt").mkdir()
+    try:
+        run_octuefs("mount", name, "mnt", "--cache-dir", "caches/lc", "--log-file", "octuefs.log", cwd=tmp_path)
+        (tmp_path / "mnt/x.txt").write_bytes(b"hello\n")
+        assert (tmp_path / "mnt/x.txt").read_bytes() == b"hello\n"
+        run_octuefs("sync", "mnt", cwd=tmp_path)
+        assert GCSBucket(name).read_range("x.txt", 0, 100) == b"hello\n"
+        assert (tmp_path / "caches/lc/lock").exists() and (tmp_path / "octuefs.log").exists()
+        run_octuefs("unmount", "mnt", cwd=tmp_path)
+    finally:
+        force_unmount(tmp_path / "mnt")
+    assert "Traceback" not in (tmp_path / "octuefs.log").read_text()
+
+
 def test_a_mount_logs_no_libfuse_thread_warning(mount):
     """libfuse 3.14 refused its own default max_idle_threads (UINT_MAX) with a line at every mount."""
     (mount / "f.txt").write_bytes(b"x")

@@ -277,6 +277,8 @@ def _status(args: argparse.Namespace) -> int:
         limit = "no limit" if cache["limit"] is None else f"limit {format_size(cache['limit'])}"
         print(f"  cache: {format_size(cache['clean_bytes'])} clean ({limit}), "
               f"{format_size(cache['unsaved_bytes'])} unsaved (never evicted)")
+        if cache.get("error"):
+            print(f"  cache: ERROR {cache['error']}: nothing can be written into the mount until it can")
     for row in uploads:
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
         print(f"  {row['state']:<8} {row['size']:>12,d} B  {row['name']}  (attempts {row['attempts']}){error}")

@@ -143,3 +143,32 @@ def test_a_mount_logs_no_libfuse_thread_warning(mount):
     """libfuse 3.14 refused its own default max_idle_threads (UINT_MAX) with a line at every mount."""
     (mount / "f.txt").write_bytes(b"x")
     assert "Ignoring invalid max threads" not in mount.log_text()
+
+
+def test_a_cache_that_cannot_be_written_fails_writes_clearly_and_shows_in_status(mount):
+    """The cache's staging directory removed under a running daemon (a cleaner emptying
+    ~/.cache, say): a new file fails with EIO at once, no empty file stays in the mount, and
+    `octuefs status` (text and --json) and the log say why; mended, writes work again."""
+    import errno
+    import json
+
+    (mount / "before.txt").write_bytes(b"kept")
+    mount.sync()
+    shutil.rmtree(mount.cache / "staging")
+    with pytest.raises(OSError) as failed:
+        (mount / "x.txt").write_bytes(b"hello\n")
+    assert failed.value.errno == errno.EIO
+    assert sorted(os.listdir(mount.path)) == ["before.txt"]
+    assert not (mount / "x.txt").exists()
+    status = run_octuefs("status", str(mount.path))
+    assert f"cannot write {mount.cache / 'staging'}" in status.stdout, status.stdout
+    report = json.loads(run_octuefs("status", "--json", str(mount.path)).stdout)
+    assert "cannot write" in report["cache"]["error"]
+    assert f"cannot write the cache directory {mount.cache}" in mount.log_text()
+
+    (mount.cache / "staging").mkdir(mode=0o700)
+    (mount / "x.txt").write_bytes(b"hello\n")
+    mount.sync()
+    assert mount.bucket.read_range("x.txt", 0, 100) == b"hello\n"
+    assert "ERROR" not in run_octuefs("status", str(mount.path)).stdout
+    assert "error" not in json.loads(run_octuefs("status", "--json", str(mount.path)).stdout)["cache"]

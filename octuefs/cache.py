@@ -49,7 +49,7 @@ import time
 import uuid
 
 from .cachespace import Entry, Space, bytes_in
-from .errors import BucketUnreachable, NoSpace, NotFound, StorageError
+from .errors import BucketUnreachable, CacheUnwritable, NoSpace, NotFound, OctuefsError, StorageError
 from .readahead import AHEAD, DEMAND, FetchPool, Streams, Task
 from .storage.base import Bucket, ObjectInfo
 
@@ -453,6 +453,27 @@ class ContentCache:
 
     def new_staging_path(self) -> str:
         return os.path.join(self.staging_dir, uuid.uuid4().hex)
+
+    def write_problem(self, *more_dirs: str) -> str | None:
+        """Why a file cannot be written now in the staging directory (or ``more_dirs``), else
+        None: a small file is made and removed in each, as a write into the mount would."""
+        for directory in (self.staging_dir, *more_dirs):
+            path = os.path.join(directory, f".probe-{uuid.uuid4().hex}")
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                os.unlink(path)
+            except OSError as exc:
+                return f"cannot write {directory}: {exc.strerror or exc}"
+        return None
+
+    def unwritable(self, exc: OSError) -> OctuefsError | OSError:
+        """The error to give for ``exc``, met writing the cache: a full disk stays ENOSPC; any
+        other cause (the directory removed, made read-only, ...) means nothing can be written
+        into the mount until it is mended, and says so instead of a bare ENOENT or EACCES."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        return CacheUnwritable(f"cannot write the cache directory {self.root}: {exc.strerror or exc} "
+                               f"({exc.filename or self.root}); nothing can be written into the mount until it can")
 
     def stage(self, info: ObjectInfo | None, length: int | None = None) -> str:
         """A new private staging file holding the object's content (or nothing for a new file).

@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     um.add_argument("--leave-pending", action="store_true",
                     help="do not wait for pending uploads: the next mount with this cache directory finishes them")
     um.add_argument("--timeout", type=float, default=None, help="seconds to wait for pending uploads (default: no limit)")
-    sy = sub.add_parser("sync", help="wait until every pending upload of a mount is in the bucket")
+    sy = sub.add_parser("sync", help="wait until every pending upload of a mount is in the bucket",
+                        description="Wait until every pending upload of a mount is in the bucket, and print "
+                                    "every conflict no earlier sync has reported (a file changed in the bucket "
+                                    "meanwhile: your version was saved beside it). Exit status: 0 all uploaded; "
+                                    "1 uploads still pending (or an error); "
+                                    f"{EXIT_CONFLICT} all uploaded, but a conflict was reported.")
     sy.add_argument("mountpoint")
     sy.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     st = sub.add_parser("status", help="list a mount's pending, running and failed uploads and its conflicts")
@@ -127,8 +132,23 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
     return fuse
 
 
+# Options naming a file or directory: made absolute as they are read (see _absolute_paths).
+_PATH_OPTIONS = ("cache_dir", "log_file")
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    """A relative path option means relative to where the command was typed: the daemon runs
+    in ``/`` (libfuse changes to it), so a relative path kept as given would name another place
+    there (every write failed with ENOENT)."""
+    for dest in _PATH_OPTIONS:
+        value = getattr(args, dest, None)
+        if value:
+            setattr(args, dest, os.path.abspath(os.path.expanduser(value)))
+
+
 def config_from_args(args: argparse.Namespace) -> MountConfig:
     fuse_options = _apply_o_options(args)
+    _absolute_paths(args)
     bucket, prefix = split_bucket_spec(args.bucket)
     cache_size = None
     if args.cache_size is not None:
@@ -235,14 +255,41 @@ def _progress_printer(what: str):
     return show
 
 
+# `octuefs sync` exits 1 when uploads are still pending, else EXIT_CONFLICT when it reported a
+# conflict: everything is in the bucket, but some version of yours went beside its object.
+EXIT_CONFLICT = 3
+
+
+def _print_conflicts(lines: list[str]) -> None:
+    for line in lines:
+        print(f"octuefs: conflict: {line}", file=sys.stderr)
+
+
 def _sync(args: argparse.Namespace) -> int:
     from .mount import sync
 
-    left = sync(args.mountpoint, _progress_printer("uploading"), args.timeout)
+    left, conflicts = sync(args.mountpoint, _progress_printer("uploading"), args.timeout)
+    _print_conflicts(conflicts)
     if left:
         print(f"octuefs: error: {left} upload(s) still pending (see `octuefs status {args.mountpoint}`)",
               file=sys.stderr)
         return 1
+    return EXIT_CONFLICT if conflicts else 0
+
+
+EXIT_SIGPIPE = 128 + 13  # what a shell reports for a command killed by SIGPIPE (`ls | head`)
+
+
+def _print_out(lines: list[str]) -> int:
+    """Print to stdout; a reader that went away (``| head``) ends the output quietly, as it
+    does for any command-line tool, instead of a BrokenPipeError traceback."""
+    try:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, which would fail the same way: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SIGPIPE
     return 0
 
 
@@ -253,21 +300,22 @@ def _status(args: argparse.Namespace) -> int:
 
     report = status(args.mountpoint)
     if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
+        return _print_out([json.dumps(report, indent=2)])
     uploads, conflicts = report["uploads"], report["conflicts"]
-    print(f"gs://{report['bucket']}/{report['prefix']} on {args.mountpoint}: {len(uploads)} upload(s) pending")
+    out = [f"gs://{report['bucket']}/{report['prefix']} on {args.mountpoint}: {len(uploads)} upload(s) pending"]
     if "cache" in report:
         cache = report["cache"]
         limit = "no limit" if cache["limit"] is None else f"limit {format_size(cache['limit'])}"
-        print(f"  cache: {format_size(cache['clean_bytes'])} clean ({limit}), "
-              f"{format_size(cache['unsaved_bytes'])} unsaved (never evicted)")
+        out.append(f"  cache: {format_size(cache['clean_bytes'])} clean ({limit}), "
+                   f"{format_size(cache['unsaved_bytes'])} unsaved (never evicted)")
+        if cache.get("error"):
+            out.append(f"  cache: ERROR {cache['error']}: nothing can be written into the mount until it can")
     for row in uploads:
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
-        print(f"  {row['state']:<8} {row['size']:>12,d} B  {row['name']}  (attempts {row['attempts']}){error}")
+        out.append(f"  {row['state']:<8} {row['size']:>12,d} B  {row['name']}  (attempts {row['attempts']}){error}")
     for c in conflicts:
-        print(f"  conflict: {c['object']} changed in the bucket ({c['theirs']}); yours saved as {c['saved_as']}")
-    return 0
+        out.append(f"  conflict: {c['object']} changed in the bucket ({c['theirs']}); yours saved as {c['saved_as']}")
+    return _print_out(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             return _sync(args)
         from .mount import unmount
 
-        unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy, leave_pending=args.leave_pending,
-                progress=_progress_printer("writing out"))
+        # Conflicts are shown, but the unmount itself succeeded: 0. (`octuefs sync` first, for
+        # a script that must see them in the exit status.)
+        _print_conflicts(unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy,
+                                 leave_pending=args.leave_pending, progress=_progress_printer("writing out")))
         return 0
     except OctuefsError as exc:
         print(f"octuefs: error: {exc}", file=sys.stderr, flush=True)

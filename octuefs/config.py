@@ -120,6 +120,9 @@ class MountConfig:
             object.__setattr__(self, "cache_dir", default_cache_dir(self.bucket))
         if self.local and not self.local_data_dir:
             object.__setattr__(self, "local_data_dir", os.path.join(self.cache_dir, "local-gcs"))
+        for name in ("cache_dir", "local_data_dir"):  # the daemon runs in "/": relative paths would move
+            if getattr(self, name):
+                object.__setattr__(self, name, os.path.abspath(os.path.expanduser(getattr(self, name))))
         for name in ("stat_ttl", "list_ttl", "negative_ttl", "kernel_attr_ttl", "kernel_entry_ttl"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

@@ -3,7 +3,8 @@
 A Unix socket beside the mount's state file (a 0700 directory of the user's). A request is
 one JSON line, ``{"cmd": "status" | "sync" | "leave-pending"}``; the answer is JSON lines:
 ``status`` answers uploads, conflicts and cache usage; ``sync`` streams ``{"done": n, "total": m}``
-progress, then ``{"left": k}``.
+progress, then ``{"left": k, "conflicts": [...]}``: the conflicts no sync had reported yet, which
+count as reported once that line is sent.
 """
 
 from __future__ import annotations
@@ -86,7 +87,13 @@ class ControlServer:
             if progress:
                 d, t = progress[-1]
                 yield {"done": d, "total": t}
-            yield {"left": left[0]}
+            # Every conflict no sync has reported yet (this sync's uploads' and any earlier
+            # ones'), marked reported only once the reply is out (the generator resumes then).
+            upto, conflicts = uploader.journal.unreported_conflicts()
+            yield {"left": left[0], "bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix,
+                   "conflicts": conflicts}
+            if conflicts:
+                uploader.journal.mark_reported(upto)
         elif cmd == "leave-pending":
             self.fs.leave_pending = True
             yield {"ok": True}

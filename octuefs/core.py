@@ -655,6 +655,11 @@ class FileSystem:
         """For ``octuefs status``: clean bytes held and their limit, and unsaved bytes."""
         usage = self.cache.usage()
         usage["unsaved_bytes"] = self.cache.staging_bytes() + self.uploader.journal.pending_bytes()
+        problem = self.cache.write_problem(self.uploader.journal.pending_dir)
+        if problem is not None:
+            usage["error"] = problem
+            log.error("the cache directory %s cannot be written (%s): writes into the mount fail (EIO) until it can",
+                      self.config.cache_dir, problem)
         return usage
 
     # --- lifetime ---------------------------------------------------------------------------

@@ -146,6 +146,11 @@ class NoSpace(OctuefsError):
     """The local cache disk is full (ENOSPC)."""
 
 
+class CacheUnwritable(OctuefsError):
+    """The local cache directory cannot be written (removed, read-only, full of something else):
+    nothing can be written into the mount until it can (EIO; ``octuefs status`` says so too)."""
+
+
 class Conflict(OctuefsError):
     """The object changed in the bucket since this mount read it; the local version was kept."""
 
@@ -183,6 +188,7 @@ _ERRNO_TABLE: dict[type[BaseException], tuple[int, int]] = {
     InvalidArgument: (errno.EINVAL, logging.WARNING),
     NotSupported: (errno.ENOTSUP, logging.WARNING),
     NoSpace: (errno.ENOSPC, logging.ERROR),
+    CacheUnwritable: (errno.EIO, logging.ERROR),
     PermissionDenied: (errno.EACCES, logging.ERROR),
     PreconditionFailed: (errno.EIO, logging.WARNING),
     Conflict: (errno.EIO, logging.WARNING),

@@ -28,7 +28,7 @@ import time
 
 from . import metadata as octue
 from .cache import ContentCache
-from .errors import FileNotFound, IsADirectory, NotFound, StaleFile
+from .errors import FileNotFound, IsADirectory, NotFound, OctuefsError, StaleFile
 from .metacache import MetadataCache
 from .storage.base import Bucket, ObjectInfo
 from .uploads import CONFLICT, DONE, Entry, Uploader, Withheld, merge_metadata
@@ -146,10 +146,21 @@ class OpenFiles:
                     info = seen.base
                 elif info is None and not create:
                     raise FileNotFound(name)
+            made = name not in self._nodes
             node = self._node_for(name, info)
             node.opens += 1
             fh = next(self._next_fh)
             self._handles[fh] = Handle(node, writable)
+        if create and made:
+            # Its staging file now, not at the first write: a cache that cannot take it fails
+            # the create itself, and no empty file that can never be saved stays behind.
+            try:
+                with node.lock:
+                    self._ensure_staged(node)
+            except BaseException:
+                self.forget(node)
+                self.release(fh)
+                raise
         if truncate and writable:
             try:
                 self.truncate(node, 0)
@@ -243,9 +254,12 @@ class OpenFiles:
         node = self.handle(fh).node
         with node.lock:
             self._ensure_staged(node)
-            with open(node.staging, "r+b") as f:
-                f.seek(offset)
-                f.write(data)
+            try:
+                with open(node.staging, "r+b") as f:
+                    f.seek(offset)
+                    f.write(data)
+            except OSError as exc:
+                raise self.cache.unwritable(exc) from exc
             node.size = max(node.size, offset + len(data))
             node.dirty = True
             node.mtime = None
@@ -260,19 +274,31 @@ class OpenFiles:
             node.mtime = None
 
     def _ensure_staged(self, node: FileNode, length: int | None = None) -> None:
-        """Give the node a private full copy to write to. Caller holds node.lock."""
+        """Give the node a private full copy to write to. Caller holds node.lock.
+
+        A cache directory that cannot be written is :class:`CacheUnwritable` (EIO), not the
+        bare ENOENT or EACCES of the file inside it, which would name the wrong file."""
         if node.staging is not None:
             return
         if node.pending:  # the newest version is sealed for upload: write to a copy of it
             path = self.cache.new_staging_path()
-            with open(self.uploader.journal.data_path(node.pending[-1].id), "rb") as src, \
-                    open(path, "xb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                if length is not None:
-                    dst.truncate(length)
+            try:
+                with open(self.uploader.journal.data_path(node.pending[-1].id), "rb") as src, \
+                        open(path, "xb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                    if length is not None:
+                        dst.truncate(length)
+            except OSError as exc:
+                _unlink_quietly(path)
+                raise self.cache.unwritable(exc) from exc
             node.staging = path
         else:
-            node.staging = self.cache.stage(node.base, length)
+            try:
+                node.staging = self.cache.stage(node.base, length)
+            except OctuefsError:
+                raise
+            except OSError as exc:
+                raise self.cache.unwritable(exc) from exc
 
     # --- saving -------------------------------------------------------------------------
 
@@ -326,7 +352,12 @@ class OpenFiles:
             self._ensure_staged(node)
         meta = node.meta.with_id()
         custom = self._custom_metadata(node, meta)
-        entry = self.uploader.submit(node.name, node.staging, custom, node.content_type, node.base, node.size)
+        try:
+            entry = self.uploader.submit(node.name, node.staging, custom, node.content_type, node.base, node.size)
+        except OctuefsError:
+            raise
+        except OSError as exc:
+            raise self.cache.unwritable(exc) from exc
         node.meta, node.staging, node.meta_from = meta, None, custom
         node.dirty = node.meta_dirty = False
         node.mtime = None

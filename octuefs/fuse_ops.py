@@ -52,6 +52,11 @@ MAX_WRITE = MiB  # libfuse 3 cannot take larger requests (its buffer is 256 page
 MAX_BACKGROUND = 64  # kernel requests in flight at once that no caller waits on (read-ahead)
 KEEP_CACHE_PATHS = 65536  # paths whose last opened generation is remembered
 READ_AHEAD_KB = 1024  # the kernel's read-ahead for this mount, if the daemon may set it
+# Idle worker threads libfuse 3 keeps. Its default, UINT_MAX ("never end one"), is refused by
+# libfuse 3.12-3.14's own check, which logs "Ignoring invalid max threads value 4294967295 >
+# max (100000)" at every mount. 10 is libfuse's max_threads default, so it keeps every worker,
+# as UINT_MAX meant: the same behaviour, without the line.
+MAX_IDLE_THREADS = 10
 
 # fuse_common.h (libfuse 3)
 FUSE_CAP_ASYNC_READ = 1 << 0
@@ -543,5 +548,7 @@ class _FUSE(mfusepy.FUSE):
 def run(ops: OctueOperations, mountpoint: str, options: dict) -> None:
     """Serve ``ops`` on ``mountpoint`` until it is unmounted (multithreaded)."""
     ops.mountpoint = os.path.abspath(mountpoint)
+    if mfusepy.fuse_version_major >= 3:  # (libfuse 2 knows no such option, and has no such default)
+        options = {"max_idle_threads": MAX_IDLE_THREADS, **options}
     log.debug("libfuse %d.%d, options %s", mfusepy.fuse_version_major, mfusepy.fuse_version_minor, options)
     _FUSE(ops, mountpoint, nothreads=False, raw_fi=True, **options)

@@ -265,10 +265,20 @@ def _last_error(log_file: str) -> str | None:
 # --- unmount -----------------------------------------------------------------------------------
 
 
-def sync(mountpoint: str, progress=None, timeout: float | None = None) -> int:
-    """Wait until every upload pending in the mount is in the bucket; return how many failed to."""
+def sync(mountpoint: str, progress=None, timeout: float | None = None) -> tuple[int, list[str]]:
+    """Wait until every upload pending in the mount is in the bucket. Return how many failed to,
+    and a line for each conflict no sync had reported yet (they count as reported now)."""
     _require_mounted(mountpoint)
-    return int(request(socket_path(mountpoint), "sync", progress, timeout).get("left", 0))
+    reply = request(socket_path(mountpoint), "sync", progress, timeout)
+    return int(reply.get("left", 0)), [_conflict_line(c, reply, mountpoint) for c in reply.get("conflicts", ())]
+
+
+def _conflict_line(conflict: dict, reply: dict, mountpoint: str) -> str:
+    """``data.csv changed in the bucket (generation 7); your version was saved as gs://b/x (MNT/x)``."""
+    bucket, prefix, saved = reply.get("bucket", "?"), reply.get("prefix", ""), conflict.get("saved_as", "?")
+    seen = f" ({os.path.join(mountpoint, saved[len(prefix):])})" if saved.startswith(prefix) else ""
+    return (f"{conflict.get('object')} changed in the bucket ({conflict.get('theirs')}); "
+            f"your version was saved as gs://{bucket}/{saved}{seen}")
 
 
 def status(mountpoint: str) -> dict:
@@ -282,17 +292,20 @@ def _require_mounted(mountpoint: str) -> None:
 
 
 def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False, leave_pending: bool = False,
-            progress=None) -> None:
-    """Write out pending uploads (unless ``leave_pending``), unmount, wait for the daemon to exit."""
+            progress=None) -> list[str]:
+    """Write out pending uploads (unless ``leave_pending``), unmount, wait for the daemon to exit.
+    Return the conflicts that writing out reported (see :func:`sync`)."""
     _require_mounted(mountpoint)
     state = read_state(mountpoint)
+    conflicts: list[str] = []
     if state is not None:
         if leave_pending:
             request(socket_path(mountpoint), "leave-pending", timeout=30)
         elif not lazy:
-            left = sync(mountpoint, progress, timeout)
+            left, conflicts = sync(mountpoint, progress, timeout)
             if left:
-                raise MountError(f"{left} upload(s) are still pending; not unmounting (see `octuefs status`)")
+                also = "".join(f"; conflict: {line}" for line in conflicts)
+                raise MountError(f"{left} upload(s) are still pending; not unmounting (see `octuefs status`){also}")
     fusermount = _fusermount()
     if fusermount is None:
         raise MountError("fusermount3 is not installed: install the fuse3 package")
@@ -303,6 +316,7 @@ def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False, leave_p
         raise MountError(f"cannot unmount {mountpoint}: {msg}")
     if state and state.get("pid") and not lazy:  # lazy: open files keep the daemon serving them
         wait_for_exit(int(state["pid"]), timeout)
+    return conflicts
 
 
 def wait_for_exit(pid: int, timeout: float | None) -> None:

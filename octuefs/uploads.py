@@ -194,6 +194,8 @@ class Journal:
         self.pending_dir = os.path.join(root, "pending")
         self.journal_dir = os.path.join(root, "journal")
         self.conflicts_path = os.path.join(root, "conflicts.jsonl")
+        # How many lines of conflicts.jsonl an `octuefs sync` (or unmount) has reported.
+        self.reported_path = os.path.join(root, "conflicts.reported")
         for d in (self.pending_dir, self.journal_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self.lost_dir = os.path.join(root, "lost+found")
@@ -448,6 +450,30 @@ class Journal:
         fd = os.open(self.conflicts_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # names are private
         with os.fdopen(fd, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def unreported_conflicts(self) -> tuple[int, list[dict]]:
+        """The conflicts no sync has reported yet, and the mark that reporting them moves to
+        (see :meth:`mark_reported`). A log shorter than the mark was started afresh: all new."""
+        try:
+            with open(self.conflicts_path) as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            lines = []
+        try:
+            with open(self.reported_path) as f:
+                start = int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            start = 0
+        if start > len(lines):
+            start = 0
+        return len(lines), [json.loads(line) for line in lines[start:] if line.strip()]
+
+    def mark_reported(self, upto: int) -> None:
+        tmp = self.reported_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{upto}\n")
+        os.replace(tmp, self.reported_path)
 
     def conflicts(self, limit: int = 50) -> list[dict]:
         try:

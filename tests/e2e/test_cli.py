@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import uuid
 
 import pytest
 
-from .conftest import force_unmount, run_octuefs
+from .conftest import force_unmount, octuefs_command, run_octuefs, wait_until
 
 pytestmark = pytest.mark.fuse
 
@@ -116,3 +117,104 @@ def test_bad_credentials(tmp_path, monkeypatch):
     (tmp_path / "mp").mkdir()
     result = run_octuefs("mount", "some-bucket", str(tmp_path / "mp"), check=False)
     assert_one_line_error(result, "credentials")
+
+
+def test_a_relative_cache_dir_is_where_the_command_was_typed(emulator, tmp_path):
+    """`octuefs mount B mnt --cache-dir lc` from a directory: writes reach the bucket (they
+    failed with ENOENT, leaving a 0-byte file, when the daemon in "/" took lc as /lc)."""
+    from octuefs.storage.gcs import GCSBucket
+
+    name = f"relcache-{uuid.uuid4().hex[:8]}"
+    emulator.create_bucket(name)
+    (tmp_path / "mnt").mkdir()
+    try:
+        run_octuefs("mount", name, "mnt", "--cache-dir", "caches/lc", "--log-file", "octuefs.log", cwd=tmp_path)
+        (tmp_path / "mnt/x.txt").write_bytes(b"hello\n")
+        assert (tmp_path / "mnt/x.txt").read_bytes() == b"hello\n"
+        run_octuefs("sync", "mnt", cwd=tmp_path)
+        assert GCSBucket(name).read_range("x.txt", 0, 100) == b"hello\n"
+        assert (tmp_path / "caches/lc/lock").exists() and (tmp_path / "octuefs.log").exists()
+        run_octuefs("unmount", "mnt", cwd=tmp_path)
+    finally:
+        force_unmount(tmp_path / "mnt")
+    assert "Traceback" not in (tmp_path / "octuefs.log").read_text()
+
+
+def test_a_mount_logs_no_libfuse_thread_warning(mount):
+    """libfuse 3.14 refused its own default max_idle_threads (UINT_MAX) with a line at every mount."""
+    (mount / "f.txt").write_bytes(b"x")
+    assert "Ignoring invalid max threads" not in mount.log_text()
+
+
+def test_a_cache_that_cannot_be_written_fails_writes_clearly_and_shows_in_status(mount):
+    """The cache's staging directory removed under a running daemon (a cleaner emptying
+    ~/.cache, say): a new file fails with EIO at once, no empty file stays in the mount, and
+    `octuefs status` (text and --json) and the log say why; mended, writes work again."""
+    import errno
+    import json
+
+    (mount / "before.txt").write_bytes(b"kept")
+    mount.sync()
+    shutil.rmtree(mount.cache / "staging")
+    with pytest.raises(OSError) as failed:
+        (mount / "x.txt").write_bytes(b"hello\n")
+    assert failed.value.errno == errno.EIO
+    assert sorted(os.listdir(mount.path)) == ["before.txt"]
+    assert not (mount / "x.txt").exists()
+    status = run_octuefs("status", str(mount.path))
+    assert f"cannot write {mount.cache / 'staging'}" in status.stdout, status.stdout
+    report = json.loads(run_octuefs("status", "--json", str(mount.path)).stdout)
+    assert "cannot write" in report["cache"]["error"]
+    assert f"cannot write the cache directory {mount.cache}" in mount.log_text()
+
+    (mount.cache / "staging").mkdir(mode=0o700)
+    (mount / "x.txt").write_bytes(b"hello\n")
+    mount.sync()
+    assert mount.bucket.read_range("x.txt", 0, 100) == b"hello\n"
+    assert "ERROR" not in run_octuefs("status", str(mount.path)).stdout
+    assert "error" not in json.loads(run_octuefs("status", "--json", str(mount.path)).stdout)["cache"]
+
+
+def _conflict(mount, name: str, mine: bytes) -> None:
+    """Change ``name`` in the bucket while the mount has it open, then close the mount's change."""
+    with open(mount / name, "r+b") as f:
+        f.read()
+        mount.bucket.upload_bytes(name, b"their version")  # another machine, meanwhile
+        f.seek(0)
+        f.write(mine)
+
+
+def test_sync_exits_non_zero_and_names_each_conflict_once(mount):
+    """Every conflict no sync has reported yet, whether it happened during this sync or in the
+    background before it: printed (which file, where your version went), exit status 3, and
+    the next sync, with nothing new, exits 0."""
+    mount.bucket.upload_bytes("early.csv", b"v1")
+    mount.bucket.upload_bytes("late.csv", b"v1")
+    _conflict(mount, "early.csv", b"mine early")
+    assert wait_until(lambda: json.loads(run_octuefs("status", "--json", str(mount.path)).stdout)["conflicts"])
+    first = run_octuefs("sync", str(mount.path), check=False)
+    [copy] = [o.name for o in mount.bucket.list_all("")[0] if o.name.startswith("early.octuefs-conflict-")]
+    assert first.returncode == 3, first.stderr
+    assert (f"octuefs: conflict: early.csv changed in the bucket" in first.stderr
+            and f"saved as gs://{mount.bucket.name}/{copy} ({mount.path / copy})" in first.stderr), first.stderr
+    assert mount.bucket.read_range(copy, 0, 100) == b"mine early"
+    assert run_octuefs("sync", str(mount.path), check=False).returncode == 0
+
+    _conflict(mount, "late.csv", b"mine late")
+    second = run_octuefs("sync", str(mount.path), check=False)
+    assert second.returncode == 3 and "late.csv changed in the bucket" in second.stderr, second.stderr
+    assert "early.csv" not in second.stderr
+    assert run_octuefs("sync", str(mount.path), check=False).returncode == 0
+
+
+@pytest.mark.parametrize("form", [[], ["--json"]])
+def test_status_into_a_closed_pipe_ends_quietly(mount, form):
+    """`octuefs status MNT | head -1`: the reader is gone before status writes."""
+    for i in range(3):
+        (mount / f"f{i}.txt").write_bytes(b"x")
+    proc = subprocess.Popen([*octuefs_command(), "status", *form, str(mount.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like head, done reading
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert proc.returncode == 141

@@ -54,3 +54,18 @@ def test_waiting_for_a_daemon_that_exited_but_is_not_reaped_returns_at_once():
         assert time.monotonic() - start < 1
     finally:
         child.wait()
+
+
+def test_path_options_are_made_absolute_where_the_command_was_typed(tmp_path, monkeypatch):
+    """The daemon runs in "/": a relative --cache-dir kept as given named another directory
+    there, and every write failed with ENOENT. The -o form (fstab) is read the same way."""
+    from octuefs.cli import build_parser, config_from_args
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["mount", "b", "mnt", "--cache-dir", "lc", "--log-file", "logs/o.log"])
+    assert config_from_args(args).cache_dir == str(tmp_path / "lc")
+    assert args.log_file == str(tmp_path / "logs/o.log")
+    args = build_parser().parse_args(["mount", "b", "mnt", "-o", "cache_dir=c2,log_file=l2.log,local"])
+    config = config_from_args(args)
+    assert (config.cache_dir, config.local_data_dir) == (str(tmp_path / "c2"), str(tmp_path / "c2/local-gcs"))
+    assert args.log_file == str(tmp_path / "l2.log")

@@ -21,9 +21,14 @@ What reaches the bucket:
 Where the seed is silent: ``None`` for a metadata argument means "not given" (a cloud object keeps
 its stored value; use the setters to clear one); POSIX seconds become an aware UTC datetime; labels
 are folded to lower case (``Vestas`` -> ``vestas``); a 1-tuple ``bucket_name`` (example A's stray
-comma) is unwrapped with a warning; a local datafile's metadata lives in memory until ``to_cloud``;
-a ``with`` block left by an exception sends nothing (``to_cloud()`` sends it later);
+comma) is unwrapped with a warning; a ``with`` block left by an exception sends nothing
+(``to_cloud()`` sends it later);
 ``exists_in_cloud`` means "has a cloud location", as in the SDK.
+
+A local datafile keeps its metadata where the SDK does, in the ``.octue`` file of its directory
+(:mod:`octuefs.local_metadata`): read when the Datafile is made, recorded when a file opened
+with it for writing is closed (or its metadata changed while it was open), and by
+``update_local_metadata()`` / ``update_metadata()``.
 
 Buckets come from the module-level hook ``bucket_factory(bucket_name, project_name)`` (default:
 :func:`octuefs.storage.open_bucket`) unless passed as ``bucket=``. A Datafile is not thread-safe.
@@ -43,6 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from octuefs.errors import Conflict, InvalidMetadata, NotFound, PreconditionFailed, StaleFile
+from octuefs.local_metadata import read_record, write_record
 from octuefs.metadata import OCTUE_PREFIX, SDK_LAYOUT_VERSION, OctueMetadata, check_size_limits, metadata_patch
 from octuefs.metadata import decode_object_metadata, encode_object_metadata
 from octuefs.metadata import validate_cluster, validate_id, validate_labels, validate_sequence, validate_tags
@@ -193,6 +199,7 @@ class Datafile:
         self._local_path: str | None = None  # the user's file, or the private copy of the object
         self._private_dir: str | None = None
         self._context: _DatafileIO | None = None
+        self._local_record: OctueMetadata | None = None  # a local datafile's record in its .octue file
         self._id_given = "id" in given
         if self._path.startswith(CLOUD_PROTOCOL):
             self._location = _split_cloud_path(self._path)
@@ -204,7 +211,8 @@ class Datafile:
                 pass  # a new object: created by the first write
         else:
             self._local_path = os.path.abspath(self._path)
-        stored = self._stored
+            self._local_record = read_record(self._local_path)
+        stored = self._stored if self._location else (self._local_record or OctueMetadata())
         if self._id_given and stored.id not in (None, given["id"]):
             rule = f"{self._path} already has octue__id {stored.id}; an existing id is kept"
             raise InvalidMetadata("id", rule, given["id"])
@@ -305,6 +313,27 @@ class Datafile:
         if use_octue_namespace:
             return {OCTUE_PREFIX + key: value for key, value in fields.items()}
         return {**fields, "name": self.name, "path": self.path}
+
+    def update_local_metadata(self) -> None:
+        """Record the metadata in the ``.octue`` file beside the local file, as the SDK does
+        (writing the file only if the record differs from what it holds)."""
+        if self._location is not None or self._local_path is None:
+            raise ValueError(f"{self!r} is in the cloud: its metadata is kept on the object (update_cloud_metadata())")
+        meta = self._model(self._id)
+        write_record(self._local_path, meta)
+        self._local_record = meta
+
+    def update_metadata(self) -> None:
+        """Store the metadata where it lives: on the cloud object, or in the local ``.octue`` file."""
+        if self._location is not None:
+            self.update_cloud_metadata()
+        else:
+            self.update_local_metadata()
+
+    def _local_metadata_changed(self) -> bool:
+        if self._local_record is None:
+            return self._model(None) != OctueMetadata()
+        return self._model(self._id) != self._local_record
 
     def _metadata_changed(self) -> bool:
         """Whether the metadata differs from the object's (the id is not a change: it is ours to keep)."""
@@ -490,6 +519,10 @@ class Datafile:
     def _closed(self, mode: str, ok: bool) -> None:
         """After a file opened with ``mode`` is closed: send what changed (one request at most)."""
         if self._location is None:
+            if not ok:
+                _log.warning("%s: left by an exception; its metadata was not recorded", self._local_path)
+            elif _writes(mode) or self._local_metadata_changed():
+                self.update_local_metadata()
             return
         if not ok:
             _log.warning("%s: left by an exception; nothing sent (call to_cloud() to send the changes)", self.cloud_path)

@@ -781,5 +781,6 @@ def test_datafile_sits_on_storage_and_metadata_only():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     ours = {name for name in imported if name.split(".")[0] == "octuefs"}
-    assert ours <= {"octuefs.errors", "octuefs.metadata", "octuefs.storage", "octuefs.storage.retry"}
+    assert ours <= {"octuefs.errors", "octuefs.metadata", "octuefs.storage", "octuefs.storage.retry",
+                    "octuefs.local_metadata"}
     assert not any(name.split(".")[0] in ("google", "mfusepy", "fuse") for name in imported)

@@ -47,7 +47,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from octuefs.errors import Conflict, InvalidMetadata, NotFound, PreconditionFailed, StaleFile
+from octuefs.errors import BucketNotFound, Conflict, InvalidMetadata, NotFound, PreconditionFailed, StaleFile
+from octuefs.errors import StorageError
 from octuefs.local_metadata import read_record, write_record
 from octuefs.metadata import OCTUE_PREFIX, SDK_LAYOUT_VERSION, OctueMetadata, check_size_limits, metadata_patch
 from octuefs.metadata import decode_object_metadata, encode_object_metadata
@@ -142,7 +143,40 @@ def _bucket_name_arg(value: Any) -> str:
         value = value[0]
     if not isinstance(value, str) or not value:
         raise TypeError(f"bucket_name must be a non-empty string, not {value!r}")
+    if value.startswith(CLOUD_PROTOCOL):
+        raise ValueError(
+            f"bucket_name {value!r} is a gs:// URL: give a bucket name and a path in it, or the whole "
+            "gs://bucket/path/in/bucket alone (or as cloud_path=)"
+        )
     return value
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(CLOUD_PROTOCOL)
+
+
+def _url_in_place_of_names(project: Any, bucket_name: Any, path: Any) -> tuple[Any, Any, str | None]:
+    """``(project, bucket_name, cloud_path)`` for arguments that may hold a ``gs://`` URL in place of
+    the names: ``("gs://b/p")`` or ``(project, "gs://b/p")``; else the names as given and no URL."""
+    if _is_url(project) and bucket_name is None and path is None:
+        return None, None, project
+    if _is_url(bucket_name) and path is None:
+        return project, None, bucket_name
+    return project, bucket_name, None
+
+
+def _missing(bucket: Bucket, bucket_name: str, name: str, what: str) -> NotFound:
+    """The error for ``what`` on gs://bucket_name/name, which is not there: ``BucketNotFound`` if the
+    bucket itself is missing (one listing asks; GCS and its emulator answer an object request in a
+    missing bucket with a plain 404), else ``NotFound``."""
+    where = f"{CLOUD_PROTOCOL}{bucket_name}/{name}"
+    try:
+        bucket.list_page(name, None, None, 1)
+    except BucketNotFound:
+        return BucketNotFound(f"{where}: bucket {bucket_name!r} does not exist, so {what}")
+    except StorageError as exc:  # not allowed to list, say: the object's own answer stands
+        _log.debug("%s: could not tell whether the bucket exists: %s", where, exc)
+    return NotFound(f"{where}: no such object, so {what}")
 
 
 def _check_open_kwargs(kwargs: dict[str, Any]) -> None:
@@ -207,8 +241,10 @@ class Datafile:
                 raise ValueError(f"bucket {bucket.name!r} given for {self._path!r}")
             try:
                 self._adopt(self._get_bucket().stat(self._location[1]))
+            except BucketNotFound as exc:
+                raise BucketNotFound(f"{self._path}: bucket {self._location[0]!r} does not exist") from exc
             except NotFound:
-                pass  # a new object: created by the first write
+                pass  # a new object: created by the first write (from_cloud checks the bucket)
         else:
             self._local_path = os.path.abspath(self._path)
             self._local_record = read_record(self._local_path)
@@ -231,21 +267,25 @@ class Datafile:
     ) -> Datafile:
         """The datafile for an existing cloud object: one stat (metadata only), no download.
 
-        Also ``from_cloud(cloud_path="gs://b/p")`` or ``from_cloud("gs://b/p")``. ``kwargs`` are
-        metadata to set over the stored values (see the constructor) and open keywords for the
-        ``with`` form. Raises ``NotFound`` if there is no such object, unless ``mode`` writes.
+        Also ``from_cloud(project_name, "gs://b/p")``, ``from_cloud(cloud_path="gs://b/p")`` or
+        ``from_cloud("gs://b/p")``. ``kwargs`` are metadata to set over the stored values (see the
+        constructor) and open keywords for the ``with`` form. Raises ``BucketNotFound`` if the
+        bucket does not exist (in any mode), ``NotFound`` if the object does not, unless ``mode`` writes.
         """
-        only_a_path = cloud_path is None and bucket_name is None and datafile_path is None
-        if only_a_path and str(project_name).startswith(CLOUD_PROTOCOL):
-            project_name, cloud_path = None, project_name  # from_cloud("gs://b/p")
+        if cloud_path is None:
+            project_name, bucket_name, cloud_path = _url_in_place_of_names(project_name, bucket_name, datafile_path)
         if cloud_path is None:
             bucket_name = _bucket_name_arg(bucket.name if bucket_name is None and bucket is not None else bucket_name)
             if not datafile_path:
                 raise ValueError("from_cloud() needs datafile_path (the object's path in the bucket)")
             cloud_path = f"{CLOUD_PROTOCOL}{bucket_name}/{datafile_path}"
         datafile = cls(cloud_path, mode=mode, project_name=project_name, bucket=bucket, **kwargs)
-        if datafile._info is None and not _writes(mode):
-            raise NotFound(f"{cloud_path}: no such object (open it with mode='w' to create it)")
+        if datafile._info is None:
+            missing = _missing(datafile._get_bucket(), *datafile._location, "no datafile can be made there")
+            if isinstance(missing, BucketNotFound):
+                raise missing
+            if not _writes(mode):
+                raise NotFound(f"{cloud_path}: no such object (open it with mode='w' to create it)")
         return datafile
 
     def __repr__(self) -> str:
@@ -411,12 +451,21 @@ class Datafile:
 
     def to_cloud(
         self, project_name: str | None = None, bucket_name: str | None = None, path_in_bucket: str | None = None,
-        *, bucket: Bucket | None = None,
+        *, cloud_path: str | None = None, bucket: Bucket | None = None,
     ) -> str:
         """Send the datafile to the cloud and return its ``gs://`` path. To a new location: one stat
         of the destination, then one upload of data and metadata replacing only what the stat saw
         (keeping its ``octue__id`` and non-Octue keys). To its own location: one upload if the
-        content changed, else :meth:`update_cloud_metadata`."""
+        content changed, else :meth:`update_cloud_metadata`.
+
+        The destination may also be a ``gs://bucket/path`` URL: ``to_cloud(project_name, "gs://b/p")``,
+        ``to_cloud(cloud_path="gs://b/p")`` or ``to_cloud("gs://b/p")``."""
+        if cloud_path is None:
+            project_name, bucket_name, cloud_path = _url_in_place_of_names(project_name, bucket_name, path_in_bucket)
+        if cloud_path is not None:
+            if bucket_name is not None or path_in_bucket is not None:
+                raise ValueError("to_cloud() takes a cloud_path or a bucket_name and path_in_bucket, not both")
+            bucket_name, path_in_bucket = _split_cloud_path(cloud_path)
         bucket_name = bucket.name if bucket_name is None and bucket is not None else bucket_name
         bucket_name = _bucket_name_arg(bucket_name) if bucket_name else self.bucket_name
         target = (bucket_name, path_in_bucket or self.path_in_bucket)
@@ -471,6 +520,8 @@ class Datafile:
             bucket = self._bucket if same else bucket_factory(target[0], self._project_name)
         try:
             existing = bucket.stat(target[1])
+        except BucketNotFound as exc:
+            raise BucketNotFound(f"gs://{target[0]}/{target[1]}: bucket {target[0]!r} does not exist") from exc
         except NotFound:
             existing = None
         stored_id = decode_object_metadata(existing.metadata if existing else {}).id
@@ -496,6 +547,8 @@ class Datafile:
                                       if_metageneration_match=existing.metageneration if existing else None)
         except PreconditionFailed as exc:
             raise _conflict(f"gs://{target[0]}/{target[1]}", existing, "content and metadata", local, exc) from exc
+        except NotFound as exc:  # GCS says only 404 when the bucket is missing
+            raise _missing(bucket, target[0], target[1], "nothing was uploaded") from exc
         self._location, self._bucket = target, bucket
         self._adopt(info, md5)
 

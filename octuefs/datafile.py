@@ -15,7 +15,9 @@ What reaches the bucket:
   (0 for a new object); a metadata-only change is ONE patch of the changed keys; nothing changed,
   nothing sent (a read-mode ``with`` block without changes makes no request).
 * A failed precondition raises ``Conflict`` and overwrites nothing; the changes stay pending.
-* An object's ``octue__id`` is kept forever; one without gets the Datafile's id on its first write.
+* An object's ``octue__id`` is kept by every write through a Datafile of that object; one without
+  gets the Datafile's id on its first write. ``to_cloud`` of another datafile onto an existing
+  object replaces it, and the datafile keeps its own id, which the object takes (as in the SDK).
   Custom metadata keys that are not ``octue__*`` are kept.
 
 Where the seed is silent: ``None`` for a metadata argument means "not given" (a cloud object keeps
@@ -49,17 +51,19 @@ from typing import Any
 
 from octuefs.errors import BucketNotFound, Conflict, InvalidMetadata, NotFound, PreconditionFailed, StaleFile
 from octuefs.errors import StorageError
-from octuefs.local_metadata import read_record, write_record
+from octuefs.local_metadata import metadata_path, read_record, write_record
 from octuefs.metadata import OCTUE_PREFIX, SDK_LAYOUT_VERSION, OctueMetadata, check_size_limits, metadata_patch
 from octuefs.metadata import decode_object_metadata, encode_object_metadata
 from octuefs.metadata import validate_cluster, validate_id, validate_labels, validate_sequence, validate_tags
 from octuefs.metadata import validate_timestamp
 from octuefs.storage import Bucket, ObjectInfo, open_bucket
+from octuefs.storage.checksums import file_crc32c_b64
 from octuefs.storage.retry import file_md5
 
 _log = logging.getLogger(__name__)
 
 CLOUD_PROTOCOL = "gs://"
+EMPTY_HASH_VALUE = "AAAAAA=="  # the CRC32C of no bytes, which the SDK gives a datafile with no content
 _WRITE_MODE_CHARS = frozenset("wax+")
 _OPEN_KEYWORDS = frozenset({"buffering", "encoding", "errors", "newline", "closefd", "opener"})
 
@@ -293,11 +297,16 @@ class Datafile:
 
     # --- where it is -----------------------------------------------------------------------
 
-    path = property(lambda self: self._path, doc="The path given: a local path, or the gs:// path of a cloud datafile.")
     project_name = property(lambda self: self._project_name)
     bucket_name = property(lambda self: self._location[0] if self._location else None)
     path_in_bucket = property(lambda self: self._location[1] if self._location else None)
     exists_in_cloud = property(lambda self: self._location is not None, doc="Has a cloud location (as in the SDK).")
+
+    @property
+    def path(self) -> str:
+        """The gs:// path of a datafile in the cloud (also after ``to_cloud`` of a local one, so that
+        ``name`` is always the last part of ``path``), else the local path given."""
+        return self.cloud_path or self._path
 
     @property
     def cloud_path(self) -> str | None:
@@ -308,9 +317,44 @@ class Datafile:
         return posixpath.basename(self._location[1]) if self._location else os.path.basename(self._path)
 
     @property
+    def extension(self) -> str:
+        """The name's extension without the dot (``"csv"``), or ``""``."""
+        return os.path.splitext(self.name)[1].strip(".")
+
+    @property
     def exists_locally(self) -> bool:
-        """Whether there is a local file (the user's, or the downloaded private copy)."""
-        return self._local_path is not None and os.path.exists(self._local_path)
+        """Whether the datafile has a local path (the user's file, even if not written yet, or the
+        downloaded private copy), as in the SDK."""
+        return self._local_path is not None
+
+    @property
+    def metadata_path(self) -> str | None:
+        """The ``.octue`` file that holds a local datafile's metadata; None for a datafile in the
+        cloud (its metadata is on the object)."""
+        return metadata_path(self._local_path) if self._location is None and self._local_path else None
+
+    @property
+    def size_bytes(self) -> int | None:
+        """The size of the object (a datafile in the cloud) or of the local file; None if there is none."""
+        if self._location is not None:
+            return self._info.size if self._info is not None else None
+        try:
+            return os.path.getsize(self._local_path)
+        except OSError:
+            return None
+
+    @property
+    def cloud_hash_value(self) -> str | None:
+        """The object's CRC32C as GCS reports it (base64 of the big-endian 4 bytes), or None."""
+        return self._info.crc32c if self._info is not None else None
+
+    @property
+    def hash_value(self) -> str:
+        """The CRC32C of the content in the SDK's form (base64 of the big-endian 4 bytes): of the local
+        file if there is one, else the object's, else that of no content (``AAAAAA==``)."""
+        if self._local_path is not None and os.path.isfile(self._local_path):
+            return file_crc32c_b64(self._local_path)
+        return self.cloud_hash_value or EMPTY_HASH_VALUE
 
     @property
     def local_path(self) -> str | None:
@@ -340,19 +384,21 @@ class Datafile:
         """The metadata as it stands (validated again, as tags may have been changed in place)."""
         return OctueMetadata(id, self._timestamp, dict(self._tags), self._labels, self._cluster, self._sequence)
 
-    def metadata(self, include_id: bool = True, include_sdk_version: bool = True, use_octue_namespace: bool = False):
-        """The metadata as plain Python values: ``id``, ``timestamp``, ``tags``, ``labels``,
-        ``cluster``, ``sequence`` and ``sdk_version`` (the layout octuefs writes), plus ``name``
-        and ``path``. With ``use_octue_namespace``, only the Octue fields, named ``octue__<field>``
-        as on the object (the SDK's default form)."""
+    def metadata(self, include_id: bool = True, include_sdk_version: bool = True, use_octue_namespace: bool = True):
+        """The metadata, as the SDK gives it: ``octue__id``, ``octue__timestamp``, ``octue__tags`` (a
+        :class:`TagDict`), ``octue__labels`` (a :class:`LabelSet`), ``octue__sdk_version``, and
+        octuefs's ``octue__cluster`` and ``octue__sequence`` (the fields octuefs writes on the object).
+        Without ``use_octue_namespace``, the same keys without the ``octue__`` prefix. Copies: changing
+        them does not change the datafile."""
         fields = self._model(self._id).to_dict()
+        fields["tags"], fields["labels"] = TagDict(fields["tags"]), LabelSet(fields["labels"])
         if not include_id:
             del fields["id"]
         if include_sdk_version:
             fields["sdk_version"] = SDK_LAYOUT_VERSION
         if use_octue_namespace:
             return {OCTUE_PREFIX + key: value for key, value in fields.items()}
-        return {**fields, "name": self.name, "path": self.path}
+        return fields
 
     def update_local_metadata(self) -> None:
         """Record the metadata in the ``.octue`` file beside the local file, as the SDK does
@@ -455,7 +501,7 @@ class Datafile:
     ) -> str:
         """Send the datafile to the cloud and return its ``gs://`` path. To a new location: one stat
         of the destination, then one upload of data and metadata replacing only what the stat saw
-        (keeping its ``octue__id`` and non-Octue keys). To its own location: one upload if the
+        (keeping its non-Octue keys; the datafile's own id replaces the object's, as in the SDK). To its own location: one upload if the
         content changed, else :meth:`update_cloud_metadata`.
 
         The destination may also be a ``gs://bucket/path`` URL: ``to_cloud(project_name, "gs://b/p")``,
@@ -526,9 +572,8 @@ class Datafile:
             existing = None
         stored_id = decode_object_metadata(existing.metadata if existing else {}).id
         if stored_id not in (None, self._id):
-            if self._id_given:
-                raise InvalidMetadata("id", f"gs://{target[0]}/{target[1]} already has octue__id {stored_id}", self._id)
-            self._id = stored_id  # the object's id is kept forever
+            # As the SDK does: the datafile sent replaces the object, identity included.
+            _log.info("gs://%s/%s: replacing octue__id %s with this datafile's id %s", *target, stored_id, self._id)
         self._upload(bucket, target, existing, content_type=None)
 
     def _upload(self, bucket: Bucket, target: tuple[str, str], existing: ObjectInfo | None, content_type: str | None):

@@ -71,6 +71,9 @@ def read_record(local_path: str | os.PathLike) -> OctueMetadata | None:
     except LocalMetadataError as exc:
         _log.warning("%s; its metadata is ignored", exc)
         return None
+    except OSError as exc:  # unreadable (permissions, a directory of that name...): as if absent, but said
+        _log.warning("cannot read %s (%s); its metadata is ignored", path, exc)
+        return None
     record = data.get("datafiles", {}).get(os.path.basename(local_path))
     return None if record is None else decode_local_record(record)
 
@@ -97,10 +100,14 @@ def write_record(local_path: str | os.PathLike, meta: OctueMetadata) -> bool:
 
 @contextlib.contextmanager
 def _locked(directory: str) -> Iterator[None]:
-    """An exclusive lock on ``directory`` (between octuefs processes updating its ``.octue``)."""
+    """An exclusive lock on ``directory`` (between octuefs processes updating its ``.octue``); where
+    the filesystem has no ``flock`` (some network filesystems), none, as in the SDK."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            _log.debug("no lock on %s (%s): updating its %s unlocked", directory, exc, LOCAL_METADATA_FILENAME)
         yield
     finally:
         os.close(fd)

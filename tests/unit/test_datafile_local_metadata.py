@@ -7,6 +7,8 @@ The layout is the one ``octue`` 0.69.1 writes (``Datafile.update_local_metadata`
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import json
 import logging
 import pathlib
@@ -150,3 +152,20 @@ def test_a_different_id_for_a_recorded_file_is_refused():
     pathlib.Path(".octue").write_text(SDK_FILE)
     with pytest.raises(ValueError, match="already has octue__id"):
         Datafile(path="other.csv", id="d6a2f4e4-9ad4-4e0e-9d8e-0a3f1bd6d5a0")
+
+
+def test_a_filesystem_without_flock_still_records(monkeypatch):
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with Datafile(path="data.csv", labels="a", mode="w") as (datafile, f):
+        f.write("x")
+    assert stored()["datafiles"]["data.csv"]["id"] == datafile.id
+
+
+def test_an_unreadable_file_is_reported_and_read_as_no_record(caplog):
+    pathlib.Path(".octue").mkdir()  # a directory where the file should be: reading it fails
+    with caplog.at_level(logging.WARNING):
+        datafile = Datafile(path="data.csv", labels="a")
+    assert "cannot read" in caplog.text and datafile.labels == {"a"}

@@ -501,8 +501,8 @@ class Datafile:
     ) -> str:
         """Send the datafile to the cloud and return its ``gs://`` path. To a new location: one stat
         of the destination, then one upload of data and metadata replacing only what the stat saw
-        (keeping its non-Octue keys; the datafile's own id replaces the object's, as in the SDK). To its own location: one upload if the
-        content changed, else :meth:`update_cloud_metadata`.
+        (keeping its non-Octue keys; the datafile's own id replaces the object's, as in the SDK).
+        To its own location: one upload if the content changed, else :meth:`update_cloud_metadata`.
 
         The destination may also be a ``gs://bucket/path`` URL: ``to_cloud(project_name, "gs://b/p")``,
         ``to_cloud(cloud_path="gs://b/p")`` or ``to_cloud("gs://b/p")``."""
@@ -617,10 +617,13 @@ class Datafile:
     def _closed(self, mode: str, ok: bool) -> None:
         """After a file opened with ``mode`` is closed: send what changed (one request at most)."""
         if self._location is None:
-            if not ok:
-                _log.warning("%s: left by an exception; its metadata was not recorded", self._local_path)
-            elif _writes(mode) or self._local_metadata_changed():
+            if not (_writes(mode) or self._local_metadata_changed()):
+                return
+            if ok:
                 self.update_local_metadata()
+            else:
+                _log.warning("%s: left by an exception; its metadata was not recorded (update_local_metadata() "
+                             "records it)", self._local_path)
             return
         if not ok:
             _log.warning("%s: left by an exception; nothing sent (call to_cloud() to send the changes)", self.cloud_path)

@@ -169,3 +169,18 @@ def test_an_unreadable_file_is_reported_and_read_as_no_record(caplog):
     with caplog.at_level(logging.WARNING):
         datafile = Datafile(path="data.csv", labels="a")
     assert "cannot read" in caplog.text and datafile.labels == {"a"}
+
+
+def test_a_block_left_by_an_exception_records_nothing_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(RuntimeError):
+            with Datafile(path="data.csv", labels="a", mode="w") as (_, f):
+                f.write("x")
+                raise RuntimeError("stop")
+    assert not pathlib.Path(".octue").exists() and "metadata was not recorded" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(RuntimeError):
+            with Datafile(path="data.csv") as (_, f):  # reading, nothing to record: nothing said
+                raise RuntimeError("stop")
+    assert caplog.text == ""

@@ -527,6 +527,11 @@ class Datafile:
             self._upload_to(target, bucket)
         return self.cloud_path
 
+    def upload(self, cloud_path: str | None = None) -> str:
+        """The SDK 0.69.1 name for :meth:`to_cloud`: to ``cloud_path`` (``gs://bucket/path``), or to
+        the datafile's own cloud location; returns the ``gs://`` path."""
+        return self.to_cloud(cloud_path=cloud_path)
+
     def update_cloud_metadata(self) -> None:
         """Send changed metadata in one patch of the changed keys; send nothing if nothing changed."""
         self._require_location("update_cloud_metadata")

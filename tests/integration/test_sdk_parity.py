@@ -173,5 +173,5 @@ def test_sending_onto_an_existing_object_keeps_the_senders_id_on_both_sides(sdk_
     (theirs,) = sdk(sdk_python, tmp_path, dict(op="upload", path="theirs.csv", cloud_path=url))
     assert theirs["id"] != ours.id and Datafile.from_cloud("my-project", url).id == theirs["id"]
     again = Datafile(str(tmp_path / "ours.csv"))
-    again.to_cloud("my-project", url)
+    again.upload(url)  # the SDK 0.69.1 name, as the SDK side used it
     assert Datafile.from_cloud("my-project", url).id == again.id

@@ -84,6 +84,7 @@ def test_from_cloud_takes_a_gs_url(buckets, call):
         lambda d: d.to_cloud(PROJECT, "gs://my-bucket/b/y.csv"),
         lambda d: d.to_cloud("gs://my-bucket/b/y.csv"),
         lambda d: d.to_cloud(project_name=PROJECT, cloud_path="gs://my-bucket/b/y.csv"),
+        lambda d: d.upload("gs://my-bucket/b/y.csv"),  # the SDK 0.69.1 name
     ],
 )
 def test_to_cloud_takes_a_gs_url(buckets, call):

@@ -55,9 +55,10 @@ def _unwrap(obj: dict[str, Any]) -> Any:
     return obj
 
 
-def dumps(value: Any) -> str:
-    """Encode ``value`` as the SDK does (``ValueError``/``TypeError`` if it cannot be)."""
-    return json.dumps(value, cls=_Encoder)
+def dumps(value: Any, indent: int | None = None) -> str:
+    """Encode ``value`` as the SDK does (``ValueError``/``TypeError`` if it cannot be); ``indent``
+    as ``json.dumps`` takes it (the SDK writes its local ``.octue`` files with 4)."""
+    return json.dumps(value, cls=_Encoder, indent=indent)
 
 
 def loads(text: str) -> Any:

@@ -15,15 +15,22 @@ What reaches the bucket:
   (0 for a new object); a metadata-only change is ONE patch of the changed keys; nothing changed,
   nothing sent (a read-mode ``with`` block without changes makes no request).
 * A failed precondition raises ``Conflict`` and overwrites nothing; the changes stay pending.
-* An object's ``octue__id`` is kept forever; one without gets the Datafile's id on its first write.
+* An object's ``octue__id`` is kept by every write through a Datafile of that object; one without
+  gets the Datafile's id on its first write. ``to_cloud`` of another datafile onto an existing
+  object replaces it, and the datafile keeps its own id, which the object takes (as in the SDK).
   Custom metadata keys that are not ``octue__*`` are kept.
 
 Where the seed is silent: ``None`` for a metadata argument means "not given" (a cloud object keeps
 its stored value; use the setters to clear one); POSIX seconds become an aware UTC datetime; labels
 are folded to lower case (``Vestas`` -> ``vestas``); a 1-tuple ``bucket_name`` (example A's stray
-comma) is unwrapped with a warning; a local datafile's metadata lives in memory until ``to_cloud``;
-a ``with`` block left by an exception sends nothing (``to_cloud()`` sends it later);
+comma) is unwrapped with a warning; a ``with`` block left by an exception sends nothing
+(``to_cloud()`` sends it later);
 ``exists_in_cloud`` means "has a cloud location", as in the SDK.
+
+A local datafile keeps its metadata where the SDK does, in the ``.octue`` file of its directory
+(:mod:`octuefs.local_metadata`): read when the Datafile is made, recorded when a file opened
+with it for writing is closed (or its metadata changed while it was open), and by
+``update_local_metadata()`` / ``update_metadata()``.
 
 Buckets come from the module-level hook ``bucket_factory(bucket_name, project_name)`` (default:
 :func:`octuefs.storage.open_bucket`) unless passed as ``bucket=``. A Datafile is not thread-safe.
@@ -42,17 +49,21 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from octuefs.errors import Conflict, InvalidMetadata, NotFound, PreconditionFailed, StaleFile
+from octuefs.errors import BucketNotFound, Conflict, InvalidMetadata, NotFound, PreconditionFailed, StaleFile
+from octuefs.errors import StorageError
+from octuefs.local_metadata import metadata_path, read_record, write_record
 from octuefs.metadata import OCTUE_PREFIX, SDK_LAYOUT_VERSION, OctueMetadata, check_size_limits, metadata_patch
 from octuefs.metadata import decode_object_metadata, encode_object_metadata
 from octuefs.metadata import validate_cluster, validate_id, validate_labels, validate_sequence, validate_tags
 from octuefs.metadata import validate_timestamp
 from octuefs.storage import Bucket, ObjectInfo, open_bucket
+from octuefs.storage.checksums import file_crc32c_b64
 from octuefs.storage.retry import file_md5
 
 _log = logging.getLogger(__name__)
 
 CLOUD_PROTOCOL = "gs://"
+EMPTY_HASH_VALUE = "AAAAAA=="  # the CRC32C of no bytes, which the SDK gives a datafile with no content
 _WRITE_MODE_CHARS = frozenset("wax+")
 _OPEN_KEYWORDS = frozenset({"buffering", "encoding", "errors", "newline", "closefd", "opener"})
 
@@ -136,7 +147,40 @@ def _bucket_name_arg(value: Any) -> str:
         value = value[0]
     if not isinstance(value, str) or not value:
         raise TypeError(f"bucket_name must be a non-empty string, not {value!r}")
+    if value.startswith(CLOUD_PROTOCOL):
+        raise ValueError(
+            f"bucket_name {value!r} is a gs:// URL: give a bucket name and a path in it, or the whole "
+            "gs://bucket/path/in/bucket alone (or as cloud_path=)"
+        )
     return value
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(CLOUD_PROTOCOL)
+
+
+def _url_in_place_of_names(project: Any, bucket_name: Any, path: Any) -> tuple[Any, Any, str | None]:
+    """``(project, bucket_name, cloud_path)`` for arguments that may hold a ``gs://`` URL in place of
+    the names: ``("gs://b/p")`` or ``(project, "gs://b/p")``; else the names as given and no URL."""
+    if _is_url(project) and bucket_name is None and path is None:
+        return None, None, project
+    if _is_url(bucket_name) and path is None:
+        return project, None, bucket_name
+    return project, bucket_name, None
+
+
+def _missing(bucket: Bucket, bucket_name: str, name: str, what: str) -> NotFound:
+    """The error for ``what`` on gs://bucket_name/name, which is not there: ``BucketNotFound`` if the
+    bucket itself is missing (one listing asks; GCS and its emulator answer an object request in a
+    missing bucket with a plain 404), else ``NotFound``."""
+    where = f"{CLOUD_PROTOCOL}{bucket_name}/{name}"
+    try:
+        bucket.list_page(name, None, None, 1)
+    except BucketNotFound:
+        return BucketNotFound(f"{where}: bucket {bucket_name!r} does not exist, so {what}")
+    except StorageError as exc:  # not allowed to list, say: the object's own answer stands
+        _log.debug("%s: could not tell whether the bucket exists: %s", where, exc)
+    return NotFound(f"{where}: no such object, so {what}")
 
 
 def _check_open_kwargs(kwargs: dict[str, Any]) -> None:
@@ -193,6 +237,7 @@ class Datafile:
         self._local_path: str | None = None  # the user's file, or the private copy of the object
         self._private_dir: str | None = None
         self._context: _DatafileIO | None = None
+        self._local_record: OctueMetadata | None = None  # a local datafile's record in its .octue file
         self._id_given = "id" in given
         if self._path.startswith(CLOUD_PROTOCOL):
             self._location = _split_cloud_path(self._path)
@@ -200,11 +245,14 @@ class Datafile:
                 raise ValueError(f"bucket {bucket.name!r} given for {self._path!r}")
             try:
                 self._adopt(self._get_bucket().stat(self._location[1]))
+            except BucketNotFound as exc:
+                raise BucketNotFound(f"{self._path}: bucket {self._location[0]!r} does not exist") from exc
             except NotFound:
-                pass  # a new object: created by the first write
+                pass  # a new object: created by the first write (from_cloud checks the bucket)
         else:
             self._local_path = os.path.abspath(self._path)
-        stored = self._stored
+            self._local_record = read_record(self._local_path)
+        stored = self._stored if self._location else (self._local_record or OctueMetadata())
         if self._id_given and stored.id not in (None, given["id"]):
             rule = f"{self._path} already has octue__id {stored.id}; an existing id is kept"
             raise InvalidMetadata("id", rule, given["id"])
@@ -223,21 +271,25 @@ class Datafile:
     ) -> Datafile:
         """The datafile for an existing cloud object: one stat (metadata only), no download.
 
-        Also ``from_cloud(cloud_path="gs://b/p")`` or ``from_cloud("gs://b/p")``. ``kwargs`` are
-        metadata to set over the stored values (see the constructor) and open keywords for the
-        ``with`` form. Raises ``NotFound`` if there is no such object, unless ``mode`` writes.
+        Also ``from_cloud(project_name, "gs://b/p")``, ``from_cloud(cloud_path="gs://b/p")`` or
+        ``from_cloud("gs://b/p")``. ``kwargs`` are metadata to set over the stored values (see the
+        constructor) and open keywords for the ``with`` form. Raises ``BucketNotFound`` if the
+        bucket does not exist (in any mode), ``NotFound`` if the object does not, unless ``mode`` writes.
         """
-        only_a_path = cloud_path is None and bucket_name is None and datafile_path is None
-        if only_a_path and str(project_name).startswith(CLOUD_PROTOCOL):
-            project_name, cloud_path = None, project_name  # from_cloud("gs://b/p")
+        if cloud_path is None:
+            project_name, bucket_name, cloud_path = _url_in_place_of_names(project_name, bucket_name, datafile_path)
         if cloud_path is None:
             bucket_name = _bucket_name_arg(bucket.name if bucket_name is None and bucket is not None else bucket_name)
             if not datafile_path:
                 raise ValueError("from_cloud() needs datafile_path (the object's path in the bucket)")
             cloud_path = f"{CLOUD_PROTOCOL}{bucket_name}/{datafile_path}"
         datafile = cls(cloud_path, mode=mode, project_name=project_name, bucket=bucket, **kwargs)
-        if datafile._info is None and not _writes(mode):
-            raise NotFound(f"{cloud_path}: no such object (open it with mode='w' to create it)")
+        if datafile._info is None:
+            missing = _missing(datafile._get_bucket(), *datafile._location, "no datafile can be made there")
+            if isinstance(missing, BucketNotFound):
+                raise missing
+            if not _writes(mode):
+                raise NotFound(f"{cloud_path}: no such object (open it with mode='w' to create it)")
         return datafile
 
     def __repr__(self) -> str:
@@ -245,11 +297,16 @@ class Datafile:
 
     # --- where it is -----------------------------------------------------------------------
 
-    path = property(lambda self: self._path, doc="The path given: a local path, or the gs:// path of a cloud datafile.")
     project_name = property(lambda self: self._project_name)
     bucket_name = property(lambda self: self._location[0] if self._location else None)
     path_in_bucket = property(lambda self: self._location[1] if self._location else None)
     exists_in_cloud = property(lambda self: self._location is not None, doc="Has a cloud location (as in the SDK).")
+
+    @property
+    def path(self) -> str:
+        """The gs:// path of a datafile in the cloud (also after ``to_cloud`` of a local one, so that
+        ``name`` is always the last part of ``path``), else the local path given."""
+        return self.cloud_path or self._path
 
     @property
     def cloud_path(self) -> str | None:
@@ -260,9 +317,44 @@ class Datafile:
         return posixpath.basename(self._location[1]) if self._location else os.path.basename(self._path)
 
     @property
+    def extension(self) -> str:
+        """The name's extension without the dot (``"csv"``), or ``""``."""
+        return os.path.splitext(self.name)[1].strip(".")
+
+    @property
     def exists_locally(self) -> bool:
-        """Whether there is a local file (the user's, or the downloaded private copy)."""
-        return self._local_path is not None and os.path.exists(self._local_path)
+        """Whether the datafile has a local path (the user's file, even if not written yet, or the
+        downloaded private copy), as in the SDK."""
+        return self._local_path is not None
+
+    @property
+    def metadata_path(self) -> str | None:
+        """The ``.octue`` file that holds a local datafile's metadata; None for a datafile in the
+        cloud (its metadata is on the object)."""
+        return metadata_path(self._local_path) if self._location is None and self._local_path else None
+
+    @property
+    def size_bytes(self) -> int | None:
+        """The size of the object (a datafile in the cloud) or of the local file; None if there is none."""
+        if self._location is not None:
+            return self._info.size if self._info is not None else None
+        try:
+            return os.path.getsize(self._local_path)
+        except OSError:
+            return None
+
+    @property
+    def cloud_hash_value(self) -> str | None:
+        """The object's CRC32C as GCS reports it (base64 of the big-endian 4 bytes), or None."""
+        return self._info.crc32c if self._info is not None else None
+
+    @property
+    def hash_value(self) -> str:
+        """The CRC32C of the content in the SDK's form (base64 of the big-endian 4 bytes): of the local
+        file if there is one, else the object's, else that of no content (``AAAAAA==``)."""
+        if self._local_path is not None and os.path.isfile(self._local_path):
+            return file_crc32c_b64(self._local_path)
+        return self.cloud_hash_value or EMPTY_HASH_VALUE
 
     @property
     def local_path(self) -> str | None:
@@ -292,19 +384,42 @@ class Datafile:
         """The metadata as it stands (validated again, as tags may have been changed in place)."""
         return OctueMetadata(id, self._timestamp, dict(self._tags), self._labels, self._cluster, self._sequence)
 
-    def metadata(self, include_id: bool = True, include_sdk_version: bool = True, use_octue_namespace: bool = False):
-        """The metadata as plain Python values: ``id``, ``timestamp``, ``tags``, ``labels``,
-        ``cluster``, ``sequence`` and ``sdk_version`` (the layout octuefs writes), plus ``name``
-        and ``path``. With ``use_octue_namespace``, only the Octue fields, named ``octue__<field>``
-        as on the object (the SDK's default form)."""
+    def metadata(self, include_id: bool = True, include_sdk_version: bool = True, use_octue_namespace: bool = True):
+        """The metadata, as the SDK gives it: ``octue__id``, ``octue__timestamp``, ``octue__tags`` (a
+        :class:`TagDict`), ``octue__labels`` (a :class:`LabelSet`), ``octue__sdk_version``, and
+        octuefs's ``octue__cluster`` and ``octue__sequence`` (the fields octuefs writes on the object).
+        Without ``use_octue_namespace``, the same keys without the ``octue__`` prefix. Copies: changing
+        them does not change the datafile."""
         fields = self._model(self._id).to_dict()
+        fields["tags"], fields["labels"] = TagDict(fields["tags"]), LabelSet(fields["labels"])
         if not include_id:
             del fields["id"]
         if include_sdk_version:
             fields["sdk_version"] = SDK_LAYOUT_VERSION
         if use_octue_namespace:
             return {OCTUE_PREFIX + key: value for key, value in fields.items()}
-        return {**fields, "name": self.name, "path": self.path}
+        return fields
+
+    def update_local_metadata(self) -> None:
+        """Record the metadata in the ``.octue`` file beside the local file, as the SDK does
+        (writing the file only if the record differs from what it holds)."""
+        if self._location is not None or self._local_path is None:
+            raise ValueError(f"{self!r} is in the cloud: its metadata is kept on the object (update_cloud_metadata())")
+        meta = self._model(self._id)
+        write_record(self._local_path, meta)
+        self._local_record = meta
+
+    def update_metadata(self) -> None:
+        """Store the metadata where it lives: on the cloud object, or in the local ``.octue`` file."""
+        if self._location is not None:
+            self.update_cloud_metadata()
+        else:
+            self.update_local_metadata()
+
+    def _local_metadata_changed(self) -> bool:
+        if self._local_record is None:
+            return self._model(None) != OctueMetadata()
+        return self._model(self._id) != self._local_record
 
     def _metadata_changed(self) -> bool:
         """Whether the metadata differs from the object's (the id is not a change: it is ours to keep)."""
@@ -382,12 +497,21 @@ class Datafile:
 
     def to_cloud(
         self, project_name: str | None = None, bucket_name: str | None = None, path_in_bucket: str | None = None,
-        *, bucket: Bucket | None = None,
+        *, cloud_path: str | None = None, bucket: Bucket | None = None,
     ) -> str:
         """Send the datafile to the cloud and return its ``gs://`` path. To a new location: one stat
         of the destination, then one upload of data and metadata replacing only what the stat saw
-        (keeping its ``octue__id`` and non-Octue keys). To its own location: one upload if the
-        content changed, else :meth:`update_cloud_metadata`."""
+        (keeping its non-Octue keys; the datafile's own id replaces the object's, as in the SDK).
+        To its own location: one upload if the content changed, else :meth:`update_cloud_metadata`.
+
+        The destination may also be a ``gs://bucket/path`` URL: ``to_cloud(project_name, "gs://b/p")``,
+        ``to_cloud(cloud_path="gs://b/p")`` or ``to_cloud("gs://b/p")``."""
+        if cloud_path is None:
+            project_name, bucket_name, cloud_path = _url_in_place_of_names(project_name, bucket_name, path_in_bucket)
+        if cloud_path is not None:
+            if bucket_name is not None or path_in_bucket is not None:
+                raise ValueError("to_cloud() takes a cloud_path or a bucket_name and path_in_bucket, not both")
+            bucket_name, path_in_bucket = _split_cloud_path(cloud_path)
         bucket_name = bucket.name if bucket_name is None and bucket is not None else bucket_name
         bucket_name = _bucket_name_arg(bucket_name) if bucket_name else self.bucket_name
         target = (bucket_name, path_in_bucket or self.path_in_bucket)
@@ -402,6 +526,11 @@ class Datafile:
         else:
             self._upload_to(target, bucket)
         return self.cloud_path
+
+    def upload(self, cloud_path: str | None = None) -> str:
+        """The SDK 0.69.1 name for :meth:`to_cloud`: to ``cloud_path`` (``gs://bucket/path``), or to
+        the datafile's own cloud location; returns the ``gs://`` path."""
+        return self.to_cloud(cloud_path=cloud_path)
 
     def update_cloud_metadata(self) -> None:
         """Send changed metadata in one patch of the changed keys; send nothing if nothing changed."""
@@ -442,13 +571,14 @@ class Datafile:
             bucket = self._bucket if same else bucket_factory(target[0], self._project_name)
         try:
             existing = bucket.stat(target[1])
+        except BucketNotFound as exc:
+            raise BucketNotFound(f"gs://{target[0]}/{target[1]}: bucket {target[0]!r} does not exist") from exc
         except NotFound:
             existing = None
         stored_id = decode_object_metadata(existing.metadata if existing else {}).id
         if stored_id not in (None, self._id):
-            if self._id_given:
-                raise InvalidMetadata("id", f"gs://{target[0]}/{target[1]} already has octue__id {stored_id}", self._id)
-            self._id = stored_id  # the object's id is kept forever
+            # As the SDK does: the datafile sent replaces the object, identity included.
+            _log.info("gs://%s/%s: replacing octue__id %s with this datafile's id %s", *target, stored_id, self._id)
         self._upload(bucket, target, existing, content_type=None)
 
     def _upload(self, bucket: Bucket, target: tuple[str, str], existing: ObjectInfo | None, content_type: str | None):
@@ -467,6 +597,8 @@ class Datafile:
                                       if_metageneration_match=existing.metageneration if existing else None)
         except PreconditionFailed as exc:
             raise _conflict(f"gs://{target[0]}/{target[1]}", existing, "content and metadata", local, exc) from exc
+        except NotFound as exc:  # GCS says only 404 when the bucket is missing
+            raise _missing(bucket, target[0], target[1], "nothing was uploaded") from exc
         self._location, self._bucket = target, bucket
         self._adopt(info, md5)
 
@@ -490,6 +622,13 @@ class Datafile:
     def _closed(self, mode: str, ok: bool) -> None:
         """After a file opened with ``mode`` is closed: send what changed (one request at most)."""
         if self._location is None:
+            if not (_writes(mode) or self._local_metadata_changed()):
+                return
+            if ok:
+                self.update_local_metadata()
+            else:
+                _log.warning("%s: left by an exception; its metadata was not recorded (update_local_metadata() "
+                             "records it)", self._local_path)
             return
         if not ok:
             _log.warning("%s: left by an exception; nothing sent (call to_cloud() to send the changes)", self.cloud_path)

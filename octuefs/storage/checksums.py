@@ -71,6 +71,15 @@ def crc32c_b64(data: bytes) -> str:
     return to_b64(crc32c(data))
 
 
+def file_crc32c_b64(path: str) -> str:
+    """The CRC32C of a local file's content, as GCS reports it (read 1 MiB at a time)."""
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            crc = crc32c(chunk, crc)
+    return to_b64(crc)
+
+
 def md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 

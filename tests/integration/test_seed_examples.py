@@ -165,10 +165,10 @@ def test_example_c(gcs_bucket, calls):
     metadata = datafile.metadata()
 
     assert data == DATA.decode()
-    assert metadata["id"] == "02464c6f-0070-50ca-8a9b-ba1af5456601"
-    assert metadata["timestamp"] == dt.datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
-    assert metadata["tags"] == {"instrument": "anemometer", "height_m": 80.5, "calibrated": True}
-    assert metadata["labels"] == {"qc-passed", "raw"}
+    assert metadata["octue__id"] == "02464c6f-0070-50ca-8a9b-ba1af5456601"
+    assert metadata["octue__timestamp"] == dt.datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+    assert metadata["octue__tags"] == {"instrument": "anemometer", "height_m": 80.5, "calibrated": True}
+    assert metadata["octue__labels"] == {"qc-passed", "raw"}
     assert writes(calls) == {}
     assert raw(gcs_bucket, "path/to/data.csv") == AWARE_FRACTION
 
@@ -217,17 +217,24 @@ def test_example_d_existing_local_file(gcs_bucket, calls):
     _check_example_d(gcs_bucket, calls, datafile)
 
 
-def test_example_d_run_again_replaces_the_object_and_keeps_its_id(gcs_bucket, calls):
-    pathlib.Path("file.dat").write_text("first")
-    first = Datafile(path="file.dat", labels={"Vestas"})
+def test_example_d_run_again_replaces_the_object_with_the_datafiles_id(gcs_bucket, calls):
+    """As in the SDK, the datafile sent keeps its own id. A file written through a Datafile keeps its
+    id across runs in the local .octue file, so the first form of example D, run again, keeps it."""
+    with Datafile(path="file.dat", labels={"Vestas"}, mode="w") as (first, f):
+        f.write("first")
     first.to_cloud(project_name="my-project", bucket_name=gcs_bucket.name, path_in_bucket="path/to/data.dat")
-    pathlib.Path("file.dat").write_text("second")
-    second = Datafile(path="file.dat", labels={"Vestas"}, sequence=5)
+    with Datafile(path="file.dat", labels={"Vestas"}, sequence=5, mode="w") as (second, f):
+        f.write("second")
     second.to_cloud(project_name="my-project", bucket_name=gcs_bucket.name, path_in_bucket="path/to/data.dat")
     assert second.id == first.id
     assert content(gcs_bucket, "path/to/data.dat") == b"second"
     assert raw(gcs_bucket, "path/to/data.dat")["octue__id"] == json.dumps(first.id)
     assert raw(gcs_bucket, "path/to/data.dat")["octue__sequence"] == "5"
+
+    pathlib.Path("other.dat").write_text("third")
+    third = Datafile(path="other.dat")  # never recorded: a new id, which replaces the object's
+    third.to_cloud(project_name="my-project", bucket_name=gcs_bucket.name, path_in_bucket="path/to/data.dat")
+    assert third.id != first.id and raw(gcs_bucket, "path/to/data.dat")["octue__id"] == json.dumps(third.id)
 
 
 # --- objects the SDK wrote ---------------------------------------------------------------------

@@ -205,12 +205,12 @@ def test_example_c_reads_content_and_metadata_and_sends_nothing(bucket):
     metadata = datafile.metadata()
 
     assert data == DATA.decode()
-    assert metadata["id"] == ID
-    assert metadata["timestamp"] == dt.datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
-    assert metadata["tags"] == {"instrument": "anemometer", "height_m": 80.5, "calibrated": True}
-    assert metadata["labels"] == {"qc-passed", "raw"}
-    assert metadata["cluster"] == 0 and metadata["sequence"] is None
-    assert metadata["name"] == "data.csv" and metadata["path"] == "gs://my-bucket/path/to/data.csv"
+    assert metadata["octue__id"] == ID
+    assert metadata["octue__timestamp"] == dt.datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+    assert metadata["octue__tags"] == {"instrument": "anemometer", "height_m": 80.5, "calibrated": True}
+    assert metadata["octue__labels"] == {"qc-passed", "raw"}
+    assert metadata["octue__cluster"] == 0 and metadata["octue__sequence"] is None
+    assert datafile.name == "data.csv" and datafile.path == "gs://my-bucket/path/to/data.csv"
     assert writes(bucket) == {}
     assert bucket.calls["download"] == 1
     assert raw(bucket) == AWARE_FRACTION
@@ -398,25 +398,29 @@ def test_to_cloud_after_a_local_edit_uploads_once(bucket):
     assert raw(bucket)["octue__labels"] == '{"_type": "set", "items": ["edited", "qc-passed", "raw"]}'
 
 
-def test_to_cloud_replaces_an_existing_object_keeping_its_id_and_foreign_keys(bucket):
+def test_to_cloud_replaces_an_existing_object_keeping_the_datafiles_id_and_foreign_keys(bucket):
+    """As the SDK does (octue 0.69.1 uploads, then overwrites the metadata with the datafile's own)."""
     info = put(bucket, "dest.txt", b"old", {**AWARE_FRACTION, "owner": "ops"})
     pathlib.Path("local.txt").write_text("new")
     datafile = Datafile("local.txt", cluster=4)
+    own_id = datafile.id
     datafile.to_cloud(bucket_name=BUCKET, path_in_bucket="dest.txt")
     assert bucket.uploads[0]["if_generation_match"] == info.generation
     assert writes(bucket) == {"upload": 1}
-    assert datafile.id == ID
-    assert raw(bucket, "dest.txt")["octue__id"] == AWARE_FRACTION["octue__id"]
+    assert datafile.id == own_id != ID
+    assert raw(bucket, "dest.txt")["octue__id"] == json.dumps(own_id)
     assert raw(bucket, "dest.txt")["owner"] == "ops" and raw(bucket, "dest.txt")["octue__cluster"] == "4"
+    assert datafile.path == "gs://my-bucket/dest.txt" and datafile.name == "dest.txt"
 
 
-def test_to_cloud_refuses_an_explicit_id_that_differs_from_the_objects(bucket):
+def test_to_cloud_with_an_explicit_id_replaces_the_objects(bucket):
     put(bucket, "dest.txt", b"old", AWARE_FRACTION)
     pathlib.Path("local.txt").write_text("new")
-    datafile = Datafile("local.txt", id="8b9337d8-6b2a-4e3b-9a4b-9f1d2c3e4f50")
-    with pytest.raises(InvalidMetadata, match="id"):
-        datafile.to_cloud(bucket_name=BUCKET, path_in_bucket="dest.txt")
-    assert writes(bucket) == {} and content(bucket, "dest.txt") == b"old"
+    given = "8b9337d8-6b2a-4e3b-9a4b-9f1d2c3e4f50"
+    datafile = Datafile("local.txt", id=given)
+    datafile.to_cloud(bucket_name=BUCKET, path_in_bucket="dest.txt")
+    assert datafile.id == given and raw(bucket, "dest.txt")["octue__id"] == json.dumps(given)
+    assert content(bucket, "dest.txt") == b"new"
 
 
 def test_to_cloud_of_a_local_datafile_needs_a_location(bucket):
@@ -752,8 +756,8 @@ def test_malformed_or_empty_stored_values_read_as_defaults_and_send_nothing(buck
 def test_metadata_dict(bucket):
     put(bucket, metadata=AWARE_FRACTION)
     datafile = Datafile.from_cloud(PROJECT, BUCKET, OBJECT)
-    plain = datafile.metadata()
-    assert set(plain) == {"id", "timestamp", "tags", "labels", "cluster", "sequence", "sdk_version", "name", "path"}
+    plain = datafile.metadata(use_octue_namespace=False)
+    assert set(plain) == {"id", "timestamp", "tags", "labels", "cluster", "sequence", "sdk_version"}
     plain["tags"]["changed"] = 1
     plain["labels"].add("changed")
     assert "changed" not in datafile.tags and "changed" not in datafile.labels
@@ -781,5 +785,6 @@ def test_datafile_sits_on_storage_and_metadata_only():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     ours = {name for name in imported if name.split(".")[0] == "octuefs"}
-    assert ours <= {"octuefs.errors", "octuefs.metadata", "octuefs.storage", "octuefs.storage.retry"}
+    assert ours <= {"octuefs.errors", "octuefs.metadata", "octuefs.storage", "octuefs.storage.retry",
+                    "octuefs.local_metadata", "octuefs.storage.checksums"}
     assert not any(name.split(".")[0] in ("google", "mfusepy", "fuse") for name in imported)

@@ -410,9 +410,10 @@ def set_xattr(meta: OctueMetadata, name: str, value: bytes, flags: int = 0) -> O
 
     Setting a value to exactly what :func:`get_xattr` returned gives a model equal to ``meta``.
     Another ``user.*`` name sets that attribute (any bytes; InvalidMetadata for a name that
-    cannot be a metadata key). Raises AttributeNotSupported (not ours), ReadOnlyAttribute (a different id), AttributeExists /
-    NoSuchAttribute (XATTR_CREATE / XATTR_REPLACE), InvalidMetadata (a bad value, naming the
-    field and the rule) or AttributeValueTooLarge (the encoded field would break the GCS 4 KiB limit).
+    cannot be a metadata key). Raises AttributeNotSupported (not ours), ReadOnlyAttribute (a
+    different id), AttributeExists / NoSuchAttribute (XATTR_CREATE / XATTR_REPLACE),
+    InvalidMetadata (a bad value, naming the field and the rule) or AttributeValueTooLarge (the
+    encoded field would break the GCS 4 KiB limit).
     """
     if userxattrs.is_user_xattr(name):
         return _set_user_xattr(meta, name, value, flags)

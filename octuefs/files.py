@@ -474,7 +474,7 @@ class OpenFiles:
         Preconditions on both generation and metageneration make a concurrent change in the
         bucket fail the patch (PreconditionFailed) instead of being overwritten.
         """
-        changes = octue.metadata_patch(info.metadata, meta.with_id())
+        changes = octue.metadata_patch(info.metadata, octue.identified(meta, info.metadata))
         if not changes:
             return info
         merged = {k: v for k, v in {**info.metadata, **changes}.items() if v is not None}
@@ -486,6 +486,13 @@ class OpenFiles:
         self.metacache.wrote(new)
         log.debug("patched metadata of %r: %s", info.name, sorted(changes))
         return new
+
+    def check_fits(self, node: FileNode, meta: octue.OctueMetadata) -> None:
+        """MetadataTooLarge, before anything changes, if ``meta`` would not fit in the custom
+        metadata of the node's next upload (a node with nothing unsaved is checked by its patch)."""
+        with node.lock:
+            if node.unsaved or node.base is None:
+                self._custom_metadata(node, meta.with_id())
 
     def flush(self, fh: int) -> None:
         """close(2) of a handle: a writer's close saves; a reader's close never uploads."""

@@ -533,9 +533,9 @@ class _FUSE(mfusepy.FUSE):
         the answer is EOPNOTSUPP, what a filesystem without those features says: ``ls -l``
         asks for ``security.selinux`` and ``system.posix_acl_access`` of every file it lists,
         and on EOPNOTSUPP it stops asking for the rest of the filesystem (two round trips per
-        file otherwise). Other ``user.`` names are ENODATA: that namespace is ours."""
+        file otherwise). Every ``user.`` name is ours (other ones are kept as custom metadata)."""
         if not name.startswith(_XATTR_PREFIXES):
-            return -errno.ENODATA if name.startswith(b"user.") else -errno.EOPNOTSUPP
+            return -errno.EOPNOTSUPP
         return super().getxattr(path, name, value, size, *args)
 
     def truncate_fuse_3(self, path, length, fip):

@@ -9,7 +9,9 @@ Everything that knows what an Octue field looks like lives here, so a value set 
   (:func:`decode_object_metadata`, :func:`encode_object_metadata`, :func:`metadata_patch`,
   :func:`check_size_limits`);
 * the xattr form: ``user.octue.*`` attributes as ``getfattr``/``setfattr`` see them
-  (:func:`list_xattr_names`, :func:`get_xattr`, :func:`set_xattr`, :func:`remove_xattr`).
+  (:func:`list_xattr_names`, :func:`get_xattr`, :func:`set_xattr`, :func:`remove_xattr`), and
+  the file's other ``user.*`` attributes, which the model carries (``OctueMetadata.xattrs``) so
+  they travel wherever its metadata does; their keys and values are :mod:`octuefs.userxattrs`.
 
 The layout is the one in ``octue-metadata.md`` (SDK 0.69.1, plus the ``cluster``/``sequence``
 keys of SDK 0.1.19-0.1.27). Two choices beyond the SDK: labels are folded to lower case before
@@ -38,7 +40,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from octuefs import _octue_json
+from octuefs import _octue_json, userxattrs
 from octuefs._octue_fields import (
     INTEGER_TEXT,
     format_timestamp,
@@ -89,6 +91,10 @@ class OctueMetadata:
     Equality compares what would be written: NaN equals NaN, ``1``/``1.0``/``True`` differ, two
     timestamps are equal only with the same instant *and* offset (or both naive), tag order does
     not matter.
+
+    ``xattrs`` holds the file's other ``user.*`` attributes (name after ``user.`` -> value), or
+    ``None`` when the holder does not know them (a model built by the Datafile API): encoding
+    then keeps the ones stored, and equality does not compare them.
     """
 
     id: str | None = None
@@ -97,9 +103,12 @@ class OctueMetadata:
     labels: frozenset[str] = frozenset()
     cluster: int = 0
     sequence: int | None = None
+    xattrs: Mapping[str, bytes] | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
+        if self.xattrs is not None:
+            put(self, "xattrs", MappingProxyType({str(k): bytes(v) for k, v in self.xattrs.items()}))
         if self.id is not None:
             put(self, "id", validate_id(self.id))
         put(self, "timestamp", validate_timestamp(self.timestamp))
@@ -114,7 +123,9 @@ class OctueMetadata:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OctueMetadata):
             return NotImplemented
-        return self._key() == other._key()
+        if self._key() != other._key():
+            return False
+        return self.xattrs is None or other.xattrs is None or dict(self.xattrs) == dict(other.xattrs)
 
     def __hash__(self) -> int:
         return hash(self._key())
@@ -208,21 +219,23 @@ def decode_object_metadata(custom: Mapping[str, str] | None) -> OctueMetadata:
             values[field] = _decode_field(field, raw)
         except (ValueError, TypeError, RecursionError) as exc:
             _log.warning("ignoring malformed %s%s=%.100r (%s); read as the default", OCTUE_PREFIX, field, raw, exc)
-    return OctueMetadata(**values)
+    return OctueMetadata(**values, xattrs=userxattrs.from_custom(custom))
 
 
 def encode_object_metadata(meta: OctueMetadata, existing: Mapping[str, str] | None = None) -> dict[str, str]:
     """The whole custom metadata to store for ``meta`` on an object that now has ``existing``.
 
-    Every key of ``existing`` that is not an Octue field is kept as it is. For each field, a stored
-    value that already reads as ``meta``'s value (a malformed one reading as the default included)
-    is kept byte for byte. If nothing changes, ``existing`` comes back unchanged; otherwise every
-    field is written, with ``octue__sdk_version`` set to :data:`SDK_LAYOUT_VERSION`.
-    Raises ``ValueError`` if ``meta.id`` is ``None`` (use :meth:`OctueMetadata.with_id`).
+    Every key of ``existing`` that is not an Octue field is kept as it is, except the user
+    attributes' keys when ``meta.xattrs`` is known: those become exactly ``meta.xattrs``. For each
+    field, a stored value that already reads as ``meta``'s value (a malformed one reading as the
+    default included) is kept byte for byte. If no field changes, the Octue keys come back
+    unchanged; otherwise every field is written, with ``octue__sdk_version`` set to
+    :data:`SDK_LAYOUT_VERSION`. Raises ``ValueError`` if a field is to be written and ``meta.id``
+    is ``None`` (use :meth:`OctueMetadata.with_id`, or :func:`identified`).
     """
-    if meta.id is None:
-        raise ValueError("cannot encode Octue metadata without an id; call with_id() first")
     result = dict(existing or {})
+    if meta.xattrs is not None:
+        result = userxattrs.into_custom(result, meta.xattrs)
     written: dict[str, str] = {}
     changed = False
     for field in FIELDS:
@@ -237,20 +250,31 @@ def encode_object_metadata(meta: OctueMetadata, existing: Mapping[str, str] | No
         written[key] = _field_text(field, value)
     if not changed:
         return result
+    if meta.id is None:
+        raise ValueError("cannot encode Octue metadata without an id; call with_id() first")
     result.update(written)
     result[_SDK_VERSION_KEY] = _octue_json.dumps(SDK_LAYOUT_VERSION)
     return result
 
 
+def identified(meta: OctueMetadata, existing: Mapping[str, str] | None) -> OctueMetadata:
+    """``meta``, given an id if encoding it onto ``existing`` writes Octue fields. A change of
+    other user attributes alone leaves an object without Octue metadata without it."""
+    if meta.id is not None or decode_object_metadata(existing).replace(xattrs=None) == meta:
+        return meta
+    return meta.with_id()
+
+
 def metadata_patch(existing: Mapping[str, str] | None, meta: OctueMetadata) -> dict[str, str | None]:
     """The keys to send in one PATCH to turn ``existing`` into ``encode_object_metadata(meta, existing)``.
 
-    ``{}`` means there is nothing to send. (``None``, "delete this key", is part of the type for
-    callers' sake, but never appears: the encoding keeps every key it is given.)
+    ``{}`` means there is nothing to send; ``None`` deletes a key (a user attribute removed).
     """
     old = dict(existing or {})
     new = encode_object_metadata(meta, old)
-    return {key: value for key, value in new.items() if old.get(key) != value}
+    changes: dict[str, str | None] = {key: value for key, value in new.items() if old.get(key) != value}
+    changes.update({key: None for key, value in old.items() if key not in new and value != ""})
+    return changes
 
 
 def check_size_limits(custom: Mapping[str, str | None]) -> None:
@@ -291,6 +315,12 @@ def is_octue_xattr(name: str) -> bool:
     return name.startswith(XATTR_PREFIX)
 
 
+def is_stored_xattr(name: str) -> bool:
+    """Whether ``name`` is kept in the object's custom metadata: ``user.octue.*`` or another
+    ``user.*`` attribute (``user.gcs.*`` are the object's own facts)."""
+    return is_octue_xattr(name) or userxattrs.is_user_xattr(name)
+
+
 def _parse_xattr_name(name: str) -> tuple[str, str | None]:
     """``(field, tag name or None)`` for a ``user.octue.*`` name; AttributeNotSupported otherwise."""
     rest = name[len(XATTR_PREFIX) :] if is_octue_xattr(name) else None
@@ -314,6 +344,7 @@ def list_xattr_names(meta: OctueMetadata) -> list[str]:
     names = [XATTR_PREFIX + f for f in ("id", "timestamp", "tags") if _has(meta, f, None)]
     names += [XATTR_PREFIX + _TAGS_DOT + tag for tag in sorted(meta.tags)]
     names += [XATTR_PREFIX + f for f in ("labels", "cluster", "sequence") if _has(meta, f, None)]
+    names += [userxattrs.XATTR_PREFIX + short for short in sorted(meta.xattrs or {})]
     return names
 
 
@@ -334,6 +365,11 @@ def get_xattr(meta: OctueMetadata, name: str) -> bytes:
 
 
 def _render_xattr(meta: OctueMetadata, name: str) -> bytes:
+    if userxattrs.is_user_xattr(name):
+        value = (meta.xattrs or {}).get(name[len(userxattrs.XATTR_PREFIX) :])
+        if value is None:
+            raise NoSuchAttribute(name)
+        return value
     try:
         field, tag = _parse_xattr_name(name)
     except AttributeNotSupported:
@@ -373,10 +409,14 @@ def set_xattr(meta: OctueMetadata, name: str, value: bytes, flags: int = 0) -> O
     """The model after ``setxattr(name, value, flags)``; ``meta`` itself is not changed.
 
     Setting a value to exactly what :func:`get_xattr` returned gives a model equal to ``meta``.
-    Raises AttributeNotSupported (not ours), ReadOnlyAttribute (a different id), AttributeExists /
-    NoSuchAttribute (XATTR_CREATE / XATTR_REPLACE), InvalidMetadata (a bad value, naming the
-    field and the rule) or AttributeValueTooLarge (the encoded field would break the GCS 4 KiB limit).
+    Another ``user.*`` name sets that attribute (any bytes; InvalidMetadata for a name that
+    cannot be a metadata key). Raises AttributeNotSupported (not ours), ReadOnlyAttribute (a
+    different id), AttributeExists / NoSuchAttribute (XATTR_CREATE / XATTR_REPLACE),
+    InvalidMetadata (a bad value, naming the field and the rule) or AttributeValueTooLarge (the
+    encoded field would break the GCS 4 KiB limit).
     """
+    if userxattrs.is_user_xattr(name):
+        return _set_user_xattr(meta, name, value, flags)
     field, tag = _parse_xattr_name(name)
     if field == "id" and (meta.id is None or bytes(value) != meta.id.encode()):
         raise ReadOnlyAttribute(f"{name} is read-only: octuefs assigns the id and keeps it")
@@ -430,8 +470,28 @@ def _check_field_size(meta: OctueMetadata, field: str, name: str) -> None:
         )
 
 
+def _set_user_xattr(meta: OctueMetadata, name: str, value: bytes, flags: int) -> OctueMetadata:
+    short = userxattrs.short_name(name)
+    attrs = dict(meta.xattrs or {})
+    if flags & XATTR_CREATE and short in attrs:
+        raise AttributeExists(name)
+    if flags & XATTR_REPLACE and short not in attrs:
+        raise NoSuchAttribute(name)
+    size = _utf8_size(userxattrs.encode_value(value))
+    if size > MAX_VALUE_BYTES:
+        raise AttributeValueTooLarge(f"{name}: stored as {userxattrs.KEY_PREFIX}{short}, the value would be "
+                                     f"{size} bytes; GCS allows {MAX_VALUE_BYTES} bytes per value")
+    return meta.replace(xattrs={**attrs, short: bytes(value)})
+
+
 def remove_xattr(meta: OctueMetadata, name: str) -> OctueMetadata:
-    """The model after ``removexattr(name)``: a tag is dropped, a field goes back to its default."""
+    """The model after ``removexattr(name)``: a tag is dropped, a field goes back to its default,
+    another user attribute is removed."""
+    if userxattrs.is_user_xattr(name):
+        short = userxattrs.short_name(name)
+        if short not in (meta.xattrs or {}):
+            raise NoSuchAttribute(name)
+        return meta.replace(xattrs={k: v for k, v in meta.xattrs.items() if k != short})
     field, tag = _parse_xattr_name(name)
     if not _has(meta, field, tag):
         raise NoSuchAttribute(name)
@@ -517,6 +577,8 @@ __all__ = [
     "metadata_patch",
     "check_size_limits",
     "is_octue_xattr",
+    "is_stored_xattr",
+    "identified",
     "list_xattr_names",
     "get_xattr",
     "set_xattr",

@@ -1,12 +1,19 @@
-"""Extended attributes of the mount: ``user.octue.*`` (Octue metadata) and ``user.gcs.*``.
+"""Extended attributes of the mount: ``user.octue.*`` (Octue metadata), ``user.gcs.*`` and other ``user.*``.
 
-``user.octue.*`` is encoded and validated by :mod:`octuefs.metadata` (the one codec). Setting
-it on a file with no unsaved data is ``update_cloud_metadata``: one metadata PATCH with
-generation and metageneration preconditions, content untouched. On a file with unsaved data
-the change joins that data's upload. ``user.gcs.*`` shows the object's own facts, read-only
-except ``user.gcs.content_type``.
+``user.octue.*`` is encoded and validated by :mod:`octuefs.metadata` (the one codec); other
+``user.*`` names are custom-metadata keys too (:mod:`octuefs.userxattrs`). Setting one on a file
+with no unsaved data is ``update_cloud_metadata``: one metadata PATCH with generation and
+metageneration preconditions, content untouched. On a file with unsaved data the change joins
+that data's upload. ``user.gcs.*`` shows the object's own facts, read-only except
+``user.gcs.content_type``.
 
-Any other name answers ENODATA on read straight from memory (the kernel asks for
+Setting a read-only attribute to the value it has is a no-op, so ``cp --preserve=xattr`` and
+``cp -a`` can copy a file's attributes. A file created here and still open for its first write
+(where ``cp`` sets them) has no object facts yet: setting ``user.gcs.*`` on it is accepted and
+ignored (logged; the upload gives it its own), and it takes the ``user.octue.id`` given to it,
+as ``gcloud storage cp`` keeps the id of the object it copies. Any other change of them is EPERM.
+
+A name outside ``user.`` answers ENODATA on read straight from memory (the kernel asks for
 ``security.capability`` before every write) and ENOTSUP on write; directories have none.
 """
 
@@ -42,8 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GCS_PREFIX = "user.gcs."
-PREFIXES = (octue.XATTR_PREFIX, GCS_PREFIX)  # the only attribute names a file can have
+PREFIXES = ("user.",)  # the only attribute names a file can have
 CONTENT_TYPE = GCS_PREFIX + "content_type"
+ID = octue.XATTR_PREFIX + "id"
 _PATCH_ATTEMPTS = 10  # re-applies of one setfattr when the object changed under it (another machine)
 
 
@@ -59,6 +67,12 @@ _GCS_FIELDS: dict[str, Callable[[ObjectInfo], object]] = {
     "content_type": lambda i: i.content_type,
     "storage_class": lambda i: i.storage_class,
 }
+
+
+def _first_write(node) -> bool:
+    """Whether the node is a file created here and still open for its first write: no version of
+    it is in the bucket or on its way there, so it has no object facts and its id is not fixed."""
+    return node.base is None and node.dirty and not node.pending
 
 
 class _KeyedLocks:
@@ -173,13 +187,17 @@ class XattrSurface:
             self._set_content_type(target, value, flags)
             return
         if name.startswith(GCS_PREFIX):
-            raise ReadOnlyAttribute(name)
-        if not octue.is_octue_xattr(name):
+            self._set_gcs_fact(target, name, value, flags)
+            return
+        if not octue.is_stored_xattr(name):
             raise AttributeNotSupported(name)
         fname, info, node = target
         if node is not None:
             with node.lock:
+                if name == ID and value is not None and _first_write(node):
+                    apply = self._adopt_id(node, value, flags)
                 new_meta = apply(node.meta)  # validates before anything changes
+                self.fs.files.check_fits(node, new_meta)
                 if self.fs.files.change_metadata(node, lambda: setattr(node, "meta", new_meta)):
                     return  # merged into the pending upload
                 new = self._patch(fname, node.base, apply)
@@ -190,6 +208,39 @@ class XattrSurface:
                              "the open file keeps the version it opened", fname)
             return
         self._patch(fname, info, apply)
+
+    def _set_gcs_fact(self, target, name: str, value: bytes | None, flags: int) -> None:
+        """A read-only object fact: setting it to the value it has is a no-op, and so is setting
+        it on a file not yet in the bucket (it has none yet); anything else is EPERM."""
+        _, info, node = target
+        field = _GCS_FIELDS.get(name[len(GCS_PREFIX) :])
+        if field is None or value is None:
+            raise ReadOnlyAttribute(name)
+        if node is not None and _first_write(node):
+            if flags & octue.XATTR_REPLACE:
+                raise NoSuchAttribute(name)
+            log.info("%s set on %r, which is not in the bucket yet: ignored, its upload gives it its own",
+                     name, node.name)
+            return
+        current = field(info)
+        if current is None or str(current).encode() != bytes(value):
+            raise ReadOnlyAttribute(f"{name} is read-only: it is a fact of the stored object ({current})")
+        if flags & octue.XATTR_CREATE:
+            raise AttributeExists(name)
+
+    def _adopt_id(self, node, value: bytes, flags: int):
+        """The change that gives a file not yet in the bucket the id set on it (a copy keeps its
+        source's id, as ``gcloud storage cp`` does); its id is then fixed once it is uploaded."""
+        try:
+            new_id = octue.validate_id(bytes(value).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ReadOnlyAttribute(f"{ID} is read-only: a file being written for the first time takes only "
+                                    f"a UUID (got {bytes(value)!r:.60})") from None
+        if flags & octue.XATTR_CREATE:
+            raise AttributeExists(ID)
+        if new_id != node.meta.id:
+            log.info("%r is not in the bucket yet: it takes the id %s set on it", node.name, new_id)
+        return lambda meta: meta.replace(id=new_id)
 
     def _patch(self, name: str, info: ObjectInfo, apply) -> ObjectInfo:
         """Apply a metadata change as one PATCH; re-read and re-apply if the object moved on."""

@@ -1,4 +1,5 @@
-"""user.octue.* through a real mount with getfattr/setfattr and os.*xattr; the bucket is checked too."""
+"""user.octue.*, user.gcs.* and other user.* attributes through a real mount with getfattr/setfattr, cp and
+os.*xattr; the bucket is checked too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import subprocess
 
 import pytest
+
+from .conftest import run_octuefs
 
 # Custom metadata byte-for-byte as the Octue SDK (0.69.1) writes it.
 SDK_METADATA = {
@@ -100,8 +103,15 @@ def test_flags_and_errors_from_python(mount):
     with pytest.raises(OSError) as info:
         os.getxattr(p, "user.nothing")
     assert info.value.errno == errno.ENODATA
+    os.setxattr(p, "user.other", b"x", os.XATTR_CREATE)  # other user.* names are kept (custom metadata)
     with pytest.raises(OSError) as info:
-        os.setxattr(p, "user.other", b"x")
+        os.setxattr(p, "user.other", b"y", os.XATTR_CREATE)
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as info:
+        os.setxattr(p, "user.another", b"y", os.XATTR_REPLACE)
+    assert info.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as info:  # outside user.* nothing is kept
+        os.setxattr(p, "security.octuefs", b"x")
     assert info.value.errno == errno.ENOTSUP
     with pytest.raises(OSError) as info:
         os.setxattr(p, "user.octue.id", b"x")
@@ -148,3 +158,179 @@ def test_values_over_the_gcs_limits_are_refused_with_e2big(mount):
         os.setxattr(mount / "big.csv", "user.octue.tags.blob", ("y" * 5000).encode())
     assert info.value.errno == errno.E2BIG
     assert dict(mount.bucket.stat("big.csv").metadata) == before
+
+
+# --- other user.* attributes, and copying files with their attributes (issue 13, part 7) -----
+
+USER_KEY = "octuefs.user."  # the custom-metadata key prefix of other user.* attributes
+
+
+def stored_user_keys(mount, name: str) -> dict[str, str]:
+    """The object's user-attribute keys; "" is how fake-gcs-server keeps a deleted key."""
+    return {k: v for k, v in mount.bucket.stat(name).metadata.items() if k.startswith(USER_KEY) and v != ""}
+
+
+def test_other_user_attributes_are_custom_metadata_listed_and_removable(mount):
+    mount.bucket.upload_bytes("u.csv", b"content", {**SDK_METADATA, "someone-else": "kept"})
+    before = mount.bucket.stat("u.csv")
+    assert setfattr(mount / "u.csv", "user.myown", "x").returncode == 0
+    assert setfattr(mount / "u.csv", "user.xdg.origin.url", "https://example.org/u.csv").returncode == 0
+    values = getfattr_dump(mount / "u.csv")
+    assert values["user.myown"] == "x" and values["user.xdg.origin.url"] == "https://example.org/u.csv"
+    assert values["user.octue.id"] == "02464c6f-0070-50ca-8a9b-ba1af5456601"
+    after = mount.bucket.stat("u.csv")
+    assert stored_user_keys(mount, "u.csv") == {USER_KEY + "myown": "x",
+                                                 USER_KEY + "xdg.origin.url": "https://example.org/u.csv"}
+    assert {k: v for k, v in after.metadata.items() if not k.startswith(USER_KEY)} == dict(before.metadata)
+    assert (after.md5, after.size) == (before.md5, before.size)
+
+    assert setfattr(mount / "u.csv", "user.myown", remove=True).returncode == 0
+    assert stored_user_keys(mount, "u.csv") == {USER_KEY + "xdg.origin.url": "https://example.org/u.csv"}
+    with pytest.raises(OSError) as info:
+        os.getxattr(mount / "u.csv", "user.myown")
+    assert info.value.errno == errno.ENODATA
+    assert "user.myown" not in os.listxattr(mount / "u.csv")
+
+
+def test_user_attributes_hold_any_bytes(mount):
+    p = mount / "b.bin"
+    p.write_bytes(b"x")
+    values = {"user.binary": b"\x00\xff\xfe", "user.empty": b"", "user.lines": b"a\nb",
+              "user.marker": b"base64:AAAA", "user.text": "caf\u00e9".encode()}
+    for name, value in values.items():
+        os.setxattr(p, name, value)
+    mount.sync()
+    for name, value in values.items():
+        assert os.getxattr(p, name) == value
+    stored = stored_user_keys(mount, "b.bin")
+    assert stored[USER_KEY + "text"] == "caf\u00e9"  # printable text is kept as it is
+    assert stored[USER_KEY + "binary"] == "base64:AP/+"  # anything else as base64 with a marker
+    assert stored[USER_KEY + "empty"] == "base64:"
+    # A name that cannot be a metadata key is EINVAL, logged, and changes nothing.
+    with pytest.raises(OSError) as info:
+        os.setxattr(p, "user.tab\there", b"x")
+    assert info.value.errno == errno.EINVAL
+    assert "printable" in mount.log_text()
+    assert stored_user_keys(mount, "b.bin") == stored
+
+
+def test_user_attributes_are_kept_through_writes_and_renames(mount):
+    p = mount / "w.csv"
+    p.write_bytes(b"one")
+    os.setxattr(p, "user.myown", b"kept")
+    with open(p, "ab") as f:  # a write-back upload of new content
+        f.write(b", two")
+        f.flush()
+        os.setxattr(p, "user.during", b"write")  # joins the pending upload
+        f.write(b", three")
+    mount.sync()
+    assert mount.bucket.read_range("w.csv", 0, 100) == b"one, two, three"
+    assert stored_user_keys(mount, "w.csv") == {USER_KEY + "myown": "kept", USER_KEY + "during": "write"}
+    os.rename(p, mount / "moved.csv")
+    mount.sync()
+    assert stored_user_keys(mount, "moved.csv") == {USER_KEY + "myown": "kept", USER_KEY + "during": "write"}
+    assert os.getxattr(mount / "moved.csv", "user.myown") == b"kept"
+
+
+def test_setting_a_read_only_attribute_to_its_value_is_a_no_op(mount):
+    mount.bucket.upload_bytes("r.csv", b"content", SDK_METADATA)
+    before = mount.bucket.stat("r.csv")
+    p = mount / "r.csv"
+    for name in ("user.octue.id", "user.gcs.generation", "user.gcs.md5", "user.gcs.crc32c", "user.gcs.storage_class"):
+        os.setxattr(p, name, os.getxattr(p, name))
+    for name, value in (("user.octue.id", b"5a1f2f3e-0000-4000-8000-000000000000"), ("user.gcs.generation", b"1"),
+                        ("user.gcs.md5", b"00")):
+        with pytest.raises(OSError) as info:
+            os.setxattr(p, name, value)
+        assert info.value.errno == errno.EPERM, name
+    after = mount.bucket.stat("r.csv")
+    assert (after.generation, after.metageneration, dict(after.metadata)) == \
+        (before.generation, before.metageneration, dict(before.metadata))
+
+
+def _cp(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["cp", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("how", [["--preserve=xattr"], ["-a"]])
+def test_cp_within_the_mount_keeps_the_attributes(mount, how):
+    mount.bucket.upload_bytes("src.csv", b"1,2\n", SDK_METADATA)
+    os.setxattr(mount / "src.csv", "user.myown", b"mine")
+    os.setxattr(mount / "src.csv", "user.gcs.content_type", b"text/csv")
+    src = getfattr_dump(mount / "src.csv")
+    result = _cp(*how, mount / "src.csv", mount / "dst.csv")
+    assert result.returncode == 0, result.stderr
+    mount.sync()
+    dst = getfattr_dump(mount / "dst.csv")
+    for name, value in src.items():
+        if not name.startswith("user.gcs.") or name == "user.gcs.content_type":
+            assert dst.get(name) == value, name  # the copy keeps the Datafile's id, as gcloud storage cp does
+    info = mount.bucket.stat("dst.csv")
+    assert info.metadata[USER_KEY + "myown"] == "mine"
+    assert info.metadata["octue__id"] == SDK_METADATA["octue__id"]
+    assert json.loads(info.metadata["octue__tags"]) == json.loads(SDK_METADATA["octue__tags"])
+    assert info.content_type == "text/csv"
+    assert mount.bucket.read_range("dst.csv", 0, 100) == b"1,2\n"
+
+
+@pytest.mark.parametrize("how", [["--preserve=xattr"], ["-a"]])
+def test_cp_from_a_local_disk_keeps_the_attributes(mount, tmp_path, how):
+    local = tmp_path / "local.csv"
+    local.write_bytes(b"a,b\n")
+    os.setxattr(local, "user.myown", b"from disk")
+    os.setxattr(local, "user.binary", b"\x00\x01\xff")
+    result = _cp(*how, local, mount / "in.csv")
+    assert result.returncode == 0, result.stderr
+    assert os.getxattr(mount / "in.csv", "user.myown") == b"from disk"
+    assert os.getxattr(mount / "in.csv", "user.binary") == b"\x00\x01\xff"
+    mount.sync()
+    assert stored_user_keys(mount, "in.csv") == {USER_KEY + "myown": "from disk", USER_KEY + "binary": "base64:AAH/"}
+    # And back: the copy on the local disk has the same user attributes.
+    back = tmp_path / "back.csv"
+    assert _cp(*how, mount / "in.csv", back).returncode == 0
+    assert os.getxattr(back, "user.myown") == b"from disk"
+
+
+def test_user_attributes_beyond_the_gcs_limits_are_e2big_and_change_nothing(mount):
+    mount.bucket.upload_bytes("big.csv", b"x", SDK_METADATA)
+    p = mount / "big.csv"
+    with pytest.raises(OSError) as info:  # one value over 4 KiB
+        os.setxattr(p, "user.blob", b"y" * 5000)
+    assert info.value.errno == errno.E2BIG
+    for i in range(2):  # 2 x 3.5 KiB fit beside the Octue keys...
+        os.setxattr(p, f"user.part{i}", b"z" * 3500)
+    before = mount.bucket.stat("big.csv")
+    with pytest.raises(OSError) as info:  # ...a third passes the 8 KiB of the whole custom metadata
+        os.setxattr(p, "user.part2", b"z" * 3500)
+    assert info.value.errno == errno.E2BIG
+    after = mount.bucket.stat("big.csv")
+    assert (after.metageneration, after.generation, dict(after.metadata)) == \
+        (before.metageneration, before.generation, dict(before.metadata))
+    assert "user.part2" not in os.listxattr(p)
+    assert "8192 bytes of custom metadata" in mount.log_text()
+    # The same on a file being written: refused at once, not when its upload is sent.
+    with open(mount / "new.csv", "wb") as f:
+        f.write(b"data")
+        os.setxattr(mount / "new.csv", "user.part0", b"z" * 3500)
+        os.setxattr(mount / "new.csv", "user.part1", b"z" * 3500)
+        with pytest.raises(OSError) as info:
+            os.setxattr(mount / "new.csv", "user.part2", b"z" * 3500)
+        assert info.value.errno == errno.E2BIG
+    mount.sync()
+    assert set(stored_user_keys(mount, "new.csv")) == {USER_KEY + "part0", USER_KEY + "part1"}
+
+
+def test_user_attributes_go_with_a_conflict_copy(mount):
+    mount.bucket.upload_bytes("shared.csv", b"version 1", {USER_KEY + "origin": "kept"})
+    with open(mount / "shared.csv", "r+b") as f:
+        assert f.read() == b"version 1"
+        mount.bucket.upload_bytes("shared.csv", b"their version 2")  # another machine, meanwhile
+        f.seek(0)
+        f.write(b"my version 2")
+        f.flush()
+        os.setxattr(mount / "shared.csv", "user.note", b"mine")  # goes with the unsaved data
+    run_octuefs("sync", str(mount.path), check=False)  # it may say there was a conflict
+    [copy] = [o.name for o in mount.bucket.list_all("")[0] if o.name.startswith("shared.octuefs-conflict-")]
+    assert mount.bucket.read_range(copy, 0, 100) == b"my version 2"
+    assert stored_user_keys(mount, copy) == {USER_KEY + "origin": "kept", USER_KEY + "note": "mine"}
+    assert stored_user_keys(mount, "shared.csv") == {}  # theirs, untouched

@@ -322,7 +322,7 @@ def test_xattr_errors(fs, bucket):
     with pytest.raises(NoSuchAttribute):
         fs.getxattr("/e.csv", "user.octue.sequence")
     with pytest.raises(AttributeNotSupported):
-        fs.setxattr("/e.csv", "user.other", b"x")
+        fs.setxattr("/e.csv", "security.other", b"x")
     with pytest.raises(ReadOnlyAttribute):
         fs.setxattr("/e.csv", "user.octue.id", b"x")
     assert fs.listxattr("/dir") == []

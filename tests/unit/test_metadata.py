@@ -351,7 +351,11 @@ def test_to_dict_gives_plain_copies():
 
 def test_encode_needs_an_id():
     with pytest.raises(ValueError, match="with_id"):
-        octue.encode_object_metadata(OctueMetadata())
+        octue.encode_object_metadata(OctueMetadata(labels={"a"}))
+    with pytest.raises(ValueError, match="with_id"):  # dropping a stored field is writing it too
+        octue.encode_object_metadata(OctueMetadata(), {"octue__labels": '["a"]'})
+    # Nothing Octue to write (a change of other user attributes alone): no id is needed, none is made.
+    assert octue.encode_object_metadata(OctueMetadata(xattrs={"mine": b"x"})) == {"octuefs.user.mine": "x"}
 
 
 def test_encode_writes_every_key_in_the_sdk_text():
@@ -595,7 +599,7 @@ def test_id_is_read_only():
         octue.remove_xattr(OctueMetadata(), P + "id")
 
 
-@pytest.mark.parametrize("name", [P + "unknown", P + "sdk_version", P + "tagsx", "user.other", "security.capability"])
+@pytest.mark.parametrize("name", [P + "unknown", P + "sdk_version", P + "tagsx", "trusted.other", "security.capability"])
 def test_set_and_remove_of_names_not_stored_are_enotsup(name):
     with pytest.raises(AttributeNotSupported) as info:
         octue.set_xattr(full_meta(), name, b"1")
@@ -760,3 +764,53 @@ def test_an_untouched_stored_value_is_kept_byte_for_byte_even_if_malformed(meta,
     other = "sequence" if field == "cluster" else "cluster"
     changed = octue.decode_object_metadata(stored).replace(**{other: 12345})
     assert octue.encode_object_metadata(changed, stored)[key] == raw
+
+
+# --- other user.* attributes (kept as octuefs.user.* keys) -----------------------------------
+
+
+def test_user_attributes_round_trip_through_custom_metadata():
+    stored = {"octuefs.user.text": "caf\u00e9", "octuefs.user.bin": "base64:AP8=", "octuefs.user.gone": "",
+              "someone-else": "kept"}
+    meta = octue.decode_object_metadata(stored)
+    assert dict(meta.xattrs) == {"text": "caf\u00e9".encode(), "bin": b"\x00\xff"}  # "" is a deleted key
+    assert octue.list_xattr_names(meta)[-2:] == ["user.bin", "user.text"]
+    assert octue.get_xattr(meta, "user.bin") == b"\x00\xff"
+    changed = octue.set_xattr(octue.remove_xattr(meta, "user.text"), "user.new", b"base64:looks encoded")
+    patch = octue.metadata_patch(stored, changed)
+    assert patch == {"octuefs.user.text": None, "octuefs.user.new": "base64:YmFzZTY0Omxvb2tzIGVuY29kZWQ="}
+    assert octue.get_xattr(octue.decode_object_metadata({**stored, **patch}), "user.new") == b"base64:looks encoded"
+    assert octue.metadata_patch(stored, meta) == {}  # nothing changed, nothing sent (no Octue id made either)
+
+
+def test_a_model_that_does_not_know_the_user_attributes_keeps_them():
+    stored = {"octuefs.user.mine": "x", "octue__id": f'"{ID}"'}
+    datafile_model = OctueMetadata(id=ID, labels={"new"})  # as the Datafile API builds it: xattrs None
+    assert octue.encode_object_metadata(datafile_model, stored)["octuefs.user.mine"] == "x"
+    assert OctueMetadata(id=ID) == octue.decode_object_metadata(stored)  # not a metadata change
+
+
+@pytest.mark.parametrize("name", ["user.", "user.a\tb", "user.\udcff"])
+def test_user_attribute_names_that_cannot_be_keys_are_einval(name):
+    with pytest.raises(InvalidMetadata) as info:
+        octue.set_xattr(OctueMetadata(), name, b"v")
+    assert errno_for(info.value)[0] == errno.EINVAL
+
+
+def test_user_attribute_sizes_follow_the_gcs_limits():
+    with pytest.raises(AttributeValueTooLarge):  # base64 makes 3100 binary bytes 4140 stored ones
+        octue.set_xattr(OctueMetadata(), "user.bin", b"\xff" * 3100)
+    meta = octue.set_xattr(OctueMetadata(), "user.a", b"y" * 4000)
+    meta = octue.set_xattr(meta, "user.b", b"y" * 4000)
+    with pytest.raises(MetadataTooLarge) as info:
+        octue.check_size_limits(octue.encode_object_metadata(octue.set_xattr(meta, "user.c", b"y" * 300)))
+    assert errno_for(info.value)[0] == errno.E2BIG
+
+
+def test_concurrent_changes_of_different_user_attributes_merge():
+    from octuefs.uploads import merge_metadata
+
+    base = {"octuefs.user.a": "1", "octuefs.user.b": "1"}
+    ours = octue.encode_object_metadata(octue.set_xattr(octue.decode_object_metadata(base), "user.a", b"2"), base)
+    theirs = {"octuefs.user.a": "1"}  # user.b removed elsewhere
+    assert merge_metadata(base, ours, theirs) == {"octuefs.user.a": "2"}

@@ -228,6 +228,19 @@ class ContentCache:
             if fd is not None:
                 os.close(fd)
 
+    def close(self) -> None:
+        """Close every descriptor held open for reuse (at unmount; a pinned entry's stays with
+        its reader). The cache stays usable: an entry opens its file again when next read."""
+        with self._lock:
+            for key, entry in list(self._open.items()):
+                with entry.lock:
+                    if entry.pins:
+                        continue
+                    fd, entry.fd = entry.fd, None
+                del self._open[key]
+                if fd is not None:
+                    os.close(fd)
+
     def _unpin(self, entry: Entry) -> None:
         with entry.lock:
             entry.pins -= 1

@@ -675,4 +675,6 @@ class FileSystem:
                     log.error("could not save %r at unmount (%s); its content stays in %s", node.name, exc, node.staging)
                 except Exception:
                     log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)
-        return self.uploader.shutdown(drain=not self.leave_pending if drain is None else drain)
+        left = self.uploader.shutdown(drain=not self.leave_pending if drain is None else drain)
+        self.cache.close()
+        return left

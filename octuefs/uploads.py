@@ -1073,7 +1073,29 @@ class Uploader:
             log.exception("unexpected error uploading %r; it stays queued", entry.name)
             self._retry_later(entry, exc)
             return
+        if entry.conflict_name is not None:
+            self._remove_own_copy(entry, data)
         self._finish(entry, info, DONE)
+
+    def _remove_own_copy(self, entry: Entry, data: str) -> None:
+        """This version went up under its own name after an earlier attempt had gone beside (its
+        answer lost, or the daemon died before noting it): that copy, if it landed and is still
+        exactly ours, repeats what is now in place, unreported; it is deleted. One that anyone
+        changed since stays."""
+        target = entry.conflict_name
+        metadata = {k: v for k, v in entry.metadata.items() if k != "octue__id"}
+        metadata["octue__id"] = entry.conflict_id
+        try:
+            info = self.bucket.stat(target)
+            if content_fingerprint(entry, data).matches(info) and dict(info.metadata) == metadata:
+                self.bucket.delete(target, if_generation_match=info.generation)
+                log.info("removed gs://%s/%s: an earlier attempt had saved this version of %r there; it is in "
+                         "place now", self.bucket.name, target, entry.name)
+        except (NotFound, PreconditionFailed):
+            pass
+        except (OctuefsError, OSError) as exc:
+            log.warning("could not check gs://%s/%s, where an earlier attempt may have saved a copy of %r: %s",
+                        self.bucket.name, target, entry.name, exc)
 
     def _note_tried(self, entry: Entry, data: str, exc: BaseException) -> None:
         """An attempt failed after it may have reached the bucket (no answer): remember what it sent."""

@@ -127,6 +127,7 @@ class Mount:
         for t in up._threads:
             t.join(timeout=5)
             assert not t.is_alive(), f"{self.actor}: an upload worker outlived its crash"
+        fs.cache.close()  # a dead process's descriptors close with it (else a long run runs out of them)
 
 
 class ModelMachine(RuleBasedStateMachine):

@@ -440,3 +440,43 @@ def test_a_close_just_before_an_unlink_leaves_the_open_handle_usable(fs, bucket)
         assert fs.read(fh, 100, 0) == b"written, then closed as rm ran"  # FileNotFoundError
     finally:
         fs.release(fh)
+
+
+# --- found by the model machine's long runs: a copy a crash left unreported repeats what is in place
+
+
+class _Died(BaseException):
+    """The daemon dies here (not an error any handler catches)."""
+
+
+def test_a_conflict_copy_a_crash_left_unnoted_is_removed_once_the_version_is_in_place(bucket, tmp_path):
+    from octuefs.errors import PreconditionFailed
+
+    first = make_fs(bucket, tmp_path)
+    died = threading.Event()
+
+    def note_conflict(record):
+        died.set()
+        raise _Died("the daemon died after the copy landed, before noting it")
+
+    first.uploader.journal.note_conflict = note_conflict
+    hook, threading.excepthook = threading.excepthook, lambda args: None
+    try:
+        bucket.fail_next("upload", PreconditionFailed("412: someone else's f.csv was there"))
+        close_write(first, "/f.csv", b"mine")
+        assert died.wait(10)
+        copies = [n for n in bucket.objects() if ".octuefs-conflict-" in n]
+        assert len(copies) == 1 and bucket.objects()[copies[0]] == b"mine"
+        first.uploader.shutdown(drain=False)
+    finally:
+        threading.excepthook = hook
+    second = make_fs(bucket, tmp_path)  # the next mount, same cache: f.csv is free now
+    try:
+        assert second.uploader.sync(timeout=10) == 0
+        objects = bucket.objects()
+        assert objects.get("f.csv") == b"mine"
+        unreported = [n for n in objects if ".octuefs-conflict-" in n
+                      and n not in {c["saved_as"] for c in second.uploader.status()["conflicts"]}]
+        assert unreported == [], f"a copy no one was told of: {unreported}"
+    finally:
+        second.uploader.shutdown(drain=False)

@@ -180,6 +180,7 @@ class XattrSurface:
         if node is not None:
             with node.lock:
                 new_meta = apply(node.meta)  # validates before anything changes
+                self.fs.files.given_metadata(node)  # its own now: it keeps it over a rename
                 if self.fs.files.change_metadata(node, lambda: setattr(node, "meta", new_meta)):
                     return  # merged into the pending upload
                 new = self._patch(fname, node.base, apply)

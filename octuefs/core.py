@@ -42,7 +42,7 @@ from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
 from .storage.base import PARTS_PREFIX, Bucket, ObjectInfo
-from .uploads import Journal, Uploader, is_version, quarantine_unclosed
+from .uploads import Journal, Uploader, is_version, merge_metadata, quarantine_unclosed
 from .xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
 from .xattrs import XattrSurface
 
@@ -445,16 +445,81 @@ class FileSystem:
             if dst_node is not None:
                 self.files.keep_open_content(dst_node)  # for the handles still open on it
             dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
+            src_info = node.base if node is not None else src
+            new = self.files.is_new(src_name, node, src_info)
+            took_over = new and (dst_node is not None or dst_info is not None)
             with self._replacing(dst_name, dst_node, dst_info) as dst_info:
-                moved = self._move_file(src_name, dst_name, node.base if node is not None else src, dst_info)
+                if took_over:
+                    with self._taking_over(src_name, src_info, dst_name, dst_node, dst_info) as src_info:
+                        moved = self._move_file(src_name, dst_name, src_info, dst_info)
+                else:
+                    moved = self._move_file(src_name, dst_name, src_info, dst_info)
             if dst_node is not None:
                 self.files.forget(dst_node)
             self.cache.drop(dst_name)
             self.metacache.removed(src_name)
             self.metacache.wrote(moved)
-            if node is not None:
-                self.files.renamed(node, dst_name, moved)
+            self.files.renamed(node, src_name, dst_name, moved, still_new=new and not took_over, took_over=took_over)
             self.cache.drop(src_name)
+
+    @contextlib.contextmanager
+    def _taking_over(self, src_name: str, src_info: ObjectInfo, dst_name: str, dst_node: FileNode | None,
+                     dst_info: ObjectInfo | None):
+        """A file just created here, never given Octue metadata, is being renamed over ``dst_name``
+        (``sed -i``, an editor's save, ``os.replace``): it takes the replaced file's Octue metadata,
+        so the file keeps its id, tags and labels across the edit. The metadata goes onto the
+        source first (one PATCH, preconditions on the version settled), so the copy puts content
+        and metadata in place in one step. Yields the source's version to copy; puts the source's
+        own metadata back if the rename then fails."""
+        donor = self._replaced_metadata(dst_name, dst_node, dst_info)
+        changes = octue.octue_patch_from(src_info.metadata, donor)
+        octue.check_size_limits({**src_info.metadata, **changes})
+        try:
+            taken = self.bucket.patch_metadata(src_name, changes, if_generation_match=src_info.generation,
+                                               if_metageneration_match=src_info.metageneration)
+        except PreconditionFailed as exc:
+            self.metacache.forget(src_name)
+            raise Conflict(f"{src_name!r} changed in the bucket before it could replace {dst_name!r}") from exc
+        self.cache.carry_over(src_info, taken)
+        log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
+        try:
+            yield taken
+        except BaseException:
+            back = octue.octue_patch_from(taken.metadata, src_info.metadata)
+            try:
+                self.bucket.patch_metadata(src_name, back, if_generation_match=taken.generation,
+                                           if_metageneration_match=taken.metageneration)
+            except (OctuefsError, OSError) as exc:
+                log.warning("%r keeps the Octue metadata of %r after a failed rename over it: %s",
+                            src_name, dst_name, exc)
+            self.metacache.forget(src_name)
+            raise
+
+    def _replaced_metadata(self, dst_name: str, dst_node: FileNode | None,
+                           dst_info: ObjectInfo | None) -> dict[str, str]:
+        """The custom metadata whose Octue keys the file replacing ``dst_name`` takes over: the
+        replaced file's newest, with what this mount has not saved yet (``dst_node``), merged with
+        any change made elsewhere since this mount read it; never one overwritten unseen."""
+        current = None
+        if dst_info is not None:
+            try:
+                current = self.bucket.stat(dst_name)
+            except NotFound:
+                current = None
+            if current is None or current.generation != dst_info.generation:
+                self.metacache.forget(dst_name)
+                raise Conflict(f"{dst_name!r} changed in the bucket since it was read; not replaced")
+        if dst_node is None:
+            return dict(current.metadata)
+        prior = dict(dst_info.metadata) if dst_info is not None else {}
+        ours = octue.encode_object_metadata(dst_node.meta.with_id(), prior)
+        if current is None or current.metageneration == dst_info.metageneration:
+            return ours
+        merged = merge_metadata(prior, ours, dict(current.metadata))
+        if merged is None:
+            self.metacache.forget(dst_name)
+            raise Conflict(f"the Octue metadata of {dst_name!r} changed here and elsewhere; not replaced")
+        return merged
 
     @contextlib.contextmanager
     def _held_still_both(self, node: FileNode | None, dst_node: FileNode | None):
@@ -584,7 +649,7 @@ class FileSystem:
                     log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
             for node in self.files.nodes_under(src_prefix):
                 if node.name in moved:
-                    self.files.renamed(node, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
+                    self.files.renamed(node, node.name, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
                 self.cache.drop(node.name)
             self.metacache.clear()
 

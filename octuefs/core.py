@@ -48,6 +48,9 @@ from .xattrs import XattrSurface
 
 log = logging.getLogger(__name__)
 
+# The name editors (vim, emacs) give the original they rename away before writing a new file.
+BACKUP_SUFFIX = "~"
+
 
 @dataclasses.dataclass(frozen=True)
 class Attr:
@@ -337,7 +340,24 @@ class FileSystem:
                 raise FileExists(path)
             return self.files.open(name, None if node else entry, writable=True, truncate=True, seen=node)
         self.ns.check_new_name(name)
-        return self.files.open(name, None, writable=True, create=True)
+        return self.files.open(name, None, writable=True, create=True, meta=self._left_in_backup(name))
+
+    def _left_in_backup(self, name: str) -> octue.OctueMetadata | None:
+        """The Octue metadata a new file ``name`` takes: that of the file renamed from ``name`` to
+        ``name~`` a moment ago, if that backup is still as it was moved (vim's and emacs's way to
+        save: rename the original to its backup, write a new file, maybe delete the backup)."""
+        left = self.files.backup_of(name)
+        if left is None:
+            return None
+        backup, generation, metageneration = left
+        node = self._node(backup)
+        info = node.base if node is not None else self.lookup(backup)
+        if (not isinstance(info, ObjectInfo) or (info.generation, info.metageneration) != (generation, metageneration)
+                or (node is not None and node.unsaved)):
+            return None
+        log.info("new file %r takes the Octue metadata of %r, the original it was renamed to a moment ago",
+                 name, backup)
+        return self.metadata_of(info)
 
     def open(self, path: str, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
@@ -460,6 +480,8 @@ class FileSystem:
             self.metacache.removed(src_name)
             self.metacache.wrote(moved)
             self.files.renamed(node, src_name, dst_name, moved, still_new=new and not took_over, took_over=took_over)
+            if dst_name == src_name + BACKUP_SUFFIX and dst_info is None and dst_node is None:
+                self.files.left_for_backup(src_name, moved)
             self.cache.drop(src_name)
 
     @contextlib.contextmanager

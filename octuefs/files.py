@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 MTIME_KEY = "goog-reserved-file-mtime"
 # How many versions just created through the mount (see OpenFiles.is_new) are remembered.
 NEW_VERSIONS_KEPT = 4096
+# How long a name left by a rename to its backup name (``data.csv~``) waits for the new file that
+# editors create in its place (see FileSystem.create), in seconds.
+BACKUP_WAIT = 60.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -103,6 +106,10 @@ class OpenFiles:
         # name -> (generation, metageneration) of the last version a ``new`` node put in the
         # bucket: the file stays new once its node is gone; guarded by _lock
         self._new_versions: cachetools.LRUCache[str, tuple[int, int]] = cachetools.LRUCache(NEW_VERSIONS_KEPT)
+        # name -> (backup name, generation, metageneration) of a file just renamed to its backup
+        # name, whose metadata the next new file of that name takes; guarded by _lock
+        self._backups: cachetools.TTLCache[str, tuple[str, int, int]] = cachetools.TTLCache(NEW_VERSIONS_KEPT,
+                                                                                           BACKUP_WAIT)
 
     # --- the tables ---------------------------------------------------------------------
 
@@ -122,11 +129,14 @@ class OpenFiles:
         with self._lock:
             return self._handles[fh]
 
-    def _node_for(self, name: str, info: ObjectInfo | None) -> FileNode:
-        """The live node of ``name``, made from ``info`` if there is none. Caller holds _lock."""
+    def _node_for(self, name: str, info: ObjectInfo | None, meta: octue.OctueMetadata | None = None) -> FileNode:
+        """The live node of ``name``, made from ``info`` if there is none (a new file: with ``meta``
+        if given, else none but a new id). Caller holds _lock."""
         node = self._nodes.get(name)
         if node is None:
-            meta = octue.decode_object_metadata(info.metadata) if info else octue.OctueMetadata().with_id()
+            taken = meta is not None
+            if meta is None:
+                meta = octue.decode_object_metadata(info.metadata) if info else octue.OctueMetadata().with_id()
             node = FileNode(
                 name=name,
                 base=info,
@@ -135,14 +145,17 @@ class OpenFiles:
                 content_type=info.content_type if info else None,
                 dirty=info is None,
                 meta_from=dict(info.metadata) if info else None,
-                new=info is None or self._new_versions.get(name) == (info.generation, info.metageneration),
+                new=not taken and (info is None
+                                   or self._new_versions.get(name) == (info.generation, info.metageneration)),
             )
             self._nodes[name] = node
         return node
 
     def open(self, name: str, info: ObjectInfo | None, writable: bool, truncate: bool = False,
-             seen: FileNode | None = None, create: bool = False) -> int:
-        """Open ``name``: its live node, else one made from ``info`` (``create``: a new empty file).
+             seen: FileNode | None = None, create: bool = False,
+             meta: octue.OctueMetadata | None = None) -> int:
+        """Open ``name``: its live node, else one made from ``info`` (``create``: a new empty file,
+        with Octue metadata ``meta`` if given).
 
         ``seen`` is the node the caller found a moment ago: if it has since been dropped (its
         upload finished and nobody had it open), its final version is what to open.
@@ -157,7 +170,7 @@ class OpenFiles:
                     info = seen.base
                 elif info is None and not create:
                     raise FileNotFound(name)
-            node = self._node_for(name, info)
+            node = self._node_for(name, info, meta if create else None)
             node.opens += 1
             fh = next(self._next_fh)
             self._handles[fh] = Handle(node, writable)
@@ -364,6 +377,17 @@ class OpenFiles:
             return False
         with self._lock:
             return self._new_versions.get(name) == (info.generation, info.metageneration)
+
+    def left_for_backup(self, name: str, backup: ObjectInfo) -> None:
+        """``name`` was just renamed to its backup name: the new file an editor writes in its place
+        soon takes its metadata (:meth:`backup_of`)."""
+        with self._lock:
+            self._backups[name] = (backup.name, backup.generation, backup.metageneration)
+
+    def backup_of(self, name: str) -> tuple[str, int, int] | None:
+        """``(backup name, generation, metageneration)`` that ``name`` left a moment ago, once."""
+        with self._lock:
+            return self._backups.pop(name, None)
 
     def given_metadata(self, node: FileNode) -> None:
         """Octue metadata was set on ``node`` here: it is no longer new. Caller holds node.lock."""

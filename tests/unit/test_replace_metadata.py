@@ -138,15 +138,35 @@ def test_a_rename_onto_a_free_name_changes_nothing_and_the_file_stays_new(fs, bu
     assert octue_of(bucket, "data.csv") == kept
 
 
-def test_renaming_the_original_away_takes_its_metadata_with_it(fs, bucket):
-    """vim's other way to save: the original becomes the backup ``data.csv~``, a new file is
-    written under the name. The new file is new: the metadata went with the rename."""
+def test_a_new_file_written_where_the_original_was_renamed_to_its_backup_takes_its_metadata(fs, bucket):
+    """vim's and emacs's other way to save: the original becomes the backup ``data.csv~``, a new
+    file is written under the name (and vim then deletes the backup)."""
     write(fs, "/data.csv", b"old")
     tag_it(fs, "/data.csv")
     settle(fs)
     kept = octue_of(bucket, "data.csv")
+    before = shown(fs, "/data.csv")
     fs.rename("/data.csv", "/data.csv~")
     write(fs, "/data.csv", b"new")
+    assert shown(fs, "/data.csv") == before
+    fs.unlink("/data.csv~")
     settle(fs)
-    assert octue_of(bucket, "data.csv~") == kept
-    assert json.loads(bucket.stat("data.csv").metadata["octue__id"]) != json.loads(kept["octue__id"])
+    assert octue_of(bucket, "data.csv") == kept
+    assert bucket.read_range("data.csv", 0, 100) == b"new"
+
+
+def test_only_a_backup_name_and_an_unchanged_backup_pass_the_metadata_on(fs, bucket):
+    write(fs, "/a.csv", b"old")
+    tag_it(fs, "/a.csv")
+    write(fs, "/b.csv", b"old")
+    tag_it(fs, "/b.csv")
+    settle(fs)
+    fs.rename("/a.csv", "/a.csv.orig")  # a move, not an editor's backup
+    write(fs, "/a.csv", b"new")
+    fs.rename("/b.csv", "/b.csv~")
+    fs.setxattr("/b.csv~", "user.octue.labels", b"changed")  # the backup is a file of its own now
+    write(fs, "/b.csv", b"new")
+    settle(fs)
+    for name in ("a.csv", "b.csv"):
+        assert json.loads(bucket.stat(name).metadata["octue__tags"]) == {}
+        assert fs.getxattr("/" + name, "user.octue.labels") == b""

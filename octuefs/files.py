@@ -389,9 +389,14 @@ class OpenFiles:
         with self._lock:
             return self._backups.pop(name, None)
 
-    def given_metadata(self, node: FileNode) -> None:
-        """Octue metadata was set on ``node`` here: it is no longer new. Caller holds node.lock."""
-        node.new = False
+    def given_metadata(self, name: str) -> None:
+        """A ``user.octue.*`` attribute of ``name`` is being set or removed here: it is no longer
+        new (:meth:`is_new`), whether or not the change is accepted or lands."""
+        with self._lock:
+            self._new_versions.pop(name, None)
+            node = self._nodes.get(name)
+            if node is not None:
+                node.new = False
 
     def _uploaded(self, entry: Entry) -> None:
         """The uploader finished ``entry`` (in the bucket, or kept beside it after a conflict)."""

@@ -162,7 +162,10 @@ class XattrSurface:
         # Each change reads the metadata the one before it in this mount wrote (the caches hold
         # its result), so concurrent setfattr calls neither lose each other's changes (even on a
         # server that ignores preconditions) nor use up each other's attempts.
-        with self._changing.hold(self.fs.ns.object_name(path)):
+        fname = self.fs.ns.object_name(path)
+        if octue.is_octue_xattr(name):  # even one refused: the file keeps its own over a rename
+            self.fs.files.given_metadata(fname)
+        with self._changing.hold(fname):
             self._change_locked(path, name, apply, value, flags)
 
     def _change_locked(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
@@ -180,7 +183,6 @@ class XattrSurface:
         if node is not None:
             with node.lock:
                 new_meta = apply(node.meta)  # validates before anything changes
-                self.fs.files.given_metadata(node)  # its own now: it keeps it over a rename
                 if self.fs.files.change_metadata(node, lambda: setattr(node, "meta", new_meta)):
                     return  # merged into the pending upload
                 new = self._patch(fname, node.base, apply)

@@ -170,3 +170,15 @@ def test_only_a_backup_name_and_an_unchanged_backup_pass_the_metadata_on(fs, buc
     for name in ("a.csv", "b.csv"):
         assert json.loads(bucket.stat(name).metadata["octue__tags"]) == {}
         assert fs.getxattr("/" + name, "user.octue.labels") == b""
+
+
+def test_a_new_file_given_metadata_once_in_the_bucket_and_closed_keeps_its_own(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)  # uploaded and closed: no node left to say it was given metadata
+    fs.setxattr("/tmp1", "user.octue.labels", b"mine")
+    theirs = fs.getxattr("/tmp1", "user.octue.id")
+    fs.rename("/tmp1", "/data.csv")
+    assert fs.getxattr("/data.csv", "user.octue.id") == theirs
+    assert json.loads(bucket.stat("data.csv").metadata["octue__labels"])["items"] == ["mine"]

@@ -507,15 +507,28 @@ class FileSystem:
         try:
             yield taken
         except BaseException:
-            back = octue.octue_patch_from(taken.metadata, src_info.metadata)
-            try:
-                self.bucket.patch_metadata(src_name, back, if_generation_match=taken.generation,
-                                           if_metageneration_match=taken.metageneration)
-            except (OctuefsError, OSError) as exc:
-                log.warning("%r keeps the Octue metadata of %r after a failed rename over it: %s",
-                            src_name, dst_name, exc)
-            self.metacache.forget(src_name)
+            self._give_back(src_name, src_info, taken, dst_name)
             raise
+
+    def _give_back(self, src_name: str, src_info: ObjectInfo, taken: ObjectInfo, dst_name: str) -> None:
+        """A rename that took over ``dst_name``'s metadata failed: the source gets its own back,
+        unless the copy is in place (only the delete failed: the file is then under both names,
+        the same file twice, as documented)."""
+        same = (taken.md5, taken.crc32c, dict(taken.metadata))
+        try:
+            try:
+                copied = self.bucket.stat(dst_name)
+            except NotFound:
+                copied = None
+            if copied is not None and (copied.md5, copied.crc32c, dict(copied.metadata)) == same:
+                return
+            back = octue.octue_patch_from(taken.metadata, src_info.metadata)
+            self.bucket.patch_metadata(src_name, back, if_generation_match=taken.generation,
+                                       if_metageneration_match=taken.metageneration)
+        except (OctuefsError, OSError) as exc:
+            log.warning("%r keeps the Octue metadata of %r after a failed rename over it: %s", src_name, dst_name, exc)
+        finally:
+            self.metacache.forget(src_name)
 
     def _replaced_metadata(self, dst_name: str, dst_node: FileNode | None,
                            dst_info: ObjectInfo | None) -> dict[str, str]:

@@ -182,3 +182,23 @@ def test_a_new_file_given_metadata_once_in_the_bucket_and_closed_keeps_its_own(f
     fs.rename("/tmp1", "/data.csv")
     assert fs.getxattr("/data.csv", "user.octue.id") == theirs
     assert json.loads(bucket.stat("data.csv").metadata["octue__labels"])["items"] == ["mine"]
+
+
+def test_a_rename_refused_after_taking_over_gives_the_source_its_own_metadata_back(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own = octue_of(bucket, "tmp1")
+    real_copy = bucket.copy
+
+    def copy_after_another_machine(*args, **kwargs):
+        bucket.upload_bytes("data.csv", b"made elsewhere")  # after the mount read it
+        return real_copy(*args, **kwargs)
+
+    bucket.copy = copy_after_another_machine
+    with pytest.raises(Conflict):
+        fs.rename("/tmp1", "/data.csv")
+    assert bucket.read_range("data.csv", 0, 100) == b"made elsewhere"
+    assert bucket.read_range("tmp1", 0, 100) == b"new"
+    assert octue_of(bucket, "tmp1") == own

@@ -480,7 +480,7 @@ class FileSystem:
             self.metacache.removed(src_name)
             self.metacache.wrote(moved)
             self.files.renamed(node, src_name, dst_name, moved, still_new=new and not took_over, took_over=took_over)
-            if dst_name == src_name + BACKUP_SUFFIX and dst_info is None and dst_node is None:
+            if dst_name == src_name + BACKUP_SUFFIX and not took_over:  # (over an older backup too: emacs)
                 self.files.left_for_backup(src_name, moved)
             self.cache.drop(src_name)
 

@@ -202,3 +202,15 @@ def test_a_rename_refused_after_taking_over_gives_the_source_its_own_metadata_ba
     assert bucket.read_range("data.csv", 0, 100) == b"made elsewhere"
     assert bucket.read_range("tmp1", 0, 100) == b"new"
     assert octue_of(bucket, "tmp1") == own
+
+
+def test_emacs_renaming_the_original_over_an_older_backup_passes_the_metadata_on_too(fs, bucket):
+    write(fs, "/data.csv~", b"older backup")
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    settle(fs)
+    kept = octue_of(bucket, "data.csv")
+    fs.rename("/data.csv", "/data.csv~")
+    write(fs, "/data.csv", b"new")
+    settle(fs)
+    assert octue_of(bucket, "data.csv") == kept == octue_of(bucket, "data.csv~")

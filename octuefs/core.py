@@ -42,11 +42,14 @@ from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
 from .storage.base import PARTS_PREFIX, Bucket, ObjectInfo
-from .uploads import Journal, Uploader, is_version, quarantine_unclosed
+from .uploads import Journal, Uploader, is_version, merge_metadata, quarantine_unclosed
 from .xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
 from .xattrs import XattrSurface
 
 log = logging.getLogger(__name__)
+
+# The name editors (vim, emacs) give the original they rename away before writing a new file.
+BACKUP_SUFFIX = "~"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +340,24 @@ class FileSystem:
                 raise FileExists(path)
             return self.files.open(name, None if node else entry, writable=True, truncate=True, seen=node)
         self.ns.check_new_name(name)
-        return self.files.open(name, None, writable=True, create=True)
+        return self.files.open(name, None, writable=True, create=True, meta=self._left_in_backup(name))
+
+    def _left_in_backup(self, name: str) -> octue.OctueMetadata | None:
+        """The Octue metadata a new file ``name`` takes: that of the file renamed from ``name`` to
+        ``name~`` a moment ago, if that backup is still as it was moved (vim's and emacs's way to
+        save: rename the original to its backup, write a new file, maybe delete the backup)."""
+        left = self.files.backup_of(name)
+        if left is None:
+            return None
+        backup, generation, metageneration = left
+        node = self._node(backup)
+        info = node.base if node is not None else self.lookup(backup)
+        if (not isinstance(info, ObjectInfo) or (info.generation, info.metageneration) != (generation, metageneration)
+                or (node is not None and node.unsaved)):
+            return None
+        log.info("new file %r takes the Octue metadata of %r, the original it was renamed to a moment ago",
+                 name, backup)
+        return self.metadata_of(info)
 
     def open(self, path: str, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
@@ -445,16 +465,96 @@ class FileSystem:
             if dst_node is not None:
                 self.files.keep_open_content(dst_node)  # for the handles still open on it
             dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
+            src_info = node.base if node is not None else src
+            new = self.files.is_new(src_name, node, src_info)
+            took_over = new and (dst_node is not None or dst_info is not None)
             with self._replacing(dst_name, dst_node, dst_info) as dst_info:
-                moved = self._move_file(src_name, dst_name, node.base if node is not None else src, dst_info)
+                if took_over:
+                    with self._taking_over(src_name, src_info, dst_name, dst_node, dst_info) as src_info:
+                        moved = self._move_file(src_name, dst_name, src_info, dst_info)
+                else:
+                    moved = self._move_file(src_name, dst_name, src_info, dst_info)
             if dst_node is not None:
                 self.files.forget(dst_node)
             self.cache.drop(dst_name)
             self.metacache.removed(src_name)
             self.metacache.wrote(moved)
-            if node is not None:
-                self.files.renamed(node, dst_name, moved)
+            self.files.renamed(node, src_name, dst_name, moved, still_new=new and not took_over, took_over=took_over)
+            if dst_name == src_name + BACKUP_SUFFIX and not took_over:  # (over an older backup too: emacs)
+                self.files.left_for_backup(src_name, moved)
             self.cache.drop(src_name)
+
+    @contextlib.contextmanager
+    def _taking_over(self, src_name: str, src_info: ObjectInfo, dst_name: str, dst_node: FileNode | None,
+                     dst_info: ObjectInfo | None):
+        """A file just created here, never given Octue metadata, is being renamed over ``dst_name``
+        (``sed -i``, an editor's save, ``os.replace``): it takes the replaced file's Octue metadata,
+        so the file keeps its id, tags and labels across the edit. The metadata goes onto the
+        source first (one PATCH, preconditions on the version settled), so the copy puts content
+        and metadata in place in one step. Yields the source's version to copy; puts the source's
+        own metadata back if the rename then fails."""
+        donor = self._replaced_metadata(dst_name, dst_node, dst_info)
+        changes = octue.octue_patch_from(src_info.metadata, donor)
+        octue.check_size_limits({**src_info.metadata, **changes})
+        try:
+            taken = self.bucket.patch_metadata(src_name, changes, if_generation_match=src_info.generation,
+                                               if_metageneration_match=src_info.metageneration)
+        except PreconditionFailed as exc:
+            self.metacache.forget(src_name)
+            raise Conflict(f"{src_name!r} changed in the bucket before it could replace {dst_name!r}") from exc
+        self.cache.carry_over(src_info, taken)
+        log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
+        try:
+            yield taken
+        except BaseException:
+            self._give_back(src_name, src_info, taken, dst_name)
+            raise
+
+    def _give_back(self, src_name: str, src_info: ObjectInfo, taken: ObjectInfo, dst_name: str) -> None:
+        """A rename that took over ``dst_name``'s metadata failed: the source gets its own back,
+        unless the copy is in place (only the delete failed: the file is then under both names,
+        the same file twice, as documented)."""
+        same = (taken.md5, taken.crc32c, dict(taken.metadata))
+        try:
+            try:
+                copied = self.bucket.stat(dst_name)
+            except NotFound:
+                copied = None
+            if copied is not None and (copied.md5, copied.crc32c, dict(copied.metadata)) == same:
+                return
+            back = octue.octue_patch_from(taken.metadata, src_info.metadata)
+            self.bucket.patch_metadata(src_name, back, if_generation_match=taken.generation,
+                                       if_metageneration_match=taken.metageneration)
+        except (OctuefsError, OSError) as exc:
+            log.warning("%r keeps the Octue metadata of %r after a failed rename over it: %s", src_name, dst_name, exc)
+        finally:
+            self.metacache.forget(src_name)
+
+    def _replaced_metadata(self, dst_name: str, dst_node: FileNode | None,
+                           dst_info: ObjectInfo | None) -> dict[str, str]:
+        """The custom metadata whose Octue keys the file replacing ``dst_name`` takes over: the
+        replaced file's newest, with what this mount has not saved yet (``dst_node``), merged with
+        any change made elsewhere since this mount read it; never one overwritten unseen."""
+        current = None
+        if dst_info is not None:
+            try:
+                current = self.bucket.stat(dst_name)
+            except NotFound:
+                current = None
+            if current is None or current.generation != dst_info.generation:
+                self.metacache.forget(dst_name)
+                raise Conflict(f"{dst_name!r} changed in the bucket since it was read; not replaced")
+        if dst_node is None:
+            return dict(current.metadata)
+        prior = dict(dst_info.metadata) if dst_info is not None else {}
+        ours = octue.encode_object_metadata(dst_node.meta.with_id(), prior)
+        if current is None or current.metageneration == dst_info.metageneration:
+            return ours
+        merged = merge_metadata(prior, ours, dict(current.metadata))
+        if merged is None:
+            self.metacache.forget(dst_name)
+            raise Conflict(f"the Octue metadata of {dst_name!r} changed here and elsewhere; not replaced")
+        return merged
 
     @contextlib.contextmanager
     def _held_still_both(self, node: FileNode | None, dst_node: FileNode | None):
@@ -584,7 +684,7 @@ class FileSystem:
                     log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
             for node in self.files.nodes_under(src_prefix):
                 if node.name in moved:
-                    self.files.renamed(node, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
+                    self.files.renamed(node, node.name, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
                 self.cache.drop(node.name)
             self.metacache.clear()
 

@@ -26,6 +26,8 @@ import shutil
 import threading
 import time
 
+import cachetools
+
 from . import metadata as octue
 from .cache import ContentCache
 from .errors import FileNotFound, IsADirectory, NotFound, OctuefsError, StaleFile
@@ -38,6 +40,11 @@ log = logging.getLogger(__name__)
 # Custom-metadata key holding an mtime set by touch/utimens, in whole POSIX seconds. It is the
 # key `gcloud storage cp --preserve-posix` uses, so the two tools agree on it.
 MTIME_KEY = "goog-reserved-file-mtime"
+# How many versions just created through the mount (see OpenFiles.is_new) are remembered.
+NEW_VERSIONS_KEPT = 4096
+# How long a name left by a rename to its backup name (``data.csv~``) waits for the new file that
+# editors create in its place (see FileSystem.create), in seconds.
+BACKUP_WAIT = 60.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -60,6 +67,9 @@ class FileNode:
     # The custom metadata ``meta`` was last in step with (read, sent or landed): the node's own
     # changes are what ``meta`` changed from it, so changes merged in since are never undone.
     meta_from: dict[str, str] | None = None
+    # Created through this mount and given no Octue metadata since: its id is one this mount
+    # minted, and a rename over another file takes that file's metadata (see FileSystem.rename).
+    new: bool = False
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -93,6 +103,13 @@ class OpenFiles:
         self._nodes: dict[str, FileNode] = {}  # by object name; guarded by _lock
         self._handles: dict[int, Handle] = {}  # guarded by _lock
         self._next_fh = itertools.count(1)
+        # name -> (generation, metageneration) of the last version a ``new`` node put in the
+        # bucket: the file stays new once its node is gone; guarded by _lock
+        self._new_versions: cachetools.LRUCache[str, tuple[int, int]] = cachetools.LRUCache(NEW_VERSIONS_KEPT)
+        # name -> (backup name, generation, metageneration) of a file just renamed to its backup
+        # name, whose metadata the next new file of that name takes; guarded by _lock
+        self._backups: cachetools.TTLCache[str, tuple[str, int, int]] = cachetools.TTLCache(NEW_VERSIONS_KEPT,
+                                                                                           BACKUP_WAIT)
 
     # --- the tables ---------------------------------------------------------------------
 
@@ -112,11 +129,14 @@ class OpenFiles:
         with self._lock:
             return self._handles[fh]
 
-    def _node_for(self, name: str, info: ObjectInfo | None) -> FileNode:
-        """The live node of ``name``, made from ``info`` if there is none. Caller holds _lock."""
+    def _node_for(self, name: str, info: ObjectInfo | None, meta: octue.OctueMetadata | None = None) -> FileNode:
+        """The live node of ``name``, made from ``info`` if there is none (a new file: with ``meta``
+        if given, else none but a new id). Caller holds _lock."""
         node = self._nodes.get(name)
         if node is None:
-            meta = octue.decode_object_metadata(info.metadata) if info else octue.OctueMetadata().with_id()
+            taken = meta is not None
+            if meta is None:
+                meta = octue.decode_object_metadata(info.metadata) if info else octue.OctueMetadata().with_id()
             node = FileNode(
                 name=name,
                 base=info,
@@ -125,13 +145,17 @@ class OpenFiles:
                 content_type=info.content_type if info else None,
                 dirty=info is None,
                 meta_from=dict(info.metadata) if info else None,
+                new=not taken and (info is None
+                                   or self._new_versions.get(name) == (info.generation, info.metageneration)),
             )
             self._nodes[name] = node
         return node
 
     def open(self, name: str, info: ObjectInfo | None, writable: bool, truncate: bool = False,
-             seen: FileNode | None = None, create: bool = False) -> int:
-        """Open ``name``: its live node, else one made from ``info`` (``create``: a new empty file).
+             seen: FileNode | None = None, create: bool = False,
+             meta: octue.OctueMetadata | None = None) -> int:
+        """Open ``name``: its live node, else one made from ``info`` (``create``: a new empty file,
+        with Octue metadata ``meta`` if given).
 
         ``seen`` is the node the caller found a moment ago: if it has since been dropped (its
         upload finished and nobody had it open), its final version is what to open.
@@ -147,7 +171,7 @@ class OpenFiles:
                 elif info is None and not create:
                     raise FileNotFound(name)
             made = name not in self._nodes
-            node = self._node_for(name, info)
+            node = self._node_for(name, info, meta if create else None)
             node.opens += 1
             fh = next(self._next_fh)
             self._handles[fh] = Handle(node, writable)
@@ -214,13 +238,26 @@ class OpenFiles:
             if node.opens > 0 and node.staging is None and not node.unlinked:
                 self._ensure_staged(node)
 
-    def renamed(self, node: FileNode, new_name: str, info: ObjectInfo) -> None:
+    def renamed(self, node: FileNode | None, old_name: str, new_name: str, info: ObjectInfo, *,
+                still_new: bool = False, took_over: bool = False) -> None:
+        """``old_name`` is now ``new_name`` in the bucket, as ``info``; ``node`` is its live node, if
+        any. ``still_new``: it was new (:meth:`is_new`) and stays so; ``took_over``: it carries the
+        Octue metadata of the file it replaced instead of its own, so is no longer new."""
         with self._lock:
+            self._new_versions.pop(old_name, None)
+            if still_new:
+                self._new_versions[new_name] = (info.generation, info.metageneration)
+            if node is None:
+                return
             listed = self._nodes.get(node.name) is node
             if listed:
                 del self._nodes[node.name]
             node.name = new_name
             node.base = info
+            if took_over:
+                with node.lock:  # (settled before the rename: nothing unsaved to keep)
+                    node.meta, node.meta_from = octue.decode_object_metadata(info.metadata), dict(info.metadata)
+                    node.new = False
             if listed or node.opens > 0:  # (one dropped since, idle, stays dropped)
                 self._nodes[new_name] = node
 
@@ -364,10 +401,44 @@ class OpenFiles:
         node.pending = [e for e in node.pending if not e.done.is_set()] + [entry]
         return entry
 
+    def is_new(self, name: str, node: FileNode | None, info: ObjectInfo | None) -> bool:
+        """Whether version ``info`` of ``name`` is one this mount made from a file just created
+        here and never given Octue metadata (by ``node``, if it is still there)."""
+        if info is None or (node is not None and not node.new):
+            return False
+        with self._lock:
+            return self._new_versions.get(name) == (info.generation, info.metageneration)
+
+    def left_for_backup(self, name: str, backup: ObjectInfo) -> None:
+        """``name`` was just renamed to its backup name: the new file an editor writes in its place
+        soon takes its metadata (:meth:`backup_of`)."""
+        with self._lock:
+            self._backups[name] = (backup.name, backup.generation, backup.metageneration)
+
+    def backup_of(self, name: str) -> tuple[str, int, int] | None:
+        """``(backup name, generation, metageneration)`` that ``name`` left a moment ago, once."""
+        with self._lock:
+            return self._backups.pop(name, None)
+
+    def given_metadata(self, name: str) -> None:
+        """A ``user.octue.*`` attribute of ``name`` is being set or removed here: it is no longer
+        new (:meth:`is_new`), whether or not the change is accepted or lands."""
+        with self._lock:
+            self._new_versions.pop(name, None)
+            node = self._nodes.get(name)
+            if node is not None:
+                node.new = False
+
     def _uploaded(self, entry: Entry) -> None:
         """The uploader finished ``entry`` (in the bucket, or kept beside it after a conflict)."""
         info = entry.result
         node = self.node(entry.name)
+        if entry.state == DONE:
+            with self._lock:
+                if node is not None and node.new and dict(info.metadata) == entry.metadata:
+                    self._new_versions[entry.name] = (info.generation, info.metageneration)
+                else:
+                    self._new_versions.pop(entry.name, None)
         if entry.state == CONFLICT:
             self.metacache.forget(entry.name)
             self.metacache.wrote(info)

@@ -277,6 +277,17 @@ def metadata_patch(existing: Mapping[str, str] | None, meta: OctueMetadata) -> d
     return changes
 
 
+def octue_patch_from(existing: Mapping[str, str] | None, donor: Mapping[str, str]) -> dict[str, str | None]:
+    """The keys to send in one PATCH so that an object with ``existing`` custom metadata carries
+    exactly the Octue metadata (every ``octue__*`` key, known field or not) of ``donor``: the
+    donor's keys set, the object's other Octue keys removed, every other key left as it is."""
+    old = dict(existing or {})
+    wanted = {k: v for k, v in donor.items() if k.startswith(OCTUE_PREFIX)}
+    changes: dict[str, str | None] = {k: v for k, v in wanted.items() if old.get(k) != v}
+    changes.update({k: None for k in old if k.startswith(OCTUE_PREFIX) and k not in wanted})
+    return changes
+
+
 def check_size_limits(custom: Mapping[str, str | None]) -> None:
     """Raise :class:`MetadataTooLarge` if GCS would refuse this custom metadata.
 

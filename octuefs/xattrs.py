@@ -176,7 +176,10 @@ class XattrSurface:
         # Each change reads the metadata the one before it in this mount wrote (the caches hold
         # its result), so concurrent setfattr calls neither lose each other's changes (even on a
         # server that ignores preconditions) nor use up each other's attempts.
-        with self._changing.hold(self.fs.ns.object_name(path)):
+        fname = self.fs.ns.object_name(path)
+        if octue.is_octue_xattr(name):  # even one refused: the file keeps its own over a rename
+            self.fs.files.given_metadata(fname)
+        with self._changing.hold(fname):
             self._change_locked(path, name, apply, value, flags)
 
     def _change_locked(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:

@@ -345,6 +345,9 @@ def make_machine(world: World, mount, local_root, remount, direct=None, proxy=No
             os.mkdir(self.mnt)
             os.mkdir(self.loc)
             self.xattrs: dict[str, Xattrs] = {}  # by file path relative to the example's directory
+            # Files created through the mount and never given Octue metadata since: renamed over a
+            # file, they take its metadata (docs/semantics.md, "Saving by rename")
+            self.new: set[str] = set()
             self.handles: list[Handle] = []
             self.next_handle = itertools.count()
             self.remounts = 0
@@ -427,12 +430,22 @@ def make_machine(world: World, mount, local_root, remount, direct=None, proxy=No
         def drop_xattrs_under(self, rel: str) -> None:
             for key in [k for k in self.xattrs if k == rel or k.startswith(rel + "/")]:
                 del self.xattrs[key]
+            self.new = {k for k in self.new if not (k == rel or k.startswith(rel + "/"))}
             self.dirty = {k for k in self.dirty if not (k == rel or k.startswith(rel + "/"))}
 
-        def move_xattrs(self, old: str, new: str) -> None:
+        def move_xattrs(self, old: str, new: str, replaces_file: bool = False) -> None:
+            """``old`` renamed to ``new``; ``replaces_file``: a file was there. A new file renamed
+            over one takes its metadata; one renamed to a free name stays new."""
+            was_new = old in self.new
+            kept = self.xattrs.get(new, Xattrs()) if was_new and replaces_file else None
             self.drop_xattrs_under(new)
             for key in [k for k in self.xattrs if k == old or k.startswith(old + "/")]:
                 self.xattrs[new + key[len(old):]] = self.xattrs.pop(key)
+            self.new = {k for k in self.new if not (k == old or k.startswith(old + "/"))}
+            if kept is not None:
+                self.xattrs[new] = kept
+            elif was_new:
+                self.new.add(new)
             self.dirty = {k for k in self.dirty if not (k == old or k.startswith(old + "/"))}
             for h in self.handles:
                 if h.path == old or h.path.startswith(old + "/"):
@@ -469,6 +482,7 @@ def make_machine(world: World, mount, local_root, remount, direct=None, proxy=No
             def after():
                 if new:
                     self.xattrs[rel] = Xattrs()
+                    self.new.add(rel)
                 self.changed(rel)
 
             self.both(write, rel, after=after)
@@ -488,6 +502,7 @@ def make_machine(world: World, mount, local_root, remount, direct=None, proxy=No
                 self.handles.append(Handle(next(self.next_handle), rel, got[1], want[1], mode == "a", mode != "r+"))
                 if new:
                     self.xattrs[rel] = Xattrs()
+                    self.new.add(rel)
                 return
             for fd in (got, want):
                 if fd[0] == "ok":
@@ -558,7 +573,9 @@ def make_machine(world: World, mount, local_root, remount, direct=None, proxy=No
             old, new = self.any_path(data), self.any_path(data)
             if old is None or new is None or (1 in KNOWN and self.burst and new in self.dirty):
                 return
-            self.both(os.rename, old, rel2=new, after=lambda: old != new and self.move_xattrs(old, new))
+            target = os.path.join(self.loc, new)
+            replaces_file = os.path.isfile(target) and not os.path.islink(target)
+            self.both(os.rename, old, rel2=new, after=lambda: old != new and self.move_xattrs(old, new, replaces_file))
 
         # --- directories -----------------------------------------------------------------
 
@@ -581,6 +598,7 @@ def make_machine(world: World, mount, local_root, remount, direct=None, proxy=No
             return data.draw(st.sampled_from(files), label="file") if files else None
 
         def expect_xattr(self, rel: str, call, expected_errno: str | None, apply=None) -> None:
+            self.new.discard(rel)  # any attempt, even one refused: docs/semantics.md, "Saving by rename"
             got = outcome(call, os.path.join(self.mnt, rel))
             want = ("err", expected_errno) if expected_errno else ("ok", None)
             if self.burst and got != want and got[0] == "err" and got[1] in TRANSIENT:
@@ -695,6 +713,7 @@ def make_machine(world: World, mount, local_root, remount, direct=None, proxy=No
         @rule(leave_pending=st.booleans())
         def remount_(self, leave_pending):
             self.remounts += 1
+            self.new.clear()  # what was new is remembered by the mount that made it, not the next
             self.close_all()  # unmount refuses while files are open
             remount(leave_pending)
             if not leave_pending:
@@ -794,6 +813,7 @@ def make_machine(world: World, mount, local_root, remount, direct=None, proxy=No
         def outside_act(self, data, rel: str, kind: str):
             """Change ``rel`` in the bucket under a precondition on the version read just before.
             Returns (replaced: (content, Xattrs) or None, theirs content or None, theirs Xattrs or None)."""
+            self.new.discard(rel)  # a version another writer made is not one this mount just created
             name = f"{self.sub}/{rel}"
             for _ in range(10):
                 try:

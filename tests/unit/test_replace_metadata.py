@@ -1,0 +1,216 @@
+"""A rename that replaces a file: the replaced file's Octue metadata stays with the name when the
+incoming file was just created through the mount and never given any (``sed -i``, editors that
+save by writing a temporary file and renaming it over, ``os.replace``). Core only, fake bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from octuefs.errors import Conflict
+from octuefs.storage.fake import FakeBucket
+
+from .test_core import make_fs, read_file, settle
+
+OCTUE_KEYS = ("octue__id", "octue__tags", "octue__labels", "octue__timestamp", "octue__cluster", "octue__sequence")
+
+
+@pytest.fixture
+def bucket():
+    return FakeBucket("replace-test")
+
+
+@pytest.fixture
+def fs(bucket, tmp_path):
+    return make_fs(bucket, tmp_path)
+
+
+def write(fs, path: str, data: bytes) -> None:
+    """Create (or truncate) and write ``path``, closed, not waiting for the upload."""
+    fh = fs.create(path, os.O_WRONLY | os.O_CREAT)
+    fs.write(fh, data, 0)
+    fs.flush(fh)
+    fs.release(fh)
+
+
+def tag_it(fs, path: str) -> None:
+    fs.setxattr(path, "user.octue.tags", json.dumps({"instrument": "anemometer", "height_m": 80.5}).encode())
+    fs.setxattr(path, "user.octue.labels", b"raw qc-passed")
+    fs.setxattr(path, "user.octue.sequence", b"3")
+    fs.setxattr(path, "user.octue.timestamp", b"1704067200")
+
+
+def octue_of(bucket, name: str) -> dict[str, str]:
+    return {k: v for k, v in bucket.stat(name).metadata.items() if k in OCTUE_KEYS}
+
+
+def shown(fs, path: str) -> dict[str, bytes]:
+    return {name: fs.getxattr(path, name) for name in fs.listxattr(path) if name.startswith("user.octue.")}
+
+
+def test_a_new_file_renamed_over_keeps_the_replaced_files_metadata(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    settle(fs)
+    before, kept = shown(fs, "/data.csv"), octue_of(bucket, "data.csv")
+    write(fs, "/.data.csv.tmp", b"new")
+    fs.rename("/.data.csv.tmp", "/data.csv")
+    assert shown(fs, "/data.csv") == before
+    settle(fs)
+    assert octue_of(bucket, "data.csv") == kept
+    assert bucket.read_range("data.csv", 0, 100) == b"new"
+    assert read_file(fs, "/data.csv") == b"new"
+    assert ".data.csv.tmp" not in [n for n, _ in fs.readdir("/")]
+
+
+def test_an_incoming_file_with_metadata_of_its_own_keeps_it(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/new.csv", b"new")
+    fs.setxattr("/new.csv", "user.octue.labels", b"mine")
+    settle(fs)
+    theirs = shown(fs, "/new.csv")
+    fs.rename("/new.csv", "/data.csv")
+    assert shown(fs, "/data.csv") == theirs
+    settle(fs)
+    assert json.loads(bucket.stat("data.csv").metadata["octue__id"]) == theirs["user.octue.id"].decode()
+
+
+def test_the_replaced_files_unsaved_metadata_is_kept_and_its_queued_versions_dropped(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")  # joins the upload still queued (or patches, if it landed)
+    write(fs, "/data.csv", b"older, never to land")
+    fs.setxattr("/data.csv", "user.octue.labels", b"edited")
+    before = shown(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    fs.rename("/tmp1", "/data.csv")
+    assert shown(fs, "/data.csv") == before
+    settle(fs)
+    assert bucket.read_range("data.csv", 0, 100) == b"new"
+    stored = bucket.stat("data.csv").metadata
+    assert json.loads(stored["octue__id"]) == before["user.octue.id"].decode()
+    assert json.loads(stored["octue__labels"])["items"] == ["edited"]
+
+
+def test_a_replaced_file_only_in_the_bucket_keeps_its_metadata_and_its_other_keys_go(fs, bucket):
+    sdk = {"octue__id": '"02464c6f-0070-50ca-8a9b-ba1af5456601"', "octue__tags": '{"a": 1}',
+           "octue__labels": '{"_type": "set", "items": ["raw"]}', "octue__timestamp": "null",
+           "octue__sdk_version": '"0.69.1"', "someone-else": "theirs"}
+    bucket.upload_bytes("data.csv", b"old", sdk)
+    write(fs, "/tmp1", b"new")
+    settle(fs)  # the incoming file is in the bucket and no longer open: still just created here
+    fs.rename("/tmp1", "/data.csv")
+    stored = bucket.stat("data.csv").metadata
+    assert {k: stored.get(k) for k in ("octue__id", "octue__tags", "octue__labels")} == \
+        {k: sdk[k] for k in ("octue__id", "octue__tags", "octue__labels")}
+    assert "someone-else" not in stored  # not Octue metadata: it belonged to the replaced content
+    assert fs.getxattr("/data.csv", "user.octue.id") == b"02464c6f-0070-50ca-8a9b-ba1af5456601"
+
+
+def test_a_metadata_change_made_elsewhere_since_is_kept_not_overwritten(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    settle(fs)
+    fs.getxattr("/data.csv", "user.octue.id")  # this mount has now seen it (cached)
+    info = bucket.stat("data.csv")
+    bucket.patch_metadata("data.csv", {"octue__labels": '{"_type": "set", "items": ["from-elsewhere"]}'},
+                          if_metageneration_match=info.metageneration)
+    write(fs, "/tmp1", b"new")
+    try:
+        fs.rename("/tmp1", "/data.csv")
+    except Conflict:  # refusing is honest too: then nothing changed
+        assert bucket.read_range("data.csv", 0, 100) == b"old"
+    else:
+        assert json.loads(bucket.stat("data.csv").metadata["octue__labels"])["items"] == ["from-elsewhere"]
+    assert json.loads(bucket.stat("data.csv").metadata["octue__labels"])["items"] == ["from-elsewhere"]
+
+
+def test_a_rename_onto_a_free_name_changes_nothing_and_the_file_stays_new(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    settle(fs)
+    kept = octue_of(bucket, "data.csv")
+    write(fs, "/a", b"new")
+    fs.rename("/a", "/b")
+    fs.rename("/b", "/data.csv")
+    assert octue_of(bucket, "data.csv") == kept
+
+
+def test_a_new_file_written_where_the_original_was_renamed_to_its_backup_takes_its_metadata(fs, bucket):
+    """vim's and emacs's other way to save: the original becomes the backup ``data.csv~``, a new
+    file is written under the name (and vim then deletes the backup)."""
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    settle(fs)
+    kept = octue_of(bucket, "data.csv")
+    before = shown(fs, "/data.csv")
+    fs.rename("/data.csv", "/data.csv~")
+    write(fs, "/data.csv", b"new")
+    assert shown(fs, "/data.csv") == before
+    fs.unlink("/data.csv~")
+    settle(fs)
+    assert octue_of(bucket, "data.csv") == kept
+    assert bucket.read_range("data.csv", 0, 100) == b"new"
+
+
+def test_only_a_backup_name_and_an_unchanged_backup_pass_the_metadata_on(fs, bucket):
+    write(fs, "/a.csv", b"old")
+    tag_it(fs, "/a.csv")
+    write(fs, "/b.csv", b"old")
+    tag_it(fs, "/b.csv")
+    settle(fs)
+    fs.rename("/a.csv", "/a.csv.orig")  # a move, not an editor's backup
+    write(fs, "/a.csv", b"new")
+    fs.rename("/b.csv", "/b.csv~")
+    fs.setxattr("/b.csv~", "user.octue.labels", b"changed")  # the backup is a file of its own now
+    write(fs, "/b.csv", b"new")
+    settle(fs)
+    for name in ("a.csv", "b.csv"):
+        assert json.loads(bucket.stat(name).metadata["octue__tags"]) == {}
+        assert fs.getxattr("/" + name, "user.octue.labels") == b""
+
+
+def test_a_new_file_given_metadata_once_in_the_bucket_and_closed_keeps_its_own(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)  # uploaded and closed: no node left to say it was given metadata
+    fs.setxattr("/tmp1", "user.octue.labels", b"mine")
+    theirs = fs.getxattr("/tmp1", "user.octue.id")
+    fs.rename("/tmp1", "/data.csv")
+    assert fs.getxattr("/data.csv", "user.octue.id") == theirs
+    assert json.loads(bucket.stat("data.csv").metadata["octue__labels"])["items"] == ["mine"]
+
+
+def test_a_rename_refused_after_taking_over_gives_the_source_its_own_metadata_back(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own = octue_of(bucket, "tmp1")
+    real_copy = bucket.copy
+
+    def copy_after_another_machine(*args, **kwargs):
+        bucket.upload_bytes("data.csv", b"made elsewhere")  # after the mount read it
+        return real_copy(*args, **kwargs)
+
+    bucket.copy = copy_after_another_machine
+    with pytest.raises(Conflict):
+        fs.rename("/tmp1", "/data.csv")
+    assert bucket.read_range("data.csv", 0, 100) == b"made elsewhere"
+    assert bucket.read_range("tmp1", 0, 100) == b"new"
+    assert octue_of(bucket, "tmp1") == own
+
+
+def test_emacs_renaming_the_original_over_an_older_backup_passes_the_metadata_on_too(fs, bucket):
+    write(fs, "/data.csv~", b"older backup")
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    settle(fs)
+    kept = octue_of(bucket, "data.csv")
+    fs.rename("/data.csv", "/data.csv~")
+    write(fs, "/data.csv", b"new")
+    settle(fs)
+    assert octue_of(bucket, "data.csv") == kept == octue_of(bucket, "data.csv~")

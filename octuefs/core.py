@@ -429,7 +429,7 @@ class FileSystem:
             if node is not None:  # (here, where no close can seal it meanwhile)
                 self.files.keep_open_content(node)  # for the handles still open on it
             # Queued versions are moot once the object is deleted, and only then.
-            with self._replacing(name, node, node.base if node is not None else entry) as info:
+            with self._replacing(name, node, node.base if node is not None else entry, removing=True) as info:
                 if info is not None:
                     try:
                         self.bucket.delete(name, if_generation_match=info.generation)
@@ -468,7 +468,7 @@ class FileSystem:
             src_info = node.base if node is not None else src
             new = self.files.is_new(src_name, node, src_info)
             took_over = new and (dst_node is not None or dst_info is not None)
-            with self._replacing(dst_name, dst_node, dst_info) as dst_info:
+            with self._replacing(dst_name, dst_node, dst_info, removing=False) as dst_info:
                 if took_over:
                     with self._taking_over(src_name, src_info, dst_name, dst_node, dst_info) as src_info:
                         moved = self._move_file(src_name, dst_name, src_info, dst_info)
@@ -568,11 +568,12 @@ class FileSystem:
             yield
 
     @contextlib.contextmanager
-    def _replacing(self, name: str, node: FileNode | None, info: ObjectInfo | None):
-        """Around a delete of ``name``, or a rename onto it: the versions of ``node`` queued here
-        are held back, dropped once the object is replaced, and restored (they go up after all)
-        if that fails. A running one lands first. Yields the version in the bucket being replaced
-        (see :meth:`_replaced_by_held`)."""
+    def _replacing(self, name: str, node: FileNode | None, info: ObjectInfo | None, *, removing: bool):
+        """Around a delete of ``name`` (``removing``), or a rename onto it: the versions of
+        ``node`` queued here are held back, dropped once the object is replaced, and restored
+        (they go up after all) if that fails. A running one lands first. Yields the version in
+        the bucket being replaced (see :meth:`_replaced_by_held`). Only a delete leaves the name
+        free for a dropped version that may still land: only then is it watched for."""
         held = self.files.withhold(node) if node is not None else None
         try:
             yield self._replaced_by_held(name, info, held) if held is not None else info
@@ -581,7 +582,7 @@ class FileSystem:
                 held.restore()
             raise
         if held is not None:
-            held.drop()
+            held.drop(watch_late=removing)
 
     def _replaced_by_held(self, name: str, info: ObjectInfo | None, held) -> ObjectInfo | None:
         """The version of ``name`` in the bucket that a delete or a rename over it replaces, given

@@ -71,6 +71,7 @@ from .errors import (
     UploadFailed,
     UploadStillPending,
 )
+from .metadata import check_size_limits
 from .storage.base import Bucket, ChecksumMismatch, ObjectInfo
 from .storage.retry import Fingerprint, file_fingerprint
 
@@ -156,6 +157,15 @@ def is_version(key: dict, info: ObjectInfo) -> bool:
     """Is the live object ``info`` the version ``key`` describes?"""
     return (Fingerprint(key["md5"], key["crc32c"], key["size"]).matches(info)
             and metadata_digest(info.metadata) == key["metadata"])
+
+
+def _fits(custom: dict[str, str]) -> bool:
+    """Does this custom metadata fit GCS's limits (a merge of two that each fit may not)?"""
+    try:
+        check_size_limits(custom)
+    except OctuefsError:
+        return False
+    return True
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -551,12 +561,13 @@ class Withheld:
             keys += [k for k in candidates if k not in keys]
         return keys
 
-    def drop(self) -> None:
+    def drop(self, watch_late: bool = True) -> None:
         """They are moot (their object was deleted or replaced): forget them for good. Those
         that created the object and were sent with no answer may still land (their precondition,
-        "absent", holds again once it is deleted): they are watched for (:class:`LateLandings`)."""
+        "absent", holds again once it is deleted): with ``watch_late`` (a delete, which leaves the
+        name free) they are watched for (:class:`LateLandings`)."""
         creating = [e for e in self.entries if e.base_generation == 0 and (e.tried or e.attempts)]
-        if creating:
+        if creating and watch_late:
             self._uploader.late.watch(creating[0].name, Withheld(self._uploader, creating).tried())
         self._uploader._drop(self.entries)
 
@@ -575,10 +586,14 @@ class LateLandings:
     sweep every ``LATE_SWEEP_EVERY`` seconds look at the name: one of those versions there is
     deleted (naming its generation); anything else there (a newer file) ends the watch, untouched.
     A new upload of the name that meets one of them replaces it (Uploader._settle_precondition).
+    The mount's own versions are never taken for one: while an upload of the name is queued or
+    running here (``busy``), the sweep leaves the name alone, and one that lands ends the watch
+    (the same bytes and metadata put there again, by `cp -a` say, are the user's).
     """
 
-    def __init__(self, bucket: Bucket):
+    def __init__(self, bucket: Bucket, busy: Callable[[str], bool] = lambda name: False):
         self.bucket = bucket
+        self._busy = busy
         self._lock = threading.Lock()
         self._watched: dict[str, tuple[list[dict], float]] = {}  # name -> (version keys, until)
         self._stop = threading.Event()
@@ -608,6 +623,8 @@ class LateLandings:
         with self._lock:
             watched = list(self._watched.items())
         for name, (keys, until) in watched:
+            if self._busy(name):
+                continue
             try:
                 current = self.bucket.stat(name)
             except NotFound:
@@ -616,7 +633,7 @@ class LateLandings:
                 continue
             except (OctuefsError, OSError):
                 continue  # the bucket does not answer: next sweep
-            if any(is_version(k, current) for k in keys):
+            if any(is_version(k, current) for k in keys) and not self._busy(name):
                 try:
                     self.bucket.delete(name, if_generation_match=current.generation)
                     log.warning("an upload of %r sent before it was removed landed late (generation %d): "
@@ -733,7 +750,7 @@ class Uploader:
                          for i in range(workers)]
         self._new_id = new_id or journal.new_id
         self._moved_at = time.monotonic()  # when an upload last read data to send, or landed
-        self.late = LateLandings(bucket)
+        self.late = LateLandings(bucket, busy=self._has_entries)
 
     def start(self, recovered: list[Entry] = ()) -> None:
         with self._cond:
@@ -919,6 +936,10 @@ class Uploader:
             self._cond.notify_all()
         for e in held:
             self.journal.remove(e)
+
+    def _has_entries(self, name: str) -> bool:
+        with self._cond:
+            return bool(self._entries.of(name))
 
     def snapshot(self) -> list[Entry]:
         with self._cond:
@@ -1137,6 +1158,10 @@ class Uploader:
             return
         if current is not None and current.generation == entry.base_generation:
             merged = merge_metadata(entry.base_metadata, entry.metadata, dict(current.metadata))
+            if merged is not None and not _fits(merged):
+                log.warning("the metadata of %r changed elsewhere and, merged with this version's, is over GCS's "
+                            "limits: this version goes beside", entry.name)
+                merged = None
             if merged is not None:
                 log.info("the metadata of %r changed elsewhere while this version waited to go up: merged",
                          entry.name)
@@ -1231,6 +1256,8 @@ class Uploader:
     def _finish(self, entry: Entry, info: ObjectInfo, state: str) -> None:
         # Tell the file layer first, while the entry still counts as running: a version
         # closed meanwhile then chains after it instead of reusing a stale precondition.
+        if state == DONE:  # (still queued: the late-landing sweep leaves the name alone meanwhile)
+            self.late.forget(entry.name)  # this mount's own version is there now
         entry.state, entry.result, entry.failed = state, info, None
         self.moved()
         try:

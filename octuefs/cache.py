@@ -215,10 +215,12 @@ class ContentCache:
                 self._close_idle_locked()
             return entry
 
-    def _close_idle_locked(self) -> None:
-        """Close the descriptors of the least recently used, unpinned entries. Holds _lock."""
+    def _close_idle_locked(self, keep: int | None = None) -> None:
+        """Close the descriptors of the least recently used, unpinned entries, until at most
+        ``keep`` (default MAX_OPEN_FILES) stay open. Holds _lock."""
+        keep = MAX_OPEN_FILES if keep is None else keep
         for key, old in list(self._open.items()):
-            if len(self._open) <= MAX_OPEN_FILES:
+            if len(self._open) <= keep:
                 return
             with old.lock:
                 if old.pins:
@@ -232,14 +234,7 @@ class ContentCache:
         """Close every descriptor held open for reuse (at unmount; a pinned entry's stays with
         its reader). The cache stays usable: an entry opens its file again when next read."""
         with self._lock:
-            for key, entry in list(self._open.items()):
-                with entry.lock:
-                    if entry.pins:
-                        continue
-                    fd, entry.fd = entry.fd, None
-                del self._open[key]
-                if fd is not None:
-                    os.close(fd)
+            self._close_idle_locked(keep=0)
 
     def _unpin(self, entry: Entry) -> None:
         with entry.lock:

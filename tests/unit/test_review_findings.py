@@ -332,7 +332,9 @@ def test_an_open_file_whose_version_went_beside_keeps_showing_and_extending_what
 # --- R8: an upload whose answer was lost lands after the rm that dropped it --------------------
 
 
-def test_a_late_landing_of_a_dropped_upload_does_not_resurrect_a_removed_file(fs, bucket):
+def removed_while_its_upload_is_late(fs, bucket) -> None:
+    """new.csv is written, its upload times out but reaches the bucket later (every retry fails
+    meanwhile), it is removed, then the bucket heals and that request lands."""
     gate = threading.Event()
     bucket.fail_next("upload", late=gate)  # times out now, reaches the bucket later
     stall(bucket, "upload")  # and every retry fails meanwhile
@@ -342,34 +344,22 @@ def test_a_late_landing_of_a_dropped_upload_does_not_resurrect_a_removed_file(fs
     heal(bucket)
     gate.set()
     bucket.wait_landed()
+
+
+def test_a_late_landing_of_a_dropped_upload_does_not_resurrect_a_removed_file(fs, bucket):
+    removed_while_its_upload_is_late(fs, bucket)
     assert fs.uploader.sync(timeout=10) == 0
     assert "new.csv" not in bucket.objects()
 
 
 def test_a_late_landing_is_removed_again_without_a_sync(fs, bucket, monkeypatch):
     monkeypatch.setattr("octuefs.uploads.LATE_SWEEP_EVERY", 0.05)
-    gate = threading.Event()
-    bucket.fail_next("upload", late=gate)
-    stall(bucket, "upload")
-    close_write(fs, "/new.csv", b"written then removed")
-    assert wait_until(lambda: any(e.tried for e in fs.uploader.snapshot()))
-    fs.unlink("/new.csv")
-    heal(bucket)
-    gate.set()
-    bucket.wait_landed()
+    removed_while_its_upload_is_late(fs, bucket)
     assert wait_until(lambda: "new.csv" not in bucket.objects(), timeout=5), "the removed file came back"
 
 
 def test_a_file_made_again_after_rm_replaces_the_late_landing_of_the_removed_one(fs, bucket):
-    gate = threading.Event()
-    bucket.fail_next("upload", late=gate)
-    stall(bucket, "upload")
-    close_write(fs, "/new.csv", b"written then removed")
-    assert wait_until(lambda: any(e.tried for e in fs.uploader.snapshot()))
-    fs.unlink("/new.csv")
-    heal(bucket)
-    gate.set()
-    bucket.wait_landed()  # the removed one lands late ...
+    removed_while_its_upload_is_late(fs, bucket)  # the removed one lands late ...
     close_write(fs, "/new.csv", b"made again")  # ... before the new one goes up
     assert fs.uploader.sync(timeout=10) == 0
     assert bucket.objects() == {"new.csv": b"made again"}, "the new file went beside, or the old one stayed"

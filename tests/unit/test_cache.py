@@ -443,6 +443,21 @@ def test_open_files_and_memory_stay_bounded(tmp_path, bucket, monkeypatch):
         assert cache.read(info, MiB, 10) == data[MiB : MiB + 10]
 
 
+def test_close_gives_back_every_idle_descriptor_and_the_cache_still_reads(tmp_path, bucket):
+    """An unmount closes what the cache kept open for reuse: a process that mounts again and
+    again (a long-lived host of FileSystem) must not run out of descriptors."""
+    cache = make_cache(tmp_path, bucket, block_size=MiB)
+    objects = [put(bucket, f"f{i}", MiB + 1, seed=i) for i in range(5)]
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for info, data in objects:
+        assert cache.read(info, 0, info.size) == data
+    assert len(os.listdir("/proc/self/fd")) >= fds_before + 5
+    cache.close()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before and not cache._open
+    info, data = objects[0]
+    assert cache.read(info, 0, 10) == data[:10]
+
+
 def test_idle_pool_threads_end():
     pool = FetchPool(workers=3, idle=0.05, name="idle-test-pool")
     done = threading.Event()

@@ -12,12 +12,10 @@ import time
 
 import pytest
 
-from octuefs.config import MountConfig
-from octuefs.core import FileSystem
 from octuefs.errors import PermissionDenied, TransientError
 from octuefs.storage.fake import FakeBucket
-
-MiB = 1024 * 1024
+from tests.unit import corekit
+from tests.unit.corekit import close_write, heal, labels, read, stall, wait_until
 
 
 @pytest.fixture
@@ -25,12 +23,9 @@ def bucket():
     return FakeBucket("review-test")
 
 
-def make_fs(bucket, tmp_path, cache="cache", **overrides) -> FileSystem:
-    overrides.setdefault("upload_hold", 0.0)
+def make_fs(bucket, tmp_path, cache="cache", **overrides):
     overrides.setdefault("op_timeout", 3.0)
-    config = MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "mnt"), cache_dir=str(tmp_path / cache),
-                         block_size=MiB, **overrides)
-    return FileSystem(bucket, config)
+    return corekit.make_fs(bucket, tmp_path, cache, **overrides)
 
 
 @pytest.fixture
@@ -38,42 +33,6 @@ def fs(bucket, tmp_path):
     fs = make_fs(bucket, tmp_path)
     yield fs
     fs.uploader.shutdown(drain=False)
-
-
-def close_write(fs: FileSystem, path: str, data: bytes) -> None:
-    fh = fs.create(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    fs.write(fh, data, 0)
-    fs.flush(fh)
-    fs.release(fh)
-
-
-def read(fs: FileSystem, path: str) -> bytes:
-    fh = fs.open(path, os.O_RDONLY)
-    try:
-        return fs.read(fh, 1 << 20, 0)
-    finally:
-        fs.release(fh)
-
-
-def labels(info) -> list[str]:
-    return json.loads(info.metadata["octue__labels"])["items"]
-
-
-def stall(bucket: FakeBucket, *operations: str) -> None:
-    bucket.set_fault_rate(1.0, lambda: TransientError("503: the bucket is away"), operations=operations)
-
-
-def heal(bucket: FakeBucket) -> None:
-    bucket.set_fault_rate(0.0)
-
-
-def wait_until(predicate, timeout=10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 # --- R1: a rename's delete ignores a metadata change made between its copy and its delete ------

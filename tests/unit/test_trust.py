@@ -10,8 +10,6 @@ import threading
 
 import pytest
 
-from octuefs.config import MountConfig
-from octuefs.core import FileSystem
 from octuefs.errors import (
     BucketUnreachable,
     Conflict,
@@ -22,8 +20,7 @@ from octuefs.errors import (
     UploadFailed,
 )
 from octuefs.storage.fake import FakeBucket
-
-MiB = 1024 * 1024
+from tests.unit.corekit import HeldUpload, close_write, heal, labels, make_fs, read, stall
 
 
 @pytest.fixture
@@ -31,45 +28,11 @@ def bucket():
     return FakeBucket("trust-test")
 
 
-def make_fs(bucket, tmp_path, cache="cache", **overrides) -> FileSystem:
-    overrides.setdefault("upload_hold", 0.0)
-    config = MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "mnt"), cache_dir=str(tmp_path / cache),
-                         block_size=MiB, **overrides)
-    return FileSystem(bucket, config)
-
-
 @pytest.fixture
 def fs(bucket, tmp_path):
     fs = make_fs(bucket, tmp_path, op_timeout=3.0)
     yield fs
     fs.uploader.shutdown(drain=False)
-
-
-def close_write(fs: FileSystem, path: str, data: bytes) -> None:
-    fh = fs.create(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    fs.write(fh, data, 0)
-    fs.flush(fh)
-    fs.release(fh)
-
-
-def read(fs: FileSystem, path: str) -> bytes:
-    fh = fs.open(path, os.O_RDONLY)
-    try:
-        return fs.read(fh, 1 << 20, 0)
-    finally:
-        fs.release(fh)
-
-
-def labels(info) -> list[str]:
-    return json.loads(info.metadata["octue__labels"])["items"]
-
-
-def stall(bucket: FakeBucket, *operations: str) -> None:
-    bucket.set_fault_rate(1.0, lambda: TransientError("503: the bucket is away"), operations=operations)
-
-
-def heal(bucket: FakeBucket) -> None:
-    bucket.set_fault_rate(0.0)
 
 
 # --- 1: a failed mv or rm onto a file whose upload is pending loses nothing -------------------
@@ -198,22 +161,13 @@ def test_a_setfattr_chained_after_a_running_upload_keeps_a_change_merged_into_it
     try:
         close_write(one, "/f.csv", b"v1")
         assert one.uploader.sync(timeout=10) == 0
-        release, started = threading.Event(), threading.Event()
-        real_upload = bucket.upload_file
-
-        def held(*args, **kwargs):
-            started.set()
-            assert release.wait(10)
-            return real_upload(*args, **kwargs)
-
-        bucket.upload_file = held
+        held = HeldUpload(bucket)
         close_write(one, "/f.csv", b"v2")
-        assert started.wait(10)  # v2's upload is running ...
+        assert held.started.wait(10)  # v2's upload is running ...
         one.setxattr("/f.csv", "user.octue.labels", b"ours")  # ... so this is chained after it
         tags = json.dumps({"run": 3})
         bucket.patch_metadata("f.csv", {"octue__tags": tags})  # another machine, meanwhile
-        bucket.upload_file = real_upload
-        release.set()
+        held.release()
         assert one.uploader.sync(timeout=20) == 0
         info = bucket.stat("f.csv")
         assert bucket.objects()["f.csv"] == b"v2" and labels(info) == ["ours"]
@@ -227,22 +181,13 @@ def test_a_setfattr_chained_after_a_running_upload_never_silently_wins_over_else
     try:
         close_write(one, "/f.csv", b"v1")
         assert one.uploader.sync(timeout=10) == 0
-        release, started = threading.Event(), threading.Event()
-        real_upload = bucket.upload_file
-
-        def held(*args, **kwargs):
-            started.set()
-            assert release.wait(10)
-            return real_upload(*args, **kwargs)
-
-        bucket.upload_file = held
+        held = HeldUpload(bucket)
         close_write(one, "/f.csv", b"v2")
-        assert started.wait(10)
+        assert held.started.wait(10)
         one.setxattr("/f.csv", "user.octue.tags", b'{"run": 1}')  # chained after v2's upload
         theirs = json.dumps({"run": 2})
         bucket.patch_metadata("f.csv", {"octue__tags": theirs})  # the same key, elsewhere
-        bucket.upload_file = real_upload
-        release.set()
+        held.release()
         assert one.uploader.sync(timeout=20) == 0
         objects = bucket.objects()
         assert objects["f.csv"] == b"v2" and bucket.stat("f.csv").metadata["octue__tags"] == theirs

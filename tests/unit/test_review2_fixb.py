@@ -79,3 +79,35 @@ def test_rmdir_does_not_delete_a_marker_replaced_while_it_looked(fs, bucket):
     with pytest.raises(DirectoryNotEmpty):
         fs.rmdir("/d")
     assert bucket.objects()["d/"] == b"their data\n"
+
+
+# --- finding 9: the conflict log survives a torn line ---------------------------------------
+
+
+def test_conflict_records_around_torn_lines_are_all_read_and_reported_once(tmp_path, caplog, monkeypatch):
+    from octuefs import uploads
+    from octuefs.uploads import Journal
+
+    synced = []
+    real_fsync = uploads.os.fsync
+    monkeypatch.setattr(uploads.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    journal = Journal(str(tmp_path))
+    journal.note_conflict({"object": "a.csv"})
+    assert synced, "a conflict record is not fsync'd"
+    with open(journal.conflicts_path, "a") as f:
+        f.write('{"object": "torn.csv", "the')  # a crash mid-append
+    upto, unreported = journal.unreported_conflicts()
+    assert [c["object"] for c in unreported] == ["a.csv"]
+    journal.mark_reported(upto)
+    journal.note_conflict({"object": "b.csv"})
+    with open(journal.conflicts_path, "a") as f:
+        f.write('[1, 2]\n"not a record"\n')  # whole lines, but no records either
+    journal.note_conflict({"object": "c.csv"})
+    caplog.clear()
+    upto, unreported = journal.unreported_conflicts()
+    assert [c["object"] for c in unreported] == ["b.csv", "c.csv"]
+    assert [c["object"] for c in journal.conflicts()] == ["a.csv", "b.csv", "c.csv"]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "conflict record" in r.getMessage()]
+    assert len(warnings) == 2  # one per bad line, not one per read (the torn line was warned of before)
+    journal.mark_reported(upto)
+    assert journal.unreported_conflicts()[1] == []

@@ -111,3 +111,101 @@ def test_conflict_records_around_torn_lines_are_all_read_and_reported_once(tmp_p
     assert len(warnings) == 2  # one per bad line, not one per read (the torn line was warned of before)
     journal.mark_reported(upto)
     assert journal.unreported_conflicts()[1] == []
+
+
+# --- finding 10: a sync whose answer is lost never reads as "all uploaded" ----------------------
+
+
+def serve_lines(path: str, lines: list[str]):
+    """A stand-in daemon: answers one request on the Unix socket ``path`` with ``lines``, then hangs up."""
+    import socket
+    import threading
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        with conn, conn.makefile("rw") as stream:
+            stream.readline()
+            stream.write("".join(lines))
+            stream.flush()
+        server.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("lines", [
+    [],  # the daemon died before answering
+    ['{"done": 3, "total": 3}\n'],  # progress, then nothing: the final reply failed
+    ['{"done": 3, "total": 3}\n', '{"left": 0, "conf'],  # the final reply cut short
+    ['{"left": null, "conflicts": []}\n'],  # a final reply without a count
+])
+def test_a_sync_without_its_final_reply_is_an_error(tmp_path, monkeypatch, lines):
+    from octuefs import mount as mount_module
+    from octuefs.control import ControlError
+
+    sock = str(tmp_path / "ctl.sock")
+    monkeypatch.setattr(mount_module, "_require_mounted", lambda mountpoint: None)
+    monkeypatch.setattr(mount_module, "socket_path", lambda mountpoint: sock)
+    thread = serve_lines(sock, lines)
+    with pytest.raises(ControlError):
+        mount_module.sync(str(tmp_path / "mnt"), timeout=5)
+    thread.join(5)
+
+
+@pytest.fixture
+def control(fs, tmp_path, monkeypatch):
+    """A control server for ``fs``, reached by `octuefs sync` / `status` on tmp_path/mnt."""
+    import logging
+
+    from octuefs import mount as mount_module
+    from octuefs.control import ControlServer
+
+    sock = str(tmp_path / "ctl.sock")
+    monkeypatch.setattr(mount_module, "_require_mounted", lambda mountpoint: None)
+    monkeypatch.setattr(mount_module, "socket_path", lambda mountpoint: sock)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # cli.main configures logging: put it back after
+    server = ControlServer(fs, sock)
+    yield str(tmp_path / "mnt")
+    server.close()
+    root.handlers[:], root.level = handlers, level
+
+
+def test_an_error_building_the_final_reply_reaches_the_cli_as_an_error(fs, control, monkeypatch, capsys):
+    from octuefs import cli
+
+    def broken():
+        raise RuntimeError("the conflict log cannot be read")
+
+    monkeypatch.setattr(fs.uploader.journal, "unreported_conflicts", broken)
+    monkeypatch.setattr(fs.uploader, "status", broken)
+    for command in ("sync", "status"):
+        capsys.readouterr()
+        assert cli.main([command, control]) == 1
+        # (the daemon's own log of the failure goes to the same stderr here: one process)
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("octuefs:")]
+        assert len(err) == 1 and err[0].startswith("octuefs: error:") and "conflict log" in err[0], err
+
+
+def test_a_sync_that_fails_in_the_daemon_is_an_error_not_a_hang(fs, control, monkeypatch):
+    from octuefs import mount as mount_module
+    from octuefs.control import ControlError
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fs.uploader, "sync", broken)
+    with pytest.raises(ControlError, match="Input/output error"):
+        mount_module.sync(control, timeout=5)
+
+
+def test_a_sync_with_its_answer_says_what_is_left(fs, control):
+    from octuefs import mount as mount_module
+
+    assert mount_module.sync(control, timeout=5) == (0, [])
+    assert "uploads" in mount_module.status(control)

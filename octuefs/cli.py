@@ -17,7 +17,7 @@ import stat
 import sys
 
 from . import __version__
-from .config import MountConfig, format_size, parse_size, split_bucket_spec
+from .config import MountConfig, format_size, parse_size, refuse_inside_mountpoint, split_bucket_spec
 from .errors import OctuefsError
 
 log = logging.getLogger("octuefs")
@@ -214,6 +214,8 @@ def _mount(args: argparse.Namespace, argv: list[str]) -> int:
     from . import mount
 
     config = config_from_args(args)
+    log_file = args.log_file or (None if args.foreground else os.path.join(config.cache_dir, "octuefs.log"))
+    refuse_inside_mountpoint("the log file", log_file, config.mountpoint)
     if args.foreground:
         configure_logging(args.verbose, args.log_file)
         if args.ready_fd is None:
@@ -222,7 +224,6 @@ def _mount(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     configure_logging(args.verbose, None, quiet=True)
     mount.preflight(config)
-    log_file = args.log_file or os.path.join(config.cache_dir, "octuefs.log")
     child_argv = [a for a in argv if a not in ("--foreground", "-f")]
     if "--log-file" not in child_argv:
         child_argv += ["--log-file", log_file]

@@ -60,6 +60,18 @@ def split_bucket_spec(spec: str) -> tuple[str, str]:
     return bucket, (prefix + "/" if prefix else "")
 
 
+def refuse_inside_mountpoint(what: str, path: str, mountpoint: str) -> None:
+    """ValueError if ``path`` is the mountpoint or inside it: once mounted, the daemon's own
+    accesses to it would go through its own FUSE mount and wait on themselves (a hang that
+    even SIGKILL does not end). Symbolic links are followed, as far as they exist."""
+    if not path or not mountpoint:
+        return
+    where, mp = os.path.realpath(path), os.path.realpath(mountpoint)
+    if where == mp or where.startswith(mp.rstrip("/") + "/"):
+        raise ValueError(f"{what} {path} is inside the mountpoint {mountpoint}: the daemon would wait on its own "
+                         f"mount for ever; choose a place outside it")
+
+
 def default_cache_dir(bucket: str) -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "octuefs", bucket)
@@ -123,6 +135,8 @@ class MountConfig:
         for name in ("cache_dir", "local_data_dir"):  # the daemon runs in "/": relative paths would move
             if getattr(self, name):
                 object.__setattr__(self, name, os.path.abspath(os.path.expanduser(getattr(self, name))))
+        refuse_inside_mountpoint("the cache directory", self.cache_dir, self.mountpoint)
+        refuse_inside_mountpoint("the --local data directory", self.local_data_dir, self.mountpoint)
         for name in ("stat_ttl", "list_ttl", "negative_ttl", "kernel_attr_ttl", "kernel_entry_ttl"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

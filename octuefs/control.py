@@ -5,6 +5,11 @@ one JSON line, ``{"cmd": "status" | "sync" | "leave-pending"}``; the answer is J
 ``status`` answers uploads, conflicts and cache usage; ``sync`` streams ``{"done": n, "total": m}``
 progress, then ``{"left": k, "conflicts": [...]}``: the conflicts no sync had reported yet, which
 count as reported once that line is sent.
+
+Only the final reply answers: a request whose answer fails is answered ``{"error": "..."}``, and
+the client takes an answer that ends without its final reply (the daemon died, the connection
+broke, a reply was cut short) for a failure too, never for the last progress line: a sync
+whose result is unknown must not read as "all uploaded".
 """
 
 from __future__ import annotations
@@ -59,11 +64,36 @@ class ControlServer:
         with conn, conn.makefile("rw") as stream:
             try:
                 request = json.loads(stream.readline() or "{}")
-                for reply in self._answer(request.get("cmd"), request.get("timeout")):
-                    stream.write(json.dumps(reply) + "\n")
-                    stream.flush()
             except (OSError, ValueError) as exc:
-                log.debug("control request failed: %s", exc)
+                log.debug("control request unreadable: %s", exc)
+                request = None
+            if not isinstance(request, dict):
+                self._send(stream, {"error": "the request is not a JSON object like {\"cmd\": \"status\"}"})
+                return
+            cmd = request.get("cmd")
+            answer = self._answer(cmd, request.get("timeout"))
+            while True:
+                try:
+                    reply = next(answer)
+                except StopIteration:
+                    return
+                except Exception as exc:  # whatever it is, the client must hear that there is no answer
+                    log.exception("control request %r failed", cmd)
+                    self._send(stream, {"error": f"the mount's daemon could not answer {cmd!r}: {exc} (see its log)"})
+                    return
+                if not self._send(stream, reply):
+                    answer.close()  # the client went away: a sync's conflicts stay unreported
+                    return
+
+    @staticmethod
+    def _send(stream, reply: dict) -> bool:
+        try:
+            stream.write(json.dumps(reply) + "\n")
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            log.debug("control reply not delivered: %s", exc)
+            return False
+        return True
 
     def _answer(self, cmd: str | None, timeout: float | None = None) -> Iterator[dict]:
         uploader = self.fs.uploader
@@ -73,11 +103,16 @@ class ControlServer:
         elif cmd == "sync":
             progress: list[tuple[int, int]] = []
             done = threading.Event()
-            left = []
+            left: list[int] = []
+            failed: list[BaseException] = []
 
             def run() -> None:
-                left.append(uploader.sync(timeout, progress=lambda d, t: progress.append((d, t))))
-                done.set()
+                try:
+                    left.append(uploader.sync(timeout, progress=lambda d, t: progress.append((d, t))))
+                except BaseException as exc:  # handed to the client as an error reply
+                    failed.append(exc)
+                finally:
+                    done.set()
 
             threading.Thread(target=run, daemon=True).start()
             while not done.wait(0.5):
@@ -87,6 +122,8 @@ class ControlServer:
             if progress:
                 d, t = progress[-1]
                 yield {"done": d, "total": t}
+            if failed:
+                raise failed[0]
             # Every conflict no sync has reported yet (this sync's uploads' and any earlier
             # ones'), marked reported only once the reply is out (the generator resumes then).
             upto, conflicts = uploader.journal.unreported_conflicts()
@@ -101,10 +138,14 @@ class ControlServer:
             yield {"error": f"unknown command {cmd!r}"}
 
 
-def request(path: str, cmd: str, on_line: Callable[[dict], None] | None = None, timeout: float | None = None) -> dict:
-    """Send ``cmd`` to the daemon at ``path``; return its last reply (earlier ones go to on_line).
+def request(path: str, cmd: str, on_line: Callable[[dict], None] | None = None, timeout: float | None = None, *,
+            expect: str) -> dict:
+    """Send ``cmd`` to the daemon at ``path``; return its final reply, the one holding ``expect``
+    (earlier ones, progress, go to on_line).
 
-    ``timeout`` bounds the daemon's work (a sync) and, with a margin, the wait for each reply.
+    ControlError if the daemon answers an error, or if its answer ends without the final reply
+    (it died, the connection broke, a line was cut short): a missing answer is never read as a
+    success. ``timeout`` bounds the daemon's work (a sync) and, with a margin, the wait for each reply.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(None if timeout is None else timeout + 30)
@@ -113,14 +154,24 @@ def request(path: str, cmd: str, on_line: Callable[[dict], None] | None = None, 
     except OSError as exc:
         sock.close()
         raise ControlError(f"cannot reach the mount's daemon ({exc.strerror or exc})") from exc
-    last: dict = {}
     with sock, sock.makefile("rw") as stream:
-        stream.write(json.dumps({"cmd": cmd, "timeout": timeout}) + "\n")
-        stream.flush()
-        for line in stream:
-            last = json.loads(line)
-            if on_line is not None and "left" not in last:
-                on_line(last)
-    if "error" in last:
-        raise ControlError(last["error"])
-    return last
+        try:
+            stream.write(json.dumps({"cmd": cmd, "timeout": timeout}) + "\n")
+            stream.flush()
+            for line in stream:
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    reply = None
+                if not isinstance(reply, dict):
+                    raise ControlError(f"the mount's daemon sent a reply to {cmd!r} that is cut short or garbled: "
+                                       f"{line[:200]!r}")
+                if "error" in reply:
+                    raise ControlError(str(reply["error"]))
+                if expect in reply:
+                    return reply
+                if on_line is not None:
+                    on_line(reply)
+        except OSError as exc:
+            raise ControlError(f"the mount's daemon stopped answering {cmd!r} ({exc.strerror or exc})") from exc
+    raise ControlError(f"the mount's daemon ended its answer to {cmd!r} without a result (see its log)")

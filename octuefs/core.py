@@ -319,10 +319,22 @@ class FileSystem:
         page = self.bucket.list_page(prefix, "/", max_results=2)
         if page.prefixes or any(o.name != prefix for o in page.objects) or self._new_nodes_under(prefix):
             raise DirectoryNotEmpty(path)
-        try:
-            self.bucket.delete(prefix)
-        except NotFound:
-            pass
+        marker = next((o for o in page.objects if o.name == prefix), None)
+        if marker is not None and marker.size > 0:
+            # Data sent to a directory-style name ("gs://b/results/" by another tool): the
+            # directory looks empty, but removing it would delete those bytes.
+            log.warning("rmdir %s refused: its marker object %r holds %d bytes of data, which removing the "
+                        "directory would delete; copy them out (gcloud storage cp gs://%s/%s FILE) and remove "
+                        "the object there", path, prefix, marker.size, self.bucket.name, prefix)
+            raise DirectoryNotEmpty(path)
+        if marker is not None:  # no marker: nothing to delete (an object made since is not ours to remove)
+            try:
+                self.bucket.delete(prefix, marker.generation)  # only the empty marker the listing saw
+            except NotFound:
+                pass
+            except PreconditionFailed as exc:
+                log.info("rmdir %s: its marker object %r was replaced meanwhile; not removed", path, prefix)
+                raise DirectoryNotEmpty(path) from exc
         self.metacache.removed(name, is_dir=True)
 
     def _new_nodes_under(self, prefix: str) -> list[FileNode]:

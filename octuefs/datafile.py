@@ -137,7 +137,30 @@ def _split_cloud_path(path: str) -> tuple[str, str]:
     bucket, _, name = path[len(CLOUD_PROTOCOL) :].partition("/")
     if not bucket or not name:
         raise ValueError(f"{path!r} is not a cloud path of the form gs://bucket/path/in/bucket")
-    return bucket, name
+    return bucket, _check_object_name(bucket, name)
+
+
+def _check_object_name(bucket: str, name: str) -> str:
+    """``name``, if a datafile (a file) can be there; else ValueError saying why. A name ending in
+    "/" is a directory marker to the mount (and to gcsfuse and the console): the data would be
+    hidden behind an empty directory, and an ``rmdir`` of it would remove the object. A name
+    with an empty, "." or ".." segment (``a//b``, ``/a``, ``a/../b``) no mount can show."""
+    where = f"{CLOUD_PROTOCOL}{bucket}/{name}"
+    if not name:
+        raise ValueError(f"{where!r} names no object: give the path of a file in the bucket, "
+                         f"like {CLOUD_PROTOCOL}{bucket}/results/data.csv")
+    if name.endswith("/"):
+        raise ValueError(f"{where!r} ends in '/', so it names a directory, not a file (its object would be "
+                         f"a directory marker: the data hidden, and removed by an rmdir); give the file's name, "
+                         f"like {where}data.csv")
+    for segment in name.split("/"):
+        if segment in ("", ".", ".."):
+            what = "an empty path segment (a leading or double slash)" if not segment else f"a {segment!r} segment"
+            raise ValueError(f"{where!r} has {what}: no mount can show a file by that name; give a path "
+                             f"like {CLOUD_PROTOCOL}{bucket}/results/data.csv")
+    if "\0" in name or "\r" in name or "\n" in name:
+        raise ValueError(f"{where!r}: an object name cannot hold a NUL, carriage return or line feed")
+    return name
 
 
 def _bucket_name_arg(value: Any) -> str:
@@ -517,6 +540,7 @@ class Datafile:
         target = (bucket_name, path_in_bucket or self.path_in_bucket)
         if target[0] is None or target[1] is None:
             raise ValueError(f"{self!r} is not in the cloud yet: to_cloud() needs bucket_name and path_in_bucket")
+        _check_object_name(*target)
         self._project_name = project_name or self._project_name
         if target == self._location and bucket in (None, self._bucket):
             if self._content_changed():

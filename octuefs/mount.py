@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 
 from .config import MountConfig
-from .control import ControlServer, request
+from .control import ControlError, ControlServer, request
 from .errors import OctuefsError
 
 log = logging.getLogger(__name__)
@@ -269,8 +269,11 @@ def sync(mountpoint: str, progress=None, timeout: float | None = None) -> tuple[
     """Wait until every upload pending in the mount is in the bucket. Return how many failed to,
     and a line for each conflict no sync had reported yet (they count as reported now)."""
     _require_mounted(mountpoint)
-    reply = request(socket_path(mountpoint), "sync", progress, timeout)
-    return int(reply.get("left", 0)), [_conflict_line(c, reply, mountpoint) for c in reply.get("conflicts", ())]
+    reply = request(socket_path(mountpoint), "sync", progress, timeout, expect="left")
+    left = reply["left"]
+    if type(left) is not int or left < 0:  # never a guess: an answer we cannot read is no "all uploaded"
+        raise ControlError(f"the mount's daemon answered sync with {left!r} uploads left, which is no count")
+    return left, [_conflict_line(c, reply, mountpoint) for c in reply.get("conflicts", ())]
 
 
 def _conflict_line(conflict: dict, reply: dict, mountpoint: str) -> str:
@@ -283,7 +286,7 @@ def _conflict_line(conflict: dict, reply: dict, mountpoint: str) -> str:
 
 def status(mountpoint: str) -> dict:
     _require_mounted(mountpoint)
-    return request(socket_path(mountpoint), "status", timeout=30)
+    return request(socket_path(mountpoint), "status", timeout=30, expect="uploads")
 
 
 def _require_mounted(mountpoint: str) -> None:
@@ -300,7 +303,7 @@ def unmount(mountpoint: str, timeout: float = 600.0, lazy: bool = False, leave_p
     conflicts: list[str] = []
     if state is not None:
         if leave_pending:
-            request(socket_path(mountpoint), "leave-pending", timeout=30)
+            request(socket_path(mountpoint), "leave-pending", timeout=30, expect="ok")
         elif not lazy:
             left, conflicts = sync(mountpoint, progress, timeout)
             if left:

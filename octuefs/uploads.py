@@ -456,19 +456,61 @@ class Journal:
         """Bytes of sealed content waiting to go up (a hard-linked file counted once)."""
         return bytes_in(self.pending_dir)
 
+    _conflicts_lock = threading.Lock()  # one append at a time: its line's start is checked, then written
+
     def note_conflict(self, record: dict) -> None:
-        fd = os.open(self.conflicts_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # names are private
-        with os.fdopen(fd, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append ``record`` to conflicts.jsonl, durably: fsync'd (and the file's name, when new)
+        before a sync may report it. Each record starts on a line of its own, so one that follows
+        a line a crash (or a full disk) left unfinished is still read; readers skip that line."""
+        line = (json.dumps(record) + "\n").encode()  # ASCII: json escapes the rest
+        with self._conflicts_lock:
+            fd = os.open(self.conflicts_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)  # names are private
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not size:
+                fsync_dir(os.path.dirname(self.conflicts_path))
+
+    def _conflict_records(self, lines: list[str], first: int) -> list[dict]:
+        """The records in ``lines`` (line ``first`` of the log onwards). A line that is no whole
+        record (a crash or a full disk cut it short) is skipped with a warning, once per line:
+        the others are still read."""
+        records = []
+        for number, line in enumerate(lines, first + 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+                continue
+            warned = self.__dict__.setdefault("_torn_conflict_lines", set())
+            if number not in warned:
+                warned.add(number)
+                log.warning("%s, line %d, is not a whole conflict record (cut short by a crash or a full disk?); "
+                            "skipped: %.200r", self.conflicts_path, number, line)
+        return records
+
+    def _conflict_lines(self) -> list[str]:
+        try:  # under the lock: never a line half written by note_conflict
+            with self._conflicts_lock, open(self.conflicts_path, encoding="utf-8", errors="replace") as f:
+                return f.readlines()
+        except FileNotFoundError:
+            return []
 
     def unreported_conflicts(self) -> tuple[int, list[dict]]:
         """The conflicts no sync has reported yet, and the mark that reporting them moves to
         (see :meth:`mark_reported`). A log shorter than the mark was started afresh: all new."""
-        try:
-            with open(self.conflicts_path) as f:
-                lines = f.readlines()
-        except FileNotFoundError:
-            lines = []
+        lines = self._conflict_lines()
         try:
             with open(self.reported_path) as f:
                 start = int(f.read().strip() or 0)
@@ -476,7 +518,7 @@ class Journal:
             start = 0
         if start > len(lines):
             start = 0
-        return len(lines), [json.loads(line) for line in lines[start:] if line.strip()]
+        return len(lines), self._conflict_records(lines[start:], start)
 
     def mark_reported(self, upto: int) -> None:
         tmp = self.reported_path + ".tmp"
@@ -486,12 +528,9 @@ class Journal:
         os.replace(tmp, self.reported_path)
 
     def conflicts(self, limit: int = 50) -> list[dict]:
-        try:
-            with open(self.conflicts_path) as f:
-                lines = f.readlines()[-limit:]
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in lines if line.strip()]
+        lines = self._conflict_lines()
+        first = max(0, len(lines) - limit)
+        return self._conflict_records(lines[first:], first)
 
 
 def quarantine_unclosed(staging_dir: str, root: str) -> None:

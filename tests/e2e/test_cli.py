@@ -50,6 +50,22 @@ def test_bad_mountpoints(emulator, tmp_path):
     assert_one_line_error(result, "not empty")
 
 
+def test_a_cache_dir_or_log_file_inside_the_mountpoint_is_refused(tmp_path):
+    """The daemon's own accesses to them would go through its own mount: a hang nothing ends."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    try:
+        for extra in (["--cache-dir", str(mp / ".cache")], ["--cache-dir", str(mp)],
+                      ["--cache-dir", str(tmp_path / "cache"), "--log-file", str(mp / "octuefs.log")],
+                      ["-f", "--cache-dir", str(tmp_path / "cache"), "--log-file", str(mp / "octuefs.log")]):
+            result = run_octuefs("mount", "--local", "some-bucket", str(mp), *extra, check=False, timeout=60)
+            assert_one_line_error(result, "inside the mountpoint")
+            assert not os.path.ismount(mp)
+            assert list(mp.iterdir()) == []
+    finally:
+        force_unmount(mp)
+
+
 def test_unmount_of_something_not_mounted(tmp_path):
     result = run_octuefs("unmount", str(tmp_path), check=False)
     assert_one_line_error(result, "not mounted")

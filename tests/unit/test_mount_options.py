@@ -69,3 +69,20 @@ def test_path_options_are_made_absolute_where_the_command_was_typed(tmp_path, mo
     config = config_from_args(args)
     assert (config.cache_dir, config.local_data_dir) == (str(tmp_path / "c2"), str(tmp_path / "c2/local-gcs"))
     assert args.log_file == str(tmp_path / "l2.log")
+
+
+def test_nothing_the_daemon_writes_may_be_inside_its_own_mountpoint(tmp_path):
+    """Its accesses would go through its own FUSE mount and wait on themselves for ever."""
+    import pytest
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (tmp_path / "link").symlink_to(mnt)
+    for kwargs in ({"cache_dir": str(mnt)}, {"cache_dir": str(mnt / "a" / "b")},
+                   {"cache_dir": str(tmp_path / "link" / "c")},
+                   {"cache_dir": str(tmp_path / "c"), "local": True, "local_data_dir": str(mnt / "gcs")}):
+        with pytest.raises(ValueError, match="inside the mountpoint"):
+            MountConfig(bucket="b", mountpoint=str(mnt), **kwargs)
+    # Beside it, or a mountpoint inside the cache directory, is fine.
+    MountConfig(bucket="b", mountpoint=str(mnt), cache_dir=str(tmp_path / "mnt-cache"), local=True)
+    MountConfig(bucket="b", mountpoint=str(tmp_path / "c" / "mnt"), cache_dir=str(tmp_path / "c"))

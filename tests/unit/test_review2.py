@@ -47,7 +47,6 @@ def block_uploads_of(bucket: FakeBucket, name: str) -> threading.Event:
 # --- LateLandings -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="review2 finding 1: being fixed on another branch")
 def test_an_atomic_save_of_unchanged_content_over_a_pending_new_file_is_not_deleted_later(fs, bucket):
     """A new file x.csv is written while its uploads fail (the bucket is flaky, its attempt may have
     landed). Then an editor / `sed -i` with no match / an atomic writer saves the SAME content via a
@@ -68,7 +67,6 @@ def test_an_atomic_save_of_unchanged_content_over_a_pending_new_file_is_not_dele
     assert bucket.objects().get("x.csv") == b"unchanged content\n", "the saved file was deleted as a late landing"
 
 
-@pytest.mark.xfail(strict=True, reason="review2 finding 2: being fixed on another branch")
 def test_a_file_restored_with_cp_a_after_rm_is_not_deleted_as_a_late_landing(fs, bucket):
     """x.csv is written while its upload fails (503: its attempt may have landed), copied out with
     `cp -a` (content and user.* xattrs), removed (rm: its pending version is dropped and watched by
@@ -342,7 +340,6 @@ def gcs_size_limits(bucket: FakeBucket) -> None:
     bucket.upload_file = upload
 
 
-@pytest.mark.xfail(strict=True, reason="review2 finding 11: being fixed on another branch")
 def test_a_merge_with_user_attributes_set_elsewhere_that_no_longer_fits_does_not_leave_the_file_stuck(fs, bucket):
     """d.csv is rewritten here and given `user.notes` (3 KiB); meanwhile another machine sets its
     own attributes on d.csv (5 KiB). Each side fits GCS's 8 KiB. The upload meets the metadata

@@ -662,6 +662,10 @@ class FileSystem:
         if isinstance(dst, ObjectInfo):
             raise NotADirectory(new)
         src_prefix, dst_prefix = src_name + "/", dst_name + "/"
+        # Empty means empty here too, as for rmdir: a file written under the target and not yet
+        # uploaded counts (else the move would merge into it and displace that file).
+        if self._new_nodes_under(dst_prefix):
+            raise DirectoryNotEmpty(new)
         if dst is DIR:
             page = self.bucket.list_page(dst_prefix, "/", max_results=2)
             if page.prefixes or any(o.name != dst_prefix for o in page.objects):

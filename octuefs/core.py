@@ -61,6 +61,25 @@ class Attr:
     mtime: float = 0.0
 
 
+@dataclasses.dataclass
+class _TakeOver:
+    """A rename taking over the replaced file's Octue metadata (:meth:`FileSystem._taking_over`):
+    ``taken`` the source's version carrying ``donor``'s Octue keys, ``current`` the version of the
+    target they were read from (None if it is not in the bucket)."""
+
+    src_name: str
+    dst_name: str
+    taken: ObjectInfo
+    donor: dict[str, str]
+    current: ObjectInfo | None
+
+    def copy_preconditions(self) -> dict[str, int]:
+        wanted = {"if_source_metageneration_match": self.taken.metageneration}
+        if self.current is not None:
+            wanted["if_metageneration_match"] = self.current.metageneration
+        return wanted
+
+
 class FileSystem:
     def __init__(self, bucket: Bucket, config: MountConfig, cache: ContentCache | None = None):
         # Every request made while serving a call someone waits on (lookups, listings, reads,
@@ -470,8 +489,8 @@ class FileSystem:
             took_over = new and (dst_node is not None or dst_info is not None)
             with self._replacing(dst_name, dst_node, dst_info) as dst_info:
                 if took_over:
-                    with self._taking_over(src_name, src_info, dst_name, dst_node, dst_info) as src_info:
-                        moved = self._move_file(src_name, dst_name, src_info, dst_info)
+                    with self._taking_over(src_name, src_info, dst_name, dst_node, dst_info) as take:
+                        moved = self._move_file(src_name, dst_name, take.taken, dst_info, take=take)
                 else:
                     moved = self._move_file(src_name, dst_name, src_info, dst_info)
             if dst_node is not None:
@@ -492,23 +511,68 @@ class FileSystem:
         so the file keeps its id, tags and labels across the edit. The metadata goes onto the
         source first (one PATCH, preconditions on the version settled), so the copy puts content
         and metadata in place in one step. Yields the source's version to copy; puts the source's
-        own metadata back if the rename then fails."""
-        donor = self._replaced_metadata(dst_name, dst_node, dst_info)
+        own metadata back if the rename then fails.
+
+        The copy then carries two more preconditions (see :class:`_TakeOver`): the target's
+        metageneration, so that a metadata change made elsewhere after it was read is merged in
+        (:meth:`_retake`) or the rename refused, never overwritten; and the source's
+        metageneration, so that a copy which timed out and lands late, after the source got its
+        own metadata back, fails instead of replacing the target with the source's own
+        metadata (the give-back moves the source's metageneration)."""
+        donor, current = self._replaced_metadata(dst_name, dst_node, dst_info)
+        take = _TakeOver(src_name, dst_name, src_info, donor, current)
+        take.taken = self._take(take, src_info, donor)
+        log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
+        try:
+            yield take
+        except BaseException:
+            self._give_back(src_name, src_info, take.taken, dst_name)
+            raise
+
+    def _take(self, take: _TakeOver, src_info: ObjectInfo, donor: dict[str, str]) -> ObjectInfo:
+        """PATCH the source (at ``src_info``, preconditions on it) with ``donor``'s Octue keys."""
         changes = octue.octue_patch_from(src_info.metadata, donor)
         octue.check_size_limits({**src_info.metadata, **changes})
         try:
-            taken = self.bucket.patch_metadata(src_name, changes, if_generation_match=src_info.generation,
+            taken = self.bucket.patch_metadata(take.src_name, changes, if_generation_match=src_info.generation,
                                                if_metageneration_match=src_info.metageneration)
         except PreconditionFailed as exc:
-            self.metacache.forget(src_name)
-            raise Conflict(f"{src_name!r} changed in the bucket before it could replace {dst_name!r}") from exc
+            self.metacache.forget(take.src_name)
+            raise Conflict(f"{take.src_name!r} changed in the bucket before it could replace {take.dst_name!r}") \
+                from exc
         self.cache.carry_over(src_info, taken)
-        log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
+        return taken
+
+    def _retake(self, take: _TakeOver) -> None:
+        """The take-over's copy met a 412: find which side changed. The target's metadata
+        changed elsewhere (same content): merge that change into what the source took, key by
+        key (as ``_replaced_metadata`` does), PATCH the source again, and let the copy be tried
+        again; anything else (the target's content, the source, something made at the target):
+        refuse, as the docs promise."""
+        src_name, dst_name = take.src_name, take.dst_name
         try:
-            yield taken
-        except BaseException:
-            self._give_back(src_name, src_info, taken, dst_name)
-            raise
+            src_now = self.bucket.stat(src_name)
+        except NotFound:
+            src_now = None
+        if src_now is None or (src_now.generation, src_now.metageneration) != \
+                (take.taken.generation, take.taken.metageneration):
+            self.metacache.forget(src_name)
+            raise Conflict(f"{src_name!r} changed in the bucket during its rename over {dst_name!r}; not replaced")
+        try:
+            dst_now = self.bucket.stat(dst_name)
+        except NotFound:
+            dst_now = None
+        self.metacache.forget(dst_name)
+        if take.current is None or dst_now is None or dst_now.generation != take.current.generation:
+            raise Conflict(f"{dst_name!r} changed in the bucket since it was read; not replaced")
+        if dst_now.metageneration == take.current.metageneration:
+            return  # (nothing changed after all: try again)
+        merged = merge_metadata(dict(take.current.metadata), take.donor, dict(dst_now.metadata))
+        if merged is None:
+            raise Conflict(f"the Octue metadata of {dst_name!r} changed here and elsewhere; not replaced")
+        log.info("%r: its metadata changed elsewhere during a rename over it; merged in", dst_name)
+        take.taken = self._take(take, take.taken, merged)
+        take.donor, take.current = merged, dst_now
 
     def _give_back(self, src_name: str, src_info: ObjectInfo, taken: ObjectInfo, dst_name: str) -> None:
         """A rename that took over ``dst_name``'s metadata failed: the source gets its own back,
@@ -531,10 +595,11 @@ class FileSystem:
             self.metacache.forget(src_name)
 
     def _replaced_metadata(self, dst_name: str, dst_node: FileNode | None,
-                           dst_info: ObjectInfo | None) -> dict[str, str]:
+                           dst_info: ObjectInfo | None) -> tuple[dict[str, str], ObjectInfo | None]:
         """The custom metadata whose Octue keys the file replacing ``dst_name`` takes over: the
         replaced file's newest, with what this mount has not saved yet (``dst_node``), merged with
-        any change made elsewhere since this mount read it; never one overwritten unseen."""
+        any change made elsewhere since this mount read it; never one overwritten unseen. With
+        the version of ``dst_name`` read for it (None if it is not in the bucket)."""
         current = None
         if dst_info is not None:
             try:
@@ -545,16 +610,16 @@ class FileSystem:
                 self.metacache.forget(dst_name)
                 raise Conflict(f"{dst_name!r} changed in the bucket since it was read; not replaced")
         if dst_node is None:
-            return dict(current.metadata)
+            return dict(current.metadata), current
         prior = dict(dst_info.metadata) if dst_info is not None else {}
         ours = octue.encode_object_metadata(dst_node.meta.with_id(), prior)
         if current is None or current.metageneration == dst_info.metageneration:
-            return ours
+            return ours, current
         merged = merge_metadata(prior, ours, dict(current.metadata))
         if merged is None:
             self.metacache.forget(dst_name)
             raise Conflict(f"the Octue metadata of {dst_name!r} changed here and elsewhere; not replaced")
-        return merged
+        return merged, current
 
     @contextlib.contextmanager
     def _held_still_both(self, node: FileNode | None, dst_node: FileNode | None):
@@ -600,15 +665,26 @@ class FileSystem:
             raise Conflict(f"{name!r} changed in the bucket since its pending versions were closed; left as it is")
         return self._own_version(name, info, tried) if tried else info
 
-    def _move_file(self, src_name: str, dst_name: str, info: ObjectInfo, dst_info: ObjectInfo | None) -> ObjectInfo:
-        """Copy, then delete the source: the bucket half of a file rename."""
+    def _move_file(self, src_name: str, dst_name: str, info: ObjectInfo, dst_info: ObjectInfo | None,
+                   take: _TakeOver | None = None) -> ObjectInfo:
+        """Copy, then delete the source: the bucket half of a file rename. ``take``: a take-over
+        (see :meth:`_taking_over`), whose copy has metageneration preconditions on both sides."""
         try:
             try:
-                moved = self.bucket.copy(
-                    src_name, dst_name,
-                    if_source_generation_match=info.generation,
-                    if_generation_match=dst_info.generation if dst_info else 0,
-                )
+                for tries_left in range(3, 0, -1):
+                    try:
+                        moved = self.bucket.copy(
+                            src_name, dst_name,
+                            if_source_generation_match=info.generation,
+                            if_generation_match=dst_info.generation if dst_info else 0,
+                            **(take.copy_preconditions() if take is not None else {}),
+                        )
+                        break
+                    except PreconditionFailed:
+                        if take is None or not tries_left - 1:
+                            raise
+                        self._retake(take)  # merged in a change made elsewhere, or Conflict
+                        info = take.taken
             except BucketUnreachable as exc:  # a request that timed out may have been carried out
                 self.metacache.forget(dst_name)
                 raise BucketUnreachable(f"{exc}; {dst_name!r} may exist now, if the copy reached the bucket "

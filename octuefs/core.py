@@ -61,6 +61,11 @@ class Attr:
     mtime: float = 0.0
 
 
+# How long a failed take-over rename waits for the queued upload giving the source its own
+# metadata back before it returns its error (saying the give-back is queued).
+GIVE_BACK_WAIT = 5.0
+
+
 @dataclasses.dataclass
 class _TakeOver:
     """A rename taking over the replaced file's Octue metadata (:meth:`FileSystem._taking_over`):
@@ -525,8 +530,10 @@ class FileSystem:
         log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
         try:
             yield take
-        except BaseException:
-            self._give_back(src_name, src_info, take.taken, dst_name)
+        except BaseException as exc:
+            outcome = self._give_back(src_name, src_info, take.taken, dst_name)
+            if outcome and isinstance(exc, OctuefsError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+                exc.args = (f"{exc.args[0]}; {outcome}",)  # (the error says what became of the source)
             raise
 
     def _take(self, take: _TakeOver, src_info: ObjectInfo, donor: dict[str, str]) -> ObjectInfo:
@@ -574,10 +581,18 @@ class FileSystem:
         take.taken = self._take(take, take.taken, merged)
         take.donor, take.current = merged, dst_now
 
-    def _give_back(self, src_name: str, src_info: ObjectInfo, taken: ObjectInfo, dst_name: str) -> None:
+    def _give_back(self, src_name: str, src_info: ObjectInfo, taken: ObjectInfo, dst_name: str) -> str:
         """A rename that took over ``dst_name``'s metadata failed: the source gets its own back,
         unless the copy is in place (only the delete failed: the file is then under both names,
-        the same file twice, as documented)."""
+        the same file twice, as documented). Returns what became of the source, for the error.
+
+        If the copy's fate is unknown (the bucket does not answer), the metadata is given back
+        all the same: a copy that landed keeps the id at ``dst_name``, and one still in flight
+        fails on its source metageneration precondition. If the PATCH fails too, the source
+        must not stay a second live file with the replaced file's id: its own version (same
+        content, its own metadata, replacing exactly ``taken``) goes through the upload queue,
+        journaled and retried until it lands (also after a crash), merged with any change made
+        elsewhere meanwhile, never over one unseen."""
         same = (taken.md5, taken.crc32c, dict(taken.metadata))
         try:
             try:
@@ -585,14 +600,47 @@ class FileSystem:
             except NotFound:
                 copied = None
             if copied is not None and (copied.md5, copied.crc32c, dict(copied.metadata)) == same:
-                return
-            back = octue.octue_patch_from(taken.metadata, src_info.metadata)
+                return ""
+        except (OctuefsError, OSError) as exc:
+            log.info("could not tell whether %r was copied to %r (%s); giving its own metadata back", src_name,
+                     dst_name, exc)
+        back = octue.octue_patch_from(taken.metadata, src_info.metadata)
+        try:
             self.bucket.patch_metadata(src_name, back, if_generation_match=taken.generation,
                                        if_metageneration_match=taken.metageneration)
+            return f"{src_name!r} has its own Octue metadata back"
+        except PreconditionFailed as exc:  # changed elsewhere since: theirs stands, unseen here
+            log.warning("%r keeps the Octue metadata of %r after a failed rename over it: it changed in the bucket "
+                        "meanwhile (%s)", src_name, dst_name, exc)
+            return f"{src_name!r} changed in the bucket meanwhile and may still carry the Octue metadata of {dst_name!r}"
         except (OctuefsError, OSError) as exc:
-            log.warning("%r keeps the Octue metadata of %r after a failed rename over it: %s", src_name, dst_name, exc)
+            log.warning("could not give %r its own Octue metadata back after a failed rename over %r (%s); "
+                        "queueing it as an upload", src_name, dst_name, exc)
+            return self._give_back_later(src_name, taken, {**{k: v for k, v in taken.metadata.items()},
+                                                           **back}, dst_name)
         finally:
             self.metacache.forget(src_name)
+
+    def _give_back_later(self, src_name: str, taken: ObjectInfo, metadata: dict[str, str | None],
+                         dst_name: str) -> str:
+        """Queue the source's own version (see :meth:`_give_back`) and wait for it a while."""
+        own = {k: v for k, v in metadata.items() if v is not None}
+        try:
+            staged = self.cache.stage(taken)
+            entry = self.uploader.submit(src_name, staged, own, taken.content_type, taken, taken.size)
+        except (OctuefsError, OSError) as exc:
+            log.error("%r carries the Octue metadata (the id) of %r after a failed rename over it, and putting its "
+                      "own back could not be queued: %s", src_name, dst_name, exc)
+            return (f"{src_name!r} still carries the Octue metadata (the id) of {dst_name!r}: putting its own back "
+                    f"failed ({exc})")
+        try:
+            # A few seconds at most (a failing upload still "moves", so not ``idle``): the rename
+            # has already spent its time on the copy; past that the error says it is queued.
+            self.uploader.wait(entry, timeout=min(self.config.op_timeout, GIVE_BACK_WAIT))
+            return f"{src_name!r} has its own Octue metadata back"
+        except (OctuefsError, OSError):
+            return (f"{src_name!r} still carries the Octue metadata (the id) of {dst_name!r} until an upload "
+                    f"putting its own back lands (queued; see `octuefs status`)")
 
     def _replaced_metadata(self, dst_name: str, dst_node: FileNode | None,
                            dst_info: ObjectInfo | None) -> tuple[dict[str, str], ObjectInfo | None]:
@@ -687,8 +735,10 @@ class FileSystem:
                         info = take.taken
             except BucketUnreachable as exc:  # a request that timed out may have been carried out
                 self.metacache.forget(dst_name)
+                left = (f"{src_name!r} is untouched" if take is None
+                        else f"{src_name!r} is still there")
                 raise BucketUnreachable(f"{exc}; {dst_name!r} may exist now, if the copy reached the bucket "
-                                        f"and only its answer was lost; {src_name!r} is untouched") from exc
+                                        f"and only its answer was lost; {left}") from exc
             for _ in range(3):
                 try:
                     self._delete_after_copy(src_name, info, moved)

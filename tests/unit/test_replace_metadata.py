@@ -214,3 +214,38 @@ def test_emacs_renaming_the_original_over_an_older_backup_passes_the_metadata_on
     write(fs, "/data.csv", b"new")
     settle(fs)
     assert octue_of(bucket, "data.csv") == kept == octue_of(bucket, "data.csv~")
+
+
+def test_a_give_back_the_bucket_refuses_is_queued_said_and_lands_once_it_answers(bucket, tmp_path):
+    """The copy fails and so does every way of giving the source its own metadata back (the
+    bucket is away): the error says the source still carries the replaced file's metadata (not
+    "untouched"), and the give-back, queued as an upload of the source's own version, lands
+    once the bucket answers again: no second live file with the replaced file's id."""
+    from octuefs.errors import TransientError
+
+    fs = make_fs(bucket, tmp_path, op_timeout=2.0)
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, kept = octue_of(bucket, "tmp1"), octue_of(bucket, "data.csv")
+    real_patch = bucket.patch_metadata
+
+    def patch_then_away(name, *args, **kwargs):
+        result = real_patch(name, *args, **kwargs)
+        bucket.set_fault_rate(1.0, lambda: TransientError("503: away"))
+        return result
+
+    bucket.patch_metadata = patch_then_away
+    try:
+        with pytest.raises(Exception) as raised:
+            fs.rename("/tmp1", "/data.csv")
+    finally:
+        bucket.patch_metadata = real_patch
+    message = str(raised.value)
+    assert "untouched" not in message and "still carries" in message and "queued" in message, message
+    bucket.set_fault_rate(0.0)
+    assert fs.uploader.sync(timeout=20) == 0
+    assert octue_of(bucket, "tmp1") == own
+    assert bucket.read_range("tmp1", 0, 100) == b"new"
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"

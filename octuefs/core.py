@@ -31,6 +31,7 @@ from .errors import (
     FileNotFound,
     InvalidArgument,
     IsADirectory,
+    MetadataTooLarge,
     NotADirectory,
     NotFound,
     NotSupported,
@@ -39,6 +40,7 @@ from .errors import (
     ReadOnlyFilesystem,
 )
 from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
+from .givebacks import OwedGiveBacks
 from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
 from .storage.base import PARTS_PREFIX, Bucket, ObjectInfo
@@ -77,6 +79,7 @@ class _TakeOver:
     taken: ObjectInfo
     donor: dict[str, str]
     current: ObjectInfo | None
+    record: str = ""  # its owed give-back's journal record (givebacks.py)
 
     def copy_preconditions(self) -> dict[str, int]:
         wanted = {"if_source_metageneration_match": self.taken.metageneration}
@@ -109,12 +112,27 @@ class FileSystem:
         recovered = journal.load(bucket.name)
         self.files.recover(recovered)
         self.uploader.start(recovered)
+        # Take-over renames an earlier mount left half done (see givebacks.py): settled in the
+        # background, before this mount makes any.
+        self.givebacks = OwedGiveBacks(config.cache_dir)
+        self.givebacks_settled = threading.Thread(target=self._settle_give_backs,
+                                                  args=([] if config.read_only else  # (a later one will)
+                                                        self.givebacks.left_over(bucket.name),),
+                                                  name="octuefs-givebacks", daemon=True)
+        self.givebacks_settled.start()
         # Parts an earlier mount's large uploads left in the bucket (it crashed, or the bucket
         # was away when they were to be deleted): deleted in the background.
         threading.Thread(target=self._sweep_parts, args=(bucket,), name="octuefs-sweep", daemon=True).start()
         self.xattrs = XattrSurface(self)
         self.leave_pending = False  # set by `octuefs unmount --leave-pending`
         self._started = time.time()
+
+    def _settle_give_backs(self, records: list[tuple[str, dict]]) -> None:
+        for record_id, record in records:
+            try:
+                self.givebacks.settle(self.bucket, record_id, record)
+            except Exception:
+                log.exception("settling a give-back owed to %r failed; the next mount tries again", record.get("name"))
 
     @staticmethod
     def _sweep_parts(bucket: Bucket) -> None:
@@ -526,15 +544,26 @@ class FileSystem:
         metadata (the give-back moves the source's metageneration)."""
         donor, current = self._replaced_metadata(dst_name, dst_node, dst_info)
         take = _TakeOver(src_name, dst_name, src_info, donor, current)
-        take.taken = self._take(take, src_info, donor)
+        # Journaled first: a daemon killed from the PATCH on must not leave the source with the
+        # replaced file's id for good (the next mount gives it back: givebacks.py).
+        take.record = self.givebacks.note(self.bucket.name, src_info, donor, dst_name)
+        try:
+            take.taken = self._take(take, src_info, donor)
+        except (Conflict, MetadataTooLarge):
+            self.givebacks.settled(take.record)  # refused: nothing was changed
+            raise
+        # (Any other failure: the PATCH may have landed with its answer lost; the record stays.)
         log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
         try:
             yield take
         except BaseException as exc:
-            outcome = self._give_back(src_name, src_info, take.taken, dst_name)
+            outcome, owed = self._give_back(src_name, src_info, take.taken, dst_name)
+            if not owed:
+                self.givebacks.settled(take.record)
             if outcome and isinstance(exc, OctuefsError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
                 exc.args = (f"{exc.args[0]}; {outcome}",)  # (the error says what became of the source)
             raise
+        self.givebacks.settled(take.record)
 
     def _take(self, take: _TakeOver, src_info: ObjectInfo, donor: dict[str, str]) -> ObjectInfo:
         """PATCH the source (at ``src_info``, preconditions on it) with ``donor``'s Octue keys."""
@@ -578,10 +607,11 @@ class FileSystem:
         if merged is None:
             raise Conflict(f"the Octue metadata of {dst_name!r} changed here and elsewhere; not replaced")
         log.info("%r: its metadata changed elsewhere during a rename over it; merged in", dst_name)
+        self.givebacks.retook(take.record, merged)
         take.taken = self._take(take, take.taken, merged)
         take.donor, take.current = merged, dst_now
 
-    def _give_back(self, src_name: str, src_info: ObjectInfo, taken: ObjectInfo, dst_name: str) -> str:
+    def _give_back(self, src_name: str, src_info: ObjectInfo, taken: ObjectInfo, dst_name: str) -> tuple[str, bool]:
         """A rename that took over ``dst_name``'s metadata failed: the source gets its own back,
         unless the copy is in place (only the delete failed: the file is then under both names,
         the same file twice, as documented). Returns what became of the source, for the error.
@@ -592,7 +622,8 @@ class FileSystem:
         must not stay a second live file with the replaced file's id: its own version (same
         content, its own metadata, replacing exactly ``taken``) goes through the upload queue,
         journaled and retried until it lands (also after a crash), merged with any change made
-        elsewhere meanwhile, never over one unseen."""
+        elsewhere meanwhile, never over one unseen. Returns what became of the source, for the
+        error, and whether the give-back is still owed (nothing could be done nor queued)."""
         same = (taken.md5, taken.crc32c, dict(taken.metadata))
         try:
             try:
@@ -600,7 +631,7 @@ class FileSystem:
             except NotFound:
                 copied = None
             if copied is not None and (copied.md5, copied.crc32c, dict(copied.metadata)) == same:
-                return ""
+                return "", False
         except (OctuefsError, OSError) as exc:
             log.info("could not tell whether %r was copied to %r (%s); giving its own metadata back", src_name,
                      dst_name, exc)
@@ -608,11 +639,12 @@ class FileSystem:
         try:
             self.bucket.patch_metadata(src_name, back, if_generation_match=taken.generation,
                                        if_metageneration_match=taken.metageneration)
-            return f"{src_name!r} has its own Octue metadata back"
+            return f"{src_name!r} has its own Octue metadata back", False
         except PreconditionFailed as exc:  # changed elsewhere since: theirs stands, unseen here
             log.warning("%r keeps the Octue metadata of %r after a failed rename over it: it changed in the bucket "
                         "meanwhile (%s)", src_name, dst_name, exc)
-            return f"{src_name!r} changed in the bucket meanwhile and may still carry the Octue metadata of {dst_name!r}"
+            return (f"{src_name!r} changed in the bucket meanwhile and may still carry the Octue metadata of "
+                    f"{dst_name!r}"), False
         except (OctuefsError, OSError) as exc:
             log.warning("could not give %r its own Octue metadata back after a failed rename over %r (%s); "
                         "queueing it as an upload", src_name, dst_name, exc)
@@ -622,7 +654,7 @@ class FileSystem:
             self.metacache.forget(src_name)
 
     def _give_back_later(self, src_name: str, taken: ObjectInfo, metadata: dict[str, str | None],
-                         dst_name: str) -> str:
+                         dst_name: str) -> tuple[str, bool]:
         """Queue the source's own version (see :meth:`_give_back`) and wait for it a while."""
         own = {k: v for k, v in metadata.items() if v is not None}
         try:
@@ -632,15 +664,15 @@ class FileSystem:
             log.error("%r carries the Octue metadata (the id) of %r after a failed rename over it, and putting its "
                       "own back could not be queued: %s", src_name, dst_name, exc)
             return (f"{src_name!r} still carries the Octue metadata (the id) of {dst_name!r}: putting its own back "
-                    f"failed ({exc})")
+                    f"failed ({exc}); the next mount tries again"), True
         try:
             # A few seconds at most (a failing upload still "moves", so not ``idle``): the rename
             # has already spent its time on the copy; past that the error says it is queued.
             self.uploader.wait(entry, timeout=min(self.config.op_timeout, GIVE_BACK_WAIT))
-            return f"{src_name!r} has its own Octue metadata back"
+            return f"{src_name!r} has its own Octue metadata back", False
         except (OctuefsError, OSError):
             return (f"{src_name!r} still carries the Octue metadata (the id) of {dst_name!r} until an upload "
-                    f"putting its own back lands (queued; see `octuefs status`)")
+                    f"putting its own back lands (queued; see `octuefs status`)"), False
 
     def _replaced_metadata(self, dst_name: str, dst_node: FileNode | None,
                            dst_info: ObjectInfo | None) -> tuple[dict[str, str], ObjectInfo | None]:

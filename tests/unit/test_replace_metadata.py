@@ -249,3 +249,46 @@ def test_a_give_back_the_bucket_refuses_is_queued_said_and_lands_once_it_answers
     assert octue_of(bucket, "tmp1") == own
     assert bucket.read_range("tmp1", 0, 100) == b"new"
     assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+
+
+def test_a_take_over_interrupted_by_a_crash_is_given_back_at_the_next_mount(bucket, tmp_path):
+    """The daemon dies between the take-over's PATCH of the source and the copy: nothing of the
+    rename settles, and the source carries the replaced file's id. The give-back was journaled
+    before the PATCH: the next mount with the same cache gives the source its own back."""
+
+    class Crash(BaseException):
+        pass
+
+    fs = make_fs(bucket, tmp_path)
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, kept = octue_of(bucket, "tmp1"), octue_of(bucket, "data.csv")
+
+    def die(*args, **kwargs):
+        raise Crash()
+
+    bucket_copy, fs.bucket.copy = fs.bucket.copy, die
+    fs._give_back = die  # (killed: nothing runs after the PATCH)
+    with pytest.raises(Crash):
+        fs.rename("/tmp1", "/data.csv")
+    assert octue_of(bucket, "tmp1") == kept  # the window the record covers
+    fs.uploader.shutdown(drain=False)
+    fs.bucket.copy = bucket_copy
+
+    again = make_fs(bucket, tmp_path)
+    again.givebacks_settled.join(10)
+    assert octue_of(bucket, "tmp1") == own
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+    assert os.listdir(again.givebacks.dir) == []
+    again.uploader.shutdown(drain=False)
+
+
+def test_a_settled_take_over_leaves_no_give_back_record(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    fs.rename("/tmp1", "/data.csv")
+    assert os.listdir(fs.givebacks.dir) == []

@@ -552,7 +552,12 @@ class FileSystem:
         except (Conflict, MetadataTooLarge):
             self.givebacks.settled(take.record)  # refused: nothing was changed
             raise
-        # (Any other failure: the PATCH may have landed with its answer lost; the record stays.)
+        except BaseException:
+            # The PATCH may have landed with its answer lost: undo it if it did (the record
+            # stays for the next mount if the bucket cannot tell now).
+            self.givebacks.settle_now(self.bucket, take.record)
+            self.metacache.forget(src_name)
+            raise
         log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
         try:
             yield take

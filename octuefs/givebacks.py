@@ -96,6 +96,17 @@ class OwedGiveBacks:
                 found.append((fname[: -len(".json")], record))
         return found
 
+    def settle_now(self, bucket: Bucket, record_id: str) -> bool:
+        """:meth:`settle` a record of this mount (a take-over whose PATCH had no answer)."""
+        record = self._read(os.path.join(self.dir, record_id + ".json"))
+        if record is None:
+            return True
+        try:
+            return self.settle(bucket, record_id, record)
+        except Exception:
+            log.exception("settling the give-back owed to %r failed; the next mount tries again", record.get("name"))
+            return False
+
     def settle(self, bucket: Bucket, record_id: str, record: dict) -> bool:
         """Give the source of a record an earlier mount left its own Octue keys back if it still
         carries the ones it took; True once the record is settled (removed)."""

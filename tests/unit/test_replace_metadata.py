@@ -292,3 +292,32 @@ def test_a_settled_take_over_leaves_no_give_back_record(fs, bucket):
     settle(fs)
     fs.rename("/tmp1", "/data.csv")
     assert os.listdir(fs.givebacks.dir) == []
+
+
+def test_a_take_over_patch_whose_answer_is_lost_is_undone(fs, bucket):
+    """The take-over's PATCH of the source lands but its answer is lost and the bucket then
+    stops answering it: the rename fails, and the source does not keep the replaced file's
+    metadata (the journaled give-back is settled at once)."""
+    from octuefs.errors import TransientError
+
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, kept = octue_of(bucket, "tmp1"), octue_of(bucket, "data.csv")
+    real_patch = bucket.patch_metadata
+    calls = []
+
+    def lands_unanswered(name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 1:
+            real_patch(name, *args, **kwargs)
+            raise TransientError("503: answer lost")
+        return real_patch(name, *args, **kwargs)
+
+    fs.bucket.patch_metadata = lands_unanswered
+    with pytest.raises(TransientError):
+        fs.rename("/tmp1", "/data.csv")
+    assert octue_of(bucket, "tmp1") == own
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+    assert os.listdir(fs.givebacks.dir) == []

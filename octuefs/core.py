@@ -619,7 +619,7 @@ class FileSystem:
     def _give_back(self, src_name: str, src_info: ObjectInfo, taken: ObjectInfo, dst_name: str) -> tuple[str, bool]:
         """A rename that took over ``dst_name``'s metadata failed: the source gets its own back,
         unless the copy is in place (only the delete failed: the file is then under both names,
-        the same file twice, as documented). Returns what became of the source, for the error.
+        the same file twice, as documented).
 
         If the copy's fate is unknown (the bucket does not answer), the metadata is given back
         all the same: a copy that landed keeps the id at ``dst_name``, and one still in flight
@@ -675,6 +675,8 @@ class FileSystem:
             # has already spent its time on the copy; past that the error says it is queued.
             self.uploader.wait(entry, timeout=min(self.config.op_timeout, GIVE_BACK_WAIT))
             return f"{src_name!r} has its own Octue metadata back", False
+        except Conflict as exc:  # changed elsewhere meanwhile: its own version went beside, reported
+            return f"{src_name!r} changed in the bucket meanwhile ({exc})", False
         except (OctuefsError, OSError):
             return (f"{src_name!r} still carries the Octue metadata (the id) of {dst_name!r} until an upload "
                     f"putting its own back lands (queued; see `octuefs status`)"), False

@@ -13,8 +13,8 @@ is what :class:`tests.faultproxy.FaultProxy` consults with ``strict=True``:
   a precondition, it takes the object's lock (held until the answer is back, so the check and
   the change are one step for every client of the proxy), reads the object from the server, and
   answers 412 in GCS's JSON error shape if ``ifGenerationMatch``, ``ifMetagenerationMatch``,
-  ``ifSourceGenerationMatch`` or ``ifSourceMetagenerationMatch`` does not hold. A metageneration precondition on an absent object
-  fails, as on GCS.
+  ``ifSourceGenerationMatch`` or ``ifSourceMetagenerationMatch`` does not hold. A metageneration
+  precondition on an absent object fails, as on GCS.
 
 Resumable uploads are judged when their session is opened (GCS judges them at the last chunk).
 Requests that go to the server directly, not through the proxy, are not seen: their objects
@@ -31,7 +31,8 @@ import threading
 import urllib.parse
 from collections.abc import Mapping
 
-_PRECONDITIONS = ("ifGenerationMatch", "ifMetagenerationMatch", "ifSourceGenerationMatch", "ifSourceMetagenerationMatch")
+_PRECONDITIONS = ("ifGenerationMatch", "ifMetagenerationMatch", "ifSourceGenerationMatch",
+                  "ifSourceMetagenerationMatch")
 
 
 @dataclasses.dataclass

@@ -665,6 +665,10 @@ class FileSystem:
         try:
             staged = self.cache.stage(taken)
             entry = self.uploader.submit(src_name, staged, own, taken.content_type, taken, taken.size)
+            # The file's pending version, as after a crash: an unlink or rename of it meanwhile
+            # holds it back (dropped once the object is gone) instead of meeting it later as a
+            # change to keep beside.
+            self.files.recover([entry])
         except (OctuefsError, OSError) as exc:
             log.error("%r carries the Octue metadata (the id) of %r after a failed rename over it, and putting its "
                       "own back could not be queued: %s", src_name, dst_name, exc)

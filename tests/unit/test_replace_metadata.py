@@ -321,3 +321,36 @@ def test_a_take_over_patch_whose_answer_is_lost_is_undone(fs, bucket):
     assert octue_of(bucket, "tmp1") == own
     assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
     assert os.listdir(fs.givebacks.dir) == []
+
+
+def test_a_temp_file_removed_while_its_give_back_is_queued_stays_removed(bucket, tmp_path):
+    """After a failed take-over whose give-back had to be queued, the editor removes its temp
+    file (as `sed -i` does on failure): the queued give-back is dropped with it, not saved
+    beside later as a conflict copy of a file the user deleted."""
+    from octuefs.errors import TransientError
+
+    fs = make_fs(bucket, tmp_path, op_timeout=2.0)
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    kept = octue_of(bucket, "data.csv")
+    real_patch = bucket.patch_metadata
+
+    def patch_then_away(name, *args, **kwargs):
+        result = real_patch(name, *args, **kwargs)
+        bucket.set_fault_rate(1.0, lambda: TransientError("503: away"))
+        return result
+
+    bucket.patch_metadata = patch_then_away
+    try:
+        with pytest.raises(Exception):
+            fs.rename("/tmp1", "/data.csv")
+    finally:
+        bucket.patch_metadata = real_patch
+        bucket.set_fault_rate(0.0)
+    fs.unlink("/tmp1")
+    assert fs.uploader.sync(timeout=20) == 0
+    assert sorted(bucket.objects()) == ["data.csv"]
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+    fs.uploader.shutdown(drain=False)

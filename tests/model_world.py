@@ -361,10 +361,13 @@ class MountView(Bucket):
             name, changes, if_metageneration_match, if_generation_match, content_type), req)
 
     def copy(self, source: str, destination: str, if_source_generation_match: int | None = None,
-             if_generation_match: int | None = None) -> ObjectInfo:
-        req = {"if_generation_match": if_generation_match}
+             if_generation_match: int | None = None, *, if_metageneration_match: int | None = None,
+             if_source_metageneration_match: int | None = None) -> ObjectInfo:
+        req = {"if_generation_match": if_generation_match, "if_metageneration_match": if_metageneration_match}
         return self._write("copy", source, lambda: self.inner.copy(
-            source, destination, if_source_generation_match, if_generation_match), req, dst=destination)
+            source, destination, if_source_generation_match, if_generation_match,
+            if_metageneration_match=if_metageneration_match,
+            if_source_metageneration_match=if_source_metageneration_match), req, dst=destination)
 
     def compose(self, sources, destination, metadata=None, content_type=None, if_generation_match=None,
                 if_metageneration_match=None):

@@ -12,9 +12,9 @@ is what :class:`tests.faultproxy.FaultProxy` consults with ``strict=True``:
 * before forwarding a patch, copy (``copyTo``/``rewriteTo``), delete, compose, or an upload with
   a precondition, it takes the object's lock (held until the answer is back, so the check and
   the change are one step for every client of the proxy), reads the object from the server, and
-  answers 412 in GCS's JSON error shape if ``ifGenerationMatch``, ``ifMetagenerationMatch`` or
-  ``ifSourceGenerationMatch`` does not hold. A metageneration precondition on an absent object
-  fails, as on GCS.
+  answers 412 in GCS's JSON error shape if ``ifGenerationMatch``, ``ifMetagenerationMatch``,
+  ``ifSourceGenerationMatch`` or ``ifSourceMetagenerationMatch`` does not hold. A metageneration
+  precondition on an absent object fails, as on GCS.
 
 Resumable uploads are judged when their session is opened (GCS judges them at the last chunk).
 Requests that go to the server directly, not through the proxy, are not seen: their objects
@@ -31,7 +31,8 @@ import threading
 import urllib.parse
 from collections.abc import Mapping
 
-_PRECONDITIONS = ("ifGenerationMatch", "ifMetagenerationMatch", "ifSourceGenerationMatch")
+_PRECONDITIONS = ("ifGenerationMatch", "ifMetagenerationMatch", "ifSourceGenerationMatch",
+                  "ifSourceMetagenerationMatch")
 
 
 @dataclasses.dataclass
@@ -178,12 +179,15 @@ class GCSRules:
             if self._lookup(request.bucket, source) is None:
                 raise Refused(404, f"No such object: {request.bucket}/{source}")
         want_source = query.get("ifSourceGenerationMatch")
-        if want_source is not None and request.source is not None:
+        want_source_meta = query.get("ifSourceMetagenerationMatch")
+        if (want_source is not None or want_source_meta is not None) and request.source is not None:
             source = self._lookup(*request.source)
             if source is None:
                 raise Refused(404, f"No such object: {request.source[0]}/{request.source[1]}")
-            if int(want_source) != source[0]:
+            if want_source is not None and int(want_source) != source[0]:
                 self._refuse(request.source[1], f"source generation is {source[0]}, not {want_source}")
+            if want_source_meta is not None and int(want_source_meta) != source[1]:
+                self._refuse(request.source[1], f"source metageneration is {source[1]}, not {want_source_meta}")
         return current
 
     def _refuse(self, name: str, why: str) -> None:

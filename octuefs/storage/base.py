@@ -332,8 +332,17 @@ class Bucket(abc.ABC):
         destination: str,
         if_source_generation_match: int | None = None,
         if_generation_match: int | None = None,
+        *,
+        if_metageneration_match: int | None = None,
+        if_source_metageneration_match: int | None = None,
     ) -> ObjectInfo:
-        """Server-side copy, keeping content, content type and all custom metadata."""
+        """Server-side copy, keeping content, content type and all custom metadata.
+
+        Preconditions as GCS's rewrite: on the destination (``if_generation_match``,
+        ``if_metageneration_match``: a metageneration precondition on an absent destination
+        fails) and on the source (``if_source_generation_match``,
+        ``if_source_metageneration_match``); any that does not hold: PreconditionFailed, nothing
+        copied."""
 
     @abc.abstractmethod
     def compose(

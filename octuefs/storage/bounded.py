@@ -108,8 +108,11 @@ class BoundedBucket(Bucket):
                                                            if_generation_match, content_type))
 
     def copy(self, source: str, destination: str, if_source_generation_match: int | None = None,
-             if_generation_match: int | None = None) -> ObjectInfo:
-        return self._run(lambda: self.inner.copy(source, destination, if_source_generation_match, if_generation_match))
+             if_generation_match: int | None = None, *, if_metageneration_match: int | None = None,
+             if_source_metageneration_match: int | None = None) -> ObjectInfo:
+        return self._run(lambda: self.inner.copy(source, destination, if_source_generation_match, if_generation_match,
+                                                 if_metageneration_match=if_metageneration_match,
+                                                 if_source_metageneration_match=if_source_metageneration_match))
 
     def compose(self, sources: Sequence[str], destination: str, metadata: Mapping[str, str] | None = None,
                 content_type: str | None = None, if_generation_match: int | None = None,

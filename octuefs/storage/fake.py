@@ -222,10 +222,14 @@ class FakeBucket(Bucket):
                                                             if_metageneration_match))
 
     def copy(self, source: str, destination: str, if_source_generation_match: int | None = None,
-             if_generation_match: int | None = None) -> ObjectInfo:
-        resolve = confirm_copy(self.stat, source, destination, if_source_generation_match, if_generation_match)
-        return self._run("copy", lambda: self.server.rewrite(source, destination, if_source_generation_match,
-                                                             if_generation_match), after_ambiguous=resolve)
+             if_generation_match: int | None = None, *, if_metageneration_match: int | None = None,
+             if_source_metageneration_match: int | None = None) -> ObjectInfo:
+        resolve = confirm_copy(self.stat, source, destination, if_source_generation_match, if_generation_match,
+                               if_source_metageneration_match=if_source_metageneration_match)
+        return self._run("copy", lambda: self.server.rewrite(
+            source, destination, if_source_generation_match, if_generation_match,
+            if_metageneration_match=if_metageneration_match,
+            if_source_metageneration_match=if_source_metageneration_match), after_ambiguous=resolve)
 
     def compose(self, sources: Sequence[str], destination: str, metadata: Mapping[str, str] | None = None,
                 content_type: str | None = None, if_generation_match: int | None = None,

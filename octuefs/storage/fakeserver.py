@@ -332,13 +332,17 @@ class FakeServer:
             content_type=content_type if content_type is not None else obj.content_type))
 
     def rewrite(self, source: str, destination: str, if_source_generation_match: int | None,
-                if_generation_match: int | None) -> ObjectInfo:
+                if_generation_match: int | None, if_metageneration_match: int | None = None,
+                if_source_metageneration_match: int | None = None) -> ObjectInfo:
         src = self.get(source)
         if if_source_generation_match is not None and src.generation != if_source_generation_match:
             raise PreconditionFailed(f"fake://{self.name}/{source}: generation is {src.generation}, "
                                      f"not {if_source_generation_match}")
+        if if_source_metageneration_match is not None and src.metageneration != if_source_metageneration_match:
+            raise PreconditionFailed(f"fake://{self.name}/{source}: metageneration is {src.metageneration}, "
+                                     f"not {if_source_metageneration_match}")
         self._check_name(destination)
-        self.check(destination, if_generation_match)
+        self.check(destination, if_generation_match, if_metageneration_match)
         now = self._now()
         copied = dataclasses.replace(src, name=destination, generation=self._mint_generation(now), metageneration=1,
                                      updated=now, metadata=dict(src.metadata))

@@ -795,11 +795,15 @@ class GCSBucket(Bucket):
         destination: str,
         if_source_generation_match: int | None = None,
         if_generation_match: int | None = None,
+        *,
+        if_metageneration_match: int | None = None,
+        if_source_metageneration_match: int | None = None,
     ) -> ObjectInfo:
         src = self._bucket.blob(source)
         dst = self._bucket.blob(destination)
         token: str | None = None
-        resolve = confirm_copy(self.stat, source, destination, if_source_generation_match, if_generation_match)
+        resolve = confirm_copy(self.stat, source, destination, if_source_generation_match, if_generation_match,
+                               if_source_metageneration_match=if_source_metageneration_match)
         while True:  # rewrite may take several calls for a large object; each call is retried
 
             def attempt(timeout: Timeout) -> str | None:
@@ -807,7 +811,9 @@ class GCSBucket(Bucket):
                     src,
                     token=token,
                     if_generation_match=if_generation_match,
+                    if_metageneration_match=if_metageneration_match,
                     if_source_generation_match=if_source_generation_match,
+                    if_source_metageneration_match=if_source_metageneration_match,
                     retry=None,
                     timeout=timeout,
                 )

@@ -298,6 +298,8 @@ def confirm_copy(
     destination: str,
     if_source_generation_match: int | None,
     if_generation_match: int | None,
+    *,
+    if_source_metageneration_match: int | None = None,
 ) -> Callable[[Exception], ObjectInfo]:
     """An ``after_ambiguous`` for copies: a PreconditionFailed after a lost response is a
     success if the destination now holds the source's bytes and metadata and the source is
@@ -311,6 +313,8 @@ def confirm_copy(
         except NotFound:
             raise exc from None
         if if_source_generation_match is not None and src.generation != if_source_generation_match:
+            raise exc
+        if if_source_metageneration_match is not None and src.metageneration != if_source_metageneration_match:
             raise exc
         same = (dst.size, dst.md5, dict(dst.metadata)) == (src.size, src.md5, dict(src.metadata))
         if dst.generation != if_generation_match and same and src.md5:

@@ -490,6 +490,25 @@ def test_copy_with_a_stale_source_or_destination_generation_fails(bucket):
     assert _state(bucket, "s", "d", "new") == before
 
 
+def test_copy_with_a_stale_source_or_destination_metageneration_fails(bucket):
+    """A metadata-only change (same generation, new metageneration) on either side refuses a
+    copy that names the metageneration it read; the right ones let it through."""
+    src = bucket.upload_bytes("s", b"v1", {"k": "1"})
+    dst = bucket.upload_bytes("d", b"d1", {"k": "1"})
+    src_now = bucket.patch_metadata("s", {"k": "2"}, if_generation_match=src.generation)
+    dst_now = bucket.patch_metadata("d", {"k": "2"}, if_generation_match=dst.generation)
+    before = _state(bucket, "s", "d")
+    with pytest.raises(PreconditionFailed):
+        bucket.copy("s", "d", if_generation_match=dst.generation, if_metageneration_match=dst.metageneration)
+    with pytest.raises(PreconditionFailed):
+        bucket.copy("s", "d", if_generation_match=dst.generation, if_source_metageneration_match=src.metageneration)
+    assert _state(bucket, "s", "d") == before
+    copied = bucket.copy("s", "d", if_source_generation_match=src.generation, if_generation_match=dst.generation,
+                         if_metageneration_match=dst_now.metageneration,
+                         if_source_metageneration_match=src_now.metageneration)
+    assert bucket.read_range("d", 0, 100) == b"v1" and copied.metadata["k"] == "2"
+
+
 def test_delete_with_a_stale_generation_fails(bucket):
     base = bucket.upload_bytes("kept", b"v1")
     bucket.upload_bytes("kept", b"v2")

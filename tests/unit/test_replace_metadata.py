@@ -214,3 +214,143 @@ def test_emacs_renaming_the_original_over_an_older_backup_passes_the_metadata_on
     write(fs, "/data.csv", b"new")
     settle(fs)
     assert octue_of(bucket, "data.csv") == kept == octue_of(bucket, "data.csv~")
+
+
+def test_a_give_back_the_bucket_refuses_is_queued_said_and_lands_once_it_answers(bucket, tmp_path):
+    """The copy fails and so does every way of giving the source its own metadata back (the
+    bucket is away): the error says the source still carries the replaced file's metadata (not
+    "untouched"), and the give-back, queued as an upload of the source's own version, lands
+    once the bucket answers again: no second live file with the replaced file's id."""
+    from octuefs.errors import TransientError
+
+    fs = make_fs(bucket, tmp_path, op_timeout=2.0)
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, kept = octue_of(bucket, "tmp1"), octue_of(bucket, "data.csv")
+    real_patch = bucket.patch_metadata
+
+    def patch_then_away(name, *args, **kwargs):
+        result = real_patch(name, *args, **kwargs)
+        bucket.set_fault_rate(1.0, lambda: TransientError("503: away"))
+        return result
+
+    bucket.patch_metadata = patch_then_away
+    try:
+        with pytest.raises(Exception) as raised:
+            fs.rename("/tmp1", "/data.csv")
+    finally:
+        bucket.patch_metadata = real_patch
+    message = str(raised.value)
+    assert "untouched" not in message and "still carries" in message and "queued" in message, message
+    bucket.set_fault_rate(0.0)
+    assert fs.uploader.sync(timeout=20) == 0
+    assert octue_of(bucket, "tmp1") == own
+    assert bucket.read_range("tmp1", 0, 100) == b"new"
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+
+
+def test_a_take_over_interrupted_by_a_crash_is_given_back_at_the_next_mount(bucket, tmp_path):
+    """The daemon dies between the take-over's PATCH of the source and the copy: nothing of the
+    rename settles, and the source carries the replaced file's id. The give-back was journaled
+    before the PATCH: the next mount with the same cache gives the source its own back."""
+
+    class Crash(BaseException):
+        pass
+
+    fs = make_fs(bucket, tmp_path)
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, kept = octue_of(bucket, "tmp1"), octue_of(bucket, "data.csv")
+
+    def die(*args, **kwargs):
+        raise Crash()
+
+    bucket_copy, fs.bucket.copy = fs.bucket.copy, die
+    fs._give_back = die  # (killed: nothing runs after the PATCH)
+    with pytest.raises(Crash):
+        fs.rename("/tmp1", "/data.csv")
+    assert octue_of(bucket, "tmp1") == kept  # the window the record covers
+    fs.uploader.shutdown(drain=False)
+    fs.bucket.copy = bucket_copy
+
+    again = make_fs(bucket, tmp_path)
+    again.givebacks_settled.join(10)
+    assert octue_of(bucket, "tmp1") == own
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+    assert os.listdir(again.givebacks.dir) == []
+    again.uploader.shutdown(drain=False)
+
+
+def test_a_settled_take_over_leaves_no_give_back_record(fs, bucket):
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    fs.rename("/tmp1", "/data.csv")
+    assert os.listdir(fs.givebacks.dir) == []
+
+
+def test_a_take_over_patch_whose_answer_is_lost_is_undone(fs, bucket):
+    """The take-over's PATCH of the source lands but its answer is lost and the bucket then
+    stops answering it: the rename fails, and the source does not keep the replaced file's
+    metadata (the journaled give-back is settled at once)."""
+    from octuefs.errors import TransientError
+
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, kept = octue_of(bucket, "tmp1"), octue_of(bucket, "data.csv")
+    real_patch = bucket.patch_metadata
+    calls = []
+
+    def lands_unanswered(name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 1:
+            real_patch(name, *args, **kwargs)
+            raise TransientError("503: answer lost")
+        return real_patch(name, *args, **kwargs)
+
+    fs.bucket.patch_metadata = lands_unanswered
+    with pytest.raises(TransientError):
+        fs.rename("/tmp1", "/data.csv")
+    assert octue_of(bucket, "tmp1") == own
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+    assert os.listdir(fs.givebacks.dir) == []
+
+
+def test_a_temp_file_removed_while_its_give_back_is_queued_stays_removed(bucket, tmp_path):
+    """After a failed take-over whose give-back had to be queued, the editor removes its temp
+    file (as `sed -i` does on failure): the queued give-back is dropped with it, not saved
+    beside later as a conflict copy of a file the user deleted."""
+    from octuefs.errors import TransientError
+
+    fs = make_fs(bucket, tmp_path, op_timeout=2.0)
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    kept = octue_of(bucket, "data.csv")
+    real_patch = bucket.patch_metadata
+
+    def patch_then_away(name, *args, **kwargs):
+        result = real_patch(name, *args, **kwargs)
+        bucket.set_fault_rate(1.0, lambda: TransientError("503: away"))
+        return result
+
+    bucket.patch_metadata = patch_then_away
+    try:
+        with pytest.raises(Exception):
+            fs.rename("/tmp1", "/data.csv")
+    finally:
+        bucket.patch_metadata = real_patch
+        bucket.set_fault_rate(0.0)
+    fs.unlink("/tmp1")
+    assert fs.uploader.sync(timeout=20) == 0
+    assert sorted(bucket.objects()) == ["data.csv"]
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+    fs.uploader.shutdown(drain=False)

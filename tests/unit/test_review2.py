@@ -97,7 +97,6 @@ def test_a_file_restored_with_cp_a_after_rm_is_not_deleted_as_a_late_landing(fs,
 # --- rename take-over ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="review2 finding 3: being fixed on another branch")
 def test_a_label_added_elsewhere_during_a_take_over_rename_is_not_lost(fs, bucket):
     """`sed -i` on d.csv: a new temporary file renamed over d.csv takes d.csv's Octue metadata.
     _replaced_metadata reads d.csv (stat), the source is PATCHed with it, then the copy replaces
@@ -127,7 +126,6 @@ def test_a_label_added_elsewhere_during_a_take_over_rename_is_not_lost(fs, bucke
     assert "theirs" in info.metadata.get("octue__labels", ""), info.metadata
 
 
-@pytest.mark.xfail(strict=True, reason="review2 finding 4: being fixed on another branch")
 def test_a_take_over_copy_that_lands_late_keeps_the_replaced_files_metadata(fs, bucket):
     """`os.replace(tmp, d.csv)` while the bucket is slow: the take-over PATCHes the source with
     d.csv's metadata, the copy times out (its request still in flight) and the retries fail, so the
@@ -157,7 +155,6 @@ def test_a_take_over_copy_that_lands_late_keeps_the_replaced_files_metadata(fs, 
     assert info.metadata.get("octue__id") == the_id, (bucket.objects(), dict(info.metadata))
 
 
-@pytest.mark.xfail(strict=True, reason="review2 finding 5: being fixed on another branch")
 def test_a_failed_take_over_rename_does_not_leave_two_live_files_with_one_id(fs, bucket):
     """`os.replace(tmp, d.csv)` as the bucket goes away: the take-over PATCHes d.csv's metadata
     (its id, tags, labels) onto tmp, then the copy fails (503 until op_timeout: EIO, "d.csv.tmp is
@@ -194,7 +191,6 @@ def test_a_failed_take_over_rename_does_not_leave_two_live_files_with_one_id(fs,
 # --- directory renames ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="review2 finding 6: being fixed on another branch")
 def test_a_directory_rename_over_a_directory_holding_a_file_not_yet_uploaded_is_refused(fs, bucket):
     """`mv a b` where b is empty in the bucket but holds b/f.csv, a file written here whose upload
     has not landed (the bucket is slow for it). rmdir(b) says ENOTEMPTY (it counts the mount's

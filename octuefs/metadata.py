@@ -288,6 +288,25 @@ def octue_patch_from(existing: Mapping[str, str] | None, donor: Mapping[str, str
     return changes
 
 
+TAGS_KEY = OCTUE_PREFIX + "tags"
+
+
+def merge_tags(base: str | None, ours: str | None, theirs: str | None) -> str | None:
+    """Three stored ``octue__tags`` texts merged tag by tag (both sides changed the key: one set
+    tag ``a``, the other tag ``b``): the merged text, or None if both changed one tag
+    differently (then neither may win silently)."""
+    b, o, t = (dict(_stored_value("tags", text)) if text else {} for text in (base, ours, theirs))
+    merged: dict[str, Any] = {}
+    for name in o.keys() | t.keys() | b.keys():
+        bv, ov, tv = (_canonical(d[name]) if name in d else None for d in (b, o, t))
+        if ov != bv and tv != bv and ov != tv:
+            return None
+        source = t if ov == bv else o
+        if name in source:
+            merged[name] = source[name]
+    return _field_text("tags", dict(sorted(merged.items())))
+
+
 def check_size_limits(custom: Mapping[str, str | None]) -> None:
     """Raise :class:`MetadataTooLarge` if GCS would refuse this custom metadata.
 
@@ -587,6 +606,7 @@ __all__ = [
     "encode_object_metadata",
     "metadata_patch",
     "check_size_limits",
+    "merge_tags",
     "is_octue_xattr",
     "is_stored_xattr",
     "identified",

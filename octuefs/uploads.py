@@ -71,7 +71,7 @@ from .errors import (
     UploadFailed,
     UploadStillPending,
 )
-from .metadata import check_size_limits
+from .metadata import TAGS_KEY, check_size_limits, merge_tags
 from .storage.base import Bucket, ChecksumMismatch, ObjectInfo
 from .storage.retry import Fingerprint, file_fingerprint
 
@@ -563,15 +563,21 @@ def conflict_name(name: str, when: float, tag: str) -> str:
 
 def merge_metadata(base: dict[str, str] | None, ours: dict[str, str], theirs: dict[str, str]) -> dict[str, str] | None:
     """Our custom metadata with a change made elsewhere to the same content merged in, key by key
-    against the metadata both started from; None if both changed one key differently (or the
-    base is not known): then neither may win silently."""
+    (``octue__tags`` tag by tag) against the metadata both started from; None if both changed one
+    key (or tag) differently, or the base is not known: then neither may win silently."""
     if base is None:
         return None
     merged: dict[str, str] = {}
     for key in ours.keys() | theirs.keys() | base.keys():
         b, o, t = base.get(key), ours.get(key), theirs.get(key)
         if o != b and t != b and o != t:
-            return None
+            if key != TAGS_KEY:
+                return None
+            value = merge_tags(b, o, t)  # one key, many tags: different tags set on each side merge
+            if value is None:
+                return None
+            merged[key] = value
+            continue
         value = t if o == b else o
         if value is not None:
             merged[key] = value

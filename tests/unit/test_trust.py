@@ -474,3 +474,26 @@ def test_a_conflict_copy_whose_answer_was_lost_is_made_once_and_reported_once(fs
     copies = [n for n in objects if "octuefs-conflict" in n]
     assert copies == lost and objects[copies[0]] == b"ours" and objects["f.csv"] == b"theirs"
     assert [c["saved_as"] for c in fs.uploader.status()["conflicts"]] == copies
+
+
+# --- tags merge tag by tag: one octue__tags key, many tags ------------------------------------
+
+
+def test_a_version_with_one_tag_merges_with_another_tag_set_elsewhere(fs, bucket):
+    """A version closed here with tag t3 waits to go up while another machine (or this mount's
+    own setfattr, racing it) sets tag t4: both tags survive, and no conflict copy is made."""
+    close_write(fs, "/f.csv", b"v1")
+    assert fs.uploader.sync(timeout=10) == 0
+    held = HeldUpload(bucket)
+    fh = fs.open("/f.csv", os.O_RDWR)
+    fs.write(fh, b"v2", 0)
+    fs.setxattr("/f.csv", "user.octue.tags.t3", b"99")
+    fs.flush(fh)
+    fs.release(fh)
+    assert held.started.wait(10)
+    FakeBucket(server=bucket.server).patch_metadata("f.csv", {"octue__tags": json.dumps({"t4": 57})})
+    held.release()
+    assert fs.uploader.sync(timeout=10) == 0
+    info = bucket.stat("f.csv")
+    assert bucket.objects() == {"f.csv": b"v2"}, "a conflict copy was made"
+    assert json.loads(info.metadata["octue__tags"]) == {"t3": 99, "t4": 57}

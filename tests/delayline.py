@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 
-_READ = 256 * 1024
+_READ = 1024 * 1024
 _WINDOW = 64 * 1024 * 1024
 _EOF = None
 
@@ -163,7 +163,7 @@ class DelayLine:
         try:
             try:
                 self._server = loop.run_until_complete(
-                    asyncio.start_server(self._serve, self.host, self.port, reuse_address=True, backlog=1024))
+                    asyncio.start_server(self._serve, self.host, self.port, reuse_address=True, backlog=1024, limit=_READ))
             except BaseException as exc:
                 self._error = exc
                 return
@@ -193,7 +193,7 @@ class DelayLine:
         try:
             if self.upstream is None:
                 return
-            s_reader, s_writer = await asyncio.open_connection(*self.upstream)
+            s_reader, s_writer = await asyncio.open_connection(*self.upstream, limit=_READ)
             for w in (c_writer, s_writer):
                 sock = w.get_extra_info("socket")
                 if sock is not None:
@@ -212,6 +212,8 @@ class DelayLine:
                 await asyncio.gather(*pumps, return_exceptions=True)
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # stop(): the connection is closed below; nothing to report
         finally:
             for w in (c_writer, s_writer):
                 if w is not None:

@@ -91,6 +91,10 @@ class Emulator:
     bounds its size and the replay at the next start, and costs an fsync per small object). ``kill_with_parent``: on Linux, have the kernel send SIGTERM to the
     server when the thread that started it exits; good for test sessions (nothing leaks if
     pytest is killed), wrong for a server started from a worker thread that ends first.
+    ``external_url``: the URL the server puts in what it hands out (media links, the
+    ``Location`` of a resumable upload session) instead of :attr:`url`; for a proxy in front of
+    it, such as the delay line of ``scripts/bench.py --rtt-ms``, so that those requests pass
+    through the proxy too.
 
     What a crash loses: nothing that was acknowledged. When persistent, clients talk to a front
     (:mod:`octuefs.emulator_front`) that answers a mutation only once :mod:`octuefs.emulator_journal`
@@ -114,6 +118,7 @@ class Emulator:
         snapshot_min_journal: int = 8 << 20,
         kill_with_parent: bool = False,
         log_level: str = "info",
+        external_url: str | None = None,
     ):
         if backend not in ("memory", "filesystem"):
             raise ValueError(f"backend must be 'memory' or 'filesystem', not {backend!r}")
@@ -128,6 +133,7 @@ class Emulator:
         self.snapshot_min_journal = snapshot_min_journal
         self.kill_with_parent = kill_with_parent
         self.log_level = log_level
+        self.external_url = external_url
         self.log_path: Path | None = None
         self._temporary_log = False
         self._proc: subprocess.Popen | None = None
@@ -372,7 +378,7 @@ class Emulator:
             "-host", self.host,
             "-port", str(self._server_port),
             "-scheme", "http",
-            "-external-url", self.url,
+            "-external-url", self.external_url or self.url,
             "-log-level", self.log_level,
         ]  # fmt: skip
         if self.backend == "memory":

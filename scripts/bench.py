@@ -13,6 +13,16 @@ issue's target, PASS/MISS) and, with ``--json FILE``, writes every figure.
     python scripts/bench.py --big                      # also: 4 GiB write/read, daemon RSS, on
                                                        # scripts/bigserver.py (disk: ~3x free; --big-gib)
     python scripts/bench.py --profile /tmp/prof        # py-spy per phase (timings then skewed)
+    python scripts/bench.py --quick --rtt-ms 20        # as if the bucket were 20 ms away
+
+At a distance (``--rtt-ms N``): the mount and the client baseline reach fake-gcs-server through
+a delay line on loopback (``tests/delayline.py``, a child process): every chunk is forwarded N/2
+ms after it arrived, both ways, no bandwidth cap, and a new connection pays one more RTT, as a
+TCP handshake would. The emulator's external URL names the line, so resumable upload sessions
+and media links pass through it too. What the bench does untimed (populating the listing,
+checking what reached the bucket, polling for it) goes to the emulator directly, so a "durable
+after" figure is when the object reached the server, not when the bench could see it from afar.
+Where simple, a row shows its round-trip floor: what it must cost at N ms however fast the rest.
 
 What "cold" means here: the bucket lives in the emulator's RAM, so "cold" is a fresh mount (an
 empty octuefs cache) with the kernel page cache dropped (``/proc/sys/vm/drop_caches``, when
@@ -57,10 +67,11 @@ from google.cloud import storage  # noqa: E402
 import octuefs  # noqa: E402
 from octuefs import metadata as octue  # noqa: E402
 from octuefs.config import MountConfig  # noqa: E402
-from octuefs.emulator import Emulator  # noqa: E402
+from octuefs.emulator import Emulator, _free_port  # noqa: E402
 from octuefs.mount import read_state  # noqa: E402
 
 from bigserver import BigServer  # noqa: E402  (scripts/, this script's directory)
+from tests.delayline import DelayLineProcess  # noqa: E402
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4096
@@ -331,6 +342,8 @@ class Bench:
         self.cpu: dict[str, dict[str, float]] = {}  # phase -> CPU seconds of daemon/emulator/bench
         self.notes: list[str] = []
         self.emulator: Emulator | None = None
+        self.delay: DelayLineProcess | None = None
+        self.rtt = args.rtt_ms / 1000.0
         self.mount: Mount | None = None
         self.mounts: list[Mount] = []
         self.work: Path | None = None
@@ -351,15 +364,27 @@ class Bench:
             d.mkdir(parents=True, exist_ok=True)
         if os.stat(self.cache).st_dev != os.stat(self.local).st_dev:
             self.notes.append("the octuefs cache and the local-disk baseline are on different devices")
-        self.emulator = Emulator(data_dir=None, kill_with_parent=True).start()
+        if self.rtt > 0:  # the line first: the emulator must know its URL (-external-url)
+            port = _free_port("127.0.0.1")
+            self.delay = DelayLineProcess(("127.0.0.1", port), a.rtt_ms).start()
+            self.emulator = Emulator(port=port, kill_with_parent=True, external_url=self.delay.url).start()
+            self.endpoint = self.delay.url
+        else:
+            self.emulator = Emulator(data_dir=None, kill_with_parent=True).start()
+            self.endpoint = self.emulator.url
         self.emulator.create_bucket(BUCKET)
         os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
-        self.env = {**os.environ, **self.emulator.env(),
+        self.env = {**os.environ, "STORAGE_EMULATOR_HOST": self.endpoint,
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
         self.client = storage.Client(
-            project="octuefs-bench", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.emulator.url}
+            project="octuefs-bench", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.endpoint}
         )
         self.bucket = self.client.bucket(BUCKET)
+        # Untimed set-up and checks, straight to the emulator (the same client when rtt is 0).
+        self.direct_client = self.client if self.rtt == 0 else storage.Client(
+            project="octuefs-bench", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.emulator.url}
+        )  # fmt: skip
+        self.direct = self.direct_client.bucket(BUCKET)
         self.dropped = drop_caches(not a.no_drop_caches)
         if not self.dropped:
             self.notes.append("page cache NOT dropped (drop_caches not writable or --no-drop-caches): 'cold' is octuefs-cold only")
@@ -370,6 +395,8 @@ class Bench:
                 mount.unmount()
         if self.emulator is not None:
             self.emulator.stop()
+        if self.delay is not None:
+            self.delay.stop()
         if self.work is None:
             return
         if self.args.keep:
@@ -405,7 +432,8 @@ class Bench:
     @contextlib.contextmanager
     def timed(self, key: str):
         """Record the wall time of the block as ``self.m[key]`` and the CPU each process used."""
-        pids = {"daemon": self.mount.pid if self.mount else None, "emulator": self.emulator.pid}
+        pids = {"daemon": self.mount.pid if self.mount else None, "emulator": self.emulator.pid,
+                "delayline": self.delay.pid if self.delay else None}  # fmt: skip
         profiler = self._start_profile(key, pids["daemon"])
         before = {k: cpu_seconds(p) for k, p in pids.items()}
         bench0 = sum(os.times()[:2])
@@ -451,6 +479,7 @@ class Bench:
         self.small_files(s.files, s.file_bytes)
         self.mount.sample("write")
         self.populate_listing(s.objects)
+        self.small_files_fresh(s.files)
         self.remount()
         self.sequential_read(s.object_bytes)
         self.mount.sample("read")
@@ -483,13 +512,13 @@ class Bench:
             written = write_path(self.mp / "big-mount.bin", seed=2, total=size)
             self._wait_in_bucket("big-mount.bin", written)
         sink = _CrcSink()
-        self.bucket.blob("big-mount.bin").download_to_file(sink)
+        self.direct.blob("big-mount.bin").download_to_file(sink)
         written.check(sink.crc, "of big-mount.bin downloaded from the bucket after writing it through the mount")
 
     def _wait_in_bucket(self, name: str, crc: Crc, timeout: float = 120.0, bucket=None) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            blob = (bucket if bucket is not None else self.bucket).get_blob(name)
+            blob = (bucket if bucket is not None else self.direct).get_blob(name)
             if blob is not None and blob.size == crc.size and blob.crc32c == crc.gcs:
                 return
             if time.monotonic() > deadline:
@@ -519,7 +548,7 @@ class Bench:
         self._wait_in_bucket(f"small-mount/{files[-1][0]}", crcs[files[-1][0]])
         self.m["small_last_durable_after_close"] = time.perf_counter() - last_close
         while True:  # every one listed, with the right checksum
-            listed = {b.name: (b.size, b.crc32c) for b in self.client.list_blobs(BUCKET, prefix="small-mount/")}
+            listed = {b.name: (b.size, b.crc32c) for b in self.direct_client.list_blobs(BUCKET, prefix="small-mount/")}
             if all(listed.get(f"small-mount/{k}") == (c.size, c.gcs) for k, c in crcs.items()):
                 break
             if time.perf_counter() - last_close > 120:
@@ -537,11 +566,25 @@ class Bench:
                 self.bucket.blob(f"small-client/{name}").upload_from_string(data)
         with self.timed("small_read_client"):
             got_client = {name: Crc(self.bucket.blob(f"small-client/{name}").download_as_bytes()) for name, _ in files}
-        in_bucket = {name: Crc(self.bucket.blob(f"small-mount/{name}").download_as_bytes()) for name, _ in files}
+        in_bucket = {name: Crc(self.direct.blob(f"small-mount/{name}").download_as_bytes()) for name, _ in files}
+        self.small_crcs = crcs
         for label, results in (("through the mount", got), ("locally", got_local), ("with the client", got_client),
                                ("from the bucket (written through the mount)", in_bucket)):  # fmt: skip
             for name, crc in results.items():
                 crcs[name].check(crc, f"reading back {name} {label}")
+
+    def small_files_fresh(self, n: int) -> None:
+        """The client's small files read through a fresh mount, one after another: in an order
+        the mount cannot predict (shuffled), then, after another remount, in directory order."""
+        self.step(f"{n} small files read from a fresh mount: shuffled, then in directory order")
+        names = sorted(self.small_crcs)
+        shuffled = random.Random(11).sample(names, len(names))
+        for key, order in (("small_read_fresh_shuffled", shuffled), ("small_read_fresh_ordered", names)):
+            self.remount()
+            with self.timed(key):
+                got = {name: read_path(self.mp / "small-client" / name) for name in order}
+            for name, crc in got.items():
+                self.small_crcs[name].check(crc, f"reading small-client/{name} through a fresh mount ({key})")
 
     def sequential_read(self, size: int) -> None:
         self.step(f"sequential read of {size // MiB} MiB: mount cold and warm, client, local cold and warm")
@@ -604,7 +647,7 @@ class Bench:
             name, size = f"o{i:05d}.csv", 100 + i % 1000
             tags = {"index": i, "instrument": "anemometer", "height_m": 80.5}
             meta = octue.encode_object_metadata(octue.OctueMetadata(tags=tags, labels={"bench"}).with_id())
-            blob = self.bucket.blob(f"list/{name}")
+            blob = self.direct.blob(f"list/{name}")
             blob.metadata = meta
             data = content(4, i * PAGE, size)
             blob.upload_from_string(data, content_type="text/csv")
@@ -721,6 +764,14 @@ class Bench:
         def mbps(key):
             return f"{rate(key, mib):,.0f} MiB/s"
 
+        rtt = self.rtt
+
+        def floor(text):  # a row's round-trip floor, shown only at a distance
+            return f"; floor {text}" if rtt > 0 else ""
+
+        def per_rtt(n):  # n requests one after another: n RTTs, as a rate
+            return f"{1 / rtt:,.0f} /s ({n} RTTs)" if rtt > 0 else ""
+
         r = rate("read_mount_cold", mib) / rate("read_client", mib)
         row(f"seq read {mib:.0f} MiB, cold", mbps("read_mount_cold"),
             f"client {mbps('read_client')}; local cold {mbps('read_local_cold')}", f"{r:.2f}x client", ">= 1.0x client", r >= 1.0)
@@ -731,7 +782,8 @@ class Bench:
         for temp in ("cold", "warm"):
             r = rate(f"random_mount_{temp}", n) / rate("random_client", n)
             row(f"random 4 KiB reads x{n}, {temp}", f"{rate(f'random_mount_{temp}', n):,.0f} /s",
-                f"client {rate('random_client', n):,.0f} /s; local {temp} {rate(f'random_local_{temp}', n):,.0f} /s",
+                f"client {rate('random_client', n):,.0f} /s; local {temp} {rate(f'random_local_{temp}', n):,.0f} /s"
+                + (floor(f"client {per_rtt(n)}") if temp == "cold" else ""),
                 f"{r:.2f}x client")
         r = rate("write_mount", mib) / rate("write_client", mib)
         row(f"seq write {mib:.0f} MiB until durable", mbps("write_mount"),
@@ -740,20 +792,30 @@ class Bench:
         n = s.files
         r = rate("small_create_mount", n) / rate("small_create_client", n)
         row(f"{n} x {s.file_bytes // KiB} KiB files created", f"{rate('small_create_mount', n):,.0f} files/s",
-            f"client {rate('small_create_client', n):,.0f} files/s; local+fsync {rate('small_create_local', n):,.0f} files/s",
+            f"client {rate('small_create_client', n):,.0f} files/s; local+fsync {rate('small_create_local', n):,.0f} files/s"
+            + floor(f"client {per_rtt(n)}, mount none (close need not wait)"),
             f"{r:.2f}x client", ">= 2x client", r >= 2.0)
         t = m["small_all_durable_after_close"]
-        row("  last close -> all in bucket", f"{t:.2f} s", f"(last object: {m['small_last_durable_after_close']:.2f} s)",
+        near = max(1.5, n * rtt / 32)  # issue 15's target at a distance: 32 uploads in flight
+        row("  last close -> all in bucket", f"{t:.2f} s", f"(last object: {m['small_last_durable_after_close']:.2f} s)"
+            + floor(f"1 RTT ({rtt:.3f} s); issue 15 at this RTT: <= {near:.2f} s"),
             "-", "<= 2 s", t <= 2.0)
         r = rate("small_read_mount", n) / rate("small_read_client", n)
         row(f"{n} small files read back", f"{rate('small_read_mount', n):,.0f} files/s",
-            f"client {rate('small_read_client', n):,.0f} files/s; local {rate('small_read_local', n):,.0f} files/s",
-            f"{r:.2f}x client")
+            f"client {rate('small_read_client', n):,.0f} files/s; local {rate('small_read_local', n):,.0f} files/s"
+            " (the mount's own files: in its cache)", f"{r:.2f}x client")
+        for key, what, want in (("small_read_fresh_shuffled", "shuffled", 1.0), ("small_read_fresh_ordered", "dir order", 4.0)):
+            r = rate(key, n) / rate("small_read_client", n)
+            row(f"{n} small files read, fresh mount, {what}", f"{rate(key, n):,.0f} files/s",
+                f"client {rate('small_read_client', n):,.0f} files/s" + floor(f"client {per_rtt(n)}"),
+                f"{r:.2f}x client", f">= {want:g}x client at 20 ms (#15)", r >= want if rtt > 0 else None)
         n = s.objects
+        pages = -(-n // 1000)  # GCS lists at most 1,000 objects a page
         for temp in ("cold", "warm"):
             r = m[f"ls_mount_{temp}"] / m["list_client"]
             row(f"ls -l {n} objects, {temp}", f"{m[f'ls_mount_{temp}']:.2f} s",
-                f"client list {m['list_client']:.2f} s; local ls -l {m['ls_local']:.3f} s", f"{r:.2f}x client time",
+                f"client list {m['list_client']:.2f} s; local ls -l {m['ls_local']:.3f} s"
+                + (floor(f"{pages * rtt:.2f} s ({pages} list pages)") if temp == "cold" else ""), f"{r:.2f}x client time",
                 *(("<= 1.5x client time", r <= 1.5) if temp == "cold" else ()))
         row(f"stat x{n} (listed), daemon", f"{rate('stat_mount', n):,.0f} /s",
             f"client GET {rate('stat_client', m['stat_client_n']):,.0f} /s; local {rate('stat_local', n):,.0f} /s; "
@@ -789,6 +851,8 @@ class Bench:
             f"{s.files} x {s.file_bytes // KiB} KiB files, {s.objects} listed objects"
             + (f", {s.huge_bytes // GiB} GiB RSS check" if s.huge_bytes else ""),
             "fake-gcs-server (memory backend) on 127.0.0.1"
+            + (f", {self.args.rtt_ms:g} ms away (tests/delayline.py: +{self.args.rtt_ms:g} ms per round trip, "
+               "+1 RTT per new connection, no bandwidth cap)" if self.rtt > 0 else ", no added delay")
             + ("; --big on scripts/bigserver.py (disk-backed)" if s.huge_bytes else "")
             + f"; {os.cpu_count()} CPUs; page cache dropped for cold runs: "
             f"{'yes' if self.dropped else 'NO'}; mount: {self.mount_display()}",
@@ -822,6 +886,7 @@ class Bench:
             "rows": [dict(zip(HEADER, r)) for r in self.rows()],
             "mount_command": self.mount_display() if self.mounts else None,
             "page_cache_dropped": self.dropped,
+            "rtt_ms": self.args.rtt_ms,
             "cpus": os.cpu_count(),
             "notes": self.notes,
         }
@@ -869,6 +934,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mount-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `octuefs mount` (repeat; shown in the report)")
     p.add_argument("--no-drop-caches", action="store_true", help="never write /proc/sys/vm/drop_caches")
+    p.add_argument("--rtt-ms", type=float, default=0.0, metavar="N",
+                   help="add N ms to every round trip to the emulator, for the mount and the client alike (0)")
     p.add_argument("--profile", metavar="DIR", help="py-spy record the daemon per phase into DIR (skews timings)")
     return p.parse_args(argv)
 

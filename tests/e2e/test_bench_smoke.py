@@ -5,6 +5,7 @@ It checks that the benchmark runs, not how fast anything is: no figure is assert
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,3 +33,26 @@ def test_bench_quick_runs_and_prints_its_table(tmp_path):
     header = ["Operation", "octuefs", "baseline(s)", "ratio", "target", "result"]
     assert any(line.split() == header for line in result.stdout.splitlines()), result.stdout
     assert (tmp_path / "bench.json").exists()
+
+
+def test_bench_at_a_distance_runs_through_the_delay_line(tmp_path):
+    """--rtt-ms: the same table, with the delay line between the clients and the emulator, and
+    the round-trip floors beside the figures. Smaller still: every request pays the RTT."""
+    if reason := _fuse_available():
+        pytest.skip(reason)
+    env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
+    tinier = ["--quick", "--size-mib", "2", "--random-reads", "20", "--files", "20", "--objects", "100", "--no-drop-caches"]
+    result = subprocess.run(
+        [sys.executable, str(BENCH), *tinier, "--rtt-ms", "4", "--json", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "4 ms away" in result.stdout, result.stdout
+    assert "(1 list pages)" in result.stdout, result.stdout
+    assert "fresh mount, shuffled" in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["rtt_ms"] == 4
+    # The client's reads one after another cannot beat the round trip: proof they crossed the line.
+    m = data["seconds_and_counts"]
+    assert m["small_read_client"] >= 20 * 0.004

@@ -38,7 +38,7 @@ def close_write(fs: FileSystem, path: str, data: bytes) -> None:
 def read(fs: FileSystem, path: str) -> bytes:
     fh = fs.open(path, os.O_RDONLY)
     try:
-        return fs.read(fh, 1 << 20, 0)
+        return fs.read(fh, 1 << 30, 0)
     finally:
         fs.release(fh)
 

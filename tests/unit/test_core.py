@@ -24,6 +24,7 @@ from octuefs.errors import (
     ReadOnlyAttribute,
 )
 from octuefs.storage.fake import FakeBucket
+from tests.unit.corekit import read as read_file
 
 MiB = 1024 * 1024
 
@@ -55,14 +56,6 @@ def write_file(fs: FileSystem, path: str, data: bytes) -> None:
 def settle(fs: FileSystem) -> None:
     """Wait for write-back: close returns before the upload."""
     assert fs.uploader.sync(timeout=10) == 0
-
-
-def read_file(fs: FileSystem, path: str) -> bytes:
-    fh = fs.open(path, os.O_RDONLY)
-    try:
-        return fs.read(fh, 1 << 30, 0)
-    finally:
-        fs.release(fh)
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ import os
 import stat
 import sys
 
-from . import __version__
+from . import __version__, configfile
 from .config import MountConfig, format_size, parse_size, refuse_inside_mountpoint, split_bucket_spec
 from .errors import OctuefsError
+from .logformat import LOG_FORMATS, formatter
 
 log = logging.getLogger("octuefs")
 
@@ -42,8 +43,14 @@ def _octal(text: str) -> int:
 
 
 def _mount_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bucket", metavar="BUCKET[/PREFIX]", help="bucket to mount, optionally with a prefix inside it")
-    p.add_argument("mountpoint", help="an existing, empty directory")
+    p.add_argument("bucket", metavar="BUCKET[/PREFIX]", nargs="?",
+                   help="bucket to mount, optionally with a prefix inside it (or `bucket` in --config)")
+    p.add_argument("mountpoint", nargs="?", help="an existing, empty directory (or `mountpoint` in --config)")
+    p.add_argument("--config", metavar="FILE",
+                   help="read options from a TOML file (keys are the long options: list_ttl = 10, "
+                        "options = [\"allow_other\"]); options on the command line win")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the settings the mount would use, as a config file, and exit")
     p.add_argument("-f", "--foreground", action="store_true", help="stay attached instead of returning once mounted")
     p.add_argument("--local", action="store_true",
                    help="serve the bucket from an embedded local emulator (no cloud account needed)")
@@ -54,6 +61,8 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
                         "the free space of the cache disk if that is less)")
     p.add_argument("--log-file", help="daemon log (default CACHE_DIR/octuefs.log in the background, stderr with -f)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text (default) or json: one JSON object per line, for log shippers")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: ro, allow_other, default_permissions, or any option above as key=value")
     p.add_argument("--read-only", action="store_true", help="mount read-only (same as -o ro)")
@@ -79,13 +88,21 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
+def mount_parser() -> argparse.ArgumentParser:
+    """The mount command's options alone: the keys a config file may hold, and their defaults."""
+    p = argparse.ArgumentParser(prog="octuefs mount", add_help=False)
+    _mount_arguments(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="octuefs", description="Mount a GCS bucket with Octue metadata as xattrs.")
     parser.add_argument("--version", action="version", version=f"octuefs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _mount_arguments(sub.add_parser("mount", help="mount a bucket on a directory"))
     um = sub.add_parser("unmount", aliases=["umount"], help="write out pending changes and unmount")
-    um.add_argument("mountpoint")
+    um.add_argument("mountpoint", nargs="?")
+    um.add_argument("--config", metavar="FILE", help="unmount the mountpoint named in this config file")
     um.add_argument("--lazy", action="store_true", help="detach now even if busy (fusermount -uz)")
     um.add_argument("--leave-pending", action="store_true",
                     help="do not wait for pending uploads: the next mount with this cache directory finishes them")
@@ -195,14 +212,14 @@ class _PrivateFileHandler(logging.FileHandler):
                     opener=_open_private)
 
 
-def configure_logging(verbose: int, log_file: str | None, quiet: bool = False) -> None:
+def configure_logging(verbose: int, log_file: str | None, quiet: bool = False, log_format: str = "text") -> None:
     """Logging for this process. ``quiet``: a front command whose failures print one line."""
     level = (logging.ERROR if quiet else logging.WARNING) if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     # Names from the kernel may hold bytes that are not UTF-8 (decoded with surrogateescape):
     # escape them in the log instead of failing the record with a "Logging error".
     handler: logging.Handler = (_PrivateFileHandler(log_file, encoding="utf-8", errors="backslashreplace")
                                 if log_file else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -210,21 +227,48 @@ def configure_logging(verbose: int, log_file: str | None, quiet: bool = False) -
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 3 else logging.ERROR)
 
 
+def _read_config_file(args: argparse.Namespace) -> None:
+    """Fold ``--config FILE`` into ``args`` (the command line wins); a bucket and a mountpoint
+    are needed from one or the other."""
+    if args.config:
+        parser = mount_parser()
+        configfile.merge(args, configfile.load(args.config, parser), parser)
+    if not args.bucket or not args.mountpoint:
+        raise ValueError("a bucket and a mountpoint are needed: `octuefs mount BUCKET MOUNTPOINT`, "
+                         "or `bucket` and `mountpoint` in the --config file")
+
+
+def _child_argv(argv: list[str]) -> list[str]:
+    """The daemon's arguments: the same, with --config made absolute (it reads the file again)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] == "--config":
+            arg = os.path.abspath(arg)
+        elif arg.startswith("--config="):
+            arg = "--config=" + os.path.abspath(arg.partition("=")[2])
+        if arg not in ("--foreground", "-f"):
+            out.append(arg)
+    return out
+
+
 def _mount(args: argparse.Namespace, argv: list[str]) -> int:
     from . import mount
 
+    _read_config_file(args)
     config = config_from_args(args)
     log_file = args.log_file or (None if args.foreground else os.path.join(config.cache_dir, "octuefs.log"))
+    if args.print_config:
+        return _print_out([configfile.effective(config, args, mount_parser(), log_file).rstrip("\n")])
     refuse_inside_mountpoint("the log file", log_file, config.mountpoint)
     if args.foreground:
-        configure_logging(args.verbose, args.log_file)
+        configure_logging(args.verbose, args.log_file, log_format=args.log_format)
         if args.ready_fd is None:
             mount.preflight(config)
         mount.serve(config, ready_fd=args.ready_fd)
         return 0
     configure_logging(args.verbose, None, quiet=True)
     mount.preflight(config)
-    child_argv = [a for a in argv if a not in ("--foreground", "-f")]
+    child_argv = _child_argv(argv)
     if "--log-file" not in child_argv:
         child_argv += ["--log-file", log_file]
     pid = mount.start_background(child_argv, config, log_file)
@@ -337,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
             return _sync(args)
         from .mount import unmount
 
+        if args.config and not args.mountpoint:
+            args.mountpoint = configfile.load(args.config, mount_parser()).get("mountpoint")
+        if not args.mountpoint:
+            raise ValueError("which mountpoint? `octuefs unmount MOUNTPOINT`, or --config naming one")
         # Conflicts are shown, but the unmount itself succeeded: 0. (`octuefs sync` first, for
         # a script that must see them in the exit status.)
         _print_conflicts(unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy,

@@ -27,6 +27,12 @@ from .errors import OctuefsError
 log = logging.getLogger(__name__)
 
 
+# `octuefs status --json`: its format number (raised only by a change that breaks a reader) and
+# the upload states it counts in "totals" ("kept": journaled by a mount of another bucket).
+STATUS_FORMAT = 1
+STATUS_STATES = ("queued", "running", "failed", "withheld", "kept")
+
+
 class ControlError(OctuefsError):
     """The daemon of a mount could not be asked (it is gone, or an older version)."""
 
@@ -98,7 +104,14 @@ class ControlServer:
     def _answer(self, cmd: str | None, timeout: float | None = None) -> Iterator[dict]:
         uploader = self.fs.uploader
         if cmd == "status":
-            yield {"bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix, **uploader.status(),
+            # Field names are stable: docs/operations.md lists them (and a test holds the two equal).
+            report = uploader.status()
+            totals = {state: 0 for state in STATUS_STATES}
+            for row in report["uploads"]:
+                state = row["state"] if row["state"] in totals else "kept"
+                totals[state] += 1
+            yield {"format": STATUS_FORMAT, "bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix,
+                   "mountpoint": self.fs.config.mountpoint, "pid": os.getpid(), "totals": totals, **report,
                    "cache": self.fs.cache_usage()}
         elif cmd == "sync":
             progress: list[tuple[int, int]] = []

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from . import sdnotify
 from .config import MountConfig
 from .control import ControlError, ControlServer, request
 from .errors import OctuefsError
@@ -168,19 +169,32 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
         ops = OctueOperations(fs)
         control = ControlServer(fs, socket_path(config.mountpoint))
 
+        mounted = []
+
         def announce(_path="/"):
             # Runs inside FUSE's INIT: touching the mountpoint here would deadlock.
+            mounted.append(True)
             _write_state(config)
             log.info("mounted %s on %s", config.bucket, config.mountpoint)
             if ready_fd is not None:
                 os.write(ready_fd, READY)
                 os.close(ready_fd)
+            sdnotify.notify("READY=1", f"STATUS=gs://{config.bucket}/{config.prefix} mounted on {config.mountpoint}")
+
+        def stopping(path, _destroy=ops.destroy):
+            sdnotify.notify("STOPPING=1", "STATUS=unmounted; writing out pending uploads")
+            _destroy(path)
 
         ops.init = announce
+        ops.destroy = stopping
         try:
             run(ops, config.mountpoint, fuse_kwargs(config))
         except RuntimeError as exc:
-            raise MountError(f"FUSE could not mount {config.mountpoint}: {exc}") from exc
+            if not mounted:
+                raise MountError(f"FUSE could not mount {config.mountpoint}: {exc}") from exc
+            # libfuse ends its loop with an error status when a signal (SIGTERM from `systemctl
+            # stop`, SIGINT, SIGHUP) unmounted it; the daemon has written out what was pending.
+            log.info("stopped by a signal (libfuse status %s)", exc)
         finally:
             control.close()
             with contextlib.suppress(FileNotFoundError):

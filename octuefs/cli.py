@@ -30,7 +30,7 @@ _OWN_OPTIONS = {
     "negative_ttl": "negative_ttl", "attr_timeout": "attr_timeout", "entry_timeout": "entry_timeout",
     "rename_dir_limit": "rename_dir_limit", "project": "project", "upload_workers": "upload_workers",
     "fsync_timeout": "fsync_timeout", "cache_size": "cache_size", "op_timeout": "op_timeout",
-    "upload_hold": "upload_hold",
+    "upload_hold": "upload_hold", "metrics_port": "metrics_port", "metrics_address": "metrics_address",
 }
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
 
@@ -85,6 +85,10 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fsync-timeout", type=float, help="seconds fsync waits for the bucket before EIO (default 300)")
     p.add_argument("--op-timeout", type=float,
                    help="seconds any other call waits for an unreachable bucket before ETIMEDOUT (default 30)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (off by default; 0: any free port)")
+    p.add_argument("--metrics-address", metavar="ADDR",
+                   help="address the metrics listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -133,8 +137,8 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
             if key in _OWN_OPTIONS and eq:
                 dest = _OWN_OPTIONS[key]
                 conv = {"uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
-                        "rename_dir_limit": int, "upload_workers": int, "cache_dir": str, "log_file": str,
-                        "project": str, "cache_size": str}.get(dest, float)
+                        "rename_dir_limit": int, "upload_workers": int, "metrics_port": int, "cache_dir": str,
+                        "log_file": str, "project": str, "cache_size": str, "metrics_address": str}.get(dest, float)
                 setattr(args, dest, conv(value))
             elif key == "ro":
                 args.read_only = True
@@ -179,7 +183,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
         "list_ttl": args.list_ttl, "negative_ttl": args.negative_ttl, "kernel_attr_ttl": args.attr_timeout,
         "kernel_entry_ttl": args.entry_timeout, "rename_dir_limit": args.rename_dir_limit,
         "upload_workers": args.upload_workers, "fsync_timeout": args.fsync_timeout, "op_timeout": args.op_timeout,
-        "upload_hold": args.upload_hold,
+        "upload_hold": args.upload_hold, "metrics_port": args.metrics_port, "metrics_address": args.metrics_address,
     }
     return MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),

@@ -120,6 +120,9 @@ class MountConfig:
     # dead network as an error within half a minute, well before the kernel's 120 s hung-task
     # warnings, instead of the 100 s and more of the library's own timeouts.
     op_timeout: float = 30.0
+    # Prometheus metrics on http://metrics_address:metrics_port/metrics; None: off. 0: any free port.
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
     local: bool = False  # serve the bucket from an embedded fake-gcs-server
     local_data_dir: str = ""  # where --local keeps objects ("" = <cache_dir>/local-gcs)
 
@@ -151,6 +154,8 @@ class MountConfig:
             raise ValueError("upload_hold must be between 0 and 60 seconds")
         if self.upload_workers < 1:
             raise ValueError("upload_workers must be at least 1")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port must be a TCP port, 0-65535 (0: any free one)")
         if self.rename_dir_limit < 0:
             raise ValueError("rename_dir_limit must be >= 0")
         for name in ("file_mode", "dir_mode"):

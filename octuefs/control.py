@@ -101,18 +101,21 @@ class ControlServer:
             return False
         return True
 
+    def status(self) -> dict:
+        """What `octuefs status --json` answers (and the metrics report). Field names are stable:
+        docs/operations.md lists them, and a test holds the two equal."""
+        report = self.fs.uploader.status()
+        totals = {state: 0 for state in STATUS_STATES}
+        for row in report["uploads"]:
+            totals[row["state"] if row["state"] in totals else "kept"] += 1
+        return {"format": STATUS_FORMAT, "bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix,
+                "mountpoint": self.fs.config.mountpoint, "pid": os.getpid(), "totals": totals, **report,
+                "cache": self.fs.cache_usage()}
+
     def _answer(self, cmd: str | None, timeout: float | None = None) -> Iterator[dict]:
         uploader = self.fs.uploader
         if cmd == "status":
-            # Field names are stable: docs/operations.md lists them (and a test holds the two equal).
-            report = uploader.status()
-            totals = {state: 0 for state in STATUS_STATES}
-            for row in report["uploads"]:
-                state = row["state"] if row["state"] in totals else "kept"
-                totals[state] += 1
-            yield {"format": STATUS_FORMAT, "bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix,
-                   "mountpoint": self.fs.config.mountpoint, "pid": os.getpid(), "totals": totals, **report,
-                   "cache": self.fs.cache_usage()}
+            yield self.status()
         elif cmd == "sync":
             progress: list[tuple[int, int]] = []
             done = threading.Event()

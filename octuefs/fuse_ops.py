@@ -31,6 +31,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 
 import cachetools
@@ -79,23 +80,37 @@ def _what(name: str, args: tuple) -> str:
 def _translated(method):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        if self.metrics is None:
+            return _answer(self, method, args, kwargs)
+        started, code = time.perf_counter(), None
         try:
-            return method(self, *args, **kwargs)
-        except mfusepy.FuseOSError:
+            return _answer(self, method, args, kwargs)
+        except mfusepy.FuseOSError as exc:
+            code = exc.errno
             raise
-        except OctuefsError as exc:
-            code, level = errno_for(exc)
-            log.log(level, "%s: %s (%s)", _what(method.__name__, args), exc or type(exc).__name__, errno.errorcode[code])
-            raise mfusepy.FuseOSError(code) from None
-        except OSError as exc:
-            code, level = errno_for(exc)
-            log.log(max(level, logging.WARNING), "%s: %s", _what(method.__name__, args), exc)
-            raise mfusepy.FuseOSError(code) from None
-        except Exception:
-            log.exception("unexpected error in %s", _what(method.__name__, args))
-            raise mfusepy.FuseOSError(errno.EIO) from None
+        finally:
+            self.metrics.fuse_op(method.__name__, code, time.perf_counter() - started)
 
     return wrapper
+
+
+def _answer(self, method, args, kwargs):
+    """``method``'s answer, or its error as the errno FUSE answers (logged as it deserves)."""
+    try:
+        return method(self, *args, **kwargs)
+    except mfusepy.FuseOSError:
+        raise
+    except OctuefsError as exc:
+        code, level = errno_for(exc)
+        log.log(level, "%s: %s (%s)", _what(method.__name__, args), exc or type(exc).__name__, errno.errorcode[code])
+        raise mfusepy.FuseOSError(code) from None
+    except OSError as exc:
+        code, level = errno_for(exc)
+        log.log(max(level, logging.WARNING), "%s: %s", _what(method.__name__, args), exc)
+        raise mfusepy.FuseOSError(code) from None
+    except Exception:
+        log.exception("unexpected error in %s", _what(method.__name__, args))
+        raise mfusepy.FuseOSError(errno.EIO) from None
 
 
 class OctueOperations(mfusepy.Operations):
@@ -108,8 +123,9 @@ class OctueOperations(mfusepy.Operations):
 
     use_ns = True  # times in integer nanoseconds
 
-    def __init__(self, fs: FileSystem, mountpoint: str | None = None):
+    def __init__(self, fs: FileSystem, mountpoint: str | None = None, metrics=None):
         self.fs = fs
+        self.metrics = metrics  # octuefs.metrics.Metrics when --metrics-port is given
         self.mountpoint = mountpoint  # set by run(); used once the mount is up
         cfg = fs.config
         self._uid, self._gid = cfg.uid, cfg.gid

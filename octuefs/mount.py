@@ -165,9 +165,22 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     os.umask(0o077)  # everything the daemon writes (cache, journal, log, --local data) is private
     os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
     with _cache_lock(config.cache_dir), _bucket_for(config) as bucket:
+        metrics = None
+        if config.metrics_port is not None:
+            from .metrics import Metrics
+
+            metrics = Metrics()
+            bucket = metrics.bucket(bucket)
         fs = FileSystem(bucket, config)
-        ops = OctueOperations(fs)
+        ops = OctueOperations(fs, metrics=metrics)
         control = ControlServer(fs, socket_path(config.mountpoint))
+        if metrics is not None:
+            metrics.watch(control.status)
+            try:
+                metrics.serve(config.metrics_port, config.metrics_address)
+            except OSError as exc:
+                raise MountError(f"cannot serve metrics on {config.metrics_address}:{config.metrics_port}: "
+                                 f"{exc.strerror or exc}") from None
 
         mounted = []
 
@@ -197,6 +210,8 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
             log.info("stopped by a signal (libfuse status %s)", exc)
         finally:
             control.close()
+            if metrics is not None:
+                metrics.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(state_file(config.mountpoint))
         log.info("unmounted %s", config.mountpoint)

@@ -34,6 +34,10 @@ def test_only_the_fuse_adapter_speaks_fuse():
     assert modules_importing(lambda i: i.split(".")[0] in ("mfusepy", "fuse")) == {"fuse_ops.py"}
 
 
+def test_only_the_metrics_module_speaks_prometheus():
+    assert modules_importing(lambda i: i.split(".")[0] == "prometheus_client") == {"metrics.py"}
+
+
 def test_only_cli_parses_arguments():
     # configfile.py reads the command line's own parser: a config key is a long option.
     assert modules_importing(lambda i: i == "argparse") == {"cli.py", "configfile.py"}

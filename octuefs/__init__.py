@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from .datafile import Datafile  # noqa: E402  (after __version__, which submodules may read)
+from .dataset import Dataset  # noqa: E402
 
-__all__ = ["Datafile", "__version__"]
+__all__ = ["Datafile", "Dataset", "__version__"]

@@ -11,7 +11,8 @@ checks that a tag value survives the trip (so nothing is silently changed on the
 bucket) and returns a private deep copy of it; :func:`canonical` gives the text two values are
 compared by, which treats NaN as equal to NaN and keeps ``1``, ``1.0`` and ``True`` apart.
 
-This module is private to :mod:`octuefs.metadata`; use that module's API instead.
+This module is private to the codec (:mod:`octuefs.metadata` and :mod:`octuefs.dataset_record`);
+use their API instead.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def _unwrap(obj: dict[str, Any]) -> Any:
     return obj
 
 
-def dumps(value: Any, indent: int | None = None) -> str:
+def dumps(value: Any, indent: int | None = None, sort_keys: bool = False) -> str:
     """Encode ``value`` as the SDK does (``ValueError``/``TypeError`` if it cannot be); ``indent``
-    as ``json.dumps`` takes it (the SDK writes its local ``.octue`` files with 4)."""
-    return json.dumps(value, cls=_Encoder, indent=indent)
+    and ``sort_keys`` as ``json.dumps`` takes them (the SDK writes its local ``.octue`` files with
+    an indent of 4, and serialises a manifest with both)."""
+    return json.dumps(value, cls=_Encoder, indent=indent, sort_keys=sort_keys)
 
 
 def loads(text: str) -> Any:

@@ -122,10 +122,45 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="list a mount's pending, running and failed uploads and its conflicts")
     st.add_argument("mountpoint")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("find", add_help=False, help="list files (or datasets) whose Octue metadata matches, from listings")
+    sub.add_parser("manifest", add_help=False, help="write an Octue manifest of datasets, from listings")
     demo = sub.add_parser("demo", help="mount a demo bucket served by a local emulator")
     demo.add_argument("mountpoint", nargs="?", default=os.path.join(os.path.expanduser("~"), "octuefs-demo"))
     demo.add_argument("-v", "--verbose", action="count", default=0)
     return parser
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """find and manifest: a bad argument is one line and exit status 2, as for grep."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _datasets_command(argv: list[str]) -> int:
+    """``octuefs find`` and ``octuefs manifest`` (their logic is octuefs.find's)."""
+    from . import find
+
+    p = _OneLineParser(prog=f"octuefs {argv[0]}")
+    if argv[0] == "manifest":
+        p.add_argument("paths", nargs="+", metavar="PATH", help="dataset directories: gs://bucket/dir or in a mount")
+        p.add_argument("-o", "--output", metavar="FILE", help="write the manifest here (default: standard output)")
+        args = p.parse_args(argv[1:])
+        return find.run_manifest(args.paths, args.output)
+    p.description = "Exit status: 0 something matched, 1 nothing did, 2 an error."
+    p.add_argument("path", metavar="PATH", help="gs://bucket/prefix, or a path inside an octuefs mount")
+    p.add_argument("--label", action="append", default=[], metavar="L", help="has this label (repeatable)")
+    p.add_argument("--tag", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="has this tag (with this value, as getfattr prints it); repeatable")
+    p.add_argument("--since", metavar="T", help="Octue timestamp at or after T (POSIX seconds or ISO 8601)")
+    p.add_argument("--until", metavar="T", help="Octue timestamp at or before T")
+    p.add_argument("--datasets", action="store_true", help="list dataset directories (holding a .octue) instead")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object per line")
+    out.add_argument("-print0", "--print0", dest="print0", action="store_true", help="NUL-separated, for xargs -0")
+    args = p.parse_args(argv[1:])
+    return find.run_find(args.path, args.label, args.tag, args.since, args.until, args.datasets, args.json,
+                         args.print0)
 
 
 def _apply_o_options(args: argparse.Namespace) -> list[str]:
@@ -369,7 +404,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"mount", "unmount", "umount", "demo", "sync", "status", "-h", "--help", "--version"}
+    commands = {"mount", "unmount", "umount", "demo", "sync", "status", "find", "manifest", "-h", "--help", "--version"}
+    if argv and argv[0] in ("find", "manifest"):
+        configure_logging(0, None, quiet=True)
+        return _datasets_command(argv)
     if argv and argv[0] not in commands and not argv[0].startswith("-"):
         argv = ["mount", *argv]  # mount.fuse3 runs "octuefs SOURCE MOUNTPOINT -o OPTIONS"
     args = build_parser().parse_args(argv)

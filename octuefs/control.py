@@ -1,10 +1,11 @@
 """The daemon's control socket: ``octuefs status``, ``octuefs sync`` and unmount's flush.
 
 A Unix socket beside the mount's state file (a 0700 directory of the user's). A request is
-one JSON line, ``{"cmd": "status" | "sync" | "leave-pending"}``; the answer is JSON lines:
+one JSON line, ``{"cmd": "status" | "sync" | "leave-pending" | "pending-metadata"}``; the answer is JSON lines:
 ``status`` answers uploads, conflicts and cache usage; ``sync`` streams ``{"done": n, "total": m}``
 progress, then ``{"left": k, "conflicts": [...]}``: the conflicts no sync had reported yet, which
-count as reported once that line is sent.
+count as reported once that line is sent; ``pending-metadata`` (with ``"prefix"``) answers
+``{"pending": {name: {"metadata": {...}, "size": n}}}`` for ``octuefs find``.
 
 Only the final reply answers: a request whose answer fails is answered ``{"error": "..."}``, and
 the client takes an answer that ends without its final reply (the daemon died, the connection
@@ -77,7 +78,8 @@ class ControlServer:
                 self._send(stream, {"error": "the request is not a JSON object like {\"cmd\": \"status\"}"})
                 return
             cmd = request.get("cmd")
-            answer = self._answer(cmd, request.get("timeout"))
+            answer = (self._pending_metadata(str(request.get("prefix") or "")) if cmd == "pending-metadata"
+                      else self._answer(cmd, request.get("timeout")))
             while True:
                 try:
                     reply = next(answer)
@@ -111,6 +113,16 @@ class ControlServer:
         return {"format": STATUS_FORMAT, "bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix,
                 "mountpoint": self.fs.config.mountpoint, "pid": os.getpid(), "totals": totals, **report,
                 "cache": self.fs.cache_usage()}
+
+    def _pending_metadata(self, prefix: str) -> Iterator[dict]:
+        """``octuefs find`` in a mount: the newest queued version of each object under ``prefix``
+        (its custom metadata and size), which wins over what the bucket lists. Versions held back
+        by an unlink or rename under way are left out."""
+        newest: dict = {}
+        for e in self.fs.uploader.snapshot():
+            if e.name.startswith(prefix) and e.state != "withheld" and e.seq >= newest.get(e.name, e).seq:
+                newest[e.name] = e
+        yield {"pending": {name: {"metadata": dict(e.metadata), "size": e.size} for name, e in newest.items()}}
 
     def _answer(self, cmd: str | None, timeout: float | None = None) -> Iterator[dict]:
         uploader = self.fs.uploader
@@ -155,7 +167,7 @@ class ControlServer:
 
 
 def request(path: str, cmd: str, on_line: Callable[[dict], None] | None = None, timeout: float | None = None, *,
-            expect: str) -> dict:
+            expect: str, fields: dict | None = None) -> dict:
     """Send ``cmd`` to the daemon at ``path``; return its final reply, the one holding ``expect``
     (earlier ones, progress, go to on_line).
 
@@ -172,7 +184,7 @@ def request(path: str, cmd: str, on_line: Callable[[dict], None] | None = None, 
         raise ControlError(f"cannot reach the mount's daemon ({exc.strerror or exc})") from exc
     with sock, sock.makefile("rw") as stream:
         try:
-            stream.write(json.dumps({"cmd": cmd, "timeout": timeout}) + "\n")
+            stream.write(json.dumps({"cmd": cmd, "timeout": timeout, **(fields or {})}) + "\n")
             stream.flush()
             for line in stream:
                 try:

@@ -236,13 +236,15 @@ class Datafile:
     :param mode: the mode the ``with Datafile(...) as (datafile, f)`` form opens the file in
     :param project_name: the GCP project for opening the bucket (optional)
     :param bucket: a :class:`~octuefs.storage.Bucket` to use instead of ``bucket_factory``
+    :param _listed: what a listing said of the object (then it is not stat-ed); see :meth:`from_listing`
     :param open_kwargs: ``encoding``, ``newline``... for the ``with`` form
     """
 
     def __init__(
         self, path: str | os.PathLike, cluster: int | None = None, sequence: int | None = None, tags: Any = None,
         labels: Any = None, timestamp: Any = None, id: Any = None, mode: str = "r", *,
-        project_name: str | None = None, bucket: Bucket | None = None, **open_kwargs: Any,
+        project_name: str | None = None, bucket: Bucket | None = None, _listed: ObjectInfo | None = None,
+        **open_kwargs: Any,
     ):
         given = dict(id=id, timestamp=timestamp, tags=tags, labels=labels, cluster=cluster, sequence=sequence)
         given = {field: _VALIDATORS[field](value) for field, value in given.items() if value is not None}
@@ -267,7 +269,7 @@ class Datafile:
             if bucket is not None and getattr(bucket, "name", self._location[0]) != self._location[0]:
                 raise ValueError(f"bucket {bucket.name!r} given for {self._path!r}")
             try:
-                self._adopt(self._get_bucket().stat(self._location[1]))
+                self._adopt(_listed if _listed is not None else self._get_bucket().stat(self._location[1]))
             except BucketNotFound as exc:
                 raise BucketNotFound(f"{self._path}: bucket {self._location[0]!r} does not exist") from exc
             except NotFound:
@@ -314,6 +316,13 @@ class Datafile:
             if not _writes(mode):
                 raise NotFound(f"{cloud_path}: no such object (open it with mode='w' to create it)")
         return datafile
+
+    @classmethod
+    def from_listing(cls, bucket: Bucket, info: ObjectInfo, project_name: str | None = None) -> Datafile:
+        """The datafile of the object a listing (or any answer of ``bucket``) described as ``info``,
+        without asking the bucket again: what :class:`~octuefs.Dataset` makes its files with."""
+        return cls(f"{CLOUD_PROTOCOL}{bucket.name}/{info.name}", bucket=bucket, project_name=project_name,
+                   _listed=info)
 
     def __repr__(self) -> str:
         return f"<Datafile({self._path!r})>"

@@ -8,6 +8,12 @@ with one result per step. It imports only the SDK (``octue`` 0.69.1), never octu
 * ``{"op": "describe", "path": P}``: ``Datafile(path=P)`` (a local path or a gs:// one), described;
 * ``{"op": "upload", "path": P, "cloud_path": URL, "tags": ..., "labels": ...}``: a local datafile
   uploaded with ``Datafile.upload(cloud_path=URL)``, described.
+* ``{"op": "dataset_upload", "path": DIR, "cloud_path": URL, "tags": ..., "labels": ...}``: the local
+  dataset ``Dataset(path=DIR, ...)`` uploaded with ``Dataset.upload(cloud_path=URL)`` (its files,
+  then its ``.octue`` record), described as below;
+* ``{"op": "dataset", "path": URL}``: ``Dataset(path=URL)`` described: its metadata, each file's
+  facts by cloud path, and ``stats``, how many objects the SDK asked about one by one;
+* ``{"op": "manifest", "path": FILE}``: ``Manifest.from_file(FILE)``, each dataset described so.
 
 Against an emulator (``STORAGE_EMULATOR_HOST``), the SDK still asks ``google.auth.default()`` for
 credentials first; with none on the machine, anonymous ones are given instead (the emulator
@@ -33,7 +39,8 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
 
     google.auth.default = _anonymous
 
-from octue.resources import Datafile  # noqa: E402
+import octue.cloud.storage.client as _client  # noqa: E402
+from octue.resources import Datafile, Dataset, Manifest  # noqa: E402
 from octue.utils.encoders import OctueJSONEncoder  # noqa: E402
 
 
@@ -59,6 +66,34 @@ def _describe(datafile: Datafile) -> dict:
     }
 
 
+_STATS = [0]
+_get_metadata = _client.GoogleCloudStorageClient.get_metadata
+
+
+def _counted_get_metadata(self, *args, **kwargs):
+    _STATS[0] += 1
+    return _get_metadata(self, *args, **kwargs)
+
+
+_client.GoogleCloudStorageClient.get_metadata = _counted_get_metadata
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, cls=OctueJSONEncoder))
+
+
+def _describe_dataset(dataset: Dataset, stats_before: int) -> dict:
+    return {
+        "id": dataset.id, "name": dataset.name, "path": dataset.path, "tags": _plain(dataset.tags),
+        "labels": sorted(str(label) for label in dataset.labels),
+        "files": {f.cloud_path: {"id": f.id, "name": f.name, "tags": _plain(f.tags),
+                                 "labels": sorted(str(label) for label in f.labels),
+                                 "posix_timestamp": f.posix_timestamp, "size_bytes": f.size_bytes,
+                                 "cloud_hash_value": f.cloud_hash_value} for f in dataset.files},
+        "stats": _STATS[0] - stats_before,
+    }
+
+
 def _metadata_arguments(step: dict) -> dict:
     timestamp = step.get("timestamp")
     return {
@@ -79,6 +114,17 @@ def _run(step: dict) -> dict:
         datafile = Datafile(path=step["path"], **_metadata_arguments(step))
         datafile.upload(cloud_path=step["cloud_path"])
         return _describe(datafile)
+    before = _STATS[0]
+    if step["op"] == "dataset_upload":
+        dataset = Dataset(path=step["path"], tags=step.get("tags"), labels=step.get("labels"))
+        dataset.upload(cloud_path=step["cloud_path"])
+        before = _STATS[0]
+        return _describe_dataset(Dataset(path=step["cloud_path"]), before)
+    if step["op"] == "dataset":
+        return _describe_dataset(Dataset(path=step["path"]), before)
+    if step["op"] == "manifest":
+        manifest = Manifest.from_file(step["path"])
+        return {key: _describe_dataset(dataset, before) for key, dataset in manifest.datasets.items()}
     raise ValueError(f"unknown step {step!r}")
 
 

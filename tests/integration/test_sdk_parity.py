@@ -25,7 +25,8 @@ import subprocess
 
 import pytest
 
-from octuefs import Datafile
+from octuefs import Datafile, Dataset, find
+from octuefs.dataset_record import dumps_compact
 
 SDK_VERSION = "0.69.1"
 SDK_SIDE = pathlib.Path(__file__).with_name("sdk_side.py")
@@ -175,3 +176,92 @@ def test_sending_onto_an_existing_object_keeps_the_senders_id_on_both_sides(sdk_
     again = Datafile(str(tmp_path / "ours.csv"))
     again.upload(url)  # the SDK 0.69.1 name, as the SDK side used it
     assert Datafile.from_cloud("my-project", url).id == again.id
+
+
+# --- datasets and manifests, on the session's emulator ---------------------------------------------
+
+
+def describe_dataset(dataset: Dataset) -> dict:
+    """What sdk_side.py reports of the SDK's Dataset (but ``stats``), for octuefs's."""
+    def plain(value):
+        return json.loads(dumps_compact(value))
+
+    return {
+        "id": dataset.id, "name": dataset.name, "path": dataset.path, "tags": plain(dict(dataset.tags)),
+        "labels": sorted(dataset.labels),
+        "files": {f.cloud_path: {"id": f.id, "name": f.name, "tags": plain(dict(f.tags)), "labels": sorted(f.labels),
+                                 "posix_timestamp": f.posix_timestamp, "size_bytes": f.size_bytes,
+                                 "cloud_hash_value": f.cloud_hash_value} for f in dataset.files},
+    }
+
+
+def without_stats(description: dict) -> dict:
+    return {k: v for k, v in description.items() if k != "stats"}
+
+
+def sdk_uploads_a_dataset(sdk_python, tmp_path, url: str) -> dict:
+    (tmp_path / "wind" / "sub").mkdir(parents=True)
+    *_, theirs = sdk(
+        sdk_python, tmp_path,
+        dict(op="write", path="wind/a.csv", content="1", tags=TAGS, labels=LABELS, timestamp=TIMESTAMP),
+        dict(op="write", path="wind/sub/b.csv", content="2,3", tags={"by": "sdk"}, labels=["sdk"]),
+        dict(op="dataset_upload", path="wind", cloud_path=url, tags={"project": "octuefs", "version": 2},
+             labels=["dataset", "example"]),
+    )
+    return theirs
+
+
+def octuefs_writes_a_dataset(url: str) -> Dataset:
+    with Datafile(f"{url}/a.csv", tags=TAGS, labels=LABELS, timestamp=TIMESTAMP, mode="w") as (_, f):
+        f.write("1")
+    with Datafile(f"{url}/deep/b.csv", tags={"by": "octuefs"}, mode="w") as (_, f):
+        f.write("2,3")
+    when = dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone.utc)
+    dataset = Dataset(url, tags={"project": "octuefs", "when": when}, labels="dataset Example")
+    dataset.update_cloud_metadata()
+    return dataset
+
+
+@pytest.mark.emulator
+def test_a_dataset_the_sdk_uploaded_reads_the_same_through_octuefs(sdk_python, gcs_bucket, tmp_path):
+    url = f"gs://{gcs_bucket.name}/datasets/wind"
+    theirs = sdk_uploads_a_dataset(sdk_python, tmp_path, url)
+    ours = Dataset.from_cloud(url)
+    assert describe_dataset(ours) == without_stats(theirs)
+    record = gcs_bucket.stat("datasets/wind/.octue")
+    assert dict(record.metadata) == {} and record.content_type == "text/plain"
+    ours.update_cloud_metadata()  # octuefs encodes the same metadata to the SDK's very bytes: nothing to send
+    assert gcs_bucket.stat("datasets/wind/.octue").generation == record.generation
+    assert theirs["name"] == "wind" and theirs["labels"] == ["dataset", "example"] and len(theirs["files"]) == 2
+    assert theirs["stats"] == 2  # the SDK asked about each file on its own; octuefs listed them once
+
+
+@pytest.mark.emulator
+def test_a_dataset_octuefs_wrote_reads_the_same_through_the_sdk(sdk_python, gcs_bucket, tmp_path):
+    url = f"gs://{gcs_bucket.name}/by-octuefs/run1"
+    ours = octuefs_writes_a_dataset(url)
+    (theirs,) = sdk(sdk_python, tmp_path, dict(op="dataset", path=url))
+    assert without_stats(theirs) == describe_dataset(Dataset.from_cloud(url))
+    assert (theirs["id"], theirs["name"], theirs["labels"]) == (ours.id, "run1", ["dataset", "example"])
+    assert theirs["tags"]["when"] == {"_type": "datetime", "value": "2024-01-01T12:00:00+00:00"}
+
+
+@pytest.mark.emulator
+def test_octuefs_manifest_loads_in_the_sdk_as_the_datasets_it_finds_itself(sdk_python, gcs_bucket, tmp_path):
+    by_sdk, by_octuefs = f"gs://{gcs_bucket.name}/datasets/wind", f"gs://{gcs_bucket.name}/by-octuefs/run1"
+    sdk_uploads_a_dataset(sdk_python, tmp_path, by_sdk)
+    octuefs_writes_a_dataset(by_octuefs)
+    manifest = tmp_path / "manifest.json"
+    assert find.run_manifest([by_sdk, by_octuefs], str(manifest)) == 0
+    loaded, *asked = sdk(sdk_python, tmp_path, dict(op="manifest", path=str(manifest)),
+                         dict(op="dataset", path=by_sdk), dict(op="dataset", path=by_octuefs))
+    written = json.loads(manifest.read_text())["datasets"]
+    assert sorted(loaded) == sorted(written) == ["run1", "wind"]
+    for itself in asked:
+        got = loaded[itself["name"]]
+        assert got["stats"] == 0 and itself["stats"] == len(itself["files"]) == 2  # per file, unless from a manifest
+        assert (got["path"], got["name"], got["files"]) == (itself["path"], itself["name"], itself["files"])
+        # The SDK 0.69.1 gives a manifest's dataset with files no id, tags or labels of its own
+        # (Manifest._instantiate_dataset); the manifest carries them all the same:
+        mine = written[itself["name"]]
+        assert (mine["id"], mine["tags"], mine["labels"]) == (itself["id"], itself["tags"], itself["labels"])

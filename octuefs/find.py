@@ -96,7 +96,7 @@ def place_of(path: str) -> Place:
     if not os.path.lexists(local):
         raise FindError(f"{path}: no such file or directory")
     mountpoint = _mountpoint_of(local)
-    state = read_state(mountpoint) if mountpoint else None
+    state = (read_state(mountpoint) or read_state(os.path.realpath(mountpoint))) if mountpoint else None
     if not state or "bucket" not in state:
         raise FindError(f"{path} is not inside an octuefs mount (and not a gs://bucket/prefix)")
     rel = os.path.relpath(local, mountpoint)

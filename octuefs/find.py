@@ -62,6 +62,10 @@ class Place:
     mountpoint: str | None = None
     mount_prefix: str = ""
     is_file: bool = False
+    endpoint: str | None = None  # the emulator the mount's daemon uses (a --local mount's own)
+
+    def open_bucket(self) -> Bucket:
+        return open_bucket(self.bucket, check=False, endpoint=self.endpoint)
 
     def shown(self, name: str) -> str:
         """How an object (or a dataset directory, without its ``/``) is printed."""
@@ -103,7 +107,8 @@ def place_of(path: str) -> Place:
     rel = "" if rel == "." else rel.replace(os.sep, "/")
     is_file = not os.path.isdir(local)
     prefix = state.get("prefix") or ""
-    return Place(state["bucket"], prefix + rel + ("" if is_file or not rel else "/"), mountpoint, prefix, is_file)
+    return Place(state["bucket"], prefix + rel + ("" if is_file or not rel else "/"), mountpoint, prefix, is_file,
+                 state.get("endpoint"))
 
 
 # --- what to match ------------------------------------------------------------------------------
@@ -304,7 +309,7 @@ def run_find(path: str, labels=(), tags=(), since=None, until=None, datasets=Fal
     try:
         query = Query.parse(labels, tags, since, until)
         place = place_of(path)
-        found = find(open_bucket(place.bucket, check=False), place, query, datasets)
+        found = find(place.open_bucket(), place, query, datasets)
     except (OctuefsError, InvalidMetadata) as exc:
         print(f"octuefs find: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -326,8 +331,7 @@ def run_manifest(paths: list[str], output: str | None = None) -> int:
             place = place_of(path)
             if place.is_file:
                 raise FindError(f"{path} is a file; a dataset is a directory")
-            bucket = open_bucket(place.bucket, check=False)
-            loaded.append(Dataset(f"gs://{place.bucket}/{place.prefix}", bucket=bucket))
+            loaded.append(Dataset(f"gs://{place.bucket}/{place.prefix}", bucket=place.open_bucket()))
         text = dumps_manifest(build_manifest(loaded))
     except (OctuefsError, ValueError) as exc:
         print(f"octuefs manifest: error: {exc}", file=sys.stderr)

@@ -238,8 +238,9 @@ def _cache_lock(cache_dir: str) -> Iterator[None]:
 
 
 def _write_state(config: MountConfig) -> None:
+    # "endpoint": the emulator this daemon talks to (--local's own), for `octuefs find` in the mount.
     state = {"pid": os.getpid(), "bucket": config.bucket, "prefix": config.prefix, "cache_dir": config.cache_dir,
-             "mountpoint": config.mountpoint}
+             "mountpoint": config.mountpoint, "endpoint": os.environ.get("STORAGE_EMULATOR_HOST")}
     path = state_file(config.mountpoint)
     with open(path + ".tmp", "w") as f:
         json.dump(state, f)

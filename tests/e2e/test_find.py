@@ -36,6 +36,9 @@ def test_find_in_a_mount_answers_in_its_paths_and_counts_pending_changes(emulato
             put(m.bucket, "data/wind/b.csv", ["raw"], instrument="lidar")
             put(m.bucket, "outside/c.csv", ["raw"])
             m.bucket.upload_bytes("data/wind/.octue", json.dumps(RECORD).encode())
+            # find asks the bucket where the mount's daemon does (a --local mount's own emulator),
+            # whatever its own environment says:
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
             proxy.set_faults({"503": 1.0}, only=("upload",))  # from now on nothing the mount closes goes up
             wind = m / "wind"
             (wind / "new.csv").write_text("3,4\n")
@@ -61,6 +64,7 @@ def test_find_in_a_mount_answers_in_its_paths_and_counts_pending_changes(emulato
             files = json.loads(manifest)["datasets"]["wind"]["files"]
             assert [f["name"] for f in files] == ["a.csv", "b.csv"]  # the bucket's (new.csv is not there yet)
         finally:
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
             proxy.set_faults({})
             m.sync()
             run_octuefs("unmount", str(m.path), check=False)

@@ -116,7 +116,7 @@ def test_an_id_given_that_differs_from_the_stored_one_is_refused(bucket):
 @pytest.fixture
 def run(monkeypatch, capsys):
     def run_find(bucket, *args, **kwargs):
-        monkeypatch.setattr(find, "open_bucket", lambda name, check=False: bucket)
+        monkeypatch.setattr(find, "open_bucket", lambda name, **kwargs: bucket)
         status = find.run_find(*args, **kwargs)
         out = capsys.readouterr()
         return status, out.out, out.err

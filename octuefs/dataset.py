@@ -157,9 +157,10 @@ class Dataset:
 
     def _datafile_at(self, path: str) -> Datafile:
         bucket_name, _, name = path[len(CLOUD_PROTOCOL) :].partition("/")
-        if bucket_name == self.bucket_name and name in self.listed:
+        same = bucket_name == self.bucket_name
+        if same and name in self.listed:
             return Datafile.from_listing(self._bucket, self.listed[name], self._project_name)
-        return Datafile(path, project_name=self._project_name)
+        return Datafile(path, project_name=self._project_name, bucket=self._bucket if same else None)
 
     # --- what it is ----------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ instead, matched on their record's labels and tags.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import posixpath
@@ -66,6 +65,13 @@ class Place:
 
     def open_bucket(self) -> Bucket:
         return open_bucket(self.bucket, check=False, endpoint=self.endpoint)
+
+    def can_show(self, name: str) -> bool:
+        """Whether an object is a file a path can name here (a mount shows no ``a//b``, ``a/./b``)."""
+        if name.endswith("/"):
+            return False
+        segments = name[len(self.mount_prefix) :].split("/")
+        return self.mountpoint is None or all(s not in ("", ".", "..") for s in segments)
 
     def shown(self, name: str) -> str:
         """How an object (or a dataset directory, without its ``/``) is printed."""
@@ -236,7 +242,7 @@ def find(bucket: Bucket, place: Place, query: Query, datasets: bool = False) -> 
         return _find_datasets(bucket, place, query, sorted(n for n in metas if _is_record(n)), metas)
     found = []
     for name in sorted(metas):
-        if not is_listed_file(name) or name.endswith("/"):
+        if not is_listed_file(name) or not place.can_show(name):
             continue
         raw = metas[name]
         meta = decode_object_metadata(raw.metadata if hasattr(raw, "metadata") else raw)

@@ -35,8 +35,9 @@ def bucket():
 def big(bucket):
     """2,500 files under ds/ (every tenth labelled 'raw'), and the dataset's record."""
     for i in range(2500):
-        put(bucket, f"ds/{i // 100:02d}/f{i:04d}.csv", b"1,2\n", tags={"n": i}, labels={"raw"} if i % 10 == 0 else set(),
-            timestamp=1_700_000_000 + i)
+        labels = {"raw"} if i % 10 == 0 else set()
+        name = f"ds/{i // 100:02d}/f{i:04d}.csv"
+        put(bucket, name, b"1,2\n", tags={"n": i}, labels=labels, timestamp=1_700_000_000 + i)
     bucket.upload_bytes("ds/.octue", record("gs://bk/ds"))
     bucket.reset_calls()
     return bucket
@@ -46,7 +47,8 @@ def test_from_cloud_reads_every_files_metadata_from_the_listing_alone(big):
     dataset = Dataset.from_cloud("gs://bk/ds", bucket=big)
     assert dict(big.calls) == {"list": 3, "read": 1}  # ceil(2500/1000) pages, the record; no stat
     assert len(dataset.files) == 2500
-    assert (dataset.id, dataset.name, dataset.tags, dataset.labels) == (ID, "example", {"project": "octuefs"}, {"a", "b"})
+    assert (dataset.id, dataset.name, dataset.tags) == (ID, "example", {"project": "octuefs"})
+    assert dataset.labels == {"a", "b"}
     first = dataset.files[0]
     assert first.cloud_path == "gs://bk/ds/00/f0000.csv" and first.tags == {"n": 0} and first.labels == {"raw"}
     assert first.size_bytes == 4 and first.posix_timestamp == 1_700_000_000
@@ -54,8 +56,8 @@ def test_from_cloud_reads_every_files_metadata_from_the_listing_alone(big):
 
 
 def test_the_files_are_those_the_sdk_counts(bucket):
-    for name in ("d/a.csv", "d/sub/b.csv", "d/.octue", "d/sub/.octue", "d/x.octue", "d/sub/", "d/.signed_metadata_files/s",
-                 "d/sub/.octuefs-parts/p.octuefs-part", "e/other.csv"):
+    for name in ("d/a.csv", "d/sub/b.csv", "d/.octue", "d/sub/.octue", "d/x.octue", "d/sub/",
+                 "d/.signed_metadata_files/s", "d/sub/.octuefs-parts/p.octuefs-part", "e/other.csv"):
         bucket.upload_bytes(name, b"{}" if name.endswith(".octue") else b"")
     assert [f.name for f in Dataset.from_cloud("gs://bk/d", bucket=bucket)] == ["a.csv", "b.csv"]
     assert [f.name for f in Dataset.from_cloud("gs://bk/d", bucket=bucket, recursive=False)] == ["a.csv"]
@@ -102,6 +104,17 @@ def test_a_record_created_elsewhere_meanwhile_is_not_overwritten(bucket):
     with pytest.raises(Conflict):
         ours.update_cloud_metadata()
     assert decode_dataset_record(bucket.objects()["ds/.octue"]).id == ID
+
+
+def test_a_record_naming_its_files_is_followed_as_the_sdk_does(bucket):
+    put(bucket, "ds/a.csv", tags={"a": 1})
+    put(bucket, "ds/b.csv")
+    put(bucket, "elsewhere/c.csv", labels={"far"})
+    bucket.upload_bytes("ds/.octue", record("gs://bk/ds", files=["gs://bk/ds/a.csv", "gs://bk/elsewhere/c.csv"]))
+    bucket.reset_calls()
+    files = Dataset.from_cloud("gs://bk/ds", bucket=bucket).files
+    assert [(f.name, f.tags, f.labels) for f in files] == [("a.csv", {"a": 1}, set()), ("c.csv", {}, {"far"})]
+    assert dict(bucket.calls) == {"list": 1, "read": 1, "stat": 1}  # only the file outside the listing is asked about
 
 
 def test_an_id_given_that_differs_from_the_stored_one_is_refused(bucket):

@@ -39,6 +39,7 @@ def test_find_in_a_mount_answers_in_its_paths_and_counts_pending_changes(emulato
             # find asks the bucket where the mount's daemon does (a --local mount's own emulator),
             # whatever its own environment says:
             monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+            (m / "solar").mkdir()  # (a marker, uploaded at once)
             proxy.set_faults({"503": 1.0}, only=("upload",))  # from now on nothing the mount closes goes up
             wind = m / "wind"
             (wind / "new.csv").write_text("3,4\n")
@@ -54,6 +55,9 @@ def test_find_in_a_mount_answers_in_its_paths_and_counts_pending_changes(emulato
             assert found(str(wind / "a.csv"), "--tag", "height_m") == (0, [f"{wind}/a.csv"])
             assert found(str(m.path), "--label", "absent") == (1, [])
             assert found(str(m.path), "--datasets", "--tag", "site=north") == (0, [str(wind)])
+            (m / "solar" / ".octue").write_text(json.dumps({"dataset": {**RECORD["dataset"], "labels": ["new"]}}))
+            assert found(str(m.path), "--datasets") == (0, [str(m / "solar"), str(wind)])  # a pending record too
+            assert found(str(m.path), "--datasets", "--label", "new") == (0, [str(m / "solar")])
             zero = run_octuefs("find", str(wind), "--label", "fresh", "-print0", check=False)
             assert zero.stdout == f"{wind}/b.csv\0{wind}/new.csv\0"
             (line,) = json.loads("[" + run_octuefs("find", str(wind), "--label", "fresh", "--tag", "instrument",

@@ -207,3 +207,27 @@ def test_find_of_one_object_costs_one_list_request(wind, run):
     wind.reset_calls()
     assert run(wind, "gs://bk/wind/a.csv", labels=["raw"])[:2] == (0, "gs://bk/wind/a.csv\n")
     assert dict(wind.calls) == {"list": 2}  # the directory guess, then the object itself
+
+
+# --- manifest ------------------------------------------------------------------------------------
+
+
+def test_a_manifest_of_2500_files_costs_3_list_requests_and_one_read(big, monkeypatch, capsys):
+    monkeypatch.setattr(find.Place, "open_bucket", lambda place: big)
+    assert find.run_manifest(["gs://bk/ds/"]) == 0
+    assert dict(big.calls) == {"list": 3, "read": 1}
+    manifest = json.loads(capsys.readouterr().out)
+    dataset = manifest["datasets"]["example"]
+    assert (dataset["id"], dataset["path"], dataset["labels"]) == (ID, "gs://bk/ds", ["a", "b"])
+    first = dataset["files"][0]
+    assert first["path"] == first["cloud_path"] == "gs://bk/ds/00/f0000.csv" and first["ignore_stored_metadata"]
+    assert first["tags"] == {"n": 0} and first["labels"] == ["raw"] and first["_cloud_metadata"]["size"] == 4
+    assert first["timestamp"] == {"_type": "datetime", "value": "2023-11-14T22:13:20+00:00"}
+    assert len(dataset["files"]) == 2500
+
+
+def test_a_bad_manifest_path_is_one_line_and_status_2(bucket, monkeypatch, capsys):
+    monkeypatch.setattr(find.Place, "open_bucket", lambda place: bucket)
+    assert find.run_manifest(["gs://"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("octuefs manifest: error: 'gs://' names no bucket") and err.count("\n") == 1

@@ -404,7 +404,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"mount", "unmount", "umount", "demo", "sync", "status", "find", "manifest", "-h", "--help", "--version"}
+    commands = {"mount", "unmount", "umount", "demo", "sync", "status", "-h", "--help", "--version"}
     if argv and argv[0] in ("find", "manifest"):
         configure_logging(0, None, quiet=True)
         return _datasets_command(argv)

@@ -54,7 +54,8 @@ class FindError(OctuefsError):
 @dataclasses.dataclass(frozen=True)
 class Place:
     """A subtree: ``bucket`` and ``prefix`` (``dir/``, or an object's own name when ``is_file``);
-    ``mountpoint`` and ``mount_prefix`` when it was named by a path inside a mount."""
+    ``mountpoint``, ``mount_prefix`` and ``typed`` (PATH as given, which what is found is printed
+    under, as find(1) prints it) when it was named by a path inside a mount."""
 
     bucket: str
     prefix: str
@@ -62,6 +63,7 @@ class Place:
     mount_prefix: str = ""
     is_file: bool = False
     endpoint: str | None = None  # the emulator the mount's daemon uses (a --local mount's own)
+    typed: str = ""
 
     def open_bucket(self) -> Bucket:
         return open_bucket(self.bucket, check=False, endpoint=self.endpoint)
@@ -77,8 +79,8 @@ class Place:
         """How an object (or a dataset directory, without its ``/``) is printed."""
         if self.mountpoint is None:
             return f"gs://{self.bucket}/{name}".rstrip("/")
-        rest = name[len(self.mount_prefix) :]
-        return os.path.join(self.mountpoint, rest) if rest else self.mountpoint
+        rest = "" if self.is_file else (name + "/")[len(self.prefix) :].rstrip("/")
+        return os.path.join(self.typed, rest) if rest else self.typed
 
 
 def _mountpoint_of(path: str) -> str | None:
@@ -114,7 +116,7 @@ def place_of(path: str) -> Place:
     is_file = not os.path.isdir(local)
     prefix = state.get("prefix") or ""
     return Place(state["bucket"], prefix + rel + ("" if is_file or not rel else "/"), mountpoint, prefix, is_file,
-                 state.get("endpoint"))
+                 state.get("endpoint"), path.rstrip("/") or "/")
 
 
 # --- what to match ------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ def test_find_in_a_mount_answers_in_its_paths_and_counts_pending_changes(emulato
             assert found(str(m.path), "--tag", "height_m=80.5") == (0, [f"{wind}/a.csv"])
             assert found(str(wind / "a.csv"), "--tag", "height_m") == (0, [f"{wind}/a.csv"])
             assert found(str(m.path), "--label", "absent") == (1, [])
+            relative = run_octuefs("find", "wind/", "--label", "fresh", cwd=m.path).stdout  # printed as find(1) does
+            assert relative.splitlines() == ["wind/b.csv", "wind/new.csv"]
             assert found(str(m.path), "--datasets", "--tag", "site=north") == (0, [str(wind)])
             (m / "solar" / ".octue").write_text(json.dumps({"dataset": {**RECORD["dataset"], "labels": ["new"]}}))
             assert found(str(m.path), "--datasets") == (0, [str(m / "solar"), str(wind)])  # a pending record too

@@ -352,6 +352,7 @@ class FileSystem:
                     pass
             except Exception as exc:  # only a prefetch that will not happen
                 log.debug("listing %r for the prefetcher failed: %s", path, exc)
+            self.prefetch.listed(prefix)
 
         threading.Thread(target=run, name="octuefs-list-ahead", daemon=True).start()
 

@@ -21,7 +21,9 @@ opened yet are clean read-ahead in the cache: counted, and evictable (see
 :mod:`octuefs.cachespace`).
 
 Without a cached listing there is nothing to go by. After ``min_run`` opens in a directory in
-ascending name order, ``list_dir`` (if given) lists it once in the background, as ``ls`` would.
+ascending name order, ``list_dir`` (if given) lists it once in the background, as ``ls`` would,
+and calls :meth:`Prefetcher.listed` when the listing is cached: the files after the last one
+opened are fetched then, without waiting for the next open.
 
 Locks: ``Prefetcher._lock`` guards the directories' state; it is taken before the cache's locks
 (prefetches start and are cancelled while it is held) and the open-file table's (``is_live``).
@@ -123,7 +125,7 @@ class Prefetcher:
                     self._drop_locked(self._dirs.popitem(last=False)[1])
             self._dirs.move_to_end(prefix)
             d.used = now
-            if self._take_listing_locked(d, entry, info, now):
+            if self._take_listing_locked(d, now, entry, info):
                 self._step_locked(d, entry)
             else:
                 d.run = d.run + 1 if d.pos is not None and entry > d.pos else 1
@@ -215,12 +217,27 @@ class Prefetcher:
 
     # --- the listing --------------------------------------------------------------------
 
-    def _take_listing_locked(self, d: _Dir, entry: str, info: ObjectInfo, now: float) -> bool:
+    def listed(self, prefix: str) -> None:
+        """The listing ``list_dir`` was asked for is cached (or could not be): if the directory
+        is still being read in order, fetch ahead of the last file opened."""
+        try:
+            with self._lock:
+                d = self._dirs.get(prefix)
+                if d is None or d.pos is None or d.run < self.min_run or d.outstanding:
+                    return
+                if self._take_listing_locked(d, self.clock()) and d.pos in d.infos:
+                    d.ahead = d.pos
+                    self._top_up_locked(d, bisect.bisect_left(d.names, d.pos))
+        except Exception:
+            log.warning("prefetching in %r after its listing failed; reads go on without it", prefix, exc_info=True)
+
+    def _take_listing_locked(self, d: _Dir, now: float, entry: str | None = None, info: ObjectInfo | None = None) -> bool:
         """Make sure ``d`` has a recent copy of its listing; False if none is cached. The copy is
         taken again once it is REFRESH old, when the mount changed the directory, and (at most
-        every REFRESH / 4) when it does not know the opened file as the open does."""
+        every REFRESH / 4) when it does not know the opened file ``entry`` as ``info``; without
+        ``info``, at once."""
         epoch = self.metacache.epoch(d.prefix)
-        if d.names is not None and d.epoch == epoch:
+        if d.names is not None and d.epoch == epoch and info is not None:
             age = now - d.taken
             known = d.infos.get(entry)
             if age < REFRESH / 4 or (age < REFRESH and known is not None and known.generation == info.generation):

@@ -984,6 +984,8 @@ class FileSystem:
                     log.error("could not save %r at unmount (%s); its content stays in %s", node.name, exc, node.staging)
                 except Exception:
                     log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)
+        if self.prefetch is not None:
+            self.prefetch.close()  # nothing more fetched ahead for readers who are leaving
         left = self.uploader.shutdown(drain=not self.leave_pending if drain is None else drain)
         self.cache.close()
         return left

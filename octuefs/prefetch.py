@@ -233,14 +233,16 @@ class Prefetcher:
 
     def _take_listing_locked(self, d: _Dir, now: float, entry: str | None = None, info: ObjectInfo | None = None) -> bool:
         """Make sure ``d`` has a recent copy of its listing; False if none is cached. The copy is
-        taken again once it is REFRESH old, when the mount changed the directory, and (at most
-        every REFRESH / 4) when it does not know the opened file ``entry`` as ``info``; without
-        ``info``, at once."""
+        taken again once it is REFRESH old, and sooner (but at most every REFRESH / 4: a copy
+        costs a sort of the directory) when the mount changed the directory or the copy does not
+        know the opened file ``entry`` as ``info``; without ``info``, at once. An old copy costs
+        at most a wasted prefetch, never a stale byte (the cache is by generation)."""
         epoch = self.metacache.epoch(d.prefix)
-        if d.names is not None and d.epoch == epoch and info is not None:
+        if d.names is not None and info is not None:
             age = now - d.taken
             known = d.infos.get(entry)
-            if age < REFRESH / 4 or (age < REFRESH and known is not None and known.generation == info.generation):
+            current = d.epoch == epoch and known is not None and known.generation == info.generation
+            if age < REFRESH / 4 or (age < REFRESH and current):
                 return True
         listing = self.metacache.listing(d.prefix)
         if listing is None:
@@ -250,6 +252,12 @@ class Prefetcher:
             return False
         d.infos, d.names, d.taken, d.epoch = listing.files, sorted(listing.files), now, epoch
         return True
+
+    def close(self) -> None:
+        """Cancel every queued prefetch and forget every directory (at unmount)."""
+        with self._lock:
+            while self._dirs:
+                self._drop_locked(self._dirs.popitem()[1])
 
     def stats(self) -> dict:
         with self._lock:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +56,17 @@ def test_cat_of_a_directory_in_order_fetches_ahead_each_file_once(counted, mount
                          check=True, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}).stdout
     assert got == b"".join(files[n] for n in names)
     assert downloads(counted) - before == N  # every file fetched once: the reads took what was fetched ahead
+
+
+def test_tar_of_a_directory_gets_every_file_whole_each_fetched_once(counted, mount_factory, emulator, tmp_path):
+    m = mount_factory()
+    files = put_files(m, emulator)
+    before = downloads(counted)
+    subprocess.run(["tar", "-C", str(m.path), "-cf", str(tmp_path / "d.tar"), "d"], check=True)
+    with tarfile.open(tmp_path / "d.tar") as tar:
+        got = {Path(t.name).name: tar.extractfile(t).read() for t in tar.getmembers() if t.isfile()}
+    assert got == files
+    assert downloads(counted) - before == N
 
 
 def test_no_prefetch_fetches_nothing_ahead(counted, mount_factory, emulator):

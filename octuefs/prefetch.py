@@ -53,7 +53,7 @@ IDLE = 10.0  # seconds: a directory with no open for this long is dropped (its b
 REFRESH = 1.0  # seconds a copy of a listing is used before it is taken again
 SKIP = 2  # an open this many files further on keeps the order (a file skipped)
 BACK = 4  # ... and one this many back is ignored (parallel readers, reopens)
-RELIST = 10.0  # seconds before a directory whose listing was asked for is asked for again
+RELIST = 30.0  # seconds before a directory whose listing was asked for is asked for again
 
 
 @dataclasses.dataclass

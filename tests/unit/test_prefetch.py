@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from octuefs import core
 from octuefs import prefetch as prefetch_module
 from octuefs.storage.fake import FakeBucket
 
@@ -245,3 +246,16 @@ def test_a_reader_never_waits_behind_prefetches(bucket, tmp_path):
     quiet(fs)
     for name in names(60)[4:12]:
         assert read(fs, "/" + name) == data[name] and bucket.got(name) == 1
+
+
+def test_a_huge_directory_read_by_name_is_not_listed_whole_unasked(bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(core, "LIST_AHEAD_PAGES", 1)  # a page is 1,000 objects: 1,001 are "huge" here
+    for i in range(1001):
+        bucket.upload_bytes(f"d/f{i:04d}.dat", b"%d" % i)
+    fs = make_fs(bucket, tmp_path)
+    for i in range(4):
+        assert read(fs, f"/d/f{i:04d}.dat") == b"%d" % i
+    assert wait_until(lambda: not [t for t in threading.enumerate() if t.name == "octuefs-list-ahead"])
+    assert fs.metacache.listing("d/") is None  # not cached, so nothing fetched ahead
+    assert 2 <= bucket.calls["list"] <= 1 + 2  # the directory's lookup, then a page (and the next one in flight)
+    assert bucket.prefetched() == []

@@ -35,6 +35,22 @@ def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positiv
         config("--op-timeout", "0")
 
 
+def test_prefetch_files_comes_from_the_command_line_or_o_options_and_no_prefetch_turns_it_off():
+    import pytest
+
+    from octuefs.cli import build_parser, config_from_args
+
+    def config(*argv: str) -> MountConfig:
+        return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
+
+    assert config().prefetch_files == 32
+    assert config("--prefetch-files", "8").prefetch_files == 8
+    assert config("-o", "prefetch_files=4").prefetch_files == 4
+    assert config("--no-prefetch").prefetch_files == 0
+    with pytest.raises(ValueError, match="prefetch_files"):
+        config("--prefetch-files", "-1")
+
+
 def test_waiting_for_a_daemon_that_exited_but_is_not_reaped_returns_at_once():
     """`octuefs unmount` run by the daemon's own parent: the daemon is a zombie until reaped."""
     import subprocess

@@ -259,3 +259,17 @@ def test_a_huge_directory_read_by_name_is_not_listed_whole_unasked(bucket, tmp_p
     assert fs.metacache.listing("d/") is None  # not cached, so nothing fetched ahead
     assert 2 <= bucket.calls["list"] <= 1 + 2  # the directory's lookup, then a page (and the next one in flight)
     assert bucket.prefetched() == []
+
+
+def test_parallel_readers_of_one_sorted_list_get_exact_bytes_each_file_fetched_once(bucket, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = fill(bucket, 120)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    with ThreadPoolExecutor(4) as pool:  # a data loader's workers taking the next file of a sorted list
+        got = list(pool.map(lambda name: read(fs, "/" + name), names(120)))
+    assert got == [data[n] for n in names(120)]
+    quiet(fs)
+    assert len(bucket.gets) == 120 and all(bucket.got(n) == 1 for n in names(120))
+    assert len(bucket.prefetched()) > 60  # out of order by a step or two, still read ahead

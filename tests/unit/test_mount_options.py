@@ -20,13 +20,15 @@ def test_an_open_file_is_unlinked_for_real():
     assert fuse_kwargs(MountConfig(bucket="b", mountpoint="/mnt"))["hard_remove"] is True
 
 
-def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positive():
-    import pytest
-
+def config(*argv: str) -> MountConfig:
+    """The configuration ``octuefs mount b /mnt ARGV...`` makes."""
     from octuefs.cli import build_parser, config_from_args
 
-    def config(*argv: str) -> MountConfig:
-        return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
+    return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
+
+
+def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positive():
+    import pytest
 
     assert config().op_timeout == 30.0
     assert config("--op-timeout", "3").op_timeout == 3.0
@@ -37,11 +39,6 @@ def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positiv
 
 def test_prefetch_files_comes_from_the_command_line_or_o_options_and_no_prefetch_turns_it_off():
     import pytest
-
-    from octuefs.cli import build_parser, config_from_args
-
-    def config(*argv: str) -> MountConfig:
-        return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
 
     assert config().prefetch_files == 32
     assert config("--prefetch-files", "8").prefetch_files == 8

@@ -47,6 +47,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from .cachespace import Entry, Space, bytes_in
 from .errors import BucketUnreachable, CacheUnwritable, NoSpace, NotFound, OctuefsError, StorageError
@@ -456,6 +457,63 @@ class ContentCache:
         if error is not None:
             level = logging.DEBUG if isinstance(error, NotFound) or priority == DEMAND else logging.INFO
             log.log(level, "fetch of %r bytes %d-%d failed, left missing: %s", info.name, lo, hi, error)
+
+    # --- whole small objects ahead (see octuefs.prefetch) ---------------------------------
+
+    def prefetch(self, info: ObjectInfo, pool: FetchPool) -> Callable[[], bool] | None:
+        """Start fetching the whole of ``info``'s generation, in one request, on ``pool`` (the
+        caller's: its fetches never take the workers readers need) before anyone reads it.
+
+        Returns a function that cancels it while it is queued and no reader waits for it (True
+        if it did), or None if nothing was started (empty, larger than one request, present or
+        in flight). Its bytes are read-ahead: counted, spared only while not read yet, dropped
+        when there is no room. A reader that comes meanwhile joins it, and moves it into this
+        cache's own pool at once if it is still queued; whichever pool runs it first does.
+        """
+        bs = self.block_size
+        if not 0 < info.size <= self.blocks_per_request * bs:
+            return None
+        entry = self._pin(info)
+        try:
+            with entry.lock:
+                if entry.missing < len(entry.present) or entry.inflight:
+                    return None
+                fetch = _Fetch(0, (info.size - 1) // bs, info.generation, ahead=True)
+                for block in range(fetch.last + 1):
+                    entry.inflight[block] = fetch
+                entry.pins += 1  # the fetch's, given back when it ends or is cancelled
+                claim = threading.Lock()  # taken by whoever runs or cancels it first
+                fetch.task = pool.submit(lambda: self._run_prefetch(info, entry, fetch, claim), AHEAD)
+        finally:
+            self._unpin(entry)
+        return lambda: self._cancel_prefetch(entry, fetch, claim)
+
+    def _run_prefetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, claim: threading.Lock) -> None:
+        if claim.acquire(blocking=False):  # else cancelled, or run by the other pool already
+            self._run_fetch(info, entry, fetch, AHEAD)
+            self._drop_if_empty(entry)
+
+    def _cancel_prefetch(self, entry: Entry, fetch: _Fetch, claim: threading.Lock) -> bool:
+        with entry.lock:
+            if fetch.wanted or not claim.acquire(blocking=False):
+                return False
+            for block in range(fetch.first, fetch.last + 1):
+                if entry.inflight.get(block) is fetch:
+                    del entry.inflight[block]
+            fetch.error = _NoRoom()  # (nobody waits for it: a reader that joins later fetches again)
+        fetch.done.set()
+        self._unpin(entry)
+        self._drop_if_empty(entry)
+        return True
+
+    def _drop_if_empty(self, entry: Entry) -> None:
+        """Delete a copy left with nothing in it and nobody using it (a prefetch that was
+        cancelled, failed or had no room), rather than keep an empty file per such name."""
+        with self._lock:  # (no new pin meanwhile: pins are taken under it)
+            with entry.lock:
+                empty = entry.missing == len(entry.present) and not entry.pins and not entry.inflight
+            if empty:
+                self._evict_entry_locked(entry)
 
     # --- writes -------------------------------------------------------------------------
 

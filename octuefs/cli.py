@@ -31,6 +31,7 @@ _OWN_OPTIONS = {
     "rename_dir_limit": "rename_dir_limit", "project": "project", "upload_workers": "upload_workers",
     "fsync_timeout": "fsync_timeout", "cache_size": "cache_size", "op_timeout": "op_timeout",
     "upload_hold": "upload_hold", "metrics_port": "metrics_port", "metrics_address": "metrics_address",
+    "prefetch_files": "prefetch_files",
 }
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
 
@@ -82,6 +83,11 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-workers", type=int, help="uploads running at once (default 8)")
     p.add_argument("--upload-hold", type=float,
                    help="seconds a small file's upload waits for a burst of closes to pause (default 2; 0: at once)")
+    p.add_argument("--prefetch-files", type=int, metavar="N",
+                   help="a directory's files opened in name order: fetch up to N of the next small ones "
+                        "before they are opened (default 32)")
+    p.add_argument("--no-prefetch", dest="prefetch_files", action="store_const", const=0,
+                   help="never fetch files before they are opened (same as --prefetch-files 0)")
     p.add_argument("--fsync-timeout", type=float, help="seconds fsync waits for the bucket before EIO (default 300)")
     p.add_argument("--op-timeout", type=float,
                    help="seconds any other call waits for an unreachable bucket before ETIMEDOUT (default 30)")
@@ -173,7 +179,8 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
                 dest = _OWN_OPTIONS[key]
                 conv = {"uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
                         "rename_dir_limit": int, "upload_workers": int, "metrics_port": int, "cache_dir": str,
-                        "log_file": str, "project": str, "cache_size": str, "metrics_address": str}.get(dest, float)
+                        "log_file": str, "project": str, "cache_size": str, "metrics_address": str,
+                        "prefetch_files": int}.get(dest, float)
                 setattr(args, dest, conv(value))
             elif key == "ro":
                 args.read_only = True
@@ -219,6 +226,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
         "kernel_entry_ttl": args.entry_timeout, "rename_dir_limit": args.rename_dir_limit,
         "upload_workers": args.upload_workers, "fsync_timeout": args.fsync_timeout, "op_timeout": args.op_timeout,
         "upload_hold": args.upload_hold, "metrics_port": args.metrics_port, "metrics_address": args.metrics_address,
+        "prefetch_files": args.prefetch_files,
     }
     return MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),

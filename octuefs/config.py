@@ -101,6 +101,9 @@ class MountConfig:
     kernel_attr_ttl: float = 30.0
     kernel_entry_ttl: float = 30.0
     block_size: int = 4 * MiB  # unit of ranged reads into the local cache
+    # A directory's files opened in name order: up to this many of the next small ones are
+    # fetched before they are opened (see octuefs.prefetch). 0: never.
+    prefetch_files: int = 32
     # The most clean (already saved) data the cache keeps, bytes; None: the default (see
     # effective_cache_size); UNLIMITED: no bound. Unsaved data is never counted or evicted.
     cache_size: int | None = None
@@ -156,6 +159,8 @@ class MountConfig:
             raise ValueError("upload_workers must be at least 1")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be a TCP port, 0-65535 (0: any free one)")
+        if self.prefetch_files < 0:
+            raise ValueError("prefetch_files must be >= 0")
         if self.rename_dir_limit < 0:
             raise ValueError("rename_dir_limit must be >= 0")
         for name in ("file_mode", "dir_mode"):

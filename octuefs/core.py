@@ -43,6 +43,7 @@ from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .givebacks import OwedGiveBacks
 from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
 from .namespace import Namespace
+from .prefetch import Prefetcher
 from .storage.base import PARTS_PREFIX, Bucket, ObjectInfo
 from .uploads import Journal, Uploader, is_version, merge_metadata, quarantine_unclosed
 from .xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
@@ -62,6 +63,11 @@ class Attr:
     size: int = 0
     mtime: float = 0.0
 
+
+# The most pages (of up to 1,000 objects) the prefetcher's background listing of a directory reads:
+# past that it stops (nothing is cached), so a reader of a huge directory never makes the mount
+# list it whole unasked.
+LIST_AHEAD_PAGES = 10
 
 # How long a failed take-over rename waits for the queued upload giving the source its own
 # metadata back before it returns its error (saying the give-back is queued).
@@ -109,6 +115,10 @@ class FileSystem:
         self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
                                upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,
                                op_timeout=config.op_timeout)
+        # The next small files of a directory read in name order, fetched before they are opened.
+        self.prefetch = (Prefetcher(self.cache, self.metacache, lambda name: self.files.node(name) is not None,
+                                    files=config.prefetch_files, list_dir=self._list_in_background)
+                         if config.prefetch_files else None)
         recovered = journal.load(bucket.name)
         self.files.recover(recovered)
         self.uploader.start(recovered)
@@ -336,6 +346,26 @@ class FileSystem:
                 self.metacache.put_page(prefix, [files[e] for e, _ in batch if e in files], epoch)
                 yield batch, True
 
+    def _list_in_background(self, prefix: str) -> None:
+        """List directory ``prefix`` as ``ls`` would (caching the listing), on a thread of its own:
+        what the prefetcher asks for a directory read in name order with no listing cached. A
+        directory of more than LIST_AHEAD_PAGES pages is left unlisted."""
+        path = "/" + prefix[len(self.ns.prefix) :].rstrip("/")
+
+        def run() -> None:
+            try:
+                batches = self.readdir_batches(path)
+                for pages, (_batch, more) in enumerate(batches, 1):
+                    if more and pages >= LIST_AHEAD_PAGES:
+                        getattr(batches, "close", lambda: None)()  # stops after the page in flight
+                        log.debug("%r has more than %d pages: not listed for the prefetcher", path, pages)
+                        return
+            except Exception as exc:  # only a prefetch that will not happen
+                log.debug("listing %r for the prefetcher failed: %s", path, exc)
+            self.prefetch.listed(prefix)
+
+        threading.Thread(target=run, name="octuefs-list-ahead", daemon=True).start()
+
     def mkdir(self, path: str) -> None:
         self._check_writable()
         name, entry, node = self.resolve(path)
@@ -418,7 +448,10 @@ class FileSystem:
         if writable:
             self._check_writable()
         name, info, node = self.file_info(path)
-        return self.files.open(name, info, writable, truncate=bool(flags & os.O_TRUNC), seen=node)
+        fh = self.files.open(name, info, writable, truncate=bool(flags & os.O_TRUNC), seen=node)
+        if not writable and info is not None and self.prefetch is not None:
+            self.prefetch.opened(name, info)
+        return fh
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
         return self.files.read(fh, size, offset)
@@ -961,6 +994,8 @@ class FileSystem:
                     log.error("could not save %r at unmount (%s); its content stays in %s", node.name, exc, node.staging)
                 except Exception:
                     log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)
+        if self.prefetch is not None:
+            self.prefetch.close()  # nothing more fetched ahead for readers who are leaving
         left = self.uploader.shutdown(drain=not self.leave_pending if drain is None else drain)
         self.cache.close()
         return left

@@ -20,19 +20,32 @@ def test_an_open_file_is_unlinked_for_real():
     assert fuse_kwargs(MountConfig(bucket="b", mountpoint="/mnt"))["hard_remove"] is True
 
 
-def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positive():
-    import pytest
-
+def config(*argv: str) -> MountConfig:
+    """The configuration ``octuefs mount b /mnt ARGV...`` makes."""
     from octuefs.cli import build_parser, config_from_args
 
-    def config(*argv: str) -> MountConfig:
-        return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
+    return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
+
+
+def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positive():
+    import pytest
 
     assert config().op_timeout == 30.0
     assert config("--op-timeout", "3").op_timeout == 3.0
     assert config("-o", "op_timeout=7.5,allow_other").op_timeout == 7.5
     with pytest.raises(ValueError, match="op_timeout"):
         config("--op-timeout", "0")
+
+
+def test_prefetch_files_comes_from_the_command_line_or_o_options_and_no_prefetch_turns_it_off():
+    import pytest
+
+    assert config().prefetch_files == 32
+    assert config("--prefetch-files", "8").prefetch_files == 8
+    assert config("-o", "prefetch_files=4").prefetch_files == 4
+    assert config("--no-prefetch").prefetch_files == 0
+    with pytest.raises(ValueError, match="prefetch_files"):
+        config("--prefetch-files", "-1")
 
 
 def test_waiting_for_a_daemon_that_exited_but_is_not_reaped_returns_at_once():

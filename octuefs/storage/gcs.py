@@ -448,8 +448,14 @@ class GCSBucket(Bucket):
         self._read_range(name, start, end, generation, keep, restart)
         return b"".join(chunks)
 
-    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None) -> int:
-        return self._read_range(name, start, end, generation, lambda offset, chunk: pwrite_all(fd, chunk, offset))
+    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None,
+                        progress: Callable[[int], None] | None = None) -> int:
+        def sink(offset: int, chunk: bytes) -> None:
+            pwrite_all(fd, chunk, offset)
+            if progress is not None:
+                progress(offset + len(chunk))
+
+        return self._read_range(name, start, end, generation, sink)
 
     def _read_range(self, name: str, start: int, end: int, generation: int | None,
                     sink: Callable[[int, bytes], None], restart: Callable[[], None] = lambda: None) -> int:

@@ -13,6 +13,7 @@ import zlib
 import pytest
 
 from octuefs.errors import NotFound
+from octuefs.readahead import AHEAD, DEMAND, FetchPool
 from octuefs.storage import fake
 from octuefs.storage.base import pwrite_all
 
@@ -123,3 +124,25 @@ def test_a_request_that_fails_half_way_keeps_its_landed_blocks_and_mixes_no_gene
     with pytest.raises(NotFound):  # not landed: asked again, pinned to the old generation
         cache.read(old, 3 * MiB, 100)
     assert read_sequentially(cache, new) == new_data  # the new generation, every byte its own
+
+
+def test_read_ahead_of_many_files_leaves_a_worker_for_a_reader():
+    pool = FetchPool(workers=4, idle=0.5, name="spare-test-pool")
+    gate, lock = threading.Event(), threading.Lock()
+    running: list[str] = []
+
+    def task(name: str):
+        def run():
+            with lock:
+                running.append(name)
+            gate.wait(5)
+        return run
+
+    for i in range(6):  # six files streaming: long read-ahead requests, one key each
+        pool.submit(task(f"ahead{i}"), AHEAD, key=f"file{i}")
+    assert wait_until(lambda: pool_settled(pool, busy=3))
+    assert len(running) == 3  # one worker stays free for readers
+    pool.submit(task("demand"), DEMAND, key="file9")
+    assert wait_until(lambda: "demand" in running)  # starts at once, before any read-ahead ends
+    gate.set()
+    assert wait_until(lambda: len(running) == 7)

@@ -7,13 +7,15 @@ Layout under the cache directory (0700, files 0600):
 
 Reads fetch only the blocks they touch, with ranged GETs pinned to the generation they started
 on, so no read mixes two versions. Sequential readers get read-ahead (see
-:mod:`octuefs.readahead`): the next blocks are fetched in the background, several ranges at
-once, before they are asked for. All fetches run on one bounded :class:`FetchPool` per cache,
-so at most ``fetch_workers`` x ``request_size`` bytes are held in memory, whatever the readers
-do. A fetch in flight is recorded per block: a reader of a block being fetched waits for that
-fetch only, a failed fetch leaves its blocks missing and its error reaches only the readers
-waiting for it (the next reader tries again; after an unreachable bucket, the readers coming
-within ``RECENT_FAILURE`` seconds get the same error instead of waiting as long again).
+:mod:`octuefs.readahead`): the next blocks are fetched in the background, in long ranges
+(half the window each) so that a stream pays few round trips, before they are asked for. All
+fetches run on one bounded :class:`FetchPool` per cache and stream into the copy a piece at a
+time, so memory stays bounded whatever the readers do. A fetch in flight is recorded per
+block, and its blocks land one by one as their last bytes are written: a reader of a block
+being fetched waits for that block only, a failed fetch leaves the blocks it had not brought
+missing and its error reaches only the readers waiting for them (the next reader tries
+again; after an unreachable bucket, the readers coming within ``RECENT_FAILURE`` seconds get
+the same error instead of waiting as long again).
 
 A file opened for writing is copied into a staging file once; after a successful upload the
 staging file becomes the cached content of the new generation.

@@ -5,19 +5,18 @@ fails half-way keeps what it brought and never mixes generations. The bytes are 
 
 from __future__ import annotations
 
-import base64
 import random
 import threading
-import zlib
 
 import pytest
 
 from octuefs.errors import NotFound
 from octuefs.readahead import AHEAD, DEMAND, FetchPool
-from octuefs.storage import fake
 from octuefs.storage.base import pwrite_all
 
+from .test_cache import fast_checksums  # noqa: F401 - an autouse fixture, used here too
 from .test_cache import RecordingBucket, make_cache, pool_settled, put, wait_until
+from .test_cache_size import read_all
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -53,28 +52,16 @@ class StreamingBucket(RecordingBucket):
         return len(data)
 
 
-@pytest.fixture(autouse=True)
-def fast_checksums(monkeypatch):
-    monkeypatch.setattr(fake, "crc32c_b64", lambda data: base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode())
-
-
 @pytest.fixture
 def bucket():
     return StreamingBucket("streaming-test")
-
-
-def read_sequentially(cache, info, chunk: int = 128 * KiB) -> bytes:
-    out = bytearray()
-    for offset in range(0, info.size, chunk):
-        out += cache.read(info, offset, chunk)
-    return bytes(out)
 
 
 def test_a_sequential_reader_keeps_long_read_ahead_requests_in_flight(tmp_path, bucket):
     info, data = put(bucket, "seq.bin", 96 * MiB)
     cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=32 * MiB)
     bucket.set_latency(0.002)
-    assert read_sequentially(cache, info) == data
+    assert read_all(cache, info) == data
     assert bucket.blocks_fetched(MiB) == list(range(96))  # every block exactly once
     # Read-ahead asks for half its window (16 MiB) at a time: about 96 / 16 requests, where
     # requests of request_size (2 MiB) would be 48 round trips.
@@ -106,7 +93,7 @@ def test_a_reader_gets_a_block_as_soon_as_it_lands_not_when_the_request_ends(tmp
     assert cache.read(info, MiB, 256 * KiB) == data[MiB : MiB + 256 * KiB]  # while the GET holds
     assert bucket.calls["read"] == reads  # block 1 came from that GET, not from a request of its own
     pause.set()
-    assert read_sequentially(cache, info) == data
+    assert read_all(cache, info) == data
     assert bucket.blocks_fetched(MiB) == list(range(16))
 
 
@@ -123,7 +110,7 @@ def test_a_request_that_fails_half_way_keeps_its_landed_blocks_and_mixes_no_gene
     assert bucket.calls["read"] == reads
     with pytest.raises(NotFound):  # not landed: asked again, pinned to the old generation
         cache.read(old, 3 * MiB, 100)
-    assert read_sequentially(cache, new) == new_data  # the new generation, every byte its own
+    assert read_all(cache, new) == new_data  # the new generation, every byte its own
 
 
 def test_read_ahead_of_many_files_leaves_a_worker_for_a_reader():

@@ -248,8 +248,8 @@ class Bucket(abc.ABC):
 
         Implementations may stream, writing as the bytes arrive (a failed call may have written
         part of the range). ``progress(upto)``, if given, is called each time bytes
-        ``[start, upto)`` are in ``fd``; a retried request writes the range again from
-        ``start`` (the same bytes, when pinned to a ``generation``), so ``upto`` may go back.
+        ``[start, upto)`` are in ``fd``; a retried request may write part of the range again
+        (the same bytes, when pinned to a ``generation``), so ``upto`` may repeat or go back.
         An ``OSError`` from writing to ``fd`` (or an error from ``progress``) is raised as it is.
         """
         data = self.read_range(name, start, end, generation)

@@ -7,13 +7,15 @@ Layout under the cache directory (0700, files 0600):
 
 Reads fetch only the blocks they touch, with ranged GETs pinned to the generation they started
 on, so no read mixes two versions. Sequential readers get read-ahead (see
-:mod:`octuefs.readahead`): the next blocks are fetched in the background, several ranges at
-once, before they are asked for. All fetches run on one bounded :class:`FetchPool` per cache,
-so at most ``fetch_workers`` x ``request_size`` bytes are held in memory, whatever the readers
-do. A fetch in flight is recorded per block: a reader of a block being fetched waits for that
-fetch only, a failed fetch leaves its blocks missing and its error reaches only the readers
-waiting for it (the next reader tries again; after an unreachable bucket, the readers coming
-within ``RECENT_FAILURE`` seconds get the same error instead of waiting as long again).
+:mod:`octuefs.readahead`): the next blocks are fetched in the background, in long ranges
+(half the window each) so that a stream pays few round trips, before they are asked for. All
+fetches run on one bounded :class:`FetchPool` per cache and stream into the copy a piece at a
+time, so memory stays bounded whatever the readers do. A fetch in flight is recorded per
+block, and its blocks land one by one as their last bytes are written: a reader of a block
+being fetched waits for that block only, a failed fetch leaves the blocks it had not brought
+missing and its error reaches only the readers waiting for them (the next reader tries
+again; after an unreachable bucket, the readers coming within ``RECENT_FAILURE`` seconds get
+the same error instead of waiting as long again).
 
 A file opened for writing is copied into a staging file once; after a successful upload the
 staging file becomes the cached content of the new generation.
@@ -66,10 +68,13 @@ RECENT_FAILURE = 2.0  # seconds
 
 
 class _Fetch:
-    """One ranged GET of blocks ``first..last`` of an entry. ``error`` is set before ``done``;
+    """One ranged GET of blocks ``first..last`` of an entry. Its blocks land in order, each as
+    soon as its last byte is written (``landed`` of them so far), so a reader of the first
+    block of a long read-ahead does not wait for the whole range. ``error`` is set before
+    ``done``; ``landed`` and the end are announced under ``cond`` (see :meth:`wait_for`);
     ``wanted`` (a reader waits for it) is guarded by the entry's lock."""
 
-    __slots__ = ("first", "last", "generation", "ahead", "wanted", "done", "error", "task")
+    __slots__ = ("first", "last", "generation", "ahead", "wanted", "done", "error", "task", "landed", "cond")
 
     def __init__(self, first: int, last: int, generation: int, ahead: bool):
         self.first = first
@@ -80,6 +85,25 @@ class _Fetch:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.task: Task | None = None
+        self.landed = 0  # blocks first..first + landed - 1 are present (guarded by cond)
+        self.cond = threading.Condition(threading.Lock())
+
+    def brought(self, block: int) -> bool:
+        return block < self.first + self.landed
+
+    def wait_for(self, block: int) -> bool:
+        """Wait until ``block`` has landed or the fetch is over; whether it landed."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.brought(block) or self.done.is_set())
+            return self.brought(block)
+
+    def announce(self, landed: int | None = None, done: bool = False) -> None:
+        with self.cond:
+            if landed is not None:
+                self.landed = landed
+            if done:
+                self.done.set()
+            self.cond.notify_all()
 
 
 class _NoRoom(Exception):
@@ -133,7 +157,8 @@ def _reraise(error: BaseException) -> None:
 class ContentCache:
     """Cached object content on local disk. ``cache_size`` bounds the clean bytes held (None:
     no bound); ``read_ahead`` is the largest read-ahead window (a quarter of ``cache_size`` at
-    most); ``request_size`` the largest ranged GET; ``fetch_workers`` how many run at once."""
+    most); ``request_size`` the largest ranged GET a reader waits for, ``ahead_request_size``
+    the largest read-ahead GET; ``fetch_workers`` how many run at once."""
 
     def __init__(
         self,
@@ -144,6 +169,7 @@ class ContentCache:
         cache_size: int | None = None,
         read_ahead: int = 64 * MiB,
         request_size: int = 8 * MiB,
+        ahead_request_size: int = 32 * MiB,
         fetch_workers: int = 8,
     ):
         self.root = root
@@ -151,6 +177,10 @@ class ContentCache:
         self.block_size = block_size
         self.read_ahead = read_ahead if cache_size is None else min(read_ahead, max(block_size, cache_size // 4))
         self.blocks_per_request = max(1, request_size // block_size)
+        # Read-ahead asks for up to half the window at once: a stream then pays the round trip
+        # of a new request once per half window, while the other half is still arriving.
+        ahead_request = min(ahead_request_size, self.read_ahead // 2)
+        self.ahead_blocks_per_request = max(self.blocks_per_request, ahead_request // block_size)
         self._pool = FetchPool(fetch_workers)
         self._blocks_dir = os.path.join(root, "blocks")
         self.staging_dir = os.path.join(root, "staging")
@@ -322,11 +352,12 @@ class ContentCache:
         """Make bytes ``[start, end)`` present, waiting for their fetches. Entry pinned, and
         those blocks held."""
         bs = self.block_size
+        last = (end - 1) // bs
         for attempt in (1, 2):
             with entry.lock:
                 if entry.missing == 0:
                     return
-                waits = self._schedule_locked(info, entry, start // bs, (end - 1) // bs, DEMAND)
+                waits = self._schedule_locked(info, entry, start // bs, last, DEMAND)
                 if read_ahead and attempt == 1:
                     ahead = entry.streams.observe(start, end)
                     if ahead is not None and ahead[0] < entry.size:
@@ -334,9 +365,8 @@ class ContentCache:
                         # blocks of the window that were evicted or had no room are asked again.
                         lo, hi = min(ahead[0], end), min(ahead[1], entry.size)
                         self._schedule_locked(info, entry, lo // bs, (hi - 1) // bs, AHEAD)
-            for fetch in waits:
-                fetch.done.wait()
-            failed = [f for f in waits if f.error is not None]
+            # Each fetch up to the last block this read needs from it, not to its own end.
+            failed = [f for f in waits if not f.wait_for(min(f.last, last))]
             if not failed:
                 return
             # A failed fetch this read merely joined (a read-ahead, or a read of the generation
@@ -344,7 +374,7 @@ class ContentCache:
             # missing again, so fetch them once more, for this read.
             own = [f for f in failed if attempt == 2 or not (f.ahead or f.generation != info.generation)]
             if own:
-                _reraise(own[0].error)
+                _reraise(own[0].error or StorageError(f"blocks of {info.name!r} were not fetched"))
 
     def _schedule_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> list[_Fetch]:
         """Fetches bringing blocks ``first..last``: new ones for blocks neither present nor in
@@ -352,6 +382,7 @@ class ContentCache:
         entry.lock."""
         fetches: list[_Fetch] = []
         run: int | None = None  # first block of the run of blocks to fetch being gathered
+        longest = self.blocks_per_request if priority == DEMAND else self.ahead_blocks_per_request
         now = time.monotonic()
         for block in range(first, last + 1):
             failed = _recent_failure_locked(entry, block, info.generation, now)
@@ -376,7 +407,7 @@ class ContentCache:
                 continue
             if run is None:
                 run = block
-            if block - run + 1 == self.blocks_per_request:
+            if block - run + 1 == longest:
                 fetches.append(self._start_locked(info, entry, run, block, priority))
                 run = None
         if run is not None:
@@ -408,55 +439,78 @@ class ContentCache:
                     if entry.inflight.get(block) is fetch:
                         del entry.inflight[block]
                 fetch.error = _NoRoom()
-        fetch.done.set()
+        fetch.announce(done=True)
         self._unpin(entry)
         log.debug("read-ahead of blocks %d-%d of %s dropped: no room in the cache", fetch.first, fetch.last, entry.path)
         return None
 
     def _run_fetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, priority: int) -> None:
-        """In a pool thread: one ranged GET pinned to the generation, written into the copy."""
+        """In a pool thread: one ranged GET pinned to the generation, written into the copy;
+        each block lands (present, counted, its readers woken) once its last byte is written."""
         bs = self.block_size
         lo, hi = fetch.first * bs, min((fetch.last + 1) * bs, entry.size)
         ahead = self._reserve(entry, fetch, hi - lo)
         if ahead is None:
             return
+        count = fetch.last - fetch.first + 1
+
+        def progress(upto: int) -> None:  # bytes [lo, upto) are in the copy
+            whole = count if upto >= hi else upto // bs - fetch.first
+            if whole > fetch.landed:  # (only this thread changes it)
+                self._land(entry, fetch, whole, ahead)
+
         error: BaseException | None = None
         try:
             try:  # straight into the copy, as the bytes arrive
-                got = self.bucket.read_range_into(info.name, lo, hi, entry.fd, generation=info.generation)
+                got = self.bucket.read_range_into(info.name, lo, hi, entry.fd, generation=info.generation,
+                                                  progress=progress)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise _no_space(exc) from exc
                 raise
             if got != hi - lo:
                 raise StorageError(f"short read of {info.name!r}: wanted {hi - lo} bytes at {lo}, got {got}")
-        except BaseException as exc:  # handed to the readers waiting for these blocks
+            progress(hi)
+        except BaseException as exc:  # handed to the readers waiting for the blocks not landed
             error = exc
-        landed = []
         with entry.lock:
             failed_at = time.monotonic()
-            for block in range(fetch.first, fetch.last + 1):
+            for block in range(fetch.first + fetch.landed, fetch.last + 1):
                 if entry.inflight.get(block) is fetch:
                     del entry.inflight[block]
-                if error is None and not entry.present[block]:
-                    entry.present[block] = 1
-                    entry.missing -= 1
-                    landed.append(block)
                 if isinstance(error, BucketUnreachable):  # asking again at once would wait as long
                     entry.failed[block] = (failed_at, fetch)
                 else:
                     entry.failed.pop(block, None)
-            fresh = fetch.ahead and not fetch.wanted  # nobody has read these yet
             fetch.error = error
-        fetch.done.set()
-        with self._lock:
-            if entry.dropped:  # (set under _lock) its blocks no longer count
-                landed = []
-            self.space.settle(entry, hi - lo, ahead, landed, fresh)
+        with self._lock:  # give back the reservation of the blocks that did not land
+            self.space.settle(entry, hi - min(hi, (fetch.first + fetch.landed) * bs), ahead, [], False)
+        fetch.announce(done=True)
         self._unpin(entry)
         if error is not None:
             level = logging.DEBUG if isinstance(error, NotFound) or priority == DEMAND else logging.INFO
             log.log(level, "fetch of %r bytes %d-%d failed, left missing: %s", info.name, lo, hi, error)
+
+    def _land(self, entry: Entry, fetch: _Fetch, whole: int, ahead: bool) -> None:
+        """The first ``whole`` blocks of ``fetch`` are written: the new ones are present now,
+        counted as clean data (their reservation settled) and their readers woken."""
+        blocks = range(fetch.first + fetch.landed, fetch.first + whole)
+        landed = []
+        with entry.lock:
+            for block in blocks:
+                if entry.inflight.get(block) is fetch:
+                    del entry.inflight[block]
+                if not entry.present[block]:
+                    entry.present[block] = 1
+                    entry.missing -= 1
+                    landed.append(block)
+                entry.failed.pop(block, None)
+            fresh = fetch.ahead and not fetch.wanted  # nobody has read these yet
+        with self._lock:
+            if entry.dropped:  # (set under _lock) its blocks no longer count
+                landed = []
+            self.space.settle(entry, sum(entry.block_bytes(b) for b in blocks), ahead, landed, fresh)
+        fetch.announce(landed=whole)
 
     # --- whole small objects ahead (see octuefs.prefetch) ---------------------------------
 
@@ -501,7 +555,7 @@ class ContentCache:
                 if entry.inflight.get(block) is fetch:
                     del entry.inflight[block]
             fetch.error = _NoRoom()  # (nobody waits for it: a reader that joins later fetches again)
-        fetch.done.set()
+        fetch.announce(done=True)  # wakes readers waiting in wait_for
         self._unpin(entry)
         self._drop_if_empty(entry)
         return True

@@ -11,10 +11,12 @@ between two places); a read that matches none starts a new one. Random reads, ev
 two (which the kernel sends as several neighbouring requests), fetch only what they touch.
 
 :class:`FetchPool` runs fetches on at most ``workers`` threads: a bounded number of ranged
-GETs in flight, so a bounded amount of memory (``workers`` x the largest request). Fetches a
+GETs in flight, each streamed to disk a piece at a time, so a bounded amount of memory. Fetches a
 reader is waiting for (``DEMAND``) run before read-ahead (``AHEAD``); a read-ahead fetch a
-reader starts waiting for can be moved up (:meth:`FetchPool.boost`). Threads start when there is
-work and end after ``idle`` seconds without any, so an idle mount holds none.
+reader starts waiting for can be moved up (:meth:`FetchPool.boost`). Read-ahead never takes the
+last ``spare`` workers, so a reader's fetch starts at once even while long read-ahead requests
+of several files are streaming. Threads start when there is work and end after ``idle``
+seconds without any, so an idle mount holds none.
 """
 
 from __future__ import annotations
@@ -89,13 +91,14 @@ class Task:
     """One unit of work in a :class:`FetchPool`. ``priority`` and ``started`` are guarded by
     the pool's lock."""
 
-    __slots__ = ("fn", "priority", "started", "key")
+    __slots__ = ("fn", "priority", "started", "key", "ahead")
 
     def __init__(self, fn: Callable[[], None], priority: int, key: object = None):
         self.fn = fn
         self.priority = priority
         self.started = False
         self.key = key  # read-ahead of one key (one cached file) runs at most ``ahead_per_key`` at once
+        self.ahead = False  # started as read-ahead: counted in the pool's limits until it ends
 
 
 class FetchPool:
@@ -105,25 +108,29 @@ class FetchPool:
     for is never held back): one sequential reader is served best by two ranged GETs in
     flight, not by every worker (measured, 256 MiB cold on 2 cores: 0.5x the client's
     download with eight in flight, 0.85-0.95x with two, also behind 30 ms of latency), while
-    several files read at once still use every worker.
+    several files read at once still use every worker but ``spare``, kept for readers.
 
-    ``_cond`` (and its lock) guards ``_heap``, ``_threads``, ``_waiting`` and ``_running``.
-    The tasks themselves run without it; a task must not raise (an exception is logged as a bug).
+    ``_cond`` (and its lock) guards ``_heap``, ``_threads``, ``_waiting``, ``_running`` and
+    ``_ahead``, and each task's ``ahead``. The tasks themselves run without it; a task must
+    not raise (an exception is logged as a bug).
     """
 
-    def __init__(self, workers: int, idle: float = 30.0, name: str = "octuefs-fetch", ahead_per_key: int = 2):
+    def __init__(self, workers: int, idle: float = 30.0, name: str = "octuefs-fetch", ahead_per_key: int = 2,
+                 spare: int = 1):
         if workers < 1:
             raise ValueError("a fetch pool needs at least one worker")
         self.workers = workers
         self.idle = idle
         self.name = name
         self.ahead_per_key = ahead_per_key
+        self.ahead_limit = max(1, workers - spare)  # read-ahead tasks running at once, all keys
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[int, int, Task]] = []
         self._seq = itertools.count()
         self._threads = 0
         self._waiting = 0
         self._running: dict[object, int] = {}  # key -> its read-ahead tasks running
+        self._ahead = 0  # read-ahead tasks running
 
     def submit(self, fn: Callable[[], None], priority: int, key: object = None) -> Task:
         task = Task(fn, priority, key)
@@ -169,10 +176,11 @@ class FetchPool:
                     heapq.heappush(self._heap, item)
                 if found is not None:
                     found.started = True
-                    if found.key is not None and found.priority > DEMAND:
-                        self._running[found.key] = self._running.get(found.key, 0) + 1
-                    else:
-                        found.key = None  # not counted: nothing to give back when it ends
+                    if found.priority > DEMAND:
+                        found.ahead = True
+                        self._ahead += 1
+                        if found.key is not None:
+                            self._running[found.key] = self._running.get(found.key, 0) + 1
                     return found
                 self._waiting += 1
                 woken = self._cond.wait(self.idle)
@@ -182,18 +190,23 @@ class FetchPool:
                     return None
 
     def _held_back_locked(self, task: Task) -> bool:
-        return task.key is not None and task.priority > DEMAND and self._running.get(task.key, 0) >= self.ahead_per_key
+        if task.priority <= DEMAND:
+            return False
+        return self._ahead >= self.ahead_limit or (
+            task.key is not None and self._running.get(task.key, 0) >= self.ahead_per_key)
 
     def _done(self, task: Task) -> None:
-        if task.key is None:
+        if not task.ahead:
             return
         with self._cond:
-            left = self._running[task.key] - 1
-            if left:
-                self._running[task.key] = left
-            else:
-                del self._running[task.key]
-            self._cond.notify_all()  # a held-back task of that key may run now
+            self._ahead -= 1
+            if task.key is not None:
+                left = self._running[task.key] - 1
+                if left:
+                    self._running[task.key] = left
+                else:
+                    del self._running[task.key]
+            self._cond.notify_all()  # a held-back task may run now
 
     def _work(self) -> None:
         while (task := self._next()) is not None:

@@ -242,14 +242,20 @@ class Bucket(abc.ABC):
         of a non-empty object raises ``RangeNotSatisfiable``; an empty range returns ``b""``.
         """
 
-    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None) -> int:
+    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None,
+                        progress: Callable[[int], None] | None = None) -> int:
         """:meth:`read_range`, written into the file ``fd`` at offset ``start``; the number of bytes.
 
         Implementations may stream, writing as the bytes arrive (a failed call may have written
-        part of the range). An ``OSError`` from writing to ``fd`` is raised as it is.
+        part of the range). ``progress(upto)``, if given, is called each time bytes
+        ``[start, upto)`` are in ``fd``; a retried request may write part of the range again
+        (the same bytes, when pinned to a ``generation``), so ``upto`` may repeat or go back.
+        An ``OSError`` from writing to ``fd`` (or an error from ``progress``) is raised as it is.
         """
         data = self.read_range(name, start, end, generation)
         pwrite_all(fd, data, start)
+        if progress is not None and data:
+            progress(start + len(data))
         return len(data)
 
     def keep_parts_in(self, directory: str) -> None:

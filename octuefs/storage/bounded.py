@@ -85,8 +85,9 @@ class BoundedBucket(Bucket):
     def read_range(self, name: str, start: int, end: int, generation: int | None = None) -> bytes:
         return self._run(lambda: self.inner.read_range(name, start, end, generation))
 
-    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None) -> int:
-        return self._run(lambda: self.inner.read_range_into(name, start, end, fd, generation))
+    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None,
+                        progress: Callable[[int], None] | None = None) -> int:
+        return self._run(lambda: self.inner.read_range_into(name, start, end, fd, generation, progress))
 
     def download_to_file(self, name: str, path: str, generation: int | None = None) -> ObjectInfo:
         return self._run(lambda: self.inner.download_to_file(name, path, generation))

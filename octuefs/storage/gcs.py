@@ -448,8 +448,14 @@ class GCSBucket(Bucket):
         self._read_range(name, start, end, generation, keep, restart)
         return b"".join(chunks)
 
-    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None) -> int:
-        return self._read_range(name, start, end, generation, lambda offset, chunk: pwrite_all(fd, chunk, offset))
+    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None,
+                        progress: Callable[[int], None] | None = None) -> int:
+        def sink(offset: int, chunk: bytes) -> None:
+            pwrite_all(fd, chunk, offset)
+            if progress is not None:
+                progress(offset + len(chunk))
+
+        return self._read_range(name, start, end, generation, sink)
 
     def _read_range(self, name: str, start: int, end: int, generation: int | None,
                     sink: Callable[[int, bytes], None], restart: Callable[[], None] = lambda: None) -> int:
@@ -458,16 +464,31 @@ class GCSBucket(Bucket):
         One media GET with a Range header (:mod:`.jsonapi`), read in READ_CHUNK pieces. The
         library's own download reads the body 8 KiB at a time through three layers of Python,
         which measured 5x the CPU of this (0.58 s against 0.12 s per 256 MiB): on a reader's
-        critical path, that was most of the daemon's time.
+        critical path, that was most of the daemon's time. A retry of a read pinned to a
+        ``generation`` goes on from the last byte the failed attempt delivered (a read-ahead
+        request may be 32 MiB long); an unpinned one starts again (``restart``), since the
+        object may have changed in between.
         """
         if start < 0 or end < start:
             raise ValueError(f"bad range [{start}, {end})")
         if end == start:
             return 0
+        at = start  # delivered to the sink up to here
+
+        def delivered(offset: int, chunk: bytes) -> None:
+            nonlocal at
+            sink(offset, chunk)
+            at = offset + len(chunk)
 
         def attempt(timeout: Timeout) -> int:
-            restart()
-            return self._api.read_range(name, start, end, generation, timeout, sink, READ_CHUNK)
+            nonlocal at
+            if generation is None or at == start:
+                restart()
+                at = start
+            elif at >= end:
+                return at - start
+            self._api.read_range(name, at, end, generation, timeout, delivered, READ_CHUNK)
+            return at - start
 
         try:
             return self._call("reading", attempt, name)

@@ -274,6 +274,23 @@ def test_ranged_read_into_a_file_lands_at_the_range_start(bucket, tmp_path):
             bucket.read_range_into("r", 0, 1, f.fileno(), generation=bucket.stat("r").generation + 1)
 
 
+def test_ranged_read_into_a_file_reports_progress_as_the_bytes_land(bucket, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    generation = bucket.upload_bytes("p", data).generation
+    reported: list[tuple[int, bytes]] = []
+    with open(tmp_path / "copy", "w+b") as f:
+        f.truncate(len(data))
+
+        def progress(upto: int) -> None:  # what the file holds at each report
+            reported.append((upto, os.pread(f.fileno(), upto - 10, 10)))
+
+        assert bucket.read_range_into("p", 10, len(data), f.fileno(), generation=generation, progress=progress) == len(data) - 10
+    assert reported and reported[-1][0] == len(data)
+    assert [upto for upto, _ in reported] == sorted(upto for upto, _ in reported)
+    for upto, held in reported:  # every byte before a report is already in the file
+        assert held == data[10:upto]
+
+
 def test_ranged_read_of_an_empty_object(bucket):
     bucket.upload_bytes("empty", b"")
     assert bucket.read_range("empty", 0, 10) == b""

@@ -100,29 +100,22 @@ def pool_settled(pool: FetchPool, busy: int = 0) -> bool:
 @pytest.fixture
 def joined(monkeypatch):
     """``joined(block, readers)``: wait (10 s at most) until ``readers`` readers wait at once on
-    the one fetch bringing ``block``. Counts who waits on each fetch's ``done`` event."""
+    the one fetch bringing ``block``. Counts who waits on each fetch (``_Fetch.wait_for``)."""
     cond = threading.Condition()
     waiting: dict[object, int] = {}
 
-    class Done(threading.Event):
-        def __init__(self, fetch):
-            super().__init__()
-            self.fetch = fetch
+    class WatchedFetch(cache_module._Fetch):
+        __slots__ = ()
 
-        def wait(self, timeout=None):
+        def wait_for(self, block):
             with cond:
-                waiting[self.fetch] = waiting.get(self.fetch, 0) + 1
+                waiting[self] = waiting.get(self, 0) + 1
                 cond.notify_all()
             try:
-                return super().wait(timeout)
+                return super().wait_for(block)
             finally:
                 with cond:
-                    waiting[self.fetch] -= 1
-
-    class WatchedFetch(cache_module._Fetch):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.done = Done(self)
+                    waiting[self] -= 1
 
     monkeypatch.setattr(cache_module, "_Fetch", WatchedFetch)
 
@@ -148,9 +141,9 @@ def test_sequential_reads_read_ahead_in_fewer_larger_parallel_requests(tmp_path,
     assert bytes(out) == data
     blocks = bucket.blocks_fetched(256 * KiB)
     assert blocks == list(range(48 * MiB // (256 * KiB)))  # every block exactly once
-    # One request per block would be 192; read-ahead asks for up to 4 MiB at a time.
-    assert bucket.calls["read"] <= 30
-    assert max(hi - lo for lo, hi in bucket.ranges) == 4 * MiB
+    # One request per block would be 192; read-ahead asks for up to half its window at a time.
+    assert bucket.calls["read"] <= 15
+    assert max(hi - lo for lo, hi in bucket.ranges) == 8 * MiB
     assert bucket.max_active > 1  # several ranges in flight at once
 
 
@@ -291,7 +284,7 @@ def test_a_failed_fetch_raises_to_its_readers_only_and_a_retry_succeeds(tmp_path
 
 def test_a_failed_read_ahead_leaves_the_blocks_missing_for_the_reader_to_fetch(tmp_path, bucket):
     info, data = put(bucket, "ahead.bin", 16 * MiB)
-    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=MiB, ahead_request_size=MiB)
     bucket.failures[2 * MiB] = StorageError("injected read-ahead failure")
     out = bytearray()
     for offset in range(0, info.size, 128 * KiB):
@@ -302,7 +295,7 @@ def test_a_failed_read_ahead_leaves_the_blocks_missing_for_the_reader_to_fetch(t
 
 def test_a_reader_that_joined_a_failed_read_ahead_fetches_its_block_itself(tmp_path, bucket, joined):
     info, data = put(bucket, "joined.bin", 16 * MiB)
-    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=MiB, ahead_request_size=MiB)
     gate = bucket.gates[2 * MiB] = threading.Event()
     bucket.failures[2 * MiB] = StorageError("injected read-ahead failure")
     assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]  # offset 0: reads blocks 1.. ahead

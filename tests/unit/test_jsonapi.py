@@ -194,3 +194,44 @@ def test_a_token_refresh_is_bounded_by_the_callers_timeout(serve):
         assert server.seen == []  # no request went without its token
     finally:
         silent.close()
+
+
+def test_a_pinned_read_broken_mid_body_goes_on_from_the_last_byte_it_got(serve, tmp_path):
+    """A read-ahead GET may be 32 MiB long: a connection lost half-way is not a reason to fetch
+    what already arrived again (the generation is pinned, so the rest is of the same bytes)."""
+    from octuefs.storage.base import RetryPolicy
+    from octuefs.storage.gcs import READ_CHUNK, GCSBucket
+
+    data = os.urandom(3 * READ_CHUNK)
+    ranges = []
+
+    def answer(h):
+        lo, hi = map(int, h.headers["Range"].split("=")[1].split("-"))
+        ranges.append((lo, hi + 1))
+        assert "generation=7" in h.path
+        body = data[lo : hi + 1]
+        h.send_response(206)
+        h.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if len(ranges) == 1:  # two pieces of the body, then the connection drops
+            h.wfile.write(body[: 2 * READ_CHUNK])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(2)
+        else:
+            h.wfile.write(body)
+
+    _, server = serve(answer)
+    bucket = GCSBucket("b", endpoint=f"http://127.0.0.1:{server.server_port}",
+                       retry=RetryPolicy(initial_delay=0.01, max_delay=0.05, deadline=10))
+    fd = os.open(tmp_path / "copy", os.O_RDWR | os.O_CREAT)
+    reported = []
+    try:
+        assert bucket.read_range_into("o", 5, len(data), fd, generation=7, progress=reported.append) == len(data) - 5
+        assert os.pread(fd, len(data), 5) == data[5:]
+    finally:
+        os.close(fd)
+    assert ranges[0] == (5, len(data))
+    assert ranges[1][0] > 5 and ranges[1][1] == len(data)  # on from where the first one broke
+    assert reported[-1] == len(data)

@@ -1,0 +1,135 @@
+"""Sequential reads at a distance, against the in-memory bucket: a sequential reader keeps long
+read-ahead requests in flight (few round trips per MiB), a random reader asks for its blocks only,
+each block of a long request reaches its reader as soon as it is written, and a request that
+fails half-way keeps what it brought and never mixes generations. The bytes are always checked."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from octuefs.errors import NotFound
+from octuefs.readahead import AHEAD, DEMAND, FetchPool
+from octuefs.storage.base import pwrite_all
+
+from .test_cache import fast_checksums  # noqa: F401 - an autouse fixture, used here too
+from .test_cache import RecordingBucket, make_cache, pool_settled, put, wait_until
+from .test_cache_size import read_all
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class StreamingBucket(RecordingBucket):
+    """A RecordingBucket whose ``read_range_into`` writes a block at a time, reporting progress
+    as a streaming download does, and can stop after the first block of the request starting
+    at an offset: hold there (``pauses``) or fail there (``breaks``)."""
+
+    piece = MiB
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pauses: dict[int, threading.Event] = {}
+        self.paused: set[int] = set()  # requests holding after their first piece
+        self.breaks: dict[int, BaseException] = {}
+
+    def read_range_into(self, name, start, end, fd, generation=None, progress=None):
+        data = self.read_range(name, start, end, generation)  # one request, recorded
+        for at in range(0, len(data), self.piece):
+            pwrite_all(fd, data[at : at + self.piece], start + at)
+            if progress is not None:
+                progress(start + min(at + self.piece, len(data)))
+            if at == 0:
+                failure = self.breaks.pop(start, None)
+                if failure is not None:
+                    raise failure
+                gate = self.pauses.get(start)
+                if gate is not None:
+                    self.paused.add(start)
+                    assert gate.wait(10), "test pause never ended"
+        return len(data)
+
+
+@pytest.fixture
+def bucket():
+    return StreamingBucket("streaming-test")
+
+
+def test_a_sequential_reader_keeps_long_read_ahead_requests_in_flight(tmp_path, bucket):
+    info, data = put(bucket, "seq.bin", 96 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=32 * MiB)
+    bucket.set_latency(0.002)
+    assert read_all(cache, info) == data
+    assert bucket.blocks_fetched(MiB) == list(range(96))  # every block exactly once
+    # Read-ahead asks for half its window (16 MiB) at a time: about 96 / 16 requests, where
+    # requests of request_size (2 MiB) would be 48 round trips.
+    assert max(hi - lo for lo, hi in bucket.ranges) == 16 * MiB
+    assert bucket.calls["read"] <= 12
+    assert bucket.max_active >= 2  # the next one is on its way while the reader eats this one
+
+
+def test_a_random_reader_asks_for_its_blocks_only(tmp_path, bucket):
+    info, data = put(bucket, "random.bin", 64 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=32 * MiB)
+    offsets = random.Random(3).sample(range(MiB, info.size - 4 * KiB), 40)
+    for offset in offsets:
+        assert cache.read(info, offset, 4 * KiB) == data[offset : offset + 4 * KiB]
+    assert wait_until(lambda: pool_settled(cache._pool))
+    assert all(hi - lo == MiB for lo, hi in bucket.ranges)  # one block each, nothing ahead
+    assert bucket.calls["read"] == len({offset // MiB for offset in offsets} | {(o + 4 * KiB - 1) // MiB for o in offsets})
+
+
+def test_a_reader_gets_a_block_as_soon_as_it_lands_not_when_the_request_ends(tmp_path, bucket):
+    info, data = put(bucket, "early.bin", 16 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=MiB, read_ahead=16 * MiB)
+    pause = bucket.pauses[MiB] = threading.Event()
+    assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]  # offset 0: blocks 1.. read ahead in one GET
+    assert wait_until(lambda: MiB in bucket.paused)  # that GET wrote block 1 and holds
+    (lo, hi), = [r for r in bucket.ranges if r[0] == MiB]
+    assert hi - lo > MiB  # it brings more than the block the reader wants now
+    reads = bucket.calls["read"]
+    assert cache.read(info, MiB, 256 * KiB) == data[MiB : MiB + 256 * KiB]  # while the GET holds
+    assert bucket.calls["read"] == reads  # block 1 came from that GET, not from a request of its own
+    pause.set()
+    assert read_all(cache, info) == data
+    assert bucket.blocks_fetched(MiB) == list(range(16))
+
+
+def test_a_request_that_fails_half_way_keeps_its_landed_blocks_and_mixes_no_generations(tmp_path, bucket):
+    old, data = put(bucket, "replaced.bin", 16 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=MiB, read_ahead=16 * MiB)
+    # The read-ahead GET of blocks 1.. writes block 1, then the generation is gone (404).
+    bucket.breaks[MiB] = NotFound("the generation is gone")
+    assert cache.read(old, 0, 128 * KiB) == data[: 128 * KiB]
+    assert wait_until(lambda: not bucket.breaks and pool_settled(cache._pool))
+    new, new_data = put(bucket, "replaced.bin", 16 * MiB, seed=1)
+    reads = bucket.calls["read"]
+    assert cache.read(old, MiB, 100) == data[MiB : MiB + 100]  # landed before the failure: kept
+    assert bucket.calls["read"] == reads
+    with pytest.raises(NotFound):  # not landed: asked again, pinned to the old generation
+        cache.read(old, 3 * MiB, 100)
+    assert read_all(cache, new) == new_data  # the new generation, every byte its own
+
+
+def test_read_ahead_of_many_files_leaves_a_worker_for_a_reader():
+    pool = FetchPool(workers=4, idle=0.5, name="spare-test-pool")
+    gate, lock = threading.Event(), threading.Lock()
+    running: list[str] = []
+
+    def task(name: str):
+        def run():
+            with lock:
+                running.append(name)
+            gate.wait(5)
+        return run
+
+    for i in range(6):  # six files streaming: long read-ahead requests, one key each
+        pool.submit(task(f"ahead{i}"), AHEAD, key=f"file{i}")
+    assert wait_until(lambda: pool_settled(pool, busy=3))
+    assert len(running) == 3  # one worker stays free for readers
+    pool.submit(task("demand"), DEMAND, key="file9")
+    assert wait_until(lambda: "demand" in running)  # starts at once, before any read-ahead ends
+    gate.set()
+    assert wait_until(lambda: len(running) == 7)

@@ -31,8 +31,13 @@ class ConfigFileError(ValueError):
 
 
 def keys_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """Every settable key of the mount command's parser, by its argparse dest."""
-    return {a.dest: a for a in parser._actions if a.dest not in _NOT_KEYS and a.dest is not argparse.SUPPRESS}
+    """Every settable key of the mount command's parser, by its argparse dest. Where several
+    options set one dest (``--prefetch-files N`` and ``--no-prefetch``), the first one's type holds."""
+    keys: dict[str, argparse.Action] = {}
+    for a in parser._actions:
+        if a.dest not in _NOT_KEYS and a.dest is not argparse.SUPPRESS:
+            keys.setdefault(a.dest, a)
+    return keys
 
 
 def _kind(action: argparse.Action) -> str:

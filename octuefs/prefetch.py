@@ -95,7 +95,7 @@ class Prefetcher:
         self.min_run = max(2, min_run)
         self.list_dir = list_dir
         self.clock = clock
-        self.pool = FetchPool(requests, name="octuefs-prefetch")
+        self.pool = FetchPool(requests, name="octuefs-prefetch", spare=0)  # readers use the cache's own pool
         self._lock = threading.Lock()
         self._dirs: collections.OrderedDict[str, _Dir] = collections.OrderedDict()  # guarded by _lock
         self._bytes = 0  # of every directory's outstanding prefetches; guarded by _lock

@@ -182,6 +182,8 @@ class ContentCache:
         ahead_request = min(ahead_request_size, self.read_ahead // 2)
         self.ahead_blocks_per_request = max(self.blocks_per_request, ahead_request // block_size)
         self._pool = FetchPool(fetch_workers)
+        self._reads = {"read_hits": 0, "read_misses": 0}  # guarded by _reads_lock
+        self._reads_lock = threading.Lock()
         self._blocks_dir = os.path.join(root, "blocks")
         self.staging_dir = os.path.join(root, "staging")
         self._lock = threading.Lock()
@@ -322,8 +324,16 @@ class ContentCache:
     def usage(self) -> dict:
         """Clean bytes held (with reservations of fetches in flight), the limit, and more."""
         with self._lock:
-            return {"clean_bytes": self.space.held, "limit": self.space.limit, "peak_bytes": self.space.peak,
-                    "evicted_bytes": self.space.evicted, "cached_files": len(self._entries)}
+            usage = {"clean_bytes": self.space.held, "limit": self.space.limit, "peak_bytes": self.space.peak,
+                     "evicted_bytes": self.space.evicted, "cached_files": len(self._entries)}
+        with self._reads_lock:
+            usage.update(self._reads)
+        return usage
+
+    def _count_read(self, hit: bool) -> None:
+        """A read was served from the cache alone (a hit) or waited for the bucket (a miss)."""
+        with self._reads_lock:
+            self._reads["read_hits" if hit else "read_misses"] += 1
 
     def staging_bytes(self) -> int:
         """Bytes of unsaved data in staging files (files being written)."""
@@ -356,8 +366,13 @@ class ContentCache:
         for attempt in (1, 2):
             with entry.lock:
                 if entry.missing == 0:
+                    waits = []
+                else:
+                    waits = self._schedule_locked(info, entry, start // bs, last, DEMAND)
+                if attempt == 1:
+                    self._count_read(hit=not waits)
+                if not waits and entry.missing == 0:
                     return
-                waits = self._schedule_locked(info, entry, start // bs, last, DEMAND)
                 if read_ahead and attempt == 1:
                     ahead = entry.streams.observe(start, end)
                     if ahead is not None and ahead[0] < entry.size:

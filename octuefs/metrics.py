@@ -116,6 +116,11 @@ class _StateCollector:
             yield GaugeMetricFamily("octuefs_cache_limit_bytes", "The bound on clean cached data", value=cache["limit"])
         yield CounterMetricFamily("octuefs_cache_evicted_bytes", "Clean bytes evicted since the mount",
                                   value=cache.get("evicted_bytes", 0))
+        reads = CounterMetricFamily("octuefs_cache_reads", "Reads of cached content: hit (served from the cache "
+                                    "alone) or miss (waited for the bucket)", labels=["result"])
+        reads.add_metric(["hit"], cache.get("read_hits", 0))
+        reads.add_metric(["miss"], cache.get("read_misses", 0))
+        yield reads
         yield GaugeMetricFamily("octuefs_cache_error", "1 while the cache directory cannot be written",
                                 value=1 if cache.get("error") else 0)
         uploads = GaugeMetricFamily("octuefs_uploads", "Uploads not yet in the bucket, by state", labels=["state"])

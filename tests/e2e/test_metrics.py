@@ -51,7 +51,12 @@ def test_metrics_move_as_files_are_written_read_and_patched(mount_factory):
 
     mount.bucket.upload_bytes("theirs.csv", b"x,y\n1,2\n")  # written elsewhere: the mount must fetch it
     assert (mount / "theirs.csv").read_bytes() == b"x,y\n1,2\n"
+    with open(mount / "theirs.csv", "rb") as f:  # again, past the kernel's page cache: from the mount's cache
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert f.read() == b"x,y\n1,2\n"
     after_read = _scrape(port)
+    assert _total(after_read, "octuefs_cache_reads_total", result="miss") >= 1
+    assert _total(after_read, "octuefs_cache_reads_total", result="hit") >= 1
     assert _total(after_read, "octuefs_bucket_read_bytes_total") >= 8
     assert _total(after_read, "octuefs_bucket_requests_total", kind="read", outcome="ok") >= 1
     assert _total(after_read, "octuefs_bucket_request_seconds_count", kind="read") >= 1

@@ -191,3 +191,12 @@ def test_a_bucket_that_refuses_listings_still_opens_files_by_name(tmp_path):
     assert read(fs, "/d/b.txt") == b"0123d/b.txt"
     with pytest.raises(PermissionDenied):  # absent, or a directory? Only a listing can say
         fs.getattr("/d/c.txt")
+
+
+def test_the_kernel_keeps_no_does_not_exist_of_its_own():
+    """The daemon alone answers "does not exist", within --negative-ttl; a kernel copy would
+    add its own timeout to that window."""
+    from octuefs.config import MountConfig
+    from octuefs.mount import fuse_kwargs
+
+    assert fuse_kwargs(MountConfig(bucket="b", mountpoint="/mnt"))["negative_timeout"] == 0

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LOOKUP_PAGES = 10  # pages a fill lists for lookups alone (10,000 entries)
 LOOKUP_WAIT = 2  # pages past the first a lookup waits for before asking for its name alone
+STOPPED_KEPT = 32  # fills stopped short kept for a readdir to resume (their pages are in memory)
 IDLE = 0.5  # seconds a fill's thread waits for someone to want more pages before it ends
 
 
@@ -96,14 +97,21 @@ class DirectoryFills:
         with self._cond:
             fill = self._fills.get(prefix)
             new = fill is None or not self._joinable(fill)
+        probe = None
+        if new:
+            # The probe first: if the name is a directory, its page is the one ``ls`` waits
+            # for, and the request sent first takes the connection already open.
+            probe = self._probe(name + "/")
+        with self._cond:
             if new:
                 fill = self._start(prefix)
-            fresh_since = fill.started if new or fill.running else None
+            # Its "does not exist" counts as fresh if it began for this lookup or a moment ago
+            # (a long readdir's early pages are no fresher than any other listing).
+            recent = self.metacache.now() - fill.started < self.metacache.negative_ttl
+            fresh_since = fill.started if new or (fill.running and recent) else None
             fill.lookup_want = max(fill.lookup_want, LOOKUP_PAGES)
             self._run_if_needed(fill)
-        if new:
-            self._probe(name + "/")
-        answer = self._wait_for(name, fill, fresh_since)
+        answer = self._wait_for(name, fill, fresh_since, probe)
         return answer if answer is not None else self.ask_alone(name)
 
     def _joinable(self, fill: _Fill) -> bool:  # LOCKS_REQUIRED(_cond)
@@ -113,15 +121,18 @@ class DirectoryFills:
             return False
         return fill.running or self.metacache.now() - fill.started < self.metacache.list_ttl
 
-    def _wait_for(self, name: str, fill: _Fill, fresh_since: float | None) -> Entry | None:
+    def _wait_for(self, name: str, fill: _Fill, fresh_since: float | None, probe: _Fill | None) -> Entry | None:
         """The answer ``fill`` gives for ``name``, waiting for its first page and at most
-        LOOKUP_WAIT more; None if it cannot say (past its pages, not kept, refused)."""
+        LOOKUP_WAIT more; None if it cannot say (past its pages, not kept, refused). DIR at
+        once if ``probe`` (of ``name/``) finds something there first."""
         first_seen: int | None = None
         with self._cond:
             while True:
                 known = self.metacache.lookup(name, fresh_since=fresh_since)
                 if known is not None:
                     return known
+                if probe is not None and probe.pages and probe.exists:
+                    return DIR
                 if fill.error is not None:
                     if isinstance(fill.error, PermissionDenied):
                         self._listing_refused = True
@@ -221,9 +232,11 @@ class DirectoryFills:
 
     def _start(self, prefix: str) -> _Fill:  # LOCKS_REQUIRED(_cond)
         fill = _Fill(prefix, self.metacache.epoch(prefix), self.metacache.now())
+        self._fills.pop(prefix, None)
         self._fills[prefix] = fill
-        if len(self._fills) > 1000:  # forget the oldest stopped ones
-            for old in [p for p, f in self._fills.items() if not f.running][:500]:
+        stopped = [p for p, f in self._fills.items() if not f.running]
+        if len(stopped) > STOPPED_KEPT:  # forget the oldest (their listings may stay in the cache)
+            for old in stopped[: len(stopped) - STOPPED_KEPT // 2]:
                 del self._fills[old]
         return fill
 
@@ -268,6 +281,8 @@ class DirectoryFills:
 
     def _keep(self, fill: _Fill, page: ListPage, converted: Page) -> None:  # LOCKS_REQUIRED(_cond)
         first = not fill.pages
+        log.debug("listing %r: page %d (%d entries) at %.3fs", fill.prefix, len(fill.pages) + 1,
+                  len(converted.dirs) + len(converted.files), self.metacache.now() - fill.started)
         fill.pages.append(converted)
         fill.token = page.next_token
         fill.done = page.next_token is None

@@ -70,6 +70,7 @@ class _Fill:
         self.lookup_want = 0  # pages wanted for lookups (while kept)
         self.reader_want = 0  # pages wanted by readdirs
         self.seen_files: set[str] = set()
+        self.epoch_of_parent: tuple[int, int] | None = None  # (a probe's: its parent's when it was sent)
 
     def want(self) -> int:
         return max(self.reader_want, self.lookup_want if self.kept else 0)
@@ -97,11 +98,18 @@ class DirectoryFills:
         with self._cond:
             fill = self._fills.get(prefix)
             new = fill is None or not self._joinable(fill)
+            if new:  # (a fill may have ended since the caller looked)
+                known = self.metacache.lookup(name)
+                if known is not None:
+                    return known
         probe = None
         if new:
             # The probe first: if the name is a directory, its page is the one ``ls`` waits
             # for, and the request sent first takes the connection already open.
+            parent_epoch = self.metacache.epoch(prefix)
             probe = self._probe(name + "/")
+            if probe is not None:
+                probe.epoch_of_parent = parent_epoch
         with self._cond:
             if new:
                 fill = self._start(prefix)
@@ -132,6 +140,7 @@ class DirectoryFills:
                 if known is not None:
                     return known
                 if probe is not None and probe.pages and probe.exists:
+                    self.metacache.put_dir(name, probe.epoch_of_parent)
                     return DIR
                 if fill.error is not None:
                     if isinstance(fill.error, PermissionDenied):
@@ -140,8 +149,7 @@ class DirectoryFills:
                                     fill.prefix, fill.error)
                         return None
                     raise fill.error
-                more_coming = fill.running and not fill.done and len(fill.pages) < fill.want()
-                if not fill.kept or not more_coming:
+                if not fill.kept or len(fill.pages) >= fill.want() or not self._coming(fill):
                     return None
                 if fill.pages and first_seen is None:
                     first_seen = len(fill.pages)
@@ -182,7 +190,7 @@ class DirectoryFills:
             page = self.bucket.list_page(prefix, "/", max_results=1)
             return bool(page.objects or page.prefixes)
         with self._cond:
-            while not fill.pages and fill.error is None and (fill.running or fill.needs_thread()):
+            while not fill.pages and self._coming(fill):
                 self._cond.wait()
             if not fill.pages:
                 raise fill.error or BucketUnreachable(f"listing {fill.prefix!r} stopped")
@@ -208,17 +216,23 @@ class DirectoryFills:
         """The pages of a listing of ``prefix``, in order, the last with ``horizon`` None: those
         of a fill under way if the mount changed nothing there since it began, else a new one.
         The fill is kept one page ahead of the reader; closing the iterator lets it stop."""
+        whole = None
         with self._cond:
             fill = self._fills.get(prefix)
             if fill is None or fill.error is not None or fill.epoch != self.metacache.epoch(prefix) or \
                     self.metacache.now() - fill.started >= self.metacache.list_ttl:
-                fill = self._start(prefix)
+                whole = self.metacache.listing(prefix)  # (a fill may have ended since the caller looked)
+                if whole is None:
+                    fill = self._start(prefix)
+        if whole is not None:
+            yield Page(sorted(whole.dirs), sorted(whole.files.items()), None)
+            return
         i = 0
         while True:
             with self._cond:
                 fill.reader_want = max(fill.reader_want, i + 2)
                 self._run_if_needed(fill)
-                while len(fill.pages) <= i and fill.error is None and fill.running:
+                while len(fill.pages) <= i and self._coming(fill):
                     self._cond.wait()
                 if len(fill.pages) <= i:
                     raise fill.error or BucketUnreachable(f"listing {prefix!r} stopped")
@@ -239,6 +253,15 @@ class DirectoryFills:
             for old in stopped[: len(stopped) - STOPPED_KEPT // 2]:
                 del self._fills[old]
         return fill
+
+    def _coming(self, fill: _Fill) -> bool:  # LOCKS_REQUIRED(_cond)
+        """Will another page of ``fill`` come (a waiter's condition)? Its thread runs, or is
+        started again here if it ended (idle) just as more was wanted."""
+        if fill.error is not None or fill.done:
+            return False
+        if fill.needs_thread():
+            self._run_if_needed(fill)
+        return fill.running
 
     def _run_if_needed(self, fill: _Fill) -> None:  # LOCKS_REQUIRED(_cond)
         if fill.needs_thread():

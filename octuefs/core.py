@@ -41,7 +41,8 @@ from .errors import (
 )
 from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
 from .givebacks import OwedGiveBacks
-from .metacache import DIR, MISSING, Listing, MetadataCache, parent_prefix
+from .listings import DirectoryFills
+from .metacache import DIR, MISSING, MetadataCache
 from .namespace import Namespace
 from .prefetch import Prefetcher
 from .storage.base import PARTS_PREFIX, Bucket, ObjectInfo
@@ -104,6 +105,7 @@ class FileSystem:
         self.config = config
         self.ns = Namespace(config.prefix)
         self.metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
+        self.fills = DirectoryFills(self.bucket, self.metacache, self.ns)
         quarantine_unclosed(os.path.join(config.cache_dir, "staging"), config.cache_dir)
         self.cache = cache or ContentCache(config.cache_dir, self.bucket, config.block_size,
                                            cache_size=effective_cache_size(config))
@@ -154,26 +156,15 @@ class FileSystem:
     # --- lookups ------------------------------------------------------------------------
 
     def lookup(self, name: str) -> ObjectInfo | object:
-        """What object name ``name`` is: its ObjectInfo, ``DIR`` or ``MISSING`` (cached)."""
+        """What object name ``name`` is: its ObjectInfo, ``DIR`` or ``MISSING``. From the
+        metadata cache, else from its directory's listing (one request for every name there),
+        else by asking for it alone (see :mod:`octuefs.listings`)."""
         if name == self.ns.prefix.rstrip("/") or not name:
             return DIR
         known = self.metacache.lookup(name)
         if known is not None:
             return known
-        epoch = self.metacache.epoch(parent_prefix(name))
-        try:
-            info = self.bucket.stat(name)
-        except NotFound:
-            pass
-        else:
-            self.metacache.put_file(info, epoch)
-            return info
-        page = self.bucket.list_page(name + "/", "/", max_results=1)
-        if page.objects or page.prefixes:
-            self.metacache.put_dir(name, epoch)
-            return DIR
-        self.metacache.put_missing(name, epoch)
-        return MISSING
+        return self.fills.lookup(name)
 
     def _node(self, name: str) -> FileNode | None:
         node = self.files.node(name)
@@ -288,62 +279,47 @@ class FileSystem:
         return local
 
     def _stream_listing(self, prefix: str) -> Iterator[tuple[list[tuple[str, Attr]], bool]]:
-        """List ``prefix`` from the bucket, a batch per page; cache the whole if nothing changed.
+        """List ``prefix`` from the bucket, a batch per page (the pages of the directory's fill:
+        one under way is joined; the fill keeps the listing, see :mod:`octuefs.listings`).
 
         Pages come in name order, so a file is held back only while a directory of the same
         name (which hides it) could still follow: until the listing has passed ``name/``.
         The nodes are taken before the listing and again after it: a file uploaded while the
         bucket was being listed, its node dropped since, is then still shown.
         """
-        epoch = self.metacache.epoch(prefix)
         before = self.files.nodes_under(prefix)
         local = self._local_attrs(prefix, before)
-        files: dict[str, ObjectInfo] = {}
+        files: set[str] = set()
         dirs: set[str] = set()
         held: dict[str, ObjectInfo] = {}
         dir_attr = Attr(True, 0, self._started)
 
         def release(entry: str, info: ObjectInfo) -> tuple[str, Attr]:
-            files[entry] = info
+            files.add(entry)
             return entry, local.pop(entry, None) or Attr(False, info.size, mtime_of(info))
 
-        for page in self.bucket.iter_pages_ahead(prefix, "/"):
+        for page in self.fills.pages(prefix):
             batch = []
-            for d in page.prefixes:
-                entry = self.ns.entry_name(prefix, d)
-                if entry is None or entry in dirs:
+            for entry in page.dirs:
+                if entry in dirs:
                     continue
                 dirs.add(entry)
-                if held.pop(entry, None) is not None:
-                    self.ns.warn_once(prefix + entry, "a directory of the same name, which hides it")
+                held.pop(entry, None)
                 local.pop(entry, None)
                 batch.append((entry, dir_attr))
-            for info in page.objects:
-                entry = self.ns.entry_name(prefix, info.name)
-                if entry is None or info.is_dir_marker:
-                    continue
-                if entry in dirs:
-                    self.ns.warn_once(prefix + entry, "a directory of the same name, which hides it")
-                else:
+            for entry, info in page.files:
+                if entry not in dirs:
                     held[entry] = info
-            horizon = max(page.objects[-1].name if page.objects else "", page.prefixes[-1] if page.prefixes else "")
-            done = page.next_token is None
-            for entry in [e for e in held if done or prefix + e + "/" <= horizon]:
+            horizon = page.horizon
+            for entry in [e for e in held if horizon is None or prefix + e + "/" <= horizon]:
                 batch.append(release(entry, held.pop(entry)))
-            if done:
+            if horizon is None:
                 after = self._local_attrs(prefix, self.files.nodes_under(prefix))
                 local.update((f, a) for f, a in after.items() if f not in files)
                 batch += [(f, attr) for f, attr in local.items() if f not in dirs]  # not yet in the bucket
-                for clash in dirs & files.keys():  # only from a server that lists out of name order
-                    self.ns.warn_once(prefix + clash, "a directory of the same name, which hides it")
-                    del files[clash]
-                # Earlier pages' files were kept as they came (put_page): only this page's remain.
-                unkept = [files[e] for e, _ in batch if e in files]
-                self.metacache.put_listing(prefix, Listing(files, dirs), epoch, unkept)
                 yield batch, False
                 return
             if batch:
-                self.metacache.put_page(prefix, [files[e] for e, _ in batch if e in files], epoch)
                 yield batch, True
 
     def _list_in_background(self, prefix: str) -> None:

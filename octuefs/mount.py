@@ -138,7 +138,10 @@ def fuse_kwargs(config: MountConfig) -> dict:
         "subtype": "octuefs",
         "attr_timeout": config.kernel_attr_ttl,
         "entry_timeout": config.kernel_entry_ttl,
-        "negative_timeout": min(config.kernel_entry_ttl, config.negative_ttl),
+        # The kernel keeps no "does not exist": the daemon answers it from memory, and only
+        # within --negative-ttl of when the bucket said so (a kernel copy would add its own
+        # timeout to that; docs/semantics.md, "Freshness").
+        "negative_timeout": 0.0,
         # Unlink an open file for real: without this, libfuse renames it to .fuse_hiddenNNNN
         # instead, which would show in listings and be uploaded under that name.
         "hard_remove": True,

@@ -203,7 +203,7 @@ class Bucket(abc.ABC):
                 return
 
     def iter_pages_ahead(self, prefix: str = "", delimiter: str | None = "/", max_results: int = 1000,
-                         depth: int = 2) -> Iterator[ListPage]:
+                         depth: int = 2, page_token: str | None = None) -> Iterator[ListPage]:
         """:meth:`iter_pages` with the requests sent by a thread of its own, each as soon as the
         one before has answered (page tokens allow no more overlap than that), while the caller
         converts and uses the pages before: at most ``depth`` pages wait for the caller. An
@@ -212,8 +212,8 @@ class Bucket(abc.ABC):
 
         A page's token as :meth:`fetch_page` announces it may be a guess: where the converted
         page says otherwise, what was fetched with the guess is dropped and the listing goes on
-        from the page's own token."""
-        token: str | None = None
+        from the page's own token. ``page_token``: where to start (a listing resumed)."""
+        token = page_token
         while True:
             ahead = _PagesAhead(self, prefix, delimiter, max_results, depth, token)
             try:

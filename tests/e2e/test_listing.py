@@ -113,3 +113,22 @@ def test_a_file_removed_during_a_long_listing_does_not_come_back(mount):
     assert not os.path.exists(mount / "d/f1400")
     with pytest.raises(FileNotFoundError):
         os.stat(mount / "d/f1400")
+
+
+def test_an_object_uploaded_elsewhere_opens_by_name_once_negative_ttl_has_passed(mount_factory):
+    """Freshness (docs/semantics.md): a name absent from a listing the mount holds is "no such
+    file" only within --negative-ttl; past it the bucket is asked again, with listings still
+    cached for --list-ttl (30 s)."""
+    import time
+
+    m = mount_factory("--negative-ttl", "1")
+    m.bucket.upload_bytes("d/old.txt", b"old")
+    assert sorted(os.listdir(m / "d")) == ["old.txt"]  # the listing is cached now
+    m.bucket.upload_bytes("d/new.txt", b"uploaded by another program")
+    try:  # within negative_ttl the mount may still say it is not there
+        (m / "d/new.txt").read_bytes()
+    except FileNotFoundError:
+        pass
+    time.sleep(1.2)
+    assert (m / "d/new.txt").read_bytes() == b"uploaded by another program"
+    assert sorted(os.listdir(m / "d")) == ["new.txt", "old.txt"]  # the relist refreshed the listing

@@ -160,15 +160,15 @@ def test_directories_come_from_markers_and_implicit_prefixes(fs, bucket):
 def test_ls_l_of_a_directory_costs_one_list_request(fs, bucket):
     for i in range(50):
         bucket.upload_bytes(f"d/f{i}", b"x" * i, {"octue__tags": '{"i": %d}' % i})
-    assert fs.getattr("/d").is_dir
     bucket.reset_calls()
+    assert fs.getattr("/d").is_dir  # the kernel's LOOKUP: it fetches d/'s listing too (the probe)
     entries = fs.readdir("/d")
     for name, _ in entries:
         fs.getattr(f"/d/{name}")
         fs.listxattr(f"/d/{name}")
         fs.getxattr(f"/d/{name}", "user.octue.tags")
     assert len(entries) == 50
-    assert bucket.calls["list"] == 1
+    assert bucket.calls["list"] <= 2  # d/'s, and the parent's (sent side by side with it)
     assert bucket.calls["stat"] == 0 and bucket.calls["read"] == 0
 
 

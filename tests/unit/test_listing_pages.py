@@ -93,7 +93,8 @@ def test_a_listing_given_up_half_way_is_not_cached(tmp_path):
     batches = fs.readdir_batches("/d")
     assert len(next(batches)[0]) == 999
     batches.close()  # the reader went away (ls | head)
-    assert fs.metacache.listing("d/") is None
+    kept = fs.metacache.listing("d/")  # (the fill may finish it in the background: then whole)
+    assert kept is None or len(kept.files) == 1500
     assert len(fs.readdir("/d")) == 1500
 
 

@@ -65,11 +65,6 @@ class Attr:
     mtime: float = 0.0
 
 
-# The most pages (of up to 1,000 objects) the prefetcher's background listing of a directory reads:
-# past that it stops (nothing is cached), so a reader of a huge directory never makes the mount
-# list it whole unasked.
-LIST_AHEAD_PAGES = 10
-
 # How long a failed take-over rename waits for the queued upload giving the source its own
 # metadata back before it returns its error (saying the give-back is queued).
 GIVE_BACK_WAIT = 5.0
@@ -119,7 +114,7 @@ class FileSystem:
                                op_timeout=config.op_timeout)
         # The next small files of a directory read in name order, fetched before they are opened.
         self.prefetch = (Prefetcher(self.cache, self.metacache, lambda name: self.files.node(name) is not None,
-                                    files=config.prefetch_files, list_dir=self._list_in_background)
+                                    files=config.prefetch_files)
                          if config.prefetch_files else None)
         recovered = journal.load(bucket.name)
         self.files.recover(recovered)
@@ -321,26 +316,6 @@ class FileSystem:
                 return
             if batch:
                 yield batch, True
-
-    def _list_in_background(self, prefix: str) -> None:
-        """List directory ``prefix`` as ``ls`` would (caching the listing), on a thread of its own:
-        what the prefetcher asks for a directory read in name order with no listing cached. A
-        directory of more than LIST_AHEAD_PAGES pages is left unlisted."""
-        path = "/" + prefix[len(self.ns.prefix) :].rstrip("/")
-
-        def run() -> None:
-            try:
-                batches = self.readdir_batches(path)
-                for pages, (_batch, more) in enumerate(batches, 1):
-                    if more and pages >= LIST_AHEAD_PAGES:
-                        getattr(batches, "close", lambda: None)()  # stops after the page in flight
-                        log.debug("%r has more than %d pages: not listed for the prefetcher", path, pages)
-                        return
-            except Exception as exc:  # only a prefetch that will not happen
-                log.debug("listing %r for the prefetcher failed: %s", path, exc)
-            self.prefetch.listed(prefix)
-
-        threading.Thread(target=run, name="octuefs-list-ahead", daemon=True).start()
 
     def mkdir(self, path: str) -> None:
         self._check_writable()

@@ -20,10 +20,9 @@ upload is never prefetched (it reads the local version anyway). Prefetched bytes
 opened yet are clean read-ahead in the cache: counted, and evictable (see
 :mod:`octuefs.cachespace`).
 
-Without a cached listing there is nothing to go by. After ``min_run`` opens in a directory in
-ascending name order, ``list_dir`` (if given) lists it once in the background, as ``ls`` would,
-and calls :meth:`Prefetcher.listed` when the listing is cached: the files after the last one
-opened are fetched then, without waiting for the next open.
+Without a cached listing there is nothing to go by. A lookup that misses lists its directory
+(:mod:`octuefs.listings`, up to a bound), so a directory read by name has one after its first
+open; a directory too large for that is not prefetched.
 
 Locks: ``Prefetcher._lock`` guards the directories' state; it is taken before the cache's locks
 (prefetches start and are cancelled while it is held) and the open-file table's (``is_live``).
@@ -53,7 +52,6 @@ IDLE = 10.0  # seconds: a directory with no open for this long is dropped (its b
 REFRESH = 1.0  # seconds a copy of a listing is used before it is taken again
 SKIP = 2  # an open this many files further on keeps the order (a file skipped)
 BACK = 4  # ... and one this many back is ignored (parallel readers, reopens)
-RELIST = 30.0  # seconds before a directory whose listing was asked for is asked for again
 
 
 @dataclasses.dataclass
@@ -71,19 +69,16 @@ class _Dir:
     window: int = 0  # files to keep fetched ahead of pos
     ahead: str | None = None  # every entry up to this one (included) was considered
     outstanding: dict[str, tuple[int, Callable[[], bool]]] = dataclasses.field(default_factory=dict)
-    listed: float | None = None  # when list_dir was last asked for it
 
 
 class Prefetcher:
     """Watches opens for reading and fetches the next files of a directory read in order.
 
-    ``is_live(name)``: the mount has ``name`` open or pending (never prefetched);
-    ``list_dir(prefix)``: list a directory in the background (None: never ask)."""
+    ``is_live(name)``: the mount has ``name`` open or pending (never prefetched)."""
 
     def __init__(self, cache: ContentCache, metacache: MetadataCache, is_live: Callable[[str], bool], *,
                  files: int = 32, initial: int = 4, max_bytes: int = 16 * MiB, requests: int = 8,
-                 file_size: int | None = None, min_run: int = 2,
-                 list_dir: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic):
+                 file_size: int | None = None, min_run: int = 2, clock: Callable[[], float] = time.monotonic):
         self.cache = cache
         self.metacache = metacache
         self.is_live = is_live
@@ -93,7 +88,6 @@ class Prefetcher:
         self.max_bytes = max_bytes if limit is None else min(max_bytes, limit // 8)  # a fraction of the cache
         self.file_size = min(file_size or cache.block_size, self.max_bytes)
         self.min_run = max(2, min_run)
-        self.list_dir = list_dir
         self.clock = clock
         self.pool = FetchPool(requests, name="octuefs-prefetch", spare=0)  # readers use the cache's own pool
         self._lock = threading.Lock()
@@ -115,7 +109,6 @@ class Prefetcher:
         prefix = parent_prefix(name)
         entry = name[len(prefix) :]
         now = self.clock()
-        ask = False
         with self._lock:
             self._expire_locked(now)
             d = self._dirs.get(prefix)
@@ -130,13 +123,6 @@ class Prefetcher:
             else:
                 d.run = d.run + 1 if d.pos is not None and entry > d.pos else 1
                 d.pos = entry
-                ask = self.list_dir is not None and d.run >= self.min_run and (
-                    d.listed is None or now - d.listed > RELIST)
-                if ask:
-                    d.listed = now
-        if ask:
-            log.debug("files of %r opened in name order, and no listing cached: listing it", prefix)
-            self.list_dir(prefix)
 
     # --- the pattern --------------------------------------------------------------------
 
@@ -216,20 +202,6 @@ class Prefetcher:
             self._drop_locked(self._dirs.popitem(last=False)[1])
 
     # --- the listing --------------------------------------------------------------------
-
-    def listed(self, prefix: str) -> None:
-        """The listing ``list_dir`` was asked for is cached (or could not be): if the directory
-        is still being read in order, fetch ahead of the last file opened."""
-        try:
-            with self._lock:
-                d = self._dirs.get(prefix)
-                if d is None or d.pos is None or d.run < self.min_run or d.outstanding:
-                    return
-                if self._take_listing_locked(d, self.clock()) and d.pos in d.infos:
-                    d.ahead = d.pos
-                    self._top_up_locked(d, bisect.bisect_left(d.names, d.pos))
-        except Exception:
-            log.warning("prefetching in %r after its listing failed; reads go on without it", prefix, exc_info=True)
 
     def _take_listing_locked(self, d: _Dir, now: float, entry: str | None = None, info: ObjectInfo | None = None) -> bool:
         """Make sure ``d`` has a recent copy of its listing; False if none is cached. The copy is

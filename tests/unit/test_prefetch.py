@@ -12,7 +12,6 @@ import threading
 
 import pytest
 
-from octuefs import core
 from octuefs import prefetch as prefetch_module
 from octuefs.storage.fake import FakeBucket
 

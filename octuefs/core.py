@@ -106,6 +106,7 @@ class FileSystem:
         journal = Journal(config.cache_dir)
         bucket.keep_parts_in(os.path.join(config.cache_dir, "parts"))  # large uploads' parts, until deleted
         self.uploader = Uploader(bucket, journal, workers=config.upload_workers, burst_hold=config.upload_hold)
+        self.uploader.patch_pace = config.patch_pace
         self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
                                upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,
                                op_timeout=config.op_timeout)

@@ -138,11 +138,10 @@ RECORD_FIELDS = ("id", "name", "base_generation", "after", "metadata", "content_
 BASE_UNKNOWN = -1
 PERMANENT_RETRY = 300.0  # seconds between retries of an upload that failed for good (403, 400)
 # GCS takes about one change of an object per second (more are answered 429): a metadata patch
-# waits this long after the last change this mount made to its object.
-MUTATION_GAP = 1.0
-# A setfattr's patch waits this long for more changes of the same object to join it (a script
-# setting five attributes in a row sends one patch).
-PATCH_DELAY = 1.0
+# waits this long after the last change this mount made to its object, and a setfattr's patch
+# waits this long for more changes of the same object to join it (a script setting five
+# attributes in a row sends one patch). Uploader.patch_pace; MountConfig.patch_pace.
+PATCH_PACE = 1.0
 # How long a request this mount gave up on (its answer lost) may still land: the client's request
 # timeout is 60 s, so three times that. See LateLandings.
 LATE_WINDOW = 180.0
@@ -786,6 +785,8 @@ def _unindex(index: dict[str, dict[str, Entry]], key: str, entry_id: str) -> Non
 class Uploader:
     """Background uploads of journaled entries (see the module docstring)."""
 
+    patch_pace = PATCH_PACE  # seconds: see PATCH_PACE
+
     def __init__(self, bucket: Bucket, journal: Journal, workers: int = 8, on_done: DoneCallback | None = None,
                  max_backoff: float = 60.0, new_id: Callable[[], str] | None = None,
                  burst_quiet: float = BURST_QUIET, burst_hold: float = BURST_HOLD):
@@ -1377,9 +1378,9 @@ class Uploader:
     def submit_patch(self, name: str, metadata: dict[str, str], content_type: str | None,
                      base: ObjectInfo) -> Entry:
         """Journal a metadata-only change of ``base`` (the whole custom metadata it should have)
-        and queue it: one PATCH, sent once no change of the object has been made here for
-        ``MUTATION_GAP`` and ``PATCH_DELAY`` has passed, so changes made meanwhile join it
-        (:meth:`resubmit`). Returns once it is durable locally."""
+        and queue it: one PATCH, sent ``patch_pace`` after it was queued (changes made meanwhile
+        join it: :meth:`resubmit`) and no sooner than ``patch_pace`` after this mount's last change
+        of the object. Returns once it is durable locally."""
         entry = Entry(self._new_id(), name, base.generation, None, dict(metadata), content_type, base.size,
                       time.time(), base_metageneration=base.metageneration, base_metadata=dict(base.metadata),
                       patch=True, base_object=object_fields(base))
@@ -1393,22 +1394,23 @@ class Uploader:
     def _patch_not_before(self, name: str) -> float:
         now = time.monotonic()
         with self._cond:
-            last = self._changed_at.get(name, -MUTATION_GAP)
-        return max(now + PATCH_DELAY, last + MUTATION_GAP)
+            last = self._changed_at.get(name)
+        return max(now + self.patch_pace, (last or 0.0) + self.patch_pace)
 
     def _mutated(self, name: str) -> None:
         """This mount changed object ``name`` just now (its answer came)."""
         now = time.monotonic()
         with self._cond:
             if len(self._changed_at) > 1024:
-                self._changed_at = {k: t for k, t in self._changed_at.items() if now - t < MUTATION_GAP}
+                self._changed_at = {k: t for k, t in self._changed_at.items() if now - t < self.patch_pace}
             self._changed_at[name] = now
 
     def _run_patch(self, entry: Entry) -> None:
         """Send a metadata-only entry as one PATCH under generation and metageneration
-        preconditions, no sooner than ``MUTATION_GAP`` after this mount's last change of it."""
+        preconditions, no sooner than ``patch_pace`` after this mount's last change of it."""
         with self._cond:
-            wait = self._changed_at.get(entry.name, -MUTATION_GAP) + MUTATION_GAP - time.monotonic()
+            last = self._changed_at.get(entry.name)
+            wait = 0.0 if last is None else last + self.patch_pace - time.monotonic()
             if wait > 0:  # (chained after a change that just landed)
                 entry.state, entry.next_try = QUEUED, time.monotonic() + wait
                 entry.attempts -= 1

@@ -107,7 +107,10 @@ class Mount:
         self.on_other = bucket is not self.world.bucket
         config = MountConfig(bucket=bucket.name, mountpoint=self.cache_dir + "-mnt", cache_dir=self.cache_dir,
                              block_size=64 * 1024, stat_ttl=0, list_ttl=0, negative_ttl=0, upload_workers=2,
-                             upload_hold=0, op_timeout=OP_TIMEOUT, fsync_timeout=5, cache_size=64 * 1024 * 1024)
+                             upload_hold=0, op_timeout=OP_TIMEOUT, fsync_timeout=5, cache_size=64 * 1024 * 1024,
+                             # A setfattr's patch waits a few of the model's steps (not a second: the
+                             # fake keeps no rate limit), so rules still meet it pending.
+                             patch_pace=0.05)
         cache = ContentCache(self.cache_dir, self.view.bounded(OP_TIMEOUT), BLOCK, cache_size=64 * 1024 * 1024)
         self.fs = FileSystem(self.view, config, cache=cache)
         self.fs.uploader.max_backoff = 0.002  # retries at once (see slow_retries): one-shot faults, fast examples

@@ -611,8 +611,7 @@ class OpenFiles:
                 try:
                     self.save(node)
                 except BaseException:  # not journaled: the mount must not show what is not kept
-                    if not node.unsaved or node.meta_dirty:
-                        self._reread(node)
+                    self._reread(node)
                     raise
 
     def _reread(self, node: FileNode) -> None:

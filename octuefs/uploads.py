@@ -1446,11 +1446,9 @@ class Uploader:
         except NotFound:
             self._patch_gone(entry)
             return
-        except (OctuefsError, OSError) as exc:  # a 429 too: retried with backoff
-            self._retry_later(entry, exc)
-            return
-        except Exception as exc:  # a bug: keep the change, say so, keep trying
-            log.exception("unexpected error patching the metadata of %r; it stays queued", entry.name)
+        except Exception as exc:  # a 429 too: retried with backoff; a bug: said, kept, retried
+            if not isinstance(exc, (OctuefsError, OSError)):
+                log.exception("unexpected error patching the metadata of %r; it stays queued", entry.name)
             self._retry_later(entry, exc)
             return
         log.debug("patched metadata of %r: %s", entry.name, sorted(changes))

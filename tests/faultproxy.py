@@ -292,7 +292,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._proxy_strict(fault, body)
             return
         try:
-            upstream = self._forward(body)
+            upstream = self._forward(body) if body is not None else self._forward()  # (a subclass may take none)
             response = upstream.getresponse()
         except OSError as exc:  # the server itself is unreachable: say so, as a gateway would
             self.proxy._count("upstream_errors")

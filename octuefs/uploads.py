@@ -920,7 +920,8 @@ class Uploader:
         return entry.result
 
     def hasten(self, entries: list[Entry]) -> None:
-        """Someone waits for these: start them as soon as their turn comes, burst or not. One
+        """Someone waits for these: start them as soon as their turn comes, burst or not (a
+        metadata patch as soon as GCS's pace allows, not waiting for more changes to join it). One
         that failed for good is tried once more now (the cause may be mended: a permission
         granted, a quota raised); if it fails again it is marked failed again."""
         with self._cond:
@@ -934,6 +935,9 @@ class Uploader:
                 if e.state == QUEUED and e.id in self._entries and e.hold_until:
                     e.hold_until = 0.0
                     self._early[e.id] = e
+                    woken += 1
+                if e.patch and e.state == QUEUED and e.id in self._entries:  # no wait for more changes
+                    e.next_try = min(e.next_try, self._changed_at.get(e.name, 0.0) + self.patch_pace)
                     woken += 1
             if woken:
                 self._work_ready.notify(woken)

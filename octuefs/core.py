@@ -832,6 +832,7 @@ class FileSystem:
     def _delete_after_copy(self, name: str, info: ObjectInfo, copied: ObjectInfo) -> None:
         """The second half of a file rename. If the bucket stops answering here, the file is
         under both names: say so, and show the copy too."""
+        self.uploader.wait_pace(name)  # (a setfattr settled just before the copy: not a 429 from GCS)
         try:
             self.bucket.delete(name, if_generation_match=info.generation, if_metageneration_match=info.metageneration)
         except BucketUnreachable as exc:

@@ -812,6 +812,7 @@ class Uploader:
                          for i in range(workers)]
         self._new_id = new_id or journal.new_id
         self._changed_at: dict[str, float] = {}  # name -> (monotonic) when this mount last changed it; _cond
+        self._patched_at: dict[str, float] = {}  # the same, for metadata patches; _cond
         self._moved_at = time.monotonic()  # when an upload last read data to send, or landed
         self.late = LateLandings(bucket, busy=self._has_entries)
 
@@ -1401,13 +1402,24 @@ class Uploader:
             last = self._changed_at.get(name)
         return max(now + self.patch_pace, (last or 0.0) + self.patch_pace)
 
-    def _mutated(self, name: str) -> None:
+    def wait_pace(self, name: str) -> None:
+        """Return once GCS's pace allows another change of ``name`` after a metadata patch this
+        mount just sent (a rename lets a pending setfattr land, then copies and deletes)."""
+        with self._cond:
+            last = self._patched_at.get(name)
+        if last is not None:
+            time.sleep(max(0.0, min(self.patch_pace, last + self.patch_pace - time.monotonic())))
+
+    def _mutated(self, name: str, patch: bool = False) -> None:
         """This mount changed object ``name`` just now (its answer came)."""
         now = time.monotonic()
         with self._cond:
             if len(self._changed_at) > 1024:
                 self._changed_at = {k: t for k, t in self._changed_at.items() if now - t < self.patch_pace}
+                self._patched_at = {k: t for k, t in self._patched_at.items() if now - t < self.patch_pace}
             self._changed_at[name] = now
+            if patch:
+                self._patched_at[name] = now
 
     def _run_patch(self, entry: Entry) -> None:
         """Send a metadata-only entry as one PATCH under generation and metageneration
@@ -1438,7 +1450,7 @@ class Uploader:
                 info = self.bucket.patch_metadata(
                     entry.name, changes, if_generation_match=entry.base_generation,
                     if_metageneration_match=entry.base_metageneration, content_type=content_type)
-                self._mutated(entry.name)
+                self._mutated(entry.name, patch=True)
         except PreconditionFailed:
             try:
                 self._settle_patch(entry)

@@ -133,8 +133,9 @@ def test_a_setfattr_then_a_close_go_up_as_one_upload(rmount, limited, direct):
     assert uploads == 1 and patches <= 1
 
 
-def test_a_rename_right_after_a_setfattr_carries_it(rmount, direct):
+def test_a_rename_right_after_a_setfattr_carries_it(rmount, limited, direct):
     saved(rmount, "old.csv")
+    refused = limited.counts.get("429_rate", 0)
     os.setxattr(rmount / "old.csv", "user.octue.labels", b"moved")
     os.rename(rmount / "old.csv", rmount / "new.csv")
     assert os.getxattr(rmount / "new.csv", "user.octue.labels") == b"moved"
@@ -142,6 +143,7 @@ def test_a_rename_right_after_a_setfattr_carries_it(rmount, direct):
     with pytest.raises(NotFound):
         direct.stat("old.csv")
     assert json.loads(direct.stat("new.csv").metadata["octue__labels"])["items"] == ["moved"]
+    assert limited.counts.get("429_rate", 0) == refused  # the delete waited for GCS's pace after the patch
 
 
 def test_unlink_right_after_a_setfattr_drops_it(rmount, limited, direct):

@@ -404,7 +404,8 @@ def _status(args: argparse.Namespace) -> int:
             out.append(f"  cache: ERROR {cache['error']}: nothing can be written into the mount until it can")
     for row in uploads:
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
-        out.append(f"  {row['state']:<8} {row['size']:>12,d} B  {row['name']}  (attempts {row['attempts']}){error}")
+        what = "  (metadata change)" if row.get("kind") == "metadata" else ""
+        out.append(f"  {row['state']:<8} {row['size']:>12,d} B  {row['name']}{what}  (attempts {row['attempts']}){error}")
     for c in conflicts:
         out.append(f"  conflict: {c['object']} changed in the bucket ({c['theirs']}); yours saved as {c['saved_as']}")
     return _print_out(out)

@@ -115,6 +115,10 @@ class MountConfig:
     # upload waits up to this long for the burst to pause (50 ms without a close), so that the
     # closes get the CPU first; then the uploads go at full speed. 0: upload at once.
     upload_hold: float = 2.0
+    # GCS takes about one change of an object per second: a setfattr of a saved file waits this
+    # long for more changes of the file to join its patch, and a patch goes no sooner than this
+    # after the mount's last change of the object. Less only against a bucket without the limit.
+    patch_pace: float = 1.0
     fsync_timeout: float = 300.0  # fsync gives EIO if the file is not in the bucket by then (it stays queued)
     # Every FUSE call that needs the bucket answers within about this long: its requests are
     # retried until then, each waiting at most a third of it for an answer; then the call fails
@@ -155,6 +159,8 @@ class MountConfig:
             raise ValueError("op_timeout must be > 0")
         if not 0 <= self.upload_hold <= 60:
             raise ValueError("upload_hold must be between 0 and 60 seconds")
+        if not 0 <= self.patch_pace <= 60:
+            raise ValueError("patch_pace must be between 0 and 60 seconds")
         if self.upload_workers < 1:
             raise ValueError("upload_workers must be at least 1")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

@@ -109,6 +109,7 @@ class FileSystem:
         journal = Journal(config.cache_dir)
         bucket.keep_parts_in(os.path.join(config.cache_dir, "parts"))  # large uploads' parts, until deleted
         self.uploader = Uploader(bucket, journal, workers=config.upload_workers, burst_hold=config.upload_hold)
+        self.uploader.patch_pace = config.patch_pace
         self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
                                upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,
                                op_timeout=config.op_timeout)
@@ -815,6 +816,7 @@ class FileSystem:
     def _delete_after_copy(self, name: str, info: ObjectInfo, copied: ObjectInfo) -> None:
         """The second half of a file rename. If the bucket stops answering here, the file is
         under both names: say so, and show the copy too."""
+        self.uploader.wait_pace(name)  # (a setfattr settled just before the copy: not a 429 from GCS)
         try:
             self.bucket.delete(name, if_generation_match=info.generation, if_metageneration_match=info.metageneration)
         except BucketUnreachable as exc:

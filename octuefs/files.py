@@ -25,6 +25,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 
 import cachetools
 
@@ -33,7 +34,7 @@ from .cache import ContentCache
 from .errors import FileNotFound, IsADirectory, NotFound, OctuefsError, StaleFile
 from .metacache import MetadataCache
 from .storage.base import Bucket, ObjectInfo
-from .uploads import CONFLICT, DONE, Entry, Uploader, Withheld, merge_metadata
+from .uploads import CONFLICT, DONE, Entry, Uploader, Withheld, merge_metadata, patched_object
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ class OpenFiles:
         """The file holding the node's newest local content, if any. Caller holds node.lock."""
         if node.staging is not None:
             return node.staging
-        if node.pending:
+        if node.pending and not node.pending[-1].patch:  # (a metadata change alone has the base's content)
             return self.uploader.journal.data_path(node.pending[-1].id)
         return None
 
@@ -317,7 +318,7 @@ class OpenFiles:
         bare ENOENT or EACCES of the file inside it, which would name the wrong file."""
         if node.staging is not None:
             return
-        if node.pending:  # the newest version is sealed for upload: write to a copy of it
+        if node.pending and not node.pending[-1].patch:  # the newest version is sealed: write to a copy of it
             path = self.cache.new_staging_path()
             try:
                 with open(self.uploader.journal.data_path(node.pending[-1].id), "rb") as src, \
@@ -342,8 +343,9 @@ class OpenFiles:
     def save(self, node: FileNode) -> Entry | None:
         """Hand the node's unsaved changes to the write-back queue; return the newest entry.
 
-        Data changes are sealed and journaled (durable locally) before this returns; a
-        metadata-only change of a file with nothing pending is one PATCH, sent now.
+        Data changes are sealed and journaled (durable locally) before this returns; so is a
+        metadata-only change of a file with nothing pending, queued as one PATCH (sent within
+        about a second, with the changes that follow it meanwhile).
         """
         with node.lock:
             while node.moving:  # sealed now, it would go up under the name being left
@@ -352,18 +354,27 @@ class OpenFiles:
                 return None
             if node.dirty:
                 return self._seal(node)
-            if node.meta_dirty and node.pending:  # amend the pending upload
-                custom = self._custom_metadata(node, node.meta.with_id())
+            if node.meta_dirty and node.pending:  # amend the pending upload (or patch)
+                custom = self._custom_metadata(node, self._identified(node))
                 entry = self.uploader.resubmit(node.pending[-1], custom, node.content_type)
                 node.meta_from = custom
                 node.pending = [e for e in node.pending if not e.done.is_set() and e is not entry] + [entry]
                 node.meta_dirty = False
                 return entry
-            if node.meta_dirty and node.base is not None:  # update_cloud_metadata
-                info = self.patch_octue(node.base, node.meta)
-                node.base, node.meta, node.meta_dirty = info, octue.decode_object_metadata(info.metadata), False
-                node.meta_from = dict(info.metadata)
+            if node.meta_dirty and node.base is not None:  # update_cloud_metadata, queued
+                custom = self._custom_metadata(node, self._identified(node))
+                entry = self.uploader.submit_patch(node.name, custom, node.content_type, node.base)
+                node.meta_from, node.pending, node.meta_dirty = custom, [entry], False
+                return entry
             return node.pending[-1] if node.pending else None
+
+    @staticmethod
+    def _identified(node: FileNode) -> octue.OctueMetadata:
+        """The node's metadata with an id, unless it has only a metadata change of an object
+        without Octue metadata that touches no Octue field (a user attribute alone)."""
+        if not node.dirty and node.base is not None and all(e.patch for e in node.pending):
+            return octue.identified(node.meta, node.base.metadata)
+        return node.meta.with_id()
 
     def _custom_metadata(self, node: FileNode, meta: octue.OctueMetadata) -> dict[str, str]:
         """The whole custom metadata for the node's next upload. Caller holds node.lock."""
@@ -378,9 +389,10 @@ class OpenFiles:
                 custom = merged
             else:
                 log.warning("%r: a metadata key changed here and elsewhere; this mount's change is sent", node.name)
+        kept = None if node.dirty else prior.get(MTIME_KEY)  # the same content keeps its mtime
         custom.pop(MTIME_KEY, None)
-        if node.mtime is not None:
-            custom[MTIME_KEY] = str(int(node.mtime))
+        if node.mtime is not None or kept is not None:
+            custom[MTIME_KEY] = str(int(node.mtime)) if node.mtime is not None else kept
         octue.check_size_limits(custom)
         return custom
 
@@ -433,6 +445,9 @@ class OpenFiles:
         """The uploader finished ``entry`` (in the bucket, or kept beside it after a conflict)."""
         info = entry.result
         node = self.node(entry.name)
+        if info is None:  # a metadata change whose object was deleted elsewhere
+            self._patch_dropped(entry, node)
+            return
         if entry.state == DONE:
             with self._lock:
                 if node is not None and node.new and dict(info.metadata) == entry.metadata:
@@ -450,9 +465,12 @@ class OpenFiles:
             if entry.state == DONE:
                 # Record the new version everywhere before the entry stops counting as
                 # pending: release() may drop the node the moment it does.
+                if entry.patch and node.base is not None:
+                    self.cache.carry_over(node.base, info)
                 node.base = info
                 self.metacache.wrote(info)
-                if node.pending and node.pending[-1] is entry and node.staging is None and not node.unlinked:
+                if (node.pending and node.pending[-1] is entry and node.staging is None and not node.unlinked
+                        and not entry.patch):
                     try:  # the sealed file is exactly this generation: keep it as the cached copy
                         self.cache.adopt(info, self.uploader.journal.data_path(entry.id))
                     except OSError:
@@ -478,6 +496,22 @@ class OpenFiles:
             if entry in node.pending:
                 node.pending.remove(entry)
             idle = not node.unsaved and node.opens == 0
+        self._drop_if_idle(node, idle)
+
+    def _patch_dropped(self, entry: Entry, node: FileNode | None) -> None:
+        """A metadata change found its object deleted in the bucket: the file is gone."""
+        self.metacache.forget(entry.name)
+        if node is None:
+            return
+        with node.lock:
+            if entry in node.pending:
+                node.pending.remove(entry)
+            if not node.pending and not node.dirty:
+                node.meta_dirty = False
+            idle = not node.unsaved and node.opens == 0
+        self._drop_if_idle(node, idle)
+
+    def _drop_if_idle(self, node: FileNode, idle: bool) -> None:
         if idle:
             with self._lock:
                 if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0:
@@ -533,37 +567,18 @@ class OpenFiles:
                 node = self._nodes.get(entry.name)
                 if node is None:
                     node = self._nodes[entry.name] = FileNode(
-                        name=entry.name, base=None, meta=octue.decode_object_metadata(entry.metadata),
-                        size=entry.size, content_type=entry.content_type)
+                        name=entry.name, base=patched_object(entry) if entry.patch else None,
+                        meta=octue.decode_object_metadata(entry.metadata), size=entry.size,
+                        content_type=entry.content_type)
                 node.pending.append(entry)
                 node.size, node.meta = entry.size, octue.decode_object_metadata(entry.metadata)
                 node.meta_from = dict(entry.metadata)
 
-    def patch_octue(self, info: ObjectInfo, meta: octue.OctueMetadata) -> ObjectInfo:
-        """update_cloud_metadata: one metadata PATCH, content untouched; ``info`` if nothing changed.
-
-        Preconditions on both generation and metageneration make a concurrent change in the
-        bucket fail the patch (PreconditionFailed) instead of being overwritten.
-        """
-        changes = octue.metadata_patch(info.metadata, octue.identified(meta, info.metadata))
-        if not changes:
-            return info
-        merged = {k: v for k, v in {**info.metadata, **changes}.items() if v is not None}
-        octue.check_size_limits(merged)
-        new = self.bucket.patch_metadata(
-            info.name, changes, if_generation_match=info.generation, if_metageneration_match=info.metageneration
-        )
-        self.cache.carry_over(info, new)
-        self.metacache.wrote(new)
-        log.debug("patched metadata of %r: %s", info.name, sorted(changes))
-        return new
-
     def check_fits(self, node: FileNode, meta: octue.OctueMetadata) -> None:
         """MetadataTooLarge, before anything changes, if ``meta`` would not fit in the custom
-        metadata of the node's next upload (a node with nothing unsaved is checked by its patch)."""
+        metadata of the node's next upload or patch."""
         with node.lock:
-            if node.unsaved or node.base is None:
-                self._custom_metadata(node, meta.with_id())
+            self._custom_metadata(node, meta.with_id())
 
     def flush(self, fh: int) -> None:
         """close(2) of a handle: a writer's close saves; a reader's close never uploads."""
@@ -585,20 +600,41 @@ class OpenFiles:
         """Record an explicit mtime on a node with unsaved changes; it goes up with them."""
         self.change_metadata(node, lambda: setattr(node, "mtime", mtime))
 
-    def change_metadata(self, node: FileNode, change) -> bool:
-        """Apply ``change()`` to a node with unsaved changes, merging it into what is pending.
-
-        Returns False (and changes nothing) when the node has nothing unsaved: the caller then
-        patches the bucket directly.
-        """
+    def change_metadata(self, node: FileNode, change) -> None:
+        """Apply ``change()`` to a node: merged into what is pending (a queued upload or
+        metadata patch), else queued as a metadata patch. Journaled before this returns, so
+        as durable as a close; the mount shows it at once."""
         with node.lock:
-            if not node.unsaved and node.base is not None:
-                return False
             change()
             if not node.dirty:
                 node.meta_dirty = True
-                self.save(node)  # amend the queued upload (journaled, so as durable as data)
-            return True
+                try:
+                    self.save(node)
+                except BaseException:  # not journaled: the mount must not show what is not kept
+                    self._reread(node)
+                    raise
+
+    def _reread(self, node: FileNode) -> None:
+        """Undo a change that could not be journaled: back to what is pending, or the base."""
+        node.meta_dirty = False
+        source = node.pending[-1] if node.pending else None
+        custom = source.metadata if source is not None else (node.base.metadata if node.base else {})
+        node.meta, node.meta_from = octue.decode_object_metadata(custom), dict(custom)
+        node.content_type = source.content_type if source is not None else (
+            node.base.content_type if node.base else node.content_type)
+
+    @contextlib.contextmanager
+    def node_to_change(self, name: str, info: ObjectInfo) -> Iterator[FileNode]:
+        """The node of ``name`` (made from ``info`` if it has none) for a metadata change; a
+        node made here is dropped again afterwards unless it then holds a change."""
+        with self._lock:
+            node = self._node_for(name, info)
+        try:
+            yield node
+        finally:
+            with self._lock:
+                if node.opens == 0 and not node.unsaved and self._nodes.get(name) is node:
+                    del self._nodes[name]
 
 
 def _unlink_quietly(path: str) -> None:

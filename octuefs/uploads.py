@@ -118,6 +118,12 @@ class Entry:
     failed: str | None = None  # its last attempt failed in a way retrying alone will not mend (403, 400)
     fingerprint: Fingerprint | None = None  # of its sealed content (which never changes), once read
     hold_until: float = 0.0  # (monotonic) not started before this while closes keep coming (a burst)
+    # A metadata-only change (a setfattr of a saved file): one PATCH from ``base_metadata`` to
+    # ``metadata``, no content (no data file: its record is in journal/<id>.json).
+    patch: bool = False
+    # The object the patch applies to, as the mount showed it (``object_fields``): a mount that
+    # restarts shows the file as it was, changed, before the patch lands.
+    base_object: dict | None = None
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def record(self) -> dict:
@@ -126,11 +132,16 @@ class Entry:
 
 RECORD_FIELDS = ("id", "name", "base_generation", "after", "metadata", "content_type", "size", "created",
                  "bucket", "seq", "base_metageneration", "base_metadata", "tried", "conflict_name", "conflict_id",
-                 "replaces")
+                 "replaces", "patch", "base_object")
 # The version an entry replaces is not known (its record was set aside after a crash): the entry
 # goes up only if the bucket already holds it, else beside the object as a conflict copy.
 BASE_UNKNOWN = -1
 PERMANENT_RETRY = 300.0  # seconds between retries of an upload that failed for good (403, 400)
+# GCS takes about one change of an object per second (more are answered 429): a metadata patch
+# waits this long after the last change this mount made to its object, and a setfattr's patch
+# waits this long for more changes of the same object to join it (a script setting five
+# attributes in a row sends one patch). Uploader.patch_pace; MountConfig.patch_pace.
+PATCH_PACE = 1.0
 # How long a request this mount gave up on (its answer lost) may still land: the client's request
 # timeout is 60 s, so three times that. See LateLandings.
 LATE_WINDOW = 180.0
@@ -293,10 +304,14 @@ class Journal:
             os.close(fd)
         return True
 
+    def commit_patch(self, entry: Entry) -> None:
+        """Journal a metadata-only entry: its record alone, durable before this returns."""
+        self._write_json(entry)
+
     def write(self, entry: Entry) -> None:
         """Replace the record of an entry already journaled (a setfattr, a chain resolved)."""
         json_path = os.path.join(self.journal_dir, entry.id + ".json")
-        if os.path.exists(json_path) or not self._record_to_xattr(self.data_path(entry.id), entry):
+        if entry.patch or os.path.exists(json_path) or not self._record_to_xattr(self.data_path(entry.id), entry):
             self._write_json(entry)
 
     def _write_json(self, entry: Entry) -> None:
@@ -422,7 +437,7 @@ class Journal:
             entry = Entry(**json.loads(raw))
             if entry.id != entry_id:
                 raise ValueError(f"it is the record of {entry.id}")
-            if os.path.getsize(self.data_path(entry.id)) != entry.size:
+            if not entry.patch and os.path.getsize(self.data_path(entry.id)) != entry.size:
                 raise ValueError("its data file has another size")
             return entry
         except (OSError, ValueError, TypeError) as exc:
@@ -770,6 +785,8 @@ def _unindex(index: dict[str, dict[str, Entry]], key: str, entry_id: str) -> Non
 class Uploader:
     """Background uploads of journaled entries (see the module docstring)."""
 
+    patch_pace = PATCH_PACE  # seconds: see PATCH_PACE
+
     def __init__(self, bucket: Bucket, journal: Journal, workers: int = 8, on_done: DoneCallback | None = None,
                  max_backoff: float = 60.0, new_id: Callable[[], str] | None = None,
                  burst_quiet: float = BURST_QUIET, burst_hold: float = BURST_HOLD):
@@ -794,6 +811,8 @@ class Uploader:
         self._threads = [threading.Thread(target=self._work, name=f"octuefs-upload-{i}", daemon=True)
                          for i in range(workers)]
         self._new_id = new_id or journal.new_id
+        self._changed_at: dict[str, float] = {}  # name -> (monotonic) when this mount last changed it; _cond
+        self._patched_at: dict[str, float] = {}  # the same, for metadata patches; _cond
         self._moved_at = time.monotonic()  # when an upload last read data to send, or landed
         self.late = LateLandings(bucket, busy=self._has_entries)
 
@@ -828,7 +847,10 @@ class Uploader:
                 return previous
         entry = Entry(self._new_id(), previous.name, previous.base_generation, None, dict(metadata), content_type,
                       previous.size, time.time(), base_metageneration=previous.base_metageneration,
-                      base_metadata=previous.base_metadata)
+                      base_metadata=previous.base_metadata, patch=previous.patch, base_object=previous.base_object)
+        if entry.patch:
+            entry.next_try = self._patch_not_before(entry.name)
+            return self._enqueue(entry, self._commit_patch)
         return self._enqueue(entry, lambda e: self.journal.commit_link(e, previous.id))
 
     def _enqueue(self, entry: Entry, persist: Callable[[Entry], None]) -> Entry:
@@ -840,7 +862,7 @@ class Uploader:
             replaced = None
             if older:
                 last = older[-1]
-                if last.state == QUEUED:
+                if last.state == QUEUED and (last.patch or not entry.patch):  # (a patch never drops content)
                     replaced = last  # its content is superseded by this newer version
                     entry.replaces = last.id
                     entry.base_generation, entry.after = last.base_generation, last.after
@@ -899,7 +921,8 @@ class Uploader:
         return entry.result
 
     def hasten(self, entries: list[Entry]) -> None:
-        """Someone waits for these: start them as soon as their turn comes, burst or not. One
+        """Someone waits for these: start them as soon as their turn comes, burst or not (a
+        metadata patch as soon as GCS's pace allows, not waiting for more changes to join it). One
         that failed for good is tried once more now (the cause may be mended: a permission
         granted, a quota raised); if it fails again it is marked failed again."""
         with self._cond:
@@ -913,6 +936,9 @@ class Uploader:
                 if e.state == QUEUED and e.id in self._entries and e.hold_until:
                     e.hold_until = 0.0
                     self._early[e.id] = e
+                    woken += 1
+                if e.patch and e.state == QUEUED and e.id in self._entries:  # no wait for more changes
+                    e.next_try = min(e.next_try, self._changed_at.get(e.name, 0.0) + self.patch_pace)
                     woken += 1
             if woken:
                 self._work_ready.notify(woken)
@@ -1008,7 +1034,8 @@ class Uploader:
     def status(self) -> dict:
         with self._cond:
             rows = [{"id": e.id, "name": e.name, "state": "failed" if e.failed else e.state, "size": e.size,
-                     "attempts": e.attempts, "last_error": e.last_error, "queued_at": e.created}
+                     "attempts": e.attempts, "last_error": e.last_error, "queued_at": e.created,
+                     "kind": "metadata" if e.patch else "upload"}
                     for e in self._entries.values()]
         rows += [{"id": e.id, "name": e.name, "state": f"kept for gs://{e.bucket}", "size": e.size, "attempts": 0,
                   "last_error": "journaled by a mount of another bucket", "queued_at": e.created}
@@ -1106,6 +1133,9 @@ class Uploader:
             self._run(entry)
 
     def _run(self, entry: Entry) -> None:
+        if entry.patch:
+            self._run_patch(entry)
+            return
         data = self.journal.data_path(entry.id)
         try:
             if entry.base_generation == BASE_UNKNOWN:
@@ -1139,6 +1169,7 @@ class Uploader:
             log.exception("unexpected error uploading %r; it stays queued", entry.name)
             self._retry_later(entry, exc)
             return
+        self._mutated(entry.name)
         if entry.conflict_name is not None:
             self._remove_own_copy(entry, data)
         self._finish(entry, info, DONE)
@@ -1346,3 +1377,181 @@ class Uploader:
                 self._work_ready.notify_all()
         entry.done.set()
         log.debug("upload %s of %r: %s (generation %s)", entry.id, entry.name, state, info.generation)
+
+    # --- metadata patches (a setfattr of a saved file) ------------------------------------------
+
+    def submit_patch(self, name: str, metadata: dict[str, str], content_type: str | None,
+                     base: ObjectInfo) -> Entry:
+        """Journal a metadata-only change of ``base`` (the whole custom metadata it should have)
+        and queue it: one PATCH, sent ``patch_pace`` after it was queued (changes made meanwhile
+        join it: :meth:`resubmit`) and no sooner than ``patch_pace`` after this mount's last change
+        of the object. Returns once it is durable locally."""
+        entry = Entry(self._new_id(), name, base.generation, None, dict(metadata), content_type, base.size,
+                      time.time(), base_metageneration=base.metageneration, base_metadata=dict(base.metadata),
+                      patch=True, base_object=object_fields(base))
+        entry.next_try = self._patch_not_before(name)
+        return self._enqueue(entry, self._commit_patch)
+
+    def _commit_patch(self, entry: Entry) -> None:  # under _cond (from _enqueue)
+        self.journal.commit_patch(entry)
+        self._retrying[entry.id] = entry  # a worker keeps a timer for its next_try
+
+    def _patch_not_before(self, name: str) -> float:
+        now = time.monotonic()
+        with self._cond:
+            last = self._changed_at.get(name)
+        return max(now + self.patch_pace, (last or 0.0) + self.patch_pace)
+
+    def wait_pace(self, name: str) -> None:
+        """Return once GCS's pace allows another change of ``name`` after a metadata patch this
+        mount just sent (a rename lets a pending setfattr land, then copies and deletes)."""
+        with self._cond:
+            last = self._patched_at.get(name)
+        if last is not None:
+            time.sleep(max(0.0, min(self.patch_pace, last + self.patch_pace - time.monotonic())))
+
+    def _mutated(self, name: str, patch: bool = False) -> None:
+        """This mount changed object ``name`` just now (its answer came)."""
+        now = time.monotonic()
+        with self._cond:
+            if len(self._changed_at) > 1024:
+                self._changed_at = {k: t for k, t in self._changed_at.items() if now - t < self.patch_pace}
+                self._patched_at = {k: t for k, t in self._patched_at.items() if now - t < self.patch_pace}
+            self._changed_at[name] = now
+            if patch:
+                self._patched_at[name] = now
+
+    def _run_patch(self, entry: Entry) -> None:
+        """Send a metadata-only entry as one PATCH under generation and metageneration
+        preconditions, no sooner than ``patch_pace`` after this mount's last change of it."""
+        with self._cond:
+            last = self._changed_at.get(entry.name)
+            wait = 0.0 if last is None else last + self.patch_pace - time.monotonic()
+            if wait > 0:  # (chained after a change that just landed)
+                entry.state, entry.next_try = QUEUED, time.monotonic() + wait
+                entry.attempts -= 1
+                self._retrying[entry.id] = entry
+                self._cond.notify_all()
+                self._work_ready.notify_all()
+                return
+        base = entry.base_metadata or {}
+        changes: dict[str, str | None] = {k: v for k, v in entry.metadata.items() if base.get(k) != v}
+        changes.update({k: None for k, v in base.items() if k not in entry.metadata and v != ""})
+        was = (entry.base_object or {}).get("content_type")
+        content_type = (entry.content_type or "application/octet-stream") if entry.content_type != was else None
+        try:
+            if entry.base_generation == BASE_UNKNOWN:
+                raise PreconditionFailed(f"{entry.name!r}: the version this change applies to is not known")
+            if not changes and content_type is None:
+                info = self.bucket.stat(entry.name)
+                if (info.generation, info.metageneration) != (entry.base_generation, entry.base_metageneration):
+                    raise PreconditionFailed(f"{entry.name!r} changed in the bucket")
+            else:
+                info = self.bucket.patch_metadata(
+                    entry.name, changes, if_generation_match=entry.base_generation,
+                    if_metageneration_match=entry.base_metageneration, content_type=content_type)
+                self._mutated(entry.name, patch=True)
+        except PreconditionFailed:
+            try:
+                self._settle_patch(entry)
+            except Exception as exc:  # (its stat failed, say) the worker must live on
+                if not isinstance(exc, (OctuefsError, OSError)):
+                    log.exception("unexpected error after a conflict patching %r; it stays queued", entry.name)
+                self._retry_later(entry, exc)
+            return
+        except NotFound:
+            self._patch_gone(entry)
+            return
+        except Exception as exc:  # a 429 too: retried with backoff; a bug: said, kept, retried
+            if not isinstance(exc, (OctuefsError, OSError)):
+                log.exception("unexpected error patching the metadata of %r; it stays queued", entry.name)
+            self._retry_later(entry, exc)
+            return
+        log.debug("patched metadata of %r: %s", entry.name, sorted(changes))
+        self._finish(entry, info, DONE)
+
+    def _settle_patch(self, entry: Entry) -> None:
+        """The object moved on since the change was made (a change elsewhere, or our own patch
+        whose answer was lost): the change is applied again to what is there, key by key
+        (``octue__tags`` tag by tag). A key changed here and elsewhere takes this mount's value,
+        the later setfattr (as GCS's last writer would), and the log says which key."""
+        try:
+            current = self.bucket.stat(entry.name)
+        except NotFound:
+            self._patch_gone(entry)
+            return
+        if dict(current.metadata) == entry.metadata:
+            log.info("the metadata change of %r was already in the bucket", entry.name)
+            self._finish(entry, current, DONE)
+            return
+        theirs = dict(current.metadata)
+        merged = merge_metadata(entry.base_metadata, entry.metadata, theirs)
+        if merged is None:
+            merged, overwritten = apply_changes(entry.base_metadata or {}, entry.metadata, theirs)
+            log.warning("the metadata of %r changed in the bucket while a setfattr here waited to be sent; the "
+                        "change made here is applied to it, and for key(s) %s, changed on both sides, this mount's "
+                        "value replaces the bucket's (%s)", entry.name, sorted(overwritten),
+                        {k: theirs.get(k) for k in sorted(overwritten)})
+        else:
+            log.info("the metadata of %r changed in the bucket while a setfattr here waited to be sent: merged",
+                     entry.name)
+        with self._cond:
+            entry.base_object = object_fields(current)
+        self._rebase(entry, current, merged)
+
+    def _patch_gone(self, entry: Entry) -> None:
+        """The object a metadata change was for is gone from the bucket: nothing to apply it to."""
+        log.warning("%r was deleted in the bucket before a metadata change made here reached it: the change is "
+                    "dropped with it", entry.name)
+        entry.state, entry.result, entry.failed = DONE, None, None
+        try:
+            self.on_done(entry)
+        except Exception:
+            log.exception("after dropping the metadata change of %r", entry.name)
+        with self._cond:
+            for successor in self._entries.release_successors(entry.id):
+                successor.base_generation = entry.base_generation  # it meets the same absence
+                successor.base_metageneration, successor.base_metadata = (entry.base_metageneration,
+                                                                          entry.base_metadata)
+                self.journal.write(successor)
+            self._entries.pop(entry.id, None)
+            self.journal.remove(entry)
+            self._cond.notify_all()
+            self._work_ready.notify_all()
+        entry.done.set()
+
+
+def object_fields(info: ObjectInfo) -> dict:
+    """What a journal record keeps of the object a metadata change applies to."""
+    return {"size": info.size, "updated": info.updated.isoformat(), "crc32c": info.crc32c, "md5": info.md5,
+            "content_type": info.content_type, "storage_class": info.storage_class}
+
+
+def patched_object(entry: Entry) -> ObjectInfo:
+    """The object as a journaled metadata-only entry found it (its metadata the one replaced)."""
+    fields = {"size": entry.size, **(entry.base_object or {})}
+    updated = dt.datetime.fromisoformat(fields.pop("updated", "1970-01-01T00:00:00+00:00"))
+    return ObjectInfo(entry.name, generation=max(entry.base_generation or 0, 0),
+                      metageneration=entry.base_metageneration or 0, updated=updated,
+                      metadata=entry.base_metadata or {}, **fields)
+
+
+def apply_changes(base: dict[str, str], ours: dict[str, str], theirs: dict[str, str]) -> tuple[dict[str, str], set]:
+    """``theirs`` with the keys ``ours`` changed from ``base`` set as ours has them (tags merged
+    tag by tag where they can be); and the keys where that replaced a change of theirs."""
+    merged, overwritten = dict(theirs), set()
+    for key in ours.keys() | base.keys():
+        b, o, t = base.get(key), ours.get(key), theirs.get(key)
+        if o == b:
+            continue
+        if t != b and t != o:
+            value = merge_tags(b, o, t) if key == TAGS_KEY else None
+            if value is not None:
+                merged[key] = value
+                continue
+            overwritten.add(key)
+        if o is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = o
+    return merged, overwritten

@@ -1,11 +1,14 @@
 """Extended attributes of the mount: ``user.octue.*`` (Octue metadata), ``user.gcs.*`` and other ``user.*``.
 
 ``user.octue.*`` is encoded and validated by :mod:`octuefs.metadata` (the one codec); other
-``user.*`` names are custom-metadata keys too (:mod:`octuefs.userxattrs`). Setting one on a file
-with no unsaved data is ``update_cloud_metadata``: one metadata PATCH with generation and
-metageneration preconditions, content untouched. On a file with unsaved data the change joins
-that data's upload. ``user.gcs.*`` shows the object's own facts, read-only except
-``user.gcs.content_type``.
+``user.*`` names are custom-metadata keys too (:mod:`octuefs.userxattrs`). A change is
+validated at once, shown by the mount at once, and journaled before setxattr returns (as
+durable as a close). On a file with unsaved data it joins that data's upload; on a saved file
+it is ``update_cloud_metadata``, queued: one metadata PATCH with generation and metageneration
+preconditions, content untouched, sent within about a second with every change of the object
+made meanwhile (GCS takes about one change of an object per second; see docs/semantics.md,
+"setfattr: when a change is durable"). ``user.gcs.*`` shows the object's own facts, read-only
+except ``user.gcs.content_type``.
 
 Setting a read-only attribute to the value it has is a no-op, so ``cp --preserve=xattr`` and
 ``cp -a`` can copy a file's attributes. A file created here and still open for its first write
@@ -23,9 +26,7 @@ import base64
 import binascii
 import contextlib
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,6 @@ from .errors import (
     FileNotFound,
     InvalidMetadata,
     NoSuchAttribute,
-    PreconditionFailed,
     ReadOnlyAttribute,
     ReadOnlyFilesystem,
 )
@@ -52,7 +52,6 @@ GCS_PREFIX = "user.gcs."
 PREFIXES = ("user.",)  # the only attribute names a file can have
 CONTENT_TYPE = GCS_PREFIX + "content_type"
 ID = octue.XATTR_PREFIX + "id"
-_PATCH_ATTEMPTS = 10  # re-applies of one setfattr when the object changed under it (another machine)
 
 
 def _hex(b64: str | None) -> str | None:
@@ -195,22 +194,18 @@ class XattrSurface:
         if not octue.is_stored_xattr(name):
             raise AttributeNotSupported(name)
         fname, info, node = target
-        if node is not None:
-            with node.lock:
-                if name == ID and value is not None and _first_write(node):
-                    apply = self._adopt_id(node, value, flags)
-                new_meta = apply(node.meta)  # validates before anything changes
-                self.fs.files.check_fits(node, new_meta)
-                if self.fs.files.change_metadata(node, lambda: setattr(node, "meta", new_meta)):
-                    return  # merged into the pending upload
-                new = self._patch(fname, node.base, apply)
-                if new.generation == node.base.generation:
-                    node.base, node.meta, node.meta_from = new, self.decoded(new), dict(new.metadata)
-                else:  # its content changed elsewhere: the open file stays on the version it opened
-                    log.info("%r was replaced in the bucket while open here: the change applies to the new version; "
-                             "the open file keeps the version it opened", fname)
-            return
-        self._patch(fname, info, apply)
+        with self._node(fname, info, node) as node, node.lock:
+            if name == ID and value is not None and _first_write(node):
+                apply = self._adopt_id(node, value, flags)
+            new_meta = apply(node.meta)  # validates before anything changes
+            self.fs.files.check_fits(node, new_meta)
+            # Merged into the pending upload or patch, else queued as a patch: journaled now.
+            self.fs.files.change_metadata(node, lambda: setattr(node, "meta", new_meta))
+
+    def _node(self, name: str, info: ObjectInfo | None, node):
+        """The file's node for a change: the live one, else one made for it (kept while it holds
+        the change, so the mount shows it until it is in the bucket)."""
+        return contextlib.nullcontext(node) if node is not None else self.fs.files.node_to_change(name, info)
 
     def _set_gcs_fact(self, target, name: str, value: bytes | None, flags: int) -> None:
         """A read-only object fact: setting it to the value it has is a no-op, and so is setting
@@ -245,21 +240,6 @@ class XattrSurface:
             log.info("%r is not in the bucket yet: it takes the id %s set on it", node.name, new_id)
         return lambda meta: meta.replace(id=new_id)
 
-    def _patch(self, name: str, info: ObjectInfo, apply) -> ObjectInfo:
-        """Apply a metadata change as one PATCH; re-read and re-apply if the object moved on."""
-        for attempt in range(_PATCH_ATTEMPTS):
-            new_meta = apply(self.decoded(info))
-            try:
-                return self.fs.files.patch_octue(info, new_meta)
-            except PreconditionFailed:
-                if attempt == _PATCH_ATTEMPTS - 1:
-                    raise
-                log.info("%r changed in the bucket during a metadata change; applying it to the new version", name)
-                time.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 5)))  # let the other writer finish
-                self.fs.metacache.forget(name)
-                info = self.fs.bucket.stat(name)
-        raise AssertionError("unreachable")
-
     def _set_content_type(self, target, value: bytes | None, flags: int) -> None:
         name, info, node = target
         current = node.content_type if node is not None else info.content_type
@@ -273,13 +253,5 @@ class XattrSurface:
             raise InvalidMetadata("content_type", "must be UTF-8 text") from exc
         if value is not None and ("/" not in text or any(c.isspace() for c in text)):
             raise InvalidMetadata("content_type", "must look like type/subtype", text)
-        if node is not None and self.fs.files.change_metadata(node, lambda: setattr(node, "content_type", text or None)):
-            return
-        new = self.fs.bucket.patch_metadata(
-            name, {}, if_generation_match=info.generation, if_metageneration_match=info.metageneration,
-            content_type=text or "application/octet-stream",
-        )
-        self.fs.cache.carry_over(info, new)
-        self.fs.metacache.wrote(new)
-        if node is not None:
-            node.base, node.content_type = new, new.content_type
+        with self._node(name, info, node) as node:
+            self.fs.files.change_metadata(node, lambda: setattr(node, "content_type", text or None))

@@ -31,6 +31,13 @@ resumable upload come back through it. :attr:`FaultProxy.counts` says what was i
         proxy.set_faults({"stall": 1.0})   # the network hangs
         proxy.heal()                       # and comes back: stalled connections are reset
 
+With ``mutations_per_second=1`` (``--rate-limit 1``) the proxy keeps GCS's limit on changes of
+one object: a second mutation of an object (a metadata PATCH, a DELETE, an upload, a copy or
+compose to it) within a second of the last one that passed is answered 429 with GCS's
+``rateLimitExceeded`` error, not forwarded; ``counts`` says how many (``429_rate``) and how
+many mutations passed, by kind (``mutation_patch``...). ``GET /_faultproxy/counts`` answers the
+counts as JSON, for a proxy in another process (:class:`ProxyProcess`).
+
 With ``strict=True`` the proxy also keeps GCS's rules that fake-gcs-server leaves out
 (:mod:`tests.strictgcs`): preconditions on patch, copy, delete, compose and uploads, answered
 with 412s, and a metageneration that moves on every patch. The tests' session emulator sits
@@ -103,12 +110,15 @@ class FaultProxy:
         slow_seconds: tuple[float, float] = (0.2, 1.0),
         port: int = 0,
         strict: bool = False,
+        mutations_per_second: float | None = None,
     ):
         """``strict``: keep GCS's precondition and metageneration rules (:mod:`tests.strictgcs`)."""
         parsed = urllib.parse.urlsplit(upstream if "//" in upstream else "http://" + upstream)
         self.upstream = f"{parsed.scheme}://{parsed.netloc}"
         self._up_host, self._up_port = parsed.hostname or "127.0.0.1", parsed.port or 80
         self.rules = strictgcs.GCSRules(self._up_host, self._up_port) if strict else None
+        self.mutation_gap = 1.0 / mutations_per_second if mutations_per_second else None
+        self._mutated: dict[tuple[str, str], float] = {}  # (bucket, object) -> when a mutation last passed; _lock
         self.stall_seconds = stall_seconds
         self.slow_seconds = slow_seconds
         self._lock = threading.Lock()
@@ -197,6 +207,19 @@ class FaultProxy:
                     return fault
             return None
 
+    def _admit(self, bucket: str, name: str, op: str) -> bool:
+        """A mutation of one object: may it pass (GCS's one change per object per second)?"""
+        now = time.monotonic()
+        with self._lock:
+            last = self._mutated.get((bucket, name))
+            if last is not None and now - last < self.mutation_gap:
+                self._counts["429_rate"] += 1
+                return False
+            self._mutated[(bucket, name)] = now
+            self._counts["mutations"] += 1
+            self._counts[f"mutation_{op}"] += 1
+            return True
+
     def _count(self, what: str) -> None:
         with self._lock:
             self._counts[what] += 1
@@ -244,8 +267,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # --- the request -------------------------------------------------------------------------
 
     def _proxy(self) -> None:
+        if self.path == "/_faultproxy/counts":
+            self._drain()
+            self._send_json(200, json.dumps(self.proxy.counts).encode())
+            return
         kind = kind_of(self.command, self.path)
         fault = self.proxy._choose(kind)
+        body = None
+        if fault is None and self.proxy.mutation_gap is not None:
+            body, limited = self._rate_limited()
+            if limited:
+                return
         if fault in ("503", "503_retry", "429"):
             self._drain()
             self._refuse(fault)
@@ -257,10 +289,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reset()
             return
         if self.proxy.rules is not None and kind != "download":
-            self._proxy_strict(fault)
+            self._proxy_strict(fault, body)
             return
         try:
-            upstream = self._forward()
+            upstream = self._forward(body) if body is not None else self._forward()  # (a subclass may take none)
             response = upstream.getresponse()
         except OSError as exc:  # the server itself is unreachable: say so, as a gateway would
             self.proxy._count("upstream_errors")
@@ -272,18 +304,45 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             upstream.close()
 
-    def _proxy_strict(self, fault: str | None) -> None:
+    def _rate_limited(self) -> tuple[bytes | None, bool]:
+        """Refuse a mutation of an object changed less than ``mutation_gap`` ago (GCS's 429).
+        Returns the request body if it had to be read to find the object's name, and whether
+        the request was answered here."""
+        request = strictgcs.parse(self.command, self.path)
+        if request.op not in ("patch", "delete", "copy", "compose", "upload"):
+            return None, False
+        body, name = None, request.name
+        if request.op == "upload" and name is None:
+            if self.command != "POST":
+                return None, False  # a resumable upload's data: its start was the mutation
+            body = b"".join(self._body())
+            name = strictgcs.upload_name(self.headers.get("Content-Type", ""), body)
+        if name is None or self.proxy._admit(request.bucket or "", name, request.op):
+            return body, False
+        if body is None:
+            self._drain()
+        message = ("The object exceeded the rate limit for object mutation operations (create, update, and delete). "
+                   "Please reduce your request rate. See https://cloud.google.com/storage/docs/gcs429.")
+        error = {"code": 429, "message": message,
+                 "errors": [{"message": message, "domain": "usageLimits", "reason": "rateLimitExceeded"}]}
+        self._send_json(429, json.dumps({"error": error}).encode())
+        return body, True
+
+    def _proxy_strict(self, fault: str | None, body: bytes | None = None) -> None:
         """Forward under GCS's rules: check preconditions with the object held, then note and
-        rewrite what the answer says (its body read whole: JSON answers are small)."""
+        rewrite what the answer says (its body read whole: JSON answers are small). ``body``:
+        the request's, if it was read already."""
         rules = self.proxy.rules
         request = strictgcs.parse(self.command, self.path)
-        body, name, hold = None, request.name, None
+        name, hold = request.name, None
         if request.op in ("patch", "delete", "copy", "compose") or (request.op == "upload" and request.guarded):
-            if request.op == "upload" and name is None:
+            if request.op == "upload" and name is None and body is not None:
+                name = strictgcs.upload_name(self.headers.get("Content-Type", ""), body)
+            elif request.op == "upload" and name is None:
                 body = b"".join(self._body())
                 name = strictgcs.upload_name(self.headers.get("Content-Type", ""), body)
             elif request.op == "compose":
-                body = b"".join(self._body())
+                body = body if body is not None else b"".join(self._body())
                 request.sources = strictgcs.compose_sources(body)
             if name is not None:
                 hold = rules.hold(request.bucket, name)
@@ -480,8 +539,10 @@ class ProxyProcess:
     the GIL (``mmap.flush`` is one) on a file of a mount whose daemon waits on the proxy would
     otherwise stall the proxy with it, until the daemon's request timed out."""
 
-    def __init__(self, upstream: str, *, strict: bool = False, seed: int = 0):
+    def __init__(self, upstream: str, *, strict: bool = False, seed: int = 0,
+                 mutations_per_second: float | None = None):
         self.upstream, self.strict, self.seed = upstream, strict, seed
+        self.mutations_per_second = mutations_per_second
         self.url = ""
         self._proc: subprocess.Popen | None = None
 
@@ -489,6 +550,8 @@ class ProxyProcess:
         command = [sys.executable, os.path.abspath(__file__), self.upstream, "--seed", str(self.seed)]
         if self.strict:
             command.append("--strict")
+        if self.mutations_per_second:
+            command += ["--rate-limit", str(self.mutations_per_second)]
         self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                       preexec_fn=_die_with_parent)
         line = self._proc.stdout.readline() if self._proc.stdout else ""
@@ -512,6 +575,17 @@ class ProxyProcess:
         if proc.stdout:
             proc.stdout.close()
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """The proxy's :attr:`FaultProxy.counts`, asked over HTTP."""
+        parsed = urllib.parse.urlsplit(self.url)
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+        try:
+            conn.request("GET", "/_faultproxy/counts")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
     def __enter__(self) -> ProxyProcess:
         return self.start()
 
@@ -534,11 +608,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="keep GCS's precondition and metageneration rules")
+    p.add_argument("--rate-limit", type=float, default=None, metavar="PER_SECOND",
+                   help="mutations of one object allowed per second (GCS: 1); more are answered 429")
     p.add_argument("--fault", action="append", type=_parse_fault, default=[], metavar="NAME=FRACTION",
                    help=f"one of {', '.join(FAULTS)}; repeat for several")
     args = p.parse_args(argv)
     with FaultProxy(args.upstream, seed=args.seed, faults=dict(args.fault), port=args.port,
-                    strict=args.strict) as proxy:
+                    strict=args.strict, mutations_per_second=args.rate_limit) as proxy:
         print(f"faultproxy on {proxy.url} -> {proxy.upstream}; Ctrl-C to stop", flush=True)
         try:
             while True:

@@ -210,6 +210,7 @@ def test_setfattr_from_many_threads_at_once_keeps_every_change(two):
         t.start()
     for t in threads:
         t.join(60)
+    a.sync()  # (sent within about a second, as one patch)
     info = a.bucket.stat("meta.csv")
     assert json.loads(info.metadata["octue__tags"]) == {f"t{i}": i for i in range(8)}  # none lost
     assert info.md5 == md5 and a.bucket.read_range("meta.csv", 0, 100) == b"content stays"

@@ -308,6 +308,7 @@ def test_a_malformed_id_is_replaced_only_when_metadata_is_written(mount):
     assert call(_getx, mount / "i.csv", "user.octue.id") == ("err", errno.ENODATA)
     assert mount.bucket.stat("i.csv").metadata["octue__id"] == '"not-a-uuid"'  # reading changes nothing
     os.setxattr(mount / "i.csv", "user.octue.sequence", b"1")
+    mount.sync()
     after = mount.bucket.stat("i.csv").metadata
     assert octue.decode_object_metadata(after).id is not None  # the first write gives it a valid id
     assert after["octue__labels"] == "{bad"

@@ -122,6 +122,7 @@ def test_a_close_after_setfattr_on_another_machine_keeps_their_labels(mount_fact
     with open(one / "f.csv", "r+b") as f:  # mount 1 opens f
         time.sleep(1.5)  # mount 2's caches expire: it sees f
         os.setxattr(two / "f.csv", "user.octue.labels", b"from-two")  # mount 2 labels it
+        two.sync()  # (its patch lands before mount 1's close)
         f.write(b"v2 from one")  # mount 1 writes and closes
     one.sync()
     info = one.bucket.stat("f.csv")

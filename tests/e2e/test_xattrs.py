@@ -56,6 +56,8 @@ def test_setfattr_is_update_cloud_metadata(mount):
     assert setfattr(mount / "d.csv", "user.octue.labels", "new cleaned").returncode == 0
     assert setfattr(mount / "d.csv", "user.octue.tags.site", "Dogger Bank").returncode == 0
     assert setfattr(mount / "d.csv", "user.octue.sequence", "3").returncode == 0
+    assert os.getxattr(mount / "d.csv", "user.octue.labels") == b"cleaned new"  # shown at once
+    mount.sync()  # in the bucket within about a second; sync waits for it
     after = mount.bucket.stat("d.csv")
     assert (after.md5, after.crc32c, after.size) == (before.md5, before.crc32c, before.size)
     assert mount.bucket.read_range("d.csv", 0, 100) == b"content"
@@ -71,6 +73,7 @@ def test_setfattr_is_update_cloud_metadata(mount):
 def test_removing_attributes(mount):
     mount.bucket.upload_bytes("r.csv", b"x", SDK_METADATA)
     assert setfattr(mount / "r.csv", "user.octue.tags.height_m", remove=True).returncode == 0
+    mount.sync()
     assert json.loads(mount.bucket.stat("r.csv").metadata["octue__tags"]) == {
         "instrument": "anemometer", "calibrated": True}
     with pytest.raises(OSError) as info:
@@ -178,6 +181,7 @@ def test_other_user_attributes_are_custom_metadata_listed_and_removable(mount):
     values = getfattr_dump(mount / "u.csv")
     assert values["user.myown"] == "x" and values["user.xdg.origin.url"] == "https://example.org/u.csv"
     assert values["user.octue.id"] == "02464c6f-0070-50ca-8a9b-ba1af5456601"
+    mount.sync()
     after = mount.bucket.stat("u.csv")
     assert stored_user_keys(mount, "u.csv") == {USER_KEY + "myown": "x",
                                                  USER_KEY + "xdg.origin.url": "https://example.org/u.csv"}
@@ -185,6 +189,7 @@ def test_other_user_attributes_are_custom_metadata_listed_and_removable(mount):
     assert (after.md5, after.size) == (before.md5, before.size)
 
     assert setfattr(mount / "u.csv", "user.myown", remove=True).returncode == 0
+    mount.sync()
     assert stored_user_keys(mount, "u.csv") == {USER_KEY + "xdg.origin.url": "https://example.org/u.csv"}
     with pytest.raises(OSError) as info:
         os.getxattr(mount / "u.csv", "user.myown")

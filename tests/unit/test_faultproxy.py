@@ -51,7 +51,7 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
 
 @pytest.fixture
@@ -180,3 +180,44 @@ def test_request_kinds():
     assert kind_of("GET", "/storage/v1/b/x/o?prefix=d%2F&delimiter=%2F") == "list"
     assert kind_of("GET", "/storage/v1/b/x/o/a") == "json"
     assert kind_of("PATCH", "/storage/v1/b/x/o/a") == "json"
+
+
+def _multipart(name: str) -> tuple[bytes, dict]:
+    body = (b'--b\r\nContent-Type: application/json\r\n\r\n' + json.dumps({"name": name}).encode()
+            + b'\r\n--b\r\nContent-Type: text/plain\r\n\r\ndata\r\n--b--\r\n')
+    return body, {"Content-Type": "multipart/related; boundary=b"}
+
+
+def test_a_second_mutation_of_an_object_within_a_second_is_answered_429(upstream):
+    """GCS's limit of about one change of an object per second: the proxy keeps it when asked,
+    whatever the change (a patch, a delete, an upload, a copy to it), object by object."""
+    with FaultProxy(upstream, mutations_per_second=1.0) as p:
+        assert request(p, "PATCH", "/storage/v1/b/x/o/a", body=b"{}")[0] == 200
+        got, _, body = request(p, "PATCH", "/storage/v1/b/x/o/a", body=b"{}")
+        error = json.loads(body)["error"]
+        assert got == 429 and error["code"] == 429 and error["errors"][0]["reason"] == "rateLimitExceeded"
+        assert request(p, "DELETE", "/storage/v1/b/x/o/a")[0] == 429
+        upload, headers = _multipart("a")
+        assert request(p, "POST", "/upload/storage/v1/b/x/o?uploadType=multipart", upload, headers)[0] == 429
+        assert request(p, "POST", "/storage/v1/b/x/o/other/copyTo/b/x/o/a", b"{}")[0] == 429
+        # Other objects, and reads of this one, pass.
+        assert request(p, "POST", "/upload/storage/v1/b/x/o?uploadType=multipart", *_multipart("b"))[0] == 200
+        assert request(p, "GET", "/storage/v1/b/x/o/a")[0] == 200
+        assert p.counts["429_rate"] == 4 and p.counts["mutations"] == 2
+        forwarded = [(m, path) for m, path, _ in _Upstream.seen]
+        assert forwarded.count(("PATCH", "/storage/v1/b/x/o/a")) == 1
+        assert ("DELETE", "/storage/v1/b/x/o/a") not in forwarded
+        seen_bodies = [b for m, path, b in _Upstream.seen if path.startswith("/upload/")]
+        assert seen_bodies == [_multipart("b")[0]]  # a body read to find its name is forwarded whole
+        time.sleep(1.05)  # (the limit is in time: a second later the object may change again)
+        assert request(p, "PATCH", "/storage/v1/b/x/o/a", body=b"{}")[0] == 200
+
+
+def test_a_proxy_in_its_own_process_keeps_the_limit_and_reports_counts(upstream):
+    from tests.faultproxy import ProxyProcess
+
+    with ProxyProcess(upstream, mutations_per_second=1.0) as p:
+        p.port = int(p.url.rsplit(":", 1)[1])
+        assert request(p, "PATCH", "/storage/v1/b/x/o/a", body=b"{}")[0] == 200
+        assert request(p, "PATCH", "/storage/v1/b/x/o/a", body=b"{}")[0] == 429
+        assert p.counts["429_rate"] == 1 and p.counts["mutation_patch"] == 1

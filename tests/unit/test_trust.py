@@ -102,6 +102,7 @@ def test_an_upload_after_another_writers_setfattr_keeps_their_labels(bucket, tmp
         assert one.uploader.sync(timeout=10) == 0
         fh = one.open("/f.csv", os.O_RDWR)
         two.setxattr("/f.csv", "user.octue.labels", b"from-two")
+        assert two.uploader.sync(timeout=10) == 0  # in the bucket before one's upload
         one.write(fh, b"v2 from one", 0)
         one.flush(fh)
         one.release(fh)
@@ -122,6 +123,7 @@ def test_a_metadata_change_on_both_sides_goes_beside_as_a_conflict_copy(bucket, 
         assert one.uploader.sync(timeout=10) == 0
         fh = one.open("/f.csv", os.O_RDWR)
         two.setxattr("/f.csv", "user.octue.labels", b"theirs")
+        assert two.uploader.sync(timeout=10) == 0  # in the bucket before one's upload
         one.write(fh, b"v2", 0)
         one.setxattr("/f.csv", "user.octue.labels", b"ours")
         one.flush(fh)
@@ -303,6 +305,7 @@ def test_setfattr_racing_a_change_elsewhere_leaves_an_open_file_on_its_version(f
     assert fs.getattr("/f.csv").size == 3
     assert fs.read(fh, 100, 0) == b"v1!"
     fs.release(fh)
+    assert fs.uploader.sync(timeout=10) == 0
     assert labels(bucket.stat("f.csv")) == ["checked"]
     assert bucket.objects()["f.csv"] == b"version 2 is longer"
 
@@ -340,6 +343,7 @@ def test_a_close_racing_a_rename_lands_under_the_new_name(fs, bucket):
     assert bucket.objects() == {"app.log.1": b"line 1\nline 2\nline 3\n"}
     assert read(fs, "/app.log.1") == b"line 1\nline 2\nline 3\n"
     fs.setxattr("/app.log.1", "user.octue.labels", b"rotated")
+    assert fs.uploader.sync(timeout=10) == 0
     assert labels(bucket.stat("app.log.1")) == ["rotated"]
 
 

@@ -37,6 +37,7 @@ def _total(samples: dict, name: str, **labels: str) -> float:
 def test_metrics_move_as_files_are_written_read_and_patched(mount_factory):
     port = _free_port()
     mount = mount_factory("--metrics-port", str(port))
+    mount.bucket.upload_bytes("theirs.csv", b"x,y\n1,2\n")  # written elsewhere: the mount must fetch it
     before = _scrape(port)
     assert _total(before, "octuefs_uploads", state="queued") == 0
 
@@ -49,7 +50,6 @@ def test_metrics_move_as_files_are_written_read_and_patched(mount_factory):
     assert _total(after_write, "octuefs_fuse_operations_total", op="write", outcome="ok") >= 1
     assert _total(after_write, "octuefs_fuse_operation_seconds_count", op="create") >= 1
 
-    mount.bucket.upload_bytes("theirs.csv", b"x,y\n1,2\n")  # written elsewhere: the mount must fetch it
     assert (mount / "theirs.csv").read_bytes() == b"x,y\n1,2\n"
     with open(mount / "theirs.csv", "rb") as f:  # again, past the kernel's page cache: from the mount's cache
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)

@@ -130,6 +130,9 @@ class _StateCollector:
         retried = sum(1 for row in report.get("uploads", ()) if row.get("attempts", 0) > 1)
         yield GaugeMetricFamily("octuefs_uploads_retrying", "Uploads tried more than once, not yet in the bucket",
                                 value=retried)
+        yield CounterMetricFamily("octuefs_metadata_updates_coalesced", "Metadata changes (setfattr) that joined "
+                                  "one already queued for the object instead of a request of their own",
+                                  value=report.get("metadata_coalesced", 0))
         yield GaugeMetricFamily("octuefs_conflicts_recent", "Conflicts in the mount's log (the last 50)",
                                 value=len(report.get("conflicts", ())))
 

@@ -812,6 +812,7 @@ class Uploader:
                          for i in range(workers)]
         self._new_id = new_id or journal.new_id
         self._changed_at: dict[str, float] = {}  # name -> (monotonic) when this mount last changed it; _cond
+        self.coalesced = 0  # metadata changes that joined one already queued instead of a request of their own; _cond
         self._patched_at: dict[str, float] = {}  # the same, for metadata patches; _cond
         self._moved_at = time.monotonic()  # when an upload last read data to send, or landed
         self.late = LateLandings(bucket, busy=self._has_entries)
@@ -844,6 +845,7 @@ class Uploader:
             if previous.state == QUEUED and previous.id in self._entries:
                 previous.metadata, previous.content_type = dict(metadata), content_type
                 self.journal.write(previous)  # small; keeps the amendment atomic with the queue
+                self.coalesced += 1
                 return previous
         entry = Entry(self._new_id(), previous.name, previous.base_generation, None, dict(metadata), content_type,
                       previous.size, time.time(), base_metageneration=previous.base_metageneration,
@@ -874,6 +876,7 @@ class Uploader:
                     entry.base_generation, entry.after = None, last.id
             persist(entry)
             if replaced is not None:
+                self.coalesced += replaced.patch  # a metadata change folded into a newer one
                 del self._entries[replaced.id]
                 self.journal.remove(replaced)
                 replaced.state = DONE
@@ -1038,9 +1041,12 @@ class Uploader:
                      "kind": "metadata" if e.patch else "upload"}
                     for e in self._entries.values()]
         rows += [{"id": e.id, "name": e.name, "state": f"kept for gs://{e.bucket}", "size": e.size, "attempts": 0,
-                  "last_error": "journaled by a mount of another bucket", "queued_at": e.created}
+                  "last_error": "journaled by a mount of another bucket", "queued_at": e.created,
+                  "kind": "metadata" if e.patch else "upload"}
                  for e in self.journal.foreign]
-        return {"uploads": rows, "conflicts": self.journal.conflicts()}
+        with self._cond:
+            coalesced = self.coalesced
+        return {"uploads": rows, "conflicts": self.journal.conflicts(), "metadata_coalesced": coalesced}
 
     def shutdown(self, drain: bool = True, timeout: float | None = None) -> int:
         """Stop the workers, first draining the queue if asked; return what is left queued."""

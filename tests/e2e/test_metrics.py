@@ -64,6 +64,7 @@ def test_metrics_move_as_files_are_written_read_and_patched(mount_factory):
     with pytest.raises(FileNotFoundError):
         (mount / "absent.csv").read_bytes()
     os.setxattr(mount / "theirs.csv", "user.octue.labels", b"cleaned")
+    os.setxattr(mount / "theirs.csv", "user.octue.tags.site", b"north")  # joins the first: one PATCH
     mount.sync()
     assert wait_until(lambda: _total(_scrape(port), "octuefs_bucket_requests_total", kind="patch", outcome="ok") >= 1,
                       timeout=10)
@@ -73,6 +74,8 @@ def test_metrics_move_as_files_are_written_read_and_patched(mount_factory):
     assert _total(last, "octuefs_cache_clean_bytes") > 0
     assert _total(last, "octuefs_cache_limit_bytes") > 0
     assert _total(last, "octuefs_uploads", state="queued") == 0
+    assert _total(last, "octuefs_metadata_updates_coalesced_total") >= 1
+    assert _total(last, "octuefs_bucket_requests_total", kind="patch") == 1
 
 
 def test_metrics_listen_on_this_machine_only_by_default_and_a_taken_port_is_a_clear_error(mount_factory, tmp_path):

@@ -29,7 +29,7 @@ _OWN_OPTIONS = {
     "negative_ttl": "negative_ttl", "attr_timeout": "attr_timeout", "entry_timeout": "entry_timeout",
     "rename_dir_limit": "rename_dir_limit", "project": "project", "upload_workers": "upload_workers",
     "fsync_timeout": "fsync_timeout", "cache_size": "cache_size", "op_timeout": "op_timeout",
-    "upload_hold": "upload_hold",
+    "upload_hold": "upload_hold", "small_uploads": "small_uploads",
 }
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
 
@@ -71,6 +71,8 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-on-close", action="store_true",
                    help="close waits for the upload (and reports its errors) instead of writing back in the background")
     p.add_argument("--upload-workers", type=int, help="uploads running at once (default 8)")
+    p.add_argument("--small-uploads", type=int,
+                   help="uploads of small files (up to 1 MiB) running at once (default 32)")
     p.add_argument("--upload-hold", type=float,
                    help="seconds a small file's upload waits for a burst of closes to pause (default 2; 0: at once)")
     p.add_argument("--fsync-timeout", type=float, help="seconds fsync waits for the bucket before EIO (default 300)")
@@ -116,7 +118,7 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
             if key in _OWN_OPTIONS and eq:
                 dest = _OWN_OPTIONS[key]
                 conv = {"uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
-                        "rename_dir_limit": int, "upload_workers": int, "cache_dir": str, "log_file": str,
+                        "rename_dir_limit": int, "upload_workers": int, "small_uploads": int, "cache_dir": str, "log_file": str,
                         "project": str, "cache_size": str}.get(dest, float)
                 setattr(args, dest, conv(value))
             elif key == "ro":
@@ -162,7 +164,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
         "list_ttl": args.list_ttl, "negative_ttl": args.negative_ttl, "kernel_attr_ttl": args.attr_timeout,
         "kernel_entry_ttl": args.entry_timeout, "rename_dir_limit": args.rename_dir_limit,
         "upload_workers": args.upload_workers, "fsync_timeout": args.fsync_timeout, "op_timeout": args.op_timeout,
-        "upload_hold": args.upload_hold,
+        "upload_hold": args.upload_hold, "small_uploads": args.small_uploads,
     }
     return MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),

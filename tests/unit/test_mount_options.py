@@ -35,6 +35,21 @@ def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positiv
         config("--op-timeout", "0")
 
 
+def test_small_uploads_come_from_the_command_line_or_o_options_and_must_be_positive():
+    import pytest
+
+    from octuefs.cli import build_parser, config_from_args
+
+    def config(*argv: str) -> MountConfig:
+        return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
+
+    assert config().small_uploads == 32
+    assert config("--small-uploads", "64").small_uploads == 64
+    assert config("-o", "small_uploads=16").small_uploads == 16
+    with pytest.raises(ValueError, match="small_uploads"):
+        config("--small-uploads", "0")
+
+
 def test_waiting_for_a_daemon_that_exited_but_is_not_reaped_returns_at_once():
     """`octuefs unmount` run by the daemon's own parent: the daemon is a zombie until reaped."""
     import subprocess

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from octuefs.config import MountConfig
 from octuefs.mount import fuse_kwargs
 
@@ -20,34 +22,23 @@ def test_an_open_file_is_unlinked_for_real():
     assert fuse_kwargs(MountConfig(bucket="b", mountpoint="/mnt"))["hard_remove"] is True
 
 
-def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positive():
-    import pytest
-
+def config(*argv: str) -> MountConfig:
+    """The configuration ``octuefs mount b /mnt ARGV...`` gives."""
     from octuefs.cli import build_parser, config_from_args
 
-    def config(*argv: str) -> MountConfig:
-        return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
-
-    assert config().op_timeout == 30.0
-    assert config("--op-timeout", "3").op_timeout == 3.0
-    assert config("-o", "op_timeout=7.5,allow_other").op_timeout == 7.5
-    with pytest.raises(ValueError, match="op_timeout"):
-        config("--op-timeout", "0")
+    return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
 
 
-def test_small_uploads_come_from_the_command_line_or_o_options_and_must_be_positive():
-    import pytest
-
-    from octuefs.cli import build_parser, config_from_args
-
-    def config(*argv: str) -> MountConfig:
-        return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
-
-    assert config().small_uploads == 32
-    assert config("--small-uploads", "64").small_uploads == 64
-    assert config("-o", "small_uploads=16").small_uploads == 16
-    with pytest.raises(ValueError, match="small_uploads"):
-        config("--small-uploads", "0")
+@pytest.mark.parametrize("key, default, given, o_given", [
+    ("op_timeout", 30.0, "3", "7.5"),
+    ("small_uploads", 32, "64", "16"),
+])
+def test_an_option_comes_from_the_command_line_or_o_options_and_must_be_positive(key, default, given, o_given):
+    assert getattr(config(), key) == default
+    assert getattr(config("--" + key.replace("_", "-"), given), key) == type(default)(given)
+    assert getattr(config("-o", f"{key}={o_given},allow_other"), key) == type(default)(o_given)
+    with pytest.raises(ValueError, match=key):
+        config("--" + key.replace("_", "-"), "0")
 
 
 def test_waiting_for_a_daemon_that_exited_but_is_not_reaped_returns_at_once():

@@ -97,6 +97,7 @@ SMALL_IN_FLIGHT = 32
 COST_SAMPLES = 32
 COST_PROBES = 4
 HOLD_YIELD_RATIO = 4.0
+COST_MAX_WALL = 2.0  # seconds: an upload slower than this met an outage (retries), not a distance
 
 
 @dataclasses.dataclass(eq=False)
@@ -1107,6 +1108,11 @@ class Uploader:
             return self._running < self.workers
         return e.size <= SMALL_UPLOAD_MAX or self._large_running < self.workers
 
+    def slots(self) -> int:
+        """How many small files' uploads may run at once now (larger ones: ``workers``)."""
+        with self._cond:
+            return len(self._threads) if self.hold_yields else self.workers
+
     def _take(self, e: Entry) -> Entry:
         e.state = RUNNING
         e.attempts += 1
@@ -1163,8 +1169,9 @@ class Uploader:
                 entry.name, data, entry.metadata, if_generation_match=entry.base_generation,
                 if_metageneration_match=entry.base_metageneration if entry.base_generation else None,
                 content_type=entry.content_type, progress=self.moved)
-            if entry.size <= SMALL_UPLOAD_MAX and alone and self._running <= 2:
-                self._note_cost(time.monotonic() - started, time.thread_time() - cpu)
+            wall = time.monotonic() - started
+            if entry.size <= SMALL_UPLOAD_MAX and alone and self._running <= 2 and wall < COST_MAX_WALL:
+                self._note_cost(wall, time.thread_time() - cpu)
         except PreconditionFailed:
             try:
                 self._settle_precondition(entry, data)

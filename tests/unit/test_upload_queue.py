@@ -208,7 +208,7 @@ def test_far_from_the_bucket_a_burst_of_small_closes_is_not_held_and_keeps_32_up
     fs.uploader.burst_quiet = fs.uploader.burst_hold = 60  # a burst that never pauses
     for i in range(COST_PROBES):  # the first closes go up one at a time, and are timed
         _save(fs, f"/probe{i}", b"p%d" % i)
-        _wait_for(lambda: f"probe{i}" in bucket.objects(), "a probe landed")
+        _wait_for(lambda: f"probe{i}" in bucket.objects() and not fs.uploader._running, "a probe landed")
     assert fs.uploader.hold_yields
     bucket.gate.clear()
     for i in range(100):

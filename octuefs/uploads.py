@@ -51,11 +51,9 @@ import itertools
 import json
 import logging
 import os
-import statistics
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 
 from .cachespace import bytes_in
@@ -90,14 +88,15 @@ BURST_MAX_BYTES = 8 * 1024 * 1024  # larger files are never held: their uploads 
 SMALL_UPLOAD_MAX = 1024 * 1024
 SMALL_IN_FLIGHT = 32
 # The burst hold is for uploads that compete with closes for the CPU. When the bucket is far
-# away, a small upload is mostly a wait for its answer: once the fastest of the last
-# COST_SAMPLES small uploads (COST_PROBES at least) took HOLD_YIELD_RATIO times the CPU a
-# typical one uses, nothing is held any more (the closes keep the CPU, the round trips overlap
-# them), and small uploads run SMALL_IN_FLIGHT at once.
-COST_SAMPLES = 32
-COST_PROBES = 4
-HOLD_YIELD_RATIO = 4.0
-COST_MAX_WALL = 2.0  # seconds: an upload slower than this met an outage (retries), not a distance
+# away, a small upload is mostly a wait for its answer. The bucket times its small requests
+# (``round_trip()``); once FAR_SAMPLES were timed and the fastest took FAR_RATIO times the CPU a
+# typical one used, and FAR_WALL seconds at least, nothing is held any more (the closes keep the
+# CPU, the round trips overlap them) and small uploads run SMALL_IN_FLIGHT at once. Looked at
+# again every FAR_RECHECK seconds at most.
+FAR_SAMPLES = 3
+FAR_RATIO = 4.0
+FAR_WALL = 0.005
+FAR_RECHECK = 0.5
 
 
 @dataclasses.dataclass(eq=False)
@@ -811,10 +810,9 @@ class Uploader:
         self._last_enqueue = 0.0  # (monotonic) when a close last queued an upload; _cond
         self._held_wake: float | None = None  # when the first held entry may start; _cond
         self._large_running = 0  # running entries over SMALL_UPLOAD_MAX (at most ``workers``); _cond
-        self._running = 0  # running entries; _cond (read without it: a stale count skips a sample)
-        # (seconds of wall clock, seconds of the worker's CPU) of recent small uploads; _cond
-        self._costs: deque[tuple[float, float]] = deque(maxlen=COST_SAMPLES)
+        self._running = 0  # running entries; _cond
         self.hold_yields = False  # small uploads wait on the network, not the CPU: none held; _cond
+        self._far_checked = -FAR_RECHECK  # (monotonic) when hold_yields was last decided; _cond
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"octuefs-upload-{i}", daemon=True)
                          for i in range(max(workers, small_workers))]
@@ -883,9 +881,8 @@ class Uploader:
                 replaced.done.set()
             now = time.monotonic()
             self._last_enqueue = now
-            # Too few measured yet: one goes at once, alone, to measure (the rest wait for it).
-            probe = len(self._costs) < COST_PROBES and not self._running and not self._early
-            held = entry.size < BURST_MAX_BYTES and self.burst_hold and not probe and not self.hold_yields
+            far = self._far(now)
+            held = entry.size < BURST_MAX_BYTES and self.burst_hold and not far
             entry.hold_until = now + self.burst_hold if held else 0.0
             if replaced is not None and replaced.hold_until < entry.hold_until:
                 entry.hold_until = replaced.hold_until  # a file closed again and again is held no longer
@@ -1108,6 +1105,20 @@ class Uploader:
             return self._running < self.workers
         return e.size <= SMALL_UPLOAD_MAX or self._large_running < self.workers
 
+    def _far(self, now: float) -> bool:
+        """Is the bucket far enough that small uploads wait on the network, not the CPU? (See
+        FAR_RATIO; a bucket that does not time its requests is near.) Caller holds _cond."""
+        if now - self._far_checked >= FAR_RECHECK:
+            self._far_checked = now
+            wall, cpu, timed = getattr(self.bucket, "round_trip", lambda: (0.0, 0.0, 0))()
+            far = timed >= FAR_SAMPLES and wall >= max(FAR_WALL, FAR_RATIO * cpu)
+            if far != self.hold_yields:
+                self.hold_yields = far
+                log.debug("small requests take %.1f ms, %.2f ms of it CPU: uploads wait on the %s", wall * 1000,
+                          cpu * 1000, "network, and a burst of closes no longer holds them" if far else "CPU")
+                self._work_ready.notify()  # (held ones: free now)
+        return self.hold_yields
+
     def slots(self) -> int:
         """How many small files' uploads may run at once now (larger ones: ``workers``)."""
         with self._cond:
@@ -1164,14 +1175,10 @@ class Uploader:
         try:
             if entry.base_generation == BASE_UNKNOWN:
                 raise PreconditionFailed(f"{entry.name!r}: the version this upload replaces is not known")
-            alone, started, cpu = self._running <= 2, time.monotonic(), time.thread_time()
             info = self.bucket.upload_file(
                 entry.name, data, entry.metadata, if_generation_match=entry.base_generation,
                 if_metageneration_match=entry.base_metageneration if entry.base_generation else None,
                 content_type=entry.content_type, progress=self.moved)
-            wall = time.monotonic() - started
-            if entry.size <= SMALL_UPLOAD_MAX and alone and self._running <= 2 and wall < COST_MAX_WALL:
-                self._note_cost(wall, time.thread_time() - cpu)
         except PreconditionFailed:
             try:
                 self._settle_precondition(entry, data)
@@ -1200,20 +1207,6 @@ class Uploader:
         if entry.conflict_name is not None:
             self._remove_own_copy(entry, data)
         self._finish(entry, info, DONE)
-
-    def _note_cost(self, wall: float, cpu: float) -> None:
-        """A small upload took ``wall`` seconds, ``cpu`` of them on this worker's CPU. (Only
-        uploads that ran nearly alone are noted: many at once wait for the interpreter's lock
-        in turn, and that wait is the CPU's, not the network's.)"""
-        with self._cond:
-            self._costs.append((wall, cpu))
-            yields = (len(self._costs) >= COST_PROBES and
-                      min(w for w, _ in self._costs) >= HOLD_YIELD_RATIO * statistics.median(c for _, c in self._costs))
-            if yields != self.hold_yields:
-                self.hold_yields = yields
-                log.debug("small uploads wait on the %s: a burst of closes %s them", "network" if yields else "CPU",
-                          "no longer holds" if yields else "holds")
-                self._work_ready.notify()  # (held ones: free now)
 
     def _remove_own_copy(self, entry: Entry, data: str) -> None:
         """This version went up under its own name after an earlier attempt had gone beside (its

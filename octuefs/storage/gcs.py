@@ -338,6 +338,11 @@ class GCSBucket(Bucket):
     def __repr__(self) -> str:
         return f"GCSBucket({self.name!r}, endpoint={self.endpoint!r})"
 
+    def round_trip(self) -> tuple[float, float, int]:
+        """How far the bucket is: (the fastest recent small request's seconds, a typical one's
+        CPU seconds, how many were timed); see :class:`octuefs.storage.jsonapi.RoundTrips`."""
+        return self._api.round_trip()
+
     @property
     def client(self) -> storage.Client:
         """The google-cloud-storage client (share it between buckets to share connections)."""

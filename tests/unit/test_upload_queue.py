@@ -11,7 +11,7 @@ from octuefs.config import MountConfig
 from octuefs.core import FileSystem
 from octuefs.errors import PreconditionFailed, TransientError
 from octuefs.storage.fake import FakeBucket
-from octuefs.uploads import COST_PROBES, SMALL_IN_FLIGHT
+from octuefs.uploads import SMALL_IN_FLIGHT
 
 
 class _HeldUploads(FakeBucket):
@@ -104,15 +104,13 @@ def _burst_fs(tmp_path, quiet: float, hold: float):
     bucket = _Starts("burst")
     fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c")))
     fs.uploader.burst_quiet, fs.uploader.burst_hold = quiet, hold
-    _measured(fs.uploader, wall=0.001, cpu=0.001)  # a bucket on loopback: uploads are CPU
+    _measured(bucket, wall=0.001, cpu=0.001)  # a bucket on loopback: uploads are CPU
     return bucket, fs
 
 
-def _measured(uploader, wall: float, cpu: float) -> None:
-    """As if the uploader had timed its first small uploads (each alone) at ``wall`` seconds,
-    ``cpu`` of them its own CPU."""
-    for _ in range(COST_PROBES):
-        uploader._note_cost(wall, cpu)
+def _measured(bucket: FakeBucket, wall: float, cpu: float) -> None:
+    """As a GCSBucket does: its small requests timed at ``wall`` seconds, ``cpu`` of them CPU."""
+    bucket.round_trip = lambda: (wall, cpu, 32)
 
 
 def test_uploads_wait_for_a_burst_of_closes_to_pause_then_all_go(tmp_path):
@@ -199,24 +197,21 @@ def _wait_for(predicate, what: str, timeout: float = 30.0) -> None:
 
 
 def test_far_from_the_bucket_a_burst_of_small_closes_is_not_held_and_keeps_32_uploads_in_flight(tmp_path):
-    """Each upload waits 50 ms for its answer and uses far less CPU: the uploader measures that
-    on its first uploads, then holds nothing back and runs SMALL_IN_FLIGHT small uploads at
-    once, while ``upload_workers`` is 8."""
+    """Each request waits 50 ms for its answer and uses far less CPU (the bucket timed them): the
+    uploader holds nothing back and runs SMALL_IN_FLIGHT small uploads at once, while
+    ``upload_workers`` is 8."""
     bucket = _InFlight("far", latency=0.05)
+    _measured(bucket, wall=0.05, cpu=0.0005)
     fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_workers=8))
     fs.uploader.burst_quiet = fs.uploader.burst_hold = 60  # a burst that never pauses
-    for i in range(COST_PROBES):  # the first closes go up one at a time, and are timed
-        _save(fs, f"/probe{i}", b"p%d" % i)
-        _wait_for(lambda: f"probe{i}" in bucket.objects() and not fs.uploader._running, "a probe landed")
-    assert fs.uploader.hold_yields
     bucket.gate.clear()
     for i in range(100):
         _save(fs, f"/f{i:03d}", b"x%d" % i)
     _wait_for(lambda: bucket.in_flight == SMALL_IN_FLIGHT, f"{SMALL_IN_FLIGHT} uploads in flight")
     bucket.gate.set()
-    _wait_for(lambda: len(bucket.objects()) == 100 + COST_PROBES, "every file in the bucket")  # no sync: it hastens
-    assert bucket.peak == SMALL_IN_FLIGHT
+    _wait_for(lambda: len(bucket.objects()) == 100, "every file in the bucket")  # no sync: it hastens
+    assert fs.uploader.hold_yields and bucket.peak == SMALL_IN_FLIGHT
     for i in range(100):
         assert bucket.read_range(f"f{i:03d}", 0, 10) == b"x%d" % i
     fs.shutdown()
@@ -226,7 +221,7 @@ def test_large_uploads_keep_to_upload_workers_while_small_ones_fill_the_rest(tmp
     bucket = _InFlight("far-large")
     fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_workers=2, upload_hold=0))
-    _measured(fs.uploader, wall=0.05, cpu=0.001)
+    _measured(bucket, wall=0.05, cpu=0.001)
     bucket.gate.clear()
     big = b"b" * (1024 * 1024 + 1)  # just over SMALL_UPLOAD_MAX
     for i in range(4):
@@ -249,12 +244,11 @@ def test_near_the_bucket_uploads_keep_to_upload_workers_and_bursts_are_held(tmp_
     fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_workers=4))
     fs.uploader.burst_quiet = fs.uploader.burst_hold = 60  # a burst that never pauses
-    _measured(fs.uploader, wall=0.001, cpu=0.001)
-    assert not fs.uploader.hold_yields
+    _measured(bucket, wall=0.001, cpu=0.001)
     bucket.gate.clear()
     for i in range(40):
         _save(fs, f"/f{i:02d}", b"x%d" % i)
-    assert bucket.peak == 0  # held while the closes come
+    assert bucket.peak == 0 and not fs.uploader.hold_yields  # held while the closes come
     fs.uploader.hasten(fs.uploader.snapshot())  # (what sync does)
     _wait_for(lambda: bucket.in_flight == 4, "four uploads in flight")
     bucket.gate.set()

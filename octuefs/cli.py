@@ -32,6 +32,7 @@ _OWN_OPTIONS = {
     "fsync_timeout": "fsync_timeout", "cache_size": "cache_size", "op_timeout": "op_timeout",
     "upload_hold": "upload_hold", "metrics_port": "metrics_port", "metrics_address": "metrics_address",
     "prefetch_files": "prefetch_files",
+    "small_uploads": "small_uploads",
 }
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
 
@@ -81,6 +82,8 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-on-close", action="store_true",
                    help="close waits for the upload (and reports its errors) instead of writing back in the background")
     p.add_argument("--upload-workers", type=int, help="uploads running at once (default 8)")
+    p.add_argument("--small-uploads", type=int,
+                   help="uploads of small files (up to 1 MiB) running at once (default 32)")
     p.add_argument("--upload-hold", type=float,
                    help="seconds a small file's upload waits for a burst of closes to pause (default 2; 0: at once)")
     p.add_argument("--prefetch-files", type=int, metavar="N",
@@ -180,7 +183,7 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
                 conv = {"uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
                         "rename_dir_limit": int, "upload_workers": int, "metrics_port": int, "cache_dir": str,
                         "log_file": str, "project": str, "cache_size": str, "metrics_address": str,
-                        "prefetch_files": int}.get(dest, float)
+                        "prefetch_files": int, "small_uploads": int}.get(dest, float)
                 setattr(args, dest, conv(value))
             elif key == "ro":
                 args.read_only = True
@@ -227,6 +230,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
         "upload_workers": args.upload_workers, "fsync_timeout": args.fsync_timeout, "op_timeout": args.op_timeout,
         "upload_hold": args.upload_hold, "metrics_port": args.metrics_port, "metrics_address": args.metrics_address,
         "prefetch_files": args.prefetch_files,
+        "small_uploads": args.small_uploads,
     }
     return MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),

@@ -110,7 +110,10 @@ class MountConfig:
     rename_dir_limit: int = 10_000  # objects; past this a directory rename is refused
     fuse_options: tuple[str, ...] = ()  # extra -o options passed to FUSE (allow_other, ...)
     upload_on_close: bool = False  # close waits for the upload (errors at close) instead of write-back
-    upload_workers: int = 8  # uploads running at once
+    upload_workers: int = 8  # uploads running at once, of files of any size
+    # Uploads of small files (up to 1 MiB: one request each) running at once. At a distance each
+    # is a round trip spent waiting: N small files go up in about N x RTT / small_uploads.
+    small_uploads: int = 32
     # While closes keep coming (a burst: a program writing many small files), a small file's
     # upload waits up to this long for the burst to pause (50 ms without a close), so that the
     # closes get the CPU first; then the uploads go at full speed. 0: upload at once.
@@ -167,6 +170,8 @@ class MountConfig:
             raise ValueError("metrics_port must be a TCP port, 0-65535 (0: any free one)")
         if self.prefetch_files < 0:
             raise ValueError("prefetch_files must be >= 0")
+        if self.small_uploads < 1:
+            raise ValueError("small_uploads must be at least 1")
         if self.rename_dir_limit < 0:
             raise ValueError("rename_dir_limit must be >= 0")
         for name in ("file_mode", "dir_mode"):

@@ -108,7 +108,8 @@ class FileSystem:
         log.info("clean cached data: %s", "no limit" if limit is None else f"at most {format_size(limit)}")
         journal = Journal(config.cache_dir)
         bucket.keep_parts_in(os.path.join(config.cache_dir, "parts"))  # large uploads' parts, until deleted
-        self.uploader = Uploader(bucket, journal, workers=config.upload_workers, burst_hold=config.upload_hold)
+        self.uploader = Uploader(bucket, journal, workers=config.upload_workers, burst_hold=config.upload_hold,
+                                 small_workers=config.small_uploads)
         self.uploader.patch_pace = config.patch_pace
         self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
                                upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,

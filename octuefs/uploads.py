@@ -82,6 +82,21 @@ WITHHELD = "withheld"  # held back while a delete or rename decides whether it i
 BURST_QUIET = 0.05  # seconds without a close that end a burst of them
 BURST_HOLD = 2.0  # seconds a small file's upload waits at most for a burst of closes to end
 BURST_MAX_BYTES = 8 * 1024 * 1024  # larger files are never held: their uploads are not CPU per file
+# Small files' uploads (one request each, the content in memory) may run SMALL_IN_FLIGHT at once,
+# beyond ``workers`` (which bounds uploads of any size): at a distance one upload is one round
+# trip, so N small files take N x RTT / in-flight. 32 x 1 MiB bounds their memory to 32 MiB.
+SMALL_UPLOAD_MAX = 1024 * 1024
+SMALL_IN_FLIGHT = 32
+# The burst hold is for uploads that compete with closes for the CPU. When the bucket is far
+# away, a small upload is mostly a wait for its answer. The bucket times its small requests
+# (``round_trip()``); once FAR_SAMPLES were timed and the fastest took FAR_RATIO times the CPU a
+# typical one used, and FAR_WALL seconds at least, nothing is held any more (the closes keep the
+# CPU, the round trips overlap them) and small uploads run SMALL_IN_FLIGHT at once. Looked at
+# again every FAR_RECHECK seconds at most.
+FAR_SAMPLES = 3
+FAR_RATIO = 4.0
+FAR_WALL = 0.005
+FAR_RECHECK = 0.5
 
 
 @dataclasses.dataclass(eq=False)
@@ -789,8 +804,12 @@ class Uploader:
 
     def __init__(self, bucket: Bucket, journal: Journal, workers: int = 8, on_done: DoneCallback | None = None,
                  max_backoff: float = 60.0, new_id: Callable[[], str] | None = None,
-                 burst_quiet: float = BURST_QUIET, burst_hold: float = BURST_HOLD):
+                 burst_quiet: float = BURST_QUIET, burst_hold: float = BURST_HOLD,
+                 small_workers: int = SMALL_IN_FLIGHT):
+        """``workers``: uploads at once; ``small_workers``: uploads at once while they are of
+        files up to SMALL_UPLOAD_MAX bytes and the bucket is far (see :meth:`_fits`)."""
         self.bucket = bucket
+        self.workers, self.small_workers = workers, small_workers
         self.burst_quiet, self.burst_hold = burst_quiet, burst_hold
         self.journal = journal
         self.on_done = on_done or (lambda entry: None)
@@ -807,9 +826,13 @@ class Uploader:
         self._early: dict[str, Entry] = {}
         self._last_enqueue = 0.0  # (monotonic) when a close last queued an upload; _cond
         self._held_wake: float | None = None  # when the first held entry may start; _cond
+        self._large_running = 0  # running entries over SMALL_UPLOAD_MAX (at most ``workers``); _cond
+        self._running = 0  # running entries; _cond
+        self.hold_yields = False  # small uploads wait on the network, not the CPU: none held; _cond
+        self._far_checked = -FAR_RECHECK  # (monotonic) when hold_yields was last decided; _cond
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"octuefs-upload-{i}", daemon=True)
-                         for i in range(workers)]
+                         for i in range(max(workers, small_workers))]
         self._new_id = new_id or journal.new_id
         self._changed_at: dict[str, float] = {}  # name -> (monotonic) when this mount last changed it; _cond
         self.coalesced = 0  # metadata changes that joined one already queued instead of a request of their own; _cond
@@ -883,7 +906,9 @@ class Uploader:
                 replaced.done.set()
             now = time.monotonic()
             self._last_enqueue = now
-            entry.hold_until = now + self.burst_hold if entry.size < BURST_MAX_BYTES and self.burst_hold else 0.0
+            far = self._far(now)
+            held = entry.size < BURST_MAX_BYTES and self.burst_hold and not far
+            entry.hold_until = now + self.burst_hold if held else 0.0
             if replaced is not None and replaced.hold_until < entry.hold_until:
                 entry.hold_until = replaced.hold_until  # a file closed again and again is held no longer
             if replaced is not None or not entry.hold_until:
@@ -1074,15 +1099,18 @@ class Uploader:
         last), a new entry waits up to ``burst_hold`` before it starts, so that the closes get
         the CPU first (on two cores, uploads running alongside halved the rate of serial
         closes) and the uploads follow at full speed once the burst pauses. An entry someone
-        waits for (fsync, sync, a rename, unmount) is never held.
+        waits for (fsync, sync, a rename, unmount) is never held, nor any once small uploads
+        are found to wait on the network rather than the CPU (``hold_yields``).
         """
         now = time.monotonic()
-        quiet = now - self._last_enqueue >= self.burst_quiet
+        quiet = self.hold_yields or now - self._last_enqueue >= self.burst_quiet
         self._held_wake = None
+        if not self.hold_yields and self._running >= self.workers:
+            return None  # (a running one's worker looks again when it ends)
         for e in list(self._early.values()):
             if e.state != QUEUED or e.id not in self._entries:
                 del self._early[e.id]
-            elif e.after is None and e.next_try <= now and self._entries.of(e.name)[0] is e:
+            elif e.after is None and e.next_try <= now and self._entries.of(e.name)[0] is e and self._fits(e):
                 if quiet or now >= e.hold_until:
                     return self._take(e)
                 wake = min(self._last_enqueue + self.burst_quiet, e.hold_until)
@@ -1093,7 +1121,7 @@ class Uploader:
         # are in _early).
         busy: set[str] = set()
         for e in self._entries.values():
-            if e.state == QUEUED and e.name not in busy and e.after is None and e.next_try <= now:
+            if e.state == QUEUED and e.name not in busy and e.after is None and e.next_try <= now and self._fits(e):
                 if quiet or now >= e.hold_until:
                     return self._take(e)
                 wake = min(self._last_enqueue + self.burst_quiet, e.hold_until)
@@ -1102,9 +1130,39 @@ class Uploader:
             busy.add(e.name)  # keep later entries of the same object in order
         return None
 
+    def _fits(self, e: Entry) -> bool:
+        """May ``e`` start now? ``workers`` uploads run at once; at a distance (``hold_yields``)
+        small ones run on every thread, ``small_workers``, and large ones on ``workers`` of
+        them. (A running upload's end frees its slot, and its worker looks again.)"""
+        if not self.hold_yields:
+            return self._running < self.workers
+        return e.size <= SMALL_UPLOAD_MAX or self._large_running < self.workers
+
+    def _far(self, now: float) -> bool:
+        """Is the bucket far enough that small uploads wait on the network, not the CPU? (See
+        FAR_RATIO; a bucket that does not time its requests is near.) Caller holds _cond."""
+        if now - self._far_checked >= FAR_RECHECK:
+            self._far_checked = now
+            wall, cpu, timed = getattr(self.bucket, "round_trip", lambda: (0.0, 0.0, 0))()
+            far = timed >= FAR_SAMPLES and wall >= max(FAR_WALL, FAR_RATIO * cpu)
+            if far != self.hold_yields:
+                self.hold_yields = far
+                log.debug("small requests take %.1f ms, %.2f ms of it CPU: uploads wait on the %s", wall * 1000,
+                          cpu * 1000, "network, and a burst of closes no longer holds them" if far else "CPU")
+                self._work_ready.notify()  # (held ones: free now)
+        return self.hold_yields
+
+    def slots(self) -> int:
+        """How many small files' uploads may run at once now (larger ones: ``workers``)."""
+        with self._cond:
+            return len(self._threads) if self.hold_yields else self.workers
+
     def _take(self, e: Entry) -> Entry:
         e.state = RUNNING
         e.attempts += 1
+        self._running += 1
+        if e.size > SMALL_UPLOAD_MAX:
+            self._large_running += 1
         if e.failed:  # tried again: no longer failed unless this attempt fails too (then marked again)
             e.failed = None
             for successor in self._entries.successors(e.id):
@@ -1136,7 +1194,14 @@ class Uploader:
                     # A burst has paused (or held this one long enough): the entries held with
                     # it are free too. Only one worker kept a timer; each one woken wakes the next.
                     self._work_ready.notify()
-            self._run(entry)
+            try:
+                self._run(entry)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    if entry.size > SMALL_UPLOAD_MAX:
+                        self._large_running -= 1
+                        self._work_ready.notify()  # a large upload may have waited for the slot
 
     def _run(self, entry: Entry) -> None:
         if entry.patch:

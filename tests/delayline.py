@@ -263,6 +263,13 @@ class DelayLineProcess:
         if self._proc.stdout.readline().strip() != "ok":
             raise RuntimeError("delay line process did not take the upstream")
 
+    def connections(self) -> int:
+        """How many connections the line has accepted so far (each one a new TCP connection
+        from a client: a pool that reuses its connections keeps this near its size)."""
+        self._proc.stdin.write("connections\n")
+        self._proc.stdin.flush()
+        return int(self._proc.stdout.readline().split()[1])
+
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
@@ -312,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             if text.startswith("upstream "):
                 line.upstream = _parse_hostport(text.split()[1])
                 print("ok", flush=True)
+            elif text.strip() == "connections":
+                print(f"connections {line.connections}", flush=True)
         stopping.set()
 
     threading.Thread(target=commands, daemon=True).start()

@@ -87,7 +87,12 @@ T = TypeVar("T")
 Timeout = float | tuple[float, float]  # seconds, or (connect, read), per HTTP request
 
 EMULATOR_PROJECT = "octuefs-local"
-POOL_SIZE = 64  # HTTP connections kept per host: enough for the FUSE threads plus uploads
+# HTTP connections kept per host, in each of the two pools (the library's requests session, and
+# JsonApi's): at least the threads that may make a request at once, so that none opens a new
+# connection (a TCP and TLS handshake: two or three round trips on GCS) or discards one: the FUSE
+# threads (10), the upload workers (32 small at a distance), composite parts (4), block fetches
+# (8), listing pages and read-ahead besides. Idle connections cost a file descriptor each.
+POOL_SIZE = 128
 DEFAULT_TIMEOUT = (10.0, 60.0)  # seconds: (connect, read between bytes)
 READ_CHUNK = 1024 * 1024  # bytes per read from a download's body
 MULTIPART_MAX = 8 * 1024 * 1024  # larger files go up resumable, in chunks (as the library does)
@@ -332,6 +337,11 @@ class GCSBucket(Bucket):
 
     def __repr__(self) -> str:
         return f"GCSBucket({self.name!r}, endpoint={self.endpoint!r})"
+
+    def round_trip(self) -> tuple[float, float, int]:
+        """How far the bucket is: (the fastest recent small request's seconds, a typical one's
+        CPU seconds, how many were timed); see :class:`octuefs.storage.jsonapi.RoundTrips`."""
+        return self._api.round_trip()
 
     @property
     def client(self) -> storage.Client:

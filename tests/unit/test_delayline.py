@@ -160,9 +160,11 @@ def test_the_process_variant_relays_and_stops_by_pid(echo):
     try:
         pid = line.pid
         line.set_upstream("127.0.0.1", echo.port)
+        assert line.connections() == 0
         got, took = roundtrip(line.port, b"through a child process")
         assert got == b"through a child process"
         assert took >= 2 * RTT_MS / 1000 * 0.98
+        assert line.connections() == 1
     finally:
         line.stop()
     with pytest.raises(ProcessLookupError):

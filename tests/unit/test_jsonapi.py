@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from google.api_core import exceptions as api_exceptions
@@ -235,3 +236,30 @@ def test_a_pinned_read_broken_mid_body_goes_on_from_the_last_byte_it_got(serve, 
     assert ranges[0] == (5, len(data))
     assert ranges[1][0] > 5 and ranges[1][1] == len(data)  # on from where the first one broke
     assert reported[-1] == len(data)
+
+
+def test_requests_are_timed_so_the_uploader_knows_how_far_the_bucket_is(serve):
+    """Small requests one after another, through a line that adds 20 ms to each round trip:
+    the fastest took at least that, and a typical one's CPU far less; of requests that ran with
+    many others, most are not timed (their wall time is spent waiting for the CPU too)."""
+    from tests.delayline import DelayLine
+
+    resource = b'{"name": "o", "size": "1", "generation": "1", "metageneration": "1", "updated": "2026-01-01T00:00:00Z"}'
+    api, server = serve(lambda h: _send(h, 200, resource))
+    assert api.round_trip() == (0.0, 0.0, 0)
+    with DelayLine(("127.0.0.1", server.server_port), rtt_ms=20) as line:
+        far = JsonApi(AnonymousCredentials(), line.url, "b")
+        for _ in range(4):
+            far.get_object("o", None, 10)
+        wall, cpu, timed = far.round_trip()
+        assert timed == 4 and wall >= 0.020 and cpu < wall / 4
+
+        many = threading.Barrier(8)
+
+        def together(_):
+            many.wait(10)
+            far.get_object("o", None, 10)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(together, range(8)))
+        assert far.round_trip()[2] < 4 + 8  # (the first to start may have run alone a while)

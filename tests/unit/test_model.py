@@ -157,7 +157,7 @@ class ModelMachine(RuleBasedStateMachine):
         entries = up.snapshot()
         running = [e for e in entries if e.state != "queued"]
         busy_names = {e.name for e in running}
-        free = len(up._threads) - view.blocked
+        free = up.slots() - view.blocked
         soon = time.monotonic() + 0.05
         runnable = [e for e in entries if e.state == "queued" and e.after is None and e.name not in busy_names
                     and e.next_try <= soon]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from octuefs.config import MountConfig
 from octuefs.mount import fuse_kwargs
 
@@ -21,24 +23,25 @@ def test_an_open_file_is_unlinked_for_real():
 
 
 def config(*argv: str) -> MountConfig:
-    """The configuration ``octuefs mount b /mnt ARGV...`` makes."""
+    """The configuration ``octuefs mount b /mnt ARGV...`` gives."""
     from octuefs.cli import build_parser, config_from_args
 
     return config_from_args(build_parser().parse_args(["mount", "b", "/mnt", *argv]))
 
 
-def test_op_timeout_comes_from_the_command_line_or_o_options_and_must_be_positive():
-    import pytest
-
-    assert config().op_timeout == 30.0
-    assert config("--op-timeout", "3").op_timeout == 3.0
-    assert config("-o", "op_timeout=7.5,allow_other").op_timeout == 7.5
-    with pytest.raises(ValueError, match="op_timeout"):
-        config("--op-timeout", "0")
+@pytest.mark.parametrize("key, default, given, o_given", [
+    ("op_timeout", 30.0, "3", "7.5"),
+    ("small_uploads", 32, "64", "16"),
+])
+def test_an_option_comes_from_the_command_line_or_o_options_and_must_be_positive(key, default, given, o_given):
+    assert getattr(config(), key) == default
+    assert getattr(config("--" + key.replace("_", "-"), given), key) == type(default)(given)
+    assert getattr(config("-o", f"{key}={o_given},allow_other"), key) == type(default)(o_given)
+    with pytest.raises(ValueError, match=key):
+        config("--" + key.replace("_", "-"), "0")
 
 
 def test_prefetch_files_comes_from_the_command_line_or_o_options_and_no_prefetch_turns_it_off():
-    import pytest
 
     assert config().prefetch_files == 32
     assert config("--prefetch-files", "8").prefetch_files == 8

@@ -11,6 +11,7 @@ from octuefs.config import MountConfig
 from octuefs.core import FileSystem
 from octuefs.errors import PreconditionFailed, TransientError
 from octuefs.storage.fake import FakeBucket
+from octuefs.uploads import SMALL_IN_FLIGHT
 
 
 class _HeldUploads(FakeBucket):
@@ -103,7 +104,13 @@ def _burst_fs(tmp_path, quiet: float, hold: float):
     bucket = _Starts("burst")
     fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c")))
     fs.uploader.burst_quiet, fs.uploader.burst_hold = quiet, hold
+    _measured(bucket, wall=0.001, cpu=0.001)  # a bucket on loopback: uploads are CPU
     return bucket, fs
+
+
+def _measured(bucket: FakeBucket, wall: float, cpu: float) -> None:
+    """As a GCSBucket does: its small requests timed at ``wall`` seconds, ``cpu`` of them CPU."""
+    bucket.round_trip = lambda: (wall, cpu, 32)
 
 
 def test_uploads_wait_for_a_burst_of_closes_to_pause_then_all_go(tmp_path):
@@ -151,4 +158,100 @@ def test_a_file_closed_again_and_again_is_held_no_longer_than_burst_hold(tmp_pat
         i += 1
         time.sleep(0.02)
     assert "log" in bucket.objects() and bucket.starts[0] - started < 0.3 + 0.5  # (some slack: busy cores)
+    fs.shutdown()
+
+
+# --- at a distance: enough small uploads in flight to cover the round trip ------------------------
+
+
+class _InFlight(FakeBucket):
+    """Counts uploads in flight (and their peak); while ``gate`` is clear they wait for it. Each
+    upload takes ``latency`` seconds more, as one round trip to a distant bucket would."""
+
+    def __init__(self, name: str, latency: float = 0.0):
+        super().__init__(name)
+        self.latency_of_uploads = latency
+        self.gate = threading.Event()
+        self.gate.set()
+        self._count = threading.Lock()
+        self.in_flight = self.peak = 0
+
+    def upload_file(self, *args, **kwargs):
+        with self._count:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            assert self.gate.wait(60), "test gate never opened"
+            time.sleep(self.latency_of_uploads)
+            return super().upload_file(*args, **kwargs)
+        finally:
+            with self._count:
+                self.in_flight -= 1
+
+
+def _wait_for(predicate, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+
+
+def test_far_from_the_bucket_a_burst_of_small_closes_is_not_held_and_keeps_32_uploads_in_flight(tmp_path):
+    """Each request waits 50 ms for its answer and uses far less CPU (the bucket timed them): the
+    uploader holds nothing back and runs SMALL_IN_FLIGHT small uploads at once, while
+    ``upload_workers`` is 8."""
+    bucket = _InFlight("far", latency=0.05)
+    _measured(bucket, wall=0.05, cpu=0.0005)
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / "c"), upload_workers=8))
+    fs.uploader.burst_quiet = fs.uploader.burst_hold = 60  # a burst that never pauses
+    bucket.gate.clear()
+    for i in range(100):
+        _save(fs, f"/f{i:03d}", b"x%d" % i)
+    _wait_for(lambda: bucket.in_flight == SMALL_IN_FLIGHT, f"{SMALL_IN_FLIGHT} uploads in flight")
+    bucket.gate.set()
+    _wait_for(lambda: len(bucket.objects()) == 100, "every file in the bucket")  # no sync: it hastens
+    assert fs.uploader.hold_yields and bucket.peak == SMALL_IN_FLIGHT
+    for i in range(100):
+        assert bucket.read_range(f"f{i:03d}", 0, 10) == b"x%d" % i
+    fs.shutdown()
+
+
+def test_large_uploads_keep_to_upload_workers_while_small_ones_fill_the_rest(tmp_path):
+    bucket = _InFlight("far-large")
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / "c"), upload_workers=2, upload_hold=0))
+    _measured(bucket, wall=0.05, cpu=0.001)
+    bucket.gate.clear()
+    big = b"b" * (1024 * 1024 + 1)  # just over SMALL_UPLOAD_MAX
+    for i in range(4):
+        _save(fs, f"/big{i}", big)
+    _wait_for(lambda: bucket.in_flight == 2, "two large uploads in flight")
+    for i in range(40):
+        _save(fs, f"/small{i:02d}", b"s%d" % i)
+    _wait_for(lambda: bucket.in_flight == SMALL_IN_FLIGHT, "every upload thread busy")
+    assert sum(e.state == "running" and e.size > 1024 * 1024 for e in fs.uploader.snapshot()) == 2
+    bucket.gate.set()
+    assert fs.uploader.sync(timeout=60) == 0
+    assert bucket.peak == SMALL_IN_FLIGHT and len(bucket.objects()) == 44
+    assert bucket.read_range("big3", 0, len(big)) == big
+    fs.shutdown()
+
+
+def test_near_the_bucket_uploads_keep_to_upload_workers_and_bursts_are_held(tmp_path):
+    """On loopback an upload is CPU: as before, ``upload_workers`` at once, after the burst."""
+    bucket = _InFlight("near")
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / "c"), upload_workers=4))
+    fs.uploader.burst_quiet = fs.uploader.burst_hold = 60  # a burst that never pauses
+    _measured(bucket, wall=0.001, cpu=0.001)
+    bucket.gate.clear()
+    for i in range(40):
+        _save(fs, f"/f{i:02d}", b"x%d" % i)
+    assert bucket.peak == 0 and not fs.uploader.hold_yields  # held while the closes come
+    fs.uploader.hasten(fs.uploader.snapshot())  # (what sync does)
+    _wait_for(lambda: bucket.in_flight == 4, "four uploads in flight")
+    bucket.gate.set()
+    assert fs.uploader.sync(timeout=60) == 0
+    assert bucket.peak == 4 and len(bucket.objects()) == 40
     fs.shutdown()

@@ -42,7 +42,6 @@ def test_an_option_comes_from_the_command_line_or_o_options_and_must_be_positive
 
 
 def test_prefetch_files_comes_from_the_command_line_or_o_options_and_no_prefetch_turns_it_off():
-
     assert config().prefetch_files == 32
     assert config("--prefetch-files", "8").prefetch_files == 8
     assert config("-o", "prefetch_files=4").prefetch_files == 4

@@ -11,6 +11,7 @@ Errors a user can meet come out as one line, ``octuefs: error: ...``, with a non
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import stat
@@ -23,18 +24,11 @@ from .logformat import LOG_FORMATS, formatter
 
 log = logging.getLogger("octuefs")
 
-# -o options that are octuefs's own (key -> argparse dest) and generic mount options to drop.
-_OWN_OPTIONS = {
-    "cache_dir": "cache_dir", "log_file": "log_file", "uid": "uid", "gid": "gid",
-    "file_mode": "file_mode", "dir_mode": "dir_mode", "stat_ttl": "stat_ttl", "list_ttl": "list_ttl",
-    "negative_ttl": "negative_ttl", "attr_timeout": "attr_timeout", "entry_timeout": "entry_timeout",
-    "rename_dir_limit": "rename_dir_limit", "project": "project", "upload_workers": "upload_workers",
-    "fsync_timeout": "fsync_timeout", "cache_size": "cache_size", "op_timeout": "op_timeout",
-    "upload_hold": "upload_hold", "metrics_port": "metrics_port", "metrics_address": "metrics_address",
-    "prefetch_files": "prefetch_files",
-    "small_uploads": "small_uploads",
-}
+# Generic mount options (mount(8)'s and fstab's) that mean nothing here; and -o flags of our own.
+# Any other option of `octuefs mount` is also an -o key=value (cache_dir=..., list_ttl=10).
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
+_FLAG_OPTIONS = {"ro": "read_only", "local": "local", "upload_on_close": "upload_on_close"}
+_NOT_O_KEYS = {"bucket", "mountpoint", "options", "verbose", "read_only", "local", "upload_on_close"}
 
 
 def _octal(text: str) -> int:
@@ -174,23 +168,21 @@ def _datasets_command(argv: list[str]) -> int:
 
 def _apply_o_options(args: argparse.Namespace) -> list[str]:
     """Fold ``-o key=value`` options into args; return what is left for FUSE."""
+    settings = {dest: action for dest, action in configfile.keys_of(mount_parser()).items() if dest not in _NOT_O_KEYS}
     fuse: list[str] = []
     for group in args.options:
         for opt in filter(None, (o.strip() for o in group.split(","))):
             key, eq, value = opt.partition("=")
-            if key in _OWN_OPTIONS and eq:
-                dest = _OWN_OPTIONS[key]
-                conv = {"uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
-                        "rename_dir_limit": int, "upload_workers": int, "metrics_port": int, "cache_dir": str,
-                        "log_file": str, "project": str, "cache_size": str, "metrics_address": str,
-                        "prefetch_files": int, "small_uploads": int}.get(dest, float)
-                setattr(args, dest, conv(value))
-            elif key == "ro":
-                args.read_only = True
-            elif key == "local":
-                args.local = True
-            elif key == "upload_on_close":
-                args.upload_on_close = True
+            if key in settings and eq:
+                action = settings[key]
+                if action.choices and value not in action.choices:
+                    raise ValueError(f"-o {opt}: {key} is one of {', '.join(action.choices)}")
+                try:
+                    setattr(args, key, action.type(value) if action.type else value)
+                except (ValueError, argparse.ArgumentTypeError) as exc:
+                    raise ValueError(f"-o {opt}: {exc}") from None
+            elif key in _FLAG_OPTIONS and not eq:
+                setattr(args, _FLAG_OPTIONS[key], True)
             elif key in _DROPPED_OPTIONS or key.startswith("x-"):
                 continue
             else:
@@ -222,21 +214,13 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
             cache_size = parse_size(args.cache_size)
         except ValueError as exc:
             raise ValueError(f"--cache-size: {exc}") from None
-    given = {
-        "cache_dir": args.cache_dir, "project": args.project, "uid": args.uid, "gid": args.gid,
-        "file_mode": args.file_mode, "dir_mode": args.dir_mode, "stat_ttl": args.stat_ttl,
-        "list_ttl": args.list_ttl, "negative_ttl": args.negative_ttl, "kernel_attr_ttl": args.attr_timeout,
-        "kernel_entry_ttl": args.entry_timeout, "rename_dir_limit": args.rename_dir_limit,
-        "upload_workers": args.upload_workers, "fsync_timeout": args.fsync_timeout, "op_timeout": args.op_timeout,
-        "upload_hold": args.upload_hold, "metrics_port": args.metrics_port, "metrics_address": args.metrics_address,
-        "prefetch_files": args.prefetch_files,
-        "small_uploads": args.small_uploads,
-    }
+    fields = {f.name for f in dataclasses.fields(MountConfig)}
+    given = {configfile.field_of(dest): getattr(args, dest) for dest in configfile.keys_of(mount_parser())
+             if dest not in ("bucket", "mountpoint", "options", "cache_size")}
     return MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),
-        read_only=args.read_only, local=args.local, fuse_options=tuple(fuse_options),
-        upload_on_close=args.upload_on_close, cache_size=cache_size,
-        **{k: v for k, v in given.items() if v is not None},
+        fuse_options=tuple(fuse_options), cache_size=cache_size,
+        **{k: v for k, v in given.items() if v is not None and k in fields},
     )
 
 

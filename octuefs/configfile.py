@@ -40,6 +40,11 @@ def keys_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return keys
 
 
+def field_of(dest: str) -> str:
+    """The MountConfig field an option sets (most have the same name)."""
+    return _FIELDS.get(dest, dest)
+
+
 def _kind(action: argparse.Action) -> str:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return "bool"
@@ -126,7 +131,7 @@ def effective(config: MountConfig, args: argparse.Namespace, parser: argparse.Ar
     fields = {f.name for f in dataclasses.fields(MountConfig)}
     lines = []
     for dest in keys_of(parser):
-        field = _FIELDS.get(dest, dest)
+        field = field_of(dest)
         if dest == "bucket":
             value = f"{config.bucket}/{config.prefix}".rstrip("/")
         elif dest == "log_file":

@@ -62,6 +62,7 @@ class Metrics:
         self.fuse_seconds = Histogram("octuefs_fuse_operation_seconds", "Latency of FUSE operations", ["op"],
                                       buckets=LATENCY_BUCKETS, registry=r)
         self._server = None
+        self._children: dict[tuple[str, int | None], tuple] = {}  # (op, errno) -> its counter and histogram
 
     # --- sources ---------------------------------------------------------------------------
 
@@ -69,9 +70,14 @@ class Metrics:
         return MeteredBucket(bucket, self)
 
     def fuse_op(self, op: str, code: int | None, seconds: float) -> None:
-        """One FUSE operation ended: ``code`` is the errno it answered, None for success."""
-        self.fuse_ops.labels(op, "ok" if code is None else errno.errorcode.get(code, str(code))).inc()
-        self.fuse_seconds.labels(op).observe(seconds)
+        """One FUSE operation ended: ``code`` is the errno it answered, None for success. On the
+        path of every call: the labelled children are looked up once (``labels()`` takes a lock)."""
+        children = self._children.get((op, code))
+        if children is None:
+            outcome = "ok" if code is None else errno.errorcode.get(code, str(code))
+            children = self._children[(op, code)] = (self.fuse_ops.labels(op, outcome), self.fuse_seconds.labels(op))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch(self, state: Callable[[], dict]) -> None:
         """Report ``state()`` (what ``octuefs status --json`` answers) at each scrape."""

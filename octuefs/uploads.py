@@ -1567,6 +1567,8 @@ class Uploader:
             log.info("the metadata of %r changed in the bucket while a setfattr here waited to be sent: merged",
                      entry.name)
         with self._cond:
+            if entry.content_type == (entry.base_object or {}).get("content_type"):
+                entry.content_type = current.content_type  # not changed here: the bucket's stands
             entry.base_object = object_fields(current)
         self._rebase(entry, current, merged)
 

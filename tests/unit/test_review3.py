@@ -1,0 +1,157 @@
+"""Review 3 of issue 15 (distance): adversarial cases of setfattr write-back, lookups from
+listings and the prefetcher, on the fake bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from octuefs.errors import FileNotFound
+from octuefs.storage.fake import FakeBucket
+
+from .corekit import close_write, make_fs, read
+
+
+def tags(bucket, name):
+    return json.loads(bucket.stat(name).metadata.get("octue__tags", "{}"))
+
+
+def test_setfattr_then_partial_write_keeps_the_rest_and_the_tag(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f.csv", b"0123456789")
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+    fs.setxattr("/f.csv", "user.octue.tags.t", b"1")
+    fh = fs.open("/f.csv", os.O_WRONLY)
+    fs.write(fh, b"AB", 4)
+    fs.flush(fh)
+    fs.release(fh)
+    assert read(fs, "/f.csv") == b"0123AB6789"
+    assert fs.uploader.sync(timeout=30) == 0
+    assert bucket.objects()["f.csv"] == b"0123AB6789" and tags(bucket, "f.csv") == {"t": 1}
+    fs.uploader.shutdown()
+
+
+def test_setfattr_then_truncate_by_path(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f.csv", b"0123456789")
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+    fs.setxattr("/f.csv", "user.octue.tags.t", b"1")
+    fs.truncate("/f.csv", 3)
+    assert read(fs, "/f.csv") == b"012"
+    assert fs.uploader.sync(timeout=30) == 0
+    assert bucket.objects()["f.csv"] == b"012" and tags(bucket, "f.csv") == {"t": 1}
+    fs.uploader.shutdown()
+
+
+def test_setfattr_then_rename_then_setfattr_on_target(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("a.csv", b"data")
+    fs = make_fs(bucket, tmp_path, patch_pace=0.3)
+    fs.setxattr("/a.csv", "user.octue.tags.t", b"1")
+    fs.rename("/a.csv", "/b.csv")
+    fs.setxattr("/b.csv", "user.octue.tags.u", b"2")
+    assert fs.uploader.sync(timeout=30) == 0
+    assert "a.csv" not in bucket.objects()
+    assert bucket.objects()["b.csv"] == b"data" and tags(bucket, "b.csv") == {"t": 1, "u": 2}
+    fs.uploader.shutdown()
+
+
+def test_setfattr_then_unlink_then_recreate(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("a.csv", b"data")
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+    fs.setxattr("/a.csv", "user.octue.tags.t", b"1")
+    fs.unlink("/a.csv")
+    with pytest.raises(FileNotFound):
+        fs.getattr("/a.csv")
+    close_write(fs, "/a.csv", b"new")
+    assert fs.uploader.sync(timeout=30) == 0
+    assert bucket.objects()["a.csv"] == b"new" and tags(bucket, "a.csv") == {}
+    fs.uploader.shutdown()
+
+
+def test_setfattr_kill_then_remount_with_a_prefix(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("c.csv", b"content")
+    first = make_fs(bucket, tmp_path, patch_pace=5.0)
+    first.setxattr("/c.csv", "user.octue.tags.run", b"7")
+    first.uploader.shutdown(drain=False)
+    second = make_fs(bucket, tmp_path, patch_pace=0.01, prefix="sub/")
+    assert second.uploader.sync(timeout=10) == 0
+    assert tags(bucket, "c.csv") == {"run": 7}
+    second.uploader.shutdown()
+
+
+def test_touch_after_setfattr_keeps_the_tag(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("a.csv", b"data")
+    fs = make_fs(bucket, tmp_path, patch_pace=0.3)
+    fs.setxattr("/a.csv", "user.octue.tags.t", b"1")
+    fs.utimens("/a.csv", 1_000_000.0)
+    assert fs.uploader.sync(timeout=30) == 0
+    assert tags(bucket, "a.csv") == {"t": 1}
+    assert fs.getattr("/a.csv").mtime == 1_000_000.0 if hasattr(fs.getattr("/a.csv"), "mtime") else True
+    fs.uploader.shutdown()
+
+
+def test_an_editors_save_over_a_file_with_a_pending_setfattr_keeps_it(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f.csv", b"old")
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+    fs.setxattr("/f.csv", "user.octue.tags.t", b"1")
+    close_write(fs, "/.f.csv.tmp", b"new")
+    fs.rename("/.f.csv.tmp", "/f.csv")
+    assert fs.getxattr("/f.csv", "user.octue.tags.t") == b"1"
+    assert fs.uploader.sync(timeout=30) == 0
+    assert bucket.objects()["f.csv"] == b"new" and tags(bucket, "f.csv") == {"t": 1}
+    fs.uploader.shutdown()
+
+
+def test_mv_over_a_file_with_a_pending_setfattr_does_not_give_its_tags_to_the_new_file(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("a.csv", b"A", {"octue__tags": json.dumps({"a": 1})})
+    bucket.upload_bytes("b.csv", b"B")
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+    fs.setxattr("/b.csv", "user.octue.tags.b", b"2")
+    fs.rename("/a.csv", "/b.csv")
+    assert fs.uploader.sync(timeout=30) == 0
+    assert bucket.objects()["b.csv"] == b"A" and tags(bucket, "b.csv") == {"a": 1}
+    assert "a.csv" not in bucket.objects()
+    fs.uploader.shutdown()
+
+
+def test_setfattr_pending_while_the_object_is_replaced_elsewhere_then_read(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f.csv", b"old")
+    fs = make_fs(bucket, tmp_path, patch_pace=0.5)
+    assert read(fs, "/f.csv") == b"old"
+    fs.setxattr("/f.csv", "user.octue.tags.t", b"1")
+    bucket.upload_bytes("f.csv", b"newer content")
+    assert fs.uploader.sync(timeout=30) == 0
+    assert tags(bucket, "f.csv") == {"t": 1}
+    assert read(fs, "/f.csv") == b"newer content"
+    assert fs.getattr("/f.csv").size == len(b"newer content")
+    fs.uploader.shutdown()
+
+
+@pytest.mark.parametrize("elsewhere", ["patch", "replace"])
+def test_a_setfattr_does_not_put_back_a_content_type_changed_elsewhere(tmp_path, elsewhere):
+    """The setfattr changed a tag, not the content type: re-applied to the version the other
+    machine made, it must leave that version's content type alone."""
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f.dat", b"a,b\n", content_type="text/csv")
+    fs = make_fs(bucket, tmp_path, patch_pace=0.5)
+    assert fs.getattr("/f.dat").size == 4
+    fs.setxattr("/f.dat", "user.octue.tags.t", b"1")
+    if elsewhere == "patch":
+        bucket.patch_metadata("f.dat", {}, content_type="application/json")
+    else:
+        bucket.upload_bytes("f.dat", b'{"a": 1}', content_type="application/json")
+    assert fs.uploader.sync(timeout=30) == 0
+    assert tags(bucket, "f.dat") == {"t": 1}
+    assert bucket.stat("f.dat").content_type == "application/json"
+    assert fs.getxattr("/f.dat", "user.gcs.content_type") == b"application/json"
+    fs.uploader.shutdown()

@@ -155,3 +155,67 @@ def test_a_setfattr_does_not_put_back_a_content_type_changed_elsewhere(tmp_path,
     assert bucket.stat("f.dat").content_type == "application/json"
     assert fs.getxattr("/f.dat", "user.gcs.content_type") == b"application/json"
     fs.uploader.shutdown()
+
+
+class _TinyPages(FakeBucket):
+    """Pages of two entries: every horizon falls between odd names."""
+
+    def list_page(self, prefix="", delimiter="/", page_token=None, max_results=1000):
+        return super().list_page(prefix, delimiter, page_token, min(max_results, 2))
+
+
+ODD = ["a", "a b", "a!x", "a-x", "a.csv", "a/inner", "a0", "b", "b/", "c\u00e9", "z", "\u4e2d.txt", "~t"]
+
+
+@pytest.mark.parametrize("pages,wait", [(10, 2), (2, 1), (1, 0)])
+@pytest.mark.parametrize("prefix", ["", "p/"])
+def test_odd_names_across_tiny_pages_are_looked_up_as_listed(tmp_path, monkeypatch, pages, wait, prefix):
+    from octuefs import listings
+    from octuefs.metacache import DIR, MISSING
+
+    monkeypatch.setattr(listings, "LOOKUP_PAGES", pages)
+    monkeypatch.setattr(listings, "LOOKUP_WAIT", wait)
+    bucket = _TinyPages("tiny")
+    for n in ODD:
+        bucket.upload_bytes(prefix + "d/" + n, n.encode())
+    truth = {"a": DIR, "b": DIR, "nope": MISSING, "a/inner": b"a/inner", "a.": MISSING}
+    truth.update({n: n.encode() for n in ODD if n not in ("a", "b", "b/", "a/inner")})
+    for order in (sorted(truth), sorted(truth, reverse=True)):
+        fs = make_fs(bucket, tmp_path, cache=f"c{len(order)}{order[0]}", prefix=prefix)
+        for n in order:
+            got = fs.lookup(prefix + "d/" + n)
+            want = truth[n]
+            if isinstance(want, bytes):
+                assert getattr(got, "size", None) == len(want), n
+                assert read(fs, "/d/" + n) == want
+            else:
+                assert got is want, n
+        names = sorted(e for e, _ in fs.readdir("/d"))
+        assert names == sorted({"a", "b", *[n for n in ODD if "/" not in n and n not in ("a", "b")]})
+        fs.uploader.shutdown()
+
+
+def test_a_setfattr_made_as_the_previous_one_lands_is_neither_hidden_nor_lost(tmp_path):
+    """setfattr A; setfattr B finds the file's node just as A's patch lands (and the node, idle
+    then, is dropped); setfattr C. B must show at once and reach the bucket with A and C."""
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f.csv", b"data")
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+    fs.setxattr("/f.csv", "user.octue.tags.a", b"1")
+    real = fs.xattrs._target
+    calls = []
+
+    def target_then_land(path):
+        found = real(path)
+        if not calls:
+            calls.append(path)
+            assert fs.uploader.sync(timeout=30) == 0  # A lands now: its node, idle, goes
+        return found
+    fs.xattrs._target = target_then_land
+    fs.setxattr("/f.csv", "user.octue.tags.b", b"2")
+    fs.xattrs._target = real
+    assert fs.getxattr("/f.csv", "user.octue.tags.b") == b"2"  # shown at once
+    fs.setxattr("/f.csv", "user.octue.tags.c", b"3")
+    assert fs.uploader.sync(timeout=30) == 0
+    assert tags(bucket, "f.csv") == {"a": 1, "b": 2, "c": 3}
+    fs.uploader.shutdown()

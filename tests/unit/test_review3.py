@@ -219,3 +219,94 @@ def test_a_setfattr_made_as_the_previous_one_lands_is_neither_hidden_nor_lost(tm
     assert fs.uploader.sync(timeout=30) == 0
     assert tags(bucket, "f.csv") == {"a": 1, "b": 2, "c": 3}
     fs.uploader.shutdown()
+
+
+def test_a_touch_made_as_the_files_upload_lands_is_not_lost_to_the_next_setfattr(tmp_path):
+    """cp -p: close, then utimens; the upload lands between utimens' lookup and its change."""
+    bucket = FakeBucket("b")
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0, upload_hold=30.0)
+    close_write(fs, "/f.csv", b"data")
+    real = fs.resolve
+    calls = []
+
+    def resolve_then_land(path):
+        found = real(path)
+        if not calls:
+            calls.append(path)
+            assert fs.uploader.sync(timeout=30) == 0  # the upload lands now: its node, idle, goes
+        return found
+    fs.resolve = resolve_then_land
+    fs.utimens("/f.csv", 1_000_000.0)
+    fs.resolve = real
+    fs.setxattr("/f.csv", "user.octue.tags.c", b"3")
+    assert fs.uploader.sync(timeout=30) == 0
+    assert tags(bucket, "f.csv") == {"c": 3}
+    assert bucket.stat("f.csv").metadata.get("goog-reserved-file-mtime") == "1000000"
+    fs.uploader.shutdown()
+
+
+def test_files_read_in_order_while_the_mount_rewrites_one_ahead_read_the_new_bytes(tmp_path):
+    bucket = FakeBucket("b")
+    for i in range(12):
+        bucket.upload_bytes(f"d/f{i:02d}", b"old %d" % i)
+    fs = make_fs(bucket, tmp_path)
+    assert read(fs, "/d/f00") == b"old 0"
+    assert read(fs, "/d/f01") == b"old 1"
+    assert read(fs, "/d/f02") == b"old 2"  # in order: the next ones are fetched ahead
+    close_write(fs, "/d/f05", b"mine, longer")
+    fs.unlink("/d/f06")
+    for i in range(3, 12):
+        if i == 6:
+            with pytest.raises(FileNotFound):
+                read(fs, "/d/f06")
+            continue
+        assert read(fs, f"/d/f{i:02d}") == (b"mine, longer" if i == 5 else b"old %d" % i)
+    assert fs.uploader.sync(timeout=30) == 0
+    assert read(fs, "/d/f05") == b"mine, longer"
+    fs.uploader.shutdown()
+
+
+def test_a_pending_setfattr_waits_through_a_mount_of_another_bucket_then_lands(tmp_path):
+    a, b = FakeBucket("a"), FakeBucket("b")
+    a.upload_bytes("c.csv", b"in a")
+    b.upload_bytes("c.csv", b"in b")
+    first = make_fs(a, tmp_path, patch_pace=5.0)
+    first.setxattr("/c.csv", "user.octue.tags.run", b"7")
+    first.uploader.shutdown(drain=False)  # killed
+    other = make_fs(b, tmp_path, patch_pace=0.01)  # the same cache directory, another bucket
+    with pytest.raises(Exception):
+        other.getxattr("/c.csv", "user.octue.tags.run")  # a's change is not b's file's
+    assert other.uploader.sync(timeout=10) == 0
+    assert tags(b, "c.csv") == {} and tags(a, "c.csv") == {}
+    other.uploader.shutdown()
+    again = make_fs(a, tmp_path, patch_pace=0.01)
+    assert again.uploader.sync(timeout=10) == 0
+    assert tags(a, "c.csv") == {"run": 7}
+    again.uploader.shutdown()
+
+
+@pytest.mark.parametrize("then", ["unlink", "rename", "write"])
+def test_after_a_crash_a_restored_setfattr_meets_unlink_rename_or_write(tmp_path, then):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("c.csv", b"content")
+    first = make_fs(bucket, tmp_path, patch_pace=5.0)
+    first.setxattr("/c.csv", "user.octue.tags.run", b"7")
+    first.uploader.shutdown(drain=False)  # killed
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+    if then == "unlink":
+        fs.unlink("/c.csv")
+        assert fs.uploader.sync(timeout=30) == 0
+        assert "c.csv" not in bucket.objects()
+    elif then == "rename":
+        fs.rename("/c.csv", "/d.csv")
+        assert fs.uploader.sync(timeout=30) == 0
+        assert "c.csv" not in bucket.objects() and tags(bucket, "d.csv") == {"run": 7}
+        assert bucket.objects()["d.csv"] == b"content"
+    else:
+        fh = fs.open("/c.csv", os.O_WRONLY)
+        fs.write(fh, b"C", 0)
+        fs.flush(fh)
+        fs.release(fh)
+        assert fs.uploader.sync(timeout=30) == 0
+        assert bucket.objects()["c.csv"] == b"Content" and tags(bucket, "c.csv") == {"run": 7}
+    fs.uploader.shutdown()

@@ -472,6 +472,10 @@ class OpenFiles:
                     self.cache.carry_over(node.base, info)
                 node.base = info
                 self.metacache.wrote(info)
+                if entry.patch and node.pending and node.pending[-1] is entry and not node.dirty:
+                    # The content type as it landed: a patch re-applied to a version made
+                    # elsewhere leaves that version's own (the next setfattr must not put it back).
+                    node.content_type = info.content_type
                 if (node.pending and node.pending[-1] is entry and node.staging is None and not node.unlinked
                         and not entry.patch):
                     try:  # the sealed file is exactly this generation: keep it as the cached copy

@@ -310,3 +310,19 @@ def test_after_a_crash_a_restored_setfattr_meets_unlink_rename_or_write(tmp_path
         assert fs.uploader.sync(timeout=30) == 0
         assert bucket.objects()["c.csv"] == b"Content" and tags(bucket, "c.csv") == {"run": 7}
     fs.uploader.shutdown()
+
+
+def test_a_second_setfattr_of_an_open_file_does_not_put_back_a_content_type_changed_elsewhere(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f.dat", b"a,b\n", content_type="text/csv")
+    fs = make_fs(bucket, tmp_path, patch_pace=0.2)
+    fh = fs.open("/f.dat", os.O_RDONLY)  # a reader keeps the file's node
+    fs.setxattr("/f.dat", "user.octue.tags.t", b"1")
+    bucket.patch_metadata("f.dat", {}, content_type="application/json")
+    assert fs.uploader.sync(timeout=30) == 0
+    fs.setxattr("/f.dat", "user.octue.tags.u", b"2")
+    assert fs.uploader.sync(timeout=30) == 0
+    fs.release(fh)
+    assert tags(bucket, "f.dat") == {"t": 1, "u": 2}
+    assert bucket.stat("f.dat").content_type == "application/json"
+    fs.uploader.shutdown()

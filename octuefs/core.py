@@ -453,6 +453,7 @@ class FileSystem:
             name, {MTIME_KEY: str(int(mtime))},
             if_generation_match=info.generation, if_metageneration_match=info.metageneration,
         )
+        self.uploader.mutated(name)
         self.cache.carry_over(info, new)
         self.metacache.wrote(new)
         if node is not None:
@@ -517,6 +518,7 @@ class FileSystem:
             if dst_node is not None:
                 self.files.forget(dst_node)
             self.cache.drop(dst_name)
+            self.uploader.mutated(dst_name)  # (a setfattr of it right after keeps GCS's pace)
             self.metacache.removed(src_name)
             self.metacache.wrote(moved)
             self.files.renamed(node, src_name, dst_name, moved, still_new=new and not took_over, took_over=took_over)

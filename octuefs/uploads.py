@@ -1481,6 +1481,11 @@ class Uploader:
         if last is not None:
             time.sleep(max(0.0, min(self.patch_pace, last + self.patch_pace - time.monotonic())))
 
+    def mutated(self, name: str) -> None:
+        """The mount changed object ``name`` outside the queue just now (a rename's copy, a
+        touch): a metadata patch of it keeps GCS's pace from then on too."""
+        self._mutated(name)
+
     def _mutated(self, name: str, patch: bool = False) -> None:
         """This mount changed object ``name`` just now (its answer came)."""
         now = time.monotonic()

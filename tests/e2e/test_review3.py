@@ -37,3 +37,39 @@ def test_mv_of_a_file_just_uploaded_meets_no_429(rmount, limited, direct):  # no
     assert out.returncode == 0, out.stderr
     assert direct.read_range("data.csv", 0, 4) == b"1,2\n"
     assert limited.counts.get("429_rate", 0) == refused
+
+
+def _eventually(predicate, limit=30.0):
+    import time
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_two_prefix_mounts_see_each_others_creates_and_never_resurrect_their_own_unlinks(mount_factory):
+    a = mount_factory("--negative-ttl", "0.3", prefix="p q")
+    b = mount_factory("--negative-ttl", "0.3", "--list-ttl", "1", prefix="p q", bucket=a.bucket.name)
+    odd = "n\u00e9w f!le #1.csv"
+    (a.path / "d").mkdir()
+    for i in range(5):
+        (a.path / "d" / f"x{i}").write_bytes(b"x")
+    a.sync()
+    assert sorted(p.name for p in (b.path / "d").iterdir()) == [f"x{i}" for i in range(5)]
+    assert not (a.path / "d" / odd).exists()  # believed absent for a moment
+    (b.path / "d" / odd).write_bytes(b"from b")
+    b.sync()
+    assert _eventually(lambda: (a.path / "d" / odd).exists())  # a create elsewhere shows by name
+    assert (a.path / "d" / odd).read_bytes() == b"from b"
+    for i in range(5):  # a's own unlinks, each followed by listings and lookups
+        (a.path / "d" / f"x{i}").unlink()
+        assert f"x{i}" not in [p.name for p in (a.path / "d").iterdir()]
+        assert not (a.path / "d" / f"x{i}").exists()
+    (a.path / "d" / "mine").write_bytes(b"mine")  # a's own create, not yet uploaded perhaps
+    assert (a.path / "d" / "mine").read_bytes() == b"mine"
+    assert sorted(p.name for p in (a.path / "d").iterdir()) == sorted([odd, "mine"])
+    a.sync()
+    assert _eventually(lambda: sorted(p.name for p in (b.path / "d").iterdir()) == sorted([odd, "mine"]))
+    assert a.bucket.read_range("p q/d/mine", 0, 4) == b"mine"

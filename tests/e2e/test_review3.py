@@ -73,3 +73,42 @@ def test_two_prefix_mounts_see_each_others_creates_and_never_resurrect_their_own
     a.sync()
     assert _eventually(lambda: sorted(p.name for p in (b.path / "d").iterdir()) == sorted([odd, "mine"]))
     assert a.bucket.read_range("p q/d/mine", 0, 4) == b"mine"
+
+
+def test_three_streams_through_a_small_cache_and_cut_downloads_read_exact_bytes(emulator, monkeypatch, mount_factory):
+    import hashlib
+    import os
+    import threading
+
+    from octuefs.storage.gcs import GCSBucket
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(emulator.url, seed=3) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        m = mount_factory("--cache-size", "16M")
+        direct = GCSBucket(m.bucket.name, endpoint=emulator.url)
+        blobs = {f"s{i}.bin": os.urandom(40 * 1024 * 1024 + 12345 * i) for i in range(3)}
+        for name, data in blobs.items():
+            direct.upload_bytes(name, data)
+        proxy.set_faults({"reset_after": 0.15, "503": 0.1}, only=("download",))
+        got, errors = {}, []
+
+        def stream(name):
+            try:
+                h = hashlib.sha256()
+                with open(m.path / name, "rb") as f:
+                    while chunk := f.read(128 * 1024):
+                        h.update(chunk)
+                got[name] = h.hexdigest()
+            except OSError as exc:
+                errors.append((name, exc))
+        threads = [threading.Thread(target=stream, args=(n,)) for n in blobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        proxy.heal()
+        assert not errors
+        assert got == {n: hashlib.sha256(d).hexdigest() for n, d in blobs.items()}
+        usage = m.status_json()["cache"] if hasattr(m, "status_json") else None
+        assert usage is None or usage["clean_bytes"] <= 16 * 1024 * 1024 * 2

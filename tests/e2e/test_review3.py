@@ -112,3 +112,39 @@ def test_three_streams_through_a_small_cache_and_cut_downloads_read_exact_bytes(
         assert got == {n: hashlib.sha256(d).hexdigest() for n, d in blobs.items()}
         usage = m.status_json()["cache"] if hasattr(m, "status_json") else None
         assert usage is None or usage["clean_bytes"] <= 16 * 1024 * 1024 * 2
+
+
+def test_kill_9_with_small_uploads_in_flight_at_a_distance_loses_none(emulator, monkeypatch, mount_factory):
+    """Far from the bucket, small files' uploads run 32 at once with no burst hold: a kill -9
+    while they are in flight, then a remount with the same cache directory, loses none."""
+    import os
+    import signal
+    from urllib.parse import urlsplit
+
+    from octuefs.mount import read_state
+    from tests.delayline import DelayLineProcess
+
+    from .conftest import force_unmount, run_octuefs
+
+    upstream = urlsplit(emulator.url)
+    line = DelayLineProcess((upstream.hostname, upstream.port), rtt_ms=300).start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", line.url)
+        m = mount_factory()
+        files = {f"d/f{i:03d}.csv": (b"%d," % i) * (i + 1) for i in range(400)}
+        (m.path / "d").mkdir()
+        for name, data in files.items():
+            (m.path / name).write_bytes(data)
+        report = json.loads(run_octuefs("status", "--json", str(m.path)).stdout)
+        pid = int(read_state(str(m.path))["pid"])
+        os.kill(pid, signal.SIGKILL)
+        force_unmount(m.path)
+        assert report["uploads"], "nothing was pending at the kill: the test proves nothing"
+        run_octuefs("mount", m.spec, str(m.path), "--cache-dir", str(m.cache), "--log-file", str(m.log), "-vv")
+        m.sync()
+    finally:
+        line.stop()
+    from octuefs.storage.gcs import GCSBucket
+    direct = GCSBucket(m.bucket.name, endpoint=emulator.url)
+    assert {n: direct.read_range(n, 0, 10_000) for n in files} == files
+    assert not [o for o in direct.list_page("d/", max_results=1000).objects if "conflict" in o.name]

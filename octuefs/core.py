@@ -444,8 +444,13 @@ class FileSystem:
         if entry is DIR and node is None:
             return  # directories have no stored times
         if node is not None and node.unsaved:
-            self.files.touch(node, mtime)  # travels with the pending upload
-            return
+            # Held in the table while the touch is made: an upload landing meanwhile must not
+            # drop the node first (the mtime would be queued on a node nobody sees again).
+            with self.files.node_to_change(name, node.base, seen=node) as held, held.lock:
+                if held.unsaved:
+                    self.files.touch(held, mtime)  # travels with the pending upload
+                    return
+                node = held  # it landed: its version is patched below
         if node is None and entry is MISSING:
             raise FileNotFound(path)
         info = node.base if node is not None else entry

@@ -326,3 +326,35 @@ def test_a_second_setfattr_of_an_open_file_does_not_put_back_a_content_type_chan
     assert tags(bucket, "f.dat") == {"t": 1, "u": 2}
     assert bucket.stat("f.dat").content_type == "application/json"
     fs.uploader.shutdown()
+
+
+def test_a_touch_whose_file_lands_just_before_its_change_is_not_lost_to_the_next_setfattr(tmp_path):
+    """utimens found the file's upload pending; it lands (the node, idle, goes) before the touch
+    is applied: the new mtime must still reach the bucket with the next setfattr's change."""
+    bucket = FakeBucket("b")
+    fs = make_fs(bucket, tmp_path, patch_pace=5.0, upload_hold=30.0)
+    close_write(fs, "/f.csv", b"data")
+    real, real_held = fs.files.touch, fs.files.node_to_change
+    calls = []
+
+    def land_first():  # once, at the first of the two steps the touch takes after its lookup
+        if not calls:
+            calls.append(True)
+            assert fs.uploader.sync(timeout=30) == 0
+
+    def land_then_touch(node, mtime):
+        land_first()
+        return real(node, mtime)
+
+    def land_then_hold(*args, **kwargs):
+        land_first()
+        return real_held(*args, **kwargs)
+    fs.files.touch, fs.files.node_to_change = land_then_touch, land_then_hold
+    fs.utimens("/f.csv", 1_000_000.0)
+    fs.files.touch, fs.files.node_to_change = real, real_held
+    assert fs.getattr("/f.csv").mtime == 1_000_000.0
+    fs.setxattr("/f.csv", "user.octue.tags.c", b"3")
+    assert fs.uploader.sync(timeout=30) == 0
+    assert tags(bucket, "f.csv") == {"c": 3}
+    assert bucket.stat("f.csv").metadata.get("goog-reserved-file-mtime") == "1000000"
+    fs.uploader.shutdown()

@@ -477,6 +477,7 @@ class FileSystem:
             # Queued versions are moot once the object is deleted, and only then.
             with self._replacing(name, node, node.base if node is not None else entry, removing=True) as info:
                 if info is not None:
+                    self.uploader.wait_pace(name)  # (its upload just landed: not a 429 from GCS)
                     try:
                         self.bucket.delete(name, if_generation_match=info.generation)
                     except NotFound:
@@ -824,7 +825,7 @@ class FileSystem:
     def _delete_after_copy(self, name: str, info: ObjectInfo, copied: ObjectInfo) -> None:
         """The second half of a file rename. If the bucket stops answering here, the file is
         under both names: say so, and show the copy too."""
-        self.uploader.wait_pace(name)  # (a setfattr settled just before the copy: not a 429 from GCS)
+        self.uploader.wait_pace(name)  # (an upload or setfattr landed just before the copy: not a 429 from GCS)
         try:
             self.bucket.delete(name, if_generation_match=info.generation, if_metageneration_match=info.metageneration)
         except BucketUnreachable as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -26,9 +27,6 @@ def test_a_setfattr_synced_right_after_a_rename_meets_no_429(rmount, limited, di
     assert limited.counts.get("429_rate", 0) == refused
 
 
-@pytest.mark.xfail(strict=True, reason="a rename's delete waits for GCS's pace after a patch only, not after "
-                                       "this mount's upload of the source (core.py _delete_after_copy, uploads.py "
-                                       "wait_pace reads _patched_at)")
 def test_mv_of_a_file_just_uploaded_meets_no_429(rmount, limited, direct):  # noqa: F811
     (rmount / "raw.csv").write_bytes(b"1,2\n")
     rmount.sync()  # in the bucket: uploaded a moment ago
@@ -36,6 +34,15 @@ def test_mv_of_a_file_just_uploaded_meets_no_429(rmount, limited, direct):  # no
     out = subprocess.run(["mv", str(rmount / "raw.csv"), str(rmount / "data.csv")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert direct.read_range("data.csv", 0, 4) == b"1,2\n"
+    assert limited.counts.get("429_rate", 0) == refused
+
+
+def test_rm_of_a_file_just_uploaded_meets_no_429(rmount, limited, direct):  # noqa: F811
+    (rmount / "gone.csv").write_bytes(b"1,2\n")
+    rmount.sync()  # in the bucket: uploaded a moment ago
+    refused = limited.counts.get("429_rate", 0)
+    os.unlink(rmount / "gone.csv")
+    assert not direct.list_all("gone.csv")[0]
     assert limited.counts.get("429_rate", 0) == refused
 
 

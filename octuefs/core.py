@@ -444,8 +444,13 @@ class FileSystem:
         if entry is DIR and node is None:
             return  # directories have no stored times
         if node is not None and node.unsaved:
-            self.files.touch(node, mtime)  # travels with the pending upload
-            return
+            # Held in the table while the touch is made: an upload landing meanwhile must not
+            # drop the node first (the mtime would be queued on a node nobody sees again).
+            with self.files.node_to_change(name, node.base, seen=node) as held, held.lock:
+                if held.unsaved:
+                    self.files.touch(held, mtime)  # travels with the pending upload
+                    return
+                node = held  # it landed: its version is patched below
         if node is None and entry is MISSING:
             raise FileNotFound(path)
         info = node.base if node is not None else entry
@@ -453,6 +458,7 @@ class FileSystem:
             name, {MTIME_KEY: str(int(mtime))},
             if_generation_match=info.generation, if_metageneration_match=info.metageneration,
         )
+        self.uploader.mutated(name)
         self.cache.carry_over(info, new)
         self.metacache.wrote(new)
         if node is not None:
@@ -471,6 +477,7 @@ class FileSystem:
             # Queued versions are moot once the object is deleted, and only then.
             with self._replacing(name, node, node.base if node is not None else entry, removing=True) as info:
                 if info is not None:
+                    self.uploader.wait_pace(name)  # (its upload just landed: not a 429 from GCS)
                     try:
                         self.bucket.delete(name, if_generation_match=info.generation)
                     except NotFound:
@@ -517,6 +524,7 @@ class FileSystem:
             if dst_node is not None:
                 self.files.forget(dst_node)
             self.cache.drop(dst_name)
+            self.uploader.mutated(dst_name)  # (a setfattr of it right after keeps GCS's pace)
             self.metacache.removed(src_name)
             self.metacache.wrote(moved)
             self.files.renamed(node, src_name, dst_name, moved, still_new=new and not took_over, took_over=took_over)
@@ -817,7 +825,7 @@ class FileSystem:
     def _delete_after_copy(self, name: str, info: ObjectInfo, copied: ObjectInfo) -> None:
         """The second half of a file rename. If the bucket stops answering here, the file is
         under both names: say so, and show the copy too."""
-        self.uploader.wait_pace(name)  # (a setfattr settled just before the copy: not a 429 from GCS)
+        self.uploader.wait_pace(name)  # (an upload or setfattr landed just before the copy: not a 429 from GCS)
         try:
             self.bucket.delete(name, if_generation_match=info.generation, if_metageneration_match=info.metageneration)
         except BucketUnreachable as exc:

@@ -71,6 +71,9 @@ class FileNode:
     # Created through this mount and given no Octue metadata since: its id is one this mount
     # minted, and a rename over another file takes that file's metadata (see FileSystem.rename).
     new: bool = False
+    # Metadata changes under way (OpenFiles.node_to_change): the node is not dropped meanwhile,
+    # or a change would land on a node nobody sees again. Guarded by OpenFiles._lock.
+    changing: int = 0
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -201,7 +204,7 @@ class OpenFiles:
                 return
             node = handle.node
             node.opens -= 1
-            if node.opens == 0 and not node.unsaved and self._nodes.get(node.name) is node:
+            if node.opens == 0 and not node.unsaved and not node.changing and self._nodes.get(node.name) is node:
                 del self._nodes[node.name]
         if node.opens == 0 and node.dirty and not node.unlinked:
             # Written after its last close: a shared mapping's pages reach us between the
@@ -469,6 +472,10 @@ class OpenFiles:
                     self.cache.carry_over(node.base, info)
                 node.base = info
                 self.metacache.wrote(info)
+                if entry.patch and node.pending and node.pending[-1] is entry and not node.dirty:
+                    # The content type as it landed: a patch re-applied to a version made
+                    # elsewhere leaves that version's own (the next setfattr must not put it back).
+                    node.content_type = info.content_type
                 if (node.pending and node.pending[-1] is entry and node.staging is None and not node.unlinked
                         and not entry.patch):
                     try:  # the sealed file is exactly this generation: keep it as the cached copy
@@ -514,7 +521,7 @@ class OpenFiles:
     def _drop_if_idle(self, node: FileNode, idle: bool) -> None:
         if idle:
             with self._lock:
-                if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0:
+                if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0 and not node.changing:
                     del self._nodes[node.name]
 
     def settle(self, node: FileNode) -> None:
@@ -624,16 +631,25 @@ class OpenFiles:
             node.base.content_type if node.base else node.content_type)
 
     @contextlib.contextmanager
-    def node_to_change(self, name: str, info: ObjectInfo) -> Iterator[FileNode]:
-        """The node of ``name`` (made from ``info`` if it has none) for a metadata change; a
-        node made here is dropped again afterwards unless it then holds a change."""
+    def node_to_change(self, name: str, info: ObjectInfo | None, seen: FileNode | None = None) -> Iterator[FileNode]:
+        """The node of ``name`` (made from ``info`` if it has none) for a metadata change, kept
+        in the table while the change is made (an upload landing meanwhile does not drop it);
+        a node made here is dropped again afterwards unless it then holds a change. ``seen``:
+        the node the caller found a moment ago; if it was dropped since (its upload landed),
+        its final version is what the change applies to."""
         with self._lock:
+            if name not in self._nodes and seen is not None:
+                if seen.unlinked or seen.base is None:
+                    raise FileNotFound(name)
+                info = seen.base
             node = self._node_for(name, info)
+            node.changing += 1
         try:
             yield node
         finally:
             with self._lock:
-                if node.opens == 0 and not node.unsaved and self._nodes.get(name) is node:
+                node.changing -= 1
+                if node.opens == 0 and not node.unsaved and not node.changing and self._nodes.get(name) is node:
                     del self._nodes[name]
 
 

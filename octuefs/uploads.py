@@ -836,7 +836,6 @@ class Uploader:
         self._new_id = new_id or journal.new_id
         self._changed_at: dict[str, float] = {}  # name -> (monotonic) when this mount last changed it; _cond
         self.coalesced = 0  # metadata changes that joined one already queued instead of a request of their own; _cond
-        self._patched_at: dict[str, float] = {}  # the same, for metadata patches; _cond
         self._moved_at = time.monotonic()  # when an upload last read data to send, or landed
         self.late = LateLandings(bucket, busy=self._has_entries)
 
@@ -1474,23 +1473,26 @@ class Uploader:
         return max(now + self.patch_pace, (last or 0.0) + self.patch_pace)
 
     def wait_pace(self, name: str) -> None:
-        """Return once GCS's pace allows another change of ``name`` after a metadata patch this
-        mount just sent (a rename lets a pending setfattr land, then copies and deletes)."""
+        """Return once GCS's pace (one change of an object a second) allows another change of
+        ``name`` after an upload or metadata patch this mount just made: a delete (of rm, or of a
+        rename after its copy) right after a file landed would otherwise be answered 429."""
         with self._cond:
-            last = self._patched_at.get(name)
+            last = self._changed_at.get(name)
         if last is not None:
             time.sleep(max(0.0, min(self.patch_pace, last + self.patch_pace - time.monotonic())))
 
-    def _mutated(self, name: str, patch: bool = False) -> None:
+    def mutated(self, name: str) -> None:
+        """The mount changed object ``name`` outside the queue just now (a rename's copy, a
+        touch): a metadata patch of it keeps GCS's pace from then on too."""
+        self._mutated(name)
+
+    def _mutated(self, name: str) -> None:
         """This mount changed object ``name`` just now (its answer came)."""
         now = time.monotonic()
         with self._cond:
             if len(self._changed_at) > 1024:
                 self._changed_at = {k: t for k, t in self._changed_at.items() if now - t < self.patch_pace}
-                self._patched_at = {k: t for k, t in self._patched_at.items() if now - t < self.patch_pace}
             self._changed_at[name] = now
-            if patch:
-                self._patched_at[name] = now
 
     def _run_patch(self, entry: Entry) -> None:
         """Send a metadata-only entry as one PATCH under generation and metageneration
@@ -1521,7 +1523,7 @@ class Uploader:
                 info = self.bucket.patch_metadata(
                     entry.name, changes, if_generation_match=entry.base_generation,
                     if_metageneration_match=entry.base_metageneration, content_type=content_type)
-                self._mutated(entry.name, patch=True)
+                self._mutated(entry.name)
         except PreconditionFailed:
             try:
                 self._settle_patch(entry)
@@ -1567,6 +1569,8 @@ class Uploader:
             log.info("the metadata of %r changed in the bucket while a setfattr here waited to be sent: merged",
                      entry.name)
         with self._cond:
+            if entry.content_type == (entry.base_object or {}).get("content_type"):
+                entry.content_type = current.content_type  # not changed here: the bucket's stands
             entry.base_object = object_fields(current)
         self._rebase(entry, current, merged)
 

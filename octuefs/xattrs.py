@@ -204,8 +204,10 @@ class XattrSurface:
 
     def _node(self, name: str, info: ObjectInfo | None, node):
         """The file's node for a change: the live one, else one made for it (kept while it holds
-        the change, so the mount shows it until it is in the bucket)."""
-        return contextlib.nullcontext(node) if node is not None else self.fs.files.node_to_change(name, info)
+        the change, so the mount shows it until it is in the bucket). Taken from the table again:
+        the live node found a moment ago may have been dropped since (its upload landed), and a
+        change made to it then would be shown nowhere and replaced by the next one."""
+        return self.fs.files.node_to_change(name, info, seen=node)
 
     def _set_gcs_fact(self, target, name: str, value: bytes | None, flags: int) -> None:
         """A read-only object fact: setting it to the value it has is a no-op, and so is setting

@@ -727,8 +727,16 @@ class FileSystem:
         ``node`` queued here are held back, dropped once the object is replaced, and restored
         (they go up after all) if that fails. A running one lands first. Yields the version in
         the bucket being replaced (see :meth:`_replaced_by_held`). Only a delete leaves the name
-        free for a dropped version that may still land: only then is it watched for."""
+        free for a dropped version that may still land: only then is it watched for.
+
+        ``info`` is the version read before the hold; with ``node``, the version replaced is the
+        node's once the hold is taken: an upload of it that was running has landed meanwhile,
+        and that version, the mount's own, is what goes (not the one read before, which would
+        leave it in the bucket, or refuse it as a change made elsewhere)."""
         held = self.files.withhold(node) if node is not None else None
+        if node is not None:
+            with node.lock:
+                info = node.base
         try:
             yield self._replaced_by_held(name, info, held) if held is not None else info
         except BaseException:

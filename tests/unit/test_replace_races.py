@@ -11,12 +11,14 @@ the unlink or rename starts to wait for it, then released."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
+from octuefs.errors import FileNotFound
 from octuefs.storage.fake import FakeBucket
-from tests.unit.corekit import HeldUpload, close_write, make_fs, read
+from tests.unit.corekit import HeldUpload, close_write, labels, make_fs, read
 
 
 @pytest.fixture
@@ -136,4 +138,140 @@ def test_an_unlink_waits_until_the_landed_version_is_recorded_not_only_marked_do
     fs.uploader.on_done = real_done
     assert fs.uploader.sync(timeout=10) == 0
     assert bucket.objects() == {}
+    assert no_conflicts(fs)
+
+
+# --- a file the mount holds no node of, changed here while it is being removed -----------------
+
+
+def paused(bucket, operation: str):
+    """``bucket.<operation>`` waits once it is called (``called`` set) until ``go`` is set."""
+    called, go, real = threading.Event(), threading.Event(), getattr(bucket, operation)
+
+    def wait_then(*args, **kwargs):
+        called.set()
+        assert go.wait(10)
+        return real(*args, **kwargs)
+
+    setattr(bucket, operation, wait_then)
+    return called, go
+
+
+def test_a_setfattr_racing_an_unlink_is_ordered_with_it_and_the_name_made_again_is_new(fs, bucket):
+    """The setfattr looked the file up before the unlink deleted it: it applies to the deleted
+    file, never to the name the next create makes (which went beside as a conflict copy)."""
+    bucket.upload_bytes("f", b"v0", {})
+    fs.getattr("/f")
+    assert during(fs, bucket, "delete", fs.unlink, ("/f",), fs.setxattr, "/f", "user.octue.labels", b"racing") == []
+    close_write(fs, "/f", b"made again")
+    assert fs.uploader.sync(timeout=10) == 0
+    assert bucket.objects() == {"f": b"made again"}
+    assert no_conflicts(fs)
+
+
+class _Waited(threading.Condition):
+    """A node's ``moved`` condition that says when someone waits on it."""
+
+    def __init__(self, lock):
+        super().__init__(lock)
+        self.waiting = threading.Event()
+
+    def wait(self, timeout=None):
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def during(fs, bucket, operation: str, call, args: tuple, racing, *racing_args) -> list[BaseException]:
+    """Run ``racing(*racing_args)`` while ``call(*args)`` (an unlink or rename of its file) is
+    held in ``bucket.<operation>``, until it waits for that to end; returns what it raised."""
+    called, go = paused(bucket, operation)
+    worker = threading.Thread(target=call, args=args)
+    worker.start()
+    assert called.wait(10)
+    node = fs.files.node(fs.ns.object_name(racing_args[0]))
+    assert node is not None, "the unlink or rename holds no node of the file: a call meanwhile makes its own"
+    node.moved = moved = _Waited(node.lock)
+    errors: list[BaseException] = []
+
+    def race():
+        try:
+            racing(*racing_args)
+        except BaseException as exc:
+            errors.append(exc)
+
+    racer = threading.Thread(target=race)
+    racer.start()
+    assert moved.waiting.wait(10)  # it waits for the unlink or rename to end ...
+    go.set()
+    worker.join(10)
+    racer.join(10)
+    return errors
+
+
+def open_during(fs, bucket, operation: str, call, *args, path: str) -> list[BaseException]:
+    return during(fs, bucket, operation, call, args, lambda p: fs.release(fs.open(p, os.O_WRONLY)), path)
+
+
+def test_an_open_racing_an_unlink_is_ordered_after_it(fs, bucket):
+    """An open that looked the file up as an unlink of it began: it finds no file, rather than a
+    node of the deleted version whose close would go beside as a conflict."""
+    bucket.upload_bytes("f", b"v0", {})
+    fs.getattr("/f")
+    errors = open_during(fs, bucket, "delete", fs.unlink, "/f", path="/f")
+    assert [type(e) for e in errors] == [FileNotFound]  # ... and finds nothing
+    close_write(fs, "/f", b"made again")
+    assert fs.uploader.sync(timeout=10) == 0
+    assert bucket.objects() == {"f": b"made again"}
+    assert no_conflicts(fs)
+
+
+def test_a_lookup_made_before_an_unlink_opens_nothing_after_it(fs, bucket):
+    bucket.upload_bytes("f", b"v0", {})
+    name, info, node = fs.resolve("/f")  # an open's lookup, just before the unlink ...
+    fs.unlink("/f")
+    with pytest.raises(FileNotFound):  # ... its node made just after: the file is gone
+        fs.files.open(name, info, writable=True, seen=node)
+    close_write(fs, "/f", b"made again")
+    assert fs.uploader.sync(timeout=10) == 0
+    assert bucket.objects() == {"f": b"made again"}
+    assert no_conflicts(fs)
+
+
+def test_an_open_racing_a_rename_is_ordered_after_it(fs, bucket):
+    """Of the source: it finds no file; of the target: it opens the file moved there."""
+    bucket.upload_bytes("a", b"v0", {})
+    bucket.upload_bytes("b", b"old b", {})
+    fs.getattr("/a")
+    fs.getattr("/b")
+    errors = open_during(fs, bucket, "copy", fs.rename, "/a", "/b", path="/a")
+    assert [type(e) for e in errors] == [FileNotFound]
+    bucket.upload_bytes("a", b"v0", {})
+    fs.metacache.forget("a")
+    assert open_during(fs, bucket, "copy", fs.rename, "/a", "/b", path="/b") == []
+    assert fs.uploader.sync(timeout=10) == 0
+    assert bucket.objects() == {"b": b"v0"}
+    assert read(fs, "/b") == b"v0"
+    assert no_conflicts(fs)
+
+
+def test_a_setfattr_during_a_rename_whose_upload_landed_first_follows_the_file(fs, bucket):
+    """The rename let the source's upload land first, after which nothing kept its node: a
+    setfattr during the copy made a node of its own on the version being moved away, and the
+    next file made under the old name inherited its precondition and went beside."""
+    held = HeldUpload(bucket)
+    close_write(fs, "/n0", b"moved")
+    assert held.started.wait(10)
+    real_settle = fs.files.settle
+
+    def settle(node):  # the rename waits for the upload: it lands now
+        held.release()
+        real_settle(node)
+
+    fs.files.settle = settle
+    assert during(fs, bucket, "copy", fs.rename, ("/n0", "/n2"), fs.setxattr, "/n0", "user.octue.labels",
+                  b"racing") == []
+    close_write(fs, "/n0", b"made again")
+    assert fs.uploader.sync(timeout=10) == 0
+    assert bucket.objects() == {"n0": b"made again", "n2": b"moved"}
+    assert labels(bucket.stat("n2")) == ["racing"]
     assert no_conflicts(fs)

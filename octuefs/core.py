@@ -517,8 +517,8 @@ class FileSystem:
         if dst is DIR and dst_node is None:
             raise IsADirectory(new)
         self.ns.check_new_name(dst_name)
-        # (Nodes even for clean files, as for unlink: an open or setfattr racing the rename shares
-        # them, and a handle opened on the source meanwhile follows it to its new name.)
+        # (Nodes even for clean files, as for unlink: an open racing the rename waits for it and
+        # looks again; a setfattr of the source follows it to its new name.)
         with self.files.pinned(src_name, node, src) as node, self.files.pinned(dst_name, dst_node, dst) as dst_node:
             self._rename_file(src_name, src, node, dst_name, dst, dst_node)
 

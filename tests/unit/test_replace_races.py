@@ -45,12 +45,8 @@ def withholding(fs) -> threading.Event:
     return entered
 
 
-def while_landing(fs, bucket, call, *args) -> list[BaseException]:
-    """Run ``call(*args)`` while the upload held now is running: released once ``call`` waits for
-    it. Returns what ``call`` raised."""
-    held = HeldUpload(bucket)
-    entered = withholding(fs)
-    assert held.started.wait(10)
+def started(call, *args) -> tuple[threading.Thread, list[BaseException]]:
+    """``call(*args)`` in a thread of its own, and the list that gets what it raised."""
     errors: list[BaseException] = []
 
     def run():
@@ -59,8 +55,18 @@ def while_landing(fs, bucket, call, *args) -> list[BaseException]:
         except BaseException as exc:
             errors.append(exc)
 
-    worker = threading.Thread(target=run)
-    worker.start()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+def while_landing(fs, bucket, call, *args) -> list[BaseException]:
+    """Run ``call(*args)`` while the upload held now is running: released once ``call`` waits for
+    it. Returns what ``call`` raised."""
+    held = HeldUpload(bucket)
+    entered = withholding(fs)
+    assert held.started.wait(10)
+    worker, errors = started(call, *args)
     assert entered.wait(10)
     held.release()
     worker.join(20)
@@ -72,15 +78,21 @@ def no_conflicts(fs) -> bool:
     return fs.uploader.status()["conflicts"] == []
 
 
+def made_again_is_new(fs, bucket, name: str, **others: bytes) -> None:
+    """A file made again under ``name`` goes up as new (a create-only upload), never beside as a
+    conflict with what the mount itself did to the name before; ``others``: the rest of the bucket."""
+    close_write(fs, "/" + name, b"made again")
+    assert fs.uploader.sync(timeout=10) == 0
+    assert bucket.objects() == {name: b"made again", **others}
+    assert no_conflicts(fs)
+
+
 def test_an_unlink_of_a_new_file_whose_upload_is_landing_deletes_what_landed(fs, bucket):
     close_write(fs, "/n1", b"first")
     assert while_landing(fs, bucket, fs.unlink, "/n1") == []
     assert fs.uploader.sync(timeout=10) == 0
     assert bucket.objects() == {}
-    close_write(fs, "/n1", b"made again")  # a create-only upload: nothing of the mount's own is there
-    assert fs.uploader.sync(timeout=10) == 0
-    assert bucket.objects() == {"n1": b"made again"}
-    assert no_conflicts(fs)
+    made_again_is_new(fs, bucket, "n1")
 
 
 def test_an_unlink_of_a_saved_file_whose_new_version_is_landing_deletes_that_version(fs, bucket):
@@ -163,10 +175,7 @@ def test_a_setfattr_racing_an_unlink_is_ordered_with_it_and_the_name_made_again_
     bucket.upload_bytes("f", b"v0", {})
     fs.getattr("/f")
     assert during(fs, bucket, "delete", fs.unlink, ("/f",), fs.setxattr, "/f", "user.octue.labels", b"racing") == []
-    close_write(fs, "/f", b"made again")
-    assert fs.uploader.sync(timeout=10) == 0
-    assert bucket.objects() == {"f": b"made again"}
-    assert no_conflicts(fs)
+    made_again_is_new(fs, bucket, "f")
 
 
 class _Waited(threading.Condition):
@@ -191,20 +200,12 @@ def during(fs, bucket, operation: str, call, args: tuple, racing, *racing_args) 
     node = fs.files.node(fs.ns.object_name(racing_args[0]))
     assert node is not None, "the unlink or rename holds no node of the file: a call meanwhile makes its own"
     node.moved = moved = _Waited(node.lock)
-    errors: list[BaseException] = []
-
-    def race():
-        try:
-            racing(*racing_args)
-        except BaseException as exc:
-            errors.append(exc)
-
-    racer = threading.Thread(target=race)
-    racer.start()
+    racer, errors = started(racing, *racing_args)
     assert moved.waiting.wait(10)  # it waits for the unlink or rename to end ...
     go.set()
     worker.join(10)
     racer.join(10)
+    assert not worker.is_alive() and not racer.is_alive()
     return errors
 
 
@@ -219,10 +220,7 @@ def test_an_open_racing_an_unlink_is_ordered_after_it(fs, bucket):
     fs.getattr("/f")
     errors = open_during(fs, bucket, "delete", fs.unlink, "/f", path="/f")
     assert [type(e) for e in errors] == [FileNotFound]  # ... and finds nothing
-    close_write(fs, "/f", b"made again")
-    assert fs.uploader.sync(timeout=10) == 0
-    assert bucket.objects() == {"f": b"made again"}
-    assert no_conflicts(fs)
+    made_again_is_new(fs, bucket, "f")
 
 
 def test_a_lookup_made_before_an_unlink_opens_nothing_after_it(fs, bucket):
@@ -231,10 +229,7 @@ def test_a_lookup_made_before_an_unlink_opens_nothing_after_it(fs, bucket):
     fs.unlink("/f")
     with pytest.raises(FileNotFound):  # ... its node made just after: the file is gone
         fs.files.open(name, info, writable=True, seen=node)
-    close_write(fs, "/f", b"made again")
-    assert fs.uploader.sync(timeout=10) == 0
-    assert bucket.objects() == {"f": b"made again"}
-    assert no_conflicts(fs)
+    made_again_is_new(fs, bucket, "f")
 
 
 def test_an_open_racing_a_rename_is_ordered_after_it(fs, bucket):
@@ -270,8 +265,5 @@ def test_a_setfattr_during_a_rename_whose_upload_landed_first_follows_the_file(f
     fs.files.settle = settle
     assert during(fs, bucket, "copy", fs.rename, ("/n0", "/n2"), fs.setxattr, "/n0", "user.octue.labels",
                   b"racing") == []
-    close_write(fs, "/n0", b"made again")
-    assert fs.uploader.sync(timeout=10) == 0
-    assert bucket.objects() == {"n0": b"made again", "n2": b"moved"}
+    made_again_is_new(fs, bucket, "n0", n2=b"moved")
     assert labels(bucket.stat("n2")) == ["racing"]
-    assert no_conflicts(fs)

@@ -39,7 +39,7 @@ from .errors import (
     PreconditionFailed,
     ReadOnlyFilesystem,
 )
-from .files import MTIME_KEY, FileNode, OpenFiles, mtime_of
+from .files import MTIME_KEY, FileNode, MovedMeanwhile, OpenFiles, mtime_of
 from .givebacks import OwedGiveBacks
 from .listings import DirectoryFills
 from .metacache import DIR, MISSING, MetadataCache
@@ -367,8 +367,21 @@ class FileSystem:
 
     # --- files ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _opening(attempt, *args):
+        """``attempt(*args)``, again while it waited for an unlink or rename of the file (then
+        what it looked up is out of date: it looks again, and is ordered after that)."""
+        while True:
+            try:
+                return attempt(*args)
+            except MovedMeanwhile:
+                continue
+
     def create(self, path: str, flags: int = os.O_WRONLY) -> int:
         self._check_writable()
+        return self._opening(self._create, path, flags)
+
+    def _create(self, path: str, flags: int) -> int:
         name, entry, node = self.resolve(path)
         if entry is DIR:
             raise IsADirectory(path)
@@ -400,11 +413,14 @@ class FileSystem:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._check_writable()
-        name, info, node = self.file_info(path)
-        fh = self.files.open(name, info, writable, truncate=bool(flags & os.O_TRUNC), seen=node)
+        name, info, fh = self._opening(self._open, path, writable, flags)
         if not writable and info is not None and self.prefetch is not None:
             self.prefetch.opened(name, info)
         return fh
+
+    def _open(self, path: str, writable: bool, flags: int) -> tuple[str, ObjectInfo | None, int]:
+        name, info, node = self.file_info(path)
+        return name, info, self.files.open(name, info, writable, truncate=bool(flags & os.O_TRUNC), seen=node)
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
         return self.files.read(fh, size, offset)
@@ -428,8 +444,7 @@ class FileSystem:
         if fh is not None:
             self.files.truncate(self.files.handle(fh).node, length)
             return
-        name, info, node = self.file_info(path)
-        fh = self.files.open(name, info, writable=True, seen=node)
+        fh = self._opening(self._open, path, True, 0)[2]
         try:
             node = self.files.handle(fh).node
             self.files.truncate(node, length)
@@ -471,7 +486,9 @@ class FileSystem:
             raise IsADirectory(path)
         if node is None and entry is MISSING:
             raise FileNotFound(path)
-        with self.files.held_still(node):
+        # (A node even for a clean file: an open or setfattr racing the unlink shares it and is
+        # ordered with it, instead of making one from the version being deleted.)
+        with self.files.pinned(name, node, entry) as node, self.files.held_still(node):
             if node is not None:  # (here, where no close can seal it meanwhile)
                 self.files.keep_open_content(node)  # for the handles still open on it
             # Queued versions are moot once the object is deleted, and only then.
@@ -485,6 +502,7 @@ class FileSystem:
                     except PreconditionFailed as exc:
                         self.metacache.forget(name)
                         raise Conflict(f"{name!r} changed in the bucket since it was read; not deleted") from exc
+                self.files.gone(name, info)
             if node is not None:
                 self.files.forget(node)
         self.cache.drop(name)
@@ -506,6 +524,13 @@ class FileSystem:
         if dst is DIR and dst_node is None:
             raise IsADirectory(new)
         self.ns.check_new_name(dst_name)
+        # (Nodes even for clean files, as for unlink: an open racing the rename waits for it and
+        # looks again; a setfattr of the source follows it to its new name.)
+        with self.files.pinned(src_name, node, src) as node, self.files.pinned(dst_name, dst_node, dst) as dst_node:
+            self._rename_file(src_name, src, node, dst_name, dst, dst_node)
+
+    def _rename_file(self, src_name: str, src: object, node: FileNode | None, dst_name: str, dst: object,
+                     dst_node: FileNode | None) -> None:
         # The source's latest version is in the bucket, and stays its latest until the rename
         # ends; the target's queued versions are held back, dropped only once it is replaced.
         with self._held_still_both(node, dst_node):
@@ -521,6 +546,8 @@ class FileSystem:
                         moved = self._move_file(src_name, dst_name, take.taken, dst_info, take=take)
                 else:
                     moved = self._move_file(src_name, dst_name, src_info, dst_info)
+                self.files.gone(src_name, src_info)
+                self.files.gone(dst_name, dst_info)
             if dst_node is not None:
                 self.files.forget(dst_node)
             self.cache.drop(dst_name)
@@ -735,8 +762,16 @@ class FileSystem:
         ``node`` queued here are held back, dropped once the object is replaced, and restored
         (they go up after all) if that fails. A running one lands first. Yields the version in
         the bucket being replaced (see :meth:`_replaced_by_held`). Only a delete leaves the name
-        free for a dropped version that may still land: only then is it watched for."""
+        free for a dropped version that may still land: only then is it watched for.
+
+        ``info`` is the version read before the hold; with ``node``, the version replaced is the
+        node's once the hold is taken: an upload of it that was running has landed meanwhile,
+        and that version, the mount's own, is what goes (not the one read before, which would
+        leave it in the bucket, or refuse it as a change made elsewhere)."""
         held = self.files.withhold(node) if node is not None else None
+        if node is not None:
+            with node.lock:
+                info = node.base
         try:
             yield self._replaced_by_held(name, info, held) if held is not None else info
         except BaseException:

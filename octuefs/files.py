@@ -65,6 +65,7 @@ class FileNode:
     unlinked: bool = False
     pending: list[Entry] = dataclasses.field(default_factory=list)  # closed versions not yet uploaded
     moving: bool = False  # a rename is putting it under another name: nothing is sealed meanwhile
+    pins: int = 0  # unlinks and renames of it under way (OpenFiles.pinned): kept in the table; OpenFiles._lock
     # The custom metadata ``meta`` was last in step with (read, sent or landed): the node's own
     # changes are what ``meta`` changed from it, so changes merged in since are never undone.
     meta_from: dict[str, str] | None = None
@@ -82,6 +83,17 @@ class FileNode:
     @property
     def unsaved(self) -> bool:
         return self.dirty or self.meta_dirty or bool(self.pending)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing keeps it in the table: not open, nothing unsaved, no unlink or rename using it,
+        no metadata change being made on it."""
+        return self.opens == 0 and not self.unsaved and not self.pins and not self.changing
+
+
+class MovedMeanwhile(FileNotFound):
+    """An open waited for an unlink or rename of its file (:meth:`OpenFiles.open`): what it looked
+    up may be out of date; the caller looks the name up again (ENOENT if it does not)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -114,6 +126,9 @@ class OpenFiles:
         # name, whose metadata the next new file of that name takes; guarded by _lock
         self._backups: cachetools.TTLCache[str, tuple[str, int, int]] = cachetools.TTLCache(NEW_VERSIONS_KEPT,
                                                                                            BACKUP_WAIT)
+        # name -> generation of a version this mount deleted, or renamed away or over: a call that
+        # looked the name up before and makes its node after finds no file; guarded by _lock
+        self._gone: cachetools.LRUCache[str, int] = cachetools.LRUCache(NEW_VERSIONS_KEPT)
 
     # --- the tables ---------------------------------------------------------------------
 
@@ -137,6 +152,8 @@ class OpenFiles:
         """The live node of ``name``, made from ``info`` if there is none (a new file: with ``meta``
         if given, else none but a new id). Caller holds _lock."""
         node = self._nodes.get(name)
+        if node is None and info is not None and self._gone.get(name) == info.generation:
+            raise FileNotFound(name)  # removed (or moved) by this mount since it was looked up
         if node is None:
             taken = meta is not None
             if meta is None:
@@ -163,22 +180,33 @@ class OpenFiles:
 
         ``seen`` is the node the caller found a moment ago: if it has since been dropped (its
         upload finished and nobody had it open), its final version is what to open.
+
+        A node being unlinked or renamed (:meth:`held_still`) is not opened: once that ends,
+        :class:`MovedMeanwhile` tells the caller to look the name up again, so the open is
+        ordered after the unlink or rename, never on a version it removed.
         """
         if info is not None and info.is_dir_marker:
             raise IsADirectory(name)
         with self._lock:
             if name not in self._nodes:
                 if seen is not None:
-                    if seen.unlinked or seen.base is None:
+                    if seen.unlinked or seen.base is None or seen.name != name:  # (gone, or moved away)
                         raise FileNotFound(name)
                     info = seen.base
                 elif info is None and not create:
                     raise FileNotFound(name)
             made = name not in self._nodes
             node = self._node_for(name, info, meta if create else None)
-            node.opens += 1
-            fh = next(self._next_fh)
-            self._handles[fh] = Handle(node, writable)
+            moving = node.moving  # (read under _lock: see keep_open_content)
+            if not moving:
+                node.opens += 1
+                fh = next(self._next_fh)
+                self._handles[fh] = Handle(node, writable)
+        if moving:
+            with node.lock:
+                while node.moving:
+                    node.moved.wait()
+            raise MovedMeanwhile(name)
         if create and made:
             # Its staging file now, not at the first write: a cache that cannot take it fails
             # the create itself, and no empty file that can never be saved stays behind.
@@ -204,7 +232,7 @@ class OpenFiles:
                 return
             node = handle.node
             node.opens -= 1
-            if node.opens == 0 and not node.unsaved and not node.changing and self._nodes.get(node.name) is node:
+            if node.idle and self._nodes.get(node.name) is node:
                 del self._nodes[node.name]
         if node.opens == 0 and node.dirty and not node.unlinked:
             # Written after its last close: a shared mapping's pages reach us between the
@@ -233,13 +261,54 @@ class OpenFiles:
                     _unlink_quietly(node.staging)
                     node.staging = None
 
+    def gone(self, name: str, info: ObjectInfo | None) -> None:
+        """This mount deleted version ``info`` of ``name`` (or renamed it away, or over it): a
+        lookup of it made before is out of date, and opens nothing (see :meth:`_node_for`)."""
+        if info is not None:
+            with self._lock:
+                self._gone[name] = info.generation
+
+    @contextlib.contextmanager
+    def pinned(self, name: str, node: FileNode | None, entry: object) -> Iterator[FileNode | None]:
+        """The node of file ``name`` for an unlink or a rename of it: ``node``, else one made from
+        ``entry`` (the ObjectInfo looked up; anything else: None). Every open, close and setfattr
+        of the name meanwhile then shares it, so they are ordered with the unlink or rename
+        (:meth:`held_still`) instead of working on a version it is removing. A node made here is
+        dropped again afterwards unless it is open or holds a change; until then it stays in the
+        table even once its uploads land (else a call meanwhile would make another node of the
+        name, on the version being removed)."""
+        with self._lock:
+            current = self._nodes.get(name)
+            if current is None and node is not None:
+                if node.unlinked or node.name != name:
+                    raise FileNotFound(name)  # unlinked or renamed away since it was looked up
+                current = self._nodes[name] = node  # dropped since (its upload landed): held again
+            elif current is None and isinstance(entry, ObjectInfo):
+                current = self._node_for(name, entry)
+            if current is not None:
+                current.pins += 1
+        if current is None:
+            yield None
+            return
+        try:
+            yield current
+        finally:
+            with self._lock:
+                current.pins -= 1
+                if current.idle and self._nodes.get(current.name) is current:
+                    del self._nodes[current.name]
+
     def keep_open_content(self, node: FileNode) -> None:
         """POSIX: a file unlinked (or replaced by a rename) while open stays readable and writable
         through the handles open on it. Before its name and object go, give such a node a private
         copy of its newest content: the staging file it has, a copy of its sealed version, or
-        (a clean file) its content fetched from the bucket."""
+        (a clean file) its content fetched from the bucket. (Called with the node held still:
+        ``opens`` is read under ``_lock``, where :meth:`open` reads ``moving``, so an open either
+        counts here or waits for the move to end.)"""
+        with self._lock:
+            opened = node.opens > 0
         with node.lock:
-            if node.opens > 0 and node.staging is None and not node.unlinked:
+            if opened and node.staging is None and not node.unlinked:
                 self._ensure_staged(node)
 
     def renamed(self, node: FileNode | None, old_name: str, new_name: str, info: ObjectInfo, *,
@@ -521,7 +590,7 @@ class OpenFiles:
     def _drop_if_idle(self, node: FileNode, idle: bool) -> None:
         if idle:
             with self._lock:
-                if self._nodes.get(node.name) is node and not node.unsaved and node.opens == 0 and not node.changing:
+                if self._nodes.get(node.name) is node and node.idle:
                     del self._nodes[node.name]
 
     def settle(self, node: FileNode) -> None:
@@ -649,7 +718,7 @@ class OpenFiles:
         finally:
             with self._lock:
                 node.changing -= 1
-                if node.opens == 0 and not node.unsaved and not node.changing and self._nodes.get(name) is node:
+                if node.idle and self._nodes.get(name) is node:
                     del self._nodes[name]
 
 

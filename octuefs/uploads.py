@@ -1004,7 +1004,9 @@ class Uploader:
                         if e.state == QUEUED:
                             e.state = WITHHELD
                             held.append(e)
-                    running = [e for e in self._entries.of(name) if e.state == RUNNING]
+                    # Running, or ended and not yet recorded by the file layer (``_finish`` marks
+                    # the end before ``on_done`` records the version made; it leaves the queue after).
+                    running = [e for e in self._entries.of(name) if e.state not in (QUEUED, WITHHELD)]
                     if not running:
                         break
                     if idle is not None and time.monotonic() - max(start, self._moved_at) >= idle:

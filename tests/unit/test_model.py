@@ -68,6 +68,9 @@ FINDINGS = {
     # Found by this machine (not in issue 12's list):
     "N1": True,  # a conflict copy whose answer was lost (or a crash right after it landed) stays unreported,
                  # and a second copy is made: the check that every conflict copy is in status
+    "R1": True,  # an unlink while the file's own upload lands deletes the version read before waiting (none:
+                 # its own version stays, and the next close of the name conflicts with it): the check that
+                 # a successful unlink leaves none of the mount's own versions in place
 }
 _env = os.environ.get("OCTUEFS_MODEL_FINDINGS_OFF", "")  # e.g. "1,3": leave those checks out (to bisect)
 for _f in filter(None, (x.strip() for x in _env.split(","))):
@@ -359,10 +362,23 @@ class ModelMachine(RuleBasedStateMachine):
             return  # finding 1
         patching = self.patching(name, but=m)
         ok, _ = self.guarded(m, f"unlink {name}", lambda: m.fs.unlink("/" + name))
+        if ok and self.flags["R1"]:
+            self.check_removed(m, name)
         if ok or self.read_through(m, name) is None:
             self.world.moot(m.actor, name)
             if ok:
                 self.gone_before_patch(name, patching)
+
+    def check_removed(self, m: Mount, name: str) -> None:
+        """An unlink that returned: what is at ``name`` now is not a version this mount placed
+        there (it waited for its own uploads of the name, so it deleted what they landed)."""
+        w = self.world
+        with w.lock:
+            cur = w.peek(w.bucket, name)
+            v = w.versions.get(cur[2]) if cur is not None else None
+            if v is not None and v.owner == m.actor and w.placed_by.get(name) == m.actor:
+                w.violations.append(f"{m.actor} unlink {name!r} returned, but its own version v{v.vid} is still "
+                                    f"there (generation {cur[0]}) [R1]")
 
     @rule(i=mounts, name=names, kind=st.sampled_from(["tag", "label"]))
     def setxattr(self, i, name, kind):

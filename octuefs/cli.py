@@ -262,12 +262,11 @@ def configure_logging(verbose: int, log_file: str | None, quiet: bool = False, l
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 3 else logging.ERROR)
 
 
-def _read_config_file(args: argparse.Namespace) -> None:
-    """Fold ``--config FILE`` into ``args`` (the command line wins); a bucket and a mountpoint
-    are needed from one or the other."""
+def _read_config_file(args: argparse.Namespace, argv: list[str]) -> None:
+    """Fold ``--config FILE`` into ``args`` (what ``argv``, the mount command's arguments, says
+    wins); a bucket and a mountpoint are needed from one or the other."""
     if args.config:
-        parser = mount_parser()
-        configfile.merge(args, configfile.load(args.config, parser), parser)
+        configfile.merge(args, configfile.load(args.config, mount_parser()), configfile.given_on(argv, mount_parser()))
     if not args.bucket or not args.mountpoint:
         raise ValueError("a bucket and a mountpoint are needed: `octuefs mount BUCKET MOUNTPOINT`, "
                          "or `bucket` and `mountpoint` in the --config file")
@@ -289,7 +288,7 @@ def _child_argv(argv: list[str]) -> list[str]:
 def _mount(args: argparse.Namespace, argv: list[str]) -> int:
     from . import mount
 
-    _read_config_file(args)
+    _read_config_file(args, argv[1:])  # (argv[0] is "mount")
     config = config_from_args(args)
     log_file = args.log_file or (None if args.foreground else os.path.join(config.cache_dir, "octuefs.log"))
     if args.print_config:

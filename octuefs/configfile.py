@@ -115,13 +115,19 @@ def load(path: str, parser: argparse.ArgumentParser) -> dict:
     return settings
 
 
-def merge(args: argparse.Namespace, settings: dict, parser: argparse.ArgumentParser) -> None:
-    """Fill ``args`` from ``settings`` where the command line left the default; ``-o`` adds."""
+def given_on(argv: list[str], parser: argparse.ArgumentParser) -> set[str]:
+    """The dests the command line ``argv`` set itself (a value equal to its default included)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def merge(args: argparse.Namespace, settings: dict, given: set[str]) -> None:
+    """Fill ``args`` from ``settings`` where the command line (``given``) did not; ``-o`` adds."""
     for dest, value in settings.items():
-        given = getattr(args, dest, None)
         if dest == "options":
-            setattr(args, dest, value + list(given or []))  # the command line's come last and win
-        elif given is None or given == parser.get_default(dest):
+            setattr(args, dest, value + list(getattr(args, dest, None) or []))  # the command line's come last, and win
+        elif dest not in given:
             setattr(args, dest, value)
 
 

@@ -21,7 +21,7 @@ def _config(tmp_path, text: str, *argv: str):
     path = tmp_path / "octuefs.toml"
     path.write_text(text)
     args = build_parser().parse_args(["mount", "--config", str(path), *argv])
-    _read_config_file(args)
+    _read_config_file(args, ["--config", str(path), *argv])
     return config_from_args(args), args
 
 
@@ -42,6 +42,12 @@ options = ["allow_other", "stat_ttl=7"]
     assert config.cache_size == 2 * 1024**3
     assert config.stat_ttl == 9.0  # -o on the command line comes after the file's
     assert config.fuse_options == ("allow_other",)
+
+
+def test_a_command_line_value_equal_to_its_default_still_wins(tmp_path):
+    _, args = _config(tmp_path, 'bucket = "b"\nmountpoint = "/m"\nlog_format = "json"\nverbose = 2\n',
+                      "--log-format", "text")
+    assert args.log_format == "text" and args.verbose == 2
 
 
 def test_command_line_positionals_win_and_relative_paths_are_the_files(tmp_path):

@@ -15,14 +15,30 @@ from octuefs.storage.fake import FakeBucket
 from .corekit import close_write, make_fs, read
 
 
+@pytest.fixture
+def saved(tmp_path):
+    """``saved(name, data, **options)``: a bucket holding one saved file, and a FileSystem on it
+    (its uploader shut down after the test)."""
+    made = []
+
+    def make(name: str, data: bytes, **options):
+        bucket = FakeBucket("b")
+        bucket.upload_bytes(name, data)
+        fs = make_fs(bucket, tmp_path, **options)
+        made.append(fs)
+        return bucket, fs
+
+    yield make
+    for fs in made:
+        fs.uploader.shutdown()
+
+
 def tags(bucket, name):
     return json.loads(bucket.stat(name).metadata.get("octue__tags", "{}"))
 
 
-def test_setfattr_then_partial_write_keeps_the_rest_and_the_tag(tmp_path):
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("f.csv", b"0123456789")
-    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+def test_setfattr_then_partial_write_keeps_the_rest_and_the_tag(saved):
+    bucket, fs = saved("f.csv", b"0123456789", patch_pace=5.0)
     fs.setxattr("/f.csv", "user.octue.tags.t", b"1")
     fh = fs.open("/f.csv", os.O_WRONLY)
     fs.write(fh, b"AB", 4)
@@ -31,38 +47,29 @@ def test_setfattr_then_partial_write_keeps_the_rest_and_the_tag(tmp_path):
     assert read(fs, "/f.csv") == b"0123AB6789"
     assert fs.uploader.sync(timeout=30) == 0
     assert bucket.objects()["f.csv"] == b"0123AB6789" and tags(bucket, "f.csv") == {"t": 1}
-    fs.uploader.shutdown()
 
 
-def test_setfattr_then_truncate_by_path(tmp_path):
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("f.csv", b"0123456789")
-    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+def test_setfattr_then_truncate_by_path(saved):
+    bucket, fs = saved("f.csv", b"0123456789", patch_pace=5.0)
     fs.setxattr("/f.csv", "user.octue.tags.t", b"1")
     fs.truncate("/f.csv", 3)
     assert read(fs, "/f.csv") == b"012"
     assert fs.uploader.sync(timeout=30) == 0
     assert bucket.objects()["f.csv"] == b"012" and tags(bucket, "f.csv") == {"t": 1}
-    fs.uploader.shutdown()
 
 
-def test_setfattr_then_rename_then_setfattr_on_target(tmp_path):
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("a.csv", b"data")
-    fs = make_fs(bucket, tmp_path, patch_pace=0.3)
+def test_setfattr_then_rename_then_setfattr_on_target(saved):
+    bucket, fs = saved("a.csv", b"data", patch_pace=0.3)
     fs.setxattr("/a.csv", "user.octue.tags.t", b"1")
     fs.rename("/a.csv", "/b.csv")
     fs.setxattr("/b.csv", "user.octue.tags.u", b"2")
     assert fs.uploader.sync(timeout=30) == 0
     assert "a.csv" not in bucket.objects()
     assert bucket.objects()["b.csv"] == b"data" and tags(bucket, "b.csv") == {"t": 1, "u": 2}
-    fs.uploader.shutdown()
 
 
-def test_setfattr_then_unlink_then_recreate(tmp_path):
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("a.csv", b"data")
-    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+def test_setfattr_then_unlink_then_recreate(saved):
+    bucket, fs = saved("a.csv", b"data", patch_pace=5.0)
     fs.setxattr("/a.csv", "user.octue.tags.t", b"1")
     fs.unlink("/a.csv")
     with pytest.raises(FileNotFound):
@@ -70,7 +77,6 @@ def test_setfattr_then_unlink_then_recreate(tmp_path):
     close_write(fs, "/a.csv", b"new")
     assert fs.uploader.sync(timeout=30) == 0
     assert bucket.objects()["a.csv"] == b"new" and tags(bucket, "a.csv") == {}
-    fs.uploader.shutdown()
 
 
 def test_setfattr_kill_then_remount_with_a_prefix(tmp_path):
@@ -85,29 +91,23 @@ def test_setfattr_kill_then_remount_with_a_prefix(tmp_path):
     second.uploader.shutdown()
 
 
-def test_touch_after_setfattr_keeps_the_tag(tmp_path):
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("a.csv", b"data")
-    fs = make_fs(bucket, tmp_path, patch_pace=0.3)
+def test_touch_after_setfattr_keeps_the_tag(saved):
+    bucket, fs = saved("a.csv", b"data", patch_pace=0.3)
     fs.setxattr("/a.csv", "user.octue.tags.t", b"1")
     fs.utimens("/a.csv", 1_000_000.0)
     assert fs.uploader.sync(timeout=30) == 0
     assert tags(bucket, "a.csv") == {"t": 1}
     assert fs.getattr("/a.csv").mtime == 1_000_000.0 if hasattr(fs.getattr("/a.csv"), "mtime") else True
-    fs.uploader.shutdown()
 
 
-def test_an_editors_save_over_a_file_with_a_pending_setfattr_keeps_it(tmp_path):
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("f.csv", b"old")
-    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+def test_an_editors_save_over_a_file_with_a_pending_setfattr_keeps_it(saved):
+    bucket, fs = saved("f.csv", b"old", patch_pace=5.0)
     fs.setxattr("/f.csv", "user.octue.tags.t", b"1")
     close_write(fs, "/.f.csv.tmp", b"new")
     fs.rename("/.f.csv.tmp", "/f.csv")
     assert fs.getxattr("/f.csv", "user.octue.tags.t") == b"1"
     assert fs.uploader.sync(timeout=30) == 0
     assert bucket.objects()["f.csv"] == b"new" and tags(bucket, "f.csv") == {"t": 1}
-    fs.uploader.shutdown()
 
 
 def test_mv_over_a_file_with_a_pending_setfattr_does_not_give_its_tags_to_the_new_file(tmp_path):
@@ -123,10 +123,8 @@ def test_mv_over_a_file_with_a_pending_setfattr_does_not_give_its_tags_to_the_ne
     fs.uploader.shutdown()
 
 
-def test_setfattr_pending_while_the_object_is_replaced_elsewhere_then_read(tmp_path):
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("f.csv", b"old")
-    fs = make_fs(bucket, tmp_path, patch_pace=0.5)
+def test_setfattr_pending_while_the_object_is_replaced_elsewhere_then_read(saved):
+    bucket, fs = saved("f.csv", b"old", patch_pace=0.5)
     assert read(fs, "/f.csv") == b"old"
     fs.setxattr("/f.csv", "user.octue.tags.t", b"1")
     bucket.upload_bytes("f.csv", b"newer content")
@@ -134,7 +132,6 @@ def test_setfattr_pending_while_the_object_is_replaced_elsewhere_then_read(tmp_p
     assert tags(bucket, "f.csv") == {"t": 1}
     assert read(fs, "/f.csv") == b"newer content"
     assert fs.getattr("/f.csv").size == len(b"newer content")
-    fs.uploader.shutdown()
 
 
 @pytest.mark.parametrize("elsewhere", ["patch", "replace"])
@@ -195,12 +192,10 @@ def test_odd_names_across_tiny_pages_are_looked_up_as_listed(tmp_path, monkeypat
         fs.uploader.shutdown()
 
 
-def test_a_setfattr_made_as_the_previous_one_lands_is_neither_hidden_nor_lost(tmp_path):
+def test_a_setfattr_made_as_the_previous_one_lands_is_neither_hidden_nor_lost(saved):
     """setfattr A; setfattr B finds the file's node just as A's patch lands (and the node, idle
     then, is dropped); setfattr C. B must show at once and reach the bucket with A and C."""
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("f.csv", b"data")
-    fs = make_fs(bucket, tmp_path, patch_pace=5.0)
+    bucket, fs = saved("f.csv", b"data", patch_pace=5.0)
     fs.setxattr("/f.csv", "user.octue.tags.a", b"1")
     real = fs.xattrs._target
     calls = []
@@ -218,7 +213,6 @@ def test_a_setfattr_made_as_the_previous_one_lands_is_neither_hidden_nor_lost(tm
     fs.setxattr("/f.csv", "user.octue.tags.c", b"3")
     assert fs.uploader.sync(timeout=30) == 0
     assert tags(bucket, "f.csv") == {"a": 1, "b": 2, "c": 3}
-    fs.uploader.shutdown()
 
 
 def test_a_touch_made_as_the_files_upload_lands_is_not_lost_to_the_next_setfattr(tmp_path):
@@ -312,10 +306,9 @@ def test_after_a_crash_a_restored_setfattr_meets_unlink_rename_or_write(tmp_path
     fs.uploader.shutdown()
 
 
-def test_a_second_setfattr_of_an_open_file_does_not_put_back_a_content_type_changed_elsewhere(tmp_path):
-    bucket = FakeBucket("b")
-    bucket.upload_bytes("f.dat", b"a,b\n", content_type="text/csv")
-    fs = make_fs(bucket, tmp_path, patch_pace=0.2)
+def test_a_second_setfattr_of_an_open_file_does_not_put_back_a_content_type_changed_elsewhere(saved):
+    bucket, fs = saved("f.dat", b"a,b\n", patch_pace=0.2)
+    bucket.upload_bytes("f.dat", b"a,b\n", content_type="text/csv")  # (before the mount reads it)
     fh = fs.open("/f.dat", os.O_RDONLY)  # a reader keeps the file's node
     fs.setxattr("/f.dat", "user.octue.tags.t", b"1")
     bucket.patch_metadata("f.dat", {}, content_type="application/json")
@@ -325,7 +318,6 @@ def test_a_second_setfattr_of_an_open_file_does_not_put_back_a_content_type_chan
     fs.release(fh)
     assert tags(bucket, "f.dat") == {"t": 1, "u": 2}
     assert bucket.stat("f.dat").content_type == "application/json"
-    fs.uploader.shutdown()
 
 
 def test_a_touch_whose_file_lands_just_before_its_change_is_not_lost_to_the_next_setfattr(tmp_path):

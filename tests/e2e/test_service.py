@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,23 +17,6 @@ import pytest
 from .conftest import force_unmount, run_octuefs, wait_until
 
 pytestmark = pytest.mark.fuse
-
-UNIT = Path(__file__).resolve().parents[2] / "contrib/systemd/octuefs@.service"
-
-
-def test_the_unit_file_passes_systemd_analyze_verify(tmp_path):
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd is not installed here")
-    instance = tmp_path / "octuefs@data.service"  # verify wants an instance of the template
-    instance.write_text(UNIT.read_text())
-    result = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, timeout=60)
-    problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    assert result.returncode == 0 and not problems, result.stdout + result.stderr
-    text = UNIT.read_text()
-    for needed in ("Type=notify", "After=network-online.target", "Wants=network-online.target",
-                   "--config /etc/octuefs/%i.toml", "/var/cache/octuefs/%i", "TimeoutStopSec="):
-        assert needed in text
-
 
 def test_a_service_mount_from_a_config_file_writes_out_pending_uploads_on_sigterm(emulator, tmp_path):
     """What `systemctl start` then `systemctl stop` does: Type=notify hears READY=1 once the files

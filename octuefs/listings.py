@@ -15,7 +15,8 @@ not listed to open one file); a lookup waits for at most :data:`LOOKUP_WAIT` pag
 then asks for its name alone (a stat of ``name`` and the probe of ``name/``, in parallel). A
 readdir keeps its fill one page ahead of where it reads, to the end.
 
-Threads: each running fill has one (``octuefs-page-fill``), over :meth:`Bucket.iter_pages_ahead`.
+Threads: each running fill has one (``octuefs-page-fill``); past its first page if one was wanted
+(a probe's), over :meth:`Bucket.iter_pages_ahead`.
 Lock: ``_cond`` guards every fill's state and ``_fills``; it is taken before the metadata cache's
 lock (never the other way round) and never held during a request.
 """
@@ -244,6 +245,11 @@ class DirectoryFills:
 
     # --- the fills themselves ----------------------------------------------------------------
 
+    def settle(self, timeout: float) -> bool:
+        """Wait until no fill runs (their requests answered and kept); whether none does."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not any(f.running for f in self._fills.values()), timeout)
+
     def _start(self, prefix: str) -> _Fill:  # LOCKS_REQUIRED(_cond)
         fill = _Fill(prefix, self.metacache.epoch(prefix), self.metacache.now())
         self._fills.pop(prefix, None)
@@ -270,8 +276,27 @@ class DirectoryFills:
         else:
             self._cond.notify_all()  # (a thread waiting for more to be wanted)
 
+    def _pages(self, fill: _Fill) -> Iterator[ListPage]:
+        """The pages from where ``fill`` stands. One wanted (a probe's): asked for here, since a
+        thread fetching the next one ahead would start for nothing; more: over
+        :meth:`Bucket.iter_pages_ahead`, each asked for as soon as the one before answers."""
+        token = fill.token
+        with self._cond:
+            one = fill.want() - len(fill.pages) <= 1
+        if one:
+            page = self.bucket.list_page(fill.prefix, "/", page_token=token)
+            yield page
+            if not page.next_token:
+                return
+            token = page.next_token
+        ahead = self.bucket.iter_pages_ahead(fill.prefix, "/", depth=1, page_token=token)
+        try:
+            yield from ahead
+        finally:
+            ahead.close()
+
     def _run(self, fill: _Fill) -> None:
-        pages = self.bucket.iter_pages_ahead(fill.prefix, "/", depth=1, page_token=fill.token)
+        pages = self._pages(fill)
         try:
             for page in pages:
                 converted = self._convert(fill, page)

@@ -831,8 +831,10 @@ class Uploader:
         self.hold_yields = False  # small uploads wait on the network, not the CPU: none held; _cond
         self._far_checked = -FAR_RECHECK  # (monotonic) when hold_yields was last decided; _cond
         self._stopping = False
-        self._threads = [threading.Thread(target=self._work, name=f"octuefs-upload-{i}", daemon=True)
-                         for i in range(max(workers, small_workers))]
+        # ``workers`` threads from the start; the rest of ``small_workers`` once the bucket is found
+        # far (see _far): a mount near its bucket, or one that never writes, keeps no idle threads.
+        self._threads: list[threading.Thread] = []  # guarded by _cond once started
+        self._started = False  # _cond
         self._new_id = new_id or journal.new_id
         self._changed_at: dict[str, float] = {}  # name -> (monotonic) when this mount last changed it; _cond
         self.coalesced = 0  # metadata changes that joined one already queued instead of a request of their own; _cond
@@ -845,7 +847,15 @@ class Uploader:
                 self._entries[entry.id] = entry
         if recovered:
             log.warning("resuming %d upload(s) left by an earlier mount", len(recovered))
-        for t in self._threads:
+        with self._cond:
+            self._started = True
+            self._spawn(self.small_workers if self.hold_yields else self.workers)
+
+    def _spawn(self, threads: int) -> None:  # LOCKS_REQUIRED(_cond)
+        """Workers up to ``threads`` in all (none once stopping, or before start)."""
+        while self._started and not self._stopping and len(self._threads) < max(threads, self.workers):
+            t = threading.Thread(target=self._work, name=f"octuefs-upload-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
             t.start()
 
     # --- submitting -----------------------------------------------------------------------
@@ -1082,7 +1092,8 @@ class Uploader:
             self._stopping = True
             self._cond.notify_all()
             self._work_ready.notify_all()
-        for t in self._threads:
+            threads = list(self._threads)
+        for t in threads:
             if t.is_alive():
                 t.join(timeout=5 if not drain else None)
         remaining = len(self.snapshot())
@@ -1150,13 +1161,15 @@ class Uploader:
                 self.hold_yields = far
                 log.debug("small requests take %.1f ms, %.2f ms of it CPU: uploads wait on the %s", wall * 1000,
                           cpu * 1000, "network, and a burst of closes no longer holds them" if far else "CPU")
+                if far:
+                    self._spawn(self.small_workers)
                 self._work_ready.notify()  # (held ones: free now)
         return self.hold_yields
 
     def slots(self) -> int:
         """How many small files' uploads may run at once now (larger ones: ``workers``)."""
         with self._cond:
-            return len(self._threads) if self.hold_yields else self.workers
+            return max(self.workers, self.small_workers) if self.hold_yields else self.workers
 
     def _take(self, e: Entry) -> Entry:
         e.state = RUNNING

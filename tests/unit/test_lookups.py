@@ -112,6 +112,7 @@ def test_an_object_uploaded_elsewhere_is_found_by_name_after_negative_ttl(tmp_pa
     _upload(bucket, ["d/old.txt"])
     fs = make_fs(bucket, tmp_path, negative_ttl=0.3)
     assert [n for n, _ in fs.readdir("/d")] == ["old.txt"]
+    assert fs.fills.settle(5)  # (the root's listing, started by the lookup of "d", answered before counting)
     bucket.upload_bytes("d/new.txt", b"from another program")
     bucket.reset_calls()
     with pytest.raises(FileNotFound):  # within negative_ttl of the listing: may say so
@@ -132,10 +133,14 @@ def test_a_burst_of_creates_asks_o1_listings_while_its_uploads_land(tmp_path):
     _upload(bucket, ["d/existing.txt"])
     fs = make_fs(bucket, tmp_path)  # uploads go at once: they land during the burst
     bucket.reset_calls()
+    began = time.monotonic()
     for i in range(1000):
         close_write(fs, f"/d/n{i:04d}.txt", b"new")
+    took = time.monotonic() - began
     assert bucket.calls["stat"] == 0
-    assert bucket.calls["list"] <= 3
+    # A few listings, not one per file: an absent name is believed for negative_ttl, then the
+    # directory is listed again (a burst slowed by a loaded machine may last a few of those).
+    assert bucket.calls["list"] <= 3 + int(took / fs.config.negative_ttl)
     assert fs.uploader.sync(timeout=30) == 0
     assert len(fs.readdir("/d")) == 1001 and sum(1 for n in bucket.objects() if n.startswith("d/n")) == 1000
 

@@ -11,6 +11,10 @@ fake-gcs-server, the emulator or root. Any other skip (today: the journal's xatt
 cache filesystem without user xattrs) stays allowed and is only listed. A run in which no test
 ran at all fails too.
 
+Under pytest-xdist (``scripts/test`` runs two workers) the workers collect and the controller,
+which receives every report, gives the verdict: each test that needs the environment carries the
+mark in its reports' ``user_properties``.
+
 A developer who really lacks ``/dev/fuse`` (a container without it, say) opts out with
 ``OCTUEFS_ALLOW_SKIPS=1``: the skips are then listed, not failed. "No test ran" still fails.
 """
@@ -29,6 +33,7 @@ NEEDS_MARKERS = ("fuse", "emulator")
 NEEDS_FIXTURES = frozenset({"emulator", "_gcs_client", "gcs_bucket", "mount_factory", "mount", "private"})
 NEEDS_REASON = re.compile(r"fuse|fusermount|fake-gcs-server|emulator|\broot\b", re.IGNORECASE)
 E2E_DIR = "tests/e2e/"
+NEEDS_PROPERTY = "octuefs-needs-environment"
 
 
 def _needs_environment(item: pytest.Item) -> bool:
@@ -57,6 +62,11 @@ class RequireAll:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         self.needs = {item.nodeid for item in items if _needs_environment(item)}
+        # Under pytest-xdist the workers collect, and their reports reach the controller, which
+        # runs this plugin's verdict: the mark travels with each report.
+        for item in items:
+            if item.nodeid in self.needs:
+                item.user_properties.append((NEEDS_PROPERTY, True))
 
     def pytest_collectreport(self, report) -> None:
         if report.skipped:  # a whole module skipped at import (pytest.skip(allow_module_level=True))
@@ -66,13 +76,16 @@ class RequireAll:
         if report.when == "call" and not (report.skipped and not hasattr(report, "wasxfail")):
             self.ran += 1
         elif report.skipped and not hasattr(report, "wasxfail"):  # in setup (fixtures, skipif) or call
-            self._skipped(report.nodeid, _skip_reason(report), report.nodeid in self.needs)
+            needs = report.nodeid in self.needs or (NEEDS_PROPERTY, True) in report.user_properties
+            self._skipped(report.nodeid, _skip_reason(report), needs)
 
     def _skipped(self, nodeid: str, reason: str, needs: bool) -> None:
         (self.missed if needs or NEEDS_REASON.search(reason) else self.allowed).append((nodeid, reason))
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if hasattr(session.config, "workerinput"):
+            return  # an xdist worker: the controller, which sees every report, decides
         if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
             return  # interrupted, a usage error, nothing collected: pytest already fails the run
         if self.ran == 0:

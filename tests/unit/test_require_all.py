@@ -3,11 +3,15 @@ emulator or root was skipped fails, naming it; other skips pass; a run where not
 
 from __future__ import annotations
 
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["pytester"]
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 INI = """
 [pytest]
@@ -35,13 +39,16 @@ def run(pytester, monkeypatch):
     pytester.makeini(INI)
     pytester.makeconftest(CONFTEST)
 
-    def run(files: dict[str, str], allow: bool = False):
+    def run(files: dict[str, str], allow: bool = False, workers: int = 0):
         for path, text in files.items():
             target = pytester.path / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(textwrap.dedent(text))
         if allow:
             monkeypatch.setenv("OCTUEFS_ALLOW_SKIPS", "1")
+        if workers:  # (its workers are processes of their own: they import the plugin from this checkout)
+            monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            return pytester.runpytest("-p", "tests.require_all", "-p", "no:cacheprovider", "-n", str(workers))
         return pytester.runpytest("-p", "tests.require_all", "-p", "no:cacheprovider")
 
     return run
@@ -74,6 +81,17 @@ def test_a_skipped_test_that_needs_fuse_the_emulator_or_root_fails_the_run_and_i
     out = result.stdout.str()
     assert "skipped tests that need FUSE, the emulator or root" in out
     assert "SKIPPED test_needs.py::test_" in out and "OCTUEFS_ALLOW_SKIPS=1" in out
+
+
+def test_under_xdist_workers_a_skipped_test_that_needs_the_environment_still_fails_the_run(run, pytester):
+    """scripts/test runs two workers: they collect, the controller gives the verdict."""
+    result = run({**PASSING, "test_needs.py": "def test_bucket(gcs_bucket):\n    pass\n",
+                  "test_more.py": "def test_more():\n    pass\n"}, workers=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert "SKIPPED test_needs.py::test_bucket" in out and "OCTUEFS_ALLOW_SKIPS=1" in out
+    (pytester.path / "test_needs.py").unlink()
+    assert run({}, workers=2).ret == 0
 
 
 def test_any_skip_under_tests_e2e_fails_the_run(run):

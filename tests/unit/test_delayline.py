@@ -127,8 +127,9 @@ def test_many_concurrent_connections(echo):
         assert line.connections == n
     assert [got for got, _ in results] == payloads
     assert all(t >= 2 * RTT_MS / 1000 * 0.98 for _, t in results)
-    # Concurrent, not one after another: n serial connections would take n * 2 RTTs.
-    assert took < n * 2 * RTT_MS / 1000 / 4, took
+    # Concurrent, not one after another: n connections served one at a time cannot take less
+    # than n * 2 RTTs (a floor, not a speed target: a loaded machine stays far below it).
+    assert took < n * 2 * RTT_MS / 1000 * 0.75, took
 
 
 def test_stop_closes_open_connections_and_leaves_no_thread(echo):

@@ -230,10 +230,10 @@ class FileSystem:
 
     # --- directories ----------------------------------------------------------------------
 
-    def readdir(self, path: str) -> list[tuple[str, Attr | None]]:
+    def readdir(self, path: str) -> list[tuple[str, Attr]]:
         return [entry for batch, _more in self.readdir_batches(path) for entry in batch]
 
-    def readdir_batches(self, path: str) -> Iterator[tuple[list[tuple[str, Attr | None]], bool]]:
+    def readdir_batches(self, path: str) -> Iterator[tuple[list[tuple[str, Attr]], bool]]:
         """A directory's entries, a batch at a time, each with whether more follow: all at once
         from a cached listing, else one batch per page of the bucket's listing as it arrives,
         so a reader of a large directory works on the first entries while the next page is on
@@ -241,8 +241,8 @@ class FileSystem:
 
         A file the mount has open or pending upload shows its local version, as getattr does:
         the kernel may take these attributes as the files' own (READDIRPLUS). A directory whose
-        marker is not known has no attributes (None): the parent's listing does not show its
-        marker, and the kernel then asks for them. Errors about the path itself are raised here,
+        marker is not known is not ``known`` (posixfs.Attr): the parent's listing does not show
+        its marker. Errors about the path itself are raised here,
         at the call; the bucket's, from the iteration.
         """
         name, entry, node = self.resolve(path)
@@ -279,7 +279,7 @@ class FileSystem:
                 local[rest] = self.posix.node_attr(node, self._node_mtime(node))
         return local
 
-    def _stream_listing(self, prefix: str) -> Iterator[tuple[list[tuple[str, Attr | None]], bool]]:
+    def _stream_listing(self, prefix: str) -> Iterator[tuple[list[tuple[str, Attr]], bool]]:
         """List ``prefix`` from the bucket, a batch per page (the pages of the directory's fill:
         one under way is joined; the fill keeps the listing, see :mod:`octuefs.listings`).
 

@@ -62,6 +62,8 @@ MAX_IDLE_THREADS = 10
 # fuse_common.h (libfuse 3)
 FUSE_CAP_ASYNC_READ = 1 << 0
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
+FUSE_CAP_HANDLE_KILLPRIV = 1 << 20
+FUSE_CAP_HANDLE_KILLPRIV_V2 = 1 << 28
 FUSE_READDIR_PLUS = 1 << 0  # enum fuse_readdir_flags
 FUSE_FILL_DIR_PLUS = 1 << 1  # enum fuse_fill_dir_flags
 
@@ -154,8 +156,8 @@ class OctueOperations(mfusepy.Operations):
             return self._uid, self._gid
         return (self._uid if attr.uid is None else attr.uid), (self._gid if attr.gid is None else attr.gid)
 
-    def _st(self, attr: Attr | None) -> dict | None:
-        if attr is None:
+    def _st(self, attr: Attr) -> dict | None:
+        if not attr.known:
             return None
         ns = int(attr.mtime * 1e9)
         uid, gid = self._owners(attr)
@@ -195,6 +197,9 @@ class OctueOperations(mfusepy.Operations):
         conn.congestion_threshold = max(conn.congestion_threshold, MAX_BACKGROUND * 3 // 4)
         wanted = FUSE_CAP_ASYNC_READ | FUSE_CAP_AUTO_INVAL_DATA
         conn.want |= wanted & conn.capable  # libfuse's defaults; said here because reads rely on them
+        # The kernel clears setuid/setgid on a write or chown by someone else with a setattr of
+        # the mode (a chmod, which is kept) only if the filesystem does not say it does so itself.
+        conn.want &= ~(FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_HANDLE_KILLPRIV_V2)
         log.info(
             "FUSE protocol %d.%d: max_write %d, max_read %d, max_readahead %d, max_background %d, want 0x%x of 0x%x",
             conn.proto_major, conn.proto_minor, conn.max_write, conn.max_read, conn.max_readahead,
@@ -238,12 +243,12 @@ class OctueOperations(mfusepy.Operations):
         except (OctuefsError, OSError):
             return None
 
-    def packed(self, attr: Attr | None) -> bytes | None:
+    def packed(self, attr: Attr) -> bytes | None:
         """:meth:`_st` as a ``struct stat``, for READDIRPLUS (mfusepy's ``set_st_attrs`` took a
         fifth of a listing's time, entry by entry, request by request). Kept as bytes: 185
         bytes an entry where the ctypes struct takes 288, for a listing held whole. None for an
         entry whose attributes are not known (sent without: the kernel asks for them)."""
-        if attr is None:
+        if not attr.known:
             return None
         st = mfusepy.c_stat()
         st.st_mode = self._mode(attr)

@@ -59,6 +59,9 @@ class Attr:
     gid: int | None = None
     atime: float | None = None
     rdev: int = 0
+    # False for a directory listed before its marker is known: the defaults stand in, and the
+    # FUSE layer sends it without attributes, so the kernel asks for them (a getattr).
+    known: bool = True
 
 
 def facts_attr(facts: posixmeta.PosixFacts, size: int, mtime: float, is_dir: bool = False) -> Attr:
@@ -92,14 +95,14 @@ class PosixSurface:
             size = node.size
         return facts_attr(posixmeta.decode(custom), size, mtime)
 
-    def dir_attr(self, name: str, fetch: bool = True) -> Attr | None:
-        """A directory's attributes, from its marker: None if it is not known and not ``fetch``."""
+    def dir_attr(self, name: str, fetch: bool = True) -> Attr:
+        """A directory's attributes, from its marker (not ``known`` if it is not, and not ``fetch``)."""
         started = self.fs.started
         if self._is_root(name):
             return Attr(True, 0, started)
         marker = self._marker(name, fetch)
         if marker is _UNKNOWN:
-            return None
+            return Attr(True, 0, started, known=False)
         if marker is None:
             return Attr(True, 0, started)
         facts = posixmeta.decoded(marker)

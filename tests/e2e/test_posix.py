@@ -10,8 +10,6 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -233,21 +231,12 @@ def test_a_hard_link_is_eperm(mount):
 
 
 @pytest.fixture
-def shared_dir():
-    """A directory anyone may enter, for mountpoints another user reaches."""
-    path = Path(tempfile.mkdtemp(prefix="octuefs-posix-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def shared(shared_dir, mount_factory):
+def shared(public_dir, mount_factory):
     if shutil.which("setpriv") is None:
         pytest.skip("no setpriv")
     if os.geteuid() != 0:
         pytest.skip("needs root to act as another user")
-    return mount_factory("-o", "allow_other", parent=shared_dir)
+    return mount_factory("-o", "allow_other", parent=public_dir)
 
 
 def test_another_user_gets_eacces_where_the_modes_say_so(shared):

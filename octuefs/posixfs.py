@@ -146,7 +146,9 @@ class PosixSurface:
             self._change(path, wanted)
 
     def utimens(self, path: str, atime: float | None, mtime: float | None) -> None:
-        """Set the times given (None: left as they are)."""
+        """Set the times given (None: left as they are), in whole seconds, as they are kept."""
+        if mtime is not None:
+            mtime = float(int(mtime))
         wanted = posixmeta.changes(atime=atime)
         if mtime is not None:
             wanted[posixmeta.MTIME_KEY] = posixmeta.seconds_text(mtime)

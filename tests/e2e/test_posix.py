@@ -225,6 +225,7 @@ def test_a_hard_link_is_eperm(mount):
         os.link(mount / "a", mount / "c")
     assert err.value.errno == errno.EPERM
     assert not os.path.lexists(mount / "b")
+    assert os.stat(mount / "a").st_nlink == 1
 
 
 # --- permissions enforced for other users (-o allow_other) ----------------------------------
@@ -288,3 +289,35 @@ def test_a_write_by_another_user_clears_setuid_and_it_persists(shared):
     assert stat.S_IMODE(os.stat(tool).st_mode) == 0o777
     m.sync()
     assert m.bucket.stat("tool").metadata[MODE] == "777"
+
+
+# --- where the mount differs from a local disk (docs/semantics.md, "POSIX attributes") --------
+
+
+def test_reading_does_not_change_atime_and_ctime_is_mtime(mount):
+    f = mount / "f"
+    f.write_text("x")
+    os.utime(f, (1_000_000_000, 1_100_000_000))
+    f.read_text()
+    st = os.stat(f)
+    assert (st.st_atime, st.st_mtime, st.st_ctime) == (1_000_000_000, 1_100_000_000, 1_100_000_000)
+    os.chmod(f, 0o600)  # a change of mode or owner moves no time
+    assert os.stat(f).st_ctime == 1_100_000_000
+
+
+def test_a_file_made_in_a_setgid_directory_takes_the_creators_group(mount):
+    d = mount / "shared"
+    d.mkdir()
+    os.chown(d, -1, 4321)
+    os.chmod(d, 0o2775)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o2775
+    (d / "f").write_text("x")
+    assert os.stat(d / "f").st_gid == os.getgid()  # a local disk would give it 4321
+
+
+def test_times_are_whole_seconds(mount):
+    f = mount / "f"
+    f.write_text("x")
+    os.utime(f, (1_000_000_000.75, 1_100_000_000.5))
+    st = os.stat(f)
+    assert (st.st_atime, st.st_mtime) == (1_000_000_000, 1_100_000_000)

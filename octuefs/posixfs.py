@@ -157,6 +157,8 @@ class PosixSurface:
 
     def _change(self, path: str, wanted: dict[str, str], mtime: float | None = None) -> None:
         self.fs.check_writable()
+        if path is None:
+            raise FileNotFound("(a file unlinked while open has no path)")
         name = self.fs.ns.object_name(path)
         with self.fs.xattrs.changing(name):
             name, entry, node = self.fs.resolve(path)
@@ -178,8 +180,8 @@ class PosixSurface:
     def _change_dir(self, name: str, wanted: dict[str, str]) -> None:
         """Change a directory's marker at once (made, empty, carrying ``wanted``, if it has none)."""
         if self._is_root(name):
-            raise NotPermitted("the mount's root keeps no attributes: it has no marker object "
-                               "(its owner and mode are --uid, --gid and --dir-mode)")
+            self._change_root(wanted)
+            return
         key = name + "/"
         for _ in range(3):
             marker = self._marker(name, fetch=True)
@@ -200,6 +202,20 @@ class PosixSurface:
             self.marker_seen(key, new)
             return
         raise PreconditionFailed(f"the marker object {key!r} kept changing; its attributes were not changed")
+
+    def _change_root(self, wanted: dict[str, str]) -> None:
+        """The mount's root has no marker object: its times are not kept (a change of them is
+        accepted and ignored, so ``rsync -a`` into the mount stays clean), and its owner and mode
+        are the mount's (--uid, --gid, --dir-mode): setting them to what they are is a no-op,
+        anything else EPERM."""
+        cfg = self.fs.config
+        shown = {posixmeta.MODE_KEY: posixmeta.mode_text(cfg.dir_mode), posixmeta.UID_KEY: str(cfg.uid),
+                 posixmeta.GID_KEY: str(cfg.gid)}
+        differs = {k: v for k, v in wanted.items() if k in shown and shown[k] != v}
+        if differs:
+            raise NotPermitted("the mount's root keeps no mode or owner (it has no marker object): they are "
+                               f"--dir-mode, --uid and --gid ({differs} asked)")
+        log.debug("times of the mount's root are not kept: %s ignored", wanted)
 
     # --- symbolic links ------------------------------------------------------------------------
 

@@ -184,10 +184,14 @@ def test_chmod_of_a_directory_without_a_marker_makes_one(mount):
     assert mount.bucket.stat("implicit/").size == 0
 
 
-def test_chmod_of_the_mounts_root_is_eperm(mount):
+def test_the_mounts_root_takes_no_mode_or_owner_and_ignores_times(mount):
     with pytest.raises(PermissionError) as err:
         os.chmod(mount.path, 0o700)
     assert err.value.errno == errno.EPERM
+    os.chmod(mount.path, 0o755)  # what it is: a no-op
+    os.chown(mount.path, os.getuid(), os.getgid())
+    os.utime(mount.path, (1, 2))  # accepted, not kept (rsync -a into the mount stays clean)
+    assert stat.S_IMODE(os.stat(mount.path).st_mode) == 0o755
 
 
 # --- special files, hard links --------------------------------------------------------------

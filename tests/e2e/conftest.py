@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -157,6 +158,16 @@ def mount_factory(emulator, tmp_path):
                 errors.append(f"traceback in the daemon log {m.log}:\n{text[-4000:]}")
         if errors:
             pytest.fail("\n".join(errors))
+
+
+@pytest.fixture
+def public_dir():
+    """A directory any user may traverse (pytest's tmp dirs are private to root), for
+    mountpoints another user reaches."""
+    path = Path(tempfile.mkdtemp(prefix="octuefs-pub-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

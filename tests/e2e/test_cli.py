@@ -118,8 +118,12 @@ def test_mount_t_fuse_octuefs_as_fstab_would(emulator, tmp_path):
         result = subprocess.run(["mount", "-T", str(fstab), str(mp)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert os.path.ismount(mp)
-        (mp / "f.txt").write_bytes(b"via fstab")
-        assert oct(os.stat(mp / "f.txt").st_mode & 0o777) == "0o600"
+        from octuefs.storage.gcs import GCSBucket
+
+        GCSBucket(name).upload_bytes("other.txt", b"by another tool")  # records no mode: file_mode shows
+        assert oct(os.stat(mp / "other.txt").st_mode & 0o777) == "0o600"
+        (mp / "f.txt").write_bytes(b"via fstab")  # a file made here records its own (create mode, umask)
+        assert os.stat(mp / "f.txt").st_size == len(b"via fstab")
         run_octuefs("unmount", str(mp))
     finally:
         force_unmount(mp)

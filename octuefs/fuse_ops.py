@@ -139,6 +139,7 @@ class OctueOperations(mfusepy.Operations):
 
     def _st(self, attr: Attr) -> dict:
         ns = int(attr.mtime * 1e9)
+        cns = ns if attr.ctime is None else int(attr.ctime * 1e9)
         return {
             "st_mode": self._dir_mode if attr.is_dir else self._file_mode,
             "st_nlink": 2 if attr.is_dir else 1,
@@ -147,7 +148,7 @@ class OctueOperations(mfusepy.Operations):
             "st_uid": self._uid,
             "st_gid": self._gid,
             "st_mtime": ns,
-            "st_ctime": ns,
+            "st_ctime": cns,
             "st_atime": ns,
         }
 
@@ -228,8 +229,10 @@ class OctueOperations(mfusepy.Operations):
         st.st_blocks = (attr.size + 511) // 512
         st.st_uid, st.st_gid = self._uid, self._gid
         sec, nsec = divmod(int(attr.mtime * 1e9), 10**9)
-        for ts in (st.st_atimespec, st.st_mtimespec, st.st_ctimespec):
+        for ts in (st.st_atimespec, st.st_mtimespec):
             ts.tv_sec, ts.tv_nsec = sec, nsec
+        st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(
+            int((attr.mtime if attr.ctime is None else attr.ctime) * 1e9), 10**9)
         return bytes(st)
 
     @_translated

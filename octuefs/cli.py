@@ -27,8 +27,10 @@ log = logging.getLogger("octuefs")
 # Generic mount options (mount(8)'s and fstab's) that mean nothing here; and -o flags of our own.
 # Any other option of `octuefs mount` is also an -o key=value (cache_dir=..., list_ttl=10).
 _DROPPED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
-_FLAG_OPTIONS = {"ro": "read_only", "local": "local", "upload_on_close": "upload_on_close"}
-_NOT_O_KEYS = {"bucket", "mountpoint", "options", "verbose", "read_only", "local", "upload_on_close"}
+_FLAG_OPTIONS = {"ro": "read_only", "local": "local", "upload_on_close": "upload_on_close",
+                 "ignore_stored_owners": "ignore_stored_owners"}
+_NOT_O_KEYS = {"bucket", "mountpoint", "options", "verbose", "read_only", "local", "upload_on_close",
+               "ignore_stored_owners"}
 
 
 def _octal(text: str) -> int:
@@ -63,10 +65,15 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
                    help="mount options: ro, allow_other, default_permissions, or any option above as key=value")
     p.add_argument("--read-only", action="store_true", help="mount read-only (same as -o ro)")
     p.add_argument("--project", help="Google Cloud project (default: from Application Default Credentials)")
-    p.add_argument("--uid", type=int, help="owner of every file (default: you)")
-    p.add_argument("--gid", type=int, help="group of every file (default: yours)")
-    p.add_argument("--file-mode", type=_octal, help="permissions of files, octal (default 644)")
-    p.add_argument("--dir-mode", type=_octal, help="permissions of directories, octal (default 755)")
+    p.add_argument("--uid", type=int, help="owner of entries that record none (default: you)")
+    p.add_argument("--gid", type=int, help="group of entries that record none (default: yours)")
+    p.add_argument("--file-mode", type=_octal,
+                   help="permissions of files that record none, octal (default 644)")
+    p.add_argument("--dir-mode", type=_octal,
+                   help="permissions of directories that record none, octal (default 755)")
+    p.add_argument("--ignore-stored-owners", action="store_true",
+                   help="show every entry as owned by --uid/--gid, whatever uid/gid its object records "
+                        "(for buckets written on machines whose user numbers differ); chown is still kept")
     p.add_argument("--stat-ttl", type=float, help="seconds a file's metadata is cached (default 30)")
     p.add_argument("--list-ttl", type=float, help="seconds a directory listing is cached (default 30)")
     p.add_argument("--negative-ttl", type=float, help="seconds a 'does not exist' is cached (default 5)")

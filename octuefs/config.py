@@ -89,8 +89,9 @@ class MountConfig:
     read_only: bool = False
     uid: int = dataclasses.field(default_factory=os.getuid)
     gid: int = dataclasses.field(default_factory=os.getgid)
-    file_mode: int = 0o644
+    file_mode: int = 0o644  # modes and owners of entries whose objects record none (posixmeta.py)
     dir_mode: int = 0o755
+    ignore_stored_owners: bool = False  # show uid/gid above for every entry, whatever its object records
     # Metadata caches in the daemon (stat, listing, "does not exist").
     stat_ttl: float = 30.0
     list_ttl: float = 30.0

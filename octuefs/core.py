@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 
 from . import metadata as octue
+from . import posixmeta
 from .cache import ContentCache
 from .config import MountConfig, effective_cache_size, format_size
 from .errors import (
@@ -39,11 +40,12 @@ from .errors import (
     PreconditionFailed,
     ReadOnlyFilesystem,
 )
-from .files import MTIME_KEY, FileNode, MovedMeanwhile, OpenFiles
+from .files import FileNode, MovedMeanwhile, OpenFiles
 from .givebacks import OwedGiveBacks
 from .listings import DirectoryFills
 from .metacache import DIR, MISSING, MetadataCache
 from .namespace import Namespace
+from .posixfs import Attr, PosixSurface, object_attr
 from .prefetch import Prefetcher
 from .storage.base import PARTS_PREFIX, Bucket, ObjectInfo
 from .times import Times
@@ -55,16 +57,6 @@ log = logging.getLogger(__name__)
 
 # The name editors (vim, emacs) give the original they rename away before writing a new file.
 BACKUP_SUFFIX = "~"
-
-
-@dataclasses.dataclass(frozen=True)
-class Attr:
-    """What ``stat`` shows of an entry; the FUSE layer adds owner and mode."""
-
-    is_dir: bool
-    size: int = 0
-    mtime: float = 0.0
-    ctime: float | None = None  # None: the mtime (see times.py)
 
 
 # How long a failed take-over rename waits for the queued upload giving the source its own
@@ -137,6 +129,8 @@ class FileSystem:
         # was away when they were to be deleted): deleted in the background.
         threading.Thread(target=self._sweep_parts, args=(bucket,), name="octuefs-sweep", daemon=True).start()
         self.xattrs = XattrSurface(self)
+        self.posix = PosixSurface(self)  # modes, owners, times, links, special files (posixfs.py)
+        self.fills.on_marker = self.posix.marker_seen
         self.leave_pending = False  # set by `octuefs unmount --leave-pending`
 
     def _settle_give_backs(self, records: list[tuple[str, dict]]) -> None:
@@ -198,6 +192,13 @@ class FileSystem:
         if self.config.read_only:
             raise ReadOnlyFilesystem("the mount is read-only")
 
+    check_writable = _check_writable
+
+    @property
+    def started(self) -> float:
+        """When the mount started: the mtime of a directory that records none."""
+        return self._started
+
     # --- attributes ---------------------------------------------------------------------
 
     def getattr(self, path: str | None, fh: int | None = None) -> Attr:
@@ -207,23 +208,18 @@ class FileSystem:
         if node is not None:
             return self._node_attr(node)
         if entry is DIR:
-            return self._dir_attr(name + "/" if name else "")
+            return self.posix.dir_attr(name)
         if entry is MISSING:
             raise FileNotFound(path)
         return self._file_attr(entry)
 
     def _node_attr(self, node: FileNode) -> Attr:
         mtime, ctime = self.files.times_of(node)
-        return Attr(False, node.size, mtime, ctime)
+        return self.posix.node_attr(node, mtime, ctime)
 
     def _file_attr(self, info: ObjectInfo) -> Attr:
         mtime, ctime = self.times.of(info)
-        return Attr(False, info.size, mtime, ctime)
-
-    def _dir_attr(self, prefix: str) -> Attr:
-        """A directory's attributes; ``prefix`` is its listing prefix (``""`` or ends with ``/``)."""
-        when = self.times.of_dir(prefix)
-        return Attr(True, 0, when, when)
+        return object_attr(info, mtime, ctime)
 
     def statfs(self) -> dict[str, int]:
         blocks = 1 << 40  # a bucket has no size; report 4 PiB of 4 KiB blocks, all free
@@ -242,8 +238,10 @@ class FileSystem:
         its way. Nothing is left to do after the batch that says none follow.
 
         A file the mount has open or pending upload shows its local version, as getattr does:
-        the kernel may take these attributes as the files' own (READDIRPLUS). Errors about the
-        path itself are raised here, at the call; the bucket's, from the iteration.
+        the kernel may take these attributes as the files' own (READDIRPLUS). A directory whose
+        marker is not known is not ``known`` (posixfs.Attr): the parent's listing does not show
+        its marker. Errors about the path itself are raised here,
+        at the call; the bucket's, from the iteration.
         """
         name, entry, node = self.resolve(path)
         if node is not None or isinstance(entry, ObjectInfo):
@@ -256,7 +254,7 @@ class FileSystem:
             return self._stream_listing(prefix)
         # The mount's own changes update the cached listing before a node is dropped.
         local = self._local_attrs(prefix, self.files.nodes_under(prefix))
-        out = [(d, self._dir_attr(prefix + d + "/")) for d in sorted(listing.dirs)]
+        out = [(d, self.posix.dir_attr(prefix + d, fetch=False)) for d in sorted(listing.dirs)]
         out += [(f, local.pop(f, None) or self._file_attr(info)) for f, info in sorted(listing.files.items())]
         out += [(f, attr) for f, attr in local.items() if f not in listing.dirs]  # new files not yet in the bucket
         return iter([(out, False)])
@@ -305,7 +303,7 @@ class FileSystem:
                 dirs.add(entry)
                 held.pop(entry, None)
                 local.pop(entry, None)
-                batch.append((entry, self._dir_attr(prefix + entry + "/")))
+                batch.append((entry, self.posix.dir_attr(prefix + entry, fetch=False)))
             for entry, info in page.files:
                 if entry not in dirs:
                     held[entry] = info
@@ -321,19 +319,22 @@ class FileSystem:
             if batch:
                 yield batch, True
 
-    def mkdir(self, path: str) -> None:
+    def mkdir(self, path: str, mode: int | None = None, owner: dict[str, int] | None = None) -> None:
+        """``mode`` (and ``owner``: uid, gid) are kept on the directory's marker (posixmeta.py)."""
         self._check_writable()
         name, entry, node = self.resolve(path)
         if node is not None or entry is not MISSING:
             raise FileExists(path)
         self.ns.check_new_name(name + "/")
         try:
-            self.bucket.upload_bytes(name + "/", b"", {}, if_generation_match=0)
+            marker = self.bucket.upload_bytes(name + "/", b"", posixmeta.changes(mode=mode, **(owner or {})),
+                                              if_generation_match=0)
         except PreconditionFailed as exc:
             raise FileExists(path) from exc
         self.metacache.made_dir(name)
         self.times.entry_changed(name)
         self.times.dir_changed(name + "/")
+        self.posix.marker_seen(marker.name, marker)
 
     def rmdir(self, path: str) -> None:
         self._check_writable()
@@ -366,6 +367,7 @@ class FileSystem:
                 raise DirectoryNotEmpty(path) from exc
         self.metacache.removed(name, is_dir=True)
         self.times.entry_changed(name)
+        self.posix.marker_seen(prefix, None)
 
     def _new_nodes_under(self, prefix: str) -> list[FileNode]:
         return [n for n in self.files.nodes_under(prefix) if not n.unlinked]
@@ -382,22 +384,31 @@ class FileSystem:
             except MovedMeanwhile:
                 continue
 
-    def create(self, path: str, flags: int = os.O_WRONLY) -> int:
+    def create(self, path: str, flags: int = os.O_WRONLY, mode: int | None = None,
+               owner: dict[str, int] | None = None) -> int:
+        """Open ``path`` for writing, made if new: a new file records ``mode`` (the kernel's,
+        umask applied) and ``owner`` (uid, gid) with its first upload (posixmeta.py)."""
         self._check_writable()
-        return self._opening(self._create, path, flags)
+        fh, made = self._opening(self._create, path, flags)
+        if made and (mode is not None or owner):
+            node = self.files.handle(fh).node
+            with node.lock:
+                node.posix.update(posixmeta.changes(mode=mode, **(owner or {})))
+        return fh
 
-    def _create(self, path: str, flags: int) -> int:
+    def _create(self, path: str, flags: int) -> tuple[int, bool]:
+        """``(handle, whether the file was made by this call)``."""
         name, entry, node = self.resolve(path)
         if entry is DIR:
             raise IsADirectory(path)
         if node is not None or isinstance(entry, ObjectInfo):
             if flags & os.O_EXCL:
                 raise FileExists(path)
-            return self.files.open(name, None if node else entry, writable=True, truncate=True, seen=node)
+            return self.files.open(name, None if node else entry, writable=True, truncate=True, seen=node), False
         self.ns.check_new_name(name)
         fh = self.files.open(name, None, writable=True, create=True, meta=self._left_in_backup(name))
         self.times.entry_changed(name)
-        return fh
+        return fh, True
 
     def _left_in_backup(self, name: str) -> octue.OctueMetadata | None:
         """The Octue metadata a new file ``name`` takes: that of the file renamed from ``name`` to
@@ -459,32 +470,32 @@ class FileSystem:
         finally:
             self.files.release(fh)
 
-    def utimens(self, path: str, mtime: float | None = None) -> None:
-        self._check_writable()
-        mtime = time.time() if mtime is None else mtime
-        name, entry, node = self.resolve(path)
-        if entry is DIR and node is None:
-            return  # directories have no stored times
-        if node is not None and node.unsaved:
-            # Held in the table while the touch is made: an upload landing meanwhile must not
-            # drop the node first (the mtime would be queued on a node nobody sees again).
-            with self.files.node_to_change(name, node.base, seen=node) as held, held.lock:
-                if held.unsaved:
-                    self.files.touch(held, mtime)  # travels with the pending upload
-                    return
-                node = held  # it landed: its version is patched below
-        if node is None and entry is MISSING:
-            raise FileNotFound(path)
-        info = node.base if node is not None else entry
-        new = self.bucket.patch_metadata(
-            name, {MTIME_KEY: str(int(mtime))},
-            if_generation_match=info.generation, if_metageneration_match=info.metageneration,
-        )
-        self.uploader.mutated(name)
-        self.cache.carry_over(info, new)
-        self.metacache.wrote(new)
-        if node is not None:
-            node.base = new
+    def utimens(self, path: str, mtime: float | None = None, atime: float | None = None) -> None:
+        """touch: ``mtime`` (None: now) and ``atime`` (None: unchanged); see :mod:`octuefs.posixfs`."""
+        self.set_times(path, atime, time.time() if mtime is None else mtime)
+
+    def set_times(self, path: str, atime: float | None, mtime: float | None) -> None:
+        """utimensat: each time given is set, None leaves it as it is (UTIME_OMIT)."""
+        self.posix.utimens(path, atime, mtime)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.posix.chmod(path, mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """-1 (or None) leaves the owner or group as it is."""
+        self.posix.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+
+    def symlink(self, path: str, target: str, owner: dict[str, int] | None = None) -> None:
+        self.posix.symlink(path, target, posixmeta.changes(**(owner or {})))
+
+    def readlink(self, path: str) -> str:
+        return self.posix.readlink(path)
+
+    def mknod(self, path: str, mode: int, rdev: int = 0, owner: dict[str, int] | None = None) -> None:
+        self.posix.mknod(path, mode, rdev, posixmeta.changes(**(owner or {})))
+
+    def link(self, path: str, target: str) -> None:
+        self.posix.link(path, target)
 
     def unlink(self, path: str) -> None:
         self._check_writable()
@@ -931,6 +942,7 @@ class FileSystem:
             self.times.entry_changed(src_name)
             self.times.entry_changed(dst_name)
             self.times.dir_changed(dst_prefix)
+            self.posix.forget_markers()
 
     def _objects_to_move(self, old: str, src_prefix: str) -> list[ObjectInfo]:
         """Every object under a directory being renamed, listed only up to ``--rename-dir-limit``.
@@ -950,15 +962,21 @@ class FileSystem:
         have made a file there since this mount looked); on a clash, delete the copies made and
         refuse, with the originals untouched."""
         moved: dict[str, ObjectInfo] = {}
+        marker = None
         try:
             for info in objects:
                 if info.name == src_prefix:
-                    continue  # the directory's own marker: below
+                    marker = info  # the directory's own marker: below
+                    continue
                 target = dst_prefix + info.name[len(src_prefix) :]
                 moved[info.name] = self.bucket.copy(info.name, target, if_source_generation_match=info.generation,
                                                     if_generation_match=0)
-            try:  # a marker keeps the directory visible if it empties
-                self.bucket.upload_bytes(dst_prefix, b"", {}, if_generation_match=0)
+            try:  # a marker keeps the directory visible if it empties; a copy keeps its mode and owners
+                if marker is not None:
+                    self.bucket.copy(src_prefix, dst_prefix, if_source_generation_match=marker.generation,
+                                     if_generation_match=0)
+                else:
+                    self.bucket.upload_bytes(dst_prefix, b"", {}, if_generation_match=0)
             except PreconditionFailed:
                 pass  # (an empty directory renamed over) its marker is there already
         except PreconditionFailed as exc:

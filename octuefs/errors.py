@@ -143,6 +143,10 @@ class NotSupported(OctuefsError):
     """An operation this filesystem does not offer, or refuses by configuration (ENOTSUP)."""
 
 
+class NotPermitted(OctuefsError):
+    """An operation the filesystem never allows (a hard link; attributes of the mount's root)."""
+
+
 class ReadOnlyFilesystem(OctuefsError):
     """The mount is read-only (EROFS)."""
 
@@ -188,6 +192,7 @@ _ERRNO_TABLE: dict[type[BaseException], tuple[int, int]] = {
     AttributeNotSupported: (errno.ENOTSUP, logging.DEBUG),
     ReadOnlyAttribute: (errno.EPERM, logging.INFO),
     ReadOnlyFilesystem: (errno.EROFS, logging.DEBUG),
+    NotPermitted: (errno.EPERM, logging.INFO),
     InvalidMetadata: (errno.EINVAL, logging.WARNING),
     MetadataTooLarge: (errno.E2BIG, logging.WARNING),
     AttributeValueTooLarge: (errno.E2BIG, logging.WARNING),

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 import cachetools
 
 from . import metadata as octue
+from . import posixmeta
 from .cache import ContentCache
 from .errors import FileNotFound, FileTooLarge, IsADirectory, NotFound, OctuefsError, StaleFile
 from .metacache import MetadataCache
@@ -41,8 +42,8 @@ from .uploads import CONFLICT, DONE, Entry, Uploader, Withheld, merge_metadata, 
 log = logging.getLogger(__name__)
 
 # Custom-metadata key holding an mtime set by touch/utimens, in whole POSIX seconds. It is the
-# key `gcloud storage cp --preserve-posix` uses, so the two tools agree on it.
-MTIME_KEY = "goog-reserved-file-mtime"
+# key `gcloud storage cp --preserve-posix` uses, so the two tools agree on it (posixmeta.py).
+MTIME_KEY = posixmeta.MTIME_KEY
 # How many versions just created through the mount (see OpenFiles.is_new) are remembered.
 NEW_VERSIONS_KEPT = 4096
 # How long a name left by a rename to its backup name (``data.csv~``) waits for the new file that
@@ -63,6 +64,9 @@ class FileNode:
     meta_dirty: bool = False  # metadata changes that travel with the next upload
     mtime: float | None = None  # explicit mtime (utimens) to store with the next upload
     times: tuple[float, float] | None = None  # (mtime, ctime) of its newest change here (times.py)
+    # POSIX keys (chmod, chown, atime; posixmeta.py) changed here and not yet in an upload or
+    # patch: key -> text, None to remove; folded into the next one, then cleared.
+    posix: dict[str, str | None] = dataclasses.field(default_factory=dict)
     content_type: str | None = None
     opens: int = 0
     unlinked: bool = False
@@ -447,7 +451,7 @@ class OpenFiles:
             if node.meta_dirty and node.pending:  # amend the pending upload (or patch)
                 custom = self._custom_metadata(node, self._identified(node))
                 entry = self.uploader.resubmit(node.pending[-1], custom, node.content_type)
-                node.meta_from = custom
+                node.meta_from, node.posix = custom, {}
                 node.pending = [e for e in node.pending if not e.done.is_set() and e is not entry] + [entry]
                 node.meta_dirty = False
                 return entry
@@ -455,6 +459,7 @@ class OpenFiles:
                 custom = self._custom_metadata(node, self._identified(node))
                 entry = self.uploader.submit_patch(node.name, custom, node.content_type, node.base)
                 node.meta_from, node.pending, node.meta_dirty = custom, [entry], False
+                node.posix = {}
                 return entry
             return node.pending[-1] if node.pending else None
 
@@ -479,10 +484,8 @@ class OpenFiles:
                 custom = merged
             else:
                 log.warning("%r: a metadata key changed here and elsewhere; this mount's change is sent", node.name)
-        kept = None if node.dirty else prior.get(MTIME_KEY)  # the same content keeps its mtime
-        custom.pop(MTIME_KEY, None)
-        if node.mtime is not None or kept is not None:
-            custom[MTIME_KEY] = str(int(node.mtime)) if node.mtime is not None else kept
+        custom = posixmeta.apply(custom, node.posix)
+        custom = posixmeta.with_mtime(custom, node.mtime, keep=not node.dirty)  # new content: the upload's time
         octue.check_size_limits(custom)
         return custom
 
@@ -502,7 +505,7 @@ class OpenFiles:
             self._sealed_times[entry.id] = times
         node.meta, node.staging, node.meta_from = meta, None, custom
         node.dirty = node.meta_dirty = False
-        node.mtime = None
+        node.mtime, node.posix = None, {}
         node.times = times
         node.pending = [e for e in node.pending if not e.done.is_set()] + [entry]
         return entry
@@ -737,7 +740,7 @@ class OpenFiles:
 
     def _reread(self, node: FileNode) -> None:
         """Undo a change that could not be journaled: back to what is pending, or the base."""
-        node.meta_dirty = False
+        node.meta_dirty, node.posix = False, {}
         source = node.pending[-1] if node.pending else None
         custom = source.metadata if source is not None else (node.base.metadata if node.base else {})
         node.meta, node.meta_from = octue.decode_object_metadata(custom), dict(custom)
@@ -782,13 +785,8 @@ def _unlink_quietly(path: str) -> None:
 
 def mtime_of(info: ObjectInfo) -> float:
     """The file's mtime: the one kept in metadata after touch/utimens, else the object's time."""
-    raw = info.metadata.get(MTIME_KEY)
-    if raw:
-        try:
-            return float(raw)
-        except ValueError:
-            pass
-    return info.updated.timestamp()
+    recorded = posixmeta.decoded(info).mtime
+    return recorded if recorded is not None else info.updated.timestamp()
 
 
 def now() -> float:

@@ -62,6 +62,8 @@ MAX_IDLE_THREADS = 10
 # fuse_common.h (libfuse 3)
 FUSE_CAP_ASYNC_READ = 1 << 0
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
+FUSE_CAP_HANDLE_KILLPRIV = 1 << 20
+FUSE_CAP_HANDLE_KILLPRIV_V2 = 1 << 28
 FUSE_READDIR_PLUS = 1 << 0  # enum fuse_readdir_flags
 FUSE_FILL_DIR_PLUS = 1 << 1  # enum fuse_fill_dir_flags
 
@@ -129,27 +131,48 @@ class OctueOperations(mfusepy.Operations):
         self.mountpoint = mountpoint  # set by run(); used once the mount is up
         cfg = fs.config
         self._uid, self._gid = cfg.uid, cfg.gid
-        self._file_mode = stat.S_IFREG | (cfg.file_mode & (0o555 if cfg.read_only else 0o7777))
-        self._dir_mode = stat.S_IFDIR | (cfg.dir_mode & (0o555 if cfg.read_only else 0o7777))
+        self._stored_owners = not cfg.ignore_stored_owners
+        self._mask = 0o555 if cfg.read_only else 0o7777
+        self._file_mode = cfg.file_mode & 0o7777
+        self._dir_mode = cfg.dir_mode & 0o7777
         self._opened: cachetools.LRUCache[str, int] = cachetools.LRUCache(KEEP_CACHE_PATHS)
         self._opened_lock = threading.Lock()
         self._dirs: dict[int, list] = {}  # open directory -> its entries (READDIRPLUS); _dirs_lock
         self._dirs_lock = threading.Lock()
         self._last_dir = 0
 
-    def _st(self, attr: Attr) -> dict:
+    def _mode(self, attr: Attr) -> int:
+        """st_mode: the entry's type and recorded permissions, else the mount's defaults."""
+        if attr.is_dir:
+            kind, default = stat.S_IFDIR, self._dir_mode
+        else:
+            kind = attr.file_type or stat.S_IFREG
+            default = 0o777 if kind == stat.S_IFLNK else self._file_mode
+        bits = default if attr.mode is None else attr.mode
+        return kind | (bits if kind == stat.S_IFLNK else bits & self._mask)
+
+    def _owners(self, attr: Attr) -> tuple[int, int]:
+        if not self._stored_owners:
+            return self._uid, self._gid
+        return (self._uid if attr.uid is None else attr.uid), (self._gid if attr.gid is None else attr.gid)
+
+    def _st(self, attr: Attr) -> dict | None:
+        if not attr.known:
+            return None
         ns = int(attr.mtime * 1e9)
         cns = ns if attr.ctime is None else int(attr.ctime * 1e9)
+        uid, gid = self._owners(attr)
         return {
-            "st_mode": self._dir_mode if attr.is_dir else self._file_mode,
+            "st_mode": self._mode(attr),
             "st_nlink": 2 if attr.is_dir else 1,
             "st_size": attr.size,
             "st_blocks": (attr.size + 511) // 512,
-            "st_uid": self._uid,
-            "st_gid": self._gid,
+            "st_uid": uid,
+            "st_gid": gid,
             "st_mtime": ns,
             "st_ctime": cns,
-            "st_atime": ns,
+            "st_atime": ns if attr.atime is None else int(attr.atime * 1e9),
+            "st_rdev": attr.rdev,
         }
 
     # --- lifetime -------------------------------------------------------------------------
@@ -175,6 +198,9 @@ class OctueOperations(mfusepy.Operations):
         conn.congestion_threshold = max(conn.congestion_threshold, MAX_BACKGROUND * 3 // 4)
         wanted = FUSE_CAP_ASYNC_READ | FUSE_CAP_AUTO_INVAL_DATA
         conn.want |= wanted & conn.capable  # libfuse's defaults; said here because reads rely on them
+        # The kernel clears setuid/setgid on a write or chown by someone else with a setattr of
+        # the mode (a chmod, which is kept) only if the filesystem does not say it does so itself.
+        conn.want &= ~(FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_HANDLE_KILLPRIV_V2)
         log.info(
             "FUSE protocol %d.%d: max_write %d, max_read %d, max_readahead %d, max_background %d, want 0x%x of 0x%x",
             conn.proto_major, conn.proto_minor, conn.max_write, conn.max_read, conn.max_readahead,
@@ -218,21 +244,27 @@ class OctueOperations(mfusepy.Operations):
         except (OctuefsError, OSError):
             return None
 
-    def packed(self, attr: Attr) -> bytes:
+    def packed(self, attr: Attr) -> bytes | None:
         """:meth:`_st` as a ``struct stat``, for READDIRPLUS (mfusepy's ``set_st_attrs`` took a
         fifth of a listing's time, entry by entry, request by request). Kept as bytes: 185
-        bytes an entry where the ctypes struct takes 288, for a listing held whole."""
+        bytes an entry where the ctypes struct takes 288, for a listing held whole. None for an
+        entry whose attributes are not known (sent without: the kernel asks for them)."""
+        if not attr.known:
+            return None
         st = mfusepy.c_stat()
-        st.st_mode = self._dir_mode if attr.is_dir else self._file_mode
+        st.st_mode = self._mode(attr)
         st.st_nlink = 2 if attr.is_dir else 1
         st.st_size = attr.size
         st.st_blocks = (attr.size + 511) // 512
-        st.st_uid, st.st_gid = self._uid, self._gid
+        st.st_uid, st.st_gid = self._owners(attr)
+        st.st_rdev = attr.rdev
         sec, nsec = divmod(int(attr.mtime * 1e9), 10**9)
-        for ts in (st.st_atimespec, st.st_mtimespec):
-            ts.tv_sec, ts.tv_nsec = sec, nsec
+        st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec
         st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(
             int((attr.mtime if attr.ctime is None else attr.ctime) * 1e9), 10**9)
+        if attr.atime is not None:
+            sec, nsec = divmod(int(attr.atime * 1e9), 10**9)
+        st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = sec, nsec
         return bytes(st)
 
     @_translated
@@ -259,8 +291,22 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def mkdir(self, path, mode):
-        self.fs.mkdir(path)
+        self.fs.mkdir(path, mode & 0o7777, self._creator())
         return 0
+
+    def _creator(self) -> dict[str, int]:
+        """The owner to record on an entry made by this call: the caller's uid and gid where
+        they are not the mount's (--uid, --gid), so a private mount records none."""
+        try:
+            uid, gid, _pid = mfusepy.fuse_get_context()
+        except (ValueError, OSError):  # (called outside a FUSE request: a test)
+            return {}
+        owner = {}
+        if uid != self._uid:
+            owner["uid"] = uid
+        if gid != self._gid:
+            owner["gid"] = gid
+        return owner
 
     @_translated
     def rmdir(self, path):
@@ -281,25 +327,49 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def chmod(self, path, mode):
-        self.fs.getattr(path)  # exists? Ownership and modes are fixed by mount options.
+        self.fs.chmod(path, mode & 0o7777)
         return 0
 
     @_translated
     def chown(self, path, uid, gid):
-        self.fs.getattr(path)
+        self.fs.chown(path, uid, gid)
         return 0
 
     @_translated
     def utimens(self, path, times=None):
-        mtime = None if times is None else times[1] / 1e9
-        self.fs.utimens(path, mtime)
+        if times is None:
+            now = time.time()
+            self.fs.set_times(path, now, now)
+        else:
+            self.fs.set_times(path, _time(times[0]), _time(times[1]))
+        return 0
+
+    @_translated
+    def symlink(self, path, target):
+        """``ln -s target path`` (mfusepy passes the link's path first)."""
+        self.fs.symlink(path, target, self._creator())
+        return 0
+
+    @_translated
+    def readlink(self, path):
+        return self.fs.readlink(path)
+
+    @_translated
+    def mknod(self, path, mode, dev):
+        self.fs.mknod(path, mode, dev, self._creator())
+        return 0
+
+    @_translated
+    def link(self, path, target):
+        """``ln target path`` (mfusepy passes the new name first): refused, EPERM."""
+        self.fs.link(path, target)
         return 0
 
     # --- files (fi: a fuse_file_info, fi.fh the core's handle number) -----------------------
 
     @_translated
     def create(self, path, mode, fi):
-        fi.fh = self.fs.create(path, fi.flags)
+        fi.fh = self.fs.create(path, fi.flags, mode & 0o7777, self._creator())
         self._forget_opened(path)
         return 0
 
@@ -381,6 +451,20 @@ class OctueOperations(mfusepy.Operations):
     def removexattr(self, path, name):
         self.fs.removexattr(path, name)
         return 0
+
+
+# utimensat's special nanosecond values, which libfuse passes on with tv_sec 0 (sys/stat.h)
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+def _time(ns: int) -> float | None:
+    """A time utimens was given, in seconds: None for UTIME_OMIT (leave it), now for UTIME_NOW."""
+    if ns == UTIME_OMIT:
+        return None
+    if ns == UTIME_NOW:
+        return time.time()
+    return ns / 1e9
 
 
 def _raise_read_ahead(mountpoint: str) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import BucketUnreachable, NotFound, PermissionDenied, StorageError
 from .metacache import DIR, MISSING, Entry, MetadataCache, parent_prefix
@@ -87,6 +87,9 @@ class DirectoryFills:
         self._cond = threading.Condition()
         self._fills: dict[str, _Fill] = {}  # running, or stopped short and resumable
         self._listing_refused = False  # the bucket refused to list (a role without storage.objects.list)
+        # Called with (prefix, its marker object or None) from the first page of each listing:
+        # a directory's marker comes first in its own listing (posixfs.py keeps its mode there).
+        self.on_marker: Callable[[str, ObjectInfo | None], None] | None = None
 
     # --- lookups --------------------------------------------------------------------------
 
@@ -318,6 +321,9 @@ class DirectoryFills:
 
     def _convert(self, fill: _Fill, page: ListPage) -> Page:
         prefix = fill.prefix
+        if not fill.pages and self.on_marker is not None and (page.objects or page.prefixes):
+            first = page.objects[0] if page.objects else None
+            self.on_marker(prefix, first if first is not None and first.name == prefix else None)
         dirs = [e for e in (self.ns.entry_name(prefix, d) for d in page.prefixes) if e is not None]
         files = []
         for info in page.objects:

@@ -153,6 +153,11 @@ def fuse_kwargs(config: MountConfig) -> dict:
         if key in ("nonempty",):
             continue
         kwargs[key] = value if eq else True
+    # Objects anyone with write access to the bucket made can say "setuid root" or "device 1:1"
+    # (posixmeta.py): the kernel honours neither unless the mount is given -o suid or -o dev.
+    for flag in ("suid", "dev"):
+        if not kwargs.pop(flag, False):
+            kwargs["no" + flag] = True
     if kwargs.get("allow_other"):
         # Other users then reach the files: let the kernel enforce the owner and modes shown
         # (--uid, --file-mode, ...), which octuefs itself never checks.

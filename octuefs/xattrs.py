@@ -104,6 +104,11 @@ class XattrSurface:
         self.fs = fs
         self._changing = _KeyedLocks()
 
+    def changing(self, name: str):
+        """Held while a metadata change of object ``name`` is made (a setfattr, or a chmod,
+        chown or touch: posixfs.py), so this mount's changes of one object never race."""
+        return self._changing.hold(name)
+
     # --- the model of a file ------------------------------------------------------------
 
     def decoded(self, info: ObjectInfo) -> octue.OctueMetadata:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -175,6 +176,16 @@ def module_mount_factory(emulator, tmp_path_factory):
     of their own shares one mount (a mount costs seconds on these machines)."""
     with _mounting(emulator, tmp_path_factory.mktemp("module-mounts")) as make:
         yield make
+
+
+@pytest.fixture
+def public_dir():
+    """A directory any user may traverse (pytest's tmp dirs are private to root), for
+    mountpoints another user reaches."""
+    path = Path(tempfile.mkdtemp(prefix="octuefs-pub-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

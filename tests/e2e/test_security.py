@@ -14,9 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,15 +54,6 @@ def as_nobody(fn) -> object:
     os.waitpid(pid, 0)
     result = json.loads(b"".join(chunks) or b'{"err": "child died"}')
     return result.get("ok", result.get("err"))
-
-
-@pytest.fixture
-def public_dir():
-    """A directory any user may traverse (pytest's tmp dirs are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="octuefs-sec-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_mount_is_private_without_allow_other(mount_factory, public_dir):

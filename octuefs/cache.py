@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Callable
 
 from .cachespace import Entry, Space, bytes_in
-from .errors import BucketUnreachable, CacheUnwritable, NoSpace, NotFound, OctuefsError, StorageError
+from .errors import BucketUnreachable, CacheUnwritable, FileTooLarge, NoSpace, NotFound, OctuefsError, StorageError
 from .readahead import AHEAD, DEMAND, FetchPool, Streams, Task
 from .storage.base import Bucket, ObjectInfo
 
@@ -607,6 +607,8 @@ class ContentCache:
         into the mount until it is mended, and says so instead of a bare ENOENT or EACCES."""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return exc
+        if exc.errno == errno.EFBIG:  # a length the cache's filesystem cannot hold: the call's, not the cache's fault
+            return FileTooLarge(f"{exc.strerror} ({exc.filename or self.root})")
         return CacheUnwritable(f"cannot write the cache directory {self.root}: {exc.strerror or exc} "
                                f"({exc.filename or self.root}); nothing can be written into the mount until it can")
 

@@ -40,7 +40,7 @@ from .errors import (
     PreconditionFailed,
     ReadOnlyFilesystem,
 )
-from .files import FileNode, MovedMeanwhile, OpenFiles, mtime_of
+from .files import FileNode, MovedMeanwhile, OpenFiles
 from .givebacks import OwedGiveBacks
 from .listings import DirectoryFills
 from .metacache import DIR, MISSING, MetadataCache
@@ -48,6 +48,7 @@ from .namespace import Namespace
 from .posixfs import Attr, PosixSurface, object_attr
 from .prefetch import Prefetcher
 from .storage.base import PARTS_PREFIX, Bucket, ObjectInfo
+from .times import Times
 from .uploads import Journal, Uploader, is_version, merge_metadata, quarantine_unclosed
 from .xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
 from .xattrs import XattrSurface
@@ -91,6 +92,8 @@ class FileSystem:
         # and retry for as long as it takes.
         self.bucket = bucket.bounded(config.op_timeout)
         self.config = config
+        self._started = time.time()
+        self.times = Times(self._started)  # what stat shows as mtime and ctime (times.py)
         self.ns = Namespace(config.prefix)
         self.metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
         self.fills = DirectoryFills(self.bucket, self.metacache, self.ns)
@@ -106,7 +109,7 @@ class FileSystem:
         self.uploader.patch_pace = config.patch_pace
         self.files = OpenFiles(self.bucket, self.cache, self.metacache, self.uploader,
                                upload_on_close=config.upload_on_close, fsync_timeout=config.fsync_timeout,
-                               op_timeout=config.op_timeout)
+                               op_timeout=config.op_timeout, times=self.times)
         # The next small files of a directory read in name order, fetched before they are opened.
         self.prefetch = (Prefetcher(self.cache, self.metacache, lambda name: self.files.node(name) is not None,
                                     files=config.prefetch_files)
@@ -129,7 +132,6 @@ class FileSystem:
         self.posix = PosixSurface(self)  # modes, owners, times, links, special files (posixfs.py)
         self.fills.on_marker = self.posix.marker_seen
         self.leave_pending = False  # set by `octuefs unmount --leave-pending`
-        self._started = time.time()
 
     def _settle_give_backs(self, records: list[tuple[str, dict]]) -> None:
         for record_id, record in records:
@@ -201,27 +203,23 @@ class FileSystem:
 
     def getattr(self, path: str | None, fh: int | None = None) -> Attr:
         if path is None and fh is not None:  # fstat of a file unlinked while open
-            node = self.files.handle(fh).node
-            return self.posix.node_attr(node, self._node_mtime(node))
+            return self._node_attr(self.files.handle(fh).node)
         name, entry, node = self.resolve(path)
         if node is not None:
-            return self.posix.node_attr(node, self._node_mtime(node))
+            return self._node_attr(node)
         if entry is DIR:
             return self.posix.dir_attr(name)
         if entry is MISSING:
             raise FileNotFound(path)
-        return object_attr(entry, mtime_of(entry))
+        return self._file_attr(entry)
 
-    def _node_mtime(self, node: FileNode) -> float:
-        if node.mtime is not None:
-            return node.mtime
-        staging = node.staging
-        if node.dirty and staging:
-            try:
-                return os.stat(staging).st_mtime
-            except FileNotFoundError:
-                pass
-        return mtime_of(node.base) if node.base else time.time()
+    def _node_attr(self, node: FileNode) -> Attr:
+        mtime, ctime = self.files.times_of(node)
+        return self.posix.node_attr(node, mtime, ctime)
+
+    def _file_attr(self, info: ObjectInfo) -> Attr:
+        mtime, ctime = self.times.of(info)
+        return object_attr(info, mtime, ctime)
 
     def statfs(self) -> dict[str, int]:
         blocks = 1 << 40  # a bucket has no size; report 4 PiB of 4 KiB blocks, all free
@@ -257,7 +255,7 @@ class FileSystem:
         # The mount's own changes update the cached listing before a node is dropped.
         local = self._local_attrs(prefix, self.files.nodes_under(prefix))
         out = [(d, self.posix.dir_attr(prefix + d, fetch=False)) for d in sorted(listing.dirs)]
-        out += [(f, local.pop(f, None) or object_attr(info, mtime_of(info))) for f, info in sorted(listing.files.items())]
+        out += [(f, local.pop(f, None) or self._file_attr(info)) for f, info in sorted(listing.files.items())]
         out += [(f, attr) for f, attr in local.items() if f not in listing.dirs]  # new files not yet in the bucket
         return iter([(out, False)])
 
@@ -276,7 +274,7 @@ class FileSystem:
         for node in nodes:
             rest = node.name[len(prefix) :]
             if "/" not in rest and not node.unlinked:
-                local[rest] = self.posix.node_attr(node, self._node_mtime(node))
+                local[rest] = self._node_attr(node)
         return local
 
     def _stream_listing(self, prefix: str) -> Iterator[tuple[list[tuple[str, Attr]], bool]]:
@@ -293,10 +291,9 @@ class FileSystem:
         files: set[str] = set()
         dirs: set[str] = set()
         held: dict[str, ObjectInfo] = {}
-
         def release(entry: str, info: ObjectInfo) -> tuple[str, Attr]:
             files.add(entry)
-            return entry, local.pop(entry, None) or object_attr(info, mtime_of(info))
+            return entry, local.pop(entry, None) or self._file_attr(info)
 
         for page in self.fills.pages(prefix):
             batch = []
@@ -335,6 +332,8 @@ class FileSystem:
         except PreconditionFailed as exc:
             raise FileExists(path) from exc
         self.metacache.made_dir(name)
+        self.times.entry_changed(name)
+        self.times.dir_changed(name + "/")
         self.posix.marker_seen(marker.name, marker)
 
     def rmdir(self, path: str) -> None:
@@ -367,6 +366,7 @@ class FileSystem:
                 log.info("rmdir %s: its marker object %r was replaced meanwhile; not removed", path, prefix)
                 raise DirectoryNotEmpty(path) from exc
         self.metacache.removed(name, is_dir=True)
+        self.times.entry_changed(name)
         self.posix.marker_seen(prefix, None)
 
     def _new_nodes_under(self, prefix: str) -> list[FileNode]:
@@ -406,7 +406,9 @@ class FileSystem:
                 raise FileExists(path)
             return self.files.open(name, None if node else entry, writable=True, truncate=True, seen=node), False
         self.ns.check_new_name(name)
-        return self.files.open(name, None, writable=True, create=True, meta=self._left_in_backup(name)), True
+        fh = self.files.open(name, None, writable=True, create=True, meta=self._left_in_backup(name))
+        self.times.entry_changed(name)
+        return fh, True
 
     def _left_in_backup(self, name: str) -> octue.OctueMetadata | None:
         """The Octue metadata a new file ``name`` takes: that of the file renamed from ``name`` to
@@ -523,6 +525,7 @@ class FileSystem:
                 self.files.forget(node)
         self.cache.drop(name)
         self.metacache.removed(name)
+        self.times.entry_changed(name)
 
     def rename(self, old: str, new: str) -> None:
         self._check_writable()
@@ -554,6 +557,7 @@ class FileSystem:
                 self.files.keep_open_content(dst_node)  # for the handles still open on it
             dst_info = dst_node.base if dst_node is not None else (dst if isinstance(dst, ObjectInfo) else None)
             src_info = node.base if node is not None else src
+            mtime = self.files.times_of(node)[0] if node is not None else self.times.of(src_info)[0]
             new = self.files.is_new(src_name, node, src_info)
             took_over = new and (dst_node is not None or dst_info is not None)
             with self._replacing(dst_name, dst_node, dst_info, removing=False) as dst_info:
@@ -574,6 +578,18 @@ class FileSystem:
             if dst_name == src_name + BACKUP_SUFFIX and not took_over:  # (over an older backup too: emacs)
                 self.files.left_for_backup(src_name, moved)
             self.cache.drop(src_name)
+            self._renamed_times(src_name, dst_name, moved, node, mtime)
+
+    def _renamed_times(self, src_name: str, dst_name: str, moved: ObjectInfo, node: FileNode | None,
+                       mtime: float) -> None:
+        """POSIX: a rename keeps the file's mtime and moves its ctime, and both directories'."""
+        now = time.time()
+        self.times.made(moved, mtime, now)
+        if node is not None:
+            with node.lock:
+                node.times = (mtime, now)
+        self.times.entry_changed(src_name)
+        self.times.entry_changed(dst_name)
 
     @contextlib.contextmanager
     def _taking_over(self, src_name: str, src_info: ObjectInfo, dst_name: str, dst_node: FileNode | None,
@@ -908,6 +924,10 @@ class FileSystem:
                 self.ns.check_new_name(dst_prefix + info.name[len(src_prefix) :])
             log.info("renaming directory %r to %r: %d objects, one by one (not atomic)", old, new, len(objects))
             moved = self._copy_all(objects, src_prefix, dst_prefix, new)
+            now = time.time()
+            for info in objects:
+                if info.name in moved:  # (each file keeps its mtime; its ctime moves)
+                    self.times.made(moved[info.name], self.times.of(info)[0], now)
             for info in objects:
                 try:
                     self.bucket.delete(info.name, if_generation_match=info.generation,
@@ -919,6 +939,9 @@ class FileSystem:
                     self.files.renamed(node, node.name, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
                 self.cache.drop(node.name)
             self.metacache.clear()
+            self.times.entry_changed(src_name)
+            self.times.entry_changed(dst_name)
+            self.times.dir_changed(dst_prefix)
             self.posix.forget_markers()
 
     def _objects_to_move(self, old: str, src_prefix: str) -> list[ObjectInfo]:

@@ -130,6 +130,11 @@ class NameTooLong(OctuefsError):
     """A path component longer than 255 bytes (ENAMETOOLONG)."""
 
 
+class FileTooLarge(OctuefsError):
+    """A file would grow past what GCS keeps in one object (5 TiB), or what the cache's own
+    filesystem takes (EFBIG)."""
+
+
 class InvalidArgument(OctuefsError):
     """A call the filesystem cannot honour as asked (EINVAL)."""
 
@@ -183,6 +188,7 @@ _ERRNO_TABLE: dict[type[BaseException], tuple[int, int]] = {
     NotADirectory: (errno.ENOTDIR, logging.DEBUG),
     DirectoryNotEmpty: (errno.ENOTEMPTY, logging.DEBUG),
     NameTooLong: (errno.ENAMETOOLONG, logging.DEBUG),
+    FileTooLarge: (errno.EFBIG, logging.INFO),
     AttributeNotSupported: (errno.ENOTSUP, logging.DEBUG),
     ReadOnlyAttribute: (errno.EPERM, logging.INFO),
     ReadOnlyFilesystem: (errno.EROFS, logging.DEBUG),

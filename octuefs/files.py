@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import itertools
 import logging
 import os
@@ -32,9 +33,10 @@ import cachetools
 from . import metadata as octue
 from . import posixmeta
 from .cache import ContentCache
-from .errors import FileNotFound, IsADirectory, NotFound, OctuefsError, StaleFile
+from .errors import FileNotFound, FileTooLarge, IsADirectory, NotFound, OctuefsError, StaleFile
 from .metacache import MetadataCache
-from .storage.base import Bucket, ObjectInfo
+from .storage.base import MAX_OBJECT_SIZE, Bucket, ObjectInfo
+from .times import Times
 from .uploads import CONFLICT, DONE, Entry, Uploader, Withheld, merge_metadata, patched_object
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class FileNode:
     dirty: bool = False  # unsaved data (a new file is dirty until its first upload)
     meta_dirty: bool = False  # metadata changes that travel with the next upload
     mtime: float | None = None  # explicit mtime (utimens) to store with the next upload
+    times: tuple[float, float] | None = None  # (mtime, ctime) of its newest change here (times.py)
     # POSIX keys (chmod, chown, atime; posixmeta.py) changed here and not yet in an upload or
     # patch: key -> text, None to remove; folded into the next one, then cleared.
     posix: dict[str, str | None] = dataclasses.field(default_factory=dict)
@@ -110,8 +113,10 @@ class OpenFiles:
     """The table of open nodes and handles, and the read/write/save paths of files."""
 
     def __init__(self, bucket: Bucket, cache: ContentCache, metacache: MetadataCache, uploader: Uploader,
-                 upload_on_close: bool = False, fsync_timeout: float | None = None, op_timeout: float | None = None):
+                 upload_on_close: bool = False, fsync_timeout: float | None = None, op_timeout: float | None = None,
+                 times: Times | None = None):
         self.bucket = bucket
+        self.times = times or Times(time.time())
         self.cache = cache
         self.metacache = metacache
         self.uploader = uploader
@@ -133,6 +138,8 @@ class OpenFiles:
         # name -> generation of a version this mount deleted, or renamed away or over: a call that
         # looked the name up before and makes its node after finds no file; guarded by _lock
         self._gone: cachetools.LRUCache[str, int] = cachetools.LRUCache(NEW_VERSIONS_KEPT)
+        # entry id -> (mtime, ctime) of the version it uploads, for Times once it lands; guarded by _lock
+        self._sealed_times: cachetools.LRUCache[str, tuple[float, float]] = cachetools.LRUCache(NEW_VERSIONS_KEPT)
 
     # --- the tables ---------------------------------------------------------------------
 
@@ -217,6 +224,7 @@ class OpenFiles:
             try:
                 with node.lock:
                     self._ensure_staged(node)
+                    node.times = (now := time.time(), now)
             except BaseException:
                 self.forget(node)
                 self.release(fh)
@@ -366,6 +374,7 @@ class OpenFiles:
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         node = self.handle(fh).node
+        _fits(node, offset + len(data))
         with node.lock:
             self._ensure_staged(node)
             try:
@@ -377,15 +386,24 @@ class OpenFiles:
             node.size = max(node.size, offset + len(data))
             node.dirty = True
             node.mtime = None
+            node.times = (now := time.time(), now)
         return len(data)
 
     def truncate(self, node: FileNode, length: int) -> None:
+        _fits(node, length)
         with node.lock:
             self._ensure_staged(node, length)
-            os.truncate(node.staging, length)
+            try:
+                os.truncate(node.staging, length)
+            except OSError as exc:
+                if exc.errno == errno.EFBIG:
+                    raise FileTooLarge(f"{node.name!r}: {length} bytes is more than the cache's filesystem takes") \
+                        from exc
+                raise
             node.size = length
             node.dirty = True
             node.mtime = None
+            node.times = (now := time.time(), now)
 
     def _ensure_staged(self, node: FileNode, length: int | None = None) -> None:
         """Give the node a private full copy to write to. Caller holds node.lock.
@@ -482,9 +500,13 @@ class OpenFiles:
             raise
         except OSError as exc:
             raise self.cache.unwritable(exc) from exc
+        times = self.times_of(node)
+        with self._lock:
+            self._sealed_times[entry.id] = times
         node.meta, node.staging, node.meta_from = meta, None, custom
         node.dirty = node.meta_dirty = False
         node.mtime, node.posix = None, {}
+        node.times = times
         node.pending = [e for e in node.pending if not e.done.is_set()] + [entry]
         return entry
 
@@ -523,6 +545,10 @@ class OpenFiles:
         if info is None:  # a metadata change whose object was deleted elsewhere
             self._patch_dropped(entry, node)
             return
+        with self._lock:
+            times = self._sealed_times.pop(entry.id, None)
+        if times is not None and not entry.patch:
+            self.times.made(info, *times)  # (landing is no change of the file: its times stay)
         if entry.state == DONE:
             with self._lock:
                 if node is not None and node.new and dict(info.metadata) == entry.metadata:
@@ -677,7 +703,26 @@ class OpenFiles:
 
     def touch(self, node: FileNode, mtime: float) -> None:
         """Record an explicit mtime on a node with unsaved changes; it goes up with them."""
-        self.change_metadata(node, lambda: setattr(node, "mtime", mtime))
+        def change() -> None:
+            node.mtime = mtime
+            node.times = (mtime, time.time())  # (a touch moves the ctime too)
+        self.change_metadata(node, change)
+
+    def times_of(self, node: FileNode) -> tuple[float, float]:
+        """``(mtime, ctime)`` stat shows for a live node: those of its newest change here, else
+        of its version in the bucket (:class:`Times`)."""
+        times = node.times
+        if times is None:
+            staging = node.staging
+            if node.dirty and staging:  # (recovered after a crash: what was written, when)
+                try:
+                    mtime = os.stat(staging).st_mtime
+                    times = (mtime, mtime)
+                except FileNotFoundError:
+                    pass
+        if times is None:
+            times = self.times.of(node.base) if node.base else (now := time.time(), now)
+        return (node.mtime if node.mtime is not None else times[0]), times[1]
 
     def change_metadata(self, node: FileNode, change) -> None:
         """Apply ``change()`` to a node: merged into what is pending (a queued upload or
@@ -723,6 +768,12 @@ class OpenFiles:
                 node.changing -= 1
                 if node.idle and self._nodes.get(name) is node:
                     del self._nodes[name]
+
+
+def _fits(node: FileNode, size: int) -> None:
+    """Refuse a size no upload could ever put in the bucket, before anything is written."""
+    if size > MAX_OBJECT_SIZE:
+        raise FileTooLarge(f"{node.name!r}: {size} bytes is more than a GCS object holds (5 TiB)")
 
 
 def _unlink_quietly(path: str) -> None:

@@ -160,6 +160,7 @@ class OctueOperations(mfusepy.Operations):
         if not attr.known:
             return None
         ns = int(attr.mtime * 1e9)
+        cns = ns if attr.ctime is None else int(attr.ctime * 1e9)
         uid, gid = self._owners(attr)
         return {
             "st_mode": self._mode(attr),
@@ -169,7 +170,7 @@ class OctueOperations(mfusepy.Operations):
             "st_uid": uid,
             "st_gid": gid,
             "st_mtime": ns,
-            "st_ctime": ns,
+            "st_ctime": cns,
             "st_atime": ns if attr.atime is None else int(attr.atime * 1e9),
             "st_rdev": attr.rdev,
         }
@@ -258,8 +259,9 @@ class OctueOperations(mfusepy.Operations):
         st.st_uid, st.st_gid = self._owners(attr)
         st.st_rdev = attr.rdev
         sec, nsec = divmod(int(attr.mtime * 1e9), 10**9)
-        for ts in (st.st_mtimespec, st.st_ctimespec):
-            ts.tv_sec, ts.tv_nsec = sec, nsec
+        st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec
+        st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(
+            int((attr.mtime if attr.ctime is None else attr.ctime) * 1e9), 10**9)
         if attr.atime is not None:
             sec, nsec = divmod(int(attr.atime * 1e9), 10**9)
         st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = sec, nsec

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import stat
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import cachetools
@@ -59,21 +60,23 @@ class Attr:
     gid: int | None = None
     atime: float | None = None
     rdev: int = 0
+    ctime: float | None = None  # None: the mtime (times.py)
     # False for a directory listed before its marker is known: the defaults stand in, and the
     # FUSE layer sends it without attributes, so the kernel asks for them (a getattr).
     known: bool = True
 
 
-def facts_attr(facts: posixmeta.PosixFacts, size: int, mtime: float, is_dir: bool = False) -> Attr:
+def facts_attr(facts: posixmeta.PosixFacts, size: int, mtime: float, is_dir: bool = False,
+               ctime: float | None = None) -> Attr:
     if facts.is_symlink and facts.target is not None:
         size = len(facts.target.encode("utf-8", "surrogateescape"))  # (older gcsfuse: an empty object)
     return Attr(is_dir, size, mtime, None if is_dir or facts.file_type == stat.S_IFREG else facts.file_type,
-                facts.mode, facts.uid, facts.gid, facts.atime, facts.rdev)
+                facts.mode, facts.uid, facts.gid, facts.atime, facts.rdev, ctime=ctime)
 
 
-def object_attr(info: ObjectInfo, mtime: float) -> Attr:
-    """The attributes of a file from its object (``mtime``: its :func:`files.mtime_of`)."""
-    return facts_attr(posixmeta.decoded(info), info.size, mtime)
+def object_attr(info: ObjectInfo, mtime: float, ctime: float | None = None) -> Attr:
+    """The attributes of a file from its object (``mtime``, ``ctime``: its times.Times.of)."""
+    return facts_attr(posixmeta.decoded(info), info.size, mtime, ctime=ctime)
 
 
 class PosixSurface:
@@ -87,17 +90,17 @@ class PosixSurface:
 
     # --- what stat shows -------------------------------------------------------------------
 
-    def node_attr(self, node: FileNode, mtime: float) -> Attr:
+    def node_attr(self, node: FileNode, mtime: float, ctime: float | None = None) -> Attr:
         """A file with a live node: its facts as they will be once its changes are in the bucket."""
         with node.lock:
             source = node.pending[-1].metadata if node.pending else (node.base.metadata if node.base else {})
             custom = posixmeta.apply(source, node.posix) if node.posix else source
             size = node.size
-        return facts_attr(posixmeta.decode(custom), size, mtime)
+        return facts_attr(posixmeta.decode(custom), size, mtime, ctime=ctime)
 
     def dir_attr(self, name: str, fetch: bool = True) -> Attr:
         """A directory's attributes, from its marker (not ``known`` if it is not, and not ``fetch``)."""
-        started = self.fs.started
+        started = self.fs.times.of_dir(name + "/" if name else "")  # (the mount's start, or its last entry change)
         if self._is_root(name):
             return Attr(True, 0, started)
         marker = self._marker(name, fetch)
@@ -172,6 +175,7 @@ class PosixSurface:
                 posix = {k: v for k, v in wanted.items() if k != posixmeta.MTIME_KEY}
 
                 def apply() -> None:
+                    held.times = (self.fs.files.times_of(held)[0], time.time())  # (moves the ctime)
                     held.posix.update(posix)
                     if mtime is not None:
                         held.mtime = mtime

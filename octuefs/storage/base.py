@@ -52,6 +52,7 @@ PARTS_PREFIX = ".octuefs-parts/"
 # no mount is left to sweep (README: "Large files").
 PART_SUFFIX = ".octuefs-part"
 MAX_COMPOSE_SOURCES = 32  # GCS composes at most 32 objects in one request
+MAX_OBJECT_SIZE = 5 * 1024**4  # GCS keeps objects of up to 5 TiB
 
 
 class ChecksumMismatch(StorageError):

@@ -8,6 +8,7 @@ fake-gcs-server of its own, which it may freeze (SIGSTOP) to play a network outa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -120,9 +121,11 @@ def force_unmount(path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def mount_factory(emulator, tmp_path):
-    """Mount buckets on the emulator: ``mount_factory(*extra_args, prefix="", bucket=None)``."""
+@contextlib.contextmanager
+def _mounting(emulator, base: Path):
+    """Yield ``make(*extra_args, prefix="", bucket=None, parent=None)``, which mounts a bucket on
+    the emulator (mountpoints, caches and logs under ``base``); on leaving, every mount made is
+    unmounted (forced if need be, its daemon ended by PID) and a traceback in a log fails."""
     if reason := _fuse_available():
         pytest.skip(reason)
     from octuefs.storage.gcs import GCSBucket
@@ -130,11 +133,11 @@ def mount_factory(emulator, tmp_path):
     mounts: list[Mount] = []
 
     def make(*extra: str, prefix: str = "", bucket: str | None = None, parent: Path | None = None) -> Mount:
-        """``parent``: where to make the mountpoint (default the test's private tmp_path)."""
+        """``parent``: where to make the mountpoint (default ``base``)."""
         name = bucket or f"e2e-{uuid.uuid4().hex[:12]}"
         emulator.create_bucket(name)
         n = len(mounts)
-        mp, cache, log = (parent or tmp_path) / f"mnt{n}", tmp_path / f"cache{n}", tmp_path / f"octuefs{n}.log"
+        mp, cache, log = (parent or base) / f"mnt{n}", base / f"cache{n}", base / f"octuefs{n}.log"
         mp.mkdir()
         spec = name + (f"/{prefix}" if prefix else "")
         m = Mount(mp, GCSBucket(name), log, cache, spec)
@@ -158,6 +161,21 @@ def mount_factory(emulator, tmp_path):
                 errors.append(f"traceback in the daemon log {m.log}:\n{text[-4000:]}")
         if errors:
             pytest.fail("\n".join(errors))
+
+
+@pytest.fixture
+def mount_factory(emulator, tmp_path):
+    """Mount buckets on the emulator: ``mount_factory(*extra_args, prefix="", bucket=None)``."""
+    with _mounting(emulator, tmp_path) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_mount_factory(emulator, tmp_path_factory):
+    """``mount_factory`` for a whole module: a test module whose tests each work in a directory
+    of their own shares one mount (a mount costs seconds on these machines)."""
+    with _mounting(emulator, tmp_path_factory.mktemp("module-mounts")) as make:
+        yield make
 
 
 @pytest.fixture

@@ -925,6 +925,8 @@ class FileSystem:
                     log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
             for node in self.files.nodes_under(src_prefix):
                 if node.name in moved:
+                    with node.lock:  # (its ctime moves too, as the object's just did)
+                        node.times = (self.files.times_of(node)[0], now)
                     self.files.renamed(node, node.name, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
                 self.cache.drop(node.name)
             self.metacache.clear()

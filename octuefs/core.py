@@ -578,18 +578,10 @@ class FileSystem:
             if dst_name == src_name + BACKUP_SUFFIX and not took_over:  # (over an older backup too: emacs)
                 self.files.left_for_backup(src_name, moved)
             self.cache.drop(src_name)
-            self._renamed_times(src_name, dst_name, moved, node, mtime)
-
-    def _renamed_times(self, src_name: str, dst_name: str, moved: ObjectInfo, node: FileNode | None,
-                       mtime: float) -> None:
-        """POSIX: a rename keeps the file's mtime and moves its ctime, and both directories'."""
-        now = time.time()
-        self.times.made(moved, mtime, now)
-        if node is not None:
-            with node.lock:
-                node.times = (mtime, now)
-        self.times.entry_changed(src_name)
-        self.times.entry_changed(dst_name)
+            now = self.times.renamed(src_name, dst_name, moved, mtime)
+            if node is not None:
+                with node.lock:
+                    node.times = (mtime, now)
 
     @contextlib.contextmanager
     def _taking_over(self, src_name: str, src_info: ObjectInfo, dst_name: str, dst_node: FileNode | None,
@@ -936,11 +928,12 @@ class FileSystem:
                     log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
             for node in self.files.nodes_under(src_prefix):
                 if node.name in moved:
+                    with node.lock:  # (its ctime moves too, as the object's just did)
+                        node.times = (self.files.times_of(node)[0], now)
                     self.files.renamed(node, node.name, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
                 self.cache.drop(node.name)
             self.metacache.clear()
-            self.times.entry_changed(src_name)
-            self.times.entry_changed(dst_name)
+            self.times.renamed(src_name, dst_name)
             self.times.dir_changed(dst_prefix)
             self.posix.forget_markers()
 

@@ -78,6 +78,16 @@ class Times:
         with self._lock:
             self._versions[(info.name, info.generation)] = (info.metageneration, mtime, ctime)
 
+    def renamed(self, src_name: str, dst_name: str, moved: ObjectInfo | None = None, mtime: float = 0.0) -> float:
+        """A rename of ``src_name`` to ``dst_name`` (made ``moved``, a file whose mtime is ``mtime``):
+        the file keeps its mtime, its ctime and both directories' times move. Returns the time."""
+        now = self.clock()
+        if moved is not None:
+            self.made(moved, mtime, now)
+        self.entry_changed(src_name)
+        self.entry_changed(dst_name)
+        return now
+
     # --- directories ----------------------------------------------------------------------
 
     def of_dir(self, prefix: str) -> float:

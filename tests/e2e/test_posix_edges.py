@@ -228,6 +228,21 @@ def test_a_rename_moves_the_ctime_and_keeps_the_mtime(m):
     assert objects(m) == {"": b"", "g": b"data"}
 
 
+def test_a_directory_rename_moves_each_files_ctime_and_keeps_its_mtime(m):
+    os.mkdir(m.d / "dir")
+    put(m.d / "dir/clean", b"saved")
+    m.sync()
+    with open(m.d / "dir/open", "wb") as f:  # open (and written) through the rename
+        f.write(b"open")
+        before = {name: times(m.d / "dir" / name) for name in ("clean", "open")}
+        time.sleep(0.05)
+        os.rename(m.d / "dir", m.d / "moved")
+        for name, (mtime, ctime) in before.items():
+            after = times(m.d / "moved" / name)
+            assert after[0] == mtime and after[1] > ctime, name
+    assert objects(m) == {"": b"", "moved/": b"", "moved/clean": b"saved", "moved/open": b"open"}
+
+
 def test_making_and_removing_entries_moves_the_directory_times(m):
     os.mkdir(m.d / "dir")
     seen = [times(m.d / "dir")]

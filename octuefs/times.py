@@ -1,7 +1,7 @@
 """The mtime and ctime ``stat`` shows, as POSIX moves them, on a bucket that keeps neither.
 
 A GCS object has one time of its own, ``updated``: when its content or its metadata last
-changed, which is what a ctime is. Its mtime is the ``goog-reserved-file-mtime`` key when a
+changed, which is what a ctime is. Its mtime is the mtime key of :mod:`posixmeta` when a
 touch set one (:func:`octuefs.files.mtime_of`), else ``updated`` too. Write-back makes both land
 late: a file closed at 12:00:00 is uploaded at 12:00:02, and a rename is a copy, so the times
 ``stat`` showed would jump when the upload lands or the file is renamed. POSIX says:
@@ -27,22 +27,16 @@ from collections.abc import Callable
 
 import cachetools
 
+from . import posixmeta
 from .storage.base import ObjectInfo
 
-MTIME_KEY = "goog-reserved-file-mtime"  # (the key files.py stores a touch's mtime under)
 VERSIONS_KEPT = 65536  # versions whose times this mount remembers, least recently used dropped first
 DIRS_KEPT = 65536  # directories likewise
 
 
 def stored_mtime(info: ObjectInfo) -> float | None:
-    """The mtime a touch stored on the object, if any."""
-    raw = info.metadata.get(MTIME_KEY)
-    if raw:
-        try:
-            return float(raw)
-        except ValueError:
-            return None
-    return None
+    """The mtime kept on the object (a touch's, or another tool's), if any: the POSIX codec reads it."""
+    return posixmeta.decoded(info).mtime
 
 
 class Times:

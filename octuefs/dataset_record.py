@@ -14,8 +14,12 @@ takes those instead of listing.
 
 This is the codec of that record (:func:`decode_dataset_record`, :func:`encode_dataset_record`),
 beside :mod:`octuefs.metadata`, whose validators it uses, so the Python :class:`~octuefs.Dataset`,
-``octuefs find --datasets`` and ``octuefs manifest`` (and later a directory's xattrs) read and
-write it alike; and the SDK's JSON for a manifest (:func:`cloud_metadata_of`, :func:`dumps_serialised`).
+``octuefs find --datasets``, ``octuefs manifest`` and a directory's xattrs read and write it alike;
+its xattr form (``user.octue.id``, ``.name``, ``.tags``, ``.tags.NAME``, ``.labels`` of a
+directory: :func:`list_dataset_xattrs`, :func:`get_dataset_xattr`, :func:`set_dataset_xattr`,
+:func:`remove_dataset_xattr`), whose tags and labels are the files' own forms (the one codec in
+:mod:`octuefs.metadata` renders, parses and validates them); and the SDK's JSON for a manifest
+(:func:`cloud_metadata_of`, :func:`dumps_serialised`).
 Decoding is lenient per field, as for objects: a malformed field logs a warning and reads as absent.
 """
 
@@ -28,7 +32,9 @@ from types import MappingProxyType
 from typing import Any
 
 from octuefs import _octue_json
+from octuefs import metadata as _octue
 from octuefs._octue_fields import validate_id, validate_labels, validate_tags
+from octuefs.errors import AttributeExists, AttributeNotSupported, InvalidMetadata, NoSuchAttribute, ReadOnlyAttribute
 
 _log = logging.getLogger(__name__)
 
@@ -37,7 +43,8 @@ RECORD_CONTENT_TYPE = "text/plain"  # what the SDK's upload_from_string gives it
 SIGNED_METADATA_DIRECTORY = ".signed_metadata_files"
 
 __all__ = ["RECORD_NAME", "RECORD_CONTENT_TYPE", "DatasetRecord", "decode_dataset_record", "encode_dataset_record",
-           "is_dataset_file", "cloud_metadata_of", "dumps_compact", "dumps_serialised"]
+           "is_dataset_file", "cloud_metadata_of", "dumps_compact", "dumps_serialised", "DATASET_XATTRS",
+           "list_dataset_xattrs", "get_dataset_xattr", "set_dataset_xattr", "remove_dataset_xattr"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +112,15 @@ def decode_dataset_record(data: bytes | str) -> DatasetRecord:
     )
 
 
-def encode_dataset_record(id: str, name: str, tags: Mapping[str, Any], labels, path: str) -> bytes:
-    """The ``.octue`` content ``Dataset.update_cloud_metadata()`` of the SDK writes, byte for byte."""
+def encode_dataset_record(id: str, name: str, tags: Mapping[str, Any], labels, path: str,
+                          files: tuple[str, ...] | None = None) -> bytes:
+    """The ``.octue`` content ``Dataset.update_cloud_metadata()`` of the SDK writes, byte for byte.
+    ``files``: the paths a record being rewritten listed (kept, after ``path``, where the SDK's
+    ``to_primitive`` puts them), so a change of its metadata never changes which files it holds."""
     record = {"id": validate_id(id), "name": _text(name), "tags": validate_tags(tags),
               "labels": sorted(validate_labels(labels)), "path": _text(path)}
+    if files is not None:
+        record["files"] = list(_paths(list(files)))
     return _octue_json.dumps({"dataset": record}).encode("utf-8")
 
 
@@ -128,3 +140,86 @@ def dumps_compact(value: Any) -> str:
 def dumps_serialised(value: Any) -> str:
     """JSON as the SDK's ``Serialisable.serialise`` writes it: its encoder, keys sorted, indent 4."""
     return _octue_json.dumps(value, indent=4, sort_keys=True)
+
+
+# --- the xattr form: a directory's user.octue.* --------------------------------------------
+
+# What a dataset has of the files' attributes, and its name. Its tags and labels are rendered,
+# parsed and validated by the files' codec (metadata.py), so a directory and a file take and show
+# them alike; a field a dataset does not have (timestamp, cluster, sequence) is not stored here.
+DATASET_XATTRS = ("id", "name", "tags", "labels")
+_ID, _NAME, _TAGS = (_octue.XATTR_PREFIX + f for f in ("id", "name", "tags"))
+
+
+def _as_meta(record: DatasetRecord) -> _octue.OctueMetadata:
+    return _octue.OctueMetadata(id=record.id, tags=record.tags, labels=record.labels)
+
+
+def _is_tags_or_labels(name: str) -> bool:
+    return name in (_TAGS, _octue.XATTR_PREFIX + "labels") or name.startswith(_TAGS + ".")
+
+
+def list_dataset_xattrs(record: DatasetRecord) -> list[str]:
+    """The names ``listxattr`` shows on a dataset's directory (its name always: the record's, else
+    the directory's, as the SDK reads it)."""
+    names = [_ID] if record.id else []
+    names += [_NAME, _TAGS] + [f"{_TAGS}.{tag}" for tag in sorted(record.tags)] + [_octue.XATTR_PREFIX + "labels"]
+    return names
+
+
+def get_dataset_xattr(record: DatasetRecord, name: str, default_name: str) -> bytes:
+    """The value ``getfattr`` shows for ``name`` on the directory; NoSuchAttribute if it has none."""
+    if name == _ID and record.id:
+        return record.id.encode()
+    if name == _NAME:
+        return (record.name or default_name).encode("utf-8", "surrogatepass")
+    if _is_tags_or_labels(name):
+        return _octue.get_xattr(_as_meta(record), name)
+    raise NoSuchAttribute(name)
+
+
+def validate_dataset_name(text: str) -> str:
+    if not text or not text.isprintable() or text != text.strip():
+        raise InvalidMetadata("name", "a dataset's name must be printable text, not empty, with no space at either "
+                                      "end", text)
+    return text
+
+
+def set_dataset_xattr(record: DatasetRecord, name: str, value: bytes, flags: int, default_name: str) -> DatasetRecord:
+    """The record after ``setxattr(name, value, flags)`` on its directory; ``record`` is unchanged.
+
+    The same forms and checks as a file's: InvalidMetadata (EINVAL) for a bad value,
+    ReadOnlyAttribute for a different id, AttributeExists / NoSuchAttribute for XATTR_CREATE /
+    XATTR_REPLACE, AttributeNotSupported for a name a dataset does not keep."""
+    if name == _ID:  # read-only; setting the value it has is a no-op (cp --preserve=xattr)
+        if record.id is None or bytes(value) != record.id.encode():
+            raise ReadOnlyAttribute(f"{name} is read-only: a dataset keeps its id")
+        if flags & _octue.XATTR_CREATE:
+            raise AttributeExists(name)
+        return record
+    if name == _NAME:
+        if flags & _octue.XATTR_CREATE:
+            raise AttributeExists(name)  # (every dataset has a name: its directory's by default)
+        try:
+            text = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidMetadata("name", "must be UTF-8 text", bytes(value)) from None
+        return dataclasses.replace(record, name=validate_dataset_name(text))
+    if _is_tags_or_labels(name):
+        meta = _octue.set_xattr(_as_meta(record), name, value, flags)
+        return dataclasses.replace(record, tags=MappingProxyType(dict(meta.tags)), labels=meta.labels)
+    raise AttributeNotSupported(f"{name}: a directory (a dataset) keeps only "
+                                f"{_octue.XATTR_PREFIX}{{{','.join(DATASET_XATTRS)}}} and {_TAGS}.<name>")
+
+
+def remove_dataset_xattr(record: DatasetRecord, name: str) -> DatasetRecord:
+    """The record after ``removexattr(name)``: a tag dropped, the tags or labels emptied, the name
+    back to the directory's; the id is read-only."""
+    if name == _ID:
+        raise ReadOnlyAttribute(f"{name} is read-only: a dataset keeps its id")
+    if name == _NAME:
+        return dataclasses.replace(record, name=None)
+    if _is_tags_or_labels(name):
+        meta = _octue.remove_xattr(_as_meta(record), name)
+        return dataclasses.replace(record, tags=MappingProxyType(dict(meta.tags)), labels=meta.labels)
+    raise NoSuchAttribute(name)

@@ -17,7 +17,8 @@ ignored (logged; the upload gives it its own), and it takes the ``user.octue.id`
 as ``gcloud storage cp`` keeps the id of the object it copies. Any other change of them is EPERM.
 
 A name outside ``user.`` answers ENODATA on read straight from memory (the kernel asks for
-``security.capability`` before every write) and ENOTSUP on write; directories have none.
+``security.capability`` before every write) and ENOTSUP on write. A directory's attributes are
+its dataset's, kept in ``DIR/.octue`` (:mod:`octuefs.dirxattrs`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from . import metadata as octue
+from .dirxattrs import DatasetXattrs
 from .errors import (
     AttributeExists,
     AttributeNotSupported,
@@ -103,6 +105,7 @@ class XattrSurface:
     def __init__(self, fs: FileSystem):
         self.fs = fs
         self._changing = _KeyedLocks()
+        self.datasets = DatasetXattrs(fs, self._changing)
 
     # --- the model of a file ------------------------------------------------------------
 
@@ -141,7 +144,7 @@ class XattrSurface:
             raise NoSuchAttribute(name)
         target = self._target(path)
         if target is None:
-            raise NoSuchAttribute(name)
+            return self.datasets.get(path, name)
         _, info, node = target
         if name.startswith(GCS_PREFIX):
             field = _GCS_FIELDS.get(name[len(GCS_PREFIX) :])
@@ -154,7 +157,7 @@ class XattrSurface:
     def list(self, path: str) -> list[str]:
         target = self._target(path)
         if target is None:
-            return []
+            return self.datasets.list(path)
         _, info, node = target
         names = octue.list_xattr_names(self._meta(info, node))
         if info is not None:
@@ -172,6 +175,9 @@ class XattrSurface:
     def _change(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
         if self.fs.config.read_only:
             raise ReadOnlyFilesystem("the mount is read-only")
+        if self._target(path) is None:  # a directory: its dataset's record (dirxattrs.py)
+            self.datasets.change(path, name, value, flags)
+            return
         # Each change reads the metadata the one before it in this mount wrote (the caches hold
         # its result), so concurrent setfattr calls neither lose each other's changes (even on a
         # server that ignores preconditions) nor use up each other's attempts.
@@ -183,8 +189,8 @@ class XattrSurface:
 
     def _change_locked(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
         target = self._target(path)
-        if target is None:
-            raise AttributeNotSupported(f"directories keep no attributes ({name})")
+        if target is None:  # (became a directory meanwhile)
+            raise AttributeNotSupported(f"{path} is a directory now; {name} was not changed")
         if name == CONTENT_TYPE:
             self._set_content_type(target, value, flags)
             return

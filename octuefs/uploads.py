@@ -813,6 +813,9 @@ class Uploader:
         self.burst_quiet, self.burst_hold = burst_quiet, burst_hold
         self.journal = journal
         self.on_done = on_done or (lambda entry: None)
+        # Told of every upload or patch that ended (DONE or CONFLICT), after ``on_done``, while it
+        # is still queued (so a reader of the queue never sees the name with neither): filestate.py.
+        self.on_finished: list[Callable[[Entry], None]] = []
         self.max_backoff = max_backoff
         self._cond = threading.Condition()  # any change to the entries: waiters re-check
         # Idle workers wait here, on the same lock, so that one new entry wakes one worker, not
@@ -1410,6 +1413,8 @@ class Uploader:
         self.moved()
         try:
             self.on_done(entry)  # may adopt the data file into the content cache
+            for hook in self.on_finished:
+                hook(entry)
         except Exception:
             log.exception("after uploading %r", entry.name)
         with self._cond:

@@ -18,7 +18,8 @@ as ``gcloud storage cp`` keeps the id of the object it copies. Any other change 
 
 A name outside ``user.`` answers ENODATA on read straight from memory (the kernel asks for
 ``security.capability`` before every write) and ENOTSUP on write. A directory's attributes are
-its dataset's, kept in ``DIR/.octue`` (:mod:`octuefs.dirxattrs`).
+its dataset's, kept in ``DIR/.octue`` (:mod:`octuefs.dirxattrs`); a file's read-only
+``user.octuefs.state`` says where its write-back stands (:mod:`octuefs.filestate`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from . import filestate
 from . import metadata as octue
 from .dirxattrs import DatasetXattrs
 from .errors import (
@@ -106,6 +108,7 @@ class XattrSurface:
         self.fs = fs
         self._changing = _KeyedLocks()
         self.datasets = DatasetXattrs(fs, self._changing)
+        self.states = filestate.UploadStates(fs.uploader, fs.bucket.name)
 
     # --- the model of a file ------------------------------------------------------------
 
@@ -145,7 +148,9 @@ class XattrSurface:
         target = self._target(path)
         if target is None:
             return self.datasets.get(path, name)
-        _, info, node = target
+        fname, info, node = target
+        if name == filestate.NAME:
+            return self.states.state(fname, node)
         if name.startswith(GCS_PREFIX):
             field = _GCS_FIELDS.get(name[len(GCS_PREFIX) :])
             value = field(info) if field and info is not None else None
@@ -159,7 +164,8 @@ class XattrSurface:
         if target is None:
             return self.datasets.list(path)
         _, info, node = target
-        names = octue.list_xattr_names(self._meta(info, node))
+        # (user.octuefs.state is not listed: cp --preserve=xattr and rsync -X would copy it)
+        names = [n for n in octue.list_xattr_names(self._meta(info, node)) if n != filestate.NAME]
         if info is not None:
             names += [GCS_PREFIX + k for k, f in _GCS_FIELDS.items() if f(info) is not None]
         return names
@@ -173,6 +179,8 @@ class XattrSurface:
         self._change(path, name, lambda meta: octue.remove_xattr(meta, name), None, 0)
 
     def _change(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
+        if name == filestate.NAME:
+            raise ReadOnlyAttribute(f"{name} is read-only: it says where the file's upload stands")
         if self.fs.config.read_only:
             raise ReadOnlyFilesystem("the mount is read-only")
         if self._target(path) is None:  # a directory: its dataset's record (dirxattrs.py)

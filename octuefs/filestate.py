@@ -1,0 +1,91 @@
+"""``user.octuefs.state``: where a file's write-back stands, answered from memory.
+
+The value is one line: the state, then ``key=value`` fields (a value that is not a plain word or
+number is a JSON string, so a script splits it with ``shlex.split`` or the regex
+``(\\S+?)=("(?:[^"\\\\]|\\\\.)*"|\\S+)``)::
+
+    saved                                   nothing of it is waiting here: the bucket has it
+    pending kind=upload attempts=0          closed, journaled, its upload waiting its turn
+    pending kind=metadata attempts=2 error="503 ..."   a setfattr waiting to be sent, and why it waits
+    pending kind=upload attempts=4 error="403 ..." failed=yes   refused for good: retried every 5 minutes
+    pending kind=unclosed attempts=0        written and not yet closed (saved at close)
+    uploading kind=upload attempts=1        being sent now
+    conflict saved-as="a.octuefs-conflict-20261207T011500Z-1a2b3c.csv" url="gs://b/d/a.octuefs-..."
+
+``pending`` and ``uploading`` name the oldest version of the file still waiting (its attempts and
+last error); ``conflict`` says that the last version this mount sent went up beside the object
+(someone else changed it), under ``saved-as`` in the same directory. It lasts until the file's
+next version from this mount lands, or the mount ends (``octuefs status`` keeps the list).
+
+Nothing here asks the bucket: the upload queue, the file's node and the conflicts this mount
+made (kept for the :data:`CONFLICTS_KEPT` newest names) are all in memory. The attribute is
+read-only (EPERM) and not listed by ``listxattr``: ``cp --preserve=xattr``, ``rsync -X`` and
+``getfattr -d`` copy or show every listed name, and a copy onto another octuefs mount would fail
+on it (or a copy to a local disk keep a state that is no longer true).
+
+Lock: ``_lock`` guards ``_conflicts``; taken alone (the queue's own lock is taken and let go
+before it, by :meth:`Uploader.pending_for`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import re
+import threading
+
+import cachetools
+
+from .uploads import CONFLICT, DONE, RUNNING, Entry, Uploader
+
+log = logging.getLogger(__name__)
+
+NAME = "user.octuefs.state"
+CONFLICTS_KEPT = 4096
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/+-]+")
+
+
+def _field(key: str, value: object) -> str:
+    text = str(value)
+    return f"{key}={text}" if isinstance(value, int) or _PLAIN.fullmatch(text) else f"{key}={json.dumps(text)}"
+
+
+def render(state: str, **fields: object) -> bytes:
+    """One state line: ``state key=value ...`` (None values left out)."""
+    return " ".join([state] + [_field(k.replace("_", "-"), v) for k, v in fields.items() if v is not None]).encode()
+
+
+class UploadStates:
+    """The state of each file's write-back, from the upload queue and what it told us."""
+
+    def __init__(self, uploader: Uploader, bucket_name: str):
+        self.uploader = uploader
+        self.bucket_name = bucket_name
+        self._lock = threading.Lock()
+        self._conflicts: cachetools.LRUCache[str, str] = cachetools.LRUCache(CONFLICTS_KEPT)  # name -> saved as
+        uploader.on_finished.append(self._finished)
+
+    def _finished(self, entry: Entry) -> None:
+        with self._lock:
+            if entry.state == CONFLICT and entry.conflict_name:
+                self._conflicts[entry.name] = entry.conflict_name
+            elif entry.state == DONE and entry.result is not None:
+                self._conflicts.pop(entry.name, None)  # its newest version is in place now
+
+    def state(self, name: str, node=None) -> bytes:
+        """``user.octuefs.state`` of object ``name`` (``node``: its live node, if any)."""
+        waiting = [e for e in self.uploader.pending_for(name) if e.state not in (DONE, CONFLICT)]
+        if waiting:
+            first = next((e for e in waiting if e.state == RUNNING), waiting[0])
+            return render("uploading" if first.state == RUNNING else "pending",
+                          kind="metadata" if first.patch else "upload", attempts=first.attempts,
+                          error=first.last_error or None, failed="yes" if first.failed else None)
+        if node is not None and node.unsaved:  # written (or changed) here, not handed to the queue yet
+            return render("pending", kind="unclosed" if node.dirty else "metadata", attempts=0)
+        with self._lock:
+            saved_as = self._conflicts.get(name)
+        if saved_as is not None:
+            return render("conflict", saved_as=posixpath.basename(saved_as),
+                          url=f"gs://{self.bucket_name}/{saved_as}")
+        return render("saved")

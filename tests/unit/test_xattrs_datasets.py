@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 
@@ -237,8 +238,6 @@ def test_a_record_that_keeps_changing_elsewhere_fails_with_eio_and_keeps_their_c
 
 
 def test_a_record_open_for_writing_here_is_busy(fs, bucket):
-    import os
-
     bucket.upload_bytes("wind/.octue", SDK_RECORD)
     fh = fs.open("/wind/.octue", os.O_WRONLY)
     fs.write(fh, b"{}", 0)

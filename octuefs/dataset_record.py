@@ -149,6 +149,7 @@ def dumps_serialised(value: Any) -> str:
 # them alike; a field a dataset does not have (timestamp, cluster, sequence) is not stored here.
 DATASET_XATTRS = ("id", "name", "tags", "labels")
 _ID, _NAME, _TAGS = (_octue.XATTR_PREFIX + f for f in ("id", "name", "tags"))
+DATASET_ID_XATTR = _ID
 
 
 def _as_meta(record: DatasetRecord) -> _octue.OctueMetadata:

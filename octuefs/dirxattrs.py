@@ -23,7 +23,9 @@ dataset gets a fresh id and its directory's name). If the record changed elsewhe
 precondition fails: the record is read again from the bucket and the one change re-applied to it,
 up to :data:`ATTEMPTS` times; then the call fails (EIO, a WARNING saying so) and nothing of ours
 is written: the other writer's change is never lost. A ``.octue`` with unsaved changes through
-this mount is uploaded first (its data open for writing: EBUSY). GCS's pace of one change of an
+this mount is uploaded first (its data open for writing: EBUSY). Setting ``user.octue.id`` of a
+directory with no record makes one with that id (``cp -a`` of a dataset's directory keeps it, as a
+copied file keeps its own); otherwise the id is read-only. GCS's pace of one change of an
 object a second is kept (``Uploader.wait_pace``).
 
 Lock: ``_changing`` (one change of a record at a time in this mount), then nothing else is held
@@ -50,8 +52,10 @@ from .errors import (
     NoSuchAttribute,
     NotFound,
     PreconditionFailed,
+    ReadOnlyAttribute,
     StaleFile,
 )
+from .metadata import validate_id
 from .storage.base import ObjectInfo
 
 if TYPE_CHECKING:
@@ -97,6 +101,8 @@ class DatasetXattrs:
         name, entry, node = self.fs.resolve(record_path)
         if node is not None and node.unsaved:  # written here, not in the bucket yet: the local version
             return self._decode(record_name, self._read_local(name, node), None)
+        if node is not None:  # open here, clean: its handles keep their version, the record may be newer
+            entry = self.fs.lookup(record_name)
         if not isinstance(entry, ObjectInfo) or entry.is_dir_marker:
             return None
         key = (record_name, entry.generation)
@@ -168,7 +174,7 @@ class DatasetXattrs:
             for attempt in range(1, ATTEMPTS + 1):
                 if value is None and record is None:
                     raise NoSuchAttribute(name)
-                base = record or DatasetRecord(id=str(uuid.uuid4()), name=default_name)
+                base = record or DatasetRecord(id=self._new_id(name, value), name=default_name)
                 new = apply(base)
                 body = records.encode_dataset_record(new.id or str(uuid.uuid4()), new.name or default_name,
                                                      dict(new.tags), new.labels, cloud, new.files)
@@ -188,6 +194,19 @@ class DatasetXattrs:
                     "changed; the other writers' changes are kept", path, self.fs.bucket.name, record_name, name,
                     ATTEMPTS)
         raise Conflict(f"{record_name} kept changing elsewhere; {name} was not changed")
+
+    @staticmethod
+    def _new_id(name: str, value: bytes | None) -> str:
+        """The id of a dataset made by this change: the one given, when the change sets the id of a
+        directory that has no record yet (``cp -a`` of a dataset's directory keeps its id, as a
+        file being copied does), else a fresh one."""
+        if name == records.DATASET_ID_XATTR and value is not None:
+            try:
+                return validate_id(bytes(value).decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise ReadOnlyAttribute(f"{name} is read-only: a directory without a record takes only a UUID "
+                                        f"(got {bytes(value)!r:.60})") from None
+        return str(uuid.uuid4())
 
     def _settle_local(self, record_path: str, record_name: str) -> None:
         """A ``.octue`` changed through this mount goes up first; one open with unsaved data: EBUSY."""

@@ -119,7 +119,6 @@ def test_a_rewrite_keeps_the_id_and_other_fields_and_same_values_send_nothing(fs
     ("user.octue.tags.Bad-Name", b"1", InvalidMetadata),
     ("user.octue.name", b"", InvalidMetadata),
     ("user.octue.name", b"tab\there", InvalidMetadata),
-    ("user.octue.id", b"2464c6f0-0070-50ca-8a9b-ba1af5456601", ReadOnlyAttribute),
     ("user.octue.timestamp", b"0", AttributeNotSupported),
     ("user.octue.cluster", b"1", AttributeNotSupported),
     ("user.myown", b"x", AttributeNotSupported),
@@ -246,3 +245,28 @@ def test_a_record_open_for_writing_here_is_busy(fs, bucket):
             fs.setxattr("/wind", "user.octue.labels", b"x")
     finally:
         fs.release(fh)
+
+
+def test_a_directory_without_a_record_takes_the_id_cp_sets_on_it(fs, bucket):
+    bucket.upload_bytes("copy/a.csv", b"1")
+    bucket.upload_bytes("other/a.csv", b"1")
+    fs.setxattr("/copy", "user.octue.id", ID.encode())  # cp -a of a dataset's directory
+    assert stored(bucket, "copy/.octue")["id"] == ID and stored(bucket, "copy/.octue")["name"] == "copy"
+    with pytest.raises(ReadOnlyAttribute):  # it has one now: read-only
+        fs.setxattr("/copy", "user.octue.id", b"2464c6f0-0070-50ca-8a9b-ba1af5456601")
+    with pytest.raises(ReadOnlyAttribute):
+        fs.setxattr("/other", "user.octue.id", b"not-a-uuid")
+    assert "other/.octue" not in bucket.objects()
+
+
+def test_a_record_open_for_reading_here_shows_the_change_made_through_the_directory(fs, bucket):
+    bucket.upload_bytes("wind/.octue", SDK_RECORD)
+    fh = fs.open("/wind/.octue", os.O_RDONLY)
+    try:
+        assert fs.read(fh, 1 << 20, 0) == SDK_RECORD
+        fs.setxattr("/wind", "user.octue.labels", b"new")
+        assert fs.getxattr("/wind", "user.octue.labels") == b"new"
+        assert fs.read(fh, 1 << 20, 0) == SDK_RECORD  # the open file stays on the version it opened
+    finally:
+        fs.release(fh)
+    assert stored(bucket)["labels"] == ["new"]

@@ -475,3 +475,17 @@ def test_state_of_a_conflict_names_where_the_local_version_went(mount):
     assert (mount / "sub" / fields["saved-as"]).read_bytes() == b"my version 2"
     assert fields["url"] == f"gs://{bucket.name}/sub/{fields['saved-as']}"
     assert (mount / "sub/shared.csv").read_bytes() == b"their version 2"
+
+
+def test_cp_a_of_a_dataset_directory_within_the_mount_keeps_its_dataset(mount):
+    record = {"dataset": {"id": "c59e22eb-fea9-5c80-80bb-845be985c70e", "name": "example-dataset",
+                          "tags": {"project": "octuefs"}, "labels": ["dataset"], "path": f"gs://{mount.bucket.name}/ds"}}
+    mount.bucket.upload_bytes("ds/.octue", json.dumps(record).encode(), {}, content_type="text/plain")
+    mount.bucket.upload_bytes("ds/a.csv", b"1,2\n")
+    done = _cp("-a", str(mount / "ds"), str(mount / "ds2"))
+    assert done.returncode == 0, done.stderr
+    mount.sync()
+    assert getfattr_dump(mount / "ds2") == getfattr_dump(mount / "ds")
+    assert (mount / "ds2/a.csv").read_bytes() == b"1,2\n"
+    copied = json.loads(mount.bucket.read_range("ds2/.octue", 0, 10_000))["dataset"]
+    assert copied["path"] == f"gs://{mount.bucket.name}/ds2"  # cp set the directory's attributes: its own path

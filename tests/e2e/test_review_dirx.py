@@ -1,0 +1,49 @@
+"""Review of branch dirx through a real mount: a directory's setfattr against what else lives at
+DIR/.octue (its own attributes, a directory of that name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from .test_xattrs import setfattr
+
+ID = "c59e22eb-fea9-5c80-80bb-845be985c70e"
+
+
+def _record(bucket_name: str, labels=("dataset",)) -> bytes:
+    return json.dumps({"dataset": {"id": ID, "name": "ds", "tags": {}, "labels": list(labels),
+                                   "path": f"gs://{bucket_name}/ds"}}).encode()
+
+
+def test_a_directory_setfattr_keeps_the_attributes_set_on_its_record_file(mount):
+    """`setfattr -n user.note -v reviewed ds/.octue` (a file like any other: the attribute is kept
+    as custom metadata), then `setfattr -n user.octue.labels ds`: the record is uploaded with no
+    custom metadata at all, and the note set through this very mount is gone."""
+    mount.bucket.upload_bytes("ds/.octue", _record(mount.bucket.name), {}, content_type="text/plain")
+    mount.bucket.upload_bytes("ds/a.csv", b"1")
+    assert setfattr(mount / "ds/.octue", "user.note", "reviewed").returncode == 0
+    mount.sync()
+    assert mount.bucket.stat("ds/.octue").metadata.get("octuefs.user.note") == "reviewed"
+    done = setfattr(mount / "ds", "user.octue.labels", "dataset checked")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(mount.bucket.read_range("ds/.octue", 0, 10_000))["dataset"]["labels"] == ["checked", "dataset"]
+    assert mount.bucket.stat("ds/.octue").metadata.get("octuefs.user.note") == "reviewed"
+    assert os.getxattr(mount / "ds/.octue", "user.note") == b"reviewed"
+
+
+def test_a_directory_setfattr_does_not_make_a_file_beside_a_directory_named_dot_octue(mount):
+    """`mkdir ds/.octue` with a file in it, then `setfattr -n user.octue.labels -v x ds`: the
+    mount looks DIR/.octue up, finds a directory, takes it for 'no record' and uploads the object
+    ds/.octue with ifGenerationMatch=0 (no such object: it holds). The bucket then has a file
+    and a directory of one name; the SDK reads the record, the mount shows a directory."""
+    (mount / "ds/.octue").mkdir(parents=True)
+    (mount / "ds/.octue/inner.txt").write_text("mine")
+    mount.sync()
+    done = setfattr(mount / "ds", "user.octue.labels", "x")
+    names = [o.name for o in mount.bucket.list_page("ds/", None).objects]
+    assert "ds/.octue" not in names, f"setfattr exit {done.returncode}; objects now {names}"
+    assert done.returncode != 0
+    assert (mount / "ds/.octue/inner.txt").read_text() == "mine"
+    subprocess.run(["ls", "-la", str(mount / "ds")], check=True, capture_output=True)

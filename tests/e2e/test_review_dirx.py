@@ -47,3 +47,53 @@ def test_a_directory_setfattr_does_not_make_a_file_beside_a_directory_named_dot_
     assert done.returncode != 0
     assert (mount / "ds/.octue/inner.txt").read_text() == "mine"
     subprocess.run(["ls", "-la", str(mount / "ds")], check=True, capture_output=True)
+
+
+def _kill_and_remount(m):
+    from .test_writeback import kill_daemon, remount
+
+    kill_daemon(m)
+    remount(m)
+
+
+def _state(path) -> str:
+    return os.getxattr(path, "user.octuefs.state").decode()
+
+
+def test_state_after_kill_9_and_remount_is_pending_until_the_upload_lands(emulator, monkeypatch, mount_factory):
+    """(Held up when written.) A file closed while every upload fails, the daemon killed, the
+    mount started again: its journaled upload says pending, never saved, until it lands."""
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(emulator.url) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        m = mount_factory()
+        proxy.set_faults({"503": 1.0}, only=("upload",))
+        (m / "a.csv").write_bytes(b"1,2\n")
+        assert _state(m / "a.csv").startswith(("pending", "uploading"))
+        _kill_and_remount(m)
+        for _ in range(5):
+            assert _state(m / "a.csv").startswith(("pending", "uploading")), _state(m / "a.csv")
+        proxy.heal()
+        m.sync()
+        assert _state(m / "a.csv") == "saved"
+        assert m.bucket.read_range("a.csv", 0, 100) == b"1,2\n"
+
+
+def test_state_after_a_conflict_and_a_remount_does_not_say_saved(mount_factory):
+    """The conflicts this mount made are kept in memory only: after a remount, a file whose
+    version from this mount went beside (the bucket holds someone else's bytes) says "saved",
+    whose documented meaning is "nothing of it is waiting here: the bucket has it". The docs
+    say the conflict lasts "until ... the mount ends (`octuefs status` keeps the list across
+    mounts)"; the state could take it from that same list."""
+    m = mount_factory()
+    m.bucket.upload_bytes("sub/shared.csv", b"version 1")
+    with open(m / "sub/shared.csv", "r+b") as f:
+        assert f.read() == b"version 1"
+        m.bucket.upload_bytes("sub/shared.csv", b"their version 2")
+        f.seek(0)
+        f.write(b"my version 2")
+    m.sync()
+    assert _state(m / "sub/shared.csv").startswith("conflict ")
+    _kill_and_remount(m)
+    assert _state(m / "sub/shared.csv").startswith("conflict ")

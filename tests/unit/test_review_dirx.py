@@ -273,3 +273,28 @@ def test_a_directory_setfattr_during_a_rename_of_that_directory_is_not_left_behi
     left = sorted(n for n in bucket.objects() if n.startswith("wind/"))
     assert left == [], f"left behind after the move: {left}"
     assert whole(bucket, "wind2/.octue")["dataset"]["labels"] == ["v1", "v2"]
+
+
+def test_a_conflict_is_forgotten_when_the_file_is_removed_here(fs, bucket):
+    """After `rm d/c.txt` through this mount, another client's new d/c.txt (bytes this mount never
+    wrote) says "conflict saved-as=..." for as long as the mount lives: the conflict is keyed by
+    name and dropped only when a version from this mount lands. Fix: forget it on unlink and
+    rename (FileSystem.unlink/rename -> UploadStates.forget(name))."""
+    _conflicting_write(fs, bucket)
+    assert fs.uploader.sync(timeout=10) == 0
+    assert fs.getxattr("/d/c.txt", STATE).startswith(b"conflict ")
+    fs.unlink("/d/c.txt")
+    FakeBucket(server=bucket.server).upload_bytes("d/c.txt", b"a new file, made elsewhere")
+    fs.metacache.clear()
+    assert fs.getxattr("/d/c.txt", STATE) == b"saved"
+
+
+def test_xattr_create_of_the_name_on_a_directory_without_a_record(fs, bucket):
+    """A directory with no record lists no attributes and reads user.octue.name as ENODATA, yet
+    `setxattr(name, XATTR_CREATE)` is EEXIST ("every dataset has a name"): the flag contradicts
+    what getxattr said a moment before. (Low: cp does not use the flag.)"""
+    bucket.upload_bytes("plain/a.csv", b"1")
+    with pytest.raises(NoSuchAttribute):
+        fs.getxattr("/plain", "user.octue.name")
+    fs.setxattr("/plain", "user.octue.name", b"mine", 1)  # XATTR_CREATE
+    assert whole(bucket, "plain/.octue")["dataset"]["name"] == "mine"

@@ -97,3 +97,27 @@ def test_state_after_a_conflict_and_a_remount_does_not_say_saved(mount_factory):
     assert _state(m / "sub/shared.csv").startswith("conflict ")
     _kill_and_remount(m)
     assert _state(m / "sub/shared.csv").startswith("conflict ")
+
+
+def test_cp_a_of_a_dataset_to_a_local_disk_and_back_keeps_it(mount, tmp_path):
+    """(Held up when written.) cp -a from the mount to a local disk carries the directory's
+    dataset attributes (and not user.octuefs.state); cp -a back to a new name makes the same
+    dataset there, its record naming its own path, the files' metadata kept."""
+    from .test_xattrs import getfattr_dump
+
+    mount.bucket.upload_bytes("ds/.octue", _record(mount.bucket.name), {}, content_type="text/plain")
+    mount.bucket.upload_bytes("ds/a.csv", b"1,2\n")
+    assert setfattr(mount / "ds/a.csv", "user.octue.labels", "raw").returncode == 0
+    mount.sync()
+    local = tmp_path / "local"
+    done = subprocess.run(["cp", "-a", str(mount / "ds"), str(local)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert getfattr_dump(local) == getfattr_dump(mount / "ds")
+    assert "user.octuefs.state" not in os.listxattr(local / "a.csv")
+    done = subprocess.run(["cp", "-a", str(local), str(mount / "ds3")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    mount.sync()
+    assert getfattr_dump(mount / "ds3") == getfattr_dump(mount / "ds")
+    assert getfattr_dump(mount / "ds3/a.csv")["user.octue.labels"] == "raw"
+    record = json.loads(mount.bucket.read_range("ds3/.octue", 0, 10_000))["dataset"]
+    assert record["path"] == f"gs://{mount.bucket.name}/ds3" and record["id"] == ID

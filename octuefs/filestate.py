@@ -70,12 +70,15 @@ class UploadStates:
         with self._lock:
             if entry.state == CONFLICT and entry.conflict_name:
                 self._conflicts[entry.name] = entry.conflict_name
-            elif entry.state == DONE and entry.result is not None:
-                self._conflicts.pop(entry.name, None)  # its newest version is in place now
+            elif entry.state == DONE and entry.result is not None and not entry.patch:
+                # its newest version is in place now (a metadata patch of the version made
+                # elsewhere is not one: the mount's bytes are still only in the copy)
+                self._conflicts.pop(entry.name, None)
 
     def state(self, name: str, node=None) -> bytes:
         """``user.octuefs.state`` of object ``name`` (``node``: its live node, if any)."""
-        waiting = [e for e in self.uploader.pending_for(name) if e.state not in (DONE, CONFLICT)]
+        queued = self.uploader.pending_for(name)
+        waiting = [e for e in queued if e.state not in (DONE, CONFLICT)]
         if waiting:
             first = next((e for e in waiting if e.state == RUNNING), waiting[0])
             return render("uploading" if first.state == RUNNING else "pending",
@@ -85,6 +88,9 @@ class UploadStates:
             return render("pending", kind="unclosed" if node.dirty else "metadata", attempts=0)
         with self._lock:
             saved_as = self._conflicts.get(name)
+        if saved_as is None:  # gone beside a moment ago, its hook (_finished) not run yet
+            saved_as = next((e.conflict_name for e in reversed(queued) if e.state == CONFLICT and e.conflict_name),
+                            None)
         if saved_as is not None:
             return render("conflict", saved_as=posixpath.basename(saved_as),
                           url=f"gs://{self.bucket_name}/{saved_as}")

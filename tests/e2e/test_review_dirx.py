@@ -121,3 +121,16 @@ def test_cp_a_of_a_dataset_to_a_local_disk_and_back_keeps_it(mount, tmp_path):
     assert getfattr_dump(mount / "ds3/a.csv")["user.octue.labels"] == "raw"
     record = json.loads(mount.bucket.read_range("ds3/.octue", 0, 10_000))["dataset"]
     assert record["path"] == f"gs://{mount.bucket.name}/ds3" and record["id"] == ID
+
+
+def test_cat_of_the_record_right_after_a_directory_setfattr_is_whole_json(mount):
+    """docs/semantics.md admits a `cat DIR/.octue` within --attr-timeout of an earlier stat may
+    "read the old size"; what it then reads is the *new* record cut at the old size: JSON that
+    does not parse (a local SDK reading the mount, `jq`, a backup). The mount made the change
+    itself, so it can tell the kernel (invalidate DIR/.octue's inode/entry after the write,
+    as a write-back upload's metadata change would need too)."""
+    mount.bucket.upload_bytes("ds/.octue", _record(mount.bucket.name), {}, content_type="text/plain")
+    json.loads((mount / "ds/.octue").read_bytes())  # stat and read: the kernel caches its size
+    assert setfattr(mount / "ds", "user.octue.labels", "dataset " + " ".join(f"l{i}" for i in range(30))).returncode == 0
+    text = (mount / "ds/.octue").read_bytes()
+    assert json.loads(text)["dataset"]["labels"][0] == "dataset", text[-60:]

@@ -348,3 +348,17 @@ def test_setfattrs_on_one_directory_during_an_outage_each_fail_within_the_op_tim
         assert max(took) < 2.5, f"answered after {sorted(round(t, 1) for t in took)} s with --op-timeout 1"
     finally:
         fs.shutdown()
+
+
+def test_the_root_of_a_prefix_mount_is_its_prefixs_dataset(bucket, tmp_path):
+    """(Held up when written.) Mounted at bk/a/b, the root's record is a/b/.octue, named b."""
+    fs = make_fs(bucket, tmp_path, prefix="a/b/")
+    try:
+        bucket.upload_bytes("a/b/x.csv", b"1")
+        fs.setxattr("/", "user.octue.labels", b"top")
+        record = whole(bucket, "a/b/.octue")["dataset"]
+        assert (record["name"], record["path"], record["labels"]) == ("b", "gs://bk/a/b", ["top"])
+        assert fs.getxattr("/", "user.octue.name") == b"b"
+        assert ".octue" not in bucket.objects()
+    finally:
+        fs.shutdown()

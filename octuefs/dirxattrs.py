@@ -218,7 +218,10 @@ class DatasetXattrs:
             return
         if node.dirty and node.opens:
             raise Busy(f"{record_name} is open for writing through this mount with unsaved data; close it first")
-        self.fs.files.settle(node)  # its upload, waited for (ETIMEDOUT if the bucket does not answer)
+        try:
+            self.fs.files.settle(node)  # its upload, waited for (ETIMEDOUT if the bucket does not answer)
+        except Conflict as exc:  # it went beside (changed elsewhere meanwhile): safe there
+            log.warning("%s; the directory's change applies to the record the bucket holds", exc)
 
     def _current(self, record_name: str, fresh: bool) -> tuple[ObjectInfo | None, bytes | None, DatasetRecord | None]:
         """The record a change applies to: ``(its object, its bytes, the record)``; Nones where there

@@ -17,8 +17,9 @@ Writes are made **at once**, not through the write-back journal: ``setfattr`` on
 returns once the new ``DIR/.octue`` is in the bucket (or fails and changes nothing). The record
 is one small object rewritten whole; journaling it would need a merge of JSON records against a
 change made elsewhere, where writing at once needs only a precondition. Each write is one upload
-of the SDK's exact bytes (``{"dataset": {id, name, tags, labels, path}}``, ``text/plain``, no
-custom metadata) with ``ifGenerationMatch`` of the record it changed (0 when there was none: a new
+of the SDK's exact bytes (``{"dataset": {id, name, tags, labels, path}}``; ``text/plain`` and no
+custom metadata for a new record, the replaced object's own kept on a rewrite) with
+``ifGenerationMatch`` (and ``ifMetagenerationMatch``) of the record it changed (0 when there was none: a new
 dataset gets a fresh id and its directory's name). If the record changed elsewhere meanwhile, the
 precondition fails: the record is read again from the bucket and the one change re-applied to it,
 up to :data:`ATTEMPTS` times; then the call fails (EIO, a WARNING saying so) and nothing of ours
@@ -182,7 +183,7 @@ class DatasetXattrs:
                     return  # the record already says so: nothing to send
                 generation = info.generation if info is not None else 0
                 try:
-                    self._write(record_name, body, generation)
+                    self._write(record_name, body, generation, info)
                     return
                 except PreconditionFailed:
                     log.info("%s: gs://%s/%s changed in the bucket meanwhile (this mount read %s); reading it "
@@ -250,10 +251,17 @@ class DatasetXattrs:
             found = self._memo.get((record_name, info.generation))
         return found if isinstance(found, DatasetRecord) else None
 
-    def _write(self, record_name: str, body: bytes, generation: int) -> None:
+    def _write(self, record_name: str, body: bytes, generation: int, replaced: ObjectInfo | None) -> None:
+        """Upload ``body`` over version ``generation`` (0: none). The custom metadata and content
+        type of the object it replaces are kept (another client's keys are never dropped), and
+        its metageneration is a precondition too: on GCS a metadata change elsewhere keeps the
+        generation."""
         self.fs.uploader.wait_pace(record_name)  # GCS's pace: one change of an object a second
-        landed = self.fs.bucket.upload_bytes(record_name, body, {}, if_generation_match=generation,
-                                             content_type=RECORD_CONTENT_TYPE)
+        metadata = dict(replaced.metadata) if replaced is not None else {}
+        content_type = (replaced.content_type if replaced is not None else None) or RECORD_CONTENT_TYPE
+        landed = self.fs.bucket.upload_bytes(
+            record_name, body, metadata, if_generation_match=generation, content_type=content_type,
+            if_metageneration_match=replaced.metageneration if replaced is not None and generation else None)
         self.fs.uploader.mutated(record_name)
         self.fs.metacache.wrote(landed)
         with self._lock:

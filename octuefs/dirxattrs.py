@@ -56,6 +56,7 @@ from .errors import (
     ReadOnlyAttribute,
     StaleFile,
 )
+from .metacache import DIR
 from .metadata import validate_id
 from .storage.base import ObjectInfo
 
@@ -231,6 +232,9 @@ class DatasetXattrs:
             info = self._stat(record_name)
         else:
             entry = self.fs.lookup(record_name)
+            if entry is DIR:  # a record beside it would make a file and a directory of one name
+                raise InvalidArgument(f"gs://{self.fs.bucket.name}/{record_name} is a directory, so the directory "
+                                      "holding it cannot be a dataset; move it away first")
             info = entry if isinstance(entry, ObjectInfo) and not entry.is_dir_marker else None
         if info is None:
             return None, None, None

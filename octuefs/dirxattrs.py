@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 5  # a record changed elsewhere this often while a setfattr re-applied its change: EIO
 MEMO_KEPT = 4096  # decoded records kept, by (object name, generation)
+# A record is a few hundred bytes (more with a `files` list); a larger DIR/.octue is some other
+# file of that name, and is not read whole into memory by every getfattr of its directory.
+MAX_RECORD_BYTES = 16 << 20
 _NOT_A_RECORD = object()
 
 
@@ -102,6 +105,8 @@ class DatasetXattrs:
         """The record as the mount shows it: a DatasetRecord, None (no ``.octue``) or _NOT_A_RECORD."""
         name, entry, node = self.fs.resolve(record_path)
         if node is not None and node.unsaved:  # written here, not in the bucket yet: the local version
+            if node.size > MAX_RECORD_BYTES:
+                return self._too_large(record_name, node.size, None)
             return self._decode(record_name, self._read_local(name, node), None)
         if node is not None:  # open here, clean: its handles keep their version, the record may be newer
             entry = self.fs.lookup(record_name)
@@ -112,6 +117,11 @@ class DatasetXattrs:
             known = self._memo.get(key)
         if known is not None:
             return known
+        if entry.size > MAX_RECORD_BYTES:
+            found = self._too_large(record_name, entry.size, entry.generation)
+            with self._lock:
+                self._memo[key] = found
+            return found
         try:
             data = self.fs.cache.read(entry, 0, entry.size)  # kept on disk by generation
         except (NotFound, StaleFile):  # replaced since it was listed: what is there now
@@ -119,6 +129,8 @@ class DatasetXattrs:
             current = self._stat(record_name)
             if current is None:
                 return None
+            if current.size > MAX_RECORD_BYTES:
+                return self._too_large(record_name, current.size, current.generation)
             entry, data = current, self.fs.cache.read(current, 0, current.size)
             key = (record_name, current.generation)
         found = self._decode(record_name, data, entry.generation)
@@ -132,6 +144,12 @@ class DatasetXattrs:
             return self.fs.files.read(fh, 1 << 30, 0)
         finally:
             self.fs.files.release(fh)
+
+    def _too_large(self, record_name: str, size: int, generation: int | None):
+        log.warning("gs://%s/%s (generation %s) is %d bytes, too large to be a dataset record (at most %d), so its "
+                    "directory shows no dataset attributes", self.fs.bucket.name, record_name,
+                    generation or "not uploaded yet", size, MAX_RECORD_BYTES)
+        return _NOT_A_RECORD
 
     def _decode(self, record_name: str, data: bytes, generation: int | None):
         try:
@@ -238,6 +256,9 @@ class DatasetXattrs:
             info = entry if isinstance(entry, ObjectInfo) and not entry.is_dir_marker else None
         if info is None:
             return None, None, None
+        if info.size > MAX_RECORD_BYTES:
+            raise InvalidArgument(f"gs://{self.fs.bucket.name}/{record_name} is {info.size} bytes, too large to be "
+                                  "a dataset record: it is not overwritten; move it away to make the directory a dataset")
         try:
             data = self.fs.cache.read(info, 0, info.size)
         except (NotFound, StaleFile):  # replaced since: the precondition fails, and it is read again

@@ -56,6 +56,7 @@ from .errors import (
     ReadOnlyAttribute,
     StaleFile,
 )
+from .files import MTIME_KEY
 from .metacache import DIR
 from .metadata import validate_id
 from .storage.base import ObjectInfo
@@ -283,6 +284,7 @@ class DatasetXattrs:
         generation."""
         self.fs.uploader.wait_pace(record_name)  # GCS's pace: one change of an object a second
         metadata = dict(replaced.metadata) if replaced is not None else {}
+        metadata.pop(MTIME_KEY, None)  # new content: its time is the upload's, as for a file written here
         content_type = (replaced.content_type if replaced is not None else None) or RECORD_CONTENT_TYPE
         landed = self.fs.bucket.upload_bytes(
             record_name, body, metadata, if_generation_match=generation, content_type=content_type,

@@ -89,6 +89,16 @@ def test_a_directory_setfattr_keeps_the_records_custom_metadata(fs, bucket):
     assert dict(info.metadata) == {"octuefs.user.note": "reviewed", "owner": "alice"}
 
 
+def test_a_directory_setfattr_does_not_carry_the_old_records_mtime(fs, bucket):
+    """(With the fix above.) The record's own keys are kept, but not the mtime of the content it
+    replaces (gcsfuse's goog-reserved-file-mtime, which octuefs writes too): `ls -l DIR/.octue`
+    would show the old time for the new content."""
+    body = encode_dataset_record(ID, "wind", {}, ["x"], "gs://bk/wind")
+    bucket.upload_bytes("wind/.octue", body, {"goog-reserved-file-mtime": "1000", "owner": "alice"})
+    fs.setxattr("/wind", "user.octue.labels", b"x y")
+    assert dict(bucket.stat("wind/.octue").metadata) == {"owner": "alice"}
+
+
 # --- shapes of DIR/.octue a hostile user makes ------------------------------------------------
 
 

@@ -372,3 +372,40 @@ def test_the_root_of_a_prefix_mount_is_its_prefixs_dataset(bucket, tmp_path):
         assert ".octue" not in bucket.objects()
     finally:
         fs.shutdown()
+
+
+def test_two_mounts_setting_tags_of_one_directory_at_once_lose_no_acknowledged_change(bucket, tmp_path):
+    """(Held up when written.) Two mounts of one bucket (a second machine) each set ten tags of
+    one directory at the same time: every setfattr that returned success is in the final record
+    (one that gave up after its attempts raised; none is lost silently)."""
+    import threading
+
+    from octuefs.storage.fake import FakeBucket as Fake
+
+    bucket.upload_bytes("wind/.octue", encode_dataset_record(ID, "wind", {}, [], "gs://bk/wind"))
+    mounts = [make_fs(bucket, tmp_path, cache="c0"), make_fs(Fake(server=bucket.server), tmp_path, cache="c1")]
+    for m in mounts:
+        m.uploader.patch_pace = 0.0
+    ok, failed = [], []
+
+    def run(i, m):
+        for n in range(10):
+            tag = f"m{i}_{n}"
+            try:
+                m.setxattr("/wind", f"user.octue.tags.{tag}", b"1")
+                ok.append(tag)
+            except OctuefsError:
+                failed.append(tag)
+
+    try:
+        threads = [threading.Thread(target=run, args=(i, m)) for i, m in enumerate(mounts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        tags = whole(bucket)["dataset"]["tags"]
+        assert set(ok) <= set(tags), f"lost: {sorted(set(ok) - set(tags))}"
+        assert len(ok) + len(failed) == 20 and len(ok) >= 10
+    finally:
+        for m in mounts:
+            m.shutdown()

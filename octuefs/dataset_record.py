@@ -25,7 +25,9 @@ Decoding is lenient per field, as for objects: a malformed field logs a warning 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -43,6 +45,7 @@ RECORD_CONTENT_TYPE = "text/plain"  # what the SDK's upload_from_string gives it
 SIGNED_METADATA_DIRECTORY = ".signed_metadata_files"
 
 __all__ = ["RECORD_NAME", "RECORD_CONTENT_TYPE", "DatasetRecord", "decode_dataset_record", "encode_dataset_record",
+           "rewrite_dataset_record", "fields_replaced_by",
            "is_dataset_file", "cloud_metadata_of", "dumps_compact", "dumps_serialised", "DATASET_XATTRS",
            "list_dataset_xattrs", "get_dataset_xattr", "set_dataset_xattr", "remove_dataset_xattr"]
 
@@ -50,7 +53,11 @@ __all__ = ["RECORD_NAME", "RECORD_CONTENT_TYPE", "DatasetRecord", "decode_datase
 @dataclasses.dataclass(frozen=True)
 class DatasetRecord:
     """A dataset's stored metadata; ``None`` (or empty) where the record does not say.
-    ``files``: the paths the record lists, or ``None`` (the SDK then lists the directory)."""
+    ``files``: the paths the record lists, or ``None`` (the SDK then lists the directory).
+    ``whole``: the record object's whole JSON as stored (plain JSON values, every key kept,
+    those octuefs does not know included), None for a record not read from an object;
+    ``malformed``: the fields present in it that read as absent (a warning said why). A
+    rewrite (:func:`rewrite_dataset_record`) starts from ``whole``."""
 
     id: str | None = None
     name: str | None = None
@@ -58,6 +65,8 @@ class DatasetRecord:
     labels: frozenset[str] = frozenset()
     path: str | None = None
     files: tuple[str, ...] | None = None
+    whole: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+    malformed: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
 
 def is_dataset_file(name: str, include_records: bool = False) -> bool:
@@ -69,7 +78,7 @@ def is_dataset_file(name: str, include_records: bool = False) -> bool:
     return include_records or not name.endswith(RECORD_NAME)
 
 
-def _field(record: Mapping[str, Any], key: str, check) -> Any:
+def _field(record: Mapping[str, Any], key: str, check, malformed: set[str] | None = None) -> Any:
     value = record.get(key)
     if value is None:
         return None
@@ -77,6 +86,8 @@ def _field(record: Mapping[str, Any], key: str, check) -> Any:
         return check(value)
     except (ValueError, TypeError) as exc:
         _log.warning("ignoring malformed %r=%.100r in a dataset record (%s)", key, value, exc)
+        if malformed is not None:
+            malformed.add(key)
         return None
 
 
@@ -96,7 +107,9 @@ def decode_dataset_record(data: bytes | str) -> DatasetRecord:
     """The record a ``.octue`` object holds. ``ValueError`` if it is not a JSON object (the SDK
     fails to load such a dataset too); a malformed field reads as absent, with a warning."""
     try:
-        whole = _octue_json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        whole = _octue_json.loads(text)
+        plain = json.loads(text)  # the same, its wrappers left as they are: what a rewrite keeps
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"not a dataset record (the SDK's JSON): {exc}") from None
     if not isinstance(whole, dict):
@@ -104,11 +117,13 @@ def decode_dataset_record(data: bytes | str) -> DatasetRecord:
     record = whole.get("dataset") or {}
     if not isinstance(record, dict):
         raise ValueError("not a dataset record: its 'dataset' is not a JSON object")
+    malformed: set[str] = set()
     return DatasetRecord(
-        id=_field(record, "id", validate_id), name=_field(record, "name", _text),
-        tags=MappingProxyType(_field(record, "tags", validate_tags) or {}),
-        labels=_field(record, "labels", validate_labels) or frozenset(),
-        path=_field(record, "path", _text), files=_field(record, "files", _paths),
+        id=_field(record, "id", validate_id, malformed), name=_field(record, "name", _text, malformed),
+        tags=MappingProxyType(_field(record, "tags", validate_tags, malformed) or {}),
+        labels=_field(record, "labels", validate_labels, malformed) or frozenset(),
+        path=_field(record, "path", _text, malformed), files=_field(record, "files", _paths, malformed),
+        whole=MappingProxyType(plain), malformed=frozenset(malformed),
     )
 
 
@@ -122,6 +137,51 @@ def encode_dataset_record(id: str, name: str, tags: Mapping[str, Any], labels, p
     if files is not None:
         record["files"] = list(_paths(list(files)))
     return _octue_json.dumps({"dataset": record}).encode("utf-8")
+
+
+_FIELDS = ("id", "name", "tags", "labels", "path")  # the SDK's order
+
+
+def rewrite_dataset_record(old: DatasetRecord | None, id: str, name: str, tags: Mapping[str, Any], labels,
+                           path: str, replacing: frozenset[str] | set[str] = frozenset()) -> bytes:
+    """The ``.octue`` content of the dataset ``old`` (None: a new one) after a change of its
+    metadata to ``id``, ``name``, ``tags``, ``labels`` (at ``path``): the one rewrite both a
+    directory's setfattr and :meth:`octuefs.Dataset.update_cloud_metadata` make.
+
+    It starts from the whole object ``old`` was read from and replaces only the fields whose
+    value changed (``path`` always says where the record is, as the SDK writes it); every other
+    key, inside ``dataset`` or beside it (a newer SDK's field, a local ``datafiles`` section, a
+    ``files`` list), and every field left alone, malformed or not, stays as it was stored. A field
+    the record lacks is added in the SDK's order, so a new record (or one the SDK wrote) comes out
+    as the SDK's own update writes it, byte for byte (``{"dataset": {id, name, tags, labels,
+    path}}``). InvalidMetadata (nothing to write) when the record's id is there but not a UUID (a
+    new one would replace the id another writer gave it), or when the change would merge into a
+    field the record holds malformed: only a change of the whole field (``replacing``, e.g. the
+    tags set whole) replaces one."""
+    new = {"id": validate_id(id), "name": _text(name), "tags": validate_tags(tags),
+           "labels": sorted(validate_labels(labels)), "path": _text(path)}
+    whole = copy.deepcopy(dict(old.whole)) if old is not None and old.whole is not None else {}
+    record = whole.get("dataset")
+    if not isinstance(record, dict) or not record:
+        record = whole["dataset"] = {}
+    if old is None:
+        old = DatasetRecord()
+    was = {"id": old.id, "name": old.name, "tags": validate_tags(old.tags), "labels": sorted(old.labels),
+           "path": old.path}
+    for key in _FIELDS:
+        if key in old.malformed and key != "path":
+            if key == "id":
+                raise InvalidMetadata("id", "the record's id is not a UUID; octuefs neither replaces it nor writes a "
+                                            "record under it (fix the record first)", record.get("id"))
+            if _octue_json.canonical(new[key]) == _octue_json.canonical(was[key]):
+                continue  # untouched: stays as stored
+            if key not in replacing:
+                raise InvalidMetadata(key, f"the record's {key} is malformed (see the log); set {key} whole to "
+                                           "replace it, nothing is merged into it", record.get(key))
+            record[key] = new[key]
+        elif record.get(key) is None or _octue_json.canonical(new[key]) != _octue_json.canonical(was[key]):
+            record[key] = new[key]
+    return _octue_json.dumps(whole).encode("utf-8")
 
 
 def cloud_metadata_of(info) -> dict[str, Any]:
@@ -186,8 +246,23 @@ def validate_dataset_name(text: str) -> str:
     return text
 
 
-def set_dataset_xattr(record: DatasetRecord, name: str, value: bytes, flags: int, default_name: str) -> DatasetRecord:
+def fields_replaced_by(name: str) -> frozenset[str]:
+    """The record fields a change of the attribute ``name`` replaces whole (the name, all tags,
+    all labels), as opposed to one it merges into (one tag): see :func:`rewrite_dataset_record`."""
+    if name == _NAME:
+        return frozenset({"name"})
+    if name == _TAGS:
+        return frozenset({"tags"})
+    if name == _octue.XATTR_PREFIX + "labels":
+        return frozenset({"labels"})
+    return frozenset()
+
+
+def set_dataset_xattr(record: DatasetRecord, name: str, value: bytes, flags: int, default_name: str,
+                      exists: bool = True) -> DatasetRecord:
     """The record after ``setxattr(name, value, flags)`` on its directory; ``record`` is unchanged.
+    ``exists``: whether the directory has a record (else ``record`` is the one being made, and
+    its name is not there yet for XATTR_CREATE: getxattr answered ENODATA).
 
     The same forms and checks as a file's: InvalidMetadata (EINVAL) for a bad value,
     ReadOnlyAttribute for a different id, AttributeExists / NoSuchAttribute for XATTR_CREATE /
@@ -199,8 +274,10 @@ def set_dataset_xattr(record: DatasetRecord, name: str, value: bytes, flags: int
             raise AttributeExists(name)
         return record
     if name == _NAME:
-        if flags & _octue.XATTR_CREATE:
+        if flags & _octue.XATTR_CREATE and exists:
             raise AttributeExists(name)  # (every dataset has a name: its directory's by default)
+        if flags & _octue.XATTR_REPLACE and not exists:
+            raise NoSuchAttribute(name)  # (as getxattr says: a directory without a record has none)
         try:
             text = bytes(value).decode("utf-8")
         except UnicodeDecodeError:

@@ -17,10 +17,14 @@ Writes are made **at once**, not through the write-back journal: ``setfattr`` on
 returns once the new ``DIR/.octue`` is in the bucket (or fails and changes nothing). The record
 is one small object rewritten whole; journaling it would need a merge of JSON records against a
 change made elsewhere, where writing at once needs only a precondition. Each write is one upload
-of the SDK's exact bytes (``{"dataset": {id, name, tags, labels, path}}``; ``text/plain`` and no
-custom metadata for a new record, the replaced object's own kept on a rewrite) with
+of the SDK's exact bytes for a new record (``{"dataset": {id, name, tags, labels, path}}``,
+``text/plain``, no custom metadata); a rewrite replaces only the changed field of the whole
+object stored (:func:`~octuefs.dataset_record.rewrite_dataset_record`, which
+:class:`octuefs.Dataset` uses too: unknown keys and malformed fields kept; a malformed id, or a
+tag merged into malformed tags, EINVAL) and keeps the object's custom metadata; each with
 ``ifGenerationMatch`` (and ``ifMetagenerationMatch``) of the record it changed (0 when there was none: a new
-dataset gets a fresh id and its directory's name). If the record changed elsewhere meanwhile, the
+dataset gets a fresh id and its directory's name, and only in a directory the bucket still
+has: ENOENT for one deleted elsewhere). If the record changed elsewhere meanwhile, the
 precondition fails: the record is read again from the bucket and the one change re-applied to it,
 up to :data:`ATTEMPTS` times; then the call fails (EIO, a WARNING saying so) and nothing of ours
 is written: the other writer's change is never lost. A ``.octue`` with unsaved changes through
@@ -50,6 +54,7 @@ from .errors import (
     Conflict,
     FileNotFound,
     InvalidArgument,
+    InvalidMetadata,
     NoSuchAttribute,
     NotFound,
     PreconditionFailed,
@@ -184,10 +189,10 @@ class DatasetXattrs:
         record_path, record_name, cloud = self._where(path)
         default_name = self._default_name(cloud)
 
-        def apply(record: DatasetRecord) -> DatasetRecord:
+        def apply(record: DatasetRecord, exists: bool) -> DatasetRecord:
             if value is None:
                 return records.remove_dataset_xattr(record, name)
-            return records.set_dataset_xattr(record, name, value, flags, default_name)
+            return records.set_dataset_xattr(record, name, value, flags, default_name, exists=exists)
 
         with self._changing.hold(record_name):
             self._settle_local(record_path, record_name)
@@ -195,10 +200,18 @@ class DatasetXattrs:
             for attempt in range(1, ATTEMPTS + 1):
                 if value is None and record is None:
                     raise NoSuchAttribute(name)
+                if record is None:
+                    self._check_directory_exists(path)
                 base = record or DatasetRecord(id=self._new_id(name, value), name=default_name)
-                new = apply(base)
-                body = records.encode_dataset_record(new.id or str(uuid.uuid4()), new.name or default_name,
-                                                     dict(new.tags), new.labels, cloud, new.files)
+                new = apply(base, exists=record is not None)
+                try:
+                    body = records.rewrite_dataset_record(
+                        record, new.id or str(uuid.uuid4()), new.name or default_name, new.tags, new.labels, cloud,
+                        replacing=records.fields_replaced_by(name))
+                except InvalidMetadata as exc:
+                    log.warning("%s: %s not changed: gs://%s/%s: %s", path, name, self.fs.bucket.name, record_name,
+                                exc)
+                    raise
                 if body == raw:
                     return  # the record already says so: nothing to send
                 generation = info.generation if info is not None else 0
@@ -215,6 +228,22 @@ class DatasetXattrs:
                     "changed; the other writers' changes are kept", path, self.fs.bucket.name, record_name, name,
                     ATTEMPTS)
         raise Conflict(f"{record_name} kept changing elsewhere; {name} was not changed")
+
+    def _check_directory_exists(self, path: str) -> None:
+        """A new record is made only in a directory the bucket still has (one object under it, or a
+        file written here and not uploaded yet): the listing this mount keeps may be older than a
+        delete made elsewhere, and a record written there would bring the dataset back, with a new
+        id. (The root of the mount always exists.)"""
+        directory = self.fs.ns.object_name(path)
+        if not directory:
+            return
+        prefix = directory + "/"
+        if self.fs.bucket.list_page(prefix, None, max_results=1).objects or self.fs._new_nodes_under(prefix):
+            return
+        self.fs.metacache.forget(directory)
+        log.info("%s: gs://%s/%s holds nothing any more (removed elsewhere?): no dataset record made there",
+                 path, self.fs.bucket.name, prefix)
+        raise FileNotFound(f"{path}: the directory is gone from the bucket")
 
     @staticmethod
     def _new_id(name: str, value: bytes | None) -> str:

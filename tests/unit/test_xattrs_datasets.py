@@ -270,3 +270,27 @@ def test_a_record_open_for_reading_here_shows_the_change_made_through_the_direct
     finally:
         fs.release(fh)
     assert stored(bucket)["labels"] == ["new"]
+
+
+def test_malformed_tags_are_kept_refused_to_merge_into_and_replaced_only_whole(fs, bucket, caplog):
+    """Tags the validator refuses read as none; a change of another field keeps them as stored
+    (test_review_dirx), one tag set into them is EINVAL with a WARNING saying why, and setting
+    user.octue.tags whole replaces them (the user sets every tag the dataset is to have)."""
+    stored = {"dataset": {"id": ID, "name": "wind", "tags": {"Site": "north"}, "labels": [], "path": "gs://bk/wind"}}
+    bucket.upload_bytes("wind/.octue", json.dumps(stored).encode(), {}, content_type="text/plain")
+    with caplog.at_level(logging.WARNING, logger="octuefs"), pytest.raises(InvalidMetadata):
+        fs.setxattr("/wind", "user.octue.tags.height_m", b"80")
+    assert any("malformed" in r.getMessage() and "user.octue.tags.height_m" in r.getMessage() for r in caplog.records)
+    assert json.loads(bucket.objects()["wind/.octue"]) == stored
+    fs.setxattr("/wind", "user.octue.tags", b'{"site": "north"}')
+    assert json.loads(bucket.objects()["wind/.octue"])["dataset"]["tags"] == {"site": "north"}
+
+
+def test_xattr_replace_of_the_name_on_a_directory_without_a_record_is_enodata(fs, bucket):
+    bucket.upload_bytes("plain/a.csv", b"1")
+    with pytest.raises(NoSuchAttribute):
+        fs.setxattr("/plain", "user.octue.name", b"mine", 2)  # XATTR_REPLACE: getxattr says ENODATA too
+    assert "plain/.octue" not in bucket.objects()
+    fs.setxattr("/plain", "user.octue.name", b"mine")
+    with pytest.raises(AttributeExists):  # now it has one
+        fs.setxattr("/plain", "user.octue.name", b"other", 1)

@@ -57,6 +57,7 @@ import uuid
 from collections.abc import Callable
 
 from .cachespace import bytes_in
+from .dataset_record import RECORD_NAME
 from .durable import fsync_dir, fsync_path
 from .errors import (
     BucketNotFound,
@@ -581,13 +582,22 @@ def quarantine_unclosed(staging_dir: str, root: str) -> None:
 
 
 def conflict_name(name: str, when: float, tag: str) -> str:
-    """``dir/data.csv`` -> ``dir/data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``."""
+    """``dir/data.csv`` -> ``dir/data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``.
+
+    A dataset's record ``dir/.octue`` -> ``dir/.octuefs-conflict-20261125T101500Z-1a2b3c.octue``:
+    still hidden and still ending in ``.octue``, so the SDK (which skips every object whose name
+    ends so when it lists a dataset's files), :func:`~octuefs.dataset_record.is_dataset_file`,
+    ``octuefs find``/``manifest`` and :class:`~octuefs.Dataset` never count the copy as one of the
+    dataset's files; and not named ``.octue``, so it is no dataset's record either."""
     head, _, base = name.rpartition("/")
     stem, dot, ext = base.rpartition(".")
     if not stem:  # no extension (or a dotfile)
         stem, dot, ext = base, "", ""
     stamp = dt.datetime.fromtimestamp(when, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    marked = f"{stem}.octuefs-conflict-{stamp}-{tag}{dot}{ext}"
+    if base == RECORD_NAME:
+        marked = f".octuefs-conflict-{stamp}-{tag}{RECORD_NAME}"
+    else:
+        marked = f"{stem}.octuefs-conflict-{stamp}-{tag}{dot}{ext}"
     return f"{head}/{marked}" if head else marked
 
 

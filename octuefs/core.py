@@ -507,6 +507,7 @@ class FileSystem:
                 self.files.forget(node)
         self.cache.drop(name)
         self.metacache.removed(name)
+        self.xattrs.states.forget(name)  # a file made there later, elsewhere, has no conflict of ours
 
     def rename(self, old: str, new: str) -> None:
         self._check_writable()
@@ -520,6 +521,8 @@ class FileSystem:
             raise FileNotFound(old)
         if src is DIR and node is None:
             self._rename_dir(old, new, src_name, dst_name, dst)
+            for prefix in (src_name + "/", dst_name + "/"):
+                self.xattrs.states.forget(prefix, under=True)
             return
         if dst is DIR and dst_node is None:
             raise IsADirectory(new)
@@ -528,6 +531,9 @@ class FileSystem:
         # looks again; a setfattr of the source follows it to its new name.)
         with self.files.pinned(src_name, node, src) as node, self.files.pinned(dst_name, dst_node, dst) as dst_node:
             self._rename_file(src_name, src, node, dst_name, dst, dst_node)
+        # Neither name keeps a conflict: the new one holds the mount's bytes, the old none.
+        self.xattrs.states.forget(src_name)
+        self.xattrs.states.forget(dst_name)
 
     def _rename_file(self, src_name: str, src: object, node: FileNode | None, dst_name: str, dst: object,
                      dst_node: FileNode | None) -> None:

@@ -11,6 +11,9 @@ On disk, under the cache directory (0700, files 0600):
                           written after the data is durable (temp file, fsync, rename, fsync
                           of the directory)
     conflicts.jsonl       one line per conflict: which object, which versions, where ours went
+    conflicts.settled     one JSON string a line: a conflict copy whose conflict has ended (a
+                          newer version landed, the file was removed or renamed here); read by
+                          user.octuefs.state at the next mount
 
 A record travels with its content: a file in ``pending/`` always has its record, so a crash
 at any moment leaves either nothing (the close failed, and said so) or both. That costs a
@@ -231,6 +234,10 @@ class Journal:
         self.pending_dir = os.path.join(root, "pending")
         self.journal_dir = os.path.join(root, "journal")
         self.conflicts_path = os.path.join(root, "conflicts.jsonl")
+        # The conflict copies (saved_as) whose conflict a later event ended: a newer version from
+        # this mount landed at the name, or the mount removed or renamed the file. Read by
+        # user.octuefs.state (filestate.py) at the next mount; octuefs status still lists them.
+        self.settled_path = os.path.join(root, "conflicts.settled")
         # How many lines of conflicts.jsonl an `octuefs sync` (or unmount) has reported.
         self.reported_path = os.path.join(root, "conflicts.reported")
         for d in (self.pending_dir, self.journal_dir):
@@ -562,6 +569,40 @@ class Journal:
         lines = self._conflict_lines()
         first = max(0, len(lines) - limit)
         return self._conflict_records(lines[first:], first)
+
+    def note_settled(self, saved_as: list[str]) -> None:
+        """Remember that the conflicts whose copies are ``saved_as`` are over (see
+        ``settled_path``). Not fsync'd: lost in a crash, a file reads ``conflict`` for a while
+        longer, which is the safe side."""
+        if not saved_as:
+            return
+        with self._conflicts_lock, open(self.settled_path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(name) + "\n" for name in saved_as)
+
+    def settled_conflicts(self, keep: set[str] | None = None) -> set[str]:
+        """The copies :meth:`note_settled` named. With ``keep``, the file is rewritten to hold
+        only those of them in ``keep`` (the conflicts still listed) when it has grown past it."""
+        try:
+            with self._conflicts_lock, open(self.settled_path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            return set()
+        settled = set()
+        for line in lines:
+            try:
+                name = json.loads(line)
+            except ValueError:
+                continue  # cut short by a crash
+            if isinstance(name, str):
+                settled.add(name)
+        if keep is not None and len(lines) > 2 * max(len(keep), 64):
+            settled &= keep
+            tmp = self.settled_path + ".tmp"
+            with self._conflicts_lock:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(name) + "\n" for name in sorted(settled))
+                os.replace(tmp, self.settled_path)
+        return settled
 
 
 def quarantine_unclosed(staging_dir: str, root: str) -> None:
@@ -1384,7 +1425,8 @@ class Uploader:
         log.warning("conflict: gs://%s/%s changed in the bucket (now %s; this mount expected generation %s); "
                     "not overwritten: your version was saved as gs://%s/%s",
                     self.bucket.name, entry.name, theirs_text, entry.base_generation, self.bucket.name, target)
-        self.journal.note_conflict({"time": time.time(), "object": entry.name, "theirs": theirs_text,
+        self.journal.note_conflict({"time": time.time(), "bucket": self.bucket.name, "object": entry.name,
+                                    "theirs": theirs_text,
                                     "expected_generation": entry.base_generation, "saved_as": target,
                                     "generation": info.generation})
         self._finish(entry, info, CONFLICT)
@@ -1423,10 +1465,13 @@ class Uploader:
         self.moved()
         try:
             self.on_done(entry)  # may adopt the data file into the content cache
-            for hook in self.on_finished:
-                hook(entry)
         except Exception:
             log.exception("after uploading %r", entry.name)
+        for hook in self.on_finished:  # each, whatever the one before did (user.octuefs.state's among them)
+            try:
+                hook(entry)
+            except Exception:
+                log.exception("after uploading %r", entry.name)
         with self._cond:
             now = time.monotonic()
             runnable = False  # other than what this worker picks up next anyway

@@ -117,3 +117,74 @@ def test_a_value_with_spaces_and_quotes_is_one_json_string():
     line = render("pending", kind="upload", attempts=3, error='503 "busy"\nretry').decode()
     assert line == 'pending kind=upload attempts=3 error="503 \\"busy\\"\\nretry"'
     assert re.fullmatch(r'\w+( [\w-]+=("(?:[^"\\]|\\.)*"|\S+))*', line)
+
+
+def _conflict(fs, bucket, path="/d/c.txt"):
+    name = path.lstrip("/")
+    bucket.upload_bytes(name, b"v1")
+    fs.metacache.clear()  # (made behind the mount's back)
+    fh = fs.open(path, os.O_RDWR)
+    fs.write(fh, b"mine", 0)
+    FakeBucket(server=bucket.server).upload_bytes(name, b"theirs")  # another machine, meanwhile
+    fs.flush(fh)
+    fs.release(fh)
+    assert fs.uploader.sync(timeout=10) == 0
+    assert state(fs, path)[0] == "conflict"
+
+
+def test_a_conflict_outlives_a_remount_until_a_newer_version_from_the_mount_lands(bucket, tmp_path):
+    """The conflict is taken from the journal's conflict list (what `octuefs status` shows) at the
+    next mount with the same cache; a version landing later ends it, also for the mount after."""
+    fs = make_fs(bucket, tmp_path)
+    try:
+        _conflict(fs, bucket)
+        _, fields = state(fs, "/d/c.txt")
+    finally:
+        fs.shutdown()
+    fs = make_fs(bucket, tmp_path)
+    try:
+        assert state(fs, "/d/c.txt") == ("conflict", fields)
+        close_write(fs, "/d/c.txt", b"mine again")
+        assert fs.uploader.sync(timeout=10) == 0
+        assert state(fs, "/d/c.txt")[0] == "saved"
+    finally:
+        fs.shutdown()
+    fs = make_fs(bucket, tmp_path)
+    try:
+        assert state(fs, "/d/c.txt")[0] == "saved"
+    finally:
+        fs.shutdown()
+
+
+def test_a_rename_leaves_no_conflict_on_either_name_nor_after_a_remount(bucket, tmp_path):
+    fs = make_fs(bucket, tmp_path)
+    try:
+        _conflict(fs, bucket)
+        _conflict(fs, bucket, "/d/e.txt")
+        fs.rename("/d/c.txt", "/d/e.txt")
+        assert state(fs, "/d/e.txt")[0] == "saved"
+        FakeBucket(server=bucket.server).upload_bytes("d/c.txt", b"new, elsewhere")
+        fs.metacache.clear()
+        assert state(fs, "/d/c.txt")[0] == "saved"
+        _conflict(fs, bucket, "/x/f.txt")
+        fs.rename("/x", "/y")
+        assert state(fs, "/y/f.txt")[0] == "saved"
+    finally:
+        fs.shutdown()
+    fs = make_fs(bucket, tmp_path)
+    try:
+        assert [state(fs, p)[0] for p in ("/d/c.txt", "/d/e.txt", "/y/f.txt")] == ["saved"] * 3
+    finally:
+        fs.shutdown()
+
+
+def test_a_state_hook_runs_even_when_the_file_layers_hook_fails(fs, bucket):
+    """Uploader._finish runs on_done, then the on_finished hooks: one failing does not skip the next."""
+    real = fs.uploader.on_done
+
+    def failing(entry):
+        real(entry)
+        raise RuntimeError("boom")
+
+    fs.uploader.on_done = failing
+    _conflict(fs, bucket)

@@ -39,10 +39,12 @@ during a request; ``_lock`` guards the memo alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import cachetools
@@ -85,6 +87,36 @@ class DatasetXattrs:
         self._changing = changing  # the XattrSurface's per-object locks
         self._lock = threading.Lock()
         self._memo: cachetools.LRUCache = cachetools.LRUCache(MEMO_KEPT)  # (name, generation) -> record
+        self._watchers: list[tuple[str, set[str]]] = []  # directory renames under way: (prefix, records written)
+
+    # --- directory renames ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watch(self, prefix: str) -> Iterator[set[str]]:
+        """While a directory rename copies ``prefix``: the set of record objects under it that a
+        setfattr of this mount writes meanwhile (the rename copied their old version)."""
+        watcher = (prefix, set())
+        with self._lock:
+            self._watchers.append(watcher)
+        try:
+            yield watcher[1]
+        finally:
+            with self._lock:
+                self._watchers.remove(watcher)
+
+    @contextlib.contextmanager
+    def holding(self, record_names, timeout: float) -> Iterator[None]:
+        """Hold the change locks of ``record_names`` (in order, so two renames never deadlock):
+        no setfattr of those directories runs meanwhile, and one under way is finished first. One
+        not had within ``timeout`` (a setfattr waiting for a file this rename holds still) is
+        left, with a WARNING: the rename then re-copies a record whose delete fails instead."""
+        with contextlib.ExitStack() as stack:
+            for name in sorted(set(record_names)):
+                if not stack.enter_context(self._changing.hold(name, timeout=timeout)):
+                    log.warning("a directory rename could not hold gs://%s/%s still (a setfattr of its directory "
+                                "takes long); a change made to it meanwhile is copied after it", self.fs.bucket.name,
+                                name)
+            yield
 
     # --- where ----------------------------------------------------------------------------
 
@@ -322,6 +354,9 @@ class DatasetXattrs:
         self.fs.metacache.wrote(landed)
         with self._lock:
             self._memo[(record_name, landed.generation)] = records.decode_dataset_record(body)
+            for prefix, written in self._watchers:
+                if record_name.startswith(prefix):
+                    written.add(record_name)
         log.info("wrote gs://%s/%s (generation %d)", self.fs.bucket.name, record_name, landed.generation)
 
 

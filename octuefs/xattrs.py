@@ -86,13 +86,19 @@ class _KeyedLocks:
         self._held: dict[str, list] = {}  # name -> [lock, holders and waiters]
 
     @contextlib.contextmanager
-    def hold(self, name: str) -> Iterator[None]:
+    def hold(self, name: str, timeout: float | None = None) -> Iterator[bool]:
+        """Hold ``name``'s lock; yields True. With ``timeout``: yields False, holding nothing, if
+        it was not had within that many seconds."""
         with self._mutex:
             slot = self._held.setdefault(name, [threading.Lock(), 0])
             slot[1] += 1
         try:
-            with slot[0]:
-                yield
+            got = slot[0].acquire(timeout=-1 if timeout is None else timeout)
+            try:
+                yield got
+            finally:
+                if got:
+                    slot[0].release()
         finally:
             with self._mutex:
                 slot[1] -= 1

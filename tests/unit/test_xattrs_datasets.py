@@ -294,3 +294,63 @@ def test_xattr_replace_of_the_name_on_a_directory_without_a_record_is_enodata(fs
     fs.setxattr("/plain", "user.octue.name", b"mine")
     with pytest.raises(AttributeExists):  # now it has one
         fs.setxattr("/plain", "user.octue.name", b"other", 1)
+
+
+def test_a_record_made_in_a_subdirectory_during_its_parents_rename_moves_with_it(fs, bucket):
+    """A setfattr on wind/sub (no record yet) landing between the rename's copy and its deletes
+    makes wind/sub/.octue, which the rename did not list: it is moved too, not left behind."""
+    import threading
+
+    bucket.upload_bytes("wind/sub/a.csv", b"1")
+    real = fs._copy_all
+    done = []
+
+    def copy_then_race(*args, **kwargs):
+        moved = real(*args, **kwargs)
+        t = threading.Thread(target=lambda: done.append(fs.setxattr("/wind/sub", "user.octue.labels", b"x")))
+        t.start()
+        t.join(10)
+        return moved
+
+    fs._copy_all = copy_then_race
+    fs.rename("/wind", "/wind2")
+    assert done == [None]
+    assert not [n for n in bucket.objects() if n.startswith("wind/")]
+    assert json.loads(bucket.objects()["wind2/sub/.octue"])["dataset"]["labels"] == ["x"]
+
+
+def test_a_setfattr_waiting_for_a_rename_of_its_directory_answers_enoent_after_it(fs, bucket):
+    """One that reaches the record's lock only after the rename moved everything finds the
+    directory gone (as on a local disk) and writes nothing there."""
+    import threading
+
+    bucket.upload_bytes("wind/a.csv", b"1")
+    bucket.upload_bytes("wind/.octue", encode_dataset_record(ID, "wind", {}, ["v1"], "gs://bk/wind"))
+    real_delete = bucket.delete
+    errors, started = [], threading.Event()
+
+    def setfattr():
+        started.set()
+        try:
+            fs.setxattr("/wind", "user.octue.labels", b"v2")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=setfattr)
+
+    def delete(name, *args, **kwargs):
+        if not started.is_set():  # the rename holds the record's lock: the setfattr waits for it
+            t.start()
+            started.wait(5)
+            time.sleep(0.2)
+        return real_delete(name, *args, **kwargs)
+
+    fs.bucket.delete = delete
+    try:
+        fs.rename("/wind", "/wind2")
+    finally:
+        fs.bucket.delete = real_delete
+    t.join(10)
+    assert [type(e).__name__ for e in errors] == ["FileNotFound"]
+    assert not [n for n in bucket.objects() if n.startswith("wind/")]
+    assert json.loads(bucket.objects()["wind2/.octue"])["dataset"]["labels"] == ["v1"]

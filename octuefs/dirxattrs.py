@@ -43,6 +43,7 @@ import contextlib
 import logging
 import posixpath
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -79,6 +80,7 @@ MEMO_KEPT = 4096  # decoded records kept, by (object name, generation)
 # file of that name, and is not read whole into memory by every getfattr of its directory.
 MAX_RECORD_BYTES = 16 << 20
 _NOT_A_RECORD = object()
+LOCAL_WARNING_EVERY = 60.0  # s: a local .octue that is no record, closed, is said at WARNING this often
 
 
 class DatasetXattrs:
@@ -87,6 +89,7 @@ class DatasetXattrs:
         self._changing = changing  # the XattrSurface's per-object locks
         self._lock = threading.Lock()
         self._memo: cachetools.LRUCache = cachetools.LRUCache(MEMO_KEPT)  # (name, generation) -> record
+        self._warned: cachetools.LRUCache = cachetools.LRUCache(MEMO_KEPT)  # local record name -> when said
         self._watchers: list[tuple[str, set[str]]] = []  # directory renames under way: (prefix, records written)
 
     # --- directory renames ----------------------------------------------------------------
@@ -144,8 +147,8 @@ class DatasetXattrs:
         name, entry, node = self.fs.resolve(record_path)
         if node is not None and node.unsaved:  # written here, not in the bucket yet: the local version
             if node.size > MAX_RECORD_BYTES:
-                return self._too_large(record_name, node.size, None)
-            return self._decode(record_name, self._read_local(name, node), None)
+                return self._too_large(record_name, node.size, None, local=node)
+            return self._decode(record_name, self._read_local(name, node), None, local=node)
         if node is not None:  # open here, clean: its handles keep their version, the record may be newer
             entry = self.fs.lookup(record_name)
         if not isinstance(entry, ObjectInfo) or entry.is_dir_marker:
@@ -183,18 +186,37 @@ class DatasetXattrs:
         finally:
             self.fs.files.release(fh)
 
-    def _too_large(self, record_name: str, size: int, generation: int | None):
-        log.warning("gs://%s/%s (generation %s) is %d bytes, too large to be a dataset record (at most %d), so its "
-                    "directory shows no dataset attributes", self.fs.bucket.name, record_name,
-                    generation or "not uploaded yet", size, MAX_RECORD_BYTES)
+    def _quiet(self, record_name: str, local) -> bool:
+        """Whether a local ``.octue`` that is no record is said at DEBUG, not WARNING: while it is
+        open for writing (half written is expected; every getfattr of its directory reads it), and
+        for a closed one after the first WARNING a minute. (One in the bucket is memoised by
+        generation, so it is said once per version.)"""
+        if local is None:
+            return False
+        if local.dirty:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            last = self._warned.get(record_name)
+            if last is not None and now - last < LOCAL_WARNING_EVERY:
+                return True
+            self._warned[record_name] = now
+        return False
+
+    def _too_large(self, record_name: str, size: int, generation: int | None, local=None):
+        level = logging.DEBUG if self._quiet(record_name, local) else logging.WARNING
+        log.log(level, "gs://%s/%s (generation %s) is %d bytes, too large to be a dataset record (at most %d), so "
+                       "its directory shows no dataset attributes", self.fs.bucket.name, record_name,
+                generation or "not uploaded yet", size, MAX_RECORD_BYTES)
         return _NOT_A_RECORD
 
-    def _decode(self, record_name: str, data: bytes, generation: int | None):
+    def _decode(self, record_name: str, data: bytes, generation: int | None, local=None):
         try:
             return records.decode_dataset_record(data)
         except ValueError as exc:
-            log.warning("gs://%s/%s (generation %s) is not a dataset record, so its directory shows no dataset "
-                        "attributes: %s", self.fs.bucket.name, record_name, generation or "not uploaded yet", exc)
+            level = logging.DEBUG if self._quiet(record_name, local) else logging.WARNING
+            log.log(level, "gs://%s/%s (generation %s) is not a dataset record, so its directory shows no dataset "
+                           "attributes: %s", self.fs.bucket.name, record_name, generation or "not uploaded yet", exc)
             return _NOT_A_RECORD
 
     def _stat(self, record_name: str) -> ObjectInfo | None:

@@ -354,3 +354,18 @@ def test_a_setfattr_waiting_for_a_rename_of_its_directory_answers_enoent_after_i
     assert [type(e).__name__ for e in errors] == ["FileNotFound"]
     assert not [n for n in bucket.objects() if n.startswith("wind/")]
     assert json.loads(bucket.objects()["wind2/.octue"])["dataset"]["labels"] == ["v1"]
+
+
+def test_getfattr_of_a_directory_whose_record_is_being_written_warns_not_on_every_call(fs, bucket, caplog):
+    """A half-written DIR/.octue open for writing is expected: said at DEBUG, not a WARNING per call."""
+    bucket.upload_bytes("wind/a.csv", b"1")
+    fh = fs.create("/wind/.octue", os.O_WRONLY | os.O_CREAT)
+    try:
+        fs.write(fh, b'{"dataset": {"id": ', 0)
+        with caplog.at_level(logging.DEBUG, logger="octuefs"):
+            for _ in range(5):
+                assert fs.listxattr("/wind") == []
+        said = [r for r in caplog.records if "not a dataset record" in r.getMessage()]
+        assert said and all(r.levelno == logging.DEBUG for r in said)
+    finally:
+        fs.release(fh)

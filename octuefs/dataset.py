@@ -17,7 +17,8 @@ What reaches the bucket:
   same bytes as stored: nothing sent. It is the rewrite a directory's setfattr makes
   (:func:`~octuefs.dataset_record.rewrite_dataset_record`): only the changed fields are replaced,
   every other key of the record (unknown ones, ``files``, a malformed field left alone) is kept;
-  a malformed id, or a change merged into a malformed field, is refused (``InvalidMetadata``).
+  a malformed id, or a change merged into a malformed field, is refused (``InvalidMetadata``);
+  a field given whole as an argument (``tags=...``) replaces a malformed one.
 
 Where octuefs differs from the SDK, as its :class:`~octuefs.Datafile` does: metadata given as
 arguments wins over the stored record (an ``id`` that differs from the stored one is refused);
@@ -91,6 +92,8 @@ class Dataset:
         self._record_generation: int | None = None  # of the record read (0: none); None: not looked at
         self._record_bytes: bytes | None = None
         self._stored: DatasetRecord | None = None  # the record read, which a rewrite starts from
+        # Fields given whole as arguments: they replace the stored ones even where those are malformed.
+        self._replacing = frozenset(k for k, v in (("name", name), ("tags", tags), ("labels", labels)) if v is not None)
         self.listed: dict[str, ObjectInfo] = {}  # object name -> what the listing said of it
         stored = DatasetRecord()
         if files is not None:
@@ -228,7 +231,8 @@ class Dataset:
         # fields that changed replaced (keys octuefs does not know, a `files` list, a field it
         # reads as malformed and left alone, all kept); a record of the SDK's shape comes out as
         # the SDK's own update writes it.
-        body = rewrite_dataset_record(self._stored, self.id, self.name, dict(self.tags), self.labels, self.path)
+        body = rewrite_dataset_record(self._stored, self.id, self.name, dict(self.tags), self.labels, self.path,
+                                      replacing=self._replacing)
         if body == self._record_bytes:
             _log.debug("%s: unchanged; nothing to send", self.metadata_path)
             return

@@ -114,6 +114,8 @@ def test_update_cloud_metadata_keeps_what_the_record_holds_beyond_its_changed_fi
     with pytest.raises(InvalidMetadata):
         dataset.update_cloud_metadata()
     assert json.loads(bucket.objects()["ds/.octue"]) == after
+    Dataset.from_cloud("gs://bk/ds", bucket=bucket, tags={"site": "north"}).update_cloud_metadata()  # given whole
+    assert json.loads(bucket.objects()["ds/.octue"])["dataset"]["tags"] == {"site": "north"}
 
 
 def test_update_cloud_metadata_refuses_to_replace_an_id_that_is_not_a_uuid(bucket):

@@ -187,7 +187,9 @@ class Dataset:
     @property
     def name(self) -> str:
         """The name given or stored, else the directory's name (the bucket's, at its root)."""
-        return self._name or posixpath.basename(self._directory) or self.bucket_name
+        return self._name or self._default_name
+
+    _default_name = property(lambda self: posixpath.basename(self._directory) or self.bucket_name)
 
     @name.setter
     def name(self, value: str | None) -> None:
@@ -232,7 +234,7 @@ class Dataset:
         # reads as malformed and left alone, all kept); a record of the SDK's shape comes out as
         # the SDK's own update writes it.
         body = rewrite_dataset_record(self._stored, self.id, self.name, dict(self.tags), self.labels, self.path,
-                                      replacing=self._replacing)
+                                      replacing=self._replacing, default_name=self._default_name)
         if body == self._record_bytes:
             _log.debug("%s: unchanged; nothing to send", self.metadata_path)
             return

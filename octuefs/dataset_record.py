@@ -143,7 +143,8 @@ _FIELDS = ("id", "name", "tags", "labels", "path")  # the SDK's order
 
 
 def rewrite_dataset_record(old: DatasetRecord | None, id: str, name: str, tags: Mapping[str, Any], labels,
-                           path: str, replacing: frozenset[str] | set[str] = frozenset()) -> bytes:
+                           path: str, replacing: frozenset[str] | set[str] = frozenset(),
+                           default_name: str | None = None) -> bytes:
     """The ``.octue`` content of the dataset ``old`` (None: a new one) after a change of its
     metadata to ``id``, ``name``, ``tags``, ``labels`` (at ``path``): the one rewrite both a
     directory's setfattr and :meth:`octuefs.Dataset.update_cloud_metadata` make.
@@ -157,7 +158,8 @@ def rewrite_dataset_record(old: DatasetRecord | None, id: str, name: str, tags: 
     path}}``). InvalidMetadata (nothing to write) when the record's id is there but not a UUID (a
     new one would replace the id another writer gave it), or when the change would merge into a
     field the record holds malformed: only a change of the whole field (``replacing``, e.g. the
-    tags set whole) replaces one."""
+    tags set whole) replaces one. ``default_name``: the name a record without one reads as (its
+    directory's), so a malformed name the change leaves alone is told from one it sets."""
     new = {"id": validate_id(id), "name": _text(name), "tags": validate_tags(tags),
            "labels": sorted(validate_labels(labels)), "path": _text(path)}
     whole = copy.deepcopy(dict(old.whole)) if old is not None and old.whole is not None else {}
@@ -166,19 +168,20 @@ def rewrite_dataset_record(old: DatasetRecord | None, id: str, name: str, tags: 
         record = whole["dataset"] = {}
     if old is None:
         old = DatasetRecord()
-    was = {"id": old.id, "name": old.name, "tags": validate_tags(old.tags), "labels": sorted(old.labels),
+    was = {"id": old.id, "name": old.name if old.name is not None else default_name,
+           "tags": validate_tags(old.tags), "labels": sorted(old.labels),
            "path": old.path}
     for key in _FIELDS:
         if key in old.malformed and key != "path":
             if key == "id":
                 raise InvalidMetadata("id", "the record's id is not a UUID; octuefs neither replaces it nor writes a "
                                             "record under it (fix the record first)", record.get("id"))
-            if _octue_json.canonical(new[key]) == _octue_json.canonical(was[key]):
-                continue  # untouched: stays as stored
-            if key not in replacing:
+            if key in replacing:  # set whole (even to what it read as): it replaces what was there
+                record[key] = new[key]
+            elif _octue_json.canonical(new[key]) != _octue_json.canonical(was[key]):
                 raise InvalidMetadata(key, f"the record's {key} is malformed (see the log); set {key} whole to "
                                            "replace it, nothing is merged into it", record.get(key))
-            record[key] = new[key]
+            # (else untouched: it stays as stored)
         elif record.get(key) is None or _octue_json.canonical(new[key]) != _octue_json.canonical(was[key]):
             record[key] = new[key]
     return _octue_json.dumps(whole).encode("utf-8")

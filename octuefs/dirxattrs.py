@@ -261,7 +261,7 @@ class DatasetXattrs:
                 try:
                     body = records.rewrite_dataset_record(
                         record, new.id or str(uuid.uuid4()), new.name or default_name, new.tags, new.labels, cloud,
-                        replacing=records.fields_replaced_by(name))
+                        replacing=records.fields_replaced_by(name), default_name=default_name)
                 except InvalidMetadata as exc:
                     log.warning("%s: %s not changed: gs://%s/%s: %s", path, name, self.fs.bucket.name, record_name,
                                 exc)

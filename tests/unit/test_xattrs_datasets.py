@@ -369,3 +369,13 @@ def test_getfattr_of_a_directory_whose_record_is_being_written_warns_not_on_ever
         assert said and all(r.levelno == logging.DEBUG for r in said)
     finally:
         fs.release(fh)
+
+
+def test_a_malformed_name_left_alone_is_kept_and_set_whole_replaces_it(fs, bucket):
+    stored = {"dataset": {"id": ID, "name": 5, "tags": {}, "labels": [], "path": "gs://bk/wind"}}
+    bucket.upload_bytes("wind/.octue", json.dumps(stored).encode(), {}, content_type="text/plain")
+    assert fs.getxattr("/wind", "user.octue.name") == b"wind"  # read as none: the directory's
+    fs.setxattr("/wind", "user.octue.labels", b"x")
+    assert json.loads(bucket.objects()["wind/.octue"])["dataset"]["name"] == 5
+    fs.setxattr("/wind", "user.octue.name", b"wind")  # set whole, even to what it read as
+    assert json.loads(bucket.objects()["wind/.octue"])["dataset"]["name"] == "wind"

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import posixpath
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from . import metadata as octue
 from . import posixmeta
 from .cache import ContentCache
 from .config import MountConfig, effective_cache_size, format_size
+from .dataset_record import RECORD_NAME
 from .errors import (
     BucketUnreachable,
     Conflict,
@@ -526,6 +528,7 @@ class FileSystem:
         self.cache.drop(name)
         self.metacache.removed(name)
         self.times.entry_changed(name)
+        self.xattrs.states.forget(name)  # a file made there later, elsewhere, has no conflict of ours
 
     def rename(self, old: str, new: str) -> None:
         self._check_writable()
@@ -539,6 +542,8 @@ class FileSystem:
             raise FileNotFound(old)
         if src is DIR and node is None:
             self._rename_dir(old, new, src_name, dst_name, dst)
+            for prefix in (src_name + "/", dst_name + "/"):
+                self.xattrs.states.forget(prefix, under=True)
             return
         if dst is DIR and dst_node is None:
             raise IsADirectory(new)
@@ -547,6 +552,9 @@ class FileSystem:
         # looks again; a setfattr of the source follows it to its new name.)
         with self.files.pinned(src_name, node, src) as node, self.files.pinned(dst_name, dst_node, dst) as dst_node:
             self._rename_file(src_name, src, node, dst_name, dst, dst_node)
+        # Neither name keeps a conflict: the new one holds the mount's bytes, the old none.
+        self.xattrs.states.forget(src_name)
+        self.xattrs.states.forget(dst_name)
 
     def _rename_file(self, src_name: str, src: object, node: FileNode | None, dst_name: str, dst: object,
                      dst_node: FileNode | None) -> None:
@@ -915,17 +923,35 @@ class FileSystem:
             for info in objects:
                 self.ns.check_new_name(dst_prefix + info.name[len(src_prefix) :])
             log.info("renaming directory %r to %r: %d objects, one by one (not atomic)", old, new, len(objects))
+            # A setfattr of a directory under it rewrites that directory's .octue at once: one
+            # landing after the copy would be deleted with the originals (or, its delete failing,
+            # left behind alone) while the moved dataset lacks it. So the records are held still
+            # from the copy's end to the last delete, and one this mount wrote meanwhile is copied
+            # again: an acknowledged change is never lost.
+            datasets = self.xattrs.datasets
+            written = stack.enter_context(datasets.watch(src_prefix))
             moved = self._copy_all(objects, src_prefix, dst_prefix, new)
             now = time.time()
             for info in objects:
                 if info.name in moved:  # (each file keeps its mtime; its ctime moves)
                     self.times.made(moved[info.name], self.times.of(info)[0], now)
+            records = {src_prefix + RECORD_NAME} | {posixpath.dirname(o.name) + "/" + RECORD_NAME for o in objects
+                                                    if o.name != src_prefix}
+            stack.enter_context(datasets.holding(records, timeout=self.config.op_timeout))
+            again = set(written)
             for info in objects:
                 try:
                     self.bucket.delete(info.name, if_generation_match=info.generation,
                                        if_metageneration_match=info.metageneration)
-                except (NotFound, PreconditionFailed) as exc:
+                except PreconditionFailed as exc:
+                    if posixpath.basename(info.name) == RECORD_NAME:
+                        again.add(info.name)
+                        continue
                     log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
+                except NotFound as exc:
+                    log.warning("rename of %r: could not delete %r after copying it: %s", old, info.name, exc)
+            for name in sorted(again | written):
+                self._move_record_again(old, name, dst_prefix + name[len(src_prefix) :], moved)
             for node in self.files.nodes_under(src_prefix):
                 if node.name in moved:
                     with node.lock:  # (its ctime moves too, as the object's just did)
@@ -936,6 +962,30 @@ class FileSystem:
             self.times.renamed(src_name, dst_name)
             self.times.dir_changed(dst_prefix)
             self.posix.forget_markers()
+
+    def _move_record_again(self, old: str, name: str, target: str, moved: dict[str, ObjectInfo]) -> None:
+        """A dataset record rewritten during the rename of its directory (by a setfattr of this
+        mount, held still now): copy what it holds now over the copy made before, then delete it."""
+        for _ in range(3):
+            try:
+                info = self.bucket.stat(name)
+            except NotFound:
+                return  # (deleted with the others)
+            try:
+                copied = self.bucket.copy(name, target, if_source_generation_match=info.generation,
+                                          if_generation_match=moved[name].generation if name in moved else 0)
+                moved[name] = copied
+                self.bucket.delete(name, if_generation_match=info.generation,
+                                   if_metageneration_match=info.metageneration)
+                log.info("rename of %r: %r changed during the move (a setfattr of its directory); moved again",
+                         old, name)
+                return
+            except NotFound:
+                continue
+            except PreconditionFailed:
+                continue  # changed again (elsewhere): once more
+        log.warning("rename of %r: %r kept changing during the move; it is left where it was, and %r holds an "
+                    "older version", old, name, target)
 
     def _objects_to_move(self, old: str, src_prefix: str) -> list[ObjectInfo]:
         """Every object under a directory being renamed, listed only up to ``--rename-dir-limit``.

@@ -14,7 +14,11 @@ What reaches the bucket:
 * :meth:`Dataset.update_cloud_metadata` writes ``dir/.octue`` in exactly the SDK's layout, in one
   upload preconditioned on the generation of the record read (0: there was none), so a record
   changed elsewhere meanwhile is never overwritten: ``Conflict`` instead, nothing written. The
-  same bytes as stored: nothing sent.
+  same bytes as stored: nothing sent. It is the rewrite a directory's setfattr makes
+  (:func:`~octuefs.dataset_record.rewrite_dataset_record`): only the changed fields are replaced,
+  every other key of the record (unknown ones, ``files``, a malformed field left alone) is kept;
+  a malformed id, or a change merged into a malformed field, is refused (``InvalidMetadata``);
+  a field given whole as an argument (``tags=...``) replaces a malformed one.
 
 Where octuefs differs from the SDK, as its :class:`~octuefs.Datafile` does: metadata given as
 arguments wins over the stored record (an ``id`` that differs from the stored one is refused);
@@ -33,7 +37,7 @@ from typing import Any
 from octuefs import datafile as _datafile
 from octuefs.datafile import CLOUD_PROTOCOL, Datafile, LabelSet, TagDict
 from octuefs.dataset_record import RECORD_CONTENT_TYPE, RECORD_NAME, DatasetRecord, decode_dataset_record
-from octuefs.dataset_record import encode_dataset_record, is_dataset_file
+from octuefs.dataset_record import is_dataset_file, rewrite_dataset_record
 from octuefs.errors import BucketNotFound, Conflict, InvalidMetadata, NotFound, PreconditionFailed
 from octuefs.metadata import SDK_LAYOUT_VERSION, validate_id
 from octuefs.storage import Bucket, ObjectInfo
@@ -87,6 +91,9 @@ class Dataset:
         self._bucket = bucket if bucket is not None else _datafile.bucket_factory(bucket_name, project_name)
         self._record_generation: int | None = None  # of the record read (0: none); None: not looked at
         self._record_bytes: bytes | None = None
+        self._stored: DatasetRecord | None = None  # the record read, which a rewrite starts from
+        # Fields given whole as arguments: they replace the stored ones even where those are malformed.
+        self._replacing = frozenset(k for k, v in (("name", name), ("tags", tags), ("labels", labels)) if v is not None)
         self.listed: dict[str, ObjectInfo] = {}  # object name -> what the listing said of it
         stored = DatasetRecord()
         if files is not None:
@@ -144,9 +151,10 @@ class Dataset:
             raise Conflict(f"{self.metadata_path} kept changing while it was read; try again")
         self._record_generation, self._record_bytes = info.generation, data
         try:
-            return decode_dataset_record(data)
+            self._stored = decode_dataset_record(data)
         except ValueError as exc:
             raise ValueError(f"{self.metadata_path}: {exc}") from None
+        return self._stored
 
     def _datafile_of(self, info: ObjectInfo) -> Datafile | None:
         try:
@@ -179,7 +187,9 @@ class Dataset:
     @property
     def name(self) -> str:
         """The name given or stored, else the directory's name (the bucket's, at its root)."""
-        return self._name or posixpath.basename(self._directory) or self.bucket_name
+        return self._name or self._default_name
+
+    _default_name = property(lambda self: posixpath.basename(self._directory) or self.bucket_name)
 
     @name.setter
     def name(self, value: str | None) -> None:
@@ -219,7 +229,12 @@ class Dataset:
     def update_cloud_metadata(self) -> None:
         """Write ``DIR/.octue`` as the SDK does, only over the record this dataset read (or where
         there is none): ``Conflict`` if it changed in the bucket since, and nothing is written."""
-        body = encode_dataset_record(self.id, self.name, dict(self.tags), self.labels, self.path)
+        # The one rewrite a directory's setfattr makes too: from the whole record read, only the
+        # fields that changed replaced (keys octuefs does not know, a `files` list, a field it
+        # reads as malformed and left alone, all kept); a record of the SDK's shape comes out as
+        # the SDK's own update writes it.
+        body = rewrite_dataset_record(self._stored, self.id, self.name, dict(self.tags), self.labels, self.path,
+                                      replacing=self._replacing, default_name=self._default_name)
         if body == self._record_bytes:
             _log.debug("%s: unchanged; nothing to send", self.metadata_path)
             return
@@ -234,6 +249,7 @@ class Dataset:
                 f"was written. Load it again with Dataset.from_cloud({self.path!r}) and reapply the changes"
             ) from exc
         self._record_generation, self._record_bytes = info.generation, body
+        self._stored = decode_dataset_record(body)
 
     update_metadata = update_cloud_metadata
 

@@ -173,6 +173,11 @@ class UploadStillPending(OctuefsError):
     made progress for ``--op-timeout`` seconds (ETIMEDOUT). The upload stays queued."""
 
 
+class Busy(OctuefsError):
+    """The object is being written through this mount (open with unsaved data): a change that
+    must rewrite it whole waits for no one and is refused (EBUSY); close it and try again."""
+
+
 class UploadFailed(OctuefsError):
     """The data could not be written to the bucket; it stays in the local cache (EIO)."""
 
@@ -208,6 +213,7 @@ _ERRNO_TABLE: dict[type[BaseException], tuple[int, int]] = {
     TransientError: (errno.EIO, logging.ERROR),
     RangeNotSatisfiable: (errno.EIO, logging.ERROR),
     UploadFailed: (errno.EIO, logging.ERROR),
+    Busy: (errno.EBUSY, logging.WARNING),
     StaleFile: (errno.ESTALE, logging.WARNING),
     StorageError: (errno.EIO, logging.ERROR),
 }

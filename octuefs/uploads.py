@@ -11,6 +11,9 @@ On disk, under the cache directory (0700, files 0600):
                           written after the data is durable (temp file, fsync, rename, fsync
                           of the directory)
     conflicts.jsonl       one line per conflict: which object, which versions, where ours went
+    conflicts.settled     one JSON string a line: a conflict copy whose conflict has ended (a
+                          newer version landed, the file was removed or renamed here); read by
+                          user.octuefs.state at the next mount
 
 A record travels with its content: a file in ``pending/`` always has its record, so a crash
 at any moment leaves either nothing (the close failed, and said so) or both. That costs a
@@ -57,6 +60,7 @@ import uuid
 from collections.abc import Callable
 
 from .cachespace import bytes_in
+from .dataset_record import RECORD_NAME
 from .durable import fsync_dir, fsync_path
 from .errors import (
     BucketNotFound,
@@ -230,6 +234,10 @@ class Journal:
         self.pending_dir = os.path.join(root, "pending")
         self.journal_dir = os.path.join(root, "journal")
         self.conflicts_path = os.path.join(root, "conflicts.jsonl")
+        # The conflict copies (saved_as) whose conflict a later event ended: a newer version from
+        # this mount landed at the name, or the mount removed or renamed the file. Read by
+        # user.octuefs.state (filestate.py) at the next mount; octuefs status still lists them.
+        self.settled_path = os.path.join(root, "conflicts.settled")
         # How many lines of conflicts.jsonl an `octuefs sync` (or unmount) has reported.
         self.reported_path = os.path.join(root, "conflicts.reported")
         for d in (self.pending_dir, self.journal_dir):
@@ -562,6 +570,40 @@ class Journal:
         first = max(0, len(lines) - limit)
         return self._conflict_records(lines[first:], first)
 
+    def note_settled(self, saved_as: list[str]) -> None:
+        """Remember that the conflicts whose copies are ``saved_as`` are over (see
+        ``settled_path``). Not fsync'd: lost in a crash, a file reads ``conflict`` for a while
+        longer, which is the safe side."""
+        if not saved_as:
+            return
+        with self._conflicts_lock, open(self.settled_path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(name) + "\n" for name in saved_as)
+
+    def settled_conflicts(self, keep: set[str] | None = None) -> set[str]:
+        """The copies :meth:`note_settled` named. With ``keep``, the file is rewritten to hold
+        only those of them in ``keep`` (the conflicts still listed) when it has grown past it."""
+        try:
+            with self._conflicts_lock, open(self.settled_path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            return set()
+        settled = set()
+        for line in lines:
+            try:
+                name = json.loads(line)
+            except ValueError:
+                continue  # cut short by a crash
+            if isinstance(name, str):
+                settled.add(name)
+        if keep is not None and len(lines) > 2 * max(len(keep), 64):
+            settled &= keep
+            tmp = self.settled_path + ".tmp"
+            with self._conflicts_lock:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(name) + "\n" for name in sorted(settled))
+                os.replace(tmp, self.settled_path)
+        return settled
+
 
 def quarantine_unclosed(staging_dir: str, root: str) -> None:
     """Files a dead daemon was still writing are never uploaded: move them to lost+found/."""
@@ -581,13 +623,22 @@ def quarantine_unclosed(staging_dir: str, root: str) -> None:
 
 
 def conflict_name(name: str, when: float, tag: str) -> str:
-    """``dir/data.csv`` -> ``dir/data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``."""
+    """``dir/data.csv`` -> ``dir/data.octuefs-conflict-20261125T101500Z-1a2b3c.csv``.
+
+    A dataset's record ``dir/.octue`` -> ``dir/.octuefs-conflict-20261125T101500Z-1a2b3c.octue``:
+    still hidden and still ending in ``.octue``, so the SDK (which skips every object whose name
+    ends so when it lists a dataset's files), :func:`~octuefs.dataset_record.is_dataset_file`,
+    ``octuefs find``/``manifest`` and :class:`~octuefs.Dataset` never count the copy as one of the
+    dataset's files; and not named ``.octue``, so it is no dataset's record either."""
     head, _, base = name.rpartition("/")
     stem, dot, ext = base.rpartition(".")
     if not stem:  # no extension (or a dotfile)
         stem, dot, ext = base, "", ""
     stamp = dt.datetime.fromtimestamp(when, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    marked = f"{stem}.octuefs-conflict-{stamp}-{tag}{dot}{ext}"
+    if base == RECORD_NAME:
+        marked = f".octuefs-conflict-{stamp}-{tag}{RECORD_NAME}"
+    else:
+        marked = f"{stem}.octuefs-conflict-{stamp}-{tag}{dot}{ext}"
     return f"{head}/{marked}" if head else marked
 
 
@@ -813,6 +864,9 @@ class Uploader:
         self.burst_quiet, self.burst_hold = burst_quiet, burst_hold
         self.journal = journal
         self.on_done = on_done or (lambda entry: None)
+        # Told of every upload or patch that ended (DONE or CONFLICT), after ``on_done``, while it
+        # is still queued (so a reader of the queue never sees the name with neither): filestate.py.
+        self.on_finished: list[Callable[[Entry], None]] = []
         self.max_backoff = max_backoff
         self._cond = threading.Condition()  # any change to the entries: waiters re-check
         # Idle workers wait here, on the same lock, so that one new entry wakes one worker, not
@@ -1384,7 +1438,8 @@ class Uploader:
         log.warning("conflict: gs://%s/%s changed in the bucket (now %s; this mount expected generation %s); "
                     "not overwritten: your version was saved as gs://%s/%s",
                     self.bucket.name, entry.name, theirs_text, entry.base_generation, self.bucket.name, target)
-        self.journal.note_conflict({"time": time.time(), "object": entry.name, "theirs": theirs_text,
+        self.journal.note_conflict({"time": time.time(), "bucket": self.bucket.name, "object": entry.name,
+                                    "theirs": theirs_text,
                                     "expected_generation": entry.base_generation, "saved_as": target,
                                     "generation": info.generation})
         self._finish(entry, info, CONFLICT)
@@ -1425,6 +1480,11 @@ class Uploader:
             self.on_done(entry)  # may adopt the data file into the content cache
         except Exception:
             log.exception("after uploading %r", entry.name)
+        for hook in self.on_finished:  # each, whatever the one before did (user.octuefs.state's among them)
+            try:
+                hook(entry)
+            except Exception:
+                log.exception("after uploading %r", entry.name)
         with self._cond:
             now = time.monotonic()
             runnable = False  # other than what this worker picks up next anyway

@@ -17,7 +17,9 @@ ignored (logged; the upload gives it its own), and it takes the ``user.octue.id`
 as ``gcloud storage cp`` keeps the id of the object it copies. Any other change of them is EPERM.
 
 A name outside ``user.`` answers ENODATA on read straight from memory (the kernel asks for
-``security.capability`` before every write) and ENOTSUP on write; directories have none.
+``security.capability`` before every write) and ENOTSUP on write. A directory's attributes are
+its dataset's, kept in ``DIR/.octue`` (:mod:`octuefs.dirxattrs`); a file's read-only
+``user.octuefs.state`` says where its write-back stands (:mod:`octuefs.filestate`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from . import filestate
 from . import metadata as octue
+from .dirxattrs import DatasetXattrs
 from .errors import (
     AttributeExists,
     AttributeNotSupported,
@@ -82,13 +86,19 @@ class _KeyedLocks:
         self._held: dict[str, list] = {}  # name -> [lock, holders and waiters]
 
     @contextlib.contextmanager
-    def hold(self, name: str) -> Iterator[None]:
+    def hold(self, name: str, timeout: float | None = None) -> Iterator[bool]:
+        """Hold ``name``'s lock; yields True. With ``timeout``: yields False, holding nothing, if
+        it was not had within that many seconds."""
         with self._mutex:
             slot = self._held.setdefault(name, [threading.Lock(), 0])
             slot[1] += 1
         try:
-            with slot[0]:
-                yield
+            got = slot[0].acquire(timeout=-1 if timeout is None else timeout)
+            try:
+                yield got
+            finally:
+                if got:
+                    slot[0].release()
         finally:
             with self._mutex:
                 slot[1] -= 1
@@ -103,6 +113,8 @@ class XattrSurface:
     def __init__(self, fs: FileSystem):
         self.fs = fs
         self._changing = _KeyedLocks()
+        self.datasets = DatasetXattrs(fs, self._changing)
+        self.states = filestate.UploadStates(fs.uploader, fs.bucket.name)
 
     def changing(self, name: str):
         """Held while a metadata change of object ``name`` is made (a setfattr, or a chmod,
@@ -146,8 +158,10 @@ class XattrSurface:
             raise NoSuchAttribute(name)
         target = self._target(path)
         if target is None:
-            raise NoSuchAttribute(name)
-        _, info, node = target
+            return self.datasets.get(path, name)
+        fname, info, node = target
+        if name == filestate.NAME:
+            return self.states.state(fname, node)
         if name.startswith(GCS_PREFIX):
             field = _GCS_FIELDS.get(name[len(GCS_PREFIX) :])
             value = field(info) if field and info is not None else None
@@ -159,9 +173,10 @@ class XattrSurface:
     def list(self, path: str) -> list[str]:
         target = self._target(path)
         if target is None:
-            return []
+            return self.datasets.list(path)
         _, info, node = target
-        names = octue.list_xattr_names(self._meta(info, node))
+        # (user.octuefs.state is not listed: cp --preserve=xattr and rsync -X would copy it)
+        names = [n for n in octue.list_xattr_names(self._meta(info, node)) if n != filestate.NAME]
         if info is not None:
             names += [GCS_PREFIX + k for k, f in _GCS_FIELDS.items() if f(info) is not None]
         return names
@@ -175,8 +190,13 @@ class XattrSurface:
         self._change(path, name, lambda meta: octue.remove_xattr(meta, name), None, 0)
 
     def _change(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
+        if name == filestate.NAME:
+            raise ReadOnlyAttribute(f"{name} is read-only: it says where the file's upload stands")
         if self.fs.config.read_only:
             raise ReadOnlyFilesystem("the mount is read-only")
+        if self._target(path) is None:  # a directory: its dataset's record (dirxattrs.py)
+            self.datasets.change(path, name, value, flags)
+            return
         # Each change reads the metadata the one before it in this mount wrote (the caches hold
         # its result), so concurrent setfattr calls neither lose each other's changes (even on a
         # server that ignores preconditions) nor use up each other's attempts.
@@ -188,8 +208,8 @@ class XattrSurface:
 
     def _change_locked(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
         target = self._target(path)
-        if target is None:
-            raise AttributeNotSupported(f"directories keep no attributes ({name})")
+        if target is None:  # (became a directory meanwhile)
+            raise AttributeNotSupported(f"{path} is a directory now; {name} was not changed")
         if name == CONTENT_TYPE:
             self._set_content_type(target, value, flags)
             return

@@ -1,14 +1,20 @@
 """user.octue.*, user.gcs.* and other user.* attributes through a real mount with getfattr/setfattr, cp and
-os.*xattr; the bucket is checked too."""
+os.*xattr; a directory's dataset attributes (DIR/.octue), read back by the real Octue SDK; a file's
+user.octuefs.state. The bucket is checked too."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import shlex
 import subprocess
+import time
 
 import pytest
+
+from tests.faultproxy import FaultProxy
+from tests.integration.test_sdk_parity import sdk, sdk_python  # noqa: F401  (the real SDK, in its own venv)
 
 from .conftest import run_octuefs
 
@@ -133,17 +139,6 @@ def test_setfattr_on_a_file_being_written_goes_up_with_its_data(mount):
     info = mount.bucket.stat("w.csv")
     assert mount.bucket.read_range("w.csv", 0, 100) == b"part 1, part 2"
     assert json.loads(info.metadata["octue__labels"])["items"] == ["draft"]
-
-
-def test_directories_answer_xattr_calls(mount):
-    (mount / "d").mkdir()
-    assert os.listxattr(mount / "d") == []
-    with pytest.raises(OSError) as info:
-        os.getxattr(mount / "d", "user.octue.tags")
-    assert info.value.errno == errno.ENODATA
-    with pytest.raises(OSError) as info:
-        os.setxattr(mount / "d", "user.octue.tags", b"{}")
-    assert info.value.errno == errno.ENOTSUP
 
 
 def test_gcs_facts(mount):
@@ -339,3 +334,158 @@ def test_user_attributes_go_with_a_conflict_copy(mount):
     assert mount.bucket.read_range(copy, 0, 100) == b"my version 2"
     assert stored_user_keys(mount, copy) == {USER_KEY + "origin": "kept", USER_KEY + "note": "mine"}
     assert stored_user_keys(mount, "shared.csv") == {}  # theirs, untouched
+
+
+# --- directories are datasets (DIR/.octue) --------------------------------------------------------
+
+
+def test_a_directory_shows_the_dataset_the_sdk_uploaded(mount, sdk_python, tmp_path):
+    (tmp_path / "wind").mkdir()
+    *_, theirs = sdk(sdk_python, tmp_path,
+                     dict(op="write", path="wind/a.csv", content="1", tags={"by": "sdk"}, labels=["raw"]),
+                     dict(op="dataset_upload", path="wind", cloud_path=f"gs://{mount.bucket.name}/data/wind",
+                          tags={"project": "octuefs", "version": 2}, labels=["dataset", "example"]))
+    values = getfattr_dump(mount / "data/wind")
+    assert values == {"user.octue.id": theirs["id"], "user.octue.name": "wind",
+                      "user.octue.tags": '{"project": "octuefs", "version": 2}',
+                      "user.octue.tags.project": "octuefs", "user.octue.tags.version": "2",
+                      "user.octue.labels": "dataset example"}
+    assert getfattr_dump(mount / "data") == {}  # no .octue: no attributes
+    with pytest.raises(OSError) as info:
+        os.getxattr(mount / "data", "user.octue.id")
+    assert info.value.errno == errno.ENODATA
+
+
+def test_setfattr_on_a_directory_is_read_back_by_the_sdk(mount, sdk_python, tmp_path):
+    (mount / "runs").mkdir()
+    (mount / "runs/r1.csv").write_text("1,2\n")
+    assert setfattr(mount / "runs", "user.octue.labels", "Raw checked").returncode == 0
+    assert setfattr(mount / "runs", "user.octue.tags.height_m", "80.5").returncode == 0
+    assert setfattr(mount / "runs", "user.octue.name", "first runs").returncode == 0
+    # Written at once: the bucket holds it when setfattr returns, in the SDK's very layout.
+    info = mount.bucket.stat("runs/.octue")
+    assert dict(info.metadata) == {} and info.content_type == "text/plain"
+    record = json.loads(mount.bucket.read_range("runs/.octue", 0, info.size))
+    assert list(record) == ["dataset"] and list(record["dataset"]) == ["id", "name", "tags", "labels", "path"]
+    assert record["dataset"]["path"] == f"gs://{mount.bucket.name}/runs"
+    mount.sync()
+    (theirs,) = sdk(sdk_python, tmp_path, dict(op="dataset", path=f"gs://{mount.bucket.name}/runs"))
+    shown = getfattr_dump(mount / "runs")
+    assert (theirs["id"], theirs["name"], theirs["tags"], theirs["labels"]) == (
+        shown["user.octue.id"], "first runs", {"height_m": 80.5}, ["checked", "raw"])
+    assert list(theirs["files"]) == [f"gs://{mount.bucket.name}/runs/r1.csv"]  # the record is no file of it
+
+
+def test_a_directorys_bad_values_are_einval_logged_and_change_nothing(mount):
+    mount.bucket.upload_bytes("ds/a.csv", b"1")
+    assert setfattr(mount / "ds", "user.octue.labels", "ok").returncode == 0
+    before = mount.bucket.stat("ds/.octue")
+    for name, value in (("user.octue.labels", "bad_label!"), ("user.octue.tags", "[1]"), ("user.octue.name", "")):
+        with pytest.raises(OSError) as info:
+            os.setxattr(mount / "ds", name, value.encode())
+        assert info.value.errno == errno.EINVAL, name
+    with pytest.raises(OSError) as info:
+        os.setxattr(mount / "ds", "user.octue.id", b"2464c6f0-0070-50ca-8a9b-ba1af5456601")
+    assert info.value.errno == errno.EPERM
+    assert mount.bucket.stat("ds/.octue").generation == before.generation
+    assert "invalid labels" in mount.log_text()
+
+
+def test_a_rewrite_of_the_record_elsewhere_after_the_mount_read_it_is_not_overwritten(mount):
+    bucket = mount.bucket
+    bucket.upload_bytes("ds/a.csv", b"1")
+    assert setfattr(mount / "ds", "user.octue.labels", "mine").returncode == 0
+    assert getfattr_dump(mount / "ds")["user.octue.labels"] == "mine"  # read, and cached for --list-ttl
+    # Another client rewrites it meanwhile (a label added, as the SDK's update_cloud_metadata would).
+    record = json.loads(bucket.read_range("ds/.octue", 0, 10_000))["dataset"]
+    record["labels"] = ["mine", "theirs"]
+    bucket.upload_bytes("ds/.octue", json.dumps({"dataset": record}).encode(), {}, content_type="text/plain")
+    assert setfattr(mount / "ds", "user.octue.tags.site", "north").returncode == 0
+    after = json.loads(bucket.read_range("ds/.octue", 0, 10_000))["dataset"]
+    assert after["labels"] == ["mine", "theirs"] and after["tags"] == {"site": "north"}
+    assert after["id"] == record["id"]
+    assert "changed in the bucket meanwhile" in mount.log_text()
+
+
+def test_directories_answer_xattr_calls_as_datasets(mount):
+    (mount / "d").mkdir()
+    assert os.listxattr(mount / "d") == []
+    with pytest.raises(OSError) as info:
+        os.setxattr(mount / "d", "user.octue.timestamp", b"0")  # a dataset has no timestamp
+    assert info.value.errno == errno.ENOTSUP
+    assert os.listdir(mount / "d") == []  # nothing was written
+
+
+# --- user.octuefs.state ------------------------------------------------------------------------------
+
+
+
+def state_of(path) -> tuple[str, dict[str, str]]:
+    word, *fields = shlex.split(os.getxattr(path, "user.octuefs.state").decode())
+    return word, dict(f.split("=", 1) for f in fields)
+
+
+def test_state_is_not_saved_while_uploads_fail_then_saved(emulator, monkeypatch, mount_factory):
+    """(Each attempt retries 503s for 30 s before the queue counts it and notes its error: the
+    unit tests check attempts and errors; here, that the state never says saved too soon.)"""
+    with FaultProxy(emulator.url) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        m = mount_factory()
+        proxy.set_faults({"503": 1.0}, only=("upload",))
+        (m / "a.csv").write_bytes(b"1,2\n")
+        for _ in range(10):  # answered from memory while every upload fails
+            word, fields = state_of(m / "a.csv")
+            assert word in ("pending", "uploading") and fields["kind"] == "upload", (word, fields)
+            time.sleep(0.1)
+        assert proxy.counts.get("503", 0) >= 1
+        # getfattr -d does not show it (nor would cp --preserve=xattr copy it); -n does.
+        assert "user.octuefs.state" not in getfattr_dump(m / "a.csv")
+        shown = subprocess.run(["getfattr", "-n", "user.octuefs.state", "--only-values", str(m / "a.csv")],
+                               capture_output=True, text=True)
+        assert shown.stdout.startswith(("pending kind=upload", "uploading kind=upload"))
+        proxy.heal()
+        m.sync()
+        assert state_of(m / "a.csv") == ("saved", {})
+        assert m.bucket.read_range("a.csv", 0, 100) == b"1,2\n"
+        for args in (["-n", "user.octuefs.state", "-v", "saved"], ["-x", "user.octuefs.state"]):
+            done = subprocess.run(["setfattr", *args, str(m / "a.csv")], capture_output=True, text=True)
+            assert done.returncode != 0 and "Operation not permitted" in done.stderr
+
+
+def test_state_of_a_setfattr_waiting_to_be_sent_is_pending_metadata(mount):
+    mount.bucket.upload_bytes("m.csv", b"x")
+    assert state_of(mount / "m.csv") == ("saved", {})
+    assert setfattr(mount / "m.csv", "user.octue.labels", "raw").returncode == 0
+    assert state_of(mount / "m.csv")[0:1] == ("pending",) and state_of(mount / "m.csv")[1]["kind"] == "metadata"
+    mount.sync()
+    assert state_of(mount / "m.csv") == ("saved", {})
+
+
+def test_state_of_a_conflict_names_where_the_local_version_went(mount):
+    bucket = mount.bucket
+    bucket.upload_bytes("sub/shared.csv", b"version 1")
+    with open(mount / "sub/shared.csv", "r+b") as f:
+        assert f.read() == b"version 1"
+        bucket.upload_bytes("sub/shared.csv", b"their version 2")  # another machine, meanwhile
+        f.seek(0)
+        f.write(b"my version 2")
+    mount.sync()
+    word, fields = state_of(mount / "sub/shared.csv")
+    assert word == "conflict"
+    assert (mount / "sub" / fields["saved-as"]).read_bytes() == b"my version 2"
+    assert fields["url"] == f"gs://{bucket.name}/sub/{fields['saved-as']}"
+    assert (mount / "sub/shared.csv").read_bytes() == b"their version 2"
+
+
+def test_cp_a_of_a_dataset_directory_within_the_mount_keeps_its_dataset(mount):
+    record = {"dataset": {"id": "c59e22eb-fea9-5c80-80bb-845be985c70e", "name": "example-dataset",
+                          "tags": {"project": "octuefs"}, "labels": ["dataset"], "path": f"gs://{mount.bucket.name}/ds"}}
+    mount.bucket.upload_bytes("ds/.octue", json.dumps(record).encode(), {}, content_type="text/plain")
+    mount.bucket.upload_bytes("ds/a.csv", b"1,2\n")
+    done = _cp("-a", str(mount / "ds"), str(mount / "ds2"))
+    assert done.returncode == 0, done.stderr
+    mount.sync()
+    assert getfattr_dump(mount / "ds2") == getfattr_dump(mount / "ds")
+    assert (mount / "ds2/a.csv").read_bytes() == b"1,2\n"
+    copied = json.loads(mount.bucket.read_range("ds2/.octue", 0, 10_000))["dataset"]
+    assert copied["path"] == f"gs://{mount.bucket.name}/ds2"  # cp set the directory's attributes: its own path

@@ -9,7 +9,7 @@ import pytest
 
 from octuefs import Dataset, find
 from octuefs.dataset_record import decode_dataset_record
-from octuefs.errors import Conflict
+from octuefs.errors import Conflict, InvalidMetadata
 from octuefs.metadata import OctueMetadata, encode_object_metadata
 from octuefs.storage.fake import FakeBucket
 
@@ -95,6 +95,36 @@ def test_update_cloud_metadata_never_overwrites_a_record_changed_elsewhere(bucke
         ours.update_cloud_metadata()
     assert bucket.objects()["ds/.octue"] == landed
     assert decode_dataset_record(landed).labels == {"a", "b", "theirs"}
+
+
+def test_update_cloud_metadata_keeps_what_the_record_holds_beyond_its_changed_fields(bucket):
+    """The rewrite a directory's setfattr makes: keys octuefs does not know (in "dataset" and beside
+    it), a `files` list and a malformed field left alone stay as stored; only the labels change."""
+    stored = {"dataset": {"id": ID, "name": "example", "tags": {"Site": "north"}, "labels": ["a"],
+                          "path": "gs://bk/ds", "files": ["gs://bk/ds/a.csv"], "newer": {"k": [1, 2]}},
+              "datafiles": {"a.csv": {"labels": ["raw"]}}}
+    put(bucket, "ds/a.csv")
+    bucket.upload_bytes("ds/.octue", json.dumps(stored).encode())
+    dataset = Dataset.from_cloud("gs://bk/ds", bucket=bucket)
+    dataset.labels.add("b")
+    dataset.update_cloud_metadata()
+    after = json.loads(bucket.objects()["ds/.octue"])
+    assert after == {**stored, "dataset": {**stored["dataset"], "labels": ["a", "b"]}}
+    dataset.tags["height_m"] = 80  # merged into tags it reads as malformed: refused, nothing sent
+    with pytest.raises(InvalidMetadata):
+        dataset.update_cloud_metadata()
+    assert json.loads(bucket.objects()["ds/.octue"]) == after
+    Dataset.from_cloud("gs://bk/ds", bucket=bucket, tags={"site": "north"}).update_cloud_metadata()  # given whole
+    assert json.loads(bucket.objects()["ds/.octue"])["dataset"]["tags"] == {"site": "north"}
+
+
+def test_update_cloud_metadata_refuses_to_replace_an_id_that_is_not_a_uuid(bucket):
+    bucket.upload_bytes("ds/.octue", record("gs://bk/ds", id="wind-2024"))
+    dataset = Dataset.from_cloud("gs://bk/ds", bucket=bucket)
+    dataset.labels.add("c")
+    with pytest.raises(InvalidMetadata, match="not a UUID"):
+        dataset.update_cloud_metadata()
+    assert json.loads(bucket.objects()["ds/.octue"])["dataset"]["id"] == "wind-2024"
 
 
 def test_a_record_created_elsewhere_meanwhile_is_not_overwritten(bucket):

@@ -14,6 +14,7 @@ issue's target, PASS/MISS) and, with ``--json FILE``, writes every figure.
                                                        # scripts/bigserver.py (disk: ~3x free; --big-gib)
     python scripts/bench.py --profile /tmp/prof        # py-spy per phase (timings then skewed)
     python scripts/bench.py --quick --rtt-ms 20        # as if the bucket were 20 ms away
+    python scripts/bench.py --metrics-cost --pairs 5   # the cost of --metrics-port (below)
 
 At a distance (``--rtt-ms N``): the mount and the client baseline reach fake-gcs-server through
 a delay line on loopback (``tests/delayline.py``, a child process): every chunk is forwarded N/2
@@ -23,6 +24,16 @@ and media links pass through it too. What the bench does untimed (populating the
 checking what reached the bucket, polling for it) goes to the emulator directly, so a "durable
 after" figure is when the object reached the server, not when the bench could see it from afar.
 Where simple, a row shows its round-trip floor: what it must cost at N ms however fast the rest.
+
+The cost of metrics (``--metrics-cost``): instead of the baselines, every mount workload runs
+in passes with ``--metrics-port`` off and on, in pairs whose order alternates (off,on, on,off,
+...) so a drift of the machine cancels out. It prints per workload the median figure off and
+on, the median of the per-pair ratios, and the daemon's CPU (user+sys from /proc/PID/stat,
+much less sensitive than wall time to other work on the machine) per unit of work. One more
+pass with metrics on scrapes the endpoint around each workload for the FUSE operations and
+bucket requests it costs; the hooks' own cost per call is timed in this process (thread CPU
+time, with and without metrics); their product over the time a workload takes off is a bound
+on what metrics can cost it, which needs no quiet machine.
 
 What "cold" means here: the bucket lives in the emulator's RAM, so "cold" is a fresh mount (an
 empty octuefs cache) with the kernel page cache dropped (``/proc/sys/vm/drop_caches``, when

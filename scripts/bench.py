@@ -14,7 +14,7 @@ issue's target, PASS/MISS) and, with ``--json FILE``, writes every figure.
                                                        # scripts/bigserver.py (disk: ~3x free; --big-gib)
     python scripts/bench.py --profile /tmp/prof        # py-spy per phase (timings then skewed)
     python scripts/bench.py --quick --rtt-ms 20        # as if the bucket were 20 ms away
-    python scripts/bench.py --metrics-cost --pairs 5   # the cost of --metrics-port (below)
+    python scripts/bench.py --metrics-cost             # the cost of --metrics-port (below)
 
 At a distance (``--rtt-ms N``): the mount and the client baseline reach fake-gcs-server through
 a delay line on loopback (``tests/delayline.py``, a child process): every chunk is forwarded N/2
@@ -922,8 +922,8 @@ class Bench:
             f"FUSE op {o['fuse_op_s'] * 1e6:.2f} us (ok {o['fuse_ok_s'] * 1e6:.2f}, error {o['fuse_error_s'] * 1e6:.2f}), "
             f"bucket request {o['bucket_request_s'] * 1e6:.2f} us (stat {o['bucket_stat_s'] * 1e6:.2f}, "
             f"read {o['bucket_read_s'] * 1e6:.2f})",
-            f"scraped while on (end of the first pass with metrics on): {on_scrape['fuse']:,.0f} FUSE ops, "
-            f"{on_scrape['bucket']:,.0f} bucket requests counted",
+            f"scraped while on (the last mount of the first pass with metrics on: ls, stat, getxattr): "
+            f"{on_scrape['fuse']:,.0f} FUSE ops, {on_scrape['bucket']:,.0f} bucket requests counted",
             "on/off: median over pairs of (figure on / figure off), higher is better; [min-max]. CPU: the daemon's "
             "user+sys (/proc/PID/stat, 10 ms ticks) per unit, summed over passes. bound: (FUSE ops x hook + requests x "
             "hook) / median time off, ops counted in a separate pass: the most metrics can cost if every hook ran "
@@ -1270,7 +1270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="instead of the comparison with the baselines: every mount workload with --metrics-port "
                         "off and on, in --pairs alternating pairs, with the daemon's CPU per unit and a bound "
                         "from the hooks' own cost")  # fmt: skip
-    p.add_argument("--pairs", type=int, default=5, help="--metrics-cost: off/on pairs (5)")
+    p.add_argument("--pairs", type=int, default=6,
+                   help="--metrics-cost: off/on pairs (6; an even number puts metrics first and second equally often)")
     args = p.parse_args(argv)
     if args.metrics_cost and (args.big or args.profile):
         p.error("--metrics-cost runs the mount workloads only: no --big, no --profile")

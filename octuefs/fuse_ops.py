@@ -31,8 +31,8 @@ import logging
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
+from time import monotonic_ns
 
 import cachetools
 
@@ -80,18 +80,21 @@ def _what(name: str, args: tuple) -> str:
 
 
 def _translated(method):
+    name = method.__name__
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        if self.metrics is None:
+        metrics = self.metrics
+        if metrics is None:
             return _answer(self, method, args, kwargs)
-        started, code = time.perf_counter(), None
+        started, code = monotonic_ns(), None  # integers: no float until a scrape
         try:
             return _answer(self, method, args, kwargs)
         except mfusepy.FuseOSError as exc:
             code = exc.errno
             raise
         finally:
-            self.metrics.fuse_op(method.__name__, code, time.perf_counter() - started)
+            metrics.fuse_op(name, code, monotonic_ns() - started)
 
     return wrapper
 

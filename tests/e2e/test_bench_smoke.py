@@ -56,3 +56,26 @@ def test_bench_at_a_distance_runs_through_the_delay_line(tmp_path):
     # The client's reads one after another cannot beat the round trip: proof they crossed the line.
     m = data["seconds_and_counts"]
     assert m["small_read_client"] >= 20 * 0.004
+
+
+def test_bench_metrics_cost_runs_pairs_and_scrapes_the_endpoint(tmp_path):
+    """--metrics-cost: the mount workloads with metrics off and on (one pair here), the ops each
+    costs from a scraped pass, the hooks' own cost, and a bound per workload. No figure is judged."""
+    if reason := _fuse_available():
+        pytest.skip(reason)
+    env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
+    tinier = ["--quick", "--size-mib", "2", "--random-reads", "20", "--files", "20", "--objects", "100", "--no-drop-caches"]
+    result = subprocess.run(
+        [sys.executable, str(BENCH), *tinier, "--metrics-cost", "--pairs", "1", "--json", str(tmp_path / "cost.json")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    data = json.loads((tmp_path / "cost.json").read_text())
+    assert [p["metrics"] for p in data["passes"]] == [False, True]
+    assert data["passes"][1]["scraped"]["fuse"] > 0 and data["passes"][0]["scraped"] is None
+    assert data["hook_overheads"]["fuse_op_s"] >= 0 and data["hook_overheads"]["bucket_request_s"] >= 0
+    rows = {r["key"]: r for r in data["rows"]}
+    assert rows["getxattr_mount"]["fuse_ops"] >= 100  # one per call, counted by the metrics themselves
+    assert rows["small_all_durable_after_close"]["bucket_requests"] >= 20  # an upload per file
+    assert "largest bound" in result.stdout

@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING
 import cachetools
 
 from . import posixmeta
-from .errors import FileExists, FileNotFound, InvalidArgument, NotFound, NotPermitted, PreconditionFailed
+from .errors import (
+    FileExists,
+    FileNotFound,
+    InvalidArgument,
+    NotFound,
+    NotPermitted,
+    PreconditionFailed,
+    TransientError,
+)
 from .metacache import DIR, MISSING
 from .storage.base import ObjectInfo
 
@@ -43,6 +51,10 @@ log = logging.getLogger(__name__)
 
 TARGETS_KEPT = 65536  # symlink targets remembered, by (name, generation)
 MARKERS_KEPT = 65536  # directory markers remembered
+# The most of a link's content read and kept: the kernel takes at most PATH_MAX bytes of a target
+# (less one for its NUL), so a "link" object of 10 MiB written elsewhere costs 4 KiB, not 10 MiB
+# per generation in the target cache.
+TARGET_READ_MAX = 4096
 _UNKNOWN = object()
 
 
@@ -120,6 +132,11 @@ class PosixSurface:
             known = self.fs.bucket.stat(name + "/")
         except NotFound:
             known = None
+        except TransientError as exc:
+            # The bucket is away: a directory the mount knows from a listing still stats, with
+            # the defaults, as it did before markers were read (not kept: asked again next time).
+            log.debug("the marker of %r is not known (%s): the defaults are shown", name, exc)
+            return None
         self.marker_seen(name + "/", known)
         return known
 
@@ -229,6 +246,16 @@ class PosixSurface:
             self._targets[(info.name, info.generation)] = target
 
     def readlink(self, path: str) -> str:
+        try:
+            return self._readlink(path)
+        except NotFound:
+            # The generation known here is gone: the link was replaced (or removed) elsewhere
+            # within --stat-ttl. Look it up again, once, rather than answer ENOENT for a link
+            # that is there.
+            self.fs.metacache.forget(self.fs.ns.object_name(path))
+            return self._readlink(path)
+
+    def _readlink(self, path: str) -> str:
         name, entry, node = self.fs.resolve(path)
         info = node.base if node is not None else entry
         if not isinstance(info, ObjectInfo) or not posixmeta.decoded(info).is_symlink:
@@ -241,7 +268,8 @@ class PosixSurface:
             known = self._targets.get(key)
         if known is not None:
             return known
-        data = self.fs.bucket.read_range(info.name, 0, info.size, generation=info.generation) if info.size else b""
+        size = min(info.size, TARGET_READ_MAX)
+        data = self.fs.bucket.read_range(info.name, 0, size, generation=info.generation) if size else b""
         target = data.decode("utf-8", "surrogateescape")
         with self._lock:
             self._targets[key] = target

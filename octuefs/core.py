@@ -221,6 +221,12 @@ class FileSystem:
                 return os.stat(staging).st_mtime
             except FileNotFoundError:
                 pass
+        pending = node.pending
+        if pending and not node.dirty:
+            # a touch queued (restored from the journal after a crash, the node's mtime gone)
+            recorded = posixmeta.decode(pending[-1].metadata).mtime
+            if recorded is not None:
+                return recorded
         return mtime_of(node.base) if node.base else time.time()
 
     def statfs(self) -> dict[str, int]:

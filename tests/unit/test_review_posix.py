@@ -24,7 +24,8 @@ def fs_on(tmp_path):
     made = []
 
     def make(bucket, **options):
-        fs = make_fs(bucket, tmp_path, patch_pace=0.05, **options)
+        options.setdefault("patch_pace", 0.05)
+        fs = make_fs(bucket, tmp_path, **options)
         made.append(fs)
         return fs
 
@@ -247,3 +248,98 @@ def test_open_for_write_of_a_link_does_not_lose_the_link_key(fs_on):
     assert info.metadata[pm.SYMLINK_KEY] == "true" and bucket.objects()["ln"] == b"some/where"
     assert fs.readlink("/ln") == "some/where"
     assert os.path.basename("/ln") == "ln"
+
+
+# --- write-back of the POSIX keys: merges, coalescing, crashes --------------------------------
+
+
+def _remount_after_kill(first, bucket, tmp_path, **options):
+    first.uploader.shutdown(drain=False)  # killed: nothing more is sent
+    return make_fs(bucket, tmp_path, patch_pace=0.01, **options)
+
+
+def test_a_chmod_racing_a_change_elsewhere_keeps_their_keys_and_octue_metadata(fs_on):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f", b"data", {"octue__tags": '{"a": 1}'})
+    fs = fs_on(bucket, patch_pace=0.5, stat_ttl=60)
+    assert fs.getattr("/f").mode is None  # this mount's view: the first version's metadata
+    FakeBucket("b", server=bucket.server).patch_metadata(
+        "f", {"theirs": "1", "octue__tags": '{"a": 1, "b": 2}', pm.UID_KEY: "77"})
+    fs.chmod("/f", 0o600)
+    assert fs.uploader.sync(timeout=30) == 0
+    meta = bucket.stat("f").metadata
+    assert meta["theirs"] == "1" and meta["octue__tags"] == '{"a": 1, "b": 2}'
+    assert (meta[pm.MODE_KEY], meta[pm.UID_KEY]) == ("600", "77")
+
+
+def test_a_chmod_of_a_version_replaced_elsewhere_keeps_their_new_mtime(fs_on):
+    """gcloud cp --preserve-posix writes new content with its own mtime while this mount's chmod
+    waits: the chmod lands on the new version and its mtime is theirs, not the old one's."""
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f", b"old", {pm.MTIME_KEY: "1000"})
+    fs = fs_on(bucket, patch_pace=0.5, stat_ttl=60)
+    assert fs.getattr("/f").mtime == 1000
+    fs.chmod("/f", 0o600)
+    FakeBucket("b", server=bucket.server).upload_bytes("f", b"new", {pm.MTIME_KEY: "2000", pm.MODE_KEY: "644"})
+    assert fs.uploader.sync(timeout=30) == 0
+    assert bucket.objects()["f"] == b"new"
+    meta = bucket.stat("f").metadata
+    assert meta[pm.MTIME_KEY] == "2000"
+    assert meta[pm.MODE_KEY] in ("600", "644")  # both changed the key: either, but not lost silently
+
+
+def test_chmod_setfattr_touch_and_close_coalesce_into_one_request(fs_on):
+    bucket = FakeBucket("b")
+    fs = fs_on(bucket, patch_pace=0.5)
+    fh = fs.create("/f", os.O_WRONLY | os.O_CREAT, 0o644)
+    fs.write(fh, b"x", 0)
+    fs.chmod("/f", 0o600)
+    fs.setxattr("/f", "user.octue.tags.run", b"7")
+    fs.set_times("/f", 5.0, 6.0)
+    fs.flush(fh)
+    fs.release(fh)
+    fs.chown("/f", 3, 4)  # after the close, before the upload's pace allows it
+    fs.setxattr("/f", "user.octue.tags.step", b"2")
+    bucket.reset_calls()
+    assert fs.uploader.sync(timeout=30) == 0
+    writes = {k: v for k, v in bucket.calls.items() if k not in ("stat", "list", "read")}
+    assert sum(writes.values()) == 1, writes
+    meta = bucket.stat("f").metadata
+    assert (meta[pm.MODE_KEY], meta[pm.UID_KEY], meta[pm.GID_KEY], meta[pm.MTIME_KEY], meta[pm.ATIME_KEY]) == (
+        "600", "3", "4", "6", "5")
+
+
+def test_a_chmod_of_a_file_with_a_pending_upload_survives_kill_9(tmp_path):
+    bucket = FakeBucket("b")
+    first = make_fs(bucket, tmp_path, patch_pace=5.0, upload_hold=30.0)
+    close_write(first, "/f", b"data")
+    first.chmod("/f", 0o600)
+    first.chown("/f", 9, 10)
+    fs = _remount_after_kill(first, bucket, tmp_path)
+    try:
+        attr = fs.getattr("/f")
+        assert (attr.mode, attr.uid, attr.gid) == (0o600, 9, 10)  # shown at once after the remount
+        assert fs.uploader.sync(timeout=30) == 0
+        meta = bucket.stat("f").metadata
+        assert (meta[pm.MODE_KEY], meta[pm.UID_KEY], meta[pm.GID_KEY]) == ("600", "9", "10")
+    finally:
+        fs.shutdown()
+
+
+def test_a_chmod_of_a_saved_file_survives_kill_9(tmp_path):
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f", b"data", {"theirs": "1"})
+    first = make_fs(bucket, tmp_path, patch_pace=5.0)
+    first.getattr("/f")
+    first.chmod("/f", 0o640)
+    first.set_times("/f", None, 1234.0)
+    fs = _remount_after_kill(first, bucket, tmp_path)
+    try:
+        shown = fs.getattr("/f")
+        assert fs.uploader.sync(timeout=30) == 0
+        meta = bucket.stat("f").metadata
+        assert (meta[pm.MODE_KEY], meta[pm.MTIME_KEY], meta["theirs"]) == ("640", "1234", "1")
+        assert fs.getattr("/f").mtime == 1234
+        assert (shown.mode, shown.mtime) == (0o640, 1234)  # shown at once after the remount, as a setfattr is
+    finally:
+        fs.shutdown()

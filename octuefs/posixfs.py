@@ -203,6 +203,9 @@ class PosixSurface:
         for _ in range(3):
             marker = self._marker(name, fetch=True)
             self.fs.uploader.wait_pace(key)
+            if marker is None and not self._still_there(name):
+                self.fs.metacache.forget(name)
+                raise FileNotFound(f"{name}: removed elsewhere (nothing is left under {key!r})")
             try:
                 if marker is None:
                     log.info("directory %r has no marker object: %r is made to keep its mode, owners or times",
@@ -219,6 +222,16 @@ class PosixSurface:
             self.marker_seen(key, new)
             return
         raise PreconditionFailed(f"the marker object {key!r} kept changing; its attributes were not changed")
+
+    def _still_there(self, name: str) -> bool:
+        """Whether directory ``name``, which has no marker, still has something under it (in the
+        bucket, or written here and not yet there): a marker made for a directory removed
+        elsewhere meanwhile would bring it back."""
+        key = name + "/"
+        if any(not n.unlinked for n in self.fs.files.nodes_under(key)):
+            return True
+        page = self.fs.bucket.list_page(key, "/", max_results=1)
+        return bool(page.objects or page.prefixes)
 
     def _change_root(self, wanted: dict[str, str]) -> None:
         """The mount's root has no marker object: its times are not kept (a change of them is

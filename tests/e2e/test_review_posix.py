@@ -124,3 +124,29 @@ def test_chmod_then_kill_9_then_remount_keeps_the_mode(mount_factory):
     meta = m.bucket.stat("f").metadata
     assert (meta[MODE], meta[MTIME]) == ("600", "2000")
     assert m.bucket.read_range("f", 0, 10) == b"data"
+
+
+def test_the_sdk_reads_a_file_the_mount_wrote_with_posix_keys(mount, tmp_path):
+    """The Octue SDK (its own venv, scripts/install) describes a file written through the mount
+    after chmod, chown, touch and a setfattr, and a directory holding a link and a pipe: the
+    goog-reserved and octuefs-file keys change nothing the SDK reads."""
+    from tests.integration.test_sdk_parity import SDK_VERSION, sdk, sdk_venv  # noqa: F401
+
+    python = sdk_venv() / "bin" / "python"
+    if not python.exists():
+        pytest.skip("no SDK venv")
+    d = mount / "d"
+    d.mkdir(mode=0o750)
+    (d / "f.csv").write_text("a,b\n1,2\n")
+    os.setxattr(d / "f.csv", "user.octue.tags.run", b"7")
+    os.chmod(d / "f.csv", 0o640)
+    os.chown(d / "f.csv", 123, 456)
+    os.utime(d / "f.csv", (1_000_000_000, 1_100_000_000))
+    os.symlink("f.csv", d / "ln")
+    os.mkfifo(d / "pipe")
+    mount.sync()
+    meta = mount.bucket.stat("d/f.csv").metadata
+    assert (meta[MODE], meta[UID], meta[MTIME]) == ("640", "123", "1100000000")
+    described, = sdk(str(python), tmp_path, dict(op="describe", path=f"gs://{mount.bucket.name}/d/f.csv"))
+    assert described["tags"] == {"run": 7}
+    assert described["size_bytes"] == len("a,b\n1,2\n")

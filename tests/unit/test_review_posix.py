@@ -343,3 +343,49 @@ def test_a_chmod_of_a_saved_file_survives_kill_9(tmp_path):
         assert (shown.mode, shown.mtime) == (0o640, 1234)  # shown at once after the remount, as a setfattr is
     finally:
         fs.shutdown()
+
+
+# --- directories removed elsewhere, owners changed by whoever reaches the mount ----------------
+
+
+@pytest.mark.parametrize("had_marker", [True, False])
+def test_chmod_of_a_directory_removed_elsewhere_does_not_bring_it_back(fs_on, had_marker):
+    """Another machine removed the directory (its marker, or its last file) after this mount saw
+    it: chmod must be ENOENT (or a no-op), not upload a new empty marker that brings back a
+    directory nobody has any more. Now: the PATCH's NotFound (or the cached "no marker") leads
+    to ``upload_bytes("d/", if_generation_match=0)``, and the directory is back in the bucket."""
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("d/" if had_marker else "d/f", b"")
+    fs = fs_on(bucket, stat_ttl=60, list_ttl=60)
+    assert fs.getattr("/d").is_dir
+    other = FakeBucket("b", server=bucket.server)
+    other.delete("d/" if had_marker else "d/f")
+    try:
+        fs.chmod("/d", 0o700)
+    except OctuefsError:
+        pass
+    assert [n for n in bucket.objects() if n.startswith("d/")] == []
+
+
+def test_chown_by_the_mounting_user_on_a_private_mount_is_not_checked(fs_on, monkeypatch):
+    """Without -o allow_other there is no default_permissions: the kernel passes chown on to the
+    daemon unchecked, and the daemon records whatever it is asked. A user who is not root can
+    then give a file to root (and chmod it 4755): `chown 0 f` succeeds where a local disk says
+    EPERM, and the bucket records uid 0 for every other machine (a -o suid mount there runs it
+    setuid root). Fix: in fuse_ops.chown, a caller that is not root may only set uid to its own
+    (or -1) and gid to one of its groups (/proc/<pid>/status Groups), else EPERM."""
+    bucket = FakeBucket("b")
+    bucket.upload_bytes("f", b"x")
+    fs = fs_on(bucket, uid=1000, gid=1000)
+    ops = OctueOperations(fs)
+    monkeypatch.setattr(mfusepy, "fuse_get_context", lambda: (1000, 1001, 2**22 + 7))  # (no such pid)
+    with pytest.raises(mfusepy.FuseOSError) as err:
+        ops.chown("/f", 0, -1)
+    assert err.value.errno == 1  # EPERM
+    assert ops.chown("/f", 1000, 1001) == 0  # its own group: fine
+    assert fs.getattr("/f").gid == 1001
+    with pytest.raises(mfusepy.FuseOSError):
+        ops.chown("/f", -1, 4242)  # a group the caller is not in
+    monkeypatch.setattr(mfusepy, "fuse_get_context", lambda: (0, 0, os.getpid()))
+    assert ops.chown("/f", 0, 0) == 0  # root may
+    assert fs.getattr("/f").uid == 0

@@ -164,6 +164,11 @@ class PosixSurface:
 
     def utimens(self, path: str, atime: float | None, mtime: float | None) -> None:
         """Set the times given (None: left as they are), in whole seconds, as they are kept."""
+        for given in (atime, mtime):
+            if given is not None and not 0 <= given <= posixmeta.MAX_SECONDS:
+                # the keys hold whole seconds from 1970 to 9999 (gcloud reads a negative one as
+                # absent): kept, it would show until its patch landed, then silently not
+                raise InvalidArgument(f"a time of {given} s cannot be kept (0 to {posixmeta.MAX_SECONDS:.0f})")
         if mtime is not None:
             mtime = float(int(mtime))
         wanted = posixmeta.changes(atime=atime)

@@ -4,31 +4,17 @@ client library writing what gcloud or gcsfuse would) and odd values in the bucke
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
 
 import pytest
 
+from .test_posix import NOBODY, as_nobody, shared  # noqa: F401 (shared: a fixture)
+
 MODE, UID, GID = "goog-reserved-posix-mode", "goog-reserved-posix-uid", "goog-reserved-posix-gid"
 MTIME, ATIME = "goog-reserved-file-mtime", "goog-reserved-file-atime"
 SYMLINK = "goog-reserved-file-is-symlink"
-NOBODY = 65534
-
-
-def as_nobody(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
-                          capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def shared(public_dir, mount_factory):
-    if shutil.which("setpriv") is None:
-        pytest.skip("no setpriv")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to act as another user")
-    return mount_factory("-o", "allow_other", parent=public_dir)
 
 
 def test_odd_values_written_elsewhere_never_break_ls(mount):

@@ -148,6 +148,18 @@ class PosixSurface:
         with self._lock:
             self._markers[prefix[:-1]] = info
 
+    def marker_listed(self, prefix: str, info: ObjectInfo | None) -> None:
+        """:meth:`marker_seen` from a listing's first page, which may have been answered before
+        a change this mount made since (a chmod's PATCH, a marker made): it replaces only an
+        older marker than it, never one of a later version, and a "none" replaces nothing."""
+        if not prefix.endswith("/"):
+            return
+        with self._lock:
+            known = self._markers.get(prefix[:-1], _UNKNOWN)
+            if known is _UNKNOWN or (known is not None and info is not None
+                                     and (info.generation, info.metageneration) > (known.generation, known.metageneration)):
+                self._markers[prefix[:-1]] = info
+
     def forget_markers(self) -> None:
         with self._lock:
             self._markers.clear()

@@ -137,8 +137,9 @@ class PosixSurface:
             # the defaults, as it did before markers were read (not kept: asked again next time).
             log.debug("the marker of %r is not known (%s): the defaults are shown", name, exc)
             return None
-        self.marker_seen(name + "/", known)
-        return known
+        self.marker_listed(name + "/", known)  # (a stat answered before a chmod made here: not kept)
+        with self._lock:
+            return self._markers.get(name, known)
 
     def marker_seen(self, prefix: str, info: ObjectInfo | None) -> None:
         """The bucket says directory ``prefix`` has marker ``info`` (None: none), e.g. from the
@@ -149,7 +150,7 @@ class PosixSurface:
             self._markers[prefix[:-1]] = info
 
     def marker_listed(self, prefix: str, info: ObjectInfo | None) -> None:
-        """:meth:`marker_seen` from a listing's first page, which may have been answered before
+        """:meth:`marker_seen` from a listing's first page (or a stat), which may have been answered before
         a change this mount made since (a chmod's PATCH, a marker made): it replaces only an
         older marker than it, never one of a later version, and a "none" replaces nothing."""
         if not prefix.endswith("/"):

@@ -132,7 +132,7 @@ class FileSystem:
         threading.Thread(target=self._sweep_parts, args=(bucket,), name="octuefs-sweep", daemon=True).start()
         self.xattrs = XattrSurface(self)
         self.posix = PosixSurface(self)  # modes, owners, times, links, special files (posixfs.py)
-        self.fills.on_marker = self.posix.marker_seen
+        self.fills.on_marker = self.posix.marker_listed
         self.leave_pending = False  # set by `octuefs unmount --leave-pending`
 
     def _settle_give_backs(self, records: list[tuple[str, dict]]) -> None:

@@ -720,6 +720,12 @@ class OpenFiles:
                     times = (mtime, mtime)
                 except FileNotFoundError:
                     pass
+        pending = node.pending
+        if times is None and node.mtime is None and pending and not node.dirty:
+            # A touch queued (restored from the journal after a crash: the node's own mtime is gone).
+            recorded = posixmeta.decode(pending[-1].metadata).mtime
+            if recorded is not None:
+                times = (recorded, recorded)
         if times is None:
             times = self.times.of(node.base) if node.base else (now := time.time(), now)
         return (node.mtime if node.mtime is not None else times[0]), times[1]

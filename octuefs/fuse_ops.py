@@ -335,8 +335,24 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def chown(self, path, uid, gid):
+        self._may_chown(path, uid, gid)
         self.fs.chown(path, uid, gid)
         return 0
+
+    def _may_chown(self, path, uid: int, gid: int) -> None:
+        """chown(2)'s rule, for a mount without default_permissions (the kernel then passes
+        chown on unchecked, and what is recorded shows on every machine): a caller that is not
+        root may not give a file away, and may set its group only to one of its own if it owns
+        it. (With default_permissions the kernel has checked the same already.)"""
+        try:
+            caller, caller_gid, pid = mfusepy.fuse_get_context()
+        except (ValueError, OSError):  # (called outside a FUSE request: a test)
+            return
+        if caller == 0:
+            return
+        owner, group = self._owners(self.fs.getattr(path))
+        if uid not in (-1, owner) or (gid not in (-1, group) and (caller != owner or gid not in _groups(pid, caller_gid))):
+            raise mfusepy.FuseOSError(errno.EPERM)
 
     @_translated
     def utimens(self, path, times=None):
@@ -454,6 +470,19 @@ class OctueOperations(mfusepy.Operations):
     def removexattr(self, path, name):
         self.fs.removexattr(path, name)
         return 0
+
+
+def _groups(pid: int, gid: int) -> set[int]:
+    """The groups of process ``pid`` (its gid and supplementary groups)."""
+    groups = {gid}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    groups.update(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return groups
 
 
 # utimensat's special nanosecond values, which libfuse passes on with tv_sec 0 (sys/stat.h)

@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING
 import cachetools
 
 from . import posixmeta
-from .errors import FileExists, FileNotFound, InvalidArgument, NotFound, NotPermitted, PreconditionFailed
+from .errors import (
+    FileExists,
+    FileNotFound,
+    InvalidArgument,
+    NotFound,
+    NotPermitted,
+    PreconditionFailed,
+    TransientError,
+)
 from .metacache import DIR, MISSING
 from .storage.base import ObjectInfo
 
@@ -44,6 +52,10 @@ log = logging.getLogger(__name__)
 
 TARGETS_KEPT = 65536  # symlink targets remembered, by (name, generation)
 MARKERS_KEPT = 65536  # directory markers remembered
+# The most of a link's content read and kept: the kernel takes at most PATH_MAX bytes of a target
+# (less one for its NUL), so a "link" object of 10 MiB written elsewhere costs 4 KiB, not 10 MiB
+# per generation in the target cache.
+TARGET_READ_MAX = 4096
 _UNKNOWN = object()
 
 
@@ -123,8 +135,14 @@ class PosixSurface:
             known = self.fs.bucket.stat(name + "/")
         except NotFound:
             known = None
-        self.marker_seen(name + "/", known)
-        return known
+        except TransientError as exc:
+            # The bucket is away: a directory the mount knows from a listing still stats, with
+            # the defaults, as it did before markers were read (not kept: asked again next time).
+            log.debug("the marker of %r is not known (%s): the defaults are shown", name, exc)
+            return None
+        self.marker_listed(name + "/", known)  # (a stat answered before a chmod made here: not kept)
+        with self._lock:
+            return self._markers.get(name, known)
 
     def marker_seen(self, prefix: str, info: ObjectInfo | None) -> None:
         """The bucket says directory ``prefix`` has marker ``info`` (None: none), e.g. from the
@@ -133,6 +151,18 @@ class PosixSurface:
             return
         with self._lock:
             self._markers[prefix[:-1]] = info
+
+    def marker_listed(self, prefix: str, info: ObjectInfo | None) -> None:
+        """:meth:`marker_seen` from a listing's first page (or a stat), which may have been answered before
+        a change this mount made since (a chmod's PATCH, a marker made): it replaces only an
+        older marker than it, never one of a later version, and a "none" replaces nothing."""
+        if not prefix.endswith("/"):
+            return
+        with self._lock:
+            known = self._markers.get(prefix[:-1], _UNKNOWN)
+            if known is _UNKNOWN or (known is not None and info is not None
+                                     and (info.generation, info.metageneration) > (known.generation, known.metageneration)):
+                self._markers[prefix[:-1]] = info
 
     def forget_markers(self) -> None:
         with self._lock:
@@ -150,6 +180,11 @@ class PosixSurface:
 
     def utimens(self, path: str, atime: float | None, mtime: float | None) -> None:
         """Set the times given (None: left as they are), in whole seconds, as they are kept."""
+        for given in (atime, mtime):
+            if given is not None and not 0 <= given <= posixmeta.MAX_SECONDS:
+                # the keys hold whole seconds from 1970 to 9999 (gcloud reads a negative one as
+                # absent): kept, it would show until its patch landed, then silently not
+                raise InvalidArgument(f"a time of {given} s cannot be kept (0 to {posixmeta.MAX_SECONDS:.0f})")
         if mtime is not None:
             mtime = float(int(mtime))
         wanted = posixmeta.changes(atime=atime)
@@ -190,6 +225,9 @@ class PosixSurface:
         for _ in range(3):
             marker = self._marker(name, fetch=True)
             self.fs.uploader.wait_pace(key)
+            if marker is None and not self._still_there(name):
+                self.fs.metacache.forget(name)
+                raise FileNotFound(f"{name}: removed elsewhere (nothing is left under {key!r})")
             try:
                 if marker is None:
                     log.info("directory %r has no marker object: %r is made to keep its mode, owners or times",
@@ -206,6 +244,16 @@ class PosixSurface:
             self.marker_seen(key, new)
             return
         raise PreconditionFailed(f"the marker object {key!r} kept changing; its attributes were not changed")
+
+    def _still_there(self, name: str) -> bool:
+        """Whether directory ``name``, which has no marker, still has something under it (in the
+        bucket, or written here and not yet there): a marker made for a directory removed
+        elsewhere meanwhile would bring it back."""
+        key = name + "/"
+        if any(not n.unlinked for n in self.fs.files.nodes_under(key)):
+            return True
+        page = self.fs.bucket.list_page(key, "/", max_results=1)
+        return bool(page.objects or page.prefixes)
 
     def _change_root(self, wanted: dict[str, str]) -> None:
         """The mount's root has no marker object: its times are not kept (a change of them is
@@ -233,6 +281,16 @@ class PosixSurface:
             self._targets[(info.name, info.generation)] = target
 
     def readlink(self, path: str) -> str:
+        try:
+            return self._readlink(path)
+        except NotFound:
+            # The generation known here is gone: the link was replaced (or removed) elsewhere
+            # within --stat-ttl. Look it up again, once, rather than answer ENOENT for a link
+            # that is there.
+            self.fs.metacache.forget(self.fs.ns.object_name(path))
+            return self._readlink(path)
+
+    def _readlink(self, path: str) -> str:
         name, entry, node = self.fs.resolve(path)
         info = node.base if node is not None else entry
         if not isinstance(info, ObjectInfo) or not posixmeta.decoded(info).is_symlink:
@@ -245,7 +303,8 @@ class PosixSurface:
             known = self._targets.get(key)
         if known is not None:
             return known
-        data = self.fs.bucket.read_range(info.name, 0, info.size, generation=info.generation) if info.size else b""
+        size = min(info.size, TARGET_READ_MAX)
+        data = self.fs.bucket.read_range(info.name, 0, size, generation=info.generation) if size else b""
         target = data.decode("utf-8", "surrogateescape")
         with self._lock:
             self._targets[key] = target

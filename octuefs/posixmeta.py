@@ -42,6 +42,11 @@ TYPE_KEY = "octuefs-file-type"
 RDEV_KEY = "octuefs-file-rdev"
 
 PERMISSION_BITS = 0o7777
+# Largest values shown: a uid_t or gid_t is 32 bits and (uid_t)-1 means "none"; a time past the
+# year 9999 is garbage (and past ~1e300 s its nanoseconds overflow to inf). Larger reads as absent,
+# or the kernel's 32-bit field would take it modulo 2**32 (uid 4294967296 shown as root).
+MAX_ID = 0xFFFFFFFE
+MAX_SECONDS = 253402300799.0  # 9999-12-31T23:59:59Z
 # octuefs-file-type value <-> the file type bits of st_mode
 SPECIAL_TYPES = {"fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
 _TYPE_NAMES = {bits: name for name, bits in SPECIAL_TYPES.items()}
@@ -94,7 +99,14 @@ def _octal(raw: str) -> int:
 
 def _seconds(raw: str) -> float:
     value = float(raw)
-    if value != value or value in (float("inf"), float("-inf")):
+    if value != value or value in (float("inf"), float("-inf")) or value > MAX_SECONDS:
+        raise ValueError(raw)
+    return value
+
+
+def _id(raw: str) -> int:
+    value = int(raw)
+    if value > MAX_ID:
         raise ValueError(raw)
     return value
 
@@ -123,7 +135,7 @@ def decode(custom: Mapping[str, str] | None) -> PosixFacts:
         file_type = SPECIAL_TYPES[_set(custom, TYPE_KEY)]
     rdev = _rdev(_set(custom, RDEV_KEY)) if file_type in (stat.S_IFCHR, stat.S_IFBLK) else 0
     return PosixFacts(file_type=file_type, mode=_number(custom, MODE_KEY, _octal),
-                      uid=_number(custom, UID_KEY, int), gid=_number(custom, GID_KEY, int),
+                      uid=_number(custom, UID_KEY, _id), gid=_number(custom, GID_KEY, _id),
                       mtime=_number(custom, MTIME_KEY, _seconds), atime=_number(custom, ATIME_KEY, _seconds),
                       rdev=rdev, target=target)
 

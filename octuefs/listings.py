@@ -349,6 +349,9 @@ class DirectoryFills:
         if not fill.pages and self.on_marker is not None and (page.objects or page.prefixes):
             first = page.objects[0] if page.objects else None
             self.on_marker(prefix, first if first is not None and first.name == prefix else None)
+        if page.markers and self.on_marker is not None:  # (its subdirectories' markers, with the listing)
+            for sub, marker in page.markers.items():
+                self.on_marker(sub, marker)
         dirs = [e for e in (self.ns.entry_name(prefix, d) for d in page.prefixes) if e is not None]
         files = []
         for info in page.objects:

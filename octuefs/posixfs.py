@@ -8,10 +8,11 @@ What ``stat`` shows (:class:`Attr`) comes from an object's custom metadata in Go
   journaled before they return, folded into the file's pending upload if it has one, else sent
   as one PATCH, paced and coalesced with the object's other changes (:meth:`OpenFiles.change_metadata`).
 * A directory keeps its facts on its marker object ``dir/``, changed at once (one PATCH, or one
-  upload of an empty marker carrying them when the directory has none). Markers are learnt from
-  the first page of the directory's own listing (the lookup's probe lists it anyway), else from
-  one stat, and kept for ``--stat-ttl``; a listing of the parent does not show them, so a
-  directory whose marker is not known yet is listed without attributes (the kernel then asks).
+  upload of an empty marker carrying them when the directory has none). Markers come with the
+  parent's listing (``ListPage.markers``: GCS sends each prefix's marker when asked), and from
+  the first page of the directory's own listing, else from one stat, and are kept for
+  ``--stat-ttl``; a directory whose marker is still not known is listed without attributes (the
+  kernel then asks).
 * A symbolic link is an object whose content is its target, with ``goog-reserved-file-is-symlink``;
   its target is read once per generation (at most one GET) and kept. The daemon never follows one.
 * Named pipes, sockets and device nodes are empty objects whose type is in their metadata.

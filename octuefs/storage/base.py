@@ -120,11 +120,17 @@ class ObjectInfo(_ObjectFields):
 
 @dataclasses.dataclass(frozen=True)
 class ListPage:
-    """One page of a listing: objects in name order, then the common prefixes (``dir/``)."""
+    """One page of a listing: objects in name order, then the common prefixes (``dir/``).
+
+    ``markers``: with a delimiter, each prefix's own marker object (``dir/``, which holds a
+    directory's POSIX facts), or None where it has none; the markers are not in ``objects``.
+    GCS sends them with the listing when asked (``includeTrailingDelimiter``), so a directory's
+    subdirectories cost no request each. None: the implementation does not say."""
 
     objects: list[ObjectInfo]
     prefixes: list[str]
     next_token: str | None
+    markers: dict[str, ObjectInfo | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -282,22 +282,25 @@ class FakeServer:
              encode_token: Callable[[str], str]) -> ListPage:
         objects: list[ObjectInfo] = []
         prefixes: list[str] = []
+        markers: dict[str, ObjectInfo | None] | None = {} if delimiter else None  # (includeTrailingDelimiter)
         i = bisect.bisect_left(self._names, start)
         while i < len(self._names):
             name = self._names[i]
             if not name.startswith(prefix):
                 break
             if len(objects) + len(prefixes) == limit:
-                return ListPage(objects, prefixes, encode_token(name))
+                return ListPage(objects, prefixes, encode_token(name), markers)
             cut = name.find(delimiter, len(prefix)) if delimiter else -1
             if cut >= 0:
                 rolled = name[: cut + len(delimiter)]
                 prefixes.append(rolled)
+                marker = self.objects.get(rolled)
+                markers[rolled] = marker.info() if marker is not None else None
                 i = bisect.bisect_left(self._names, _past_prefix(rolled), i)
             else:
                 objects.append(self.objects[name].info())
                 i += 1
-        return ListPage(objects, prefixes, None)
+        return ListPage(objects, prefixes, None, markers)
 
     def read(self, name: str, start: int, end: int, generation: int | None) -> bytes:
         data = self.get(name, generation).data

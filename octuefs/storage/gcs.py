@@ -426,13 +426,18 @@ class GCSBucket(Bucket):
                 raise StorageError(f"gs://{self.name}: listing {prefix!r} returned {type(answer).__name__}, "
                                    "not a JSON object")
             objects = []
+            prefixes = list(answer.get("prefixes", ()))
+            markers: dict[str, ObjectInfo | None] | None = dict.fromkeys(prefixes) if delimiter else None
             for resource in answer.get("items", ()):
                 info = object_info(resource)
                 if info is None:
                     raise StorageError(f"gs://{self.name}: listing returned an incomplete entry for "
                                        f"{resource.get('name')!r}")
-                objects.append(info)
-            return ListPage(objects, list(answer.get("prefixes", ())), answer.get("nextPageToken") or None)
+                if markers is not None and info.name in markers:  # (a prefix's marker: includeTrailingDelimiter)
+                    markers[info.name] = info
+                else:
+                    objects.append(info)
+            return ListPage(objects, prefixes, answer.get("nextPageToken") or None, markers)
 
         return FetchedPage(guess_next_token(raw), convert)  # the next request need not wait for decoding
 

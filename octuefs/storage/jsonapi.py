@@ -270,6 +270,8 @@ class JsonApi:
         """A page of a listing, undecoded (see :func:`guess_next_token`)."""
         query = [("projection", "noAcl"), ("maxResults", str(max_results))]
         query += [(k, v) for k, v in (("prefix", prefix), ("delimiter", delimiter), ("pageToken", page_token)) if v]
+        if delimiter:  # each prefix's own marker object comes as an item too (ListPage.markers)
+            query.append(("includeTrailingDelimiter", "true"))
         return self._request("GET", self._url(f"/storage/v1/b/{self._bucket}/o", query), timeout).data or b"{}"
 
     def read_range(self, name: str, start: int, end: int, generation: int | None, timeout: Timeout,

@@ -155,6 +155,21 @@ def test_listing_with_delimiter(bucket):
     assert prefixes == ["a/", "c/"]
 
 
+def test_a_listing_with_a_delimiter_brings_each_prefixs_marker_and_keeps_it_out_of_the_objects(bucket):
+    """The parent's listing says each subdirectory's marker (its mode lives there): ``ls -l`` of
+    a directory of subdirectories costs no request per subdirectory."""
+    bucket.upload_bytes("m/", b"", metadata={"goog-reserved-posix-mode": "700"})
+    bucket.upload_bytes("m/sub/", b"", metadata={"goog-reserved-posix-mode": "750"})
+    bucket.upload_bytes("m/sub/x", b"x")
+    bucket.upload_bytes("m/bare/y", b"y")
+    bucket.upload_bytes("m/f", b"f")
+    page = bucket.list_page("m/", "/")
+    assert [o.name for o in page.objects] == ["m/", "m/f"] and page.prefixes == ["m/bare/", "m/sub/"]
+    assert page.markers is not None and set(page.markers) == {"m/bare/", "m/sub/"}
+    assert page.markers["m/bare/"] is None
+    assert page.markers["m/sub/"].metadata["goog-reserved-posix-mode"] == "750"
+
+
 def test_listing_without_delimiter_is_lexicographic(bucket):
     put_many(bucket, NAMES)
     objects, prefixes = bucket.list_all(delimiter=None)

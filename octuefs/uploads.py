@@ -1395,6 +1395,19 @@ class Uploader:
                 self._remove_own_copy(entry, data)  # (as when it lands under its own name)
             self._finish(entry, current, DONE)
             return
+        if current is None and entry.base_generation == 0:
+            # A new file, and nothing at its name: the 412 met an object gone since (created and
+            # deleted elsewhere), or was spurious. Nothing is there to overwrite, and "absent" is
+            # still its precondition, so it goes up at its name; a copy beside nothing would be a
+            # conflict nobody had (and one more object to check if its answer were lost).
+            log.info("upload of new file %r met a precondition failure, and nothing is there now: tried again",
+                     entry.name)
+            with self._cond:
+                entry.state, entry.next_try = QUEUED, time.monotonic() + min(self.max_backoff, 0.1 * entry.attempts)
+                self._retrying[entry.id] = entry
+                self._cond.notify_all()
+                self._work_ready.notify_all()
+            return
         if current is not None and self.late.is_late(entry.name, current):
             # A removed file's upload that landed late: what the user removed, not a change to keep.
             log.info("%r: replacing a version of the removed file that landed late (generation %d)",

@@ -382,3 +382,18 @@ def test_the_check_of_a_dropped_versions_copy_survives_a_crash(tmp_path):
     finally:
         again.shutdown(drain=False)
 
+
+def test_a_new_files_upload_whose_412_finds_nothing_goes_up_at_its_name(tmp_path):
+    """A new file's upload answered 412 (something was there, or a spurious answer) while nothing
+    is there when it looks: it is tried again at its name, not put beside nothing."""
+    bucket = FakeBucket("spurious")
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / "c"), upload_hold=0))
+    try:
+        bucket.fail_next("upload", PreconditionFailed("412: spurious"))
+        _save(fs, "/new.txt", b"fresh")
+        assert fs.uploader.sync(timeout=10) == 0
+        assert bucket.objects() == {"new.txt": b"fresh"}
+        assert fs.uploader.status()["conflicts"] == []
+    finally:
+        fs.shutdown(drain=False)

@@ -144,7 +144,7 @@ class Entry:
     # removed or renamed over) or superseded by a newer close. The check stats that copy and, if
     # it is there and exactly this version, reports it as a conflict; it never deletes it (it may
     # be the only copy of this version). Its queue key is the copy's name, not the object's: it
-    # neither blocks nor chains the object's uploads. (:meth:`Uploader._check_job`)
+    # neither blocks nor chains the object's uploads. (:meth:`Uploader._run_check`)
     check_copy: bool = False
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -1010,8 +1010,10 @@ class Uploader:
                                   f"({why}); it stays queued: try again once `octuefs sync` returns")
 
     def pending_for(self, name: str) -> list[Entry]:
+        """The uploads of ``name`` still queued or running (a check of a copy by that name is none:
+        an fsync of the copy does not wait on the bucket for it)."""
         with self._cond:
-            return self._entries.of(name)
+            return [e for e in self._entries.of(name) if not e.check_copy]
 
     def wait_name(self, name: str, timeout: float | None = None, idle: float | None = None) -> None:
         for entry in self.pending_for(name):
@@ -1033,13 +1035,16 @@ class Uploader:
         with self._cond:
             try:
                 while True:
+                    # (A check of a conflict copy by this name is no version of it: never held
+                    # back, nor waited for. It looks for that copy whatever the file becomes.)
                     for e in self._entries.of(name):
-                        if e.state == QUEUED:
+                        if e.state == QUEUED and not e.check_copy:
                             e.state = WITHHELD
                             held.append(e)
                     # Running, or ended and not yet recorded by the file layer (``_finish`` marks
                     # the end before ``on_done`` records the version made; it leaves the queue after).
-                    running = [e for e in self._entries.of(name) if e.state not in (QUEUED, WITHHELD)]
+                    running = [e for e in self._entries.of(name)
+                               if e.state not in (QUEUED, WITHHELD) and not e.check_copy]
                     if not running:
                         break
                     if idle is not None and time.monotonic() - max(start, self._moved_at) >= idle:

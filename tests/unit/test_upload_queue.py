@@ -366,7 +366,9 @@ def test_the_check_of_a_dropped_versions_copy_survives_a_crash(tmp_path):
     bucket.copies_unreachable = True
     fs.unlink("/f.txt")  # returns at once: the check is the workers' (it retries meanwhile)
     rows = fs.uploader.status()["uploads"]
-    assert [(r["kind"], r["copy"]) for r in rows] == [("copy check", next(iter(_copies(bucket))))]
+    [copy] = _copies(bucket)
+    assert [(r["kind"], r["copy"]) for r in rows] == [("copy check", copy)]
+    assert fs.uploader.pending_for(copy) == [] and fs.uploader.withhold(copy).entries == []  # no version of it
     fs.uploader.shutdown(drain=False)  # the daemon dies with the check journaled
     bucket.copies_unreachable = False
     again = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),

@@ -120,7 +120,7 @@ class ControlServer:
         by an unlink or rename under way are left out."""
         newest: dict = {}
         for e in self.fs.uploader.snapshot():
-            if e.name.startswith(prefix) and e.state != "withheld" and e.seq >= newest.get(e.name, e).seq:
+            if e.name.startswith(prefix) and e.state != "withheld" and not e.check_copy and e.seq >= newest.get(e.name, e).seq:
                 newest[e.name] = e
         yield {"pending": {name: {"metadata": dict(e.metadata), "size": e.size} for name, e in newest.items()}}
 

@@ -117,7 +117,7 @@ class FileSystem:
                                     files=config.prefetch_files)
                          if config.prefetch_files else None)
         recovered = journal.load(bucket.name)
-        self.files.recover(recovered)
+        self.files.recover([e for e in recovered if not e.check_copy])  # (a copy check is no file's version)
         self.uploader.start(recovered)
         # Take-over renames an earlier mount left half done (see givebacks.py): settled in the
         # background, before this mount makes any.

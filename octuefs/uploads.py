@@ -143,15 +143,27 @@ class Entry:
     # The object the patch applies to, as the mount showed it (``object_fields``): a mount that
     # restarts shows the file as it was, changed, before the patch lands.
     base_object: dict | None = None
+    # Not an upload any more: only a check of ``conflict_name``, where an attempt of this version
+    # may have landed beside the object (its answer lost) before the entry was dropped (its file
+    # removed or renamed over) or superseded by a newer close. The check stats that copy and, if
+    # it is there and exactly this version, reports it as a conflict; it never deletes it (it may
+    # be the only copy of this version). Its queue key is the copy's name, not the object's: it
+    # neither blocks nor chains the object's uploads. (:meth:`Uploader._run_check`)
+    check_copy: bool = False
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def record(self) -> dict:
         return {k: getattr(self, k) for k in RECORD_FIELDS}
 
+    @property
+    def key(self) -> str:
+        """The name its queue slot is kept under: the object's, or a copy check's copy."""
+        return self.conflict_name if self.check_copy and self.conflict_name else self.name
+
 
 RECORD_FIELDS = ("id", "name", "base_generation", "after", "metadata", "content_type", "size", "created",
                  "bucket", "seq", "base_metageneration", "base_metadata", "tried", "conflict_name", "conflict_id",
-                 "replaces", "patch", "base_object")
+                 "replaces", "patch", "base_object", "check_copy")
 # The version an entry replaces is not known (its record was set aside after a crash): the entry
 # goes up only if the bucket already holds it, else beside the object as a conflict copy.
 BASE_UNKNOWN = -1
@@ -177,6 +189,14 @@ def content_fingerprint(entry: Entry, data: str) -> Fingerprint:
     if entry.fingerprint is None:
         entry.fingerprint = file_fingerprint(data)
     return entry.fingerprint
+
+
+def as_check(entry: Entry) -> Entry:
+    """``entry``, dropped or superseded, as a check of the conflict copy it may have left (a new
+    Entry: whoever waits for ``entry`` is told it is done; the check runs on its own)."""
+    return dataclasses.replace(entry, check_copy=True, after=None, replaces=None, state=QUEUED, attempts=0,
+                               last_error=None, next_try=0.0, result=None, waits_for_bucket=False, failed=None,
+                               hold_until=0.0, done=threading.Event())
 
 
 def metadata_digest(metadata) -> str:
@@ -381,21 +401,28 @@ class Journal:
         superseded = {e.replaces for e in entries if e.replaces}
         newest: dict[tuple, Entry] = {}
         for entry in entries:
-            if entry.seq < 0:
+            if entry.seq < 0 and not entry.check_copy:
                 key = (entry.name, entry.base_generation, entry.after)
                 if key in newest:
                     superseded.add(newest[key].id)
                 newest[key] = entry
         for entry in entries:
-            if entry.id in superseded:
+            if entry.id in superseded and entry.conflict_name is not None and not entry.check_copy:
+                # A copy of it may have landed beside the object: it is checked, not forgotten
+                # (a crash may have come before the newer version's close made it a check).
+                self.write(as_check(entry))
+        checks = {e.id for e in entries if e.check_copy or (e.id in superseded and e.conflict_name is not None)}
+        for entry in entries:
+            if entry.id in superseded and entry.id not in checks:
                 self.remove(entry)
-        kept = [e for e in entries if e.id not in superseded]
+        kept = [as_check(e) if e.id in checks and not e.check_copy else e
+                for e in entries if e.id not in superseded or e.id in checks]
         for entry in kept:
             if entry.base_generation and entry.base_generation > 0 and entry.base_metageneration is None:
                 # A record from before metagenerations were noted: assume none changed since
                 # (1); if one did, the upload goes beside, reported, never over it.
                 entry.base_metageneration = 1
-        ids = {e.id for e in kept}
+        ids = {e.id for e in kept if not e.check_copy}
         for entry in kept:
             if entry.after is not None and entry.after not in ids:
                 # What it was chained after is gone without saying which generation it made (its
@@ -802,7 +829,7 @@ class _Queue(dict):
 
     def __setitem__(self, entry_id: str, entry: Entry) -> None:
         super().__setitem__(entry_id, entry)
-        self._by_name.setdefault(entry.name, {})[entry_id] = entry
+        self._by_name.setdefault(entry.key, {})[entry_id] = entry
         if entry.after is not None:
             self._by_after.setdefault(entry.after, {})[entry_id] = entry
 
@@ -812,7 +839,7 @@ class _Queue(dict):
     def pop(self, entry_id: str, *default):
         entry = super().pop(entry_id, *default)
         if isinstance(entry, Entry):
-            _unindex(self._by_name, entry.name, entry_id)
+            _unindex(self._by_name, entry.key, entry_id)
             if entry.after is not None:
                 _unindex(self._by_after, entry.after, entry_id)
         return entry
@@ -964,7 +991,13 @@ class Uploader:
             if replaced is not None:
                 self.coalesced += replaced.patch  # a metadata change folded into a newer one
                 del self._entries[replaced.id]
-                self.journal.remove(replaced)
+                if replaced.conflict_name is not None:
+                    # An attempt of it may have landed beside the object: checked by a worker
+                    # (journaled: a crash before this write is caught by Journal.load, which
+                    # sees ``entry.replaces``).
+                    self._add_check(replaced)
+                else:
+                    self.journal.remove(replaced)
                 replaced.state = DONE
                 replaced.done.set()
             now = time.monotonic()
@@ -1041,8 +1074,10 @@ class Uploader:
                                   f"({why}); it stays queued: try again once `octuefs sync` returns")
 
     def pending_for(self, name: str) -> list[Entry]:
+        """The uploads of ``name`` still queued or running (a check of a copy by that name is none:
+        an fsync of the copy does not wait on the bucket for it)."""
         with self._cond:
-            return self._entries.of(name)
+            return [e for e in self._entries.of(name) if not e.check_copy]
 
     def wait_name(self, name: str, timeout: float | None = None, idle: float | None = None) -> None:
         for entry in self.pending_for(name):
@@ -1064,13 +1099,16 @@ class Uploader:
         with self._cond:
             try:
                 while True:
+                    # (A check of a conflict copy by this name is no version of it: never held
+                    # back, nor waited for. It looks for that copy whatever the file becomes.)
                     for e in self._entries.of(name):
-                        if e.state == QUEUED:
+                        if e.state == QUEUED and not e.check_copy:
                             e.state = WITHHELD
                             held.append(e)
                     # Running, or ended and not yet recorded by the file layer (``_finish`` marks
                     # the end before ``on_done`` records the version made; it leaves the queue after).
-                    running = [e for e in self._entries.of(name) if e.state not in (QUEUED, WITHHELD)]
+                    running = [e for e in self._entries.of(name)
+                               if e.state not in (QUEUED, WITHHELD) and not e.check_copy]
                     if not running:
                         break
                     if idle is not None and time.monotonic() - max(start, self._moved_at) >= idle:
@@ -1092,14 +1130,36 @@ class Uploader:
             self._work_ready.notify_all()
 
     def _drop(self, held: list[Entry]) -> None:
+        # Those an attempt of which may have landed beside the object (a conflict copy whose
+        # answer was lost) leave a check of that copy in their place: journaled before they leave
+        # the queue, so a crash at any point still checks it (as the entry itself, or as the check).
+        checks = [as_check(e) for e in held if e.conflict_name is not None and not e.check_copy]
+        for check in checks:
+            self.journal.write(check)
+        checked = {c.id for c in checks}
         with self._cond:
             for e in held:
                 self._entries.pop(e.id, None)
                 e.state = DONE
                 e.done.set()
+            for check in checks:
+                self._queue_check(check)
             self._cond.notify_all()
         for e in held:
-            self.journal.remove(e)
+            if e.id not in checked:
+                self.journal.remove(e)
+
+    def _add_check(self, entry: Entry) -> None:
+        """Journal and queue a check of ``entry``'s conflict copy in its place. Caller holds _cond
+        and has taken ``entry`` out of the queue."""
+        check = as_check(entry)
+        self.journal.write(check)
+        self._queue_check(check)
+
+    def _queue_check(self, check: Entry) -> None:  # caller holds _cond
+        self._entries[check.id] = check
+        self._early[check.id] = check
+        self._work_ready.notify()
 
     def _has_entries(self, name: str) -> bool:
         with self._cond:
@@ -1128,7 +1188,8 @@ class Uploader:
         with self._cond:
             rows = [{"id": e.id, "name": e.name, "state": "failed" if e.failed else e.state, "size": e.size,
                      "attempts": e.attempts, "last_error": e.last_error, "queued_at": e.created,
-                     "kind": "metadata" if e.patch else "upload"}
+                     "kind": "copy check" if e.check_copy else "metadata" if e.patch else "upload",
+                     **({"copy": e.conflict_name} if e.check_copy else {})}
                     for e in self._entries.values()]
         rows += [{"id": e.id, "name": e.name, "state": f"kept for gs://{e.bucket}", "size": e.size, "attempts": 0,
                   "last_error": "journaled by a mount of another bucket", "queued_at": e.created,
@@ -1176,7 +1237,7 @@ class Uploader:
         for e in list(self._early.values()):
             if e.state != QUEUED or e.id not in self._entries:
                 del self._early[e.id]
-            elif e.after is None and e.next_try <= now and self._entries.of(e.name)[0] is e and self._fits(e):
+            elif e.after is None and e.next_try <= now and self._entries.of(e.key)[0] is e and self._fits(e):
                 if quiet or now >= e.hold_until:
                     return self._take(e)
                 wake = min(self._last_enqueue + self.burst_quiet, e.hold_until)
@@ -1187,13 +1248,13 @@ class Uploader:
         # are in _early).
         busy: set[str] = set()
         for e in self._entries.values():
-            if e.state == QUEUED and e.name not in busy and e.after is None and e.next_try <= now and self._fits(e):
+            if e.state == QUEUED and e.key not in busy and e.after is None and e.next_try <= now and self._fits(e):
                 if quiet or now >= e.hold_until:
                     return self._take(e)
                 wake = min(self._last_enqueue + self.burst_quiet, e.hold_until)
                 self._held_wake = min(self._held_wake or wake, wake)
                 return None
-            busy.add(e.name)  # keep later entries of the same object in order
+            busy.add(e.key)  # keep later entries of the same object in order
         return None
 
     def _fits(self, e: Entry) -> bool:
@@ -1272,6 +1333,9 @@ class Uploader:
                         self._work_ready.notify()  # a large upload may have waited for the slot
 
     def _run(self, entry: Entry) -> None:
+        if entry.check_copy:
+            self._run_check(entry)
+            return
         if entry.patch:
             self._run_patch(entry)
             return
@@ -1333,6 +1397,49 @@ class Uploader:
             log.warning("could not check gs://%s/%s, where an earlier attempt may have saved a copy of %r: %s",
                         self.bucket.name, target, entry.name, exc)
 
+    def _run_check(self, entry: Entry) -> None:
+        """A version that was dropped or superseded after an attempt of it went beside the object
+        with its answer lost: is that copy in the bucket? If it is, and exactly this version, it
+        is reported as a conflict (it may be the only copy of that version: never deleted);
+        anything else there, or nothing, is not ours to report. A worker does this (requests), not
+        the close or rename that dropped the entry."""
+        data = self.journal.data_path(entry.id)
+        target = entry.conflict_name
+        metadata = {k: v for k, v in entry.metadata.items() if k != "octue__id"}
+        metadata["octue__id"] = entry.conflict_id
+        try:
+            try:
+                info = self.bucket.stat(target)
+            except NotFound:
+                info = None
+            ours = (info is not None and content_fingerprint(entry, data).matches(info)
+                    and dict(info.metadata) == metadata)
+        except (OctuefsError, OSError) as exc:
+            self._retry_later(entry, exc)
+            return
+        except Exception as exc:  # a bug: keep the record, say so, keep trying
+            log.exception("unexpected error checking gs://%s/%s; it is checked again", self.bucket.name, target)
+            self._retry_later(entry, exc)
+            return
+        if ours and not any(c.get("saved_as") == target for c in self.journal.conflicts()):
+            log.warning("conflict: an earlier attempt saved a version of gs://%s/%s beside it as gs://%s/%s (its "
+                        "answer was lost), and that version was then replaced, removed or renamed over here: the copy is kept, "
+                        "never deleted (it may be the only copy of that version)",
+                        self.bucket.name, entry.name, self.bucket.name, target)
+            self.journal.note_conflict({"time": time.time(), "object": entry.name,
+                                        "theirs": "superseded or removed here after its copy was saved",
+                                        "expected_generation": entry.base_generation, "saved_as": target,
+                                        "generation": info.generation})
+        elif info is None:
+            log.debug("check of %s: no copy of %r landed there", target, entry.name)
+        with self._cond:
+            self._entries.pop(entry.id, None)
+            entry.state, entry.result = (CONFLICT if ours else DONE), info
+            self.journal.remove(entry)
+            self._cond.notify_all()
+            self._work_ready.notify_all()
+        entry.done.set()
+
     def _note_tried(self, entry: Entry, data: str, exc: BaseException) -> None:
         """An attempt failed after it may have reached the bucket (no answer): remember what it sent."""
         if not isinstance(exc, TransientError):
@@ -1356,7 +1463,22 @@ class Uploader:
         if (current is not None and content_fingerprint(entry, data).matches(current)
                 and dict(current.metadata) == entry.metadata):
             log.info("upload of %r was already in the bucket (generation %d)", entry.name, current.generation)
+            if entry.conflict_name is not None:
+                self._remove_own_copy(entry, data)  # (as when it lands under its own name)
             self._finish(entry, current, DONE)
+            return
+        if current is None and entry.base_generation == 0:
+            # A new file, and nothing at its name: the 412 met an object gone since (created and
+            # deleted elsewhere), or was spurious. Nothing is there to overwrite, and "absent" is
+            # still its precondition, so it goes up at its name; a copy beside nothing would be a
+            # conflict nobody had (and one more object to check if its answer were lost).
+            log.info("upload of new file %r met a precondition failure, and nothing is there now: tried again",
+                     entry.name)
+            with self._cond:
+                entry.state, entry.next_try = QUEUED, time.monotonic() + min(self.max_backoff, 0.1 * entry.attempts)
+                self._retrying[entry.id] = entry
+                self._cond.notify_all()
+                self._work_ready.notify_all()
             return
         if current is not None and self.late.is_late(entry.name, current):
             # A removed file's upload that landed late: what the user removed, not a change to keep.
@@ -1454,8 +1576,9 @@ class Uploader:
                       self.journal.data_path(entry.id), delay)
         else:
             delay = min(self.max_backoff, 0.5 * 2 ** min(entry.attempts - 1, 10))
-            log.warning("upload of %r failed (attempt %d), retrying in %.1fs: %s", entry.name, entry.attempts,
-                        delay, exc)
+            log.warning("%s %r failed (attempt %d), retrying in %.1fs: %s",
+                        "check of a conflict copy of" if entry.check_copy else "upload of", entry.name,
+                        entry.attempts, delay, exc)
         with self._cond:
             entry.failed = str(exc) if permanent else None
             for successor in self._entries.successors(entry.id):  # they wait for it: nobody waits for them

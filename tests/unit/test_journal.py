@@ -142,3 +142,49 @@ def test_a_failed_seal_gives_the_content_back(tmp_path, monkeypatch):
     with open(path, "rb") as f:
         assert f.read() == b"12345"
     assert os.listdir(j.pending_dir) == [] and os.listdir(j.journal_dir) == []
+
+
+def test_a_record_from_before_copy_checks_loads_as_an_upload(tmp_path):
+    root = tmp_path / "cache"
+    old = Journal(str(root))
+    old.records_in_xattrs = False
+    e = entry(old)
+    old.commit(e, staged(tmp_path, b"12345"))
+    path = os.path.join(old.journal_dir, e.id + ".json")
+    with open(path) as f:
+        record = json.load(f)
+    del record["check_copy"]  # written by an octuefs without the field
+    with open(path, "w") as f:
+        json.dump(record, f)
+    assert loaded(root)[e.id].check_copy is False
+
+
+@pytest.mark.parametrize("in_xattrs", [True, False])
+def test_a_superseded_version_that_may_have_left_a_copy_loads_as_a_check_of_it(tmp_path, in_xattrs):
+    """A crash between journaling a newer version and turning the one it replaced into a check
+    of its conflict copy: the next mount checks that copy; a superseded version without one is
+    dropped as before."""
+    root = tmp_path / "cache"
+    journal = Journal(str(root))
+    if in_xattrs and not journal.records_in_xattrs:
+        pytest.skip("this filesystem keeps no user xattrs")
+    journal.records_in_xattrs = in_xattrs
+    beside = entry(journal)
+    beside.conflict_name, beside.conflict_id = "a/b.octuefs-conflict-20261207T000000Z-abcdef.csv", '"id"'
+    beside.seq = 0
+    journal.commit(beside, staged(tmp_path, b"12345", "1"))
+    newer = entry(journal)
+    newer.seq, newer.replaces = 1, beside.id
+    journal.commit(newer, staged(tmp_path, b"54321", "2"))
+    plain = entry(journal, name="c.csv")
+    plain.seq = 2
+    journal.commit(plain, staged(tmp_path, b"11111", "3"))
+    newest = entry(journal, name="c.csv")
+    newest.seq, newest.replaces = 3, plain.id
+    journal.commit(newest, staged(tmp_path, b"22222", "4"))
+    for _ in range(2):  # and again: the check stays one until it has run
+        got = loaded(root)
+        assert sorted(got) == sorted([beside.id, newer.id, newest.id])
+        assert got[beside.id].check_copy and got[beside.id].key == beside.conflict_name
+        assert not got[newer.id].check_copy and got[newer.id].key == "a/b.csv"
+    assert not os.path.exists(journal.data_path(plain.id))

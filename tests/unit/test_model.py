@@ -40,7 +40,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from octuefs.cache import ContentCache
 from octuefs.config import MountConfig
 from octuefs.core import FileSystem
-from octuefs.errors import FileNotFound, OctuefsError, TransientError
+from octuefs.errors import FileNotFound, OctuefsError, PreconditionFailed, TransientError
 from octuefs.storage.fake import FakeBucket
 from tests.model_world import (
     CONFLICT_MARK,
@@ -794,5 +794,50 @@ def test_n1_a_conflict_copy_whose_answer_was_lost_is_reported_once(tmp_path):
         copies = sorted(n for n in bucket.objects() if CONFLICT_MARK in n)
         reported = sorted(c["saved_as"] for c in fs.uploader.status()["conflicts"])
         assert copies == reported, f"in the bucket: {copies}; reported: {reported}"
+    finally:
+        fs.shutdown(drain=False)
+
+
+class _SecondUploadsAnswerLost(FakeBucket):
+    """The mount's second upload lands, and its answer is lost (past the client's own retries)."""
+
+    uploads = 0
+
+    def upload_bytes(self, name, data, metadata=None, if_generation_match=None, content_type=None, **kw):
+        self.uploads += 1
+        info = super().upload_bytes(name, data, metadata, if_generation_match, content_type, **kw)
+        if self.uploads == 2:
+            raise TransientError("the answer was lost")
+        return info
+
+
+def test_n1_a_dropped_new_file_leaves_no_unreported_copy(tmp_path):
+    """N1, the machine's example (a spurious 412, a lost answer, a rename over the pending file)
+    as a plain test. Before the fix the new file's upload, answered 412 with nothing at its name,
+    went beside; that copy landed with its answer lost; the rename then dropped the entry, and the
+    copy stayed in the bucket, in no status. Now a new file whose 412 finds nothing is tried again
+    at its name, and a dropped entry's copy, had there been one, is checked and reported."""
+    bucket = _SecondUploadsAnswerLost("b")
+    fs = FileSystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c"),
+                                        upload_hold=0))
+    try:
+        bucket.upload_bytes("d/b.txt", b"outside")  # an outside writer (before the faults: they are the mount's)
+        bucket.uploads = 0
+        bucket.fail_next("upload", PreconditionFailed("412: spurious"))  # nothing written
+        fh = fs.create("/e/c.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        fs.write(fh, b"mine", 0)
+        fs.flush(fh)
+        fs.release(fh)
+        end = time.monotonic() + 10
+        while any(not e.last_error for e in fs.uploader.pending_for("e/c.bin")):  # until it lands or fails
+            assert time.monotonic() < end, "the second attempt never ended"
+            time.sleep(0.01)
+        fs.metacache.clear()
+        fs.rename("/d/b.txt", "/e/c.bin")
+        assert fs.uploader.sync(timeout=10) == 0
+        copies = sorted(n for n in bucket.objects() if CONFLICT_MARK in n)
+        reported = sorted(c["saved_as"] for c in fs.uploader.status()["conflicts"])
+        assert copies == reported, f"in the bucket: {copies}; reported: {reported}"
+        assert bucket.objects()["e/c.bin"] == b"outside"
     finally:
         fs.shutdown(drain=False)

@@ -7,9 +7,11 @@ import os
 import threading
 import time
 
+import pytest
+
 from octuefs.config import MountConfig
 from octuefs.core import FileSystem
-from octuefs.errors import PreconditionFailed, TransientError
+from octuefs.errors import FileNotFound, PreconditionFailed, TransientError
 from octuefs.storage.fake import FakeBucket
 from octuefs.uploads import SMALL_IN_FLIGHT
 
@@ -255,3 +257,145 @@ def test_near_the_bucket_uploads_keep_to_upload_workers_and_bursts_are_held(tmp_
     assert fs.uploader.sync(timeout=60) == 0
     assert bucket.peak == 4 and len(bucket.objects()) == 40
     fs.shutdown()
+
+
+# --- a conflict copy whose answer was lost, then its version dropped or superseded -----------
+
+COPY_MARK = ".octuefs-conflict-"
+
+
+class _CopyAnswerLost(FakeBucket):
+    """The first conflict copy lands and its answer is lost; stats of copies fail while
+    ``copies_unreachable`` (a check that cannot finish before the daemon dies)."""
+
+    armed = True
+    copies_unreachable = False
+
+    def upload_bytes(self, name, data, metadata=None, if_generation_match=None, content_type=None, **kw):
+        info = super().upload_bytes(name, data, metadata, if_generation_match, content_type, **kw)
+        if self.armed and COPY_MARK in name:
+            self.armed = False
+            raise TransientError("the answer was lost")
+        return info
+
+    def stat(self, name):
+        if self.copies_unreachable and COPY_MARK in name:
+            raise TransientError("503: the bucket is away")
+        return super().stat(name)
+
+
+def _copy_landed_unanswered(tmp_path, bucket: _CopyAnswerLost, cache: str = "c") -> FileSystem:
+    """f.txt changed here (content and a label) while its label changed elsewhere: the upload goes
+    beside, that copy lands with its answer lost, and the entry waits to retry (held off, so that
+    what the test does next meets it queued)."""
+    bucket.upload_bytes("f.txt", b"v1")
+    bucket.upload_bytes("g.txt", b"other")
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / cache), upload_hold=0, op_timeout=3.0))
+    fh = fs.open("/f.txt", os.O_RDWR)
+    fs.write(fh, b"mine", 0)
+    fs.setxattr("/f.txt", "user.octue.labels", b"ours")
+    bucket.patch_metadata("f.txt", {"octue__labels": '{"items": ["theirs"]}'})  # the same key, elsewhere
+    fs.flush(fh)
+    fs.release(fh)
+    end = time.monotonic() + 10
+    while True:
+        with fs.uploader._cond:
+            [entry] = fs.uploader._entries.of("f.txt")
+            if entry.last_error and entry.state == "queued":
+                entry.next_try = time.monotonic() + 3600  # its retry would find the copy and report it
+                break
+        assert time.monotonic() < end, "the conflict copy was never tried"
+        time.sleep(0.01)
+    [copy] = [n for n in bucket.objects() if COPY_MARK in n]
+    assert entry.conflict_name == copy
+    assert fs.uploader.status()["conflicts"] == []  # not reported yet: its answer was lost
+    return fs
+
+
+def _reported(fs: FileSystem) -> list[str]:
+    return sorted(c["saved_as"] for c in fs.uploader.status()["conflicts"])
+
+
+def _copies(bucket: FakeBucket) -> dict[str, bytes]:
+    return {n: data for n, data in bucket.objects().items() if COPY_MARK in n}
+
+
+
+
+
+@pytest.mark.parametrize("how", ["unlink", "rename over"])
+def test_a_copy_that_landed_unanswered_is_reported_when_its_version_is_dropped(tmp_path, how):
+    bucket = _CopyAnswerLost("orphans")
+    fs = _copy_landed_unanswered(tmp_path, bucket)
+    try:
+        if how == "unlink":
+            fs.unlink("/f.txt")
+        else:
+            fs.rename("/g.txt", "/f.txt")
+        assert fs.uploader.sync(timeout=10) == 0
+        copies = _copies(bucket)
+        assert list(copies.values()) == [b"mine"]  # kept, never deleted: the only copy of that version
+        assert _reported(fs) == sorted(copies)
+        assert fs.uploader.status()["uploads"] == []
+        assert bucket.objects().get("f.txt") == (None if how == "unlink" else b"other")
+    finally:
+        fs.shutdown(drain=False)
+
+
+def test_a_copy_that_landed_unanswered_is_reported_when_a_newer_close_supersedes_it(tmp_path):
+    bucket = _CopyAnswerLost("orphans")
+    fs = _copy_landed_unanswered(tmp_path, bucket)
+    try:
+        fh = fs.open("/f.txt", os.O_RDWR)
+        fs.write(fh, b"newer", 0)
+        fs.flush(fh)
+        fs.release(fh)
+        assert fs.uploader.sync(timeout=10) == 0
+        copies = _copies(bucket)
+        assert sorted(copies.values()) == [b"mine", b"newer"]  # the newer one went beside too
+        assert _reported(fs) == sorted(copies)
+        assert fs.uploader.status()["uploads"] == []
+    finally:
+        fs.shutdown(drain=False)
+
+
+def test_the_check_of_a_dropped_versions_copy_survives_a_crash(tmp_path):
+    bucket = _CopyAnswerLost("orphans")
+    fs = _copy_landed_unanswered(tmp_path, bucket)
+    bucket.copies_unreachable = True
+    fs.unlink("/f.txt")  # returns at once: the check is the workers' (it retries meanwhile)
+    rows = fs.uploader.status()["uploads"]
+    [copy] = _copies(bucket)
+    assert [(r["kind"], r["copy"]) for r in rows] == [("copy check", copy)]
+    assert fs.uploader.pending_for(copy) == [] and fs.uploader.withhold(copy).entries == []  # no version of it
+    fs.uploader.shutdown(drain=False)  # the daemon dies with the check journaled
+    bucket.copies_unreachable = False
+    again = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                           cache_dir=str(tmp_path / "c"), upload_hold=0))
+    try:
+        with pytest.raises(FileNotFound):
+            again.getattr("/f.txt")  # a copy check is no version of the file
+        assert again.uploader.sync(timeout=10) == 0
+        copies = _copies(bucket)
+        assert list(copies.values()) == [b"mine"]
+        assert _reported(again) == sorted(copies)
+        assert "f.txt" not in bucket.objects()
+    finally:
+        again.shutdown(drain=False)
+
+
+def test_a_new_files_upload_whose_412_finds_nothing_goes_up_at_its_name(tmp_path):
+    """A new file's upload answered 412 (something was there, or a spurious answer) while nothing
+    is there when it looks: it is tried again at its name, not put beside nothing."""
+    bucket = FakeBucket("spurious")
+    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+                                        cache_dir=str(tmp_path / "c"), upload_hold=0))
+    try:
+        bucket.fail_next("upload", PreconditionFailed("412: spurious"))
+        _save(fs, "/new.txt", b"fresh")
+        assert fs.uploader.sync(timeout=10) == 0
+        assert bucket.objects() == {"new.txt": b"fresh"}
+        assert fs.uploader.status()["conflicts"] == []
+    finally:
+        fs.shutdown(drain=False)

@@ -199,13 +199,16 @@ def test_directories_keep_modes_on_their_markers(fs_on):
     fs.set_times("/", 1.0, 2.0)  # accepted, not kept
 
 
-def test_a_listed_directory_whose_marker_is_unknown_is_not_known(fs_on):
+def test_the_parents_listing_brings_each_subdirectorys_marker(fs_on):
     bucket = FakeBucket("b")
     bucket.upload_bytes("d/", b"", {"goog-reserved-posix-mode": "700"})
+    bucket.upload_bytes("e/x", b"x")  # a directory without a marker: the defaults, known
     fs = fs_on(bucket)
-    assert not dict(fs.readdir("/"))["d"].known  # the parent's listing does not show the marker
-    fs.readdir("/d")  # the directory's own listing does (its first entry)
-    assert dict(fs.readdir("/"))["d"].mode == 0o700
+    bucket.reset_calls()
+    listed = dict(fs.readdir("/"))
+    assert listed["d"].known and listed["d"].mode == 0o700
+    assert listed["e"].known
+    assert bucket.calls["stat"] == 0 and bucket.calls["list"] == 1  # no request per subdirectory
 
 
 def test_special_files_and_hard_links(fs_on):

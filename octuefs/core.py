@@ -41,6 +41,7 @@ from .errors import (
     OctuefsError,
     PreconditionFailed,
     ReadOnlyFilesystem,
+    StorageError,
 )
 from .files import FileNode, MovedMeanwhile, OpenFiles
 from .givebacks import OwedGiveBacks
@@ -166,18 +167,42 @@ class FileSystem:
         node = self.files.node(name)
         return node if node is not None and not node.unlinked else None
 
-    def resolve(self, path: str | None) -> tuple[str, ObjectInfo | object, FileNode | None]:
+    def resolve(self, path: str | None, gone_hides: bool = False) -> tuple[str, ObjectInfo | object, FileNode | None]:
         """``(object name, ObjectInfo | DIR | MISSING, live node or None)`` of a path.
 
         ``None`` is what libfuse passes for a file unlinked while open: it has no name.
+
+        ``gone_hides`` (a stat, a getfattr, a setfattr, chmod, chown, touch): a node whose only
+        pending work is metadata patches (:attr:`FileNode.only_patches`) is looked up as a clean
+        file is (the metadata cache, else the bucket) and, if the name is missing there, the file
+        is: deleted elsewhere, its patches are moot (dropped once sent), and a change made now
+        would be acknowledged and then dropped with them. Open or with content pending, a node
+        stays shown whatever the bucket says (open handles survive an unlink elsewhere; content
+        goes up as the upload rules say).
         """
         if path is None:
             raise FileNotFound("(a file unlinked while open has no path)")
         name = self.ns.object_name(path)
         node = self._node(name) if path != "/" else None
         if node is not None:
+            if gone_hides and self._gone_behind(name, node):
+                return name, MISSING, None
             return name, node.base, node
         return name, self.lookup(name), None
+
+    def _gone_behind(self, name: str, node: FileNode) -> bool:
+        """Whether ``node`` holds only metadata patches of a file the lookup says is gone (see
+        :meth:`resolve`). A bucket that cannot be asked leaves the node shown, as before."""
+        if not node.only_patches:
+            return False
+        try:
+            gone = self.lookup(name) is MISSING
+        except StorageError as exc:
+            log.debug("looking %r up failed (%s): its pending metadata change keeps it shown", name, exc)
+            return False
+        if gone:
+            log.info("%r is deleted in the bucket; the metadata change(s) queued for it here go with it", name)
+        return gone
 
     def file_info(self, path: str) -> tuple[str, ObjectInfo | None, FileNode | None]:
         """A path that must be a file: ``(name, info or None for a new file, node)``."""
@@ -206,7 +231,7 @@ class FileSystem:
     def getattr(self, path: str | None, fh: int | None = None) -> Attr:
         if path is None and fh is not None:  # fstat of a file unlinked while open
             return self._node_attr(self.files.handle(fh).node)
-        name, entry, node = self.resolve(path)
+        name, entry, node = self.resolve(path, gone_hides=True)
         if node is not None:
             return self._node_attr(node)
         if entry is DIR:

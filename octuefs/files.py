@@ -92,6 +92,15 @@ class FileNode:
         return self.dirty or self.meta_dirty or bool(self.pending)
 
     @property
+    def only_patches(self) -> bool:
+        """Its only pending work is metadata patches: nothing unsaved or sealed of its content, not
+        open, no unlink or rename using it. Such a node does not keep visible a file the bucket
+        says is gone (:meth:`FileSystem.resolve`): its patches are moot, dropped once sent."""
+        pending = self.pending
+        return (self.opens == 0 and not self.dirty and not self.pins and not self.moving
+                and bool(pending) and all(e.patch for e in pending))
+
+    @property
     def idle(self) -> bool:
         """Nothing keeps it in the table: not open, nothing unsaved, no unlink or rename using it,
         no metadata change being made on it."""

@@ -200,7 +200,7 @@ class PosixSurface:
             raise FileNotFound("(a file unlinked while open has no path)")
         name = self.fs.ns.object_name(path)
         with self.fs.xattrs.changing(name):
-            name, entry, node = self.fs.resolve(path)
+            name, entry, node = self.fs.resolve(path, gone_hides=True)
             if node is None and entry is DIR:
                 self._change_dir(name, wanted)
                 return

@@ -137,7 +137,7 @@ class XattrSurface:
 
     def _target(self, path: str):
         """``(name, info, node)`` of a file, or ``None`` for a directory."""
-        name, entry, node = self.fs.resolve(path)
+        name, entry, node = self.fs.resolve(path, gone_hides=True)
         if node is not None:
             return name, node.base, node
         if entry is DIR:

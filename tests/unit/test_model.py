@@ -841,3 +841,38 @@ def test_n1_a_dropped_new_file_leaves_no_unreported_copy(tmp_path):
         assert bucket.objects()["e/c.bin"] == b"outside"
     finally:
         fs.shutdown(drain=False)
+
+
+def test_n2_a_setfattr_on_a_file_deleted_elsewhere_behind_a_stuck_patch_is_not_acknowledged(tmp_path):
+    """N2, the machine's shrunk example as a plain test (caches off, as in the machine): m1's
+    patch of e/c.bin is refused (403: retried only every 300 s), m0 deletes the file, then m1's
+    next setfattr succeeded, shown by the node the stuck patch kept, and was dropped with that
+    patch once sent: an acknowledged change lost. Now it is ENOENT, the file being gone."""
+    bucket = FakeBucket("b")
+
+    def mount(i: int) -> FileSystem:
+        return FileSystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / f"m{i}"),
+                                              cache_dir=str(tmp_path / f"c{i}"), upload_hold=0, patch_pace=0.01,
+                                              stat_ttl=0, list_ttl=0, negative_ttl=0))
+
+    m0, m1 = mount(0), mount(1)
+    try:
+        fh = m0.create("/e/c.bin", os.O_WRONLY | os.O_CREAT)
+        m0.write(fh, b"0123456789", 0)
+        m0.flush(fh)
+        m0.release(fh)
+        assert m0.uploader.sync(timeout=10) == 0
+        bucket.fail_next("patch", ERRORS["403"])
+        m1.setxattr("/e/c.bin", "user.octue.tags.m1t1", b"1")  # journaled; its patch is refused
+        deadline = time.monotonic() + 10
+        while not any(r["last_error"] for r in m1.uploader.status()["uploads"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        m0.unlink("/e/c.bin")
+        with pytest.raises(FileNotFound):
+            m1.setxattr("/e/c.bin", "user.octue.tags.m1t2", b"2")
+        with pytest.raises(FileNotFound):
+            m1.getattr("/e/c.bin")
+        assert "e/c.bin" not in bucket.objects()
+    finally:
+        m1.shutdown(drain=False)
+        m0.shutdown(drain=False)

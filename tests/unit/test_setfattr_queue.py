@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import pytest
 
-from octuefs.errors import FileNotFound, InvalidMetadata
+from octuefs.errors import BucketUnreachable, FileNotFound, InvalidMetadata, PermissionDenied
 from octuefs.storage.fake import FakeBucket
-from tests.unit.corekit import make_fs
+from tests.unit.corekit import close_write, make_fs
 
 
 @pytest.fixture
@@ -92,3 +93,93 @@ def test_a_bad_value_queues_nothing(bucket, tmp_path):
         fs.setxattr("/b.csv", "user.octue.labels", b"Bad_Label!")
     assert fs.uploader.status()["uploads"] == [] and fs.files.node("b.csv") is None
     fs.uploader.shutdown()
+
+
+def _stuck_patch_then_deleted_elsewhere(bucket, tmp_path, **ttls):
+    """m1's setfattr of ``s.csv`` is journaled but its patch is refused (403: retried only every
+    300 s), then m0 deletes the file. Returns (m0, m1)."""
+    m0 = make_fs(bucket, tmp_path, cache="c0")
+    m1 = make_fs(bucket, tmp_path, cache="c1", patch_pace=0.01, **ttls)
+    close_write(m0, "/s.csv", b"x")
+    assert m0.uploader.sync(timeout=10) == 0
+    bucket.fail_next("patch", PermissionDenied("injected 403"))
+    m1.setxattr("/s.csv", "user.octue.tags.first", b"1")  # acknowledged: journaled
+    deadline = time.monotonic() + 10
+    while not any(r.get("last_error") for r in m1.uploader.status()["uploads"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r["kind"] for r in m1.uploader.status()["uploads"]] == ["metadata"]  # stuck, pending
+    m0.unlink("/s.csv")
+    return m0, m1
+
+
+def test_a_file_deleted_elsewhere_is_not_kept_visible_by_a_stuck_metadata_patch(bucket, tmp_path):
+    """The model's shrunk example: the node holding only a stuck patch showed the deleted file,
+    so a later setfattr on it succeeded and was then dropped with the patch (acknowledged, lost).
+    Now the lookup, made as for a clean file, says it is gone: stat, getfattr, setfattr, chmod
+    and touch answer ENOENT, and nothing acknowledged after the delete is dropped."""
+    m0, m1 = _stuck_patch_then_deleted_elsewhere(bucket, tmp_path, stat_ttl=0, list_ttl=0, negative_ttl=0)
+    try:
+        with pytest.raises(FileNotFound):
+            m1.getattr("/s.csv")
+        with pytest.raises(FileNotFound):
+            m1.getxattr("/s.csv", "user.octue.tags.first")
+        with pytest.raises(FileNotFound):
+            m1.setxattr("/s.csv", "user.octue.tags.second", b"2")
+        with pytest.raises(FileNotFound):
+            m1.chmod("/s.csv", 0o600)
+        with pytest.raises(FileNotFound):
+            m1.utimens("/s.csv", mtime=1_000_000.0)
+        # The one change queued (made before the delete) is the only one pending: it goes with
+        # the file when sent, as documented; nothing later was taken in.
+        uploads = m1.uploader.status()["uploads"]
+        assert [r["kind"] for r in uploads] == ["metadata"]
+        assert "s.csv" not in bucket.objects()
+    finally:
+        m1.shutdown(drain=False)
+        m0.shutdown(drain=False)
+
+
+def test_an_open_file_deleted_elsewhere_keeps_its_node_with_a_stuck_patch(bucket, tmp_path):
+    """Open, the file stays as POSIX keeps an unlinked file: the handle's view wins."""
+    m0, m1 = _stuck_patch_then_deleted_elsewhere(bucket, tmp_path, stat_ttl=0, list_ttl=0, negative_ttl=0)
+    try:
+        fh = m1.open("/s.csv", os.O_RDONLY)  # (its node: opened before m1 looks again)
+        bucket.fail_next("patch", PermissionDenied("injected 403"))
+        assert m1.getattr("/s.csv").size == 1
+        m1.release(fh)
+        with pytest.raises(FileNotFound):  # closed: the patch alone no longer keeps it shown
+            m1.getattr("/s.csv")
+    finally:
+        m1.shutdown(drain=False)
+        m0.shutdown(drain=False)
+
+
+def test_a_stuck_patch_asks_nothing_more_of_the_bucket_within_stat_ttl(bucket, tmp_path):
+    """The lookup is the one a clean file's stat makes: from the metadata cache while fresh."""
+    m0, m1 = _stuck_patch_then_deleted_elsewhere(bucket, tmp_path)  # default TTLs
+    try:
+        bucket.reset_calls()
+        assert m1.getattr("/s.csv").size == 1  # deleted elsewhere: shown until stat_ttl, as any file
+        assert m1.getxattr("/s.csv", "user.octue.tags.first") == b"1"
+        assert sum(bucket.calls.values()) == 0
+    finally:
+        m1.shutdown(drain=False)
+        m0.shutdown(drain=False)
+
+
+def test_a_stuck_patch_keeps_its_file_shown_while_the_bucket_cannot_be_asked(bucket, tmp_path):
+    """An outage is not a delete: the lookup failing leaves the node shown, as before."""
+    m0 = make_fs(bucket, tmp_path, cache="c0")
+    m1 = make_fs(bucket, tmp_path, cache="c1", patch_pace=0.01, stat_ttl=0, list_ttl=0, negative_ttl=0)
+    try:
+        close_write(m0, "/s.csv", b"x")
+        assert m0.uploader.sync(timeout=10) == 0
+        bucket.fail_next("patch", PermissionDenied("injected 403"))
+        m1.setxattr("/s.csv", "user.octue.tags.first", b"1")
+        bucket.set_fault_rate(1.0, lambda: BucketUnreachable("injected outage"))
+        assert m1.getattr("/s.csv").size == 1
+        assert m1.getxattr("/s.csv", "user.octue.tags.first") == b"1"
+    finally:
+        bucket.set_fault_rate(0.0)
+        m1.shutdown(drain=False)
+        m0.shutdown(drain=False)

@@ -31,6 +31,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from time import monotonic_ns
 

@@ -399,8 +399,6 @@ class _Died(BaseException):
 
 
 def test_a_conflict_copy_a_crash_left_unnoted_is_removed_once_the_version_is_in_place(bucket, tmp_path):
-    from octuefs.errors import PreconditionFailed
-
     first = make_fs(bucket, tmp_path)
     died = threading.Event()
 
@@ -410,8 +408,16 @@ def test_a_conflict_copy_a_crash_left_unnoted_is_removed_once_the_version_is_in_
 
     first.uploader.journal.note_conflict = note_conflict
     hook, threading.excepthook = threading.excepthook, lambda args: None
+    real_upload = bucket.upload_file
+
+    def someone_else_first(name, *args, **kwargs):  # their f.csv lands just before ours
+        if name == "f.csv":
+            bucket.upload_file = real_upload
+            bucket.upload_bytes("f.csv", b"theirs")
+        return real_upload(name, *args, **kwargs)
+
+    bucket.upload_file = someone_else_first
     try:
-        bucket.fail_next("upload", PreconditionFailed("412: someone else's f.csv was there"))
         close_write(first, "/f.csv", b"mine")
         assert died.wait(10)
         copies = [n for n in bucket.objects() if ".octuefs-conflict-" in n]
@@ -419,6 +425,7 @@ def test_a_conflict_copy_a_crash_left_unnoted_is_removed_once_the_version_is_in_
         first.uploader.shutdown(drain=False)
     finally:
         threading.excepthook = hook
+    bucket.delete("f.csv")  # they remove theirs
     second = make_fs(bucket, tmp_path)  # the next mount, same cache: f.csv is free now
     try:
         assert second.uploader.sync(timeout=10) == 0

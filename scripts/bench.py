@@ -753,7 +753,7 @@ class Bench:
         """stat of every listed file right after ls, then past the kernel's caches; getxattr twice."""
         expect = self.listing_expect
         root = self.mp if where == "mount" else self.local
-        kernel_ttl = max(self.mount_config_default("kernel_attr_ttl"), self.mount_config_default("kernel_entry_ttl"))
+        kernel_ttl = self.kernel_ttl()
         paths = [root / "list" / name for name in expect]
         with self.timed(f"stat_{where}_after_ls"):  # on the mount: mostly the kernel's attribute cache
             sizes = [os.stat(p).st_size for p in paths]
@@ -1079,6 +1079,20 @@ class Bench:
     @staticmethod
     def mount_config_default(name: str):
         return next(f.default for f in dataclasses.fields(MountConfig) if f.name == name)
+
+    def kernel_ttl(self) -> float:
+        """How long the kernel keeps attributes and entries on the bench's mounts: octuefs's
+        defaults, or --mount-arg's --attr-timeout/--entry-timeout (the smoke tests shorten them)."""
+        ttl = {"attr": self.mount_config_default("kernel_attr_ttl"), "entry": self.mount_config_default("kernel_entry_ttl")}
+        args = list(self.args.mount_arg)
+        for i, arg in enumerate(args):
+            for kind in ttl:
+                option = f"--{kind}-timeout"
+                if arg.startswith(option + "="):
+                    ttl[kind] = float(arg.split("=", 1)[1])
+                elif arg == option and i + 1 < len(args):
+                    ttl[kind] = float(args[i + 1])
+        return max(ttl.values())
 
     def mount_display(self) -> str:
         args = self.mounts[0].args

@@ -143,6 +143,8 @@ def test_stop_closes_open_connections_and_leaves_no_thread(echo):
     idle.settimeout(5)
     assert idle.recv(16) == b""  # closed by the line
     idle.close()
+    for t in echo.threads:  # the echo server's side of the line's upstream connection ends too
+        t.join(5)
     assert set(threading.enumerate()) - before == set()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

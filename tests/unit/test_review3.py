@@ -223,8 +223,8 @@ def test_a_touch_made_as_the_files_upload_lands_is_not_lost_to_the_next_setfattr
     real = fs.resolve
     calls = []
 
-    def resolve_then_land(path):
-        found = real(path)
+    def resolve_then_land(path, **kwargs):
+        found = real(path, **kwargs)
         if not calls:
             calls.append(path)
             assert fs.uploader.sync(timeout=30) == 0  # the upload lands now: its node, idle, goes

@@ -1,0 +1,95 @@
+"""Review of issue 16 part 5 (times as POSIX moves them, rename/create edge cases): each test
+reproduces one finding on the core with the fake bucket."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+import pytest
+
+from octuefs.storage.fake import FakeBucket
+from tests.unit.corekit import close_write, make_fs
+
+
+@pytest.fixture
+def bucket():
+    return FakeBucket("review-posix2")
+
+
+@pytest.fixture
+def fs(bucket, tmp_path):
+    fs = make_fs(bucket, tmp_path)
+    yield fs
+    fs.shutdown()
+
+
+def test_a_symlink_or_mknod_moves_its_directorys_times(fs):
+    """POSIX: making an entry moves the directory's mtime and ctime, whatever the entry is."""
+    fs.mkdir("/d")
+    before = fs.getattr("/d").mtime
+    time.sleep(0.02)
+    fs.symlink("/d/l", "target")
+    after_link = fs.getattr("/d").mtime
+    assert after_link > before
+    time.sleep(0.02)
+    fs.mknod("/d/fifo", stat.S_IFIFO | 0o644)
+    assert fs.getattr("/d").mtime > after_link
+
+
+def test_a_directory_touched_then_given_an_entry_shows_the_entrys_time(fs, bucket):
+    """touch -d 2000-01-01 d; touch d/f: d's mtime must be now, not 2000 (the marker's stored
+    mtime must not hide a later entry change)."""
+    fs.mkdir("/d")
+    fs.utimens("/d", mtime=946684800.0)
+    assert fs.getattr("/d").mtime == 946684800.0
+    close_write(fs, "/d/f", b"x")
+    assert fs.getattr("/d").mtime > time.time() - 60
+
+
+def test_a_chmod_moves_a_directorys_ctime(fs):
+    fs.mkdir("/d")
+    before = fs.getattr("/d")
+    time.sleep(0.05)
+    fs.chmod("/d", 0o700)
+    after = fs.getattr("/d")
+    assert (after.ctime if after.ctime is not None else after.mtime) > \
+        (before.ctime if before.ctime is not None else before.mtime)
+    assert after.mtime == before.mtime
+
+
+def test_a_chmods_patch_landing_does_not_move_the_ctime(fs, bucket):
+    """The ctime a chmod set must not move again, on its own, when its PATCH lands."""
+    close_write(fs, "/f", b"data")
+    assert fs.uploader.sync(timeout=10) == 0
+    fs.chmod("/f", 0o600)
+    before = fs.getattr("/f")
+    time.sleep(0.3)
+    assert fs.uploader.sync(timeout=10) == 0  # the patch landed
+    fs.metacache.clear()
+    after = fs.getattr("/f")
+    assert after.mode == 0o600
+    assert (after.mtime, after.ctime) == (before.mtime, before.ctime)
+
+
+def test_a_directory_rename_keeps_the_times_of_the_directories_under_it(fs):
+    """mv a b must not move b/sub's mtime back to the mount's start."""
+    fs.mkdir("/a")
+    fs.mkdir("/a/sub")
+    time.sleep(0.02)
+    close_write(fs, "/a/sub/f", b"x")
+    assert fs.uploader.sync(timeout=10) == 0
+    sub = fs.getattr("/a/sub").mtime
+    assert sub > fs.started
+    fs.rename("/a", "/b")
+    assert fs.getattr("/b/sub").mtime == sub
+
+
+def test_a_directory_renamed_over_an_empty_one_keeps_its_own_mode(fs, bucket):
+    """mkdir -m 700 a; mkdir -m 755 b; mv -T a b: b is a, mode 700."""
+    fs.mkdir("/a", mode=0o700)
+    fs.mkdir("/b", mode=0o755)
+    close_write(fs, "/a/f", b"x")
+    assert fs.uploader.sync(timeout=10) == 0
+    fs.rename("/a", "/b")
+    assert fs.getattr("/b").mode == 0o700

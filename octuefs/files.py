@@ -460,6 +460,7 @@ class OpenFiles:
             if node.meta_dirty and node.pending:  # amend the pending upload (or patch)
                 custom = self._custom_metadata(node, self._identified(node))
                 entry = self.uploader.resubmit(node.pending[-1], custom, node.content_type)
+                self._seal_times(node, entry)  # (a new entry, or the queued one amended: its times are these now)
                 node.meta_from, node.posix = custom, {}
                 node.pending = [e for e in node.pending if not e.done.is_set() and e is not entry] + [entry]
                 node.meta_dirty = False
@@ -467,6 +468,7 @@ class OpenFiles:
             if node.meta_dirty and node.base is not None:  # update_cloud_metadata, queued
                 custom = self._custom_metadata(node, self._identified(node))
                 entry = self.uploader.submit_patch(node.name, custom, node.content_type, node.base)
+                self._seal_times(node, entry)
                 node.meta_from, node.pending, node.meta_dirty = custom, [entry], False
                 node.posix = {}
                 return entry
@@ -556,8 +558,10 @@ class OpenFiles:
             return
         with self._lock:
             times = self._sealed_times.pop(entry.id, None)
-        if times is not None and not entry.patch:
-            self.times.made(info, *times)  # (landing is no change of the file: its times stay)
+        # (landing is no change of the file: its times stay; a patch re-applied to a version made
+        # elsewhere leaves that version's own)
+        if times is not None and (not entry.patch or info.generation == entry.base_generation):
+            self.times.made(info, *times)
         if entry.state == DONE:
             with self._lock:
                 if node is not None and node.new and dict(info.metadata) == entry.metadata:
@@ -709,6 +713,14 @@ class OpenFiles:
             return  # it has no name left to save under
         self.save(node)
         self.uploader.wait_name(node.name, self.fsync_timeout)
+
+    def _seal_times(self, node: FileNode, entry: Entry) -> None:
+        """The times ``entry`` (a metadata change, or an upload amended with one) lands with: the
+        node's now, ctime moved by the change. Without them, a PATCH landing moved the ctime
+        again, and an amended upload landing showed the bucket's times. Caller holds node.lock."""
+        times = self.times_of(node)
+        with self._lock:
+            self._sealed_times[entry.id] = times
 
     def touch(self, node: FileNode, mtime: float) -> None:
         """Record an explicit mtime on a node with unsaved changes; it goes up with them."""

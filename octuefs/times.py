@@ -89,6 +89,11 @@ class Times:
         with self._lock:
             return self._dirs.get(prefix, self.started)
 
+    def dir_changed_at(self, prefix: str) -> float | None:
+        """When this mount last made or removed an entry of ``prefix``, if it remembers."""
+        with self._lock:
+            return self._dirs.get(prefix)
+
     def dir_changed(self, prefix: str) -> None:
         """An entry was made or removed in the directory ``prefix`` (``""``, or ends with ``/``)."""
         now = self.clock()

@@ -93,3 +93,40 @@ def test_a_directory_renamed_over_an_empty_one_keeps_its_own_mode(fs, bucket):
     assert fs.uploader.sync(timeout=10) == 0
     fs.rename("/a", "/b")
     assert fs.getattr("/b").mode == 0o700
+
+
+def test_a_chmod_of_a_queued_upload_keeps_its_ctime_when_it_lands(bucket, tmp_path):
+    """chmod while the close's upload is still queued amends it: the ctime the chmod set must
+    stay when it lands (it went back to the close's)."""
+    fs = make_fs(bucket, tmp_path, upload_hold=0.5)
+    try:
+        close_write(fs, "/f", b"data")
+        time.sleep(0.1)
+        fs.chmod("/f", 0o600)
+        before = fs.getattr("/f")
+        assert before.ctime > before.mtime
+        assert fs.uploader.sync(timeout=10) == 0
+        fs.metacache.clear()
+        after = fs.getattr("/f")
+        assert (after.mtime, after.ctime) == (before.mtime, before.ctime)
+    finally:
+        fs.shutdown()
+
+
+def test_a_chmod_of_an_upload_in_flight_keeps_both_times_when_it_lands(fs, bucket):
+    """chmod while the close's upload is being sent queues a second upload (same content, new
+    metadata): when it lands, stat must not show the bucket's (later) times."""
+    from tests.unit.corekit import HeldUpload
+    held = HeldUpload(bucket)
+    close_write(fs, "/f", b"data")
+    assert held.started.wait(5)
+    time.sleep(0.05)
+    fs.chmod("/f", 0o600)
+    before = fs.getattr("/f")
+    time.sleep(0.1)
+    held.release()
+    assert fs.uploader.sync(timeout=10) == 0
+    fs.metacache.clear()
+    after = fs.getattr("/f")
+    assert after.mode == 0o600
+    assert (after.mtime, after.ctime) == (before.mtime, before.ctime)

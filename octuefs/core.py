@@ -984,6 +984,7 @@ class FileSystem:
                     self.files.renamed(node, node.name, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
                 self.cache.drop(node.name)
             self.metacache.clear()
+            self.times.dir_moved(src_prefix, dst_prefix)  # (its subdirectories keep their times)
             self.times.renamed(src_name, dst_name)
             self.times.dir_changed(dst_prefix)
             self.posix.forget_markers()
@@ -1046,7 +1047,13 @@ class FileSystem:
                 else:
                     self.bucket.upload_bytes(dst_prefix, b"", {}, if_generation_match=0)
             except PreconditionFailed:
-                pass  # (an empty directory renamed over) its marker is there already
+                # (an empty directory renamed over) its marker is there already: the moved
+                # directory's own marker replaces it, so the directory keeps its mode and owners
+                if marker is not None:
+                    with contextlib.suppress(NotFound, PreconditionFailed):
+                        there = self.bucket.stat(dst_prefix)
+                        self.bucket.copy(src_prefix, dst_prefix, if_source_generation_match=marker.generation,
+                                         if_generation_match=there.generation)
         except PreconditionFailed as exc:
             self._undo_copies(moved)
             self.metacache.clear()

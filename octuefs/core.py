@@ -566,6 +566,8 @@ class FileSystem:
         if node is None and src is MISSING:
             raise FileNotFound(old)
         if src is DIR and node is None:
+            if dst_node is not None:  # a file here, maybe not in the bucket yet (its base None)
+                raise NotADirectory(new)
             self._rename_dir(old, new, src_name, dst_name, dst)
             for prefix in (src_name + "/", dst_name + "/"):
                 self.xattrs.states.forget(prefix, under=True)

@@ -130,3 +130,21 @@ def test_a_chmod_of_an_upload_in_flight_keeps_both_times_when_it_lands(fs, bucke
     after = fs.getattr("/f")
     assert after.mode == 0o600
     assert (after.mtime, after.ctime) == (before.mtime, before.ctime)
+
+
+def test_a_directory_renamed_onto_a_new_file_not_yet_uploaded_is_enotdir(bucket, tmp_path):
+    """rename(dir, file) is ENOTDIR also while the file is only here (its upload pending): it
+    must not make a directory beside a file of the same name."""
+    from octuefs.errors import NotADirectory
+    fs = make_fs(bucket, tmp_path, upload_hold=30.0)
+    try:
+        fs.mkdir("/d")
+        close_write(fs, "/d/x", b"in d")
+        fs.uploader.sync(timeout=10)
+        close_write(fs, "/f", b"pending")  # held back: not in the bucket yet
+        assert bucket.stat_or_none("f") is None if hasattr(bucket, "stat_or_none") else True
+        with pytest.raises(NotADirectory):
+            fs.rename("/d", "/f")
+        assert not fs.getattr("/f").is_dir
+    finally:
+        fs.shutdown()

@@ -756,6 +756,8 @@ class OpenFiles:
         metadata patch), else queued as a metadata patch. Journaled before this returns, so
         as durable as a close; the mount shows it at once."""
         with node.lock:
+            before = node.times
+            node.times = (self.times_of(node)[0], time.time())  # (any metadata change moves the ctime: setxattr too)
             change()
             if not node.dirty:
                 node.meta_dirty = True
@@ -763,6 +765,7 @@ class OpenFiles:
                     self.save(node)
                 except BaseException:  # not journaled: the mount must not show what is not kept
                     self._reread(node)
+                    node.times = before
                     raise
 
     def _reread(self, node: FileNode) -> None:

@@ -148,3 +148,17 @@ def test_a_directory_renamed_onto_a_new_file_not_yet_uploaded_is_enotdir(bucket,
         assert not fs.getattr("/f").is_dir
     finally:
         fs.shutdown()
+
+
+def test_a_setfattr_moves_the_ctime_and_its_landing_does_not_move_it_again(fs, bucket):
+    close_write(fs, "/f", b"data")
+    assert fs.uploader.sync(timeout=10) == 0
+    before = fs.getattr("/f")
+    time.sleep(0.05)
+    fs.setxattr("/f", "user.octue.tags", b"{\"a\": 1}")
+    changed = fs.getattr("/f")
+    assert changed.ctime > before.ctime and changed.mtime == before.mtime
+    assert fs.uploader.sync(timeout=10) == 0
+    fs.metacache.clear()
+    after = fs.getattr("/f")
+    assert (after.mtime, after.ctime) == (changed.mtime, changed.ctime)

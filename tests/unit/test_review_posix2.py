@@ -162,3 +162,30 @@ def test_a_setfattr_moves_the_ctime_and_its_landing_does_not_move_it_again(fs, b
     fs.metacache.clear()
     after = fs.getattr("/f")
     assert (after.mtime, after.ctime) == (changed.mtime, changed.ctime)
+
+
+def test_a_rename_over_a_file_whose_upload_is_queued_leaves_only_the_source(bucket, tmp_path):
+    fs = make_fs(bucket, tmp_path, upload_hold=30.0)
+    try:
+        close_write(fs, "/b", b"old, queued")
+        close_write(fs, "/a", b"new")
+        fs.rename("/a", "/b")
+        assert fs.uploader.sync(timeout=10) == 0
+        names = sorted(o.name for o in bucket.list_all("", delimiter=None)[0])
+        assert names == ["b"], names
+        assert bucket.read_range("b", 0, 100) == b"new"
+        assert fs.getattr("/b").size == 3
+    finally:
+        fs.shutdown()
+
+
+def test_a_rename_over_a_file_changed_elsewhere_is_refused(fs, bucket):
+    close_write(fs, "/a", b"new")
+    close_write(fs, "/b", b"old")
+    assert fs.uploader.sync(timeout=10) == 0
+    fs.getattr("/b")  # known here
+    bucket.upload_bytes("b", b"changed elsewhere", {})
+    from octuefs.errors import Conflict
+    with pytest.raises(Conflict):
+        fs.rename("/a", "/b")
+    assert bucket.read_range("b", 0, 100) == b"changed elsewhere"

@@ -987,8 +987,7 @@ class FileSystem:
                 self.cache.drop(node.name)
             self.metacache.clear()
             self.times.dir_moved(src_prefix, dst_prefix)  # (its subdirectories keep their times)
-            self.times.renamed(src_name, dst_name)
-            self.times.dir_changed(dst_prefix)
+            self.times.renamed(src_name, dst_name)  # (its own mtime stays; its ctime is its marker copy's)
             self.posix.forget_markers()
 
     def _move_record_again(self, old: str, name: str, target: str, moved: dict[str, ObjectInfo]) -> None:

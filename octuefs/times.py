@@ -93,8 +93,8 @@ class Times:
         """A directory renamed: the times of the directories under it (and its own) go with it."""
         with self._lock:
             under = [(p, t) for p, t in self._dirs.items() if p.startswith(src_prefix)]
-            for prefix, _ in under:
-                del self._dirs[prefix]
+            for prefix in [p for p in self._dirs if p.startswith(dst_prefix)] + [p for p, _ in under]:
+                self._dirs.pop(prefix, None)  # (an empty directory renamed over: its times go with it)
             for prefix, when in under:
                 self._dirs[dst_prefix + prefix[len(src_prefix):]] = when
 

@@ -189,3 +189,25 @@ def test_a_rename_over_a_file_changed_elsewhere_is_refused(fs, bucket):
     with pytest.raises(Conflict):
         fs.rename("/a", "/b")
     assert bucket.read_range("b", 0, 100) == b"changed elsewhere"
+
+
+def test_a_directory_rename_keeps_its_own_mtime_and_moves_its_ctime(fs):
+    """POSIX: a rename moves the ctime of what is renamed, never its mtime; a directory too."""
+    fs.mkdir("/a")
+    close_write(fs, "/a/f", b"x")
+    assert fs.uploader.sync(timeout=10) == 0
+    before = fs.getattr("/a")
+    time.sleep(0.05)
+    fs.rename("/a", "/b")
+    after = fs.getattr("/b")
+    assert after.mtime == before.mtime
+    assert after.ctime > before.mtime
+
+
+def test_a_directory_renamed_to_a_sibling_sharing_its_name_prefix_is_not_its_own_subtree(fs):
+    fs.mkdir("/a")
+    fs.mkdir("/a/b")
+    close_write(fs, "/a/b/f", b"x")
+    fs.rename("/a/b", "/a/bc")
+    assert sorted(n for n, _ in fs.readdir("/a") if n not in (".", "..")) == ["bc"]
+    assert fs.getattr("/a/bc/f").size == 1

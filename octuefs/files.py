@@ -758,7 +758,11 @@ class OpenFiles:
         with node.lock:
             before = node.times
             node.times = (self.times_of(node)[0], time.time())  # (any metadata change moves the ctime: setxattr too)
-            change()
+            try:
+                change()
+            except BaseException:  # (a change refused moves nothing)
+                node.times = before
+                raise
             if not node.dirty:
                 node.meta_dirty = True
                 try:

@@ -566,6 +566,8 @@ class FileSystem:
         if node is None and src is MISSING:
             raise FileNotFound(old)
         if src is DIR and node is None:
+            if dst_node is not None:  # a file here, maybe not in the bucket yet (its base None)
+                raise NotADirectory(new)
             self._rename_dir(old, new, src_name, dst_name, dst)
             for prefix in (src_name + "/", dst_name + "/"):
                 self.xattrs.states.forget(prefix, under=True)
@@ -984,8 +986,8 @@ class FileSystem:
                     self.files.renamed(node, node.name, dst_prefix + node.name[len(src_prefix) :], moved[node.name])
                 self.cache.drop(node.name)
             self.metacache.clear()
-            self.times.renamed(src_name, dst_name)
-            self.times.dir_changed(dst_prefix)
+            self.times.dir_moved(src_prefix, dst_prefix)  # (its subdirectories keep their times)
+            self.times.renamed(src_name, dst_name)  # (its own mtime stays; its ctime is its marker copy's)
             self.posix.forget_markers()
 
     def _move_record_again(self, old: str, name: str, target: str, moved: dict[str, ObjectInfo]) -> None:
@@ -1046,7 +1048,13 @@ class FileSystem:
                 else:
                     self.bucket.upload_bytes(dst_prefix, b"", {}, if_generation_match=0)
             except PreconditionFailed:
-                pass  # (an empty directory renamed over) its marker is there already
+                # (an empty directory renamed over) its marker is there already: the moved
+                # directory's own marker replaces it, so the directory keeps its mode and owners
+                if marker is not None:
+                    with contextlib.suppress(NotFound, PreconditionFailed):
+                        there = self.bucket.stat(dst_prefix)
+                        self.bucket.copy(src_prefix, dst_prefix, if_source_generation_match=marker.generation,
+                                         if_generation_match=there.generation)
         except PreconditionFailed as exc:
             self._undo_copies(moved)
             self.metacache.clear()

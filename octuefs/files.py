@@ -460,6 +460,7 @@ class OpenFiles:
             if node.meta_dirty and node.pending:  # amend the pending upload (or patch)
                 custom = self._custom_metadata(node, self._identified(node))
                 entry = self.uploader.resubmit(node.pending[-1], custom, node.content_type)
+                self._seal_times(node, entry)  # (a new entry, or the queued one amended: its times are these now)
                 node.meta_from, node.posix = custom, {}
                 node.pending = [e for e in node.pending if not e.done.is_set() and e is not entry] + [entry]
                 node.meta_dirty = False
@@ -467,6 +468,7 @@ class OpenFiles:
             if node.meta_dirty and node.base is not None:  # update_cloud_metadata, queued
                 custom = self._custom_metadata(node, self._identified(node))
                 entry = self.uploader.submit_patch(node.name, custom, node.content_type, node.base)
+                self._seal_times(node, entry)
                 node.meta_from, node.pending, node.meta_dirty = custom, [entry], False
                 node.posix = {}
                 return entry
@@ -556,8 +558,10 @@ class OpenFiles:
             return
         with self._lock:
             times = self._sealed_times.pop(entry.id, None)
-        if times is not None and not entry.patch:
-            self.times.made(info, *times)  # (landing is no change of the file: its times stay)
+        # (landing is no change of the file: its times stay; a patch re-applied to a version made
+        # elsewhere leaves that version's own)
+        if times is not None and (not entry.patch or info.generation == entry.base_generation):
+            self.times.made(info, *times)
         if entry.state == DONE:
             with self._lock:
                 if node is not None and node.new and dict(info.metadata) == entry.metadata:
@@ -710,6 +714,14 @@ class OpenFiles:
         self.save(node)
         self.uploader.wait_name(node.name, self.fsync_timeout)
 
+    def _seal_times(self, node: FileNode, entry: Entry) -> None:
+        """The times ``entry`` (a metadata change, or an upload amended with one) lands with: the
+        node's now, ctime moved by the change. Without them, a PATCH landing moved the ctime
+        again, and an amended upload landing showed the bucket's times. Caller holds node.lock."""
+        times = self.times_of(node)
+        with self._lock:
+            self._sealed_times[entry.id] = times
+
     def touch(self, node: FileNode, mtime: float) -> None:
         """Record an explicit mtime on a node with unsaved changes; it goes up with them."""
         def change() -> None:
@@ -744,13 +756,20 @@ class OpenFiles:
         metadata patch), else queued as a metadata patch. Journaled before this returns, so
         as durable as a close; the mount shows it at once."""
         with node.lock:
-            change()
+            before = node.times
+            node.times = (self.times_of(node)[0], time.time())  # (any metadata change moves the ctime: setxattr too)
+            try:
+                change()
+            except BaseException:  # (a change refused moves nothing)
+                node.times = before
+                raise
             if not node.dirty:
                 node.meta_dirty = True
                 try:
                     self.save(node)
                 except BaseException:  # not journaled: the mount must not show what is not kept
                     self._reread(node)
+                    node.times = before
                     raise
 
     def _reread(self, node: FileNode) -> None:

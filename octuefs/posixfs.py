@@ -122,7 +122,12 @@ class PosixSurface:
         if marker is None:
             return Attr(True, 0, started)
         facts = posixmeta.decoded(marker)
-        return facts_attr(facts, 0, facts.mtime if facts.mtime is not None else started, is_dir=True)
+        # A touch's mtime on the marker, unless an entry changed here after that touch landed;
+        # the ctime: the marker's last change (a chmod, chown, touch) or the last entry change.
+        changed = marker.updated.timestamp()
+        remembered = self.fs.times.dir_changed_at(name + "/")
+        mtime = facts.mtime if facts.mtime is not None and (remembered is None or changed >= remembered) else started
+        return facts_attr(facts, 0, mtime, is_dir=True, ctime=max(mtime, changed, started))
 
     def _is_root(self, name: str) -> bool:
         return not name or name == self.fs.ns.prefix.rstrip("/")
@@ -341,5 +346,6 @@ class PosixSurface:
             raise FileExists(path) from exc
         self.fs.uploader.mutated(name)
         self.fs.metacache.wrote(info)
+        self.fs.times.entry_changed(name)  # (an entry made: its directory's times move, as for a create)
         return info
 

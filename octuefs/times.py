@@ -89,6 +89,20 @@ class Times:
         with self._lock:
             return self._dirs.get(prefix, self.started)
 
+    def dir_moved(self, src_prefix: str, dst_prefix: str) -> None:
+        """A directory renamed: the times of the directories under it (and its own) go with it."""
+        with self._lock:
+            under = [(p, t) for p, t in self._dirs.items() if p.startswith(src_prefix)]
+            for prefix in [p for p in self._dirs if p.startswith(dst_prefix)] + [p for p, _ in under]:
+                self._dirs.pop(prefix, None)  # (an empty directory renamed over: its times go with it)
+            for prefix, when in under:
+                self._dirs[dst_prefix + prefix[len(src_prefix):]] = when
+
+    def dir_changed_at(self, prefix: str) -> float | None:
+        """When this mount last made or removed an entry of ``prefix``, if it remembers."""
+        with self._lock:
+            return self._dirs.get(prefix)
+
     def dir_changed(self, prefix: str) -> None:
         """An entry was made or removed in the directory ``prefix`` (``""``, or ends with ``/``)."""
         now = self.clock()

@@ -3,29 +3,43 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
+
+from .conftest import run_octuefs
 
 SHORT = ("--attr-timeout", "0", "--entry-timeout", "0", "--negative-ttl", "0", "--stat-ttl", "0",
          "--list-ttl", "0")
 
 
-def test_o_excl_on_two_mounts_lets_only_one_create_the_file(mount_factory):
-    """Two machines taking a lock file with O_CREAT|O_EXCL: only one may succeed. The first
-    mount's file is only in its cache until its upload (write-back), so the second's create
-    finds nothing and succeeds too; both think they hold the lock."""
+def test_o_excl_is_exclusive_within_a_mount_and_across_machines_the_later_goes_beside(mount_factory):
+    """A divergence (docs/semantics.md, "POSIX: what octuefs does not do"): a new file lives in
+    its mount's cache until its upload, so a second machine's O_CREAT|O_EXCL finds nothing and
+    succeeds too: O_EXCL is no lock across machines. Nothing is lost: the later upload meets the
+    first's object and goes beside it as a conflict copy, which `octuefs sync` reports (exit 3)."""
     a = mount_factory(*SHORT)
     b = mount_factory(*SHORT, bucket=a.bucket.name)
     fa = os.open(a.path / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     try:
-        os.write(fa, b"a")
-        with pytest.raises(OSError) as info:
-            fb = os.open(b.path / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            os.close(fb)
+        with pytest.raises(OSError) as info:  # within one mount: exclusive
+            os.open(a.path / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         assert info.value.errno == errno.EEXIST
+        fb = os.open(b.path / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # across: not
+        os.write(fa, b"a")
     finally:
         os.close(fa)
+    assert a.sync().returncode == 0
+    os.write(fb, b"b")
+    os.close(fb)
+    assert b.sync().returncode == 3  # the conflict, reported
+    objects = {o.name: a.bucket.read_range(o.name, 0, 16) for o in a.bucket.list_all("")[0]}
+    assert objects["lock"] == b"a"
+    copies = {n: objects[n] for n in objects if n.startswith("lock.octuefs-conflict-")}
+    assert b"b" in copies.values(), copies
+    reported = {c["saved_as"] for c in json.loads(run_octuefs("status", "--json", str(b.path)).stdout)["conflicts"]}
+    assert set(copies) <= reported  # (today the empty file of the create goes beside too: a known wart)
 
 
 def test_edges_on_one_mount_multibyte_names_ftruncate_o_trunc_and_chmod_times(mount_factory):

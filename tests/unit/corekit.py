@@ -11,12 +11,28 @@ import os
 import threading
 import time
 
+import pytest
+
 from octuefs.config import MountConfig
 from octuefs.core import FileSystem
 from octuefs.errors import TransientError
 from octuefs.storage.fake import FakeBucket
 
 MiB = 1024 * 1024
+
+
+# Fixtures a module takes by importing ``bucket`` and ``fs`` from here: a FileSystem on an
+# in-memory bucket named "bk" (the name dataset records' gs:// paths use), shut down after the test.
+@pytest.fixture
+def bucket():
+    return FakeBucket("bk")
+
+
+@pytest.fixture
+def fs(bucket, tmp_path):
+    fs = make_fs(bucket, tmp_path)
+    yield fs
+    fs.shutdown()
 
 
 def make_fs(bucket, tmp_path, cache="cache", **overrides) -> FileSystem:

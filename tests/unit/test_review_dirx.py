@@ -12,22 +12,10 @@ from octuefs.dataset_record import encode_dataset_record
 from octuefs.errors import NoSuchAttribute, OctuefsError
 from octuefs.storage.fake import FakeBucket
 
-from .corekit import close_write, make_fs
+from .corekit import bucket, close_write, fs, make_fs  # noqa: F401 (bucket, fs: fixtures)
 
 ID = "c59e22eb-fea9-5c80-80bb-845be985c70e"
 STATE = "user.octuefs.state"
-
-
-@pytest.fixture
-def bucket():
-    return FakeBucket("bk")
-
-
-@pytest.fixture
-def fs(bucket, tmp_path):
-    fs = make_fs(bucket, tmp_path)
-    yield fs
-    fs.shutdown()
 
 
 def whole(bucket, name="wind/.octue"):

@@ -8,20 +8,7 @@ import time
 
 import pytest
 
-from octuefs.storage.fake import FakeBucket
-from tests.unit.corekit import close_write, make_fs
-
-
-@pytest.fixture
-def bucket():
-    return FakeBucket("review-posix2")
-
-
-@pytest.fixture
-def fs(bucket, tmp_path):
-    fs = make_fs(bucket, tmp_path)
-    yield fs
-    fs.shutdown()
+from tests.unit.corekit import bucket, close_write, fs, make_fs  # noqa: F401 (bucket, fs: fixtures)
 
 
 def test_a_symlink_or_mknod_moves_its_directorys_times(fs):

@@ -10,19 +10,7 @@ import pytest
 from octuefs.errors import FileTooLarge
 from octuefs.storage.fake import FakeBucket
 from octuefs.times import Times
-from tests.unit.corekit import close_write, make_fs
-
-
-@pytest.fixture
-def bucket():
-    return FakeBucket("times")
-
-
-@pytest.fixture
-def fs(bucket, tmp_path):
-    fs = make_fs(bucket, tmp_path)
-    yield fs
-    fs.shutdown()
+from tests.unit.corekit import bucket, close_write, fs, make_fs  # noqa: F401 (bucket, fs: fixtures)
 
 
 def both(attr) -> tuple[float, float]:

@@ -24,24 +24,12 @@ from octuefs.errors import (
 )
 from octuefs.storage.fake import FakeBucket
 
-from .corekit import make_fs
+from .corekit import bucket, fs, make_fs  # noqa: F401 (bucket, fs: fixtures)
 
 ID = "c59e22eb-fea9-5c80-80bb-845be985c70e"
 SDK_RECORD = (b'{"dataset": {"id": "c59e22eb-fea9-5c80-80bb-845be985c70e", "name": "example-dataset", '
               b'"tags": {"project": "octuefs", "version": 2}, "labels": ["dataset", "example"], '
               b'"path": "gs://bk/wind"}}')
-
-
-@pytest.fixture
-def bucket():
-    return FakeBucket("bk")
-
-
-@pytest.fixture
-def fs(bucket, tmp_path):
-    fs = make_fs(bucket, tmp_path)
-    yield fs
-    fs.shutdown()
 
 
 def stored(bucket, name="wind/.octue"):

@@ -12,21 +12,9 @@ import pytest
 from octuefs.errors import NoSuchAttribute, ReadOnlyAttribute, TransientError, errno_for
 from octuefs.storage.fake import FakeBucket
 
-from .corekit import HeldUpload, close_write, make_fs, wait_until
+from .corekit import HeldUpload, bucket, close_write, fs, make_fs, wait_until  # noqa: F401 (bucket, fs: fixtures)
 
 STATE = "user.octuefs.state"
-
-
-@pytest.fixture
-def bucket():
-    return FakeBucket("bk")
-
-
-@pytest.fixture
-def fs(bucket, tmp_path):
-    fs = make_fs(bucket, tmp_path)
-    yield fs
-    fs.shutdown()
 
 
 def state(fs, path) -> tuple[str, dict[str, str]]:

@@ -17,10 +17,16 @@ import os
 import stat
 import sys
 
-from . import __version__, configfile
-from .config import MountConfig, format_size, parse_size, refuse_inside_mountpoint, split_bucket_spec
-from .errors import OctuefsError
-from .logformat import LOG_FORMATS, formatter
+from octuefs import __version__, configfile
+from octuefs.config import (
+    MountConfig,
+    format_size,
+    parse_size,
+    refuse_inside_mountpoint,
+    split_bucket_spec,
+)
+from octuefs.errors import OctuefsError
+from octuefs.logformat import LOG_FORMATS, formatter
 
 log = logging.getLogger("octuefs")
 
@@ -148,8 +154,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _datasets_command(argv: list[str]) -> int:
-    """``octuefs find`` and ``octuefs manifest`` (their logic is octuefs.find's)."""
-    from . import find
+    """``octuefs find`` and ``octuefs manifest`` (their logic is octuefs.octue.find's)."""
+    from octuefs.octue import find
 
     p = _OneLineParser(prog=f"octuefs {argv[0]}")
     if argv[0] == "manifest":
@@ -293,7 +299,7 @@ def _child_argv(argv: list[str]) -> list[str]:
 
 
 def _mount(args: argparse.Namespace, argv: list[str]) -> int:
-    from . import mount
+    from octuefs import mount
 
     _read_config_file(args, argv[1:])  # (argv[0] is "mount")
     config = config_from_args(args)
@@ -318,7 +324,7 @@ def _mount(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_BUCKET
+    from octuefs.local.demo import DEMO_BUCKET
 
     os.makedirs(args.mountpoint, exist_ok=True)
     argv = ["mount", "--local", DEMO_BUCKET, args.mountpoint] + ["-v"] * args.verbose
@@ -352,7 +358,7 @@ def _print_conflicts(lines: list[str]) -> None:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from .mount import sync
+    from octuefs.mount import sync
 
     left, conflicts = sync(args.mountpoint, _progress_printer("uploading"), args.timeout)
     _print_conflicts(conflicts)
@@ -382,7 +388,7 @@ def _print_out(lines: list[str]) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    from .mount import status
+    from octuefs.mount import status
 
     report = status(args.mountpoint)
     if args.json:
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args)
         if args.command == "sync":
             return _sync(args)
-        from .mount import unmount
+        from octuefs.mount import unmount
 
         if args.config and not args.mountpoint:
             args.mountpoint = configfile.load(args.config, mount_parser()).get("mountpoint")

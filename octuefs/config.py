@@ -103,7 +103,7 @@ class MountConfig:
     kernel_entry_ttl: float = 30.0
     block_size: int = 4 * MiB  # unit of ranged reads into the local cache
     # A directory's files opened in name order: up to this many of the next small ones are
-    # fetched before they are opened (see octuefs.prefetch). 0: never.
+    # fetched before they are opened (see octuefs.cache.prefetch). 0: never.
     prefetch_files: int = 32
     # The most clean (already saved) data the cache keeps, bytes; None: the default (see
     # effective_cache_size); UNLIMITED: no bound. Unsaved data is never counted or evicted.

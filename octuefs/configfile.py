@@ -16,7 +16,7 @@ import json
 import os
 import tomllib
 
-from .config import UNLIMITED, MountConfig, format_size
+from octuefs.config import UNLIMITED, MountConfig, format_size
 
 # Options of the mount command that are not settings: a file holding them would be read again
 # by the daemon it starts, or would start nothing.

@@ -23,7 +23,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 
-from .errors import OctuefsError
+from octuefs.errors import OctuefsError
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ if not os.environ.get("FUSE_LIBRARY_PATH") and ctypes.util.find_library("fuse3")
 
 import mfusepy  # noqa: E402
 
-from .core import XATTR_PREFIXES, Attr, FileSystem
-from .errors import OctuefsError, errno_for
+from octuefs.errors import OctuefsError, errno_for
+from octuefs.fs.core import XATTR_PREFIXES, Attr, FileSystem
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _answer(self, method, args, kwargs):
 
 
 class OctueOperations(mfusepy.Operations):
-    """mfusepy operations backed by a :class:`~octuefs.core.FileSystem`.
+    """mfusepy operations backed by a :class:`~octuefs.fs.core.FileSystem`.
 
     Runs with ``raw_fi=True``: file calls get a ``fuse_file_info`` whose ``fh`` is the core's
     handle number. ``_opened`` (path -> generation the last open of that path read) is guarded

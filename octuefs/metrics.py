@@ -35,11 +35,20 @@ from collections.abc import Callable, Iterator
 from time import monotonic_ns
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.utils import floatToGoString
 
-from .errors import BucketUnreachable, NotFound, PreconditionFailed, TransientError
-from .storage.base import Bucket
+from octuefs.errors import (
+    BucketUnreachable,
+    NotFound,
+    PreconditionFailed,
+    TransientError,
+)
+from octuefs.storage.base import Bucket
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import sys
 import time
 from collections.abc import Iterator
 
-from . import sdnotify
-from .config import MountConfig
-from .control import ControlError, ControlServer, request
-from .errors import OctuefsError
+from octuefs import sdnotify
+from octuefs.config import MountConfig
+from octuefs.control import ControlError, ControlServer, request
+from octuefs.errors import OctuefsError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def preflight(config: MountConfig) -> None:
     if os.listdir(mp) and "nonempty" not in config.fuse_options:
         raise MountError(f"mountpoint {mp} is not empty")
     if not config.local:
-        from .storage import open_bucket
+        from octuefs.storage import open_bucket
 
         open_bucket(config.bucket, config.project)  # raises BucketNotFound / PermissionDenied / TransientError
 
@@ -108,13 +108,13 @@ def read_state(mountpoint: str) -> dict | None:
 @contextlib.contextmanager
 def _bucket_for(config: MountConfig) -> Iterator[object]:
     """The bucket to serve; for --local, an embedded emulator runs for the duration."""
-    from .storage import open_bucket
+    from octuefs.storage import open_bucket
 
     if not config.local:
         yield open_bucket(config.bucket, config.project)
         return
-    from . import demo
-    from .emulator import Emulator
+    from octuefs.local import demo
+    from octuefs.local.emulator import Emulator
 
     os.makedirs(config.local_data_dir, mode=0o700, exist_ok=True)
     emulator = Emulator(data_dir=config.local_data_dir, kill_with_parent=True)
@@ -167,15 +167,15 @@ def fuse_kwargs(config: MountConfig) -> dict:
 
 def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     """Run the mount in this process until it is unmounted."""
-    from .core import FileSystem
-    from .fuse_ops import OctueOperations, run
+    from octuefs.fs.core import FileSystem
+    from octuefs.fuse_ops import OctueOperations, run
 
     os.umask(0o077)  # everything the daemon writes (cache, journal, log, --local data) is private
     os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
     with _cache_lock(config.cache_dir), _bucket_for(config) as bucket:
         metrics = None
         if config.metrics_port is not None:
-            from .metrics import Metrics
+            from octuefs.metrics import Metrics
 
             metrics = Metrics()
             bucket = metrics.bucket(bucket)

@@ -72,16 +72,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import google_crc32c  # noqa: E402
+from bigserver import BigServer  # noqa: E402  (scripts/, this script's directory)
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
 from google.cloud import storage  # noqa: E402
 
 import octuefs  # noqa: E402
-from octuefs import metadata as octue  # noqa: E402
 from octuefs.config import MountConfig  # noqa: E402
-from octuefs.emulator import Emulator, _free_port  # noqa: E402
+from octuefs.local.emulator import Emulator, _free_port  # noqa: E402
 from octuefs.mount import read_state  # noqa: E402
-
-from bigserver import BigServer  # noqa: E402  (scripts/, this script's directory)
+from octuefs.octue import metadata as octue  # noqa: E402
 from tests.delayline import DelayLineProcess  # noqa: E402
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30

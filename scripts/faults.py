@@ -36,7 +36,7 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
 
-from octuefs.emulator import Emulator  # noqa: E402
+from octuefs.local.emulator import Emulator  # noqa: E402
 from tests.faultproxy import FAULTS, FaultProxy  # noqa: E402
 
 DEFAULT_MIX = {"503": 0.08, "503_retry": 0.02, "429": 0.03, "reset_before": 0.04, "reset_after": 0.04, "slow": 0.04}

@@ -50,7 +50,7 @@ class Session:
     """An emulator, a bucket, and the mounts made of it; ``close()`` undoes all of it."""
 
     def __init__(self, verbose: bool):
-        from octuefs.emulator import Emulator
+        from octuefs.local.emulator import Emulator
 
         self.root = tempfile.mkdtemp(prefix="octuefs-integrity-")
         self.verbose = verbose

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time a cold sequential read through a mount against a direct download of the same object.
 
-Starts fake-gcs-server (``octuefs.emulator.Emulator``, memory backend), uploads one object of
+Starts fake-gcs-server (``octuefs.local.emulator.Emulator``, memory backend), uploads one object of
 ``--size-mib`` random bytes, mounts the bucket with the ``octuefs mount`` command, then times:
 
 * ``download_as_bytes`` of the object with google-cloud-storage (the floor: one GET);
@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 
-from octuefs.emulator import Emulator
+from octuefs.local.emulator import Emulator
 from octuefs.mount import read_state
 
 MiB = 1024 * 1024

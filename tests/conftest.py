@@ -38,7 +38,7 @@ EMULATOR_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.2, deadline=5.0)
 
 @pytest.fixture(scope="session")
 def emulator():
-    from octuefs.emulator import Emulator, emulator_binary
+    from octuefs.local.emulator import Emulator, emulator_binary
 
     try:
         emulator_binary()

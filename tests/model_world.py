@@ -25,8 +25,13 @@ import re
 import threading
 from collections.abc import Mapping
 
-from octuefs import metadata as octue
-from octuefs.errors import BucketUnreachable, PermissionDenied, PreconditionFailed, TransientError
+from octuefs.errors import (
+    BucketUnreachable,
+    PermissionDenied,
+    PreconditionFailed,
+    TransientError,
+)
+from octuefs.octue import metadata as octue
 from octuefs.storage.base import Bucket, ListPage, ObjectInfo
 from octuefs.storage.fake import FakeBucket
 

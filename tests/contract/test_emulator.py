@@ -1,4 +1,4 @@
-"""octuefs.emulator.Emulator: lifecycle, snapshots (persistence), and the filesystem backend's limits.
+"""octuefs.local.emulator.Emulator: lifecycle, snapshots (persistence), and the filesystem backend's limits.
 
 Every server a test starts is stopped by PID at teardown, even when the test fails; the autouse
 fixture ``no_stray_servers`` checks that no fake-gcs-server child of this process outlives its test.
@@ -25,8 +25,13 @@ import uuid
 
 import pytest
 
-from octuefs.emulator import SNAPSHOT_FORMAT, Emulator, SnapshotError, emulator_binary
 from octuefs.errors import NotFound, PreconditionFailed
+from octuefs.local.emulator import (
+    SNAPSHOT_FORMAT,
+    Emulator,
+    SnapshotError,
+    emulator_binary,
+)
 from octuefs.storage.base import RetryPolicy
 
 pytestmark = pytest.mark.emulator
@@ -362,7 +367,7 @@ def test_snapshots_under_concurrent_writes_are_consistent(start):
 
 CRASHING_OWNER = textwrap.dedent("""
     import sys, time
-    from octuefs.emulator import Emulator
+    from octuefs.local.emulator import Emulator
     interval = float(sys.argv[2]) if len(sys.argv) > 2 else 0.1
     server = Emulator(sys.argv[1], snapshot_interval=interval, snapshot_min_journal=0, kill_with_parent=True).start()
     server.create_bucket("crash")

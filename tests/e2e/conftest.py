@@ -196,7 +196,7 @@ def mount(mount_factory):
 @pytest.fixture
 def private(monkeypatch, mount_factory):
     """A fresh emulator of this test's own, a bucket on it, and a way to mount that bucket."""
-    from octuefs.emulator import Emulator
+    from octuefs.local.emulator import Emulator
     from octuefs.storage.gcs import GCSBucket
 
     server = Emulator(kill_with_parent=True).start()

@@ -73,7 +73,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
+from hypothesis.database import (
+    DirectoryBasedExampleDatabase,
+    ExampleDatabase,
+    ReadOnlyDatabase,
+)
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -83,8 +87,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from octuefs import metadata as octue
 from octuefs.errors import NotFound, PreconditionFailed
+from octuefs.octue import metadata as octue
 from tests import faultproxy
 
 from .conftest import is_mounted, run_octuefs

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from octuefs.metadata import OctueMetadata, encode_object_metadata
+from octuefs.octue.metadata import OctueMetadata, encode_object_metadata
 from tests.faultproxy import FaultProxy
 
 from .conftest import run_octuefs

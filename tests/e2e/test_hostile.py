@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from octuefs import metadata as octue
+from octuefs.octue import metadata as octue
 
 pytestmark = pytest.mark.fuse
 

@@ -25,8 +25,9 @@ import subprocess
 
 import pytest
 
-from octuefs import Datafile, Dataset, find
-from octuefs.dataset_record import dumps_compact
+from octuefs import Datafile, Dataset
+from octuefs.octue import find
+from octuefs.octue.dataset_record import dumps_compact
 
 SDK_VERSION = "0.69.1"
 SDK_SIDE = pathlib.Path(__file__).with_name("sdk_side.py")

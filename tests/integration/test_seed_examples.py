@@ -18,7 +18,7 @@ import pathlib
 
 import pytest
 
-import octuefs.datafile as datafile_module
+import octuefs.octue.datafile as datafile_module
 from octuefs import Datafile
 from octuefs.errors import Conflict
 
@@ -49,7 +49,7 @@ class CountingBucket:
 
 @pytest.fixture
 def calls(gcs_bucket, monkeypatch, tmp_path):
-    """Requests made through octuefs.datafile's bucket hook (its default: open_bucket), by kind."""
+    """Requests made through octuefs.octue.datafile's bucket hook (its default: open_bucket), by kind."""
     monkeypatch.chdir(tmp_path)
     counter: collections.Counter[str] = collections.Counter()
     default = datafile_module.bucket_factory

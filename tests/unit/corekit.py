@@ -14,8 +14,8 @@ import time
 import pytest
 
 from octuefs.config import MountConfig
-from octuefs.core import FileSystem
 from octuefs.errors import TransientError
+from octuefs.fs.core import FileSystem
 from octuefs.storage.fake import FakeBucket
 
 MiB = 1024 * 1024

@@ -12,10 +12,10 @@ import zlib
 
 import pytest
 
-from octuefs import cache as cache_module
-from octuefs.cache import ContentCache
+from octuefs.cache import content as cache_module
+from octuefs.cache.content import ContentCache
+from octuefs.cache.readahead import AHEAD, DEMAND, FetchPool, Streams
 from octuefs.errors import NotFound, StorageError
-from octuefs.readahead import AHEAD, DEMAND, FetchPool, Streams
 from octuefs.storage import fake
 from octuefs.storage.fake import FakeBucket
 

@@ -13,12 +13,18 @@ import zlib
 
 import pytest
 
-from octuefs import cache as cache_module
-from octuefs import cachespace
-from octuefs.cache import ContentCache
-from octuefs.config import DEFAULT_CACHE_SIZE, UNLIMITED, MountConfig, effective_cache_size, parse_size
-from octuefs.core import FileSystem
+from octuefs.cache import content as cache_module
+from octuefs.cache import space as cachespace
+from octuefs.cache.content import ContentCache
+from octuefs.config import (
+    DEFAULT_CACHE_SIZE,
+    UNLIMITED,
+    MountConfig,
+    effective_cache_size,
+    parse_size,
+)
 from octuefs.errors import TransientError
+from octuefs.fs.core import FileSystem
 from octuefs.storage import fake
 
 from .test_cache import RecordingBucket, put, wait_until

@@ -10,12 +10,18 @@ import threading
 
 import pytest
 
+from octuefs.cache.readahead import AHEAD, DEMAND, FetchPool
 from octuefs.errors import NotFound
-from octuefs.readahead import AHEAD, DEMAND, FetchPool
 from octuefs.storage.base import pwrite_all
 
-from .test_cache import fast_checksums  # noqa: F401 - an autouse fixture, used here too
-from .test_cache import RecordingBucket, make_cache, pool_settled, put, wait_until
+from .test_cache import (
+    RecordingBucket,
+    fast_checksums,  # noqa: F401 - an autouse fixture, used here too
+    make_cache,
+    pool_settled,
+    put,
+    wait_until,
+)
 from .test_cache_size import read_all
 
 KiB = 1024

@@ -126,7 +126,7 @@ def test_json_log_lines_are_one_object_each_with_stable_fields(tmp_path):
     saved = root.handlers[:], root.level
     try:
         configure_logging(1, str(log_file), log_format="json")
-        logging.getLogger("octuefs.uploads").warning("upload of %r failed (%s); retrying", "a/b\udcff.csv", "503")
+        logging.getLogger("octuefs.writeback.uploads").warning("upload of %r failed (%s); retrying", "a/b\udcff.csv", "503")
         try:
             raise RuntimeError("boom")
         except RuntimeError:
@@ -140,7 +140,7 @@ def test_json_log_lines_are_one_object_each_with_stable_fields(tmp_path):
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert [set(line) for line in lines] == [{"time", "level", "logger", "message", "pid"},
                                              {"time", "level", "logger", "message", "pid", "error"}]
-    assert lines[0]["level"] == "WARNING" and lines[0]["logger"] == "octuefs.uploads"
+    assert lines[0]["level"] == "WARNING" and lines[0]["logger"] == "octuefs.writeback.uploads"
     assert "a/b" in lines[0]["message"] and "503" in lines[0]["message"]
     assert lines[0]["time"].endswith("Z") and lines[0]["pid"] == os.getpid()
     assert "RuntimeError: boom" in lines[1]["error"]

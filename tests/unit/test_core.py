@@ -11,7 +11,6 @@ import threading
 import pytest
 
 from octuefs.config import MountConfig
-from octuefs.core import FileSystem
 from octuefs.errors import (
     AttributeNotSupported,
     DirectoryNotEmpty,
@@ -23,6 +22,7 @@ from octuefs.errors import (
     NotSupported,
     ReadOnlyAttribute,
 )
+from octuefs.fs.core import FileSystem
 from octuefs.storage.fake import FakeBucket
 from tests.unit.corekit import read as read_file
 

@@ -1,4 +1,4 @@
-"""The Python Datafile API (octuefs.datafile) on a FakeBucket: what it sends, and what the bucket holds.
+"""The Python Datafile API (octuefs.octue.datafile) on a FakeBucket: what it sends, and what the bucket holds.
 
 Each test asserts on the bucket's raw custom metadata (the SDK's text) and on request counts, so
 "one upload, no patch" and "nothing sent" are checked, not assumed.
@@ -16,9 +16,15 @@ import pathlib
 import pytest
 
 import octuefs
-import octuefs.datafile as datafile_module
+import octuefs.octue.datafile as datafile_module
 from octuefs import Datafile
-from octuefs.errors import Conflict, InvalidMetadata, MetadataTooLarge, NotFound, StaleFile
+from octuefs.errors import (
+    Conflict,
+    InvalidMetadata,
+    MetadataTooLarge,
+    NotFound,
+    StaleFile,
+)
 from octuefs.storage.fake import FakeBucket
 
 UTC = dt.timezone.utc
@@ -785,6 +791,6 @@ def test_datafile_sits_on_storage_and_metadata_only():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     ours = {name for name in imported if name.split(".")[0] == "octuefs"}
-    assert ours <= {"octuefs.errors", "octuefs.metadata", "octuefs.storage", "octuefs.storage.retry",
-                    "octuefs.local_metadata", "octuefs.storage.checksums"}
+    assert ours <= {"octuefs.errors", "octuefs.octue.metadata", "octuefs.storage", "octuefs.storage.retry",
+                    "octuefs.octue.local_metadata", "octuefs.storage.checksums"}
     assert not any(name.split(".")[0] in ("google", "mfusepy", "fuse") for name in imported)

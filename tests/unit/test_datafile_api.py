@@ -12,9 +12,9 @@ import pathlib
 import google_crc32c
 import pytest
 
-import octuefs.datafile as datafile_module
+import octuefs.octue.datafile as datafile_module
 from octuefs import Datafile
-from octuefs.datafile import LabelSet, TagDict
+from octuefs.octue.datafile import LabelSet, TagDict
 from octuefs.storage.fake import FakeBucket
 
 PROJECT = "my-project"

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-import octuefs.datafile as datafile_module
+import octuefs.octue.datafile as datafile_module
 from octuefs import Datafile
 from octuefs.errors import BucketNotFound, NotFound
 from octuefs.storage.fake import FakeBucket

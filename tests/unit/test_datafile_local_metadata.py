@@ -16,7 +16,7 @@ import pathlib
 import pytest
 
 from octuefs import Datafile
-from octuefs.local_metadata import LocalMetadataError
+from octuefs.octue.local_metadata import LocalMetadataError
 
 ID = "02464c6f-0070-50ca-8a9b-ba1af5456601"
 

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from octuefs import Dataset, find
-from octuefs.dataset_record import decode_dataset_record
+from octuefs import Dataset
 from octuefs.errors import Conflict, InvalidMetadata
-from octuefs.metadata import OctueMetadata, encode_object_metadata
+from octuefs.octue import find
+from octuefs.octue.dataset_record import decode_dataset_record
+from octuefs.octue.metadata import OctueMetadata, encode_object_metadata
 from octuefs.storage.fake import FakeBucket
 
 ID = "c59e22eb-fea9-5c80-80bb-845be985c70e"

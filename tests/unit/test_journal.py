@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from octuefs.uploads import RECORD_XATTR, Entry, Journal
+from octuefs.writeback.uploads import RECORD_XATTR, Entry, Journal
 
 
 def staged(tmp_path, data: bytes, name: str = "s") -> str:
@@ -95,7 +95,7 @@ def test_a_failed_commit_leaves_the_content_where_it_was_and_journals_nothing(jo
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("octuefs.uploads.fsync_dir", full)
+    monkeypatch.setattr("octuefs.writeback.uploads.fsync_dir", full)
     with pytest.raises(OSError):
         journal.commit(e, path)
     monkeypatch.undo()
@@ -135,7 +135,7 @@ def test_a_failed_seal_gives_the_content_back(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("octuefs.uploads.fsync_dir", broken)
+    monkeypatch.setattr("octuefs.writeback.uploads.fsync_dir", broken)
     with pytest.raises(OSError):
         j.commit(entry(j), path)
     monkeypatch.undo()

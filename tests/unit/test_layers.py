@@ -43,8 +43,8 @@ def test_only_cli_parses_arguments():
     assert modules_importing(lambda i: i == "argparse") == {"cli.py", "configfile.py"}
 
 
-@pytest.mark.parametrize("module", ["core.py", "files.py", "xattrs.py", "posixfs.py", "cache.py", "metacache.py",
-                                    "namespace.py"])
+@pytest.mark.parametrize("module", ["fs/core.py", "fs/files.py", "fs/xattrs.py", "fs/posixfs.py",
+                                    "cache/content.py", "cache/metacache.py", "fs/namespace.py"])
 def test_the_core_knows_nothing_of_fuse_or_the_cli(module):
     banned = ("fuse_ops", "mount", "cli", "mfusepy")
     assert not [i for i in MODULES[module] if any(i.lstrip(".").split(".")[0] == b for b in banned)]
@@ -52,11 +52,11 @@ def test_the_core_knows_nothing_of_fuse_or_the_cli(module):
 
 def test_datafile_stands_on_storage_and_metadata_only():
     banned = ("core", "files", "xattrs", "cache", "fuse_ops", "mount", "cli", "mfusepy")
-    assert not [i for i in MODULES["datafile.py"] if i.lstrip(".").split(".")[0] in banned]
+    assert not [i for i in MODULES["octue/datafile.py"] if i.lstrip(".").split(".")[0] in banned]
 
 
 def test_metadata_codec_knows_no_storage():
-    for module in ("metadata.py", "_octue_fields.py", "_octue_json.py", "posixmeta.py"):
+    for module in ("octue/metadata.py", "octue/fields.py", "octue/json_dialect.py", "fs/posixmeta.py"):
         assert not [i for i in MODULES[module] if "storage" in i or "google" in i]
 
 
@@ -71,4 +71,4 @@ def test_only_the_posix_codec_names_the_posix_keys():
     keys = ("goog-reserved-", "gcsfuse_symlink_target", "octuefs-file-")
     spelled = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
                if any(c.startswith(keys) for c in _string_constants(p))}
-    assert spelled == {"posixmeta.py"}
+    assert spelled == {"fs/posixmeta.py"}

@@ -12,7 +12,7 @@ import pytest
 
 from octuefs.config import MountConfig
 from octuefs.errors import BucketUnreachable
-from octuefs.core import FileSystem
+from octuefs.fs.core import FileSystem
 from octuefs.storage.fake import FakeBucket
 
 

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from octuefs.config import MountConfig
-from octuefs.core import FileSystem
 from octuefs.errors import FileNotFound
+from octuefs.fs.core import FileSystem
 from octuefs.storage.fake import FakeBucket
 
 

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from octuefs import listings
+from octuefs.cache import listings
+from octuefs.cache.metacache import DIR, MISSING
 from octuefs.errors import FileNotFound
-from octuefs.metacache import DIR, MISSING
 from octuefs.storage.fake import FakeBucket
 
 from .corekit import close_write, make_fs, read

@@ -1,4 +1,4 @@
-"""octuefs.metadata: validation, the model, the object codec and the xattr surface.
+"""octuefs.octue.metadata: validation, the model, the object codec and the xattr surface.
 
 The round-trip properties at the end are the contract the rest of octuefs relies on: whatever
 form a value passes through (object metadata, model, xattr text) it comes back unchanged.
@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from octuefs import metadata as octue
 from octuefs.errors import (
     AttributeExists,
     AttributeNotSupported,
@@ -27,7 +26,8 @@ from octuefs.errors import (
     ReadOnlyAttribute,
     errno_for,
 )
-from octuefs.metadata import OctueMetadata
+from octuefs.octue import metadata as octue
+from octuefs.octue.metadata import OctueMetadata
 
 UTC = dt.timezone.utc
 ID = "02464c6f-0070-50ca-8a9b-ba1af5456601"
@@ -808,7 +808,7 @@ def test_user_attribute_sizes_follow_the_gcs_limits():
 
 
 def test_concurrent_changes_of_different_user_attributes_merge():
-    from octuefs.uploads import merge_metadata
+    from octuefs.writeback.uploads import merge_metadata
 
     base = {"octuefs.user.a": "1", "octuefs.user.b": "1"}
     ours = octue.encode_object_metadata(octue.set_xattr(octue.decode_object_metadata(base), "user.a", b"2"), base)

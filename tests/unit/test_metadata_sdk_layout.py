@@ -15,7 +15,12 @@ import math
 
 import pytest
 
-from octuefs.metadata import OctueMetadata, decode_object_metadata, encode_object_metadata, metadata_patch
+from octuefs.octue.metadata import (
+    OctueMetadata,
+    decode_object_metadata,
+    encode_object_metadata,
+    metadata_patch,
+)
 
 UTC = dt.timezone.utc
 ANY_ID = "5d3c1e1a-9a59-4f0e-8f43-2b1f0c6a7e10"
@@ -215,7 +220,7 @@ MALFORMED = [
 @pytest.mark.parametrize("key, raw, field, default", MALFORMED)
 def test_malformed_value_logs_one_warning_and_reads_as_default(key, raw, field, default, caplog):
     custom = {**AWARE_FRACTION, key: raw}
-    with caplog.at_level(logging.WARNING, logger="octuefs.metadata"):
+    with caplog.at_level(logging.WARNING, logger="octuefs.octue.metadata"):
         meta = decode_object_metadata(custom)
     assert getattr(meta, field) == default
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]

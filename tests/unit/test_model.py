@@ -37,10 +37,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from octuefs.cache import ContentCache
+from octuefs.cache.content import ContentCache
 from octuefs.config import MountConfig
-from octuefs.core import FileSystem
-from octuefs.errors import FileNotFound, OctuefsError, PreconditionFailed, TransientError
+from octuefs.errors import (
+    FileNotFound,
+    OctuefsError,
+    PreconditionFailed,
+    TransientError,
+)
+from octuefs.fs.core import FileSystem
 from octuefs.storage.fake import FakeBucket
 from tests.model_world import (
     CONFLICT_MARK,
@@ -51,9 +56,9 @@ from tests.model_world import (
     World,
     conflicts_reported,
     outside_delete,
-    tokens_of,
     outside_patch,
     outside_upload,
+    tokens_of,
 )
 
 # Known findings of issue 12, off while they are open (True: the machine looks for them).

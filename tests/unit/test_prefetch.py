@@ -1,4 +1,4 @@
-"""Reading ahead across files (octuefs.prefetch): a directory's small files opened in name order
+"""Reading ahead across files (octuefs.cache.prefetch): a directory's small files opened in name order
 are fetched before they are opened, bounded, dropped when the order breaks, never stale.
 
 Every GET the bucket serves is recorded with the thread that asked (prefetches run on the
@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from octuefs import prefetch as prefetch_module
+from octuefs.cache import prefetch as prefetch_module
 from octuefs.storage.fake import FakeBucket
 
 from .corekit import HeldUpload, close_write, make_fs, read, wait_until
@@ -194,7 +194,7 @@ def test_a_file_pending_upload_is_never_prefetched(bucket, tmp_path):
 
 
 def test_files_read_by_name_in_order_without_a_listing_are_fetched_ahead_from_the_lookups_listing(bucket, tmp_path):
-    """No readdir: the first lookup in the directory lists it (octuefs.listings), and the
+    """No readdir: the first lookup in the directory lists it (octuefs.cache.listings), and the
     files after the second one opened in order are fetched before they are opened."""
     data = fill(bucket, 30)
     fs = make_fs(bucket, tmp_path)
@@ -248,7 +248,7 @@ def test_a_reader_never_waits_behind_prefetches(bucket, tmp_path):
 
 
 def test_a_huge_directory_read_by_name_is_not_listed_whole_unasked(bucket, tmp_path, monkeypatch):
-    from octuefs import listings
+    from octuefs.cache import listings
 
     monkeypatch.setattr(listings, "LOOKUP_PAGES", 1)  # a page is 1,000 objects: 1,001 are "huge" here
     for i in range(1001):

@@ -14,7 +14,6 @@ import pytest
 
 from octuefs.errors import TransientError
 from octuefs.storage.fake import FakeBucket
-
 from tests.unit.test_review_findings import close_write, make_fs, read, wait_until
 
 
@@ -240,7 +239,7 @@ def test_a_datafile_sent_to_a_gs_url_ending_in_a_slash_is_refused(monkeypatch, t
     empty directory, and `rmdir results` deletes the object "results/" (with no generation
     precondition) - the uploaded data with it.
     Impact: bad input gets no error; the data is hidden, then lost by an ordinary rmdir."""
-    import octuefs.datafile as datafile_module
+    import octuefs.octue.datafile as datafile_module
     from octuefs import Datafile
 
     bucket = FakeBucket("my-bucket")
@@ -321,8 +320,8 @@ def test_sync_never_says_all_uploaded_when_its_answer_is_lost(fs, bucket, tmp_pa
 
 def gcs_size_limits(bucket: FakeBucket) -> None:
     """Make the fake refuse custom metadata over GCS's limits (8 KiB in all) with a 400, as GCS does."""
-    from octuefs import metadata as octue
     from octuefs.errors import MetadataTooLarge, StorageError
+    from octuefs.octue import metadata as octue
 
     real_upload = bucket.upload_file
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-import octuefs.datafile as datafile_module
+import octuefs.octue.datafile as datafile_module
 from octuefs import Datafile
 from octuefs.errors import DirectoryNotEmpty
 from octuefs.storage.fake import FakeBucket
-
 from tests.unit.test_review_findings import make_fs
 
 
@@ -85,8 +84,8 @@ def test_rmdir_does_not_delete_a_marker_replaced_while_it_looked(fs, bucket):
 
 
 def test_conflict_records_around_torn_lines_are_all_read_and_reported_once(tmp_path, caplog, monkeypatch):
-    from octuefs import uploads
-    from octuefs.uploads import Journal
+    from octuefs.writeback import uploads
+    from octuefs.writeback.uploads import Journal
 
     synced = []
     real_fsync = uploads.os.fsync

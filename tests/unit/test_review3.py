@@ -167,8 +167,8 @@ ODD = ["a", "a b", "a!x", "a-x", "a.csv", "a/inner", "a0", "b", "b/", "c\u00e9",
 @pytest.mark.parametrize("pages,wait", [(10, 2), (2, 1), (1, 0)])
 @pytest.mark.parametrize("prefix", ["", "p/"])
 def test_odd_names_across_tiny_pages_are_looked_up_as_listed(tmp_path, monkeypatch, pages, wait, prefix):
-    from octuefs import listings
-    from octuefs.metacache import DIR, MISSING
+    from octuefs.cache import listings
+    from octuefs.cache.metacache import DIR, MISSING
 
     monkeypatch.setattr(listings, "LOOKUP_PAGES", pages)
     monkeypatch.setattr(listings, "LOOKUP_WAIT", wait)

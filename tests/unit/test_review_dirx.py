@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from octuefs.dataset_record import encode_dataset_record
 from octuefs.errors import NoSuchAttribute, OctuefsError
+from octuefs.octue.dataset_record import encode_dataset_record
 from octuefs.storage.fake import FakeBucket
 
 from .corekit import bucket, close_write, fs, make_fs  # noqa: F401 (bucket, fs: fixtures)
@@ -231,8 +231,9 @@ def test_an_outage_during_a_directory_setfattr_fails_cleanly_and_writes_nothing(
         stall(bucket, "upload")
         with pytest.raises(OctuefsError) as info:
             fs.setxattr("/wind", "user.octue.labels", b"v2")
-        from octuefs.errors import errno_for
         import errno
+
+        from octuefs.errors import errno_for
         assert errno_for(info.value)[0] in (errno.ETIMEDOUT, errno.EIO)
         assert bucket.objects()["wind/.octue"] == before
         assert fs.getxattr("/wind", "user.octue.labels") == b"v1"
@@ -304,8 +305,8 @@ def test_a_conflict_copy_of_a_record_is_not_counted_as_a_file_of_its_dataset():
     `.octue.octuefs-conflict-<stamp>-<tag>`: it does not end in `.octue`, so the SDK (and
     is_dataset_file) count it as one of the dataset's files. Fix: give a record's copy a name
     the SDK skips (e.g. `.octuefs-conflict-<stamp>-<tag>.octue`, keeping `.octue` last)."""
-    from octuefs.dataset_record import is_dataset_file
-    from octuefs.uploads import conflict_name
+    from octuefs.octue.dataset_record import is_dataset_file
+    from octuefs.writeback.uploads import conflict_name
 
     copy = conflict_name("wind/.octue", 1_800_000_000, "1a2b3c")
     assert not is_dataset_file(copy), copy

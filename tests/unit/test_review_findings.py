@@ -312,7 +312,7 @@ def test_a_late_landing_of_a_dropped_upload_does_not_resurrect_a_removed_file(fs
 
 
 def test_a_late_landing_is_removed_again_without_a_sync(fs, bucket, monkeypatch):
-    monkeypatch.setattr("octuefs.uploads.LATE_SWEEP_EVERY", 0.05)
+    monkeypatch.setattr("octuefs.writeback.uploads.LATE_SWEEP_EVERY", 0.05)
     removed_while_its_upload_is_late(fs, bucket)
     assert wait_until(lambda: "new.csv" not in bucket.objects(), timeout=5), "the removed file came back"
 

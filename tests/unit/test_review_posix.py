@@ -12,8 +12,8 @@ import threading
 import mfusepy
 import pytest
 
-from octuefs import posixmeta as pm
 from octuefs.errors import OctuefsError
+from octuefs.fs import posixmeta as pm
 from octuefs.fuse_ops import OctueOperations
 from octuefs.storage.fake import FakeBucket
 from tests.unit.corekit import close_write, heal, make_fs, stall

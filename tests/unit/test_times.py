@@ -1,4 +1,4 @@
-"""The times stat shows (octuefs/times.py) on the core, without FUSE: what moves them and what
+"""The times stat shows (octuefs/fs/times.py) on the core, without FUSE: what moves them and what
 must not (an upload landing, a listing), and what a version made elsewhere shows."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import time
 import pytest
 
 from octuefs.errors import FileTooLarge
+from octuefs.fs.times import Times
 from octuefs.storage.fake import FakeBucket
-from octuefs.times import Times
 from tests.unit.corekit import bucket, close_write, fs, make_fs  # noqa: F401 (bucket, fs: fixtures)
 
 

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from octuefs.config import MountConfig
-from octuefs.core import FileSystem
 from octuefs.errors import FileNotFound, PreconditionFailed, TransientError
+from octuefs.fs.core import FileSystem
 from octuefs.storage.fake import FakeBucket
-from octuefs.uploads import SMALL_IN_FLIGHT
+from octuefs.writeback.uploads import SMALL_IN_FLIGHT
 
 
 class _HeldUploads(FakeBucket):

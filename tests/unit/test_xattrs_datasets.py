@@ -11,7 +11,6 @@ import uuid
 
 import pytest
 
-from octuefs.dataset_record import decode_dataset_record, encode_dataset_record
 from octuefs.errors import (
     AttributeExists,
     AttributeNotSupported,
@@ -22,6 +21,7 @@ from octuefs.errors import (
     NoSuchAttribute,
     ReadOnlyAttribute,
 )
+from octuefs.octue.dataset_record import decode_dataset_record, encode_dataset_record
 from octuefs.storage.fake import FakeBucket
 
 from .corekit import bucket, fs, make_fs  # noqa: F401 (bucket, fs: fixtures)

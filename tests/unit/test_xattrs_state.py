@@ -100,7 +100,7 @@ def test_the_state_is_read_only_unlisted_and_absent_on_directories(fs, bucket):
 
 
 def test_a_value_with_spaces_and_quotes_is_one_json_string():
-    from octuefs.filestate import render
+    from octuefs.fs.filestate import render
 
     line = render("pending", kind="upload", attempts=3, error='503 "busy"\nretry').decode()
     assert line == 'pending kind=upload attempts=3 error="503 \\"busy\\"\\nretry"'

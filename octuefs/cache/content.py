@@ -1,0 +1,749 @@
+"""The local disk cache: object content by name + generation, and staging files for writes.
+
+Layout under the cache directory (0700, files 0600):
+
+    blocks/<hh>/<sha256 of name>-<generation>   sparse copies of objects, filled block by block
+    staging/<random>                            full copies being written (unsaved data)
+
+Reads fetch only the blocks they touch, with ranged GETs pinned to the generation they started
+on, so no read mixes two versions. Sequential readers get read-ahead (see
+:mod:`octuefs.cache.readahead`): the next blocks are fetched in the background, in long ranges
+(half the window each) so that a stream pays few round trips, before they are asked for. All
+fetches run on one bounded :class:`FetchPool` per cache and stream into the copy a piece at a
+time, so memory stays bounded whatever the readers do. A fetch in flight is recorded per
+block, and its blocks land one by one as their last bytes are written: a reader of a block
+being fetched waits for that block only, a failed fetch leaves the blocks it had not brought
+missing and its error reaches only the readers waiting for them (the next reader tries
+again; after an unreachable bucket, the readers coming within ``RECENT_FAILURE`` seconds get
+the same error instead of waiting as long again).
+
+A file opened for writing is copied into a staging file once; after a successful upload the
+staging file becomes the cached content of the new generation.
+
+Clean content is bounded by ``cache_size`` (see :mod:`octuefs.cache.space`): the least recently
+used blocks give way first, at block granularity, and a block a reader holds or a fetch is
+bringing never does. Staging files are unsaved data: never counted, never evicted.
+
+Each cached copy keeps a file descriptor open (``os.pread``/``os.pwrite``, no open per call);
+at most ``MAX_OPEN_FILES`` are open at once, the least recently used being closed first. An
+entry is *pinned* while a read or a fetch uses its descriptor, and is closed only unpinned; a
+read also *holds* the blocks it returns, from before it makes sure they are present until its
+``pread`` is done, so they cannot be evicted under it.
+
+Locks, in the order they are taken: ``ContentCache._lock`` (the entry table, the open-file
+list, the space accounting and its LRU) before an ``Entry.lock`` (that entry's block map,
+fetches in flight, held blocks, streams, pins and descriptor), one entry at a time.
+Neither is held across a network request; ``Entry.lock`` is held only for bookkeeping, for
+opening or closing the entry's descriptor and for punching an evicted block's hole.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from octuefs.cache.readahead import AHEAD, DEMAND, FetchPool, Streams, Task
+from octuefs.cache.space import Entry, Space, bytes_in
+from octuefs.errors import (
+    BucketUnreachable,
+    CacheUnwritable,
+    FileTooLarge,
+    NoSpace,
+    NotFound,
+    OctuefsError,
+    StorageError,
+)
+from octuefs.storage.base import Bucket, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+MAX_OPEN_FILES = 256  # cached copies with an open descriptor at once
+# A block whose fetch found the bucket unreachable this recently is not asked for again: its
+# readers get the same error at once. The kernel retries a failed page read straight away (and a
+# read that joined a failed read-ahead tries again): against an unreachable bucket each retry
+# would wait --op-timeout more.
+RECENT_FAILURE = 2.0  # seconds
+
+
+class _Fetch:
+    """One ranged GET of blocks ``first..last`` of an entry. Its blocks land in order, each as
+    soon as its last byte is written (``landed`` of them so far), so a reader of the first
+    block of a long read-ahead does not wait for the whole range. ``error`` is set before
+    ``done``; ``landed`` and the end are announced under ``cond`` (see :meth:`wait_for`);
+    ``wanted`` (a reader waits for it) is guarded by the entry's lock."""
+
+    __slots__ = ("first", "last", "generation", "ahead", "wanted", "done", "error", "task", "landed", "cond")
+
+    def __init__(self, first: int, last: int, generation: int, ahead: bool):
+        self.first = first
+        self.last = last
+        self.generation = generation  # the generation it reads (carry_over may have moved on)
+        self.ahead = ahead  # started as read-ahead (nobody was waiting for it)
+        self.wanted = not ahead
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.task: Task | None = None
+        self.landed = 0  # blocks first..first + landed - 1 are present (guarded by cond)
+        self.cond = threading.Condition(threading.Lock())
+
+    def brought(self, block: int) -> bool:
+        return block < self.first + self.landed
+
+    def wait_for(self, block: int) -> bool:
+        """Wait until ``block`` has landed or the fetch is over; whether it landed."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.brought(block) or self.done.is_set())
+            return self.brought(block)
+
+    def announce(self, landed: int | None = None, done: bool = False) -> None:
+        with self.cond:
+            if landed is not None:
+                self.landed = landed
+            if done:
+                self.done.set()
+            self.cond.notify_all()
+
+
+class _NoRoom(Exception):
+    """A read-ahead dropped because the cache was full of blocks in use (no reader sees it)."""
+
+
+class _Table(dict):
+    """Cached copies by (name, generation), with each name's generations at hand: dropping a
+    name is then not a walk through every cached copy (it was, once per upload)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._generations: dict[str, set[int]] = {}
+
+    def __setitem__(self, key: tuple[str, int], entry: Entry) -> None:
+        super().__setitem__(key, entry)
+        self._generations.setdefault(key[0], set()).add(key[1])
+
+    def pop(self, key: tuple[str, int], *default):
+        if key in self:
+            generations = self._generations[key[0]]
+            generations.discard(key[1])
+            if not generations:
+                del self._generations[key[0]]
+        return super().pop(key, *default)
+
+    def keys_of(self, name: str) -> list[tuple[str, int]]:
+        return [(name, generation) for generation in self._generations.get(name, ())]
+
+
+def _private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _no_space(exc: OSError) -> OSError | NoSpace:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"the cache disk is full: {exc}")
+    return exc
+
+
+def _reraise(error: BaseException) -> None:
+    """Raise a fetch's error in a reader's thread (a copy: several readers may share it)."""
+    try:
+        fresh = copy.copy(error)
+    except Exception:
+        fresh = error
+    raise fresh from error
+
+
+class ContentCache:
+    """Cached object content on local disk. ``cache_size`` bounds the clean bytes held (None:
+    no bound); ``read_ahead`` is the largest read-ahead window (a quarter of ``cache_size`` at
+    most); ``request_size`` the largest ranged GET a reader waits for, ``ahead_request_size``
+    the largest read-ahead GET; ``fetch_workers`` how many run at once."""
+
+    def __init__(
+        self,
+        root: str,
+        bucket: Bucket,
+        block_size: int,
+        *,
+        cache_size: int | None = None,
+        read_ahead: int = 64 * MiB,
+        request_size: int = 8 * MiB,
+        ahead_request_size: int = 32 * MiB,
+        fetch_workers: int = 8,
+    ):
+        self.root = root
+        self.bucket = bucket
+        self.block_size = block_size
+        self.read_ahead = read_ahead if cache_size is None else min(read_ahead, max(block_size, cache_size // 4))
+        self.blocks_per_request = max(1, request_size // block_size)
+        # Read-ahead asks for up to half the window at once: a stream then pays the round trip
+        # of a new request once per half window, while the other half is still arriving.
+        ahead_request = min(ahead_request_size, self.read_ahead // 2)
+        self.ahead_blocks_per_request = max(self.blocks_per_request, ahead_request // block_size)
+        self._pool = FetchPool(fetch_workers)
+        self._reads = {"read_hits": 0, "read_misses": 0}  # guarded by _reads_lock
+        self._reads_lock = threading.Lock()
+        self._blocks_dir = os.path.join(root, "blocks")
+        self.staging_dir = os.path.join(root, "staging")
+        self._lock = threading.Lock()
+        self._entries = _Table()  # guarded by _lock
+        self._dirs_made: set[str] = set()
+        self._open: collections.OrderedDict[int, Entry] = collections.OrderedDict()  # by id; _lock
+        self.space = Space(cache_size, self._evict_entry_locked)  # guarded by _lock
+        _private_dir(root)
+        # Clean copies from an earlier mount are not trusted (their block map was in memory).
+        shutil.rmtree(self._blocks_dir, ignore_errors=True)
+        _private_dir(self._blocks_dir)
+        _private_dir(self.staging_dir)
+        left = os.listdir(self.staging_dir)
+        if left:
+            log.warning("%d unsaved file(s) from an earlier mount remain in %s", len(left), self.staging_dir)
+
+    # --- entries ------------------------------------------------------------------------
+
+    def _path_for(self, name: str, generation: int) -> str:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
+        return os.path.join(self._blocks_dir, digest[:2], f"{digest}-{generation}")
+
+    def _blocks_subdir(self, path: str) -> None:
+        """Make the directory ``path`` goes in (once per mount, not once per file)."""
+        directory = os.path.dirname(path)
+        if directory not in self._dirs_made:
+            _private_dir(directory)
+            self._dirs_made.add(directory)
+
+    def _new_entry(self, key: tuple[str, int], path: str, size: int, complete: bool = False) -> Entry:
+        bs = self.block_size
+        initial = min(max(2 * bs, 4 * MiB), self.read_ahead)
+        streams = Streams(initial=initial, maximum=self.read_ahead, tolerance=max(bs, MiB), min_run=max(bs, 2 * MiB))
+        return Entry(key, path, size, bs, streams, complete)
+
+    def _pin(self, info: ObjectInfo, first: int = 0, last: int = -1) -> Entry:
+        """The entry of ``info``'s generation (made if new), pinned with an open descriptor,
+        holding blocks ``first..last`` for a read (see :meth:`_release`)."""
+        key = (info.name, info.generation)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                path = self._path_for(info.name, info.generation)
+                self._blocks_subdir(path)
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+                try:
+                    os.ftruncate(fd, info.size)
+                except OSError as exc:
+                    os.close(fd)
+                    raise _no_space(exc) from exc
+                entry = self._entries[key] = self._new_entry(key, path, info.size)
+                entry.fd = fd
+            with entry.lock:
+                if entry.fd is None:
+                    entry.fd = os.open(entry.path, os.O_RDWR)
+                entry.pins += 1
+                for block in range(first, last + 1):
+                    entry.reading[block] = entry.reading.get(block, 0) + 1
+            self._open[id(entry)] = entry
+            self._open.move_to_end(id(entry))
+            if len(self._open) > MAX_OPEN_FILES:
+                self._close_idle_locked()
+            return entry
+
+    def _close_idle_locked(self, keep: int | None = None) -> None:
+        """Close the descriptors of the least recently used, unpinned entries, until at most
+        ``keep`` (default MAX_OPEN_FILES) stay open. Holds _lock."""
+        keep = MAX_OPEN_FILES if keep is None else keep
+        for key, old in list(self._open.items()):
+            if len(self._open) <= keep:
+                return
+            with old.lock:
+                if old.pins:
+                    continue
+                fd, old.fd = old.fd, None
+            del self._open[key]
+            if fd is not None:
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close every descriptor held open for reuse (at unmount; a pinned entry's stays with
+        its reader). The cache stays usable: an entry opens its file again when next read."""
+        with self._lock:
+            self._close_idle_locked(keep=0)
+
+    def _unpin(self, entry: Entry) -> None:
+        with entry.lock:
+            entry.pins -= 1
+            if entry.pins or not entry.dropped or entry.fd is None:
+                return
+            fd, entry.fd = entry.fd, None
+        os.close(fd)
+
+    def _release(self, entry: Entry, first: int, last: int) -> None:
+        """A read is done with blocks ``first..last``: they are recently used, no longer held,
+        and may go if a fetch a reader needed took the cache past its limit meanwhile."""
+        blocks = range(first, last + 1)
+        with self._lock:
+            with entry.lock:
+                for block in blocks:
+                    left = entry.reading[block] - 1
+                    if left:
+                        entry.reading[block] = left
+                    else:
+                        del entry.reading[block]
+            if not entry.dropped:  # (set under _lock)
+                self.space.used(entry, blocks)
+                self.space.trim()
+        self._unpin(entry)
+
+    def _forget_locked(self, key: tuple[str, int]) -> Entry:
+        """Take an entry out of the table; its descriptor closes once unpinned. Holds _lock."""
+        entry = self._entries.pop(key)
+        self._open.pop(id(entry), None)
+        self.space.forget(entry)
+        with entry.lock:
+            entry.dropped = True
+            fd = entry.fd if entry.pins == 0 else None
+            if fd is not None:
+                entry.fd = None
+        if fd is not None:
+            os.close(fd)
+        return entry
+
+    def _evict_entry_locked(self, entry: Entry) -> None:
+        """Delete a whole cached copy (Space's last resort, or an emptied one). Holds _lock."""
+        if self._entries.get(entry.key) is entry:
+            self._forget_locked(entry.key)
+            _unlink(entry.path)
+
+    def drop(self, name: str) -> None:
+        """Forget every cached generation of ``name``."""
+        with self._lock:
+            for key in self._entries.keys_of(name):
+                # Unlinked under the lock: a new entry for the same generation reuses the path.
+                _unlink(self._forget_locked(key).path)
+
+    def usage(self) -> dict:
+        """Clean bytes held (with reservations of fetches in flight), the limit, and more."""
+        with self._lock:
+            usage = {"clean_bytes": self.space.held, "limit": self.space.limit, "peak_bytes": self.space.peak,
+                     "evicted_bytes": self.space.evicted, "cached_files": len(self._entries)}
+        with self._reads_lock:
+            usage.update(self._reads)
+        return usage
+
+    def _count_read(self, hit: bool) -> None:
+        """A read was served from the cache alone (a hit) or waited for the bucket (a miss)."""
+        with self._reads_lock:
+            self._reads["read_hits" if hit else "read_misses"] += 1
+
+    def staging_bytes(self) -> int:
+        """Bytes of unsaved data in staging files (files being written)."""
+        return bytes_in(self.staging_dir)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def read(self, info: ObjectInfo, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset + size)`` of ``info``'s generation, fetching missing blocks.
+
+        Sequential reads start read-ahead of the blocks that follow. Raises the error of a
+        failed fetch of a block this read needs (the block stays missing).
+        """
+        end = min(offset + size, info.size)
+        if offset >= end:
+            return b""
+        first, last = offset // self.block_size, (end - 1) // self.block_size
+        entry = self._pin(info, first, last)
+        try:
+            self._fill(info, entry, offset, end, read_ahead=True)
+            return _pread_all(entry.fd, end - offset, offset)
+        finally:
+            self._release(entry, first, last)
+
+    def _fill(self, info: ObjectInfo, entry: Entry, start: int, end: int, read_ahead: bool = False) -> None:
+        """Make bytes ``[start, end)`` present, waiting for their fetches. Entry pinned, and
+        those blocks held."""
+        bs = self.block_size
+        last = (end - 1) // bs
+        for attempt in (1, 2):
+            with entry.lock:
+                if entry.missing == 0:
+                    waits = []
+                else:
+                    waits = self._schedule_locked(info, entry, start // bs, last, DEMAND)
+                if attempt == 1:
+                    self._count_read(hit=not waits)
+                if not waits and entry.missing == 0:
+                    return
+                if read_ahead and attempt == 1:
+                    ahead = entry.streams.observe(start, end)
+                    if ahead is not None and ahead[0] < entry.size:
+                        # From the end of this read, not just the new part of the window:
+                        # blocks of the window that were evicted or had no room are asked again.
+                        lo, hi = min(ahead[0], end), min(ahead[1], entry.size)
+                        self._schedule_locked(info, entry, lo // bs, (hi - 1) // bs, AHEAD)
+            # Each fetch up to the last block this read needs from it, not to its own end.
+            failed = [f for f in waits if not f.wait_for(min(f.last, last))]
+            if not failed:
+                return
+            # A failed fetch this read merely joined (a read-ahead, or a read of the generation
+            # the content had before carry_over) is not this read's failure: the blocks are
+            # missing again, so fetch them once more, for this read.
+            own = [f for f in failed if attempt == 2 or not (f.ahead or f.generation != info.generation)]
+            if own:
+                _reraise(own[0].error or StorageError(f"blocks of {info.name!r} were not fetched"))
+
+    def _schedule_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> list[_Fetch]:
+        """Fetches bringing blocks ``first..last``: new ones for blocks neither present nor in
+        flight (runs of at most ``blocks_per_request``), and those already in flight. Holds
+        entry.lock."""
+        fetches: list[_Fetch] = []
+        run: int | None = None  # first block of the run of blocks to fetch being gathered
+        longest = self.blocks_per_request if priority == DEMAND else self.ahead_blocks_per_request
+        now = time.monotonic()
+        for block in range(first, last + 1):
+            failed = _recent_failure_locked(entry, block, info.generation, now)
+            if failed is not None:
+                if run is not None:
+                    fetches.append(self._start_locked(info, entry, run, block - 1, priority))
+                    run = None
+                if priority == DEMAND and failed not in fetches:
+                    fetches.append(failed)  # done, with its error: no new request
+                continue
+            if entry.present[block] or block in entry.inflight:
+                if run is not None:
+                    fetches.append(self._start_locked(info, entry, run, block - 1, priority))
+                    run = None
+                fetch = entry.inflight.get(block)
+                if fetch is not None and (not fetches or fetches[-1] is not fetch):
+                    fetches.append(fetch)
+                    if priority == DEMAND:
+                        fetch.wanted = True  # a reader waits: it must not be dropped for room
+                        if fetch.task is not None:
+                            self._pool.boost(fetch.task)
+                continue
+            if run is None:
+                run = block
+            if block - run + 1 == longest:
+                fetches.append(self._start_locked(info, entry, run, block, priority))
+                run = None
+        if run is not None:
+            fetches.append(self._start_locked(info, entry, run, last, priority))
+        return fetches
+
+    def _start_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> _Fetch:
+        fetch = _Fetch(first, last, info.generation, ahead=priority == AHEAD)
+        for block in range(first, last + 1):
+            entry.inflight[block] = fetch
+        entry.pins += 1  # the fetch writes through entry.fd; _run_fetch unpins
+        fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority, key=entry)
+        return fetch
+
+    def _reserve(self, entry: Entry, fetch: _Fetch, nbytes: int) -> bool | None:
+        """Room for a fetch's bytes before its GET: True if reserved as read-ahead, False as a
+        fetch a reader waits for, None if it was a read-ahead nobody waits for and there was no
+        room (it is dropped, its blocks left missing)."""
+        with self._lock:
+            with entry.lock:
+                wanted = fetch.wanted
+            if self.space.reserve(nbytes, ahead=not wanted):
+                return not wanted
+            with entry.lock:
+                if fetch.wanted:  # a reader joined it meanwhile: it goes ahead
+                    self.space.reserve(nbytes, ahead=False)
+                    return False
+                for block in range(fetch.first, fetch.last + 1):
+                    if entry.inflight.get(block) is fetch:
+                        del entry.inflight[block]
+                fetch.error = _NoRoom()
+        fetch.announce(done=True)
+        self._unpin(entry)
+        log.debug("read-ahead of blocks %d-%d of %s dropped: no room in the cache", fetch.first, fetch.last, entry.path)
+        return None
+
+    def _run_fetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, priority: int) -> None:
+        """In a pool thread: one ranged GET pinned to the generation, written into the copy;
+        each block lands (present, counted, its readers woken) once its last byte is written."""
+        bs = self.block_size
+        lo, hi = fetch.first * bs, min((fetch.last + 1) * bs, entry.size)
+        ahead = self._reserve(entry, fetch, hi - lo)
+        if ahead is None:
+            return
+        count = fetch.last - fetch.first + 1
+
+        def progress(upto: int) -> None:  # bytes [lo, upto) are in the copy
+            whole = count if upto >= hi else upto // bs - fetch.first
+            if whole > fetch.landed:  # (only this thread changes it)
+                self._land(entry, fetch, whole, ahead)
+
+        error: BaseException | None = None
+        try:
+            try:  # straight into the copy, as the bytes arrive
+                got = self.bucket.read_range_into(info.name, lo, hi, entry.fd, generation=info.generation,
+                                                  progress=progress)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise _no_space(exc) from exc
+                raise
+            if got != hi - lo:
+                raise StorageError(f"short read of {info.name!r}: wanted {hi - lo} bytes at {lo}, got {got}")
+            progress(hi)
+        except BaseException as exc:  # handed to the readers waiting for the blocks not landed
+            error = exc
+        with entry.lock:
+            failed_at = time.monotonic()
+            for block in range(fetch.first + fetch.landed, fetch.last + 1):
+                if entry.inflight.get(block) is fetch:
+                    del entry.inflight[block]
+                if isinstance(error, BucketUnreachable):  # asking again at once would wait as long
+                    entry.failed[block] = (failed_at, fetch)
+                else:
+                    entry.failed.pop(block, None)
+            fetch.error = error
+        with self._lock:  # give back the reservation of the blocks that did not land
+            self.space.settle(entry, hi - min(hi, (fetch.first + fetch.landed) * bs), ahead, [], False)
+        fetch.announce(done=True)
+        self._unpin(entry)
+        if error is not None:
+            level = logging.DEBUG if isinstance(error, NotFound) or priority == DEMAND else logging.INFO
+            log.log(level, "fetch of %r bytes %d-%d failed, left missing: %s", info.name, lo, hi, error)
+
+    def _land(self, entry: Entry, fetch: _Fetch, whole: int, ahead: bool) -> None:
+        """The first ``whole`` blocks of ``fetch`` are written: the new ones are present now,
+        counted as clean data (their reservation settled) and their readers woken."""
+        blocks = range(fetch.first + fetch.landed, fetch.first + whole)
+        landed = []
+        with entry.lock:
+            for block in blocks:
+                if entry.inflight.get(block) is fetch:
+                    del entry.inflight[block]
+                if not entry.present[block]:
+                    entry.present[block] = 1
+                    entry.missing -= 1
+                    landed.append(block)
+                entry.failed.pop(block, None)
+            fresh = fetch.ahead and not fetch.wanted  # nobody has read these yet
+        with self._lock:
+            if entry.dropped:  # (set under _lock) its blocks no longer count
+                landed = []
+            self.space.settle(entry, sum(entry.block_bytes(b) for b in blocks), ahead, landed, fresh)
+        fetch.announce(landed=whole)
+
+    # --- whole small objects ahead (see octuefs.cache.prefetch) ---------------------------------
+
+    def prefetch(self, info: ObjectInfo, pool: FetchPool) -> Callable[[], bool] | None:
+        """Start fetching the whole of ``info``'s generation, in one request, on ``pool`` (the
+        caller's: its fetches never take the workers readers need) before anyone reads it.
+
+        Returns a function that cancels it while it is queued and no reader waits for it (True
+        if it did), or None if nothing was started (empty, larger than one request, present or
+        in flight). Its bytes are read-ahead: counted, spared only while not read yet, dropped
+        when there is no room. A reader that comes meanwhile joins it, and moves it into this
+        cache's own pool at once if it is still queued; whichever pool runs it first does.
+        """
+        bs = self.block_size
+        if not 0 < info.size <= self.blocks_per_request * bs:
+            return None
+        entry = self._pin(info)
+        try:
+            with entry.lock:
+                if entry.missing < len(entry.present) or entry.inflight:
+                    return None
+                fetch = _Fetch(0, (info.size - 1) // bs, info.generation, ahead=True)
+                for block in range(fetch.last + 1):
+                    entry.inflight[block] = fetch
+                entry.pins += 1  # the fetch's, given back when it ends or is cancelled
+                claim = threading.Lock()  # taken by whoever runs or cancels it first
+                fetch.task = pool.submit(lambda: self._run_prefetch(info, entry, fetch, claim), AHEAD)
+        finally:
+            self._unpin(entry)
+        return lambda: self._cancel_prefetch(entry, fetch, claim)
+
+    def _run_prefetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, claim: threading.Lock) -> None:
+        if claim.acquire(blocking=False):  # else cancelled, or run by the other pool already
+            self._run_fetch(info, entry, fetch, AHEAD)
+            self._drop_if_empty(entry)
+
+    def _cancel_prefetch(self, entry: Entry, fetch: _Fetch, claim: threading.Lock) -> bool:
+        with entry.lock:
+            if fetch.wanted or not claim.acquire(blocking=False):
+                return False
+            for block in range(fetch.first, fetch.last + 1):
+                if entry.inflight.get(block) is fetch:
+                    del entry.inflight[block]
+            fetch.error = _NoRoom()  # (nobody waits for it: a reader that joins later fetches again)
+        fetch.announce(done=True)  # wakes readers waiting in wait_for
+        self._unpin(entry)
+        self._drop_if_empty(entry)
+        return True
+
+    def _drop_if_empty(self, entry: Entry) -> None:
+        """Delete a copy left with nothing in it and nobody using it (a prefetch that was
+        cancelled, failed or had no room), rather than keep an empty file per such name."""
+        with self._lock:  # (no new pin meanwhile: pins are taken under it)
+            with entry.lock:
+                empty = entry.missing == len(entry.present) and not entry.pins and not entry.inflight
+            if empty:
+                self._evict_entry_locked(entry)
+
+    # --- writes -------------------------------------------------------------------------
+
+    def new_staging_path(self) -> str:
+        return os.path.join(self.staging_dir, uuid.uuid4().hex)
+
+    def write_problem(self, *more_dirs: str) -> str | None:
+        """Why a file cannot be written now in the staging directory (or ``more_dirs``), else
+        None: a small file is made and removed in each, as a write into the mount would."""
+        for directory in (self.staging_dir, *more_dirs):
+            path = os.path.join(directory, f".probe-{uuid.uuid4().hex}")
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                os.unlink(path)
+            except OSError as exc:
+                return f"cannot write {directory}: {exc.strerror or exc}"
+        return None
+
+    def unwritable(self, exc: OSError) -> OctuefsError | OSError:
+        """The error to give for ``exc``, met writing the cache: a full disk stays ENOSPC; any
+        other cause (the directory removed, made read-only, ...) means nothing can be written
+        into the mount until it is mended, and says so instead of a bare ENOENT or EACCES."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if exc.errno == errno.EFBIG:  # a length the cache's filesystem cannot hold: the call's, not the cache's fault
+            return FileTooLarge(f"{exc.strerror} ({exc.filename or self.root})")
+        return CacheUnwritable(f"cannot write the cache directory {self.root}: {exc.strerror or exc} "
+                               f"({exc.filename or self.root}); nothing can be written into the mount until it can")
+
+    def stage(self, info: ObjectInfo | None, length: int | None = None) -> str:
+        """A new private staging file holding the object's content (or nothing for a new file).
+
+        With ``length``, only the first ``length`` bytes are needed (a truncate), so no more is
+        fetched. With a bounded cache the copy is made a few blocks at a time, so an object
+        larger than the cache passes through it without pushing it past its limit.
+        """
+        path = self.new_staging_path()
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            want = 0 if info is None else info.size if length is None else min(length, info.size)
+            bs, limit = self.block_size, self.space.limit
+            step = want if limit is None else bs * max(1, limit // 4 // bs)  # as much as read-ahead may take
+            for lo in range(0, want, step or 1):
+                hi = min(lo + step, want)
+                first, last = lo // bs, (hi - 1) // bs
+                entry = self._pin(info, first, last)
+                try:
+                    self._fill(info, entry, lo, hi)
+                    _copy_range(entry.fd, fd, lo, hi - lo)
+                finally:
+                    self._release(entry, first, last)
+        except BaseException as exc:
+            os.close(fd)
+            os.unlink(path)
+            if isinstance(exc, OSError):
+                raise _no_space(exc) from exc
+            raise
+        os.close(fd)
+        return path
+
+    def adopt(self, info: ObjectInfo, staging_path: str) -> None:
+        """Take a fully written staging file as the cached content of ``info`` (just uploaded).
+
+        It becomes clean data and counts against the limit; one larger than the whole cache
+        is not kept (the caller deletes it)."""
+        self.drop(info.name)
+        if self.space.limit is not None and info.size > self.space.limit:
+            return
+        path = self._path_for(info.name, info.generation)
+        self._blocks_subdir(path)
+        os.replace(staging_path, path)
+        with self._lock:
+            key = (info.name, info.generation)
+            if key in self._entries:  # a reader raced in between drop and replace
+                self._forget_locked(key)
+            entry = self._entries[key] = self._new_entry(key, path, info.size, complete=True)
+            self.space.add_complete(entry)
+
+    def carry_over(self, old: ObjectInfo, new: ObjectInfo) -> None:
+        """Keep cached blocks when a metadata change gave the same content a new generation.
+
+        fake-gcs-server gives an object a new generation on every metadata patch; real GCS does
+        not. Either way, same size and hashes mean the same bytes.
+        """
+        if old.generation == new.generation or old.name != new.name:
+            return
+        same = old.size == new.size and (old.md5, old.crc32c) == (new.md5, new.crc32c) and old.md5
+        if not same:
+            return
+        with self._lock:
+            old_key, new_key = (old.name, old.generation), (new.name, new.generation)
+            entry = self._entries.pop(old_key, None)
+            if entry is not None and new_key not in self._entries:
+                self._entries[new_key] = entry
+                entry.key = new_key
+            elif entry is not None:
+                self._entries[old_key] = entry
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _recent_failure_locked(entry: Entry, block: int, generation: int, now: float) -> _Fetch | None:
+    """The fetch of ``block`` that found the bucket unreachable less than RECENT_FAILURE seconds
+    ago, if the block is still missing and not being fetched again. Holds entry.lock."""
+    failed = entry.failed.get(block)
+    if failed is None:
+        return None
+    when, fetch = failed
+    if now - when >= RECENT_FAILURE or fetch.generation != generation:
+        del entry.failed[block]
+        return None
+    if entry.present[block] or block in entry.inflight:
+        return None
+    return fetch
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) == size:
+        return data
+    parts = [data]  # a single pread stops short of 2 GiB
+    done = len(data)
+    while done < size:
+        more = os.pread(fd, size - done, offset + done)
+        if not more:
+            raise StorageError(f"cached copy ended early at {offset + done}")
+        parts.append(more)
+        done += len(more)
+    return b"".join(parts)
+
+
+def _copy_range(src: int, dst: int, start: int, length: int, chunk: int = 8 * MiB) -> None:
+    """Copy bytes ``[start, start + length)`` of descriptor ``src`` to the same place in ``dst``
+    (in the kernel if it can)."""
+    done, end = start, start + length
+    try:
+        while done < end:
+            n = os.copy_file_range(src, dst, end - done, done, done)
+            if n == 0:
+                break
+            done += n
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    while done < end:
+        data = os.pread(src, min(chunk, end - done), done)
+        if not data:
+            break
+        os.pwrite(dst, data, done)
+        done += len(data)

@@ -58,6 +58,11 @@ def tokens_of(metadata: Mapping[str, str]) -> set[tuple[str, str, str]]:
     return out
 
 
+def _original_name(name: str) -> str:
+    """The name a conflict copy was saved beside (``name`` itself if it is none)."""
+    return re.sub(r"\.octuefs-conflict-\d{8}T\d{6}Z-[0-9a-z]+", "", name)
+
+
 @dataclasses.dataclass
 class Version:
     vid: int
@@ -160,16 +165,19 @@ class World:
             v = self.versions.get(after[2])
             if v is not None:
                 v.landed = True
-                if v.owner != OUTSIDE and CONFLICT_MARK not in name:
-                    # A newer version of its writer landed under that name: the older ones it
-                    # closed there are replaced (a close a crash cut short that landed after all
-                    # counts too: recovery sends the newest version of each file, not each one).
+                if v.owner != OUTSIDE:
+                    # A newer version of its writer landed under that name, or beside it as a
+                    # conflict copy: the older ones it closed there are replaced (a close a crash
+                    # cut short that landed after all counts too: recovery sends the newest
+                    # version of each file, not each one, and that one goes beside when the
+                    # file changed elsewhere meanwhile).
+                    replaced = _original_name(name)
                     for older in self.versions.values():
-                        if older.owner == v.owner and older.name == name and older.vid < v.vid and not older.landed:
+                        if older.owner == v.owner and older.name == replaced and older.vid < v.vid and not older.landed:
                             older.moot = True
             if CONFLICT_MARK in name and op == "upload":
                 self.conflict_copies[name] = actor
-                base = re.sub(r"\.octuefs-conflict-\d{8}T\d{6}Z-[0-9a-z]+", "", name)  # the original's name
+                base = _original_name(name)
                 self._check_conflict_justified(actor, base, req)
         if before is None or actor == OUTSIDE:
             if actor == OUTSIDE and before is not None:

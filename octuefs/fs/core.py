@@ -53,14 +53,12 @@ from octuefs.fs.xattrs import XattrSurface
 from octuefs.octue import metadata as octue
 from octuefs.octue.dataset_record import RECORD_NAME
 from octuefs.storage.base import PARTS_PREFIX, Bucket, ObjectInfo
+from octuefs.writeback.entry import is_version
 from octuefs.writeback.givebacks import OwedGiveBacks
-from octuefs.writeback.uploads import (
-    Journal,
-    Uploader,
-    is_version,
-    merge_metadata,
-    quarantine_unclosed,
-)
+from octuefs.writeback.journal import Journal
+from octuefs.writeback.merge import merge_metadata
+from octuefs.writeback.quarantine import quarantine_unclosed
+from octuefs.writeback.uploads import Uploader
 
 log = logging.getLogger(__name__)
 

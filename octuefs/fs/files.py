@@ -44,15 +44,9 @@ from octuefs.fs import posixmeta
 from octuefs.fs.times import Times
 from octuefs.octue import metadata as octue
 from octuefs.storage.base import MAX_OBJECT_SIZE, Bucket, ObjectInfo
-from octuefs.writeback.uploads import (
-    CONFLICT,
-    DONE,
-    Entry,
-    Uploader,
-    Withheld,
-    merge_metadata,
-    patched_object,
-)
+from octuefs.writeback.entry import CONFLICT, DONE, Entry, patched_object
+from octuefs.writeback.merge import merge_metadata
+from octuefs.writeback.uploads import Uploader, Withheld
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,8 @@ import threading
 
 import cachetools
 
-from octuefs.writeback.uploads import CONFLICT, DONE, RUNNING, Entry, Uploader
+from octuefs.writeback.entry import CONFLICT, DONE, RUNNING, Entry
+from octuefs.writeback.uploads import Uploader
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 OBJECT_NAME_MAX = 1024  # bytes of UTF-8: GCS refuses longer object names
-# What a conflict copy adds to a name (uploads.conflict_name): ".octuefs-conflict-20261125T101500Z-1a2b3c"
+# What a conflict copy adds to a name (writeback.conflicts.conflict_name): ".octuefs-conflict-20261125T101500Z-1a2b3c"
 CONFLICT_MARK_BYTES = len(".octuefs-conflict-") + len("20261125T101500Z") + len("-1a2b3c")
 
 

@@ -621,3 +621,11 @@ __all__ = [
     "dumps_local_metadata",
     "loads_local_metadata",
 ]
+
+
+def with_octue_id(custom: Mapping[str, str], stored_id: str | None) -> dict[str, str]:
+    """``custom`` with its Octue id replaced by ``stored_id`` (the id's stored text, as the object
+    holds it): what a copy of an object that is a new Datafile of its own (a conflict copy) carries."""
+    result = {k: v for k, v in custom.items() if k != OCTUE_PREFIX + "id"}
+    result[OCTUE_PREFIX + "id"] = stored_id
+    return result

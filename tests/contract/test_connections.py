@@ -18,7 +18,7 @@ import pytest
 from octuefs.fuse_ops import MAX_IDLE_THREADS
 from octuefs.storage.base import RetryPolicy
 from octuefs.storage.gcs import PARTS_IN_FLIGHT, POOL_SIZE, GCSBucket
-from octuefs.writeback.uploads import SMALL_IN_FLIGHT
+from octuefs.writeback.scheduler import SMALL_IN_FLIGHT
 from tests.delayline import DelayLine
 
 pytestmark = pytest.mark.emulator

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from octuefs.writeback.uploads import RECORD_XATTR, Entry, Journal
+from octuefs.writeback.entry import Entry
+from octuefs.writeback.journal import RECORD_XATTR, Journal
 
 
 def staged(tmp_path, data: bytes, name: str = "s") -> str:
@@ -95,7 +96,7 @@ def test_a_failed_commit_leaves_the_content_where_it_was_and_journals_nothing(jo
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("octuefs.writeback.uploads.fsync_dir", full)
+    monkeypatch.setattr("octuefs.writeback.journal.fsync_dir", full)
     with pytest.raises(OSError):
         journal.commit(e, path)
     monkeypatch.undo()
@@ -135,7 +136,7 @@ def test_a_failed_seal_gives_the_content_back(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("octuefs.writeback.uploads.fsync_dir", broken)
+    monkeypatch.setattr("octuefs.writeback.journal.fsync_dir", broken)
     with pytest.raises(OSError):
         j.commit(entry(j), path)
     monkeypatch.undo()

@@ -808,7 +808,7 @@ def test_user_attribute_sizes_follow_the_gcs_limits():
 
 
 def test_concurrent_changes_of_different_user_attributes_merge():
-    from octuefs.writeback.uploads import merge_metadata
+    from octuefs.writeback.merge import merge_metadata
 
     base = {"octuefs.user.a": "1", "octuefs.user.b": "1"}
     ours = octue.encode_object_metadata(octue.set_xattr(octue.decode_object_metadata(base), "user.a", b"2"), base)

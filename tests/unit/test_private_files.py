@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from octuefs.writeback.uploads import Journal
+from octuefs.writeback.journal import Journal
 
 
 def test_the_conflict_record_is_private_whatever_the_umask(tmp_path):

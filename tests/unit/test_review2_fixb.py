@@ -84,12 +84,12 @@ def test_rmdir_does_not_delete_a_marker_replaced_while_it_looked(fs, bucket):
 
 
 def test_conflict_records_around_torn_lines_are_all_read_and_reported_once(tmp_path, caplog, monkeypatch):
-    from octuefs.writeback import uploads
-    from octuefs.writeback.uploads import Journal
+    from octuefs.writeback import conflictlog
+    from octuefs.writeback.journal import Journal
 
     synced = []
-    real_fsync = uploads.os.fsync
-    monkeypatch.setattr(uploads.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    real_fsync = conflictlog.os.fsync
+    monkeypatch.setattr(conflictlog.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     journal = Journal(str(tmp_path))
     journal.note_conflict({"object": "a.csv"})
     assert synced, "a conflict record is not fsync'd"

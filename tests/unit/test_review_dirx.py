@@ -306,7 +306,7 @@ def test_a_conflict_copy_of_a_record_is_not_counted_as_a_file_of_its_dataset():
     is_dataset_file) count it as one of the dataset's files. Fix: give a record's copy a name
     the SDK skips (e.g. `.octuefs-conflict-<stamp>-<tag>.octue`, keeping `.octue` last)."""
     from octuefs.octue.dataset_record import is_dataset_file
-    from octuefs.writeback.uploads import conflict_name
+    from octuefs.writeback.conflicts import conflict_name
 
     copy = conflict_name("wind/.octue", 1_800_000_000, "1a2b3c")
     assert not is_dataset_file(copy), copy

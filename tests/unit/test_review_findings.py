@@ -1,7 +1,7 @@
 """A fresh-eyes review of the issue-12 fixes (R1-R10): ways the core still lost a closed file,
 overwrote a change made elsewhere silently, wedged, or showed bytes no one wrote. Each test failed
 on the code as reviewed and passes with its fix (R8, a dropped upload that lands after the client
-gave up, is watched for and removed again: uploads.LateLandings)."""
+gave up, is watched for and removed again: late.LateLandings)."""
 
 from __future__ import annotations
 
@@ -312,7 +312,7 @@ def test_a_late_landing_of_a_dropped_upload_does_not_resurrect_a_removed_file(fs
 
 
 def test_a_late_landing_is_removed_again_without_a_sync(fs, bucket, monkeypatch):
-    monkeypatch.setattr("octuefs.writeback.uploads.LATE_SWEEP_EVERY", 0.05)
+    monkeypatch.setattr("octuefs.writeback.late.LATE_SWEEP_EVERY", 0.05)
     removed_while_its_upload_is_late(fs, bucket)
     assert wait_until(lambda: "new.csv" not in bucket.objects(), timeout=5), "the removed file came back"
 

@@ -70,7 +70,7 @@ def test_the_same_key_changed_elsewhere_meanwhile_takes_this_mounts_value_and_sa
     info = bucket.stat("k.csv")  # another machine, before the patch goes: the same key, and a tag
     bucket.patch_metadata("k.csv", {"octue__cluster": "9", "octue__tags": '{"theirs": 2}'},
                           if_metageneration_match=info.metageneration)
-    with caplog.at_level(logging.WARNING, logger="octuefs.writeback.uploads"):
+    with caplog.at_level(logging.WARNING, logger="octuefs.writeback.patches"):
         assert fs.uploader.sync(timeout=10) == 0
     metadata = bucket.stat("k.csv").metadata
     assert metadata["octue__cluster"] == "5"  # the later setfattr

@@ -13,7 +13,7 @@ from octuefs.config import MountConfig
 from octuefs.errors import FileNotFound, PreconditionFailed, TransientError
 from octuefs.fs.core import FileSystem
 from octuefs.storage.fake import FakeBucket
-from octuefs.writeback.uploads import SMALL_IN_FLIGHT
+from octuefs.writeback.scheduler import SMALL_IN_FLIGHT
 
 
 class _HeldUploads(FakeBucket):

@@ -154,8 +154,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _datasets_command(argv: list[str]) -> int:
-    """``octuefs find`` and ``octuefs manifest`` (their logic is octuefs.octue.find's)."""
-    from octuefs.octue import find
+    """``octuefs find`` and ``octuefs manifest`` (their logic is octuefs.find's)."""
+    from octuefs import find
 
     p = _OneLineParser(prog=f"octuefs {argv[0]}")
     if argv[0] == "manifest":

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 
 from octuefs.cache.metacache import DIR, MISSING, Entry, MetadataCache, parent_prefix
 from octuefs.errors import BucketUnreachable, NotFound, PermissionDenied, StorageError
-from octuefs.fs.namespace import Namespace
+from octuefs.namespace import Namespace
 from octuefs.storage.base import Bucket, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)

@@ -43,14 +43,14 @@ from octuefs.errors import (
     ReadOnlyFilesystem,
     StorageError,
 )
-from octuefs.fs import posixmeta
 from octuefs.fs.files import FileNode, MovedMeanwhile, OpenFiles
-from octuefs.fs.namespace import Namespace
 from octuefs.fs.posixfs import Attr, PosixSurface, object_attr
 from octuefs.fs.times import Times
 from octuefs.fs.xattrs import PREFIXES as XATTR_PREFIXES  # noqa: F401  (fuse_ops answers other names itself)
 from octuefs.fs.xattrs import XattrSurface
+from octuefs.namespace import Namespace
 from octuefs.octue import metadata as octue
+from octuefs.octue import posixmeta
 from octuefs.octue.dataset_record import RECORD_NAME
 from octuefs.storage.base import PARTS_PREFIX, Bucket, ObjectInfo
 from octuefs.writeback.entry import is_version

@@ -40,9 +40,9 @@ from octuefs.errors import (
     OctuefsError,
     StaleFile,
 )
-from octuefs.fs import posixmeta
 from octuefs.fs.times import Times
 from octuefs.octue import metadata as octue
+from octuefs.octue import posixmeta
 from octuefs.storage.base import MAX_OBJECT_SIZE, Bucket, ObjectInfo
 from octuefs.writeback.entry import CONFLICT, DONE, Entry, patched_object
 from octuefs.writeback.merge import merge_metadata

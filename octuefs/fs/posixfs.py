@@ -1,7 +1,7 @@
 """POSIX attributes of the mount's entries: modes, owners, times, symbolic links, special files.
 
 What ``stat`` shows (:class:`Attr`) comes from an object's custom metadata in Google's layout
-(:mod:`octuefs.fs.posixmeta`, the codec), else from the mount's defaults (``--file-mode``,
+(:mod:`octuefs.octue.posixmeta`, the codec), else from the mount's defaults (``--file-mode``,
 ``--dir-mode``, ``--uid``, ``--gid``: the FUSE layer fills in what an Attr leaves as None).
 
 * chmod, chown and utimens of a file are metadata changes like a setfattr: shown at once,
@@ -42,7 +42,7 @@ from octuefs.errors import (
     PreconditionFailed,
     TransientError,
 )
-from octuefs.fs import posixmeta
+from octuefs.octue import posixmeta
 from octuefs.storage.base import ObjectInfo
 
 if TYPE_CHECKING:

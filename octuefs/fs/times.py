@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import cachetools
 
-from octuefs.fs import posixmeta
+from octuefs.octue import posixmeta
 from octuefs.storage.base import ObjectInfo
 
 VERSIONS_KEPT = 65536  # versions whose times this mount remembers, least recently used dropped first

@@ -1,7 +1,7 @@
 """Extended attributes of the mount: ``user.octue.*`` (Octue metadata), ``user.gcs.*`` and other ``user.*``.
 
 ``user.octue.*`` is encoded and validated by :mod:`octuefs.octue.metadata` (the one codec); other
-``user.*`` names are custom-metadata keys too (:mod:`octuefs.fs.userxattrs`). A change is
+``user.*`` names are custom-metadata keys too (:mod:`octuefs.octue.userxattrs`). A change is
 validated at once, shown by the mount at once, and journaled before setxattr returns (as
 durable as a close). On a file with unsaved data it joins that data's upload; on a saved file
 it is ``update_cloud_metadata``, queued: one metadata PATCH with generation and metageneration

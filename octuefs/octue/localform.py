@@ -8,12 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from octuefs.octue import json_dialect as _octue_json
-from octuefs.octue.model import (
-    FIELDS,
-    FROM_STORED,
-    SDK_LAYOUT_VERSION,
-    OctueMetadata,
-)
+from octuefs.octue.model import FIELDS, FROM_STORED, SDK_LAYOUT_VERSION, OctueMetadata
 
 _log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ is, so a round trip never rewrites what another writer stored). Only this packag
 
 from __future__ import annotations
 
-from octuefs.octue.fields import (  # noqa: F401
+from octuefs.octue.fields import (
     format_timestamp,
     validate_cluster,
     validate_id,
@@ -41,20 +41,15 @@ from octuefs.octue.fields import (  # noqa: F401
     validate_tags,
     validate_timestamp,
 )
-from octuefs.octue.localform import (  # noqa: F401
+from octuefs.octue.localform import (
     LOCAL_METADATA_FILENAME,
     decode_local_record,
     dumps_local_metadata,
     encode_local_record,
     loads_local_metadata,
 )
-from octuefs.octue.model import (  # noqa: F401
-    FIELDS,
-    OCTUE_PREFIX,
-    SDK_LAYOUT_VERSION,
-    OctueMetadata,
-)
-from octuefs.octue.objectform import (  # noqa: F401
+from octuefs.octue.model import FIELDS, OCTUE_PREFIX, SDK_LAYOUT_VERSION, OctueMetadata
+from octuefs.octue.objectform import (
     MAX_KEY_BYTES,
     MAX_TOTAL_BYTES,
     MAX_VALUE_BYTES,
@@ -68,7 +63,7 @@ from octuefs.octue.objectform import (  # noqa: F401
     octue_patch_from,
     with_octue_id,
 )
-from octuefs.octue.xattrform import (  # noqa: F401
+from octuefs.octue.xattrform import (
     XATTR_CREATE,
     XATTR_PREFIX,
     XATTR_REPLACE,

@@ -7,9 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from octuefs.errors import (
-    MetadataTooLarge,
-)
+from octuefs.errors import MetadataTooLarge
 from octuefs.octue import json_dialect as _octue_json
 from octuefs.octue import userxattrs
 from octuefs.octue.model import (

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from octuefs.errors import NotFound
-from octuefs.fs.namespace import CONFLICT_MARK_BYTES, OBJECT_NAME_MAX
+from octuefs.namespace import CONFLICT_MARK_BYTES, OBJECT_NAME_MAX
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,7 @@ import subprocess
 
 import pytest
 
-from octuefs import Datafile, Dataset
-from octuefs.octue import find
+from octuefs import Datafile, Dataset, find
 from octuefs.octue.dataset_record import dumps_compact
 
 SDK_VERSION = "0.69.1"

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from octuefs import Dataset
+from octuefs import Dataset, find
 from octuefs.errors import Conflict, InvalidMetadata
-from octuefs.octue import find
 from octuefs.octue.dataset_record import decode_dataset_record
 from octuefs.octue.metadata import OctueMetadata, encode_object_metadata
 from octuefs.storage.fake import FakeBucket

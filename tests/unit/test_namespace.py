@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from octuefs.errors import InvalidArgument, errno_for
-from octuefs.fs.namespace import Namespace
+from octuefs.namespace import Namespace
 
 
 @pytest.mark.parametrize("path", ["/\udcff", "/caf\udce9.csv", "/dir/\udcc0\udcaf"])

@@ -1,4 +1,4 @@
-"""The POSIX-keys codec (octuefs/fs/posixmeta.py), and the filesystem core on it without FUSE."""
+"""The POSIX-keys codec (octuefs/octue/posixmeta.py), and the filesystem core on it without FUSE."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from octuefs.errors import FileExists, InvalidArgument, NotPermitted
-from octuefs.fs import posixmeta as pm
+from octuefs.octue import posixmeta as pm
 from octuefs.storage.fake import FakeBucket
 from tests.unit.corekit import close_write, make_fs
 

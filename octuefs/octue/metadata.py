@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from octuefs.octue.fields import (
     format_timestamp,
+    instant_micros,
     validate_cluster,
     validate_id,
     validate_labels,
@@ -90,6 +91,7 @@ __all__ = [
     "validate_timestamp",
     "validate_id",
     "format_timestamp",
+    "instant_micros",
     "decode_object_metadata",
     "encode_object_metadata",
     "metadata_patch",

@@ -6,19 +6,11 @@
 
 from __future__ import annotations
 
-import mimetypes
-
 from octuefs.storage.base import Bucket, ListPage, ObjectInfo, RetryPolicy
+from octuefs.storage.objects import DEFAULT_CONTENT_TYPE, guess_content_type
 
-__all__ = ["Bucket", "ListPage", "ObjectInfo", "RetryPolicy", "open_bucket", "guess_content_type"]
-
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
-
-
-def guess_content_type(name: str) -> str:
-    """The content type an upload gets when the caller names none: from the object name's
-    extension (``a.csv`` -> ``text/csv``), else ``application/octet-stream``."""
-    return mimetypes.guess_type(name, strict=False)[0] or DEFAULT_CONTENT_TYPE
+__all__ = ["Bucket", "ListPage", "ObjectInfo", "RetryPolicy", "open_bucket", "guess_content_type",
+           "DEFAULT_CONTENT_TYPE"]
 
 
 def open_bucket(

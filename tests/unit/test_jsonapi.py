@@ -179,7 +179,7 @@ def test_a_token_refresh_is_bounded_by_the_callers_timeout(serve):
     from google.auth import exceptions as auth_exceptions
 
     from octuefs.errors import TransientError
-    from octuefs.storage.gcs import translate_error
+    from octuefs.storage.gcserrors import translate_error
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -201,7 +201,8 @@ def test_a_pinned_read_broken_mid_body_goes_on_from_the_last_byte_it_got(serve, 
     """A read-ahead GET may be 32 MiB long: a connection lost half-way is not a reason to fetch
     what already arrived again (the generation is pinned, so the rest is of the same bytes)."""
     from octuefs.storage.base import RetryPolicy
-    from octuefs.storage.gcs import READ_CHUNK, GCSBucket
+    from octuefs.storage.gcs import GCSBucket
+    from octuefs.storage.gcsreads import READ_CHUNK
 
     data = os.urandom(3 * READ_CHUNK)
     ranges = []

@@ -1,7 +1,7 @@
 """octuefs's own exception types and the one table that maps each to an errno.
 
 Every layer raises these (never ``FuseOSError`` and never a Google exception above
-``storage/``, where ``gcserrors.py`` translates them). The FUSE adapter turns them into errno values with :func:`errno_for`,
+``storage/gcs.py``). The FUSE adapter turns them into errno values with :func:`errno_for`,
 and logs them at the level the table gives, so an expected miss (ENOENT, ENODATA) stays
 quiet while a surprise is logged with its cause.
 """

@@ -1,11 +1,11 @@
 """The Bucket protocol on Google Cloud Storage (or fake-gcs-server), via google-cloud-storage.
 
-The transport is in four modules: this one (the client, the bucket and its one retry loop),
-:mod:`.gcsreads` (listings, stats, reads, downloads), :mod:`.gcswrites` (uploads, compose, patch,
-copy, delete) and :mod:`.jsonapi` (stat, list, ranged reads and small uploads, made with urllib3
-for CPU's sake); with :mod:`.gcserrors` they are the only octuefs modules that import
-``google.*``. Everything either raises is translated into octuefs errors in one place,
-:func:`~octuefs.storage.gcserrors.translate_error`; the library's own retries
+The transport is in four modules: this one (the client, the error translation, the bucket and
+its one retry loop), :mod:`.gcsreads` (listings, stats, reads, downloads), :mod:`.gcswrites`
+(uploads, compose, patch, copy, delete) and :mod:`.jsonapi` (stat, list, ranged reads and small
+uploads, made with urllib3 for CPU's sake). This module and :mod:`.jsonapi` are the only octuefs
+modules that import ``google.*``. Everything either raises is translated into octuefs errors in
+one place, :func:`translate_error`; the library's own retries
 are switched off on every call (``retry=None``) and transient failures are retried by one loop,
 :class:`octuefs.storage.retry.Retrier`, bounded by the bucket's :class:`RetryPolicy`.
 
@@ -25,18 +25,30 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 from collections.abc import Callable
 from typing import TypeVar
 
+import requests
 import requests.adapters
+import urllib3.exceptions
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+from google.cloud.storage import exceptions as storage_exceptions
 
-from octuefs.errors import BucketNotFound, PermissionDenied, TransientError
+from octuefs.errors import (
+    BucketNotFound,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    RangeNotSatisfiable,
+    StorageError,
+    TransientError,
+)
 from octuefs.storage.base import Bucket
-from octuefs.storage.gcserrors import CREDENTIALS_HINT, translate_error
 from octuefs.storage.gcsreads import GCSReads
 from octuefs.storage.gcswrites import GCSWrites
 from octuefs.storage.jsonapi import JsonApi, Timeout
@@ -55,6 +67,99 @@ EMULATOR_PROJECT = "octuefs-local"
 # (8), listing pages and read-ahead besides. Idle connections cost a file descriptor each.
 POOL_SIZE = 128
 DEFAULT_TIMEOUT = (10.0, 60.0)  # seconds: (connect, read between bytes)
+
+# --- errors --------------------------------------------------------------------------------
+
+CREDENTIALS_HINT = (
+    "no usable Google Cloud credentials: run `gcloud auth application-default login` "
+    "or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+)
+
+_TRANSIENT_STATUS = {408, 429}
+_PRECONDITION_STATUS = {304, 412}
+_PERMISSION_STATUS = {401, 403}
+
+
+def _status_of(exc: BaseException) -> int | None:
+    if isinstance(exc, api_exceptions.GoogleAPICallError):
+        return exc.code
+    if isinstance(exc, storage_exceptions.InvalidResponse):  # media transfers, if not re-wrapped
+        return getattr(getattr(exc, "response", None), "status_code", None)
+    return None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (its number-of-seconds form), at most a minute."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        value = float(headers.get("Retry-After", ""))
+    except (TypeError, ValueError):
+        return None
+    return min(max(value, 0.0), 60.0) or None
+
+
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())[:300]
+
+
+def _network_reason(exc: BaseException) -> str:
+    """The useful part of a transport error: "Connection refused" rather than a pool repr."""
+    match = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", str(exc))
+    if match:
+        return match.group(1).strip()
+    if isinstance(exc, (requests.exceptions.Timeout, socket.timeout, TimeoutError)):
+        return "timed out"
+    return _short(exc)
+
+
+def translate_error(exc: BaseException, bucket: str, name: str | None = None) -> BaseException:
+    """The octuefs error for a library/transport exception, or ``exc`` itself if unknown.
+
+    ``name`` is the object concerned, or None for bucket-level calls (listing), where a 404 means
+    the bucket is missing.
+    """
+    where = f"gs://{bucket}/{name}" if name is not None else f"gs://{bucket}"
+    status = _status_of(exc)
+    if status is not None:
+        if status == 404:
+            if name is None or "bucket does not exist" in _short(exc).lower():
+                return BucketNotFound(f"bucket {bucket!r} does not exist")
+            return NotFound(f"{where}: no such object")
+        if status in _PRECONDITION_STATUS:
+            return PreconditionFailed(f"{where}: precondition failed (the object changed): {_short(exc)}")
+        if status in _PERMISSION_STATUS:
+            return PermissionDenied(f"{where}: permission denied: {_short(exc)}")
+        if status == 416:
+            return RangeNotSatisfiable(f"{where}: requested range not satisfiable")
+        if status in _TRANSIENT_STATUS or status >= 500:
+            return TransientError(f"{where}: HTTP {status}: {_short(exc)}", retry_after=_retry_after(exc))
+        return StorageError(f"{where}: HTTP {status}: {_short(exc)}")
+    if isinstance(exc, auth_exceptions.DefaultCredentialsError):
+        return PermissionDenied(CREDENTIALS_HINT)
+    if isinstance(exc, auth_exceptions.RefreshError):
+        if getattr(exc, "retryable", False):
+            return TransientError(f"{where}: refreshing credentials failed: {_short(exc)}")
+        return PermissionDenied(f"{CREDENTIALS_HINT} ({_short(exc)})")
+    if isinstance(exc, storage_exceptions.DataCorruption):
+        return TransientError(f"{where}: checksum mismatch in transfer: {_short(exc)}")
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.HTTPError,
+            auth_exceptions.TransportError,
+            socket.timeout,
+            socket.gaierror,
+            ConnectionError,
+            TimeoutError,
+        ),
+    ):
+        return TransientError(f"{where}: {type(exc).__name__}: {_network_reason(exc)}")
+    return exc
+
 
 # --- client --------------------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import google_crc32c
-from google.cloud import storage
 
 from octuefs.errors import PreconditionFailed, StorageError, TransientError
 from octuefs.storage.jsonapi import Timeout, object_info
@@ -31,6 +31,8 @@ from octuefs.storage.retry import (
 
 log = logging.getLogger(__name__)
 
+Blob = Any  # google.cloud.storage.Blob, made by the bucket's ``_bucket`` (only gcs.py imports the library)
+
 MULTIPART_MAX = 8 * 1024 * 1024  # larger files go up resumable, in chunks (as the library does)
 UPLOAD_CHUNK_SIZE = 32 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
 
@@ -41,7 +43,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
-def _info(blob: storage.Blob) -> ObjectInfo | None:
+def _info(blob: Blob) -> ObjectInfo | None:
     """ObjectInfo from a blob resource, or None if the resource lacks a required field."""
     updated = _utc(blob.updated)
     if blob.generation is None or blob.metageneration is None or blob.size is None or updated is None:
@@ -83,7 +85,7 @@ class GCSWrites:
     ``_call``, ``_api`` (a :class:`~octuefs.storage.jsonapi.JsonApi`), ``_bucket`` (the
     library's bucket) and ``stat``."""
 
-    def _complete(self, blob: storage.Blob) -> ObjectInfo:
+    def _complete(self, blob: Blob) -> ObjectInfo:
         """ObjectInfo from a write's response, stat-ing again if the response lacks fields."""
         info = _info(blob)
         if info is None:
@@ -108,7 +110,7 @@ class GCSWrites:
         if size <= MULTIPART_MAX:
             return self._upload_small(name, path, metadata, preconditions, content_type, progress)
 
-        def attempt(timeout: Timeout) -> storage.Blob:
+        def attempt(timeout: Timeout) -> Blob:
             # Resumable chunks of 32 MiB, not the library's 100 MiB: each chunk is held in memory
             # (about twice), and the daemon's RSS must stay bounded whatever the file size.
             blob = self._bucket.blob(name, chunk_size=UPLOAD_CHUNK_SIZE)
@@ -180,7 +182,7 @@ class GCSWrites:
         metadata = dict(metadata or {})
         content_type = content_type or guess_content_type(destination)
 
-        def attempt(timeout: Timeout) -> storage.Blob:
+        def attempt(timeout: Timeout) -> Blob:
             blob = self._bucket.blob(destination)
             blob.metadata = dict(metadata)
             blob.content_type = content_type
@@ -204,7 +206,7 @@ class GCSWrites:
         if not changes and content_type is None:
             return self._check_only(name, if_metageneration_match, if_generation_match)
 
-        def attempt(timeout: Timeout) -> storage.Blob:
+        def attempt(timeout: Timeout) -> Blob:
             blob = self._bucket.blob(name)
             if changes:
                 blob.metadata = dict(changes)  # None values delete keys

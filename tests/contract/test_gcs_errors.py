@@ -23,7 +23,7 @@ from octuefs.errors import (
     StorageError,
     TransientError,
 )
-from octuefs.storage.gcserrors import translate_error
+from octuefs.storage.gcs import translate_error
 
 PACKAGE = Path(__file__).resolve().parents[2] / "octuefs"
 

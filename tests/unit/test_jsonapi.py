@@ -179,7 +179,7 @@ def test_a_token_refresh_is_bounded_by_the_callers_timeout(serve):
     from google.auth import exceptions as auth_exceptions
 
     from octuefs.errors import TransientError
-    from octuefs.storage.gcserrors import translate_error
+    from octuefs.storage.gcs import translate_error
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

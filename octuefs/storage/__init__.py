@@ -1,7 +1,9 @@
 """Object storage for octuefs: the Bucket protocol and a way to open a real (or emulated) bucket.
 
 ``octuefs.storage`` imports without Google's library; :func:`open_bucket` loads
-:mod:`octuefs.storage.gcs` (the only module that imports ``google.*``) when it is called.
+:mod:`octuefs.storage.gcs` (which, with :mod:`octuefs.storage.jsonapi`, is the only module that
+imports ``google.*``) when it is called. Nothing here keeps state on local disk: how large files
+are uploaded, and the ledger of their parts, live above (:mod:`octuefs.writeback.composite`).
 """
 
 from __future__ import annotations

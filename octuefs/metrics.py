@@ -48,7 +48,7 @@ from octuefs.errors import (
     PreconditionFailed,
     TransientError,
 )
-from octuefs.storage.base import Bucket
+from octuefs.storage.base import Bucket, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +309,9 @@ class MeteredBucket(Bucket):
     def upload_bytes(self, *a, **k):
         return self._call("upload", self.inner.upload_bytes, a, k)
 
+    def upload_range(self, *a, **k):
+        return self._call("upload", self.inner.upload_range, a, k)
+
     def patch_metadata(self, *a, **k):
         return self._call("patch", self.inner.patch_metadata, a, k)
 
@@ -321,8 +324,5 @@ class MeteredBucket(Bucket):
     def delete(self, *a, **k):
         return self._call("delete", self.inner.delete, a, k)
 
-    def keep_parts_in(self, directory: str) -> None:
-        self.inner.keep_parts_in(directory)
-
-    def sweep_parts(self) -> int:
-        return self.inner.sweep_parts()
+    def with_retry(self, retry: RetryPolicy) -> Bucket:
+        return MeteredBucket(self.inner.with_retry(retry), self._metrics)

@@ -169,10 +169,14 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     """Run the mount in this process until it is unmounted."""
     from octuefs.fs.core import FileSystem
     from octuefs.fuse_ops import OctueOperations, run
+    from octuefs.writeback.composite import ComposingBucket
 
     os.umask(0o077)  # everything the daemon writes (cache, journal, log, --local data) is private
     os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
     with _cache_lock(config.cache_dir), _bucket_for(config) as bucket:
+        # Large files go up in parts, noted in a ledger until deleted; a sweep deletes what earlier mounts left.
+        bucket = ComposingBucket(bucket, os.path.join(config.cache_dir, "parts"))
+        bucket.sweep_in_background()
         metrics = None
         if config.metrics_port is not None:
             from octuefs.metrics import Metrics

@@ -103,7 +103,7 @@ class Namespace:
         if rest == "":
             return None  # the directory's own marker object
         if rest == PARTS_PREFIX:
-            return None  # parts of large uploads being composed (storage.gcs)
+            return None  # parts of large uploads being composed (writeback/composite.py)
         if rest.endswith("/"):
             rest = rest[:-1]
         reason = bad_segment_reason(rest) if "/" not in rest else "a double slash"

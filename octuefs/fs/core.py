@@ -110,7 +110,6 @@ class FileSystem:
         limit = self.cache.space.limit
         log.info("clean cached data: %s", "no limit" if limit is None else f"at most {format_size(limit)}")
         journal = Journal(config.cache_dir)
-        bucket.keep_parts_in(os.path.join(config.cache_dir, "parts"))  # large uploads' parts, until deleted
         self.uploader = Uploader(bucket, journal, workers=config.upload_workers, burst_hold=config.upload_hold,
                                  small_workers=config.small_uploads)
         self.uploader.patch_pace = config.patch_pace
@@ -132,9 +131,6 @@ class FileSystem:
                                                         self.givebacks.left_over(bucket.name),),
                                                   name="octuefs-givebacks", daemon=True)
         self.givebacks_settled.start()
-        # Parts an earlier mount's large uploads left in the bucket (it crashed, or the bucket
-        # was away when they were to be deleted): deleted in the background.
-        threading.Thread(target=self._sweep_parts, args=(bucket,), name="octuefs-sweep", daemon=True).start()
         self.xattrs = XattrSurface(self)
         self.posix = PosixSurface(self)  # modes, owners, times, links, special files (posixfs.py)
         self.fills.on_marker = self.posix.marker_listed
@@ -146,13 +142,6 @@ class FileSystem:
                 self.givebacks.settle(self.bucket, record_id, record)
             except Exception:
                 log.exception("settling a give-back owed to %r failed; the next mount tries again", record.get("name"))
-
-    @staticmethod
-    def _sweep_parts(bucket: Bucket) -> None:
-        try:
-            bucket.sweep_parts()
-        except Exception:
-            log.exception("sweeping the parts of earlier large uploads failed; the next mount tries again")
 
     # --- lookups ------------------------------------------------------------------------
 

@@ -1,24 +1,18 @@
 """Object storage for octuefs: the Bucket protocol and a way to open a real (or emulated) bucket.
 
 ``octuefs.storage`` imports without Google's library; :func:`open_bucket` loads
-:mod:`octuefs.storage.gcs` (the only module that imports ``google.*``) when it is called.
+:mod:`octuefs.storage.gcs` (which, with :mod:`octuefs.storage.jsonapi`, is the only module that
+imports ``google.*``) when it is called. Nothing here keeps state on local disk: how large files
+are uploaded, and the ledger of their parts, live above (:mod:`octuefs.writeback.composite`).
 """
 
 from __future__ import annotations
 
-import mimetypes
-
 from octuefs.storage.base import Bucket, ListPage, ObjectInfo, RetryPolicy
+from octuefs.storage.objects import DEFAULT_CONTENT_TYPE, guess_content_type
 
-__all__ = ["Bucket", "ListPage", "ObjectInfo", "RetryPolicy", "open_bucket", "guess_content_type"]
-
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
-
-
-def guess_content_type(name: str) -> str:
-    """The content type an upload gets when the caller names none: from the object name's
-    extension (``a.csv`` -> ``text/csv``), else ``application/octet-stream``."""
-    return mimetypes.guess_type(name, strict=False)[0] or DEFAULT_CONTENT_TYPE
+__all__ = ["Bucket", "ListPage", "ObjectInfo", "RetryPolicy", "open_bucket", "guess_content_type",
+           "DEFAULT_CONTENT_TYPE"]
 
 
 def open_bucket(

@@ -20,21 +20,49 @@ memory) honours the same contract, checked by ``tests/contract``:
   ``BucketUnreachable`` saying what failed and for how long. :meth:`Bucket.bounded` gives a view
   whose every call ends within a short deadline, for callers someone is waiting on.
 * All methods are safe to call from many threads at once.
+
+The protocol offers primitives only (upload a file or a byte range of one, compose, patch,
+copy, delete, list, stat, read); how a large file is uploaded is decided above it
+(:mod:`octuefs.writeback.composite`). Here too: :class:`BoundedBucket`, the view
+:meth:`Bucket.bounded` gives, which works over any bucket. The values the protocol speaks in
+(:class:`ObjectInfo`, :class:`ListPage`, :class:`RetryPolicy`, ...) live in
+:mod:`octuefs.storage.objects` and are importable from here.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
-import datetime as dt
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import MappingProxyType
-from typing import NamedTuple
+from typing import TypeVar
 
-from octuefs.errors import StorageError
+from octuefs.errors import BucketUnreachable
+from octuefs.storage.objects import (
+    DEFAULT_CONTENT_TYPE,
+    MAX_COMPOSE_SOURCES,
+    MAX_OBJECT_SIZE,
+    PART_SUFFIX,
+    PARTS_PREFIX,
+    ChecksumMismatch,
+    FetchedPage,
+    ListPage,
+    ObjectInfo,
+    RetryPolicy,
+    check_sources,
+    guess_content_type,
+)
+from octuefs.storage.retry import attempt_timeout, bounded, current_bound
+
+# The values the protocol speaks in live in objects.py; importable from here as well.
+__all__ = ["DEFAULT_CONTENT_TYPE", "MAX_COMPOSE_SOURCES", "MAX_OBJECT_SIZE", "PART_SUFFIX", "PARTS_PREFIX",
+           "BoundedBucket", "Bucket", "ChecksumMismatch", "FetchedPage", "ListPage", "ObjectInfo", "RetryPolicy",
+           "check_sources", "guess_content_type", "pwrite_all", "read_file_range"]
+
+T = TypeVar("T")
+
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """``os.pwrite`` until all of ``data`` is written."""
@@ -45,115 +73,13 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
             written += os.pwrite(fd, view[written:], offset + written)
 
 
-# Where an implementation may keep the parts of a large upload while it composes them (in the
-# object's directory); a mount hides it.
-PARTS_PREFIX = ".octuefs-parts/"
-# Every part's name ends so, for a bucket lifecycle rule (matchesSuffix) to delete the parts that
-# no mount is left to sweep (README: "Large files").
-PART_SUFFIX = ".octuefs-part"
-MAX_COMPOSE_SOURCES = 32  # GCS composes at most 32 objects in one request
-MAX_OBJECT_SIZE = 5 * 1024**4  # GCS keeps objects of up to 5 TiB
-
-
-class ChecksumMismatch(StorageError):
-    """What the bucket stored is not what was sent (a composed object whose CRC32C is not the
-    file's): the upload did not happen as asked, and must not count as done. ``generation`` is
-    the object's generation holding the wrong bytes, if one was made."""
-
-    def __init__(self, message: str, generation: int | None = None):
-        super().__init__(message)
-        self.generation = generation
-
-
-def check_sources(sources: Sequence[str]) -> list[str]:
-    """The sources of a compose as a list, or ``ValueError`` if there are none or too many."""
-    if isinstance(sources, str):
-        raise ValueError("compose takes a sequence of source names, not one string")
-    sources = list(sources)
-    if not 1 <= len(sources) <= MAX_COMPOSE_SOURCES:
-        raise ValueError(f"a compose takes 1 to {MAX_COMPOSE_SOURCES} sources, not {len(sources)}")
-    return sources
-
-
-_NO_METADATA: Mapping[str, str] = MappingProxyType({})
-
-
-class _ObjectFields(NamedTuple):
-    name: str
-    size: int
-    generation: int
-    metageneration: int
-    updated: dt.datetime  # timezone-aware UTC
-    crc32c: str | None = None  # base64, as GCS reports it
-    md5: str | None = None  # base64, as GCS reports it
-    content_type: str | None = None
-    storage_class: str | None = None
-    metadata: Mapping[str, str] = _NO_METADATA  # read-only
-
-
-class ObjectInfo(_ObjectFields):
-    """What the bucket says about one object (from a stat, a listing, or a write's response).
-
-    Immutable: every change in the bucket yields a new one, so a memo may be kept on it. A
-    named tuple rather than a frozen dataclass because listings make thousands at a time, and
-    it is made in a third of the time."""
-
-    def __new__(cls, name: str, size: int, generation: int, metageneration: int, updated: dt.datetime,
-                crc32c: str | None = None, md5: str | None = None, content_type: str | None = None,
-                storage_class: str | None = None, metadata: Mapping[str, str] | None = _NO_METADATA) -> ObjectInfo:
-        if type(metadata) is not MappingProxyType:
-            metadata = MappingProxyType(dict(metadata or {}))
-        return tuple.__new__(cls, (name, size, generation, metageneration, updated, crc32c, md5, content_type,
-                                   storage_class, metadata))
-
-    def _replace(self, **changes) -> ObjectInfo:  # through __new__, so metadata stays read-only
-        return ObjectInfo(**{**self._asdict(), **changes})
-
-    @classmethod
-    def _make(cls, iterable) -> ObjectInfo:
-        return cls(*iterable)
-
-    @property
-    def is_dir_marker(self) -> bool:
-        return self.name.endswith("/")
-
-
-@dataclasses.dataclass(frozen=True)
-class ListPage:
-    """One page of a listing: objects in name order, then the common prefixes (``dir/``).
-
-    ``markers``: with a delimiter, each prefix's own marker object (``dir/``, which holds a
-    directory's POSIX facts), or None where it has none; the markers are not in ``objects``.
-    GCS sends them with the listing when asked (``includeTrailingDelimiter``), so a directory's
-    subdirectories cost no request each. None: the implementation does not say."""
-
-    objects: list[ObjectInfo]
-    prefixes: list[str]
-    next_token: str | None
-    markers: dict[str, ObjectInfo | None] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class FetchedPage:
-    """A page of a listing as the server sent it: the token of the next page is known at once,
-    the entries are made into a :class:`ListPage` by ``convert`` (which may raise
-    ``StorageError`` for a malformed page). Decoding and converting a page of 1,000 objects
-    costs about as much CPU as asking for it, so :meth:`Bucket.iter_pages_ahead` sends the next
-    request first. ``next_token`` may be read off the undecoded answer, a guess: the converted
-    page's ``next_token`` is the truth."""
-
-    next_token: str | None
-    convert: Callable[[], ListPage]
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff for transient failures, bounded in total time."""
-
-    initial_delay: float = 0.1
-    max_delay: float = 5.0
-    multiplier: float = 2.0
-    deadline: float = 30.0  # total seconds spent retrying one call before giving up
+def read_file_range(path: str, start: int, length: int) -> bytes:
+    """Bytes [start, start + length) of a local file being uploaded; ``OSError`` if it ends first."""
+    with open(path, "rb") as f:
+        data = os.pread(f.fileno(), length, start)
+    if len(data) < length:
+        raise OSError(f"{path} ended {length - len(data)} bytes early while being uploaded")
+    return data
 
 
 class Bucket(abc.ABC):
@@ -163,10 +89,13 @@ class Bucket(abc.ABC):
 
     def bounded(self, deadline: float) -> Bucket:
         """This bucket for calls someone is waiting on: each call, retries included, ends within
-        about ``deadline`` seconds or raises BucketUnreachable (see :mod:`octuefs.storage.bounded`)."""
-        from octuefs.storage.bounded import BoundedBucket
-
+        about ``deadline`` seconds or raises BucketUnreachable (see :class:`BoundedBucket`)."""
         return BoundedBucket(self, deadline)
+
+    def with_retry(self, retry: RetryPolicy) -> Bucket:
+        """This bucket (its objects, connections and counters) with another retry policy for
+        transient failures: ``RetryPolicy(deadline=0)`` makes one attempt per call."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change its retry policy")
 
     @abc.abstractmethod
     def list_page(
@@ -265,14 +194,6 @@ class Bucket(abc.ABC):
             progress(start + len(data))
         return len(data)
 
-    def keep_parts_in(self, directory: str) -> None:
-        """Where to note the parts of large uploads until they are deleted (for implementations
-        that upload in parts; see :meth:`sweep_parts`)."""
-
-    def sweep_parts(self) -> int:
-        """Delete parts of large uploads that earlier ones left behind; how many objects."""
-        return 0
-
     @abc.abstractmethod
     def download_to_file(self, name: str, path: str, generation: int | None = None) -> ObjectInfo:
         """Write the whole object to the local file ``path`` (replacing it); return its info."""
@@ -299,6 +220,21 @@ class Bucket(abc.ABC):
         metageneration 1. ``progress`` is called whenever a part of the file is read to be
         sent (a sign that the upload is moving).
         """
+
+    def upload_range(self, name: str, path: str, start: int, length: int, *, crc32c: str | None = None,
+                     progress: Callable[[], None] | None = None) -> ObjectInfo:
+        """Create or replace the object ``name`` from bytes ``[start, start + length)`` of the local
+        file ``path`` (no custom metadata, content type ``application/octet-stream``, no
+        precondition): a part of a composite upload (:mod:`octuefs.writeback.composite`).
+
+        Implementations stream it from the file. ``crc32c`` (base64): the range's CRC32C, sent
+        for the server to check; an attempt after which the object holds bytes of another
+        CRC32C (a server that checks nothing) failed transiently and is retried. ``progress``
+        as for :meth:`upload_file`. This default reads the range into memory."""
+        data = read_file_range(path, start, length)
+        if progress is not None:
+            progress()
+        return self.upload_bytes(name, data, {}, content_type=DEFAULT_CONTENT_TYPE)
 
     def upload_bytes(
         self,
@@ -436,3 +372,123 @@ class _PagesAhead:
             self._stopped = True
             self._fetched.clear()
             self._cond.notify_all()
+
+
+class BoundedBucket(Bucket):
+    """A bucket for calls someone is waiting on: each call ends within a deadline, retries included.
+
+    It wraps any :class:`Bucket`. Every call on it runs
+    under :func:`octuefs.storage.retry.bounded`: its retry loops stop once ``deadline`` seconds have
+    passed since the call began (counting the requests it makes itself, such as the stat after a
+    range of an empty object), and each attempt waits for an answer at most a third of the deadline,
+    cut to the time left. When the time is up the call raises
+    :class:`~octuefs.errors.BucketUnreachable`, whose message says what failed and what was being done.
+
+    Once a call has found the bucket unreachable, the calls after it make one attempt each (still
+    waiting a third of the deadline for it) until one gets an answer, of any kind: during an outage
+    each call fails sooner, so callers queued behind one another (the kernel serialises creates in
+    one directory) are not each kept for the whole deadline.
+
+    The filesystem core serves FUSE requests through such a view (``--op-timeout``); background
+    uploads use the bucket itself, whose retries are the uploader's to bound (never).
+
+    Everything else (attributes, test hooks such as ``calls`` or ``fail_next``) is the wrapped
+    bucket's, looked up on it at each use, so the two share objects, connections and counters.
+
+    ``_down_since`` (monotonic seconds, or None) is written whole by any thread; a stale
+    read only changes how many attempts one call makes."""
+
+    def __init__(self, bucket: Bucket, deadline: float):
+        if deadline <= 0:
+            raise ValueError("a bounded bucket needs a deadline > 0")
+        self.inner = bucket
+        self.deadline = deadline
+        self.name = bucket.name
+        self._down_since: float | None = None  # when the call that found the bucket unreachable began
+
+    def __repr__(self) -> str:
+        return f"BoundedBucket({self.inner!r}, {self.deadline}s)"
+
+    def __getattr__(self, attr: str):
+        return getattr(self.inner, attr)
+
+    def with_retry(self, retry: RetryPolicy) -> Bucket:
+        return BoundedBucket(self.inner.with_retry(retry), self.deadline)
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        if current_bound() is not None:  # inside another bounded call: its budget holds
+            return fn()
+        down = self._down_since
+        started = time.monotonic()
+        per_attempt = attempt_timeout(self.deadline)
+        try:
+            with bounded(per_attempt if down is not None else self.deadline, per_attempt):
+                result = fn()
+        except BucketUnreachable as exc:
+            if down is None:
+                self._down_since = started
+                raise
+            raise BucketUnreachable(f"{exc}; unreachable for {time.monotonic() - down:.0f}s, so one attempt "
+                                    "per call until it answers") from exc
+        except BaseException:
+            self._down_since = None  # an answer, if not the one hoped for
+            raise
+        self._down_since = None
+        return result
+
+    def list_page(self, prefix: str = "", delimiter: str | None = "/", page_token: str | None = None,
+                  max_results: int = 1000) -> ListPage:
+        return self._run(lambda: self.inner.list_page(prefix, delimiter, page_token, max_results))
+
+    def fetch_page(self, prefix: str = "", delimiter: str | None = "/", page_token: str | None = None,
+                   max_results: int = 1000) -> FetchedPage:
+        return self._run(lambda: self.inner.fetch_page(prefix, delimiter, page_token, max_results))
+
+    def stat(self, name: str) -> ObjectInfo:
+        return self._run(lambda: self.inner.stat(name))
+
+    def read_range(self, name: str, start: int, end: int, generation: int | None = None) -> bytes:
+        return self._run(lambda: self.inner.read_range(name, start, end, generation))
+
+    def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None,
+                        progress: Callable[[int], None] | None = None) -> int:
+        return self._run(lambda: self.inner.read_range_into(name, start, end, fd, generation, progress))
+
+    def download_to_file(self, name: str, path: str, generation: int | None = None) -> ObjectInfo:
+        return self._run(lambda: self.inner.download_to_file(name, path, generation))
+
+    def upload_file(self, name: str, path: str, metadata: Mapping[str, str], if_generation_match: int | None = None,
+                    content_type: str | None = None, **kwargs) -> ObjectInfo:
+        return self._run(lambda: self.inner.upload_file(name, path, metadata, if_generation_match, content_type,
+                                                        **kwargs))
+
+    def upload_range(self, name: str, path: str, start: int, length: int, **kwargs) -> ObjectInfo:
+        return self._run(lambda: self.inner.upload_range(name, path, start, length, **kwargs))
+
+    def upload_bytes(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                     if_generation_match: int | None = None, content_type: str | None = None, *,
+                     if_metageneration_match: int | None = None) -> ObjectInfo:
+        return self._run(lambda: self.inner.upload_bytes(name, data, metadata, if_generation_match, content_type,
+                                                         if_metageneration_match=if_metageneration_match))
+
+    def patch_metadata(self, name: str, changes: Mapping[str, str | None], if_metageneration_match: int | None = None,
+                       if_generation_match: int | None = None, content_type: str | None = None) -> ObjectInfo:
+        return self._run(lambda: self.inner.patch_metadata(name, changes, if_metageneration_match,
+                                                           if_generation_match, content_type))
+
+    def copy(self, source: str, destination: str, if_source_generation_match: int | None = None,
+             if_generation_match: int | None = None, *, if_metageneration_match: int | None = None,
+             if_source_metageneration_match: int | None = None) -> ObjectInfo:
+        return self._run(lambda: self.inner.copy(source, destination, if_source_generation_match, if_generation_match,
+                                                 if_metageneration_match=if_metageneration_match,
+                                                 if_source_metageneration_match=if_source_metageneration_match))
+
+    def compose(self, sources: Sequence[str], destination: str, metadata: Mapping[str, str] | None = None,
+                content_type: str | None = None, if_generation_match: int | None = None,
+                if_metageneration_match: int | None = None) -> ObjectInfo:
+        return self._run(lambda: self.inner.compose(sources, destination, metadata, content_type, if_generation_match,
+                                                    if_metageneration_match))
+
+    def delete(self, name: str, if_generation_match: int | None = None, *,
+               if_metageneration_match: int | None = None) -> None:
+        self._run(lambda: self.inner.delete(name, if_generation_match, if_metageneration_match=if_metageneration_match))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Iterable
 
 _POLY = 0x82F63B78  # Castagnoli, reflected
@@ -77,6 +78,21 @@ def file_crc32c_b64(path: str) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             crc = crc32c(chunk, crc)
+    return to_b64(crc)
+
+
+def range_crc32c_b64(path: str, start: int, length: int) -> str:
+    """The CRC32C of bytes [start, start + length) of a local file, as GCS reports it (read 1 MiB
+    at a time); ``OSError`` if the file ends first."""
+    crc = 0
+    with open(path, "rb") as f:
+        at, end = start, start + length
+        while at < end:
+            chunk = os.pread(f.fileno(), min(1 << 20, end - at), at)
+            if not chunk:
+                raise OSError(f"{path} ended {end - at} bytes early while being uploaded")
+            crc = crc32c(chunk, crc)
+            at += len(chunk)
     return to_b64(crc)
 
 

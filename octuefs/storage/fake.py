@@ -10,7 +10,7 @@ answer here exercises the same recovery code as on GCS, not a copy of it.
 Each method builds its request (a closure over the server's operation, judged when the server
 applies it) and sends it; every attempt is one request, counted in ``calls`` by operation
 (``list``, ``stat``, ``read``, ``download``, ``upload``, ``patch``, ``copy``, ``delete``,
-``compose``). Inside a bounded call (:mod:`octuefs.storage.bounded`) an attempt waits for the
+``compose``). Inside a bounded call (:class:`~octuefs.storage.base.BoundedBucket`) an attempt waits for the
 server at most its attempt timeout, as a client with a socket timeout would.
 
 Test hooks (the server's, reachable from the client for convenience): ``calls``,
@@ -32,11 +32,19 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from octuefs.storage import guess_content_type
-from octuefs.storage.base import Bucket, ListPage, ObjectInfo, RetryPolicy, check_sources
+from octuefs.errors import TransientError
 from octuefs.storage import checksums
-from octuefs.storage.checksums import crc32c, crc32c_b64, md5_b64  # noqa: F401 - re-exported for tests
-from octuefs.storage.fakeserver import OPERATIONS, ErrorSpec, FakeServer, Gate, Landing  # noqa: F401
+from octuefs.storage.base import Bucket, read_file_range
+from octuefs.storage.checksums import crc32c, crc32c_b64, md5_b64
+from octuefs.storage.fakeserver import OPERATIONS, ErrorSpec, FakeServer, Gate, Landing
+from octuefs.storage.objects import (
+    DEFAULT_CONTENT_TYPE,
+    ListPage,
+    ObjectInfo,
+    RetryPolicy,
+    check_sources,
+    guess_content_type,
+)
 from octuefs.storage.retry import (
     Retrier,
     composed_fingerprint,
@@ -46,6 +54,10 @@ from octuefs.storage.retry import (
     current_bound,
     cut_to,
 )
+
+# The server half's names, and the checksums, are importable from here too (tests do).
+__all__ = ["FAST_RETRY", "OPERATIONS", "ErrorSpec", "FakeBucket", "FakeServer", "Gate", "Landing", "crc32c",
+           "crc32c_b64", "md5_b64"]
 
 _DOING = {"list": "listing", "stat": "looking up", "read": "reading", "download": "downloading",
           "upload": "uploading", "patch": "changing the metadata in", "copy": "copying in", "delete": "deleting in",
@@ -87,6 +99,10 @@ class FakeBucket(Bucket):
         self.server = server if server is not None else FakeServer(name, clock, sleep, seed)
         self.name = self.server.name
         self._retrier = Retrier(retry, sleep=sleep, clock=monotonic)
+
+    def with_retry(self, retry: RetryPolicy) -> FakeBucket:
+        """Another client of the same server, retrying by ``retry`` (sleeping and timing as this one)."""
+        return FakeBucket(retry=retry, sleep=self._retrier.sleep, monotonic=self._retrier.clock, server=self.server)
 
     def __repr__(self) -> str:
         return f"FakeBucket({self.name!r}, {len(self.server.objects)} objects)"
@@ -199,6 +215,21 @@ class FakeBucket(Bucket):
             progress()
         return self.upload_bytes(name, data, metadata, if_generation_match, content_type,
                                  if_metageneration_match=if_metageneration_match)
+
+    def upload_range(self, name: str, path: str, start: int, length: int, *, crc32c: str | None = None,
+                     progress: Callable[[], None] | None = None) -> ObjectInfo:
+        """Counted as one "upload"; the bytes are read from the file once, before the first attempt."""
+        data = read_file_range(path, start, length)
+        if progress is not None:
+            progress()
+
+        def act() -> ObjectInfo:
+            info = self.server.insert(name, data, {}, DEFAULT_CONTENT_TYPE, None, None, crc32c)
+            if crc32c is not None and info.crc32c != crc32c:  # (an on_store hook changed the bytes)
+                raise TransientError(f"fake://{self.name}/{name}: stored with CRC32C {info.crc32c}, sent with {crc32c}")
+            return info
+
+        return self._run("upload", act)
 
     def upload_bytes(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None,
                      if_generation_match: int | None = None, content_type: str | None = None, *,

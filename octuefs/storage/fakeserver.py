@@ -41,9 +41,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from octuefs.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, StorageError, TransientError
-from octuefs.storage.base import ListPage, ObjectInfo
+from octuefs.errors import (
+    NotFound,
+    PreconditionFailed,
+    RangeNotSatisfiable,
+    StorageError,
+    TransientError,
+)
 from octuefs.storage.checksums import combine_b64, crc32c_b64, md5_b64
+from octuefs.storage.objects import ListPage, ObjectInfo
 
 OPERATIONS = ("list", "stat", "read", "download", "upload", "patch", "copy", "delete", "compose")
 MAX_COMPOSE_SOURCES = 32

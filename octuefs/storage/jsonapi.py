@@ -34,16 +34,16 @@ from types import MappingProxyType
 from typing import TypeVar
 from urllib.parse import quote, urlencode
 
+import google.auth.transport.urllib3
 import orjson
 import requests.adapters
 import requests.certs
 import requests.utils
 import urllib3
 from google.api_core import exceptions as api_exceptions
-import google.auth.transport.urllib3
 from google.auth.credentials import AnonymousCredentials
 
-from octuefs.storage.base import ObjectInfo
+from octuefs.storage.objects import ObjectInfo
 
 Timeout = float | tuple[float, float]
 T = TypeVar("T")
@@ -107,7 +107,9 @@ def _pool_manager(base_url: str, pool_size: int, trust_env: bool) -> urllib3.Poo
     if not proxy:
         return urllib3.PoolManager(**options)
     if proxy.lower().startswith("socks"):
-        from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests does
+        from urllib3.contrib.socks import (
+            SOCKSProxyManager,  # needs PySocks, as requests does
+        )
 
         return SOCKSProxyManager(proxy, **options)
     return urllib3.ProxyManager(proxy, proxy_headers=requests.adapters.HTTPAdapter().proxy_headers(proxy), **options)

@@ -40,8 +40,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
-from octuefs.errors import BucketUnreachable, NotFound, PreconditionFailed, TransientError
-from octuefs.storage.base import ObjectInfo, RetryPolicy
+from octuefs.errors import (
+    BucketUnreachable,
+    NotFound,
+    PreconditionFailed,
+    TransientError,
+)
+from octuefs.storage.objects import ObjectInfo, RetryPolicy
 
 log = logging.getLogger(__name__)
 

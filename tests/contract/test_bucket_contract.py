@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from octuefs.errors import NotFound, PreconditionFailed, RangeNotSatisfiable
+from octuefs.storage.base import RetryPolicy
 from octuefs.storage.fake import FakeBucket, crc32c_b64
-
 
 
 def md5_b64(data: bytes) -> str:
@@ -92,6 +92,28 @@ def test_upload_file_and_download_to_file(bucket, tmp_path):
     assert dst.read_bytes() == src.read_bytes()
     assert got.generation == info.generation and dict(got.metadata) == {"a": "1"}
     assert sorted(p.name for p in dst.parent.iterdir()) == ["dst.bin"]  # no temporary left behind
+
+
+def test_upload_range_makes_an_object_of_a_files_bytes_without_metadata(bucket, tmp_path):
+    """A part of a composite upload (octuefs/writeback/composite.py): a byte range, streamed."""
+    data = os.urandom(3000)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    moved = []
+    info = bucket.upload_range("d/part", str(src), 1000, 1500, crc32c=crc32c_b64(data[1000:2500]),
+                               progress=lambda: moved.append(1))
+    assert info.size == 1500 and info.crc32c == crc32c_b64(data[1000:2500]) and dict(info.metadata) == {}
+    assert bucket.read_range("d/part", 0, 3000) == data[1000:2500] and moved
+    assert bucket.stat("d/part").generation == info.generation
+
+
+def test_a_view_with_another_retry_policy_is_the_same_bucket(bucket):
+    once = bucket.with_retry(RetryPolicy(deadline=0.0))
+    info = once.upload_bytes("v", b"abc", {"k": "v"})
+    assert bucket.stat("v") == info and once.name == bucket.name
+    bucket.delete("v")
+    with pytest.raises(NotFound):
+        once.stat("v")
 
 
 def test_download_pinned_generation(bucket, tmp_path):

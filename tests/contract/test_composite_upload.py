@@ -1,4 +1,4 @@
-"""Large files go up as parallel parts composed into the object (storage.gcs), against
+"""Large files go up as parallel parts composed into the object (writeback.composite), against
 fake-gcs-server: the object is exactly the file, with its metadata, under its precondition,
 and no part is left behind."""
 
@@ -10,8 +10,9 @@ import pytest
 
 from octuefs.errors import BucketUnreachable, PreconditionFailed
 from octuefs.storage.base import PART_SUFFIX, PARTS_PREFIX, ChecksumMismatch, ObjectInfo
-from octuefs.storage.gcs import GCSBucket, part_ranges
+from octuefs.storage.gcs import GCSBucket
 from octuefs.storage.retry import file_fingerprint
+from octuefs.writeback.composite import ComposingBucket, part_ranges
 
 pytestmark = pytest.mark.emulator
 MiB = 1024 * 1024
@@ -20,7 +21,8 @@ MiB = 1024 * 1024
 @pytest.fixture
 def composing(gcs_bucket):
     """The test bucket, composing files of 1 MiB and more (parts of 512 KiB)."""
-    return GCSBucket(gcs_bucket.name, client=gcs_bucket.client, retry=gcs_bucket.retry_policy, compose_min=MiB)
+    return ComposingBucket(GCSBucket(gcs_bucket.name, client=gcs_bucket.client, retry=gcs_bucket.retry_policy),
+                           compose_min=MiB)
 
 
 def leftovers(bucket) -> list[str]:
@@ -78,12 +80,12 @@ def test_a_fingerprint_recognises_a_composed_object_by_crc32c():
 
 def test_parts_that_could_not_be_deleted_are_swept_later(gcs_bucket, tmp_path, monkeypatch):
     ledger = tmp_path / "parts"
-    bucket = GCSBucket(gcs_bucket.name, client=gcs_bucket.client, retry=gcs_bucket.retry_policy,
-                       compose_min=MiB, parts_dir=str(ledger))
+    bucket = ComposingBucket(GCSBucket(gcs_bucket.name, client=gcs_bucket.client, retry=gcs_bucket.retry_policy),
+                             compose_min=MiB, parts_dir=str(ledger))
     def away(*args, **kwargs):
         raise BucketUnreachable("bucket unreachable: connection refused")
 
-    monkeypatch.setattr(GCSBucket, "_delete_parts", lambda self, parts: False)  # the bucket went away
+    monkeypatch.setattr(ComposingBucket, "_delete_parts", lambda self, parts: False)  # the bucket went away
     monkeypatch.setattr(GCSBucket, "delete", away)  # ... for the sweep after the upload too
     src = tmp_path / "big"
     src.write_bytes(os.urandom(2 * MiB + 1))
@@ -93,28 +95,28 @@ def test_parts_that_could_not_be_deleted_are_swept_later(gcs_bucket, tmp_path, m
     # what a lifecycle rule on the suffix deletes, should the ledger be lost (README: "Large files")
     assert all(name.endswith(PART_SUFFIX) for name in leftovers(bucket))
     # the next mount (a new bucket object, the same cache directory) deletes them
-    again = GCSBucket(gcs_bucket.name, client=gcs_bucket.client, compose_min=MiB, parts_dir=str(ledger))
+    again = ComposingBucket(GCSBucket(gcs_bucket.name, client=gcs_bucket.client), compose_min=MiB, parts_dir=str(ledger))
     assert again.sweep_parts() >= 2
     assert leftovers(bucket) == [] and os.listdir(ledger) == []
     assert bucket.read_range("d/big", 0, 3 * MiB) == src.read_bytes()  # the object itself untouched
 
 
 def test_a_crashed_uploads_parts_are_swept_but_never_a_running_ones(gcs_bucket, tmp_path):
-    from octuefs.storage import gcs
+    from octuefs.writeback import composite
 
     ledger = tmp_path / "parts"
-    bucket = GCSBucket(gcs_bucket.name, client=gcs_bucket.client, compose_min=MiB, parts_dir=str(ledger))
+    bucket = ComposingBucket(GCSBucket(gcs_bucket.name, client=gcs_bucket.client), compose_min=MiB, parts_dir=str(ledger))
     crashed, running = f"x/{PARTS_PREFIX}aaaa/", f"x/{PARTS_PREFIX}bbbb/"
     for tag in (crashed, running):
         bucket.upload_bytes(tag + "00", b"part")
         (ledger / tag.rstrip("/").rpartition("/")[2]).write_text(tag)
-    gcs._IN_FLIGHT.add(running)  # an upload in this process still using its parts
+    composite._IN_FLIGHT.add(running)  # an upload in this process still using its parts
     try:
         assert bucket.sweep_parts() == 1
         assert leftovers(bucket) == [running + "00"]
         assert sorted(os.listdir(ledger)) == ["bbbb"]
     finally:
-        gcs._IN_FLIGHT.discard(running)
+        composite._IN_FLIGHT.discard(running)
     assert bucket.sweep_parts() == 1 and leftovers(bucket) == [] and os.listdir(ledger) == []
 
 

@@ -17,7 +17,8 @@ import pytest
 
 from octuefs.fuse_ops import MAX_IDLE_THREADS
 from octuefs.storage.base import RetryPolicy
-from octuefs.storage.gcs import PARTS_IN_FLIGHT, POOL_SIZE, GCSBucket
+from octuefs.storage.gcs import POOL_SIZE, GCSBucket
+from octuefs.writeback.composite import PARTS_IN_FLIGHT
 from octuefs.writeback.scheduler import SMALL_IN_FLIGHT
 from tests.delayline import DelayLine
 

@@ -642,7 +642,7 @@ def test_a_torn_last_record_is_ignored_and_a_damaged_one_inside_stops_start(star
 
 
 def test_a_resumable_upload_is_journaled_and_checks_its_precondition(start, tmp_path):
-    from octuefs.storage.gcs import MULTIPART_MAX
+    from octuefs.storage.gcswrites import MULTIPART_MAX
 
     server = start()
     bucket = bucket_on(server, "big")

@@ -215,7 +215,7 @@ def test_df_reports_a_filesystem(mount):
 
 
 def test_a_large_file_goes_up_in_parallel_parts_and_arrives_whole(mount):
-    """From 64 MiB a file is uploaded as parts composed into the object (storage.gcs)."""
+    """From 64 MiB a file is uploaded as parts composed into the object (writeback.composite)."""
     data = os.urandom(1 << 20) * 70  # 70 MiB
     with open(mount / "big.bin", "wb") as f:
         f.write(data)

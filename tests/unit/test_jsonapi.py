@@ -201,7 +201,8 @@ def test_a_pinned_read_broken_mid_body_goes_on_from_the_last_byte_it_got(serve, 
     """A read-ahead GET may be 32 MiB long: a connection lost half-way is not a reason to fetch
     what already arrived again (the generation is pinned, so the rest is of the same bytes)."""
     from octuefs.storage.base import RetryPolicy
-    from octuefs.storage.gcs import READ_CHUNK, GCSBucket
+    from octuefs.storage.gcs import GCSBucket
+    from octuefs.storage.gcsreads import READ_CHUNK
 
     data = os.urandom(3 * READ_CHUNK)
     ranges = []

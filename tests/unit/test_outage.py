@@ -1,4 +1,4 @@
-"""Calls someone waits on are bounded; background uploads are not (octuefs/storage/bounded.py,
+"""Calls someone waits on are bounded; background uploads are not (octuefs/storage/base.py, BoundedBucket,
 retry.py, uploads.py): the in-memory bucket's fault hooks play the outage, a fake clock the time."""
 
 from __future__ import annotations

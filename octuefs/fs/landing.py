@@ -10,7 +10,6 @@ Locks: as stated in :mod:`octuefs.fs.files`.
 
 from __future__ import annotations
 
-import logging
 import shutil
 
 from octuefs.fs.filenode import FileNode
@@ -22,8 +21,6 @@ from octuefs.writeback.uploads import (
     merge_metadata,
     patched_object,
 )
-
-log = logging.getLogger(__name__)
 
 
 class Landing:

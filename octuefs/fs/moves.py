@@ -11,18 +11,13 @@ remembered as gone. Locks: as stated in :mod:`octuefs.fs.files`.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 
 from octuefs.errors import FileNotFound
 from octuefs.fs.filenode import FileNode
 from octuefs.octue import metadata as octue
 from octuefs.storage.base import ObjectInfo
-from octuefs.writeback.uploads import (
-    Withheld,
-)
-
-log = logging.getLogger(__name__)
+from octuefs.writeback.uploads import Withheld
 
 
 class Moves:

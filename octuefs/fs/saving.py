@@ -17,10 +17,7 @@ from octuefs.errors import OctuefsError
 from octuefs.fs import posixmeta
 from octuefs.fs.filenode import FileNode
 from octuefs.octue import metadata as octue
-from octuefs.writeback.uploads import (
-    Entry,
-    merge_metadata,
-)
+from octuefs.writeback.uploads import Entry, merge_metadata
 
 log = logging.getLogger(__name__)
 

@@ -9,17 +9,14 @@ The kernel side of reading fast:
 
 * Requests are as large as libfuse 3 allows: ``max_write`` 1 MiB (libfuse's own buffer size,
   which also bounds reads), and more background requests in flight, so the kernel's read-ahead
-  requests reach the daemon's threads together (:meth:`init_with_config`). Reads through the
-  page cache are as large as the kernel's read-ahead window, 128 KiB by default, which INIT can
-  only lower; once the mount is up, a daemon allowed to (root) raises it to 1 MiB for this
-  mount alone (``/sys/class/bdi/<dev>/read_ahead_kb``), so sequential reads come in 1 MiB
-  requests. The block cache reads ahead much further than that anyway.
+  requests reach the daemon's threads together (:meth:`init_with_config`). Once the mount is up,
+  the kernel's read-ahead window is raised (:func:`octuefs.kernel.raise_read_ahead`).
 * The kernel page cache is kept across opens while the object is unchanged: mfusepy runs with
-  ``raw_fi=True`` so that :meth:`open` can set ``keep_cache`` when the generation the new
-  handle reads is the one the previous open of that path read. A new generation (the object
-  was replaced, in the bucket or through the mount) opens without it, and the kernel drops
-  the old pages. ``FUSE_CAP_AUTO_INVAL_DATA`` also drops them when a refreshed mtime or size
-  differs. The core never sees any of this: it deals in handle numbers.
+  ``raw_fi=True`` so that :meth:`open` can set ``keep_cache`` (the policy is
+  :class:`octuefs.kernel.OpenedGenerations`).
+
+What is not FUSE-speaking lives beside it: the ``st_*`` values (:mod:`octuefs.stat_attrs`), the
+kernel cache policies (:mod:`octuefs.kernel`) and READDIRPLUS listings (:mod:`octuefs.dirstreams`).
 """
 
 from __future__ import annotations
@@ -29,13 +26,9 @@ import errno
 import functools
 import logging
 import os
-import stat
 import threading
 import time
-from collections.abc import Callable
 from time import monotonic_ns
-
-import cachetools
 
 # mfusepy takes libfuse 2 when both are installed; octuefs wants libfuse 3 (mfusepy's own
 # recommendation). It reads the choice when imported, so this must come first.
@@ -44,16 +37,17 @@ if not os.environ.get("FUSE_LIBRARY_PATH") and ctypes.util.find_library("fuse3")
 
 import mfusepy  # noqa: E402
 
+from octuefs.dirstreams import DirStream, Everything
 from octuefs.errors import OctuefsError, errno_for
 from octuefs.fs.core import XATTR_PREFIXES, Attr, FileSystem
+from octuefs.kernel import OpenedGenerations, raise_read_ahead
+from octuefs.stat_attrs import StatAttrs
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 MAX_WRITE = MiB  # libfuse 3 cannot take larger requests (its buffer is 256 pages)
 MAX_BACKGROUND = 64  # kernel requests in flight at once that no caller waits on (read-ahead)
-KEEP_CACHE_PATHS = 65536  # paths whose last opened generation is remembered
-READ_AHEAD_KB = 1024  # the kernel's read-ahead for this mount, if the daemon may set it
 # Idle worker threads libfuse 3 keeps. Its default, UINT_MAX ("never end one"), is refused by
 # libfuse 3.12-3.14's own check, which logs "Ignoring invalid max threads value 4294967295 >
 # max (100000)" at every mount. 10 is libfuse's max_threads default, so it keeps every worker,
@@ -123,8 +117,7 @@ class OctueOperations(mfusepy.Operations):
     """mfusepy operations backed by a :class:`~octuefs.fs.core.FileSystem`.
 
     Runs with ``raw_fi=True``: file calls get a ``fuse_file_info`` whose ``fh`` is the core's
-    handle number. ``_opened`` (path -> generation the last open of that path read) is guarded
-    by ``_opened_lock``.
+    handle number. ``_opened`` remembers the generation each path's last open read (keep_cache).
     """
 
     use_ns = True  # times in integer nanoseconds
@@ -133,51 +126,11 @@ class OctueOperations(mfusepy.Operations):
         self.fs = fs
         self.metrics = metrics  # octuefs.metrics.Metrics when --metrics-port is given
         self.mountpoint = mountpoint  # set by run(); used once the mount is up
-        cfg = fs.config
-        self._uid, self._gid = cfg.uid, cfg.gid
-        self._stored_owners = not cfg.ignore_stored_owners
-        self._mask = 0o555 if cfg.read_only else 0o7777
-        self._file_mode = cfg.file_mode & 0o7777
-        self._dir_mode = cfg.dir_mode & 0o7777
-        self._opened: cachetools.LRUCache[str, int] = cachetools.LRUCache(KEEP_CACHE_PATHS)
-        self._opened_lock = threading.Lock()
+        self._attrs = StatAttrs(fs.config)
+        self._opened = OpenedGenerations(fs)  # keep_cache: see octuefs.kernel
         self._dirs: dict[int, list] = {}  # open directory -> its entries (READDIRPLUS); _dirs_lock
         self._dirs_lock = threading.Lock()
         self._last_dir = 0
-
-    def _mode(self, attr: Attr) -> int:
-        """st_mode: the entry's type and recorded permissions, else the mount's defaults."""
-        if attr.is_dir:
-            kind, default = stat.S_IFDIR, self._dir_mode
-        else:
-            kind = attr.file_type or stat.S_IFREG
-            default = 0o777 if kind == stat.S_IFLNK else self._file_mode
-        bits = default if attr.mode is None else attr.mode
-        return kind | (bits if kind == stat.S_IFLNK else bits & self._mask)
-
-    def _owners(self, attr: Attr) -> tuple[int, int]:
-        if not self._stored_owners:
-            return self._uid, self._gid
-        return (self._uid if attr.uid is None else attr.uid), (self._gid if attr.gid is None else attr.gid)
-
-    def _st(self, attr: Attr) -> dict | None:
-        if not attr.known:
-            return None
-        ns = int(attr.mtime * 1e9)
-        cns = ns if attr.ctime is None else int(attr.ctime * 1e9)
-        uid, gid = self._owners(attr)
-        return {
-            "st_mode": self._mode(attr),
-            "st_nlink": 2 if attr.is_dir else 1,
-            "st_size": attr.size,
-            "st_blocks": (attr.size + 511) // 512,
-            "st_uid": uid,
-            "st_gid": gid,
-            "st_mtime": ns,
-            "st_ctime": cns,
-            "st_atime": ns if attr.atime is None else int(attr.atime * 1e9),
-            "st_rdev": attr.rdev,
-        }
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -189,7 +142,7 @@ class OctueOperations(mfusepy.Operations):
         except Exception:
             log.exception("could not tune the FUSE connection; going on with libfuse's defaults")
         if self.mountpoint:
-            threading.Thread(target=_raise_read_ahead, args=(self.mountpoint,), name="octuefs-ra", daemon=True).start()
+            threading.Thread(target=raise_read_ahead, args=(self.mountpoint,), name="octuefs-ra", daemon=True).start()
         init = getattr(self, "init", None)
         if init is not None and not getattr(init, "libfuse_ignore", False):
             init("/")
@@ -218,7 +171,7 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def getattr(self, path, fh=None):
-        return self._st(self.fs.getattr(path, _fh(fh)))
+        return self._attrs.st(self.fs.getattr(path, _fh(fh)))
 
     @_translated
     def readdir(self, path, fh):
@@ -226,7 +179,7 @@ class OctueOperations(mfusepy.Operations):
 
     def _entries(self, path: str) -> list[tuple[str, dict | None]]:
         entries: list[tuple[str, dict | None]] = [(".", None), ("..", None)]
-        entries += [(name, self._st(attr)) for name, attr in self.fs.readdir(path)]
+        entries += [(name, self._attrs.st(attr)) for name, attr in self.fs.readdir(path)]
         return entries
 
     def opendir(self, path):
@@ -249,18 +202,18 @@ class OctueOperations(mfusepy.Operations):
             return None
 
     def packed(self, attr: Attr) -> bytes | None:
-        """:meth:`_st` as a ``struct stat``, for READDIRPLUS (mfusepy's ``set_st_attrs`` took a
+        """:meth:`StatAttrs.st` as a ``struct stat``, for READDIRPLUS (mfusepy's ``set_st_attrs`` took a
         fifth of a listing's time, entry by entry, request by request). Kept as bytes: 185
         bytes an entry where the ctypes struct takes 288, for a listing held whole. None for an
         entry whose attributes are not known (sent without: the kernel asks for them)."""
         if not attr.known:
             return None
         st = mfusepy.c_stat()
-        st.st_mode = self._mode(attr)
+        st.st_mode = self._attrs.mode(attr)
         st.st_nlink = 2 if attr.is_dir else 1
         st.st_size = attr.size
         st.st_blocks = (attr.size + 511) // 512
-        st.st_uid, st.st_gid = self._owners(attr)
+        st.st_uid, st.st_gid = self._attrs.owners(attr)
         st.st_rdev = attr.rdev
         sec, nsec = divmod(int(attr.mtime * 1e9), 10**9)
         st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec
@@ -272,16 +225,16 @@ class OctueOperations(mfusepy.Operations):
         return bytes(st)
 
     @_translated
-    def listing(self, path, fh: int, offset: int) -> tuple[list[tuple[str, bytes | None]], frozenset[str] | _Everything]:
+    def listing(self, path, fh: int, offset: int) -> tuple[list[tuple[str, bytes | None]], frozenset[str] | Everything]:
         """The entries of open directory ``fh`` for READDIRPLUS, from ``offset`` on: at least
         one unless the listing has ended, more as its pages arrive. Listed afresh at offset 0
         (a new ``readdir`` or a ``rewinddir``), kept for the rest. Returns the entries so far
-        and the names among them to refresh before they are sent (:meth:`_DirStream.stale`).
+        and the names among them to refresh before they are sent (:meth:`DirStream.stale`).
         """
         with self._dirs_lock:
             stream = None if offset == 0 else self._dirs.get(fh)
         if stream is None:
-            stream = _DirStream(self.fs, path, self.packed)
+            stream = DirStream(self.fs, path, self.packed)
             stream.start()
             with self._dirs_lock:
                 previous, self._dirs[fh] = self._dirs.get(fh), stream
@@ -306,9 +259,9 @@ class OctueOperations(mfusepy.Operations):
         except (ValueError, OSError):  # (called outside a FUSE request: a test)
             return {}
         owner = {}
-        if uid != self._uid:
+        if uid != self._attrs.uid:
             owner["uid"] = uid
-        if gid != self._gid:
+        if gid != self._attrs.gid:
             owner["gid"] = gid
         return owner
 
@@ -320,13 +273,13 @@ class OctueOperations(mfusepy.Operations):
     @_translated
     def unlink(self, path):
         self.fs.unlink(path)
-        self._forget_opened(path)
+        self._opened.forget(path)
         return 0
 
     @_translated
     def rename(self, old, new):
         self.fs.rename(old, new)
-        self._forget_opened(old, new)
+        self._opened.forget(old, new)
         return 0
 
     @_translated
@@ -349,10 +302,7 @@ class OctueOperations(mfusepy.Operations):
             caller, caller_gid, pid = mfusepy.fuse_get_context()
         except (ValueError, OSError):  # (called outside a FUSE request: a test)
             return
-        if caller == 0:
-            return
-        owner, group = self._owners(self.fs.getattr(path))
-        if uid not in (-1, owner) or (gid not in (-1, group) and (caller != owner or gid not in _groups(pid, caller_gid))):
+        if caller != 0 and not self._attrs.may_chown(self.fs.getattr(path), caller, caller_gid, pid, uid, gid):
             raise mfusepy.FuseOSError(errno.EPERM)
 
     @_translated
@@ -390,39 +340,14 @@ class OctueOperations(mfusepy.Operations):
     @_translated
     def create(self, path, mode, fi):
         fi.fh = self.fs.create(path, fi.flags, mode & 0o7777, self._creator())
-        self._forget_opened(path)
+        self._opened.forget(path)
         return 0
 
     @_translated
     def open(self, path, fi):
         fi.fh = self.fs.open(path, fi.flags)
-        fi.keep_cache = self._same_as_last_open(path)
+        fi.keep_cache = self._opened.same_as_last_open(path)
         return 0
-
-    def _same_as_last_open(self, path: str) -> bool:
-        """Does the handle just opened read the generation the previous open of ``path`` read?
-
-        Then the kernel's cached pages of that path are still right (every change made through
-        the mount went through the kernel too). Asked after the open, when the core answers
-        with the open file's own version, without a request to the bucket.
-        """
-        try:
-            _name, info, _node = self.fs.file_info(path)
-        except OctuefsError:
-            info = None
-        with self._opened_lock:
-            last = self._opened.pop(path, None)
-            if info is None:
-                return False
-            self._opened[path] = info.generation
-        log.debug("open %s: generation %s, last opened %s: %s the kernel's cached pages", path, info.generation,
-                  last, "keeping" if last == info.generation else "dropping")
-        return last == info.generation
-
-    def _forget_opened(self, *paths: str) -> None:
-        with self._opened_lock:
-            for path in paths:
-                self._opened.pop(path, None)
 
     @_translated
     def read(self, path, size, offset, fi):
@@ -473,19 +398,6 @@ class OctueOperations(mfusepy.Operations):
         return 0
 
 
-def _groups(pid: int, gid: int) -> set[int]:
-    """The groups of process ``pid`` (its gid and supplementary groups)."""
-    groups = {gid}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    groups.update(int(g) for g in line.split()[1:])
-    except (OSError, ValueError):
-        pass
-    return groups
-
-
 # utimensat's special nanosecond values, which libfuse passes on with tv_sec 0 (sys/stat.h)
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
@@ -498,25 +410,6 @@ def _time(ns: int) -> float | None:
     if ns == UTIME_NOW:
         return time.time()
     return ns / 1e9
-
-
-def _raise_read_ahead(mountpoint: str) -> None:
-    """Raise the kernel's read-ahead window of this mount to READ_AHEAD_KB, if allowed.
-
-    Runs in its own thread, started during INIT: the stat of the mountpoint gets through only
-    once INIT is answered, after which the kernel no longer caps the window to INIT's value.
-    """
-    try:
-        dev = os.stat(mountpoint).st_dev
-        knob = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
-        with open(knob) as f:
-            current = int(f.read())
-        if current < READ_AHEAD_KB:
-            with open(knob, "w") as f:
-                f.write(str(READ_AHEAD_KB))
-            log.info("kernel read-ahead for this mount raised from %d to %d KiB", current, READ_AHEAD_KB)
-    except (OSError, ValueError) as exc:
-        log.debug("kernel read-ahead for this mount left as it is: %s", exc)
 
 
 _XATTR_PREFIXES = tuple(p.encode() for p in XATTR_PREFIXES)
@@ -539,88 +432,6 @@ def _pin_thread_state() -> None:
         _worker.pinned = True
 
 
-class _DirStream:
-    """One open directory's entries for READDIRPLUS as its listing arrives.
-
-    The first batch (a cached listing whole, or the bucket's first page) is taken in the
-    caller's thread; the rest, if any, by a thread of its own, so the next page is on its way
-    while the kernel and the program listing work on this one. Entries are ``(name, packed
-    struct stat)``, ``.`` and ``..`` first (no attributes): each entry's attributes are packed
-    once, however many requests page through them. ``close`` stops the thread after the page
-    it is on (the listing is then not cached: it is not whole).
-    """
-
-    def __init__(self, fs: FileSystem, path: str, st: Callable[[Attr], bytes]):
-        self._fs, self._path, self._st = fs, path, st
-        self._epoch = fs.dir_epoch(path)  # before the listing is taken: what it is current as of
-        self._batches = fs.readdir_batches(path)
-        self._cond = threading.Condition()
-        self.entries: list[tuple[str, bytes | None]] = [(".", None), ("..", None)]  # appended to only
-        self._done = self._closed = False
-        self._error: BaseException | None = None
-
-    def start(self) -> None:
-        self._pull()
-        if not self._done:
-            threading.Thread(target=self._pull_rest, name="octuefs-list", daemon=True).start()
-
-    def _pull(self) -> None:
-        batch, more = next(self._batches, ([], False))
-        converted = [(name, self._st(attr)) for name, attr in batch]
-        with self._cond:
-            self.entries.extend(converted)
-            self._done = not more
-            self._cond.notify_all()
-
-    def _pull_rest(self) -> None:
-        try:
-            while not self._done and not self._closed:
-                self._pull()
-        except BaseException as exc:  # for the reader that asks for what did not come
-            with self._cond:
-                self._error = exc
-        finally:
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
-            close = getattr(self._batches, "close", None)
-            if close is not None:
-                close()
-
-    def upto(self, offset: int) -> list[tuple[str, bytes | None]]:
-        """The entries, once there is one at ``offset`` or the listing has ended."""
-        with self._cond:
-            while len(self.entries) <= offset and not self._done:
-                self._cond.wait()
-            if len(self.entries) <= offset and self._error is not None:
-                raise self._error
-            return self.entries
-
-    def stale(self, offset: int) -> frozenset[str] | _Everything:
-        """The names whose listed attributes may be out of date by now, for a request at
-        ``offset``: every name if the mount changed anything under the directory since the
-        listing began (a file deleted meanwhile must not come back as the kernel's); else none
-        for the first request (it is as fresh as it gets), and for later ones those of files the
-        mount has open or pending (a local write moves a size, not the directory)."""
-        if self._fs.dir_epoch(self._path) != self._epoch:
-            return _EVERYTHING
-        if offset == 0:
-            return frozenset()
-        return self._fs.live_names(self._path)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True  # the thread, if still listing, stops after its page
-
-
-class _Everything:
-    def __contains__(self, name: object) -> bool:
-        return True
-
-
-_EVERYTHING = _Everything()
-
-
 class _FUSE(mfusepy.FUSE):
     """mfusepy's FUSE with two changes, each said where it is made."""
 
@@ -635,7 +446,7 @@ class _FUSE(mfusepy.FUSE):
         as a lookup's, so the ``stat`` of each entry that follows never reaches the daemon.
         Entries go out with offsets (their position + 1), since libfuse 3.14 hands the kernel
         the attributes only in that mode; the listing is taken once per open directory, at
-        offset 0, as a :class:`_DirStream` that grows as the bucket's pages arrive, and the
+        offset 0, as a :class:`DirStream` that grows as the bucket's pages arrive, and the
         requests that follow page through it, with each entry's attributes as they are when its
         page is sent. A plain READDIR (libfuse buffers the whole listing itself) numbers the
         entries the same way, so the kernel may switch between the two on one open directory.

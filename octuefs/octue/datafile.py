@@ -32,6 +32,11 @@ A local datafile keeps its metadata where the SDK does, in the ``.octue`` file o
 with it for writing is closed (or its metadata changed while it was open), and by
 ``update_local_metadata()`` / ``update_metadata()``.
 
+Here: the Datafile itself (making one, where it is, its metadata, opening and downloading). Beside
+it: the cloud side, what it sends (:mod:`octuefs.octue.datafile_cloud`), ``gs://`` paths and the
+errors naming them (:mod:`octuefs.octue.cloud_paths`), the validated ``LabelSet``/``TagDict``
+(:mod:`octuefs.octue.containers`) and the file object ``open`` returns (:mod:`octuefs.octue.datafile_io`).
+
 Buckets come from the module-level hook ``bucket_factory(bucket_name, project_name)`` (default:
 :func:`octuefs.storage.open_bucket`) unless passed as ``bucket=``. A Datafile is not thread-safe.
 """
@@ -49,29 +54,26 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from octuefs.errors import (
-    BucketNotFound,
-    Conflict,
-    InvalidMetadata,
-    NotFound,
-    PreconditionFailed,
-    StaleFile,
-    StorageError,
+from octuefs.errors import BucketNotFound, InvalidMetadata, NotFound, StaleFile
+from octuefs.octue.cloud_paths import (
+    CLOUD_PROTOCOL,
+    bucket_name_arg,
+    missing_error,
+    split_cloud_path,
+    url_in_place_of_names,
 )
+from octuefs.octue.containers import LabelSet, TagDict
+from octuefs.octue.datafile_cloud import CloudWrites
+from octuefs.octue.datafile_io import DatafileIO, check_open_kwargs, writes
 from octuefs.octue.local_metadata import metadata_path, read_record, write_record
 from octuefs.octue.metadata import (
     OCTUE_PREFIX,
     SDK_LAYOUT_VERSION,
     OctueMetadata,
-    check_size_limits,
     decode_object_metadata,
-    encode_object_metadata,
-    metadata_patch,
     validate_cluster,
     validate_id,
-    validate_labels,
     validate_sequence,
-    validate_tags,
     validate_timestamp,
 )
 from octuefs.storage import Bucket, ObjectInfo, open_bucket
@@ -80,10 +82,7 @@ from octuefs.storage.retry import file_md5
 
 _log = logging.getLogger(__name__)
 
-CLOUD_PROTOCOL = "gs://"
 EMPTY_HASH_VALUE = "AAAAAA=="  # the CRC32C of no bytes, which the SDK gives a datafile with no content
-_WRITE_MODE_CHARS = frozenset("wax+")
-_OPEN_KEYWORDS = frozenset({"buffering", "encoding", "errors", "newline", "closefd", "opener"})
 
 __all__ = ["Datafile", "LabelSet", "TagDict", "bucket_factory"]
 
@@ -94,141 +93,6 @@ def _open_default_bucket(bucket_name: str, project_name: str | None) -> Bucket:
 
 # The hook every Datafile opens its bucket with (looked up at call time, so tests may replace it).
 bucket_factory: Callable[[str, str | None], Bucket] = _open_default_bucket
-
-
-# --- validated containers ------------------------------------------------------------------
-
-
-class LabelSet(set):
-    """A set of labels that validates (and folds to lower case) what ``add``, ``update`` and ``|=`` put
-    into it (a string is space-separated labels); anything else is checked before it is sent."""
-
-    def __init__(self, labels: Any = None):
-        super().__init__(validate_labels(labels))
-
-    def add(self, label: str) -> None:
-        if not isinstance(label, str):
-            raise InvalidMetadata("labels", "each label must be a string", label)
-        (folded,) = validate_labels([label])
-        super().add(folded)
-
-    def update(self, *others: Any) -> None:
-        for other in others:
-            super().update(validate_labels(other))
-
-    def __ior__(self, other: Any) -> LabelSet:
-        self.update(other)
-        return self
-
-
-class TagDict(dict):
-    """A dict of tags that validates every name and value put into it (values are deep-copied)."""
-
-    def __init__(self, tags: Any = None):
-        super().__init__(validate_tags(tags))
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        ((name, value),) = validate_tags({name: value}).items()
-        super().__setitem__(name, value)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        super().update(validate_tags(dict(*args, **kwargs)))
-
-    def setdefault(self, name: str, default: Any = None) -> Any:
-        if name not in self:
-            self[name] = default
-        return self[name]
-
-    def __ior__(self, other: Any) -> TagDict:
-        self.update(other)
-        return self
-
-
-# --- helpers -------------------------------------------------------------------------------
-
-
-def _writes(mode: str) -> bool:
-    return bool(_WRITE_MODE_CHARS & set(mode))
-
-
-def _split_cloud_path(path: str) -> tuple[str, str]:
-    bucket, _, name = path[len(CLOUD_PROTOCOL) :].partition("/")
-    if not bucket or not name:
-        raise ValueError(f"{path!r} is not a cloud path of the form gs://bucket/path/in/bucket")
-    return bucket, _check_object_name(bucket, name)
-
-
-def _check_object_name(bucket: str, name: str) -> str:
-    """``name``, if a datafile (a file) can be there; else ValueError saying why. A name ending in
-    "/" is a directory marker to the mount (and to gcsfuse and the console): the data would be
-    hidden behind an empty directory, and an ``rmdir`` of it would remove the object. A name
-    with an empty, "." or ".." segment (``a//b``, ``/a``, ``a/../b``) no mount can show."""
-    where = f"{CLOUD_PROTOCOL}{bucket}/{name}"
-    if not name:
-        raise ValueError(f"{where!r} names no object: give the path of a file in the bucket, "
-                         f"like {CLOUD_PROTOCOL}{bucket}/results/data.csv")
-    if name.endswith("/"):
-        raise ValueError(f"{where!r} ends in '/', so it names a directory, not a file (its object would be "
-                         f"a directory marker: the data hidden, and removed by an rmdir); give the file's name, "
-                         f"like {where}data.csv")
-    for segment in name.split("/"):
-        if segment in ("", ".", ".."):
-            what = "an empty path segment (a leading or double slash)" if not segment else f"a {segment!r} segment"
-            raise ValueError(f"{where!r} has {what}: no mount can show a file by that name; give a path "
-                             f"like {CLOUD_PROTOCOL}{bucket}/results/data.csv")
-    if "\0" in name or "\r" in name or "\n" in name:
-        raise ValueError(f"{where!r}: an object name cannot hold a NUL, carriage return or line feed")
-    return name
-
-
-def _bucket_name_arg(value: Any) -> str:
-    """The bucket name; a 1-tuple (``bucket_name = "b",``, as in the seed's example A) is unwrapped."""
-    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], str):
-        _log.warning("bucket_name %r is a 1-tuple (a stray trailing comma?); using %r", value, value[0])
-        value = value[0]
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"bucket_name must be a non-empty string, not {value!r}")
-    if value.startswith(CLOUD_PROTOCOL):
-        raise ValueError(
-            f"bucket_name {value!r} is a gs:// URL: give a bucket name and a path in it, or the whole "
-            "gs://bucket/path/in/bucket alone (or as cloud_path=)"
-        )
-    return value
-
-
-def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(CLOUD_PROTOCOL)
-
-
-def _url_in_place_of_names(project: Any, bucket_name: Any, path: Any) -> tuple[Any, Any, str | None]:
-    """``(project, bucket_name, cloud_path)`` for arguments that may hold a ``gs://`` URL in place of
-    the names: ``("gs://b/p")`` or ``(project, "gs://b/p")``; else the names as given and no URL."""
-    if _is_url(project) and bucket_name is None and path is None:
-        return None, None, project
-    if _is_url(bucket_name) and path is None:
-        return project, None, bucket_name
-    return project, bucket_name, None
-
-
-def _missing(bucket: Bucket, bucket_name: str, name: str, what: str) -> NotFound:
-    """The error for ``what`` on gs://bucket_name/name, which is not there: ``BucketNotFound`` if the
-    bucket itself is missing (one listing asks; GCS and its emulator answer an object request in a
-    missing bucket with a plain 404), else ``NotFound``."""
-    where = f"{CLOUD_PROTOCOL}{bucket_name}/{name}"
-    try:
-        bucket.list_page(name, None, None, 1)
-    except BucketNotFound:
-        return BucketNotFound(f"{where}: bucket {bucket_name!r} does not exist, so {what}")
-    except StorageError as exc:  # not allowed to list, say: the object's own answer stands
-        _log.debug("%s: could not tell whether the bucket exists: %s", where, exc)
-    return NotFound(f"{where}: no such object, so {what}")
-
-
-def _check_open_kwargs(kwargs: dict[str, Any]) -> None:
-    unknown = sorted(set(kwargs) - _OPEN_KEYWORDS)
-    if unknown:
-        accepted = ", ".join(sorted(_OPEN_KEYWORDS))
-        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; open() takes {accepted}")
 
 
 def _field(name: str, validate: Callable[[Any], Any], doc: str) -> property:
@@ -245,7 +109,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = dict(
 # --- the Datafile ----------------------------------------------------------------------------
 
 
-class Datafile:
+class Datafile(CloudWrites):
     """A local file or a cloud object, with its Octue metadata. See the module docstring.
 
     :param path: a local path, or ``gs://bucket/path/in/bucket`` (stat-ed now, not downloaded)
@@ -266,7 +130,7 @@ class Datafile:
     ):
         given = dict(id=id, timestamp=timestamp, tags=tags, labels=labels, cluster=cluster, sequence=sequence)
         given = {field: _VALIDATORS[field](value) for field, value in given.items() if value is not None}
-        _check_open_kwargs(open_kwargs)
+        check_open_kwargs(open_kwargs)
         self._path = os.fspath(path)
         self._mode = mode
         self._open_kwargs = open_kwargs
@@ -279,11 +143,11 @@ class Datafile:
         self._content_md5: str | None = None  # base64 MD5 of the object's content, as known
         self._local_path: str | None = None  # the user's file, or the private copy of the object
         self._private_dir: str | None = None
-        self._context: _DatafileIO | None = None
+        self._context: DatafileIO | None = None
         self._local_record: OctueMetadata | None = None  # a local datafile's record in its .octue file
         self._id_given = "id" in given
         if self._path.startswith(CLOUD_PROTOCOL):
-            self._location = _split_cloud_path(self._path)
+            self._location = split_cloud_path(self._path)
             if bucket is not None and getattr(bucket, "name", self._location[0]) != self._location[0]:
                 raise ValueError(f"bucket {bucket.name!r} given for {self._path!r}")
             try:
@@ -320,18 +184,18 @@ class Datafile:
         bucket does not exist (in any mode), ``NotFound`` if the object does not, unless ``mode`` writes.
         """
         if cloud_path is None:
-            project_name, bucket_name, cloud_path = _url_in_place_of_names(project_name, bucket_name, datafile_path)
+            project_name, bucket_name, cloud_path = url_in_place_of_names(project_name, bucket_name, datafile_path)
         if cloud_path is None:
-            bucket_name = _bucket_name_arg(bucket.name if bucket_name is None and bucket is not None else bucket_name)
+            bucket_name = bucket_name_arg(bucket.name if bucket_name is None and bucket is not None else bucket_name)
             if not datafile_path:
                 raise ValueError("from_cloud() needs datafile_path (the object's path in the bucket)")
             cloud_path = f"{CLOUD_PROTOCOL}{bucket_name}/{datafile_path}"
         datafile = cls(cloud_path, mode=mode, project_name=project_name, bucket=bucket, **kwargs)
         if datafile._info is None:
-            missing = _missing(datafile._get_bucket(), *datafile._location, "no datafile can be made there")
+            missing = missing_error(datafile._get_bucket(), *datafile._location, "no datafile can be made there")
             if isinstance(missing, BucketNotFound):
                 raise missing
-            if not _writes(mode):
+            if not writes(mode):
                 raise NotFound(f"{cloud_path}: no such object (open it with mode='w' to create it)")
         return datafile
 
@@ -477,14 +341,14 @@ class Datafile:
 
     # --- opening -----------------------------------------------------------------------------
 
-    def open(self, mode: str = "r", **kwargs: Any) -> _DatafileIO:
+    def open(self, mode: str = "r", **kwargs: Any) -> DatafileIO:
         """Open like the builtin ``open`` (a context manager, or close it). A cloud datafile is
         downloaded first (once) if the mode reads or appends; on close it sends what changed: one
         upload if the mode writes and the content changed, else one patch if the metadata did."""
-        _check_open_kwargs(kwargs)
-        return _DatafileIO(self, mode, kwargs)
+        check_open_kwargs(kwargs)
+        return DatafileIO(self, mode, kwargs)
 
-    def __enter__(self) -> tuple[Datafile, _DatafileIO]:
+    def __enter__(self) -> tuple[Datafile, DatafileIO]:
         if self._context is not None:
             raise RuntimeError(f"{self!r} is already open as a context manager")
         self._context = self.open(self._mode, **self._open_kwargs)
@@ -498,13 +362,13 @@ class Datafile:
         if self._location is not None and "x" in mode and self._info is not None:
             raise FileExistsError(f"{self.cloud_path} already exists")
         if self._location is not None and self._local_path is None:
-            if self._info is None and not _writes(mode):
+            if self._info is None and not writes(mode):
                 raise NotFound(f"{self.cloud_path}: no such object")
             if self._info is not None and ("r" in mode or "a" in mode):
                 self.download()
             else:
                 self._local_path = self._private_path()  # "w"/"x": the old content is not needed
-        elif _writes(mode):
+        elif writes(mode):
             os.makedirs(os.path.dirname(self._local_path), exist_ok=True)
         return io.open(self._local_path, mode, **kwargs)
 
@@ -543,116 +407,6 @@ class Datafile:
             self._content_md5 = file_md5(target)
         return target
 
-    # --- writing to the cloud ----------------------------------------------------------------
-
-    def to_cloud(
-        self, project_name: str | None = None, bucket_name: str | None = None, path_in_bucket: str | None = None,
-        *, cloud_path: str | None = None, bucket: Bucket | None = None,
-    ) -> str:
-        """Send the datafile to the cloud and return its ``gs://`` path. To a new location: one stat
-        of the destination, then one upload of data and metadata replacing only what the stat saw
-        (keeping its non-Octue keys; the datafile's own id replaces the object's, as in the SDK).
-        To its own location: one upload if the content changed, else :meth:`update_cloud_metadata`.
-
-        The destination may also be a ``gs://bucket/path`` URL: ``to_cloud(project_name, "gs://b/p")``,
-        ``to_cloud(cloud_path="gs://b/p")`` or ``to_cloud("gs://b/p")``."""
-        if cloud_path is None:
-            project_name, bucket_name, cloud_path = _url_in_place_of_names(project_name, bucket_name, path_in_bucket)
-        if cloud_path is not None:
-            if bucket_name is not None or path_in_bucket is not None:
-                raise ValueError("to_cloud() takes a cloud_path or a bucket_name and path_in_bucket, not both")
-            bucket_name, path_in_bucket = _split_cloud_path(cloud_path)
-        bucket_name = bucket.name if bucket_name is None and bucket is not None else bucket_name
-        bucket_name = _bucket_name_arg(bucket_name) if bucket_name else self.bucket_name
-        target = (bucket_name, path_in_bucket or self.path_in_bucket)
-        if target[0] is None or target[1] is None:
-            raise ValueError(f"{self!r} is not in the cloud yet: to_cloud() needs bucket_name and path_in_bucket")
-        _check_object_name(*target)
-        self._project_name = project_name or self._project_name
-        if target == self._location and bucket in (None, self._bucket):
-            if self._content_changed():
-                self._sync_content()
-            else:
-                self.update_cloud_metadata()
-        else:
-            self._upload_to(target, bucket)
-        return self.cloud_path
-
-    def upload(self, cloud_path: str | None = None) -> str:
-        """The SDK 0.69.1 name for :meth:`to_cloud`: to ``cloud_path`` (``gs://bucket/path``), or to
-        the datafile's own cloud location; returns the ``gs://`` path."""
-        return self.to_cloud(cloud_path=cloud_path)
-
-    def update_cloud_metadata(self) -> None:
-        """Send changed metadata in one patch of the changed keys; send nothing if nothing changed."""
-        self._require_location("update_cloud_metadata")
-        if not self._metadata_changed():
-            _log.debug("%s: metadata unchanged; nothing to send", self.cloud_path)
-            return
-        if self._info is None:
-            raise NotFound(f"{self.cloud_path}: no such object; write its content first (open('w') or to_cloud())")
-        meta = self._model(self._id)
-        check_size_limits(encode_object_metadata(meta, self._raw))
-        changes = metadata_patch(self._raw, meta)
-        _log.debug("%s: patching metadata keys %s", self.cloud_path, sorted(changes))
-        try:
-            info = self._get_bucket().patch_metadata(
-                self._location[1], changes, self._info.metageneration, self._info.generation
-            )
-        except (PreconditionFailed, NotFound) as exc:
-            raise _conflict(self.cloud_path, self._info, "metadata", self._local_path, exc) from exc
-        self._adopt(info, self._content_md5)
-
-    def _sync_content(self) -> None:
-        content_type = self._info.content_type if self._info else None
-        self._upload(self._get_bucket(), self._location, self._info, content_type)
-
-    def _content_changed(self) -> bool:
-        if self._info is None:
-            return True
-        if self._local_path is None or not os.path.exists(self._local_path):
-            return False  # never downloaded nor written: nothing can have changed
-        return self._content_md5 is None or file_md5(self._local_path) != self._content_md5
-
-    def _upload_to(self, target: tuple[str, str], bucket: Bucket | None) -> None:
-        """To a new location: one stat of the destination, then one upload replacing what it saw."""
-        self._model(self._id)  # validate before any request
-        if bucket is None:
-            same = target[0] == self.bucket_name and self._bucket is not None
-            bucket = self._bucket if same else bucket_factory(target[0], self._project_name)
-        try:
-            existing = bucket.stat(target[1])
-        except BucketNotFound as exc:
-            raise BucketNotFound(f"gs://{target[0]}/{target[1]}: bucket {target[0]!r} does not exist") from exc
-        except NotFound:
-            existing = None
-        stored_id = decode_object_metadata(existing.metadata if existing else {}).id
-        if stored_id not in (None, self._id):
-            # As the SDK does: the datafile sent replaces the object, identity included.
-            _log.info("gs://%s/%s: replacing octue__id %s with this datafile's id %s", *target, stored_id, self._id)
-        self._upload(bucket, target, existing, content_type=None)
-
-    def _upload(self, bucket: Bucket, target: tuple[str, str], existing: ObjectInfo | None, content_type: str | None):
-        """Content and metadata in ONE request, replacing ``existing`` (None: creating) and nothing newer."""
-        local = self.local_path  # downloads a cloud datafile being moved
-        if local is None or not os.path.exists(local):
-            raise FileNotFoundError(f"{self!r}: no content to upload; write it first with open('w')")
-        custom = encode_object_metadata(self._model(self._id), existing.metadata if existing else {})
-        check_size_limits(custom)
-        md5, generation = file_md5(local), (existing.generation if existing else 0)
-        _log.debug("uploading %s to gs://%s/%s (if generation %d)", local, target[0], target[1], generation)
-        try:
-            # The metageneration too: a metadata change made elsewhere moves only it, and must
-            # not be overwritten by this upload's metadata.
-            info = bucket.upload_file(target[1], local, custom, generation, content_type,
-                                      if_metageneration_match=existing.metageneration if existing else None)
-        except PreconditionFailed as exc:
-            raise _conflict(f"gs://{target[0]}/{target[1]}", existing, "content and metadata", local, exc) from exc
-        except NotFound as exc:  # GCS says only 404 when the bucket is missing
-            raise _missing(bucket, target[0], target[1], "nothing was uploaded") from exc
-        self._location, self._bucket = target, bucket
-        self._adopt(info, md5)
-
     def _adopt(self, info: ObjectInfo | None, content_md5: str | None = None) -> None:
         """Take ``info`` as the truth about the object (after a stat or a write). ``content_md5``:
         the MD5 of the content, if known here and the bucket does not report one."""
@@ -663,8 +417,12 @@ class Datafile:
 
     def _get_bucket(self) -> Bucket:
         if self._bucket is None:
-            self._bucket = bucket_factory(self._location[0], self._project_name)
+            self._bucket = self._bucket_for(self._location[0])
         return self._bucket
+
+    def _bucket_for(self, bucket_name: str) -> Bucket:
+        """Bucket ``bucket_name`` opened through the module's hook (looked up now: tests replace it)."""
+        return bucket_factory(bucket_name, self._project_name)
 
     def _require_location(self, what: str) -> None:
         if self._location is None:
@@ -673,7 +431,7 @@ class Datafile:
     def _closed(self, mode: str, ok: bool) -> None:
         """After a file opened with ``mode`` is closed: send what changed (one request at most)."""
         if self._location is None:
-            if not (_writes(mode) or self._local_metadata_changed()):
+            if not (writes(mode) or self._local_metadata_changed()):
                 return
             if ok:
                 self.update_local_metadata()
@@ -684,52 +442,7 @@ class Datafile:
         if not ok:
             _log.warning("%s: left by an exception; nothing sent (call to_cloud() to send the changes)", self.cloud_path)
             return
-        if _writes(mode) and self._content_changed():
+        if writes(mode) and self._content_changed():
             self._sync_content()
         else:
             self.update_cloud_metadata()
-
-
-def _conflict(where: str, seen: ObjectInfo | None, what: str, local: str | None, exc: Exception) -> Conflict:
-    version = f"generation {seen.generation}, metageneration {seen.metageneration}" if seen else "no object"
-    kept = f"; the local copy is kept at {local}" if local else ""
-    return Conflict(
-        f"{where} changed in the bucket since this datafile read it ({version}): its {what} was not written and "
-        f"the object was left as it is{kept}. Read it again with Datafile.from_cloud() and reapply the changes ({exc})"
-    )
-
-
-class _DatafileIO:
-    """The file object ``Datafile.open`` returns: the local file, plus the cloud sync on close."""
-
-    def __init__(self, datafile: Datafile, mode: str, kwargs: dict[str, Any]):
-        self._datafile = datafile
-        self._file = datafile._open_local(mode, kwargs)
-        self._mode = mode
-        self._finished = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
-
-    def __iter__(self):
-        return iter(self._file)
-
-    def __next__(self):
-        return next(self._file)
-
-    def __enter__(self) -> _DatafileIO:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self._finish(ok=exc_type is None)
-        return False
-
-    def close(self) -> None:
-        self._finish(ok=True)
-
-    def _finish(self, ok: bool) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self._file.close()
-        self._datafile._closed(self._mode, ok)

@@ -13,6 +13,7 @@ import zlib
 import pytest
 
 from octuefs.cache import content as cache_module
+from octuefs.cache import fetching
 from octuefs.cache.content import ContentCache
 from octuefs.cache.readahead import AHEAD, DEMAND, FetchPool, Streams
 from octuefs.errors import NotFound, StorageError
@@ -104,7 +105,7 @@ def joined(monkeypatch):
     cond = threading.Condition()
     waiting: dict[object, int] = {}
 
-    class WatchedFetch(cache_module._Fetch):
+    class WatchedFetch(fetching._Fetch):
         __slots__ = ()
 
         def wait_for(self, block):
@@ -117,7 +118,7 @@ def joined(monkeypatch):
                 with cond:
                     waiting[self] -= 1
 
-    monkeypatch.setattr(cache_module, "_Fetch", WatchedFetch)
+    monkeypatch.setattr(fetching, "_Fetch", WatchedFetch)
 
     def joined(block: int, readers: int = 1) -> bool:
         with cond:

@@ -792,5 +792,6 @@ def test_datafile_sits_on_storage_and_metadata_only():
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     ours = {name for name in imported if name.split(".")[0] == "octuefs"}
     assert ours <= {"octuefs.errors", "octuefs.octue.metadata", "octuefs.storage", "octuefs.storage.retry",
-                    "octuefs.octue.local_metadata", "octuefs.storage.checksums"}
+                    "octuefs.octue.local_metadata", "octuefs.storage.checksums", "octuefs.octue.cloud_paths",
+                    "octuefs.octue.containers", "octuefs.octue.datafile_cloud", "octuefs.octue.datafile_io"}
     assert not any(name.split(".")[0] in ("google", "mfusepy", "fuse") for name in imported)

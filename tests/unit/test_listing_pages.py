@@ -111,9 +111,10 @@ class _FailingLaterPages(FakeBucket):
 
 
 def _stream(fs, path):
-    from octuefs.fuse_ops import OctueOperations, _DirStream
+    from octuefs.dirstreams import DirStream
+    from octuefs.fuse_ops import OctueOperations
 
-    stream = _DirStream(fs, path, OctueOperations(fs).packed)
+    stream = DirStream(fs, path, OctueOperations(fs).packed)
     stream.start()
     return stream
 

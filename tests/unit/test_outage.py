@@ -270,9 +270,9 @@ def test_uploads_waiting_for_the_bucket_are_retried_as_soon_as_one_lands(tmp_pat
 
 
 def test_a_read_retried_right_after_the_bucket_was_unreachable_fails_at_once(bucket, t, tmp_path, monkeypatch):
-    import octuefs.cache.content
+    import octuefs.cache.fetching
 
-    monkeypatch.setattr(octuefs.cache.content, "RECENT_FAILURE", 0.2)
+    monkeypatch.setattr(octuefs.cache.fetching, "RECENT_FAILURE", 0.2)
     bucket.upload_bytes("a.bin", b"A" * 100_000)
     fs = make_fs(bucket, tmp_path, op_timeout=3.0)
     fh = fs.open("/a.bin", os.O_RDONLY)

@@ -8,22 +8,22 @@ by an earlier mount; then the :class:`~octuefs.fs.core.FileSystem` over them. :f
 puts the FUSE layer and the control socket on top. Every path under the cache directory comes
 from :mod:`octuefs.cachedir`. Tests call :func:`build_filesystem` too, with the in-memory bucket.
 
-LOCK ORDER (across modules; a lock is only ever taken while holding ones above it):
+LOCK ORDER across modules: a thread holding one of these locks takes only those listed after it.
 
-1. ``XattrSurface._changing``: one per object name (fs/xattrs.py), held by a setfattr, chmod,
+1. ``XattrSurface._changing``: one lock per object name (fs/xattrs.py), held by a setfattr, chmod,
    chown or touch for its whole change, and by a directory rename over its dataset records
-   (``DatasetXattrs.holding``, with a timeout, in name order).
-2. ``Prefetcher._lock`` (cache/prefetch.py), taken with no other lock held.
+   (``DatasetXattrs.holding``: in name order, with a timeout).
+2. ``Prefetcher._lock`` (cache/prefetch.py): before the content cache's locks and the open files'.
 3. ``OpenFiles._lock``: the node and handle tables (fs/files.py).
-4. ``FileNode.lock``: one node's state. Two nodes are held still (``OpenFiles.held_still``, which
-   waits without holding a lock) in name order, so two renames never wait for each other.
-5. ``Uploader._cond``: the upload queue (writeback/uploads.py); its callbacks into the file
-   layer (``on_done``, ``on_finished``) run without it.
-6. ``DirectoryFills._cond`` (cache/listings.py), then ``MetadataCache._lock`` (cache/metacache.py).
+4. ``FileNode.lock``: one node's state.
+5. ``Uploader._cond``: the upload queue (writeback/uploads.py). Its callbacks into the file layer
+   (``on_done``, ``on_finished``) run without it.
+6. ``DirectoryFills._cond`` (cache/listings.py), then ``MetadataCache._lock``.
 
 Leaves, under which nothing else is taken: ``MetadataCache._lock``, ``ContentCache._lock`` (its
 ``Space`` runs under it), ``Times._lock``, ``PosixSurface._lock``, ``DatasetXattrs._lock``.
-No lock is held during a request to the bucket except a node's while it is held still.
+A node held still by a rename or unlink (``OpenFiles.held_still``) is marked, not locked: two are
+held in name order (``Renames._held_still_both``), so two renames never wait for each other.
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
     # was away when they were to be deleted): deleted in the background.
     threading.Thread(target=_sweep_parts, args=(bucket,), name="octuefs-sweep", daemon=True).start()
     parts = MountParts(config=config, bucket=bounded, started=started, times=times, ns=ns, metacache=metacache,
-                       fills=fills, cache=cache, uploader=uploader, files=files, prefetch=prefetch, givebacks=givebacks)
+                       fills=fills, cache=cache, journal=journal, uploader=uploader, files=files, prefetch=prefetch,
+                       givebacks=givebacks)
     return FileSystem(parts, givebacks_settled=givebacks_settled)
 
 

@@ -49,7 +49,8 @@ class FileSystem:
     def __init__(self, parts: MountParts, givebacks_settled: threading.Thread | None = None):
         self.config, self.bucket, self.times, self.ns = parts.config, parts.bucket, parts.times, parts.ns
         self.metacache, self.fills, self.cache = parts.metacache, parts.fills, parts.cache
-        self.uploader, self.files, self.prefetch = parts.uploader, parts.files, parts.prefetch
+        self.journal, self.uploader = parts.journal, parts.uploader
+        self.files, self.prefetch = parts.files, parts.prefetch
         self.givebacks = parts.givebacks
         self._started = parts.started
         # Take-over renames an earlier mount left half done, settled in the background (assembly.py).
@@ -210,16 +211,16 @@ class FileSystem:
         return self.uploader.sync(timeout, progress=progress)
 
     def unreported_conflicts(self) -> tuple[int, list]:
-        return self.uploader.journal.unreported_conflicts()
+        return self.journal.unreported_conflicts()
 
     def mark_conflicts_reported(self, upto: int) -> None:
-        self.uploader.journal.mark_reported(upto)
+        self.journal.mark_reported(upto)
 
     def cache_usage(self) -> dict:
         """For ``octuefs status``: clean bytes held and their limit, and unsaved bytes."""
         usage = self.cache.usage()
-        usage["unsaved_bytes"] = self.cache.staging_bytes() + self.uploader.journal.pending_bytes()
-        problem = self.cache.write_problem(self.uploader.journal.pending_dir)
+        usage["unsaved_bytes"] = self.cache.staging_bytes() + self.journal.pending_bytes()
+        problem = self.cache.write_problem(self.journal.pending_dir)
         if problem is not None:
             usage["error"] = problem
             log.error("the cache directory %s cannot be written (%s): writes into the mount fail (EIO) until it can",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from octuefs.fs.times import Times
     from octuefs.storage.base import Bucket
     from octuefs.writeback.givebacks import OwedGiveBacks
-    from octuefs.writeback.uploads import Uploader
+    from octuefs.writeback.uploads import Journal, Uploader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,7 @@ class MountParts:
     metacache: MetadataCache
     fills: DirectoryFills
     cache: ContentCache
+    journal: Journal  # the uploader's: closed files waiting, and the conflicts met
     uploader: Uploader
     files: OpenFiles
     prefetch: Prefetcher | None  # the next small files of a directory read in name order

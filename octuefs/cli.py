@@ -18,6 +18,7 @@ import stat
 import sys
 
 from octuefs import __version__, configfile
+from octuefs.cachedir import CacheDir
 from octuefs.config import (
     MountConfig,
     format_size,
@@ -303,7 +304,7 @@ def _mount(args: argparse.Namespace, argv: list[str]) -> int:
 
     _read_config_file(args, argv[1:])  # (argv[0] is "mount")
     config = config_from_args(args)
-    log_file = args.log_file or (None if args.foreground else os.path.join(config.cache_dir, "octuefs.log"))
+    log_file = args.log_file or (None if args.foreground else CacheDir(config.cache_dir).log)
     if args.print_config:
         return _print_out([configfile.effective(config, args, mount_parser(), log_file).rstrip("\n")])
     refuse_inside_mountpoint("the log file", log_file, config.mountpoint)

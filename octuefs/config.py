@@ -9,6 +9,8 @@ import dataclasses
 import os
 import re
 
+from octuefs.cachedir import CacheDir
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -145,7 +147,7 @@ class MountConfig:
         if not self.cache_dir:
             object.__setattr__(self, "cache_dir", default_cache_dir(self.bucket))
         if self.local and not self.local_data_dir:
-            object.__setattr__(self, "local_data_dir", os.path.join(self.cache_dir, "local-gcs"))
+            object.__setattr__(self, "local_data_dir", CacheDir(self.cache_dir).local_gcs)
         for name in ("cache_dir", "local_data_dir"):  # the daemon runs in "/": relative paths would move
             if getattr(self, name):
                 object.__setattr__(self, name, os.path.abspath(os.path.expanduser(getattr(self, name))))

@@ -22,7 +22,9 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
+from octuefs.config import MountConfig
 from octuefs.errors import OctuefsError
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,30 @@ class ControlError(OctuefsError):
     """The daemon of a mount could not be asked (it is gone, or an older version)."""
 
 
-class ControlServer:
-    """Serves control requests for one mounted FileSystem, one thread per connection."""
+class Controlled(Protocol):
+    """What the control socket asks of a mount (a :class:`~octuefs.fs.core.FileSystem` is one)."""
 
-    def __init__(self, fs, path: str):
+    config: MountConfig
+    bucket_name: str
+    leave_pending: bool  # set by `octuefs unmount --leave-pending`: shutdown keeps the uploads journaled
+
+    def upload_status(self) -> dict: ...
+
+    def pending_uploads(self) -> list: ...
+
+    def sync_uploads(self, timeout: float | None, progress: Callable[[int, int], None]) -> int: ...
+
+    def unreported_conflicts(self) -> tuple[int, list]: ...
+
+    def mark_conflicts_reported(self, upto: int) -> None: ...
+
+    def cache_usage(self) -> dict: ...
+
+
+class ControlServer:
+    """Serves control requests for one mounted filesystem, one thread per connection."""
+
+    def __init__(self, fs: Controlled, path: str):
         self.fs = fs
         self.path = path
         with contextlib.suppress(FileNotFoundError):
@@ -106,11 +128,11 @@ class ControlServer:
     def status(self) -> dict:
         """What `octuefs status --json` answers (and the metrics report). Field names are stable:
         docs/operations.md lists them, and a test holds the two equal."""
-        report = self.fs.uploader.status()
+        report = self.fs.upload_status()
         totals = {state: 0 for state in STATUS_STATES}
         for row in report["uploads"]:
             totals[row["state"] if row["state"] in totals else "kept"] += 1
-        return {"format": STATUS_FORMAT, "bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix,
+        return {"format": STATUS_FORMAT, "bucket": self.fs.bucket_name, "prefix": self.fs.config.prefix,
                 "mountpoint": self.fs.config.mountpoint, "pid": os.getpid(), "totals": totals, **report,
                 "cache": self.fs.cache_usage()}
 
@@ -119,13 +141,13 @@ class ControlServer:
         (its custom metadata and size), which wins over what the bucket lists. Versions held back
         by an unlink or rename under way are left out."""
         newest: dict = {}
-        for e in self.fs.uploader.snapshot():
+        for e in self.fs.pending_uploads():
             if e.name.startswith(prefix) and e.state != "withheld" and not e.check_copy and e.seq >= newest.get(e.name, e).seq:
                 newest[e.name] = e
         yield {"pending": {name: {"metadata": dict(e.metadata), "size": e.size} for name, e in newest.items()}}
 
     def _answer(self, cmd: str | None, timeout: float | None = None) -> Iterator[dict]:
-        uploader = self.fs.uploader
+        fs = self.fs
         if cmd == "status":
             yield self.status()
         elif cmd == "sync":
@@ -136,7 +158,7 @@ class ControlServer:
 
             def run() -> None:
                 try:
-                    left.append(uploader.sync(timeout, progress=lambda d, t: progress.append((d, t))))
+                    left.append(fs.sync_uploads(timeout, progress=lambda d, t: progress.append((d, t))))
                 except BaseException as exc:  # handed to the client as an error reply
                     failed.append(exc)
                 finally:
@@ -154,13 +176,13 @@ class ControlServer:
                 raise failed[0]
             # Every conflict no sync has reported yet (this sync's uploads' and any earlier
             # ones'), marked reported only once the reply is out (the generator resumes then).
-            upto, conflicts = uploader.journal.unreported_conflicts()
-            yield {"left": left[0], "bucket": self.fs.bucket.name, "prefix": self.fs.config.prefix,
+            upto, conflicts = fs.unreported_conflicts()
+            yield {"left": left[0], "bucket": fs.bucket_name, "prefix": self.fs.config.prefix,
                    "conflicts": conflicts}
             if conflicts:
-                uploader.journal.mark_reported(upto)
+                fs.mark_conflicts_reported(upto)
         elif cmd == "leave-pending":
-            self.fs.leave_pending = True
+            fs.leave_pending = True
             yield {"ok": True}
         else:
             yield {"error": f"unknown command {cmd!r}"}

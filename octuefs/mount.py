@@ -1,4 +1,5 @@
-"""Wiring and lifetime of a mount: checks, bucket -> caches -> core -> FUSE, and unmount.
+"""Lifetime of a mount: checks, serving (the filesystem from :mod:`octuefs.assembly`, FUSE and the
+control socket on top), and unmount.
 
 ``preflight`` runs the checks whose failure a user should see as one clear line before any
 daemon starts. ``serve`` runs the daemon in the calling process until the filesystem is
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 from octuefs import sdnotify
+from octuefs.cachedir import CacheDir
 from octuefs.config import MountConfig
 from octuefs.control import ControlError, ControlServer, request
 from octuefs.errors import OctuefsError
@@ -167,7 +169,7 @@ def fuse_kwargs(config: MountConfig) -> dict:
 
 def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     """Run the mount in this process until it is unmounted."""
-    from octuefs.fs.core import FileSystem
+    from octuefs.assembly import build_filesystem
     from octuefs.fuse_ops import OctueOperations, run
     from octuefs.writeback.composite import ComposingBucket
 
@@ -175,7 +177,7 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
     with _cache_lock(config.cache_dir), _bucket_for(config) as bucket:
         # Large files go up in parts, noted in a ledger until deleted; a sweep deletes what earlier mounts left.
-        bucket = ComposingBucket(bucket, os.path.join(config.cache_dir, "parts"))
+        bucket = ComposingBucket(bucket, CacheDir(config.cache_dir).parts)
         bucket.sweep_in_background()
         metrics = None
         if config.metrics_port is not None:
@@ -183,7 +185,7 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
 
             metrics = Metrics()
             bucket = metrics.bucket(bucket)
-        fs = FileSystem(bucket, config)
+        fs = build_filesystem(bucket, config)
         ops = OctueOperations(fs, metrics=metrics)
         control = ControlServer(fs, socket_path(config.mountpoint))
         if metrics is not None:
@@ -234,7 +236,7 @@ def _cache_lock(cache_dir: str) -> Iterator[None]:
     """One daemon per cache directory: its journal must have one reader."""
     import fcntl
 
-    path = os.path.join(cache_dir, "lock")
+    path = CacheDir(cache_dir).lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

@@ -46,7 +46,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import cachetools
 
@@ -64,13 +63,12 @@ from octuefs.errors import (
     StaleFile,
 )
 from octuefs.fs.files import MTIME_KEY
+from octuefs.fs.lookups import Lookups
+from octuefs.fs.parts import MountParts
 from octuefs.octue import dataset_record as records
 from octuefs.octue.dataset_record import RECORD_CONTENT_TYPE, RECORD_NAME, DatasetRecord
 from octuefs.octue.metadata import validate_id
 from octuefs.storage.base import ObjectInfo
-
-if TYPE_CHECKING:
-    from octuefs.fs.core import FileSystem
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +82,10 @@ LOCAL_WARNING_EVERY = 60.0  # s: a local .octue that is no record, closed, is sa
 
 
 class DatasetXattrs:
-    def __init__(self, fs: FileSystem, changing):
-        self.fs = fs
+    def __init__(self, parts: MountParts, lookups: Lookups, changing):
+        self.bucket, self.ns, self.metacache, self.cache = parts.bucket, parts.ns, parts.metacache, parts.cache
+        self.uploader, self.files = parts.uploader, parts.files
+        self.lookups = lookups
         self._changing = changing  # the XattrSurface's per-object locks
         self._lock = threading.Lock()
         self._memo: cachetools.LRUCache = cachetools.LRUCache(MEMO_KEPT)  # (name, generation) -> record
@@ -117,7 +117,7 @@ class DatasetXattrs:
             for name in sorted(set(record_names)):
                 if not stack.enter_context(self._changing.hold(name, timeout=timeout)):
                     log.warning("a directory rename could not hold gs://%s/%s still (a setfattr of its directory "
-                                "takes long); a change made to it meanwhile is copied after it", self.fs.bucket.name,
+                                "takes long); a change made to it meanwhile is copied after it", self.bucket.name,
                                 name)
             yield
 
@@ -125,9 +125,9 @@ class DatasetXattrs:
 
     def _where(self, path: str) -> tuple[str, str, str]:
         """``(record path in the mount, record object name, the dataset's gs:// path)``."""
-        directory = self.fs.ns.object_name(path)  # "" at the root of a bucket mounted whole
+        directory = self.ns.object_name(path)  # "" at the root of a bucket mounted whole
         record_name = f"{directory}/{RECORD_NAME}" if directory else RECORD_NAME
-        cloud = f"gs://{self.fs.bucket.name}" + (f"/{directory}" if directory else "")
+        cloud = f"gs://{self.bucket.name}" + (f"/{directory}" if directory else "")
         return path.rstrip("/") + "/" + RECORD_NAME, record_name, cloud
 
     def _default_name(self, cloud: str) -> str:
@@ -144,13 +144,13 @@ class DatasetXattrs:
 
     def _read(self, record_path: str, record_name: str):
         """The record as the mount shows it: a DatasetRecord, None (no ``.octue``) or _NOT_A_RECORD."""
-        name, entry, node = self.fs.resolve(record_path)
+        name, entry, node = self.lookups.resolve(record_path)
         if node is not None and node.unsaved:  # written here, not in the bucket yet: the local version
             if node.size > MAX_RECORD_BYTES:
                 return self._too_large(record_name, node.size, None, local=node)
             return self._decode(record_name, self._read_local(name, node), None, local=node)
         if node is not None:  # open here, clean: its handles keep their version, the record may be newer
-            entry = self.fs.lookup(record_name)
+            entry = self.lookups.lookup(record_name)
         if not isinstance(entry, ObjectInfo) or entry.is_dir_marker:
             return None
         key = (record_name, entry.generation)
@@ -164,15 +164,15 @@ class DatasetXattrs:
                 self._memo[key] = found
             return found
         try:
-            data = self.fs.cache.read(entry, 0, entry.size)  # kept on disk by generation
+            data = self.cache.read(entry, 0, entry.size)  # kept on disk by generation
         except (NotFound, StaleFile):  # replaced since it was listed: what is there now
-            self.fs.metacache.forget(record_name)
+            self.metacache.forget(record_name)
             current = self._stat(record_name)
             if current is None:
                 return None
             if current.size > MAX_RECORD_BYTES:
                 return self._too_large(record_name, current.size, current.generation)
-            entry, data = current, self.fs.cache.read(current, 0, current.size)
+            entry, data = current, self.cache.read(current, 0, current.size)
             key = (record_name, current.generation)
         found = self._decode(record_name, data, entry.generation)
         with self._lock:
@@ -180,11 +180,11 @@ class DatasetXattrs:
         return found
 
     def _read_local(self, name: str, node) -> bytes:
-        fh = self.fs.files.open(name, node.base, writable=False, seen=node)
+        fh = self.files.open(name, node.base, writable=False, seen=node)
         try:
-            return self.fs.files.read(fh, 1 << 30, 0)
+            return self.files.read(fh, 1 << 30, 0)
         finally:
-            self.fs.files.release(fh)
+            self.files.release(fh)
 
     def _quiet(self, record_name: str, local) -> bool:
         """Whether a local ``.octue`` that is no record is said at DEBUG, not WARNING: while it is
@@ -206,7 +206,7 @@ class DatasetXattrs:
     def _too_large(self, record_name: str, size: int, generation: int | None, local=None):
         level = logging.DEBUG if self._quiet(record_name, local) else logging.WARNING
         log.log(level, "gs://%s/%s (generation %s) is %d bytes, too large to be a dataset record (at most %d), so "
-                       "its directory shows no dataset attributes", self.fs.bucket.name, record_name,
+                       "its directory shows no dataset attributes", self.bucket.name, record_name,
                 generation or "not uploaded yet", size, MAX_RECORD_BYTES)
         return _NOT_A_RECORD
 
@@ -216,12 +216,12 @@ class DatasetXattrs:
         except ValueError as exc:
             level = logging.DEBUG if self._quiet(record_name, local) else logging.WARNING
             log.log(level, "gs://%s/%s (generation %s) is not a dataset record, so its directory shows no dataset "
-                           "attributes: %s", self.fs.bucket.name, record_name, generation or "not uploaded yet", exc)
+                           "attributes: %s", self.bucket.name, record_name, generation or "not uploaded yet", exc)
             return _NOT_A_RECORD
 
     def _stat(self, record_name: str) -> ObjectInfo | None:
         try:
-            info = self.fs.bucket.stat(record_name)
+            info = self.bucket.stat(record_name)
         except NotFound:
             return None
         return None if info.is_dir_marker else info
@@ -263,7 +263,7 @@ class DatasetXattrs:
                         record, new.id or str(uuid.uuid4()), new.name or default_name, new.tags, new.labels, cloud,
                         replacing=records.fields_replaced_by(name), default_name=default_name)
                 except InvalidMetadata as exc:
-                    log.warning("%s: %s not changed: gs://%s/%s: %s", path, name, self.fs.bucket.name, record_name,
+                    log.warning("%s: %s not changed: gs://%s/%s: %s", path, name, self.bucket.name, record_name,
                                 exc)
                     raise
                 if body == raw:
@@ -274,12 +274,12 @@ class DatasetXattrs:
                     return
                 except PreconditionFailed:
                     log.info("%s: gs://%s/%s changed in the bucket meanwhile (this mount read %s); reading it "
-                             "again to re-apply %s (attempt %d)", path, self.fs.bucket.name, record_name,
+                             "again to re-apply %s (attempt %d)", path, self.bucket.name, record_name,
                              f"generation {generation}" if generation else "none", name, attempt)
-                    self.fs.metacache.forget(record_name)
+                    self.metacache.forget(record_name)
                     info, raw, record = self._current(record_name, fresh=True)
         log.warning("%s: gs://%s/%s kept changing in the bucket while %s was re-applied (%d attempts): not "
-                    "changed; the other writers' changes are kept", path, self.fs.bucket.name, record_name, name,
+                    "changed; the other writers' changes are kept", path, self.bucket.name, record_name, name,
                     ATTEMPTS)
         raise Conflict(f"{record_name} kept changing elsewhere; {name} was not changed")
 
@@ -288,15 +288,15 @@ class DatasetXattrs:
         file written here and not uploaded yet): the listing this mount keeps may be older than a
         delete made elsewhere, and a record written there would bring the dataset back, with a new
         id. (The root of the mount always exists.)"""
-        directory = self.fs.ns.object_name(path)
+        directory = self.ns.object_name(path)
         if not directory:
             return
         prefix = directory + "/"
-        if self.fs.bucket.list_page(prefix, None, max_results=1).objects or self.fs._new_nodes_under(prefix):
+        if self.bucket.list_page(prefix, None, max_results=1).objects or self.lookups.new_nodes_under(prefix):
             return
-        self.fs.metacache.forget(directory)
+        self.metacache.forget(directory)
         log.info("%s: gs://%s/%s holds nothing any more (removed elsewhere?): no dataset record made there",
-                 path, self.fs.bucket.name, prefix)
+                 path, self.bucket.name, prefix)
         raise FileNotFound(f"{path}: the directory is gone from the bucket")
 
     @staticmethod
@@ -315,7 +315,7 @@ class DatasetXattrs:
     def _settle_local(self, record_path: str, record_name: str) -> None:
         """A ``.octue`` changed through this mount goes up first; one open with unsaved data: EBUSY."""
         try:
-            _, _, node = self.fs.resolve(record_path)
+            _, _, node = self.lookups.resolve(record_path)
         except FileNotFound:
             return
         if node is None or not node.unsaved:
@@ -323,7 +323,7 @@ class DatasetXattrs:
         if node.dirty and node.opens:
             raise Busy(f"{record_name} is open for writing through this mount with unsaved data; close it first")
         try:
-            self.fs.files.settle(node)  # its upload, waited for (ETIMEDOUT if the bucket does not answer)
+            self.files.settle(node)  # its upload, waited for (ETIMEDOUT if the bucket does not answer)
         except Conflict as exc:  # it went beside (changed elsewhere meanwhile): safe there
             log.warning("%s; the directory's change applies to the record the bucket holds", exc)
 
@@ -333,23 +333,23 @@ class DatasetXattrs:
         if fresh:
             info = self._stat(record_name)
         else:
-            entry = self.fs.lookup(record_name)
+            entry = self.lookups.lookup(record_name)
             if entry is DIR:  # a record beside it would make a file and a directory of one name
-                raise InvalidArgument(f"gs://{self.fs.bucket.name}/{record_name} is a directory, so the directory "
+                raise InvalidArgument(f"gs://{self.bucket.name}/{record_name} is a directory, so the directory "
                                       "holding it cannot be a dataset; move it away first")
             info = entry if isinstance(entry, ObjectInfo) and not entry.is_dir_marker else None
         if info is None:
             return None, None, None
         if info.size > MAX_RECORD_BYTES:
-            raise InvalidArgument(f"gs://{self.fs.bucket.name}/{record_name} is {info.size} bytes, too large to be "
+            raise InvalidArgument(f"gs://{self.bucket.name}/{record_name} is {info.size} bytes, too large to be "
                                   "a dataset record: it is not overwritten; move it away to make the directory a dataset")
         try:
-            data = self.fs.cache.read(info, 0, info.size)
+            data = self.cache.read(info, 0, info.size)
         except (NotFound, StaleFile):  # replaced since: the precondition fails, and it is read again
             return info, None, self._memo_get(record_name, info) or DatasetRecord()
         found = self._decode(record_name, data, info.generation)
         if found is _NOT_A_RECORD:
-            raise InvalidArgument(f"gs://{self.fs.bucket.name}/{record_name} is not a dataset record (the SDK's "
+            raise InvalidArgument(f"gs://{self.bucket.name}/{record_name} is not a dataset record (the SDK's "
                                   "JSON): it is not overwritten; move it away to make the directory a dataset")
         with self._lock:
             self._memo[(record_name, info.generation)] = found
@@ -365,21 +365,21 @@ class DatasetXattrs:
         type of the object it replaces are kept (another client's keys are never dropped), and
         its metageneration is a precondition too: on GCS a metadata change elsewhere keeps the
         generation."""
-        self.fs.uploader.wait_pace(record_name)  # GCS's pace: one change of an object a second
+        self.uploader.wait_pace(record_name)  # GCS's pace: one change of an object a second
         metadata = dict(replaced.metadata) if replaced is not None else {}
         metadata.pop(MTIME_KEY, None)  # new content: its time is the upload's, as for a file written here
         content_type = (replaced.content_type if replaced is not None else None) or RECORD_CONTENT_TYPE
-        landed = self.fs.bucket.upload_bytes(
+        landed = self.bucket.upload_bytes(
             record_name, body, metadata, if_generation_match=generation, content_type=content_type,
             if_metageneration_match=replaced.metageneration if replaced is not None and generation else None)
-        self.fs.uploader.mutated(record_name)
-        self.fs.metacache.wrote(landed)
+        self.uploader.mutated(record_name)
+        self.metacache.wrote(landed)
         with self._lock:
             self._memo[(record_name, landed.generation)] = records.decode_dataset_record(body)
             for prefix, written in self._watchers:
                 if record_name.startswith(prefix):
                     written.add(record_name)
-        log.info("wrote gs://%s/%s (generation %d)", self.fs.bucket.name, record_name, landed.generation)
+        log.info("wrote gs://%s/%s (generation %d)", self.bucket.name, record_name, landed.generation)
 
 
 __all__ = ["DatasetXattrs", "ATTEMPTS"]

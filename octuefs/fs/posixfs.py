@@ -28,7 +28,8 @@ import logging
 import stat
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import cachetools
 
@@ -42,12 +43,11 @@ from octuefs.errors import (
     PreconditionFailed,
     TransientError,
 )
+from octuefs.fs.files import FileNode
+from octuefs.fs.lookups import Lookups
+from octuefs.fs.parts import MountParts
 from octuefs.octue import posixmeta
 from octuefs.storage.base import ObjectInfo
-
-if TYPE_CHECKING:
-    from octuefs.fs.core import FileSystem
-    from octuefs.fs.files import FileNode
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,16 @@ def object_attr(info: ObjectInfo, mtime: float, ctime: float | None = None) -> A
 
 
 class PosixSurface:
-    def __init__(self, fs: FileSystem):
-        self.fs = fs
+    def __init__(self, parts: MountParts, lookups: Lookups, changing: Callable[[str], AbstractContextManager]):
+        self.config, self.bucket, self.times, self.ns = parts.config, parts.bucket, parts.times, parts.ns
+        self.metacache, self.uploader, self.files = parts.metacache, parts.uploader, parts.files
+        self.lookups = lookups
+        self.changing = changing  # XattrSurface.changing: one metadata change of an object at a time
         self._lock = threading.Lock()
         self._targets: cachetools.LRUCache[tuple[str, int], str] = cachetools.LRUCache(TARGETS_KEPT)
         # directory name -> its marker's ObjectInfo, or None (it has none); from a listing or a stat
         self._markers: cachetools.TTLCache[str, ObjectInfo | None] = cachetools.TTLCache(
-            MARKERS_KEPT, max(fs.config.stat_ttl, 0.001))
+            MARKERS_KEPT, max(parts.config.stat_ttl, 0.001))
 
     # --- what stat shows -------------------------------------------------------------------
 
@@ -113,7 +116,7 @@ class PosixSurface:
 
     def dir_attr(self, name: str, fetch: bool = True) -> Attr:
         """A directory's attributes, from its marker (not ``known`` if it is not, and not ``fetch``)."""
-        started = self.fs.times.of_dir(name + "/" if name else "")  # (the mount's start, or its last entry change)
+        started = self.times.of_dir(name + "/" if name else "")  # (the mount's start, or its last entry change)
         if self._is_root(name):
             return Attr(True, 0, started)
         marker = self._marker(name, fetch)
@@ -125,12 +128,12 @@ class PosixSurface:
         # A touch's mtime on the marker, unless an entry changed here after that touch landed;
         # the ctime: the marker's last change (a chmod, chown, touch) or the last entry change.
         changed = marker.updated.timestamp()
-        remembered = self.fs.times.dir_changed_at(name + "/")
+        remembered = self.times.dir_changed_at(name + "/")
         mtime = facts.mtime if facts.mtime is not None and (remembered is None or changed >= remembered) else started
         return facts_attr(facts, 0, mtime, is_dir=True, ctime=max(mtime, changed, started))
 
     def _is_root(self, name: str) -> bool:
-        return not name or name == self.fs.ns.prefix.rstrip("/")
+        return not name or name == self.ns.prefix.rstrip("/")
 
     def _marker(self, name: str, fetch: bool):
         with self._lock:
@@ -138,7 +141,7 @@ class PosixSurface:
         if known is not _UNKNOWN or not fetch:
             return known
         try:
-            known = self.fs.bucket.stat(name + "/")
+            known = self.bucket.stat(name + "/")
         except NotFound:
             known = None
         except TransientError as exc:
@@ -200,27 +203,27 @@ class PosixSurface:
             self._change(path, wanted, mtime=mtime)
 
     def _change(self, path: str, wanted: dict[str, str], mtime: float | None = None) -> None:
-        self.fs.check_writable()
+        self.lookups.check_writable()
         if path is None:
             raise FileNotFound("(a file unlinked while open has no path)")
-        name = self.fs.ns.object_name(path)
-        with self.fs.xattrs.changing(name):
-            name, entry, node = self.fs.resolve(path, gone_hides=True)
+        name = self.ns.object_name(path)
+        with self.changing(name):
+            name, entry, node = self.lookups.resolve(path, gone_hides=True)
             if node is None and entry is DIR:
                 self._change_dir(name, wanted)
                 return
             if node is None and entry is MISSING:
                 raise FileNotFound(path)
             info = node.base if node is not None else entry
-            with self.fs.files.node_to_change(name, info, seen=node) as held, held.lock:
+            with self.files.node_to_change(name, info, seen=node) as held, held.lock:
                 posix = {k: v for k, v in wanted.items() if k != posixmeta.MTIME_KEY}
 
                 def apply() -> None:
-                    held.times = (self.fs.files.times_of(held)[0], time.time())  # (moves the ctime)
+                    held.times = (self.files.times_of(held)[0], time.time())  # (moves the ctime)
                     held.posix.update(posix)
                     if mtime is not None:
                         held.mtime = mtime
-                self.fs.files.change_metadata(held, apply)
+                self.files.change_metadata(held, apply)
 
     def _change_dir(self, name: str, wanted: dict[str, str]) -> None:
         """Change a directory's marker at once (made, empty, carrying ``wanted``, if it has none)."""
@@ -230,23 +233,23 @@ class PosixSurface:
         key = name + "/"
         for _ in range(3):
             marker = self._marker(name, fetch=True)
-            self.fs.uploader.wait_pace(key)
+            self.uploader.wait_pace(key)
             if marker is None and not self._still_there(name):
-                self.fs.metacache.forget(name)
+                self.metacache.forget(name)
                 raise FileNotFound(f"{name}: removed elsewhere (nothing is left under {key!r})")
             try:
                 if marker is None:
                     log.info("directory %r has no marker object: %r is made to keep its mode, owners or times",
                              name, key)
-                    new = self.fs.bucket.upload_bytes(key, b"", wanted, if_generation_match=0)
+                    new = self.bucket.upload_bytes(key, b"", wanted, if_generation_match=0)
                 else:
-                    new = self.fs.bucket.patch_metadata(key, wanted, if_generation_match=marker.generation,
+                    new = self.bucket.patch_metadata(key, wanted, if_generation_match=marker.generation,
                                                         if_metageneration_match=marker.metageneration)
             except (PreconditionFailed, NotFound):
                 with self._lock:
                     self._markers.pop(name, None)  # changed elsewhere meanwhile: read it again
                 continue
-            self.fs.uploader.mutated(key)
+            self.uploader.mutated(key)
             self.marker_seen(key, new)
             return
         raise PreconditionFailed(f"the marker object {key!r} kept changing; its attributes were not changed")
@@ -256,9 +259,9 @@ class PosixSurface:
         bucket, or written here and not yet there): a marker made for a directory removed
         elsewhere meanwhile would bring it back."""
         key = name + "/"
-        if any(not n.unlinked for n in self.fs.files.nodes_under(key)):
+        if any(not n.unlinked for n in self.files.nodes_under(key)):
             return True
-        page = self.fs.bucket.list_page(key, "/", max_results=1)
+        page = self.bucket.list_page(key, "/", max_results=1)
         return bool(page.objects or page.prefixes)
 
     def _change_root(self, wanted: dict[str, str]) -> None:
@@ -266,7 +269,7 @@ class PosixSurface:
         accepted and ignored, so ``rsync -a`` into the mount stays clean), and its owner and mode
         are the mount's (--uid, --gid, --dir-mode): setting them to what they are is a no-op,
         anything else EPERM."""
-        cfg = self.fs.config
+        cfg = self.config
         shown = {posixmeta.MODE_KEY: posixmeta.mode_text(cfg.dir_mode), posixmeta.UID_KEY: str(cfg.uid),
                  posixmeta.GID_KEY: str(cfg.gid)}
         differs = {k: v for k, v in wanted.items() if k in shown and shown[k] != v}
@@ -293,11 +296,11 @@ class PosixSurface:
             # The generation known here is gone: the link was replaced (or removed) elsewhere
             # within --stat-ttl. Look it up again, once, rather than answer ENOENT for a link
             # that is there.
-            self.fs.metacache.forget(self.fs.ns.object_name(path))
+            self.metacache.forget(self.ns.object_name(path))
             return self._readlink(path)
 
     def _readlink(self, path: str) -> str:
-        name, entry, node = self.fs.resolve(path)
+        name, entry, node = self.lookups.resolve(path)
         info = node.base if node is not None else entry
         if not isinstance(info, ObjectInfo) or not posixmeta.decoded(info).is_symlink:
             raise InvalidArgument(f"{path} is not a symbolic link")
@@ -310,7 +313,7 @@ class PosixSurface:
         if known is not None:
             return known
         size = min(info.size, TARGET_READ_MAX)
-        data = self.fs.bucket.read_range(info.name, 0, size, generation=info.generation) if size else b""
+        data = self.bucket.read_range(info.name, 0, size, generation=info.generation) if size else b""
         target = data.decode("utf-8", "surrogateescape")
         with self._lock:
             self._targets[key] = target
@@ -334,18 +337,18 @@ class PosixSurface:
 
     def _make(self, path: str, data: bytes, meta: dict[str, str]) -> ObjectInfo:
         """A new object at ``path``, at once (not written back): EEXIST if the name is taken."""
-        self.fs.check_writable()
-        name, entry, node = self.fs.resolve(path)
+        self.lookups.check_writable()
+        name, entry, node = self.lookups.resolve(path)
         if node is not None or entry is not MISSING:
             raise FileExists(path)
-        self.fs.ns.check_new_name(name)
+        self.ns.check_new_name(name)
         try:
-            info = self.fs.bucket.upload_bytes(name, data, meta, if_generation_match=0)
+            info = self.bucket.upload_bytes(name, data, meta, if_generation_match=0)
         except PreconditionFailed as exc:
-            self.fs.metacache.forget(name)
+            self.metacache.forget(name)
             raise FileExists(path) from exc
-        self.fs.uploader.mutated(name)
-        self.fs.metacache.wrote(info)
-        self.fs.times.entry_changed(name)  # (an entry made: its directory's times move, as for a create)
+        self.uploader.mutated(name)
+        self.metacache.wrote(info)
+        self.times.entry_changed(name)  # (an entry made: its directory's times move, as for a create)
         return info
 

@@ -30,7 +30,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from octuefs.cache.metacache import DIR, MISSING
 from octuefs.errors import (
@@ -40,15 +39,13 @@ from octuefs.errors import (
     InvalidMetadata,
     NoSuchAttribute,
     ReadOnlyAttribute,
-    ReadOnlyFilesystem,
 )
 from octuefs.fs import filestate
 from octuefs.fs.dirxattrs import DatasetXattrs
+from octuefs.fs.lookups import Lookups
+from octuefs.fs.parts import MountParts
 from octuefs.octue import metadata as octue
 from octuefs.storage.base import ObjectInfo
-
-if TYPE_CHECKING:
-    from octuefs.fs.core import FileSystem
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +107,12 @@ class XattrSurface:
     """Lock order: a name's lock in ``_changing`` (one metadata change of an object at a time in
     this mount, so threads never race each other's patches), then that file's ``FileNode.lock``."""
 
-    def __init__(self, fs: FileSystem):
-        self.fs = fs
+    def __init__(self, parts: MountParts, lookups: Lookups):
+        self.ns, self.files = parts.ns, parts.files
+        self.lookups = lookups
         self._changing = _KeyedLocks()
-        self.datasets = DatasetXattrs(fs, self._changing)
-        self.states = filestate.UploadStates(fs.uploader, fs.bucket.name)
+        self.datasets = DatasetXattrs(parts, lookups, self._changing)
+        self.states = filestate.UploadStates(parts.uploader, parts.bucket.name)
 
     def changing(self, name: str):
         """Held while a metadata change of object ``name`` is made (a setfattr, or a chmod,
@@ -137,7 +135,7 @@ class XattrSurface:
 
     def _target(self, path: str):
         """``(name, info, node)`` of a file, or ``None`` for a directory."""
-        name, entry, node = self.fs.resolve(path, gone_hides=True)
+        name, entry, node = self.lookups.resolve(path, gone_hides=True)
         if node is not None:
             return name, node.base, node
         if entry is DIR:
@@ -192,17 +190,16 @@ class XattrSurface:
     def _change(self, path: str, name: str, apply, value: bytes | None, flags: int) -> None:
         if name == filestate.NAME:
             raise ReadOnlyAttribute(f"{name} is read-only: it says where the file's upload stands")
-        if self.fs.config.read_only:
-            raise ReadOnlyFilesystem("the mount is read-only")
+        self.lookups.check_writable()
         if self._target(path) is None:  # a directory: its dataset's record (dirxattrs.py)
             self.datasets.change(path, name, value, flags)
             return
         # Each change reads the metadata the one before it in this mount wrote (the caches hold
         # its result), so concurrent setfattr calls neither lose each other's changes (even on a
         # server that ignores preconditions) nor use up each other's attempts.
-        fname = self.fs.ns.object_name(path)
+        fname = self.ns.object_name(path)
         if octue.is_octue_xattr(name):  # even one refused: the file keeps its own over a rename
-            self.fs.files.given_metadata(fname)
+            self.files.given_metadata(fname)
         with self._changing.hold(fname):
             self._change_locked(path, name, apply, value, flags)
 
@@ -223,16 +220,16 @@ class XattrSurface:
             if name == ID and value is not None and _first_write(node):
                 apply = self._adopt_id(node, value, flags)
             new_meta = apply(node.meta)  # validates before anything changes
-            self.fs.files.check_fits(node, new_meta)
+            self.files.check_fits(node, new_meta)
             # Merged into the pending upload or patch, else queued as a patch: journaled now.
-            self.fs.files.change_metadata(node, lambda: setattr(node, "meta", new_meta))
+            self.files.change_metadata(node, lambda: setattr(node, "meta", new_meta))
 
     def _node(self, name: str, info: ObjectInfo | None, node):
         """The file's node for a change: the live one, else one made for it (kept while it holds
         the change, so the mount shows it until it is in the bucket). Taken from the table again:
         the live node found a moment ago may have been dropped since (its upload landed), and a
         change made to it then would be shown nowhere and replaced by the next one."""
-        return self.fs.files.node_to_change(name, info, seen=node)
+        return self.files.node_to_change(name, info, seen=node)
 
     def _set_gcs_fact(self, target, name: str, value: bytes | None, flags: int) -> None:
         """A read-only object fact: setting it to the value it has is a no-op, and so is setting
@@ -281,4 +278,4 @@ class XattrSurface:
         if value is not None and ("/" not in text or any(c.isspace() for c in text)):
             raise InvalidMetadata("content_type", "must look like type/subtype", text)
         with self._node(name, info, node) as node:
-            self.fs.files.change_metadata(node, lambda: setattr(node, "content_type", text or None))
+            self.files.change_metadata(node, lambda: setattr(node, "content_type", text or None))

@@ -1,4 +1,4 @@
-"""Give-backs owed by take-over renames (:meth:`octuefs.fs.core.FileSystem._taking_over`).
+"""Give-backs owed by take-over renames (:meth:`octuefs.fs.takeover.TakeOvers.taking_over`).
 
 A take-over PATCHes the replaced file's Octue metadata (its id, tags, labels) onto the incoming
 file before copying it over. If the daemon dies between that PATCH and the end of the rename,

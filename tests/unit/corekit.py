@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from octuefs.assembly import build_filesystem
 from octuefs.config import MountConfig
 from octuefs.errors import TransientError
 from octuefs.fs.core import FileSystem
@@ -40,7 +41,7 @@ def make_fs(bucket, tmp_path, cache="cache", **overrides) -> FileSystem:
     overrides.setdefault("upload_hold", 0.0)
     config = MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "mnt"), cache_dir=str(tmp_path / cache),
                          block_size=MiB, **overrides)
-    return FileSystem(bucket, config)
+    return build_filesystem(bucket, config)
 
 
 def close_write(fs: FileSystem, path: str, data: bytes) -> None:

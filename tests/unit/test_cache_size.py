@@ -13,6 +13,7 @@ import zlib
 
 import pytest
 
+from octuefs.assembly import build_filesystem
 from octuefs.cache import content as cache_module
 from octuefs.cache import space as cachespace
 from octuefs.cache.content import ContentCache
@@ -24,7 +25,6 @@ from octuefs.config import (
     parse_size,
 )
 from octuefs.errors import TransientError
-from octuefs.fs.core import FileSystem
 from octuefs.storage import fake
 
 from .test_cache import RecordingBucket, put, wait_until
@@ -234,7 +234,7 @@ def test_unsaved_files_are_never_evicted_and_arrive_intact(tmp_path):
     bucket = fake.FakeBucket("unsaved-test")
     config = MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "mnt"), cache_dir=str(tmp_path / "cache"),
                          block_size=MiB, cache_size=4 * MiB)
-    fs = FileSystem(bucket, config)
+    fs = build_filesystem(bucket, config)
     try:
         clean = [(f"c{i}.bin", random.Random(i).randbytes(3 * MiB)) for i in range(5)]
         for name, data in clean:

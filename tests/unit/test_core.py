@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from octuefs.assembly import build_filesystem
 from octuefs.config import MountConfig
 from octuefs.errors import (
     AttributeNotSupported,
@@ -37,7 +38,7 @@ def bucket():
 def make_fs(bucket, tmp_path, **overrides) -> FileSystem:
     config = MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "mnt"), cache_dir=str(tmp_path / "cache"),
                          block_size=overrides.pop("block_size", MiB), **overrides)
-    return FileSystem(bucket, config)
+    return build_filesystem(bucket, config)
 
 
 @pytest.fixture

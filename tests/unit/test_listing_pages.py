@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from octuefs.assembly import build_filesystem
 from octuefs.config import MountConfig
 from octuefs.errors import BucketUnreachable
 from octuefs.fs.core import FileSystem
@@ -35,7 +36,7 @@ class _GatedListing(FakeBucket):
 
 
 def _fs(bucket, tmp_path) -> FileSystem:
-    return FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    return build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                           cache_dir=str(tmp_path / "c")))
 
 
@@ -66,7 +67,7 @@ def test_the_first_page_is_served_while_the_second_is_on_its_way(tmp_path):
 def test_every_listed_file_answers_stat_without_a_request_even_with_listings_not_cached(tmp_path):
     bucket = FakeBucket("stats")
     _fill(bucket, [f"d/{i:05d}" for i in range(2500)])
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), list_ttl=0))
     assert len(fs.readdir("/d")) == 2500
     assert fs.metacache.listing("d/") is None  # (list_ttl=0)

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from octuefs.assembly import build_filesystem
 from octuefs.config import MountConfig
 from octuefs.errors import FileNotFound
 from octuefs.fs.core import FileSystem
@@ -27,7 +28,7 @@ class _SlowListing(FakeBucket):
 
 
 def _fs(bucket, tmp_path, **kw) -> FileSystem:
-    return FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    return build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                           cache_dir=str(tmp_path / "c"), **kw))
 
 

@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from octuefs.assembly import build_filesystem
 from octuefs.cache.content import ContentCache
 from octuefs.config import MountConfig
 from octuefs.errors import (
@@ -122,7 +123,7 @@ class Mount:
                              # fake keeps no rate limit), so rules still meet it pending.
                              patch_pace=0.05)
         cache = ContentCache(self.cache_dir, self.view.bounded(OP_TIMEOUT), BLOCK, cache_size=64 * 1024 * 1024)
-        self.fs = FileSystem(self.view, config, cache=cache)
+        self.fs = build_filesystem(self.view, config, cache=cache)
         self.fs.uploader.max_backoff = 0.002  # retries at once (see slow_retries): one-shot faults, fast examples
 
     def kill(self) -> None:
@@ -786,7 +787,7 @@ def test_n1_a_conflict_copy_whose_answer_was_lost_is_reported_once(tmp_path):
     made a second."""
     bucket = _AnswerLostOnConflictCopy("b")
     bucket.upload_bytes("f.txt", b"v1")
-    fs = FileSystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c"),
+    fs = build_filesystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c"),
                                         upload_hold=0))
     fs.uploader.max_backoff = 0.01
     try:
@@ -823,7 +824,7 @@ def test_n1_a_dropped_new_file_leaves_no_unreported_copy(tmp_path):
     copy stayed in the bucket, in no status. Now a new file whose 412 finds nothing is tried again
     at its name, and a dropped entry's copy, had there been one, is checked and reported."""
     bucket = _SecondUploadsAnswerLost("b")
-    fs = FileSystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c"),
+    fs = build_filesystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c"),
                                         upload_hold=0))
     try:
         bucket.upload_bytes("d/b.txt", b"outside")  # an outside writer (before the faults: they are the mount's)
@@ -856,7 +857,7 @@ def test_n2_a_setfattr_on_a_file_deleted_elsewhere_behind_a_stuck_patch_is_not_a
     bucket = FakeBucket("b")
 
     def mount(i: int) -> FileSystem:
-        return FileSystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / f"m{i}"),
+        return build_filesystem(bucket, MountConfig(bucket="b", mountpoint=str(tmp_path / f"m{i}"),
                                               cache_dir=str(tmp_path / f"c{i}"), upload_hold=0, patch_pace=0.01,
                                               stat_ttl=0, list_ttl=0, negative_ttl=0))
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from octuefs.assembly import build_filesystem
 from octuefs.config import MountConfig
 from octuefs.errors import (
     BucketUnreachable,
@@ -48,7 +49,7 @@ def bucket(t):
 def make_fs(bucket, tmp_path, **overrides) -> FileSystem:
     config = MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "mnt"), cache_dir=str(tmp_path / "cache"),
                          block_size=64 * 1024, **overrides)
-    return FileSystem(bucket, config)
+    return build_filesystem(bucket, config)
 
 
 # --- the bound on one call ----------------------------------------------------------------------

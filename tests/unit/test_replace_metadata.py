@@ -270,7 +270,7 @@ def test_a_take_over_interrupted_by_a_crash_is_given_back_at_the_next_mount(buck
         raise Crash()
 
     bucket_copy, fs.bucket.copy = fs.bucket.copy, die
-    fs._give_back = die  # (killed: nothing runs after the PATCH)
+    fs.takeovers._give_back = die  # (killed: nothing runs after the PATCH)
     with pytest.raises(Crash):
         fs.rename("/tmp1", "/data.csv")
     assert octue_of(bucket, "tmp1") == kept  # the window the record covers

@@ -254,7 +254,7 @@ def test_a_directory_setfattr_during_a_rename_of_that_directory_is_not_left_behi
     failed its precondition."""
     bucket.upload_bytes("wind/a.csv", b"1")
     bucket.upload_bytes("wind/.octue", encode_dataset_record(ID, "wind", {}, ["v1"], "gs://bk/wind"))
-    real = fs._copy_all
+    real = fs.dir_renames._copy_all
     done = []
 
     def copy_then_race(*args, **kwargs):
@@ -266,7 +266,7 @@ def test_a_directory_setfattr_during_a_rename_of_that_directory_is_not_left_behi
             t.join(10)
         return moved
 
-    fs._copy_all = copy_then_race
+    fs.dir_renames._copy_all = copy_then_race
     fs.rename("/wind", "/wind2")
     assert done == [None]  # the setfattr said it worked
     left = sorted(n for n in bucket.objects() if n.startswith("wind/"))

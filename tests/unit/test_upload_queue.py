@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from octuefs.assembly import build_filesystem
 from octuefs.config import MountConfig
 from octuefs.errors import FileNotFound, PreconditionFailed, TransientError
 from octuefs.fs.core import FileSystem
@@ -37,7 +38,7 @@ def _save(fs: FileSystem, path: str, data: bytes) -> None:
 
 def test_thousands_of_queued_uploads_drain_to_the_newest_version_of_each(tmp_path):
     bucket = _HeldUploads("deep")
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_workers=4))
     for i in range(3000):
         _save(fs, f"/f{i:04d}", b"v1-%d" % i)
@@ -79,7 +80,7 @@ class _ConflictThenFlakyStat(FakeBucket):
 
 def test_a_failure_while_settling_a_conflict_leaves_the_upload_queued_and_the_worker_alive(tmp_path):
     bucket = _ConflictThenFlakyStat("wedge")
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_workers=1))
     _save(fs, "/a.txt", b"mine")
     assert fs.uploader.sync(timeout=30) == 0  # retried (after its backoff) by the one worker
@@ -104,7 +105,7 @@ class _Starts(FakeBucket):
 
 def _burst_fs(tmp_path, quiet: float, hold: float):
     bucket = _Starts("burst")
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c")))
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"), cache_dir=str(tmp_path / "c")))
     fs.uploader.burst_quiet, fs.uploader.burst_hold = quiet, hold
     _measured(bucket, wall=0.001, cpu=0.001)  # a bucket on loopback: uploads are CPU
     return bucket, fs
@@ -204,7 +205,7 @@ def test_far_from_the_bucket_a_burst_of_small_closes_is_not_held_and_keeps_32_up
     ``upload_workers`` is 8."""
     bucket = _InFlight("far", latency=0.05)
     _measured(bucket, wall=0.05, cpu=0.0005)
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_workers=8))
     fs.uploader.burst_quiet = fs.uploader.burst_hold = 60  # a burst that never pauses
     bucket.gate.clear()
@@ -221,7 +222,7 @@ def test_far_from_the_bucket_a_burst_of_small_closes_is_not_held_and_keeps_32_up
 
 def test_large_uploads_keep_to_upload_workers_while_small_ones_fill_the_rest(tmp_path):
     bucket = _InFlight("far-large")
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_workers=2, upload_hold=0))
     _measured(bucket, wall=0.05, cpu=0.001)
     bucket.gate.clear()
@@ -243,7 +244,7 @@ def test_large_uploads_keep_to_upload_workers_while_small_ones_fill_the_rest(tmp
 def test_near_the_bucket_uploads_keep_to_upload_workers_and_bursts_are_held(tmp_path):
     """On loopback an upload is CPU: as before, ``upload_workers`` at once, after the burst."""
     bucket = _InFlight("near")
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_workers=4))
     fs.uploader.burst_quiet = fs.uploader.burst_hold = 60  # a burst that never pauses
     _measured(bucket, wall=0.001, cpu=0.001)
@@ -290,7 +291,7 @@ def _copy_landed_unanswered(tmp_path, bucket: _CopyAnswerLost, cache: str = "c")
     what the test does next meets it queued)."""
     bucket.upload_bytes("f.txt", b"v1")
     bucket.upload_bytes("g.txt", b"other")
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / cache), upload_hold=0, op_timeout=3.0))
     fh = fs.open("/f.txt", os.O_RDWR)
     fs.write(fh, b"mine", 0)
@@ -371,7 +372,7 @@ def test_the_check_of_a_dropped_versions_copy_survives_a_crash(tmp_path):
     assert fs.uploader.pending_for(copy) == [] and fs.uploader.withhold(copy).entries == []  # no version of it
     fs.uploader.shutdown(drain=False)  # the daemon dies with the check journaled
     bucket.copies_unreachable = False
-    again = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    again = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                            cache_dir=str(tmp_path / "c"), upload_hold=0))
     try:
         with pytest.raises(FileNotFound):
@@ -389,7 +390,7 @@ def test_a_new_files_upload_whose_412_finds_nothing_goes_up_at_its_name(tmp_path
     """A new file's upload answered 412 (something was there, or a spurious answer) while nothing
     is there when it looks: it is tried again at its name, not put beside nothing."""
     bucket = FakeBucket("spurious")
-    fs = FileSystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
+    fs = build_filesystem(bucket, MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "m"),
                                         cache_dir=str(tmp_path / "c"), upload_hold=0))
     try:
         bucket.fail_next("upload", PreconditionFailed("412: spurious"))

@@ -290,7 +290,7 @@ def test_a_record_made_in_a_subdirectory_during_its_parents_rename_moves_with_it
     import threading
 
     bucket.upload_bytes("wind/sub/a.csv", b"1")
-    real = fs._copy_all
+    real = fs.dir_renames._copy_all
     done = []
 
     def copy_then_race(*args, **kwargs):
@@ -300,7 +300,7 @@ def test_a_record_made_in_a_subdirectory_during_its_parents_rename_moves_with_it
         t.join(10)
         return moved
 
-    fs._copy_all = copy_then_race
+    fs.dir_renames._copy_all = copy_then_race
     fs.rename("/wind", "/wind2")
     assert done == [None]
     assert not [n for n in bucket.objects() if n.startswith("wind/")]

@@ -26,10 +26,11 @@ MAY_IMPORT = {
     "writeback": {"cache", "storage", "octue"},
     "fs": {"writeback", "cache", "storage", "octue"},
 }
-# Top-level modules every layer may use: no knowledge of any layer above storage.
-FOUNDATION = {"octuefs.errors", "octuefs.config", "octuefs.durable", "octuefs.namespace"}
-# Hard limit on a module's length (the aim is ~500; past this it surely has two jobs).
-MAX_LINES = 600
+# Top-level modules every layer may use (errors, the configuration, the names of the mount and
+# of its cache directory): they know no layer above storage.
+FOUNDATION = {"octuefs.errors", "octuefs.config", "octuefs.durable", "octuefs.namespace", "octuefs.cachedir"}
+# Hard limit on a module's length (the aim is ~500: past it a module has two jobs).
+MAX_LINES = 520
 
 
 def _module_name(path: Path) -> str:

@@ -17,9 +17,9 @@ The directory (0700, one daemon at a time: ``lock``) holds the mount's local sta
     parts/               the ledger of large uploads' parts in the bucket, until deleted
     local-gcs/           --local: the embedded emulator's objects (unless --local-data-dir)
 
-:class:`CacheDir` names each path; :mod:`octuefs.assembly` hands them to the components. The
-journal, the content cache and the give-backs still take the directory itself and join their
-own names (the same ones as here: ``tests/unit/test_cache_dir.py`` holds them equal).
+:class:`CacheDir` names each path, and nothing else in octuefs spells one (tests/unit/test_layers.py):
+:mod:`octuefs.assembly` builds the components on one cache directory, and each takes its own
+paths from here.
 """
 
 from __future__ import annotations

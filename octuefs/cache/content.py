@@ -51,6 +51,7 @@ import uuid
 from octuefs.cache.fetching import Fetching, no_space
 from octuefs.cache.readahead import FetchPool, Streams
 from octuefs.cache.space import Entry, Space, bytes_in
+from octuefs.cachedir import CacheDir
 from octuefs.errors import (
     CacheUnwritable,
     FileTooLarge,
@@ -123,8 +124,8 @@ class ContentCache(Fetching):
         self._pool = FetchPool(fetch_workers)
         self._reads = {"read_hits": 0, "read_misses": 0}  # guarded by _reads_lock
         self._reads_lock = threading.Lock()
-        self._blocks_dir = os.path.join(root, "blocks")
-        self.staging_dir = os.path.join(root, "staging")
+        self._blocks_dir = CacheDir(root).blocks
+        self.staging_dir = CacheDir(root).staging
         self._lock = threading.Lock()
         self._entries = _Table()  # guarded by _lock
         self._dirs_made: set[str] = set()

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 
+from octuefs.cachedir import CacheDir
 from octuefs.durable import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,13 @@ class ConflictLog:
     """conflicts.jsonl and the files that say how far it was reported and which copies settled."""
 
     def __init__(self, root: str):
-        self.conflicts_path = os.path.join(root, "conflicts.jsonl")
+        self.conflicts_path = CacheDir(root).conflicts
         # The conflict copies (saved_as) whose conflict a later event ended: a newer version from
         # this mount landed at the name, or the mount removed or renamed the file. Read by
         # user.octuefs.state (filestate.py) at the next mount; octuefs status still lists them.
-        self.settled_path = os.path.join(root, "conflicts.settled")
+        self.settled_path = CacheDir(root).conflicts_settled
         # How many lines of conflicts.jsonl an `octuefs sync` (or unmount) has reported.
-        self.reported_path = os.path.join(root, "conflicts.reported")
+        self.reported_path = CacheDir(root).conflicts_reported
 
     _conflicts_lock = threading.Lock()  # one append at a time: its line's start is checked, then written
 

@@ -25,6 +25,7 @@ import os
 import uuid
 from collections.abc import Mapping
 
+from octuefs.cachedir import CacheDir
 from octuefs.durable import fsync_dir, fsync_path
 from octuefs.errors import NotFound, OctuefsError, PreconditionFailed
 from octuefs.octue import metadata as octue
@@ -39,7 +40,7 @@ def octue_keys(metadata: Mapping[str, str]) -> dict[str, str]:
 
 class OwedGiveBacks:
     def __init__(self, cache_dir: str):
-        self.dir = os.path.join(cache_dir, "givebacks")
+        self.dir = CacheDir(cache_dir).givebacks
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
 
     def _write(self, record_id: str, record: dict) -> None:

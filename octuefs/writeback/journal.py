@@ -35,13 +35,13 @@ import time
 import uuid
 
 from octuefs.cache.space import bytes_in
+from octuefs.cachedir import CacheDir
 from octuefs.durable import fsync_dir, fsync_path
 from octuefs.writeback.conflictlog import ConflictLog
 from octuefs.writeback.entry import BASE_UNKNOWN, Entry, as_check
 
 log = logging.getLogger(__name__)
 
-LOST_FOUND = "lost+found"  # under the cache directory: what is kept, never uploaded
 
 RECORD_XATTR = "user.octuefs.upload."  # + entry id: the journal record, on the sealed file
 PREFLUSH_BYTES = 1 << 20  # larger files have their data flushed before the queue's lock is taken
@@ -67,12 +67,12 @@ class Journal(ConflictLog):
     """The on-disk half: sealed content and journal records (and the conflict log)."""
 
     def __init__(self, root: str):
-        self.pending_dir = os.path.join(root, "pending")
-        self.journal_dir = os.path.join(root, "journal")
+        self.pending_dir = CacheDir(root).pending
+        self.journal_dir = CacheDir(root).journal
         ConflictLog.__init__(self, root)
         for d in (self.pending_dir, self.journal_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
-        self.lost_dir = os.path.join(root, LOST_FOUND)
+        self.lost_dir = CacheDir(root).lost_found
         self._ids = itertools.count()
         self._seqs = itertools.count()  # restarted past the highest journaled by load()
         self.records_in_xattrs = _xattrs_work(self.pending_dir)

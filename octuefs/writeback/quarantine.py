@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from octuefs.writeback.journal import LOST_FOUND
+from octuefs.cachedir import CacheDir
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def quarantine_unclosed(staging_dir: str, root: str) -> None:
         return
     if not left:
         return
-    found = os.path.join(root, LOST_FOUND)
+    found = CacheDir(root).lost_found
     os.makedirs(found, mode=0o700, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for fname in left:

@@ -203,6 +203,14 @@ def test_only_the_posix_codec_spells_the_posix_keys():
     assert len(spelled) == 1 and next(iter(spelled)).endswith(".posixmeta"), sorted(spelled)
 
 
+def test_only_the_cache_directory_layout_names_its_paths():
+    """One owner of --cache-dir's layout: its names are spelled in cachedir.py alone."""
+    names = ("staging", "lost+found", "givebacks", "conflicts.jsonl", "conflicts.settled", "conflicts.reported",
+             "parts", "local-gcs", "octuefs.log")
+    spelled = {name for name, path in PATHS.items() if set(_string_constants(path)) & set(names)}
+    assert spelled == {"octuefs.cachedir"}, sorted(spelled)
+
+
 def test_storage_keeps_no_state_on_local_disk():
     """Transport only: nothing in storage/ makes local files durable (a ledger, a journal)."""
     assert not {n for n in PATHS if layer(n) == "storage" and "octuefs.durable" in IMPORTS[n]}

@@ -170,7 +170,7 @@ def fuse_kwargs(config: MountConfig) -> dict:
 def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     """Run the mount in this process until it is unmounted."""
     from octuefs.assembly import build_filesystem
-    from octuefs.fuse_ops import OctueOperations, run
+    from octuefs.fuse.ops import OctueOperations, run
     from octuefs.writeback.composite import ComposingBucket
 
     os.umask(0o077)  # everything the daemon writes (cache, journal, log, --local data) is private

@@ -1179,7 +1179,7 @@ def hook_overheads(repeat: int = 9, number: int = 50_000) -> dict[str, float]:
 
     import mfusepy
 
-    from octuefs.fuse_ops import _translated
+    from octuefs.fuse.ops import _translated
     from octuefs.metrics import Metrics
     from octuefs.storage.base import ObjectInfo
 

@@ -52,12 +52,7 @@ from octuefs.cache.fetching import Fetching, no_space
 from octuefs.cache.readahead import FetchPool, Streams
 from octuefs.cache.space import Entry, Space, bytes_in
 from octuefs.cachedir import CacheDir
-from octuefs.errors import (
-    CacheUnwritable,
-    FileTooLarge,
-    OctuefsError,
-    StorageError,
-)
+from octuefs.errors import CacheUnwritable, FileTooLarge, OctuefsError, StorageError
 from octuefs.storage.base import Bucket, ObjectInfo
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from octuefs.fuse_ops import MAX_IDLE_THREADS
+from octuefs.fuse.ops import MAX_IDLE_THREADS
 from octuefs.storage.base import RetryPolicy
 from octuefs.storage.gcs import POOL_SIZE, GCSBucket
 from octuefs.writeback.composite import PARTS_IN_FLIGHT

@@ -112,8 +112,8 @@ class _FailingLaterPages(FakeBucket):
 
 
 def _stream(fs, path):
-    from octuefs.dirstreams import DirStream
-    from octuefs.fuse_ops import OctueOperations
+    from octuefs.fuse.dirstreams import DirStream
+    from octuefs.fuse.ops import OctueOperations
 
     stream = DirStream(fs, path, OctueOperations(fs).packed)
     stream.start()

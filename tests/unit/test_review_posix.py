@@ -13,7 +13,7 @@ import mfusepy
 import pytest
 
 from octuefs.errors import OctuefsError
-from octuefs.fuse_ops import OctueOperations
+from octuefs.fuse.ops import OctueOperations
 from octuefs.octue import posixmeta as pm
 from octuefs.storage.fake import FakeBucket
 from tests.unit.corekit import close_write, heal, make_fs, stall

@@ -10,13 +10,13 @@ The kernel side of reading fast:
 * Requests are as large as libfuse 3 allows: ``max_write`` 1 MiB (libfuse's own buffer size,
   which also bounds reads), and more background requests in flight, so the kernel's read-ahead
   requests reach the daemon's threads together (:meth:`init_with_config`). Once the mount is up,
-  the kernel's read-ahead window is raised (:func:`octuefs.kernel.raise_read_ahead`).
+  the kernel's read-ahead window is raised (:func:`octuefs.fuse.kernel.raise_read_ahead`).
 * The kernel page cache is kept across opens while the object is unchanged: mfusepy runs with
   ``raw_fi=True`` so that :meth:`open` can set ``keep_cache`` (the policy is
-  :class:`octuefs.kernel.OpenedGenerations`).
+  :class:`octuefs.fuse.kernel.OpenedGenerations`).
 
-What is not FUSE-speaking lives beside it: the ``st_*`` values (:mod:`octuefs.stat_attrs`), the
-kernel cache policies (:mod:`octuefs.kernel`) and READDIRPLUS listings (:mod:`octuefs.dirstreams`).
+What is not FUSE-speaking lives beside it: the ``st_*`` values (:mod:`octuefs.fuse.attrs`), the
+kernel cache policies (:mod:`octuefs.fuse.kernel`) and READDIRPLUS listings (:mod:`octuefs.fuse.dirstreams`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ if not os.environ.get("FUSE_LIBRARY_PATH") and ctypes.util.find_library("fuse3")
 
 import mfusepy  # noqa: E402
 
-from octuefs.dirstreams import DirStream, Everything
 from octuefs.errors import OctuefsError, errno_for
 from octuefs.fs.core import XATTR_PREFIXES, Attr, FileSystem
-from octuefs.kernel import OpenedGenerations, raise_read_ahead
-from octuefs.stat_attrs import StatAttrs
+from octuefs.fuse.attrs import StatAttrs
+from octuefs.fuse.dirstreams import DirStream, Everything
+from octuefs.fuse.kernel import OpenedGenerations, raise_read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class OctueOperations(mfusepy.Operations):
         self.metrics = metrics  # octuefs.metrics.Metrics when --metrics-port is given
         self.mountpoint = mountpoint  # set by run(); used once the mount is up
         self._attrs = StatAttrs(fs.config)
-        self._opened = OpenedGenerations(fs)  # keep_cache: see octuefs.kernel
+        self._opened = OpenedGenerations(fs)  # keep_cache: see octuefs.fuse.kernel
         self._dirs: dict[int, list] = {}  # open directory -> its entries (READDIRPLUS); _dirs_lock
         self._dirs_lock = threading.Lock()
         self._last_dir = 0

@@ -4,7 +4,7 @@ who may change its owners (chown's rule, for a mount the kernel does not check).
 The mount's defaults and owners (``--file-mode``, ``--dir-mode``, ``--uid``, ``--gid``,
 ``--ignore-stored-owners``, ``--read-only``) are applied here, once, for both answers the FUSE
 adapter gives: the ``st_*`` dictionary of getattr and the packed ``struct stat`` of
-READDIRPLUS (:meth:`octuefs.fuse_ops.OctueOperations.packed`). Nothing here speaks FUSE.
+READDIRPLUS (:meth:`octuefs.fuse.ops.OctueOperations.packed`). Nothing here speaks FUSE.
 """
 
 from __future__ import annotations

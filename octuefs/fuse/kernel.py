@@ -12,7 +12,7 @@
   to 1 MiB for this mount alone (:func:`raise_read_ahead`), so sequential reads come in 1 MiB
   requests. The block cache reads ahead much further than that anyway.
 
-Nothing here speaks FUSE: :mod:`octuefs.fuse_ops` calls these.
+Nothing here speaks FUSE: :mod:`octuefs.fuse.ops` calls these.
 """
 
 from __future__ import annotations

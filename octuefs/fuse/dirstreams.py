@@ -2,7 +2,7 @@
 
 :class:`DirStream` holds one open directory's entries with their attributes packed once (by a
 function the FUSE adapter gives it), and says which of them may be out of date by the time a
-request pages through them. Nothing here speaks FUSE: :mod:`octuefs.fuse_ops` answers the
+request pages through them. Nothing here speaks FUSE: :mod:`octuefs.fuse.ops` answers the
 kernel's READDIRPLUS requests from it.
 """
 

@@ -3,9 +3,11 @@
 :func:`build_filesystem` makes, in order: the bounded view of the bucket, the metadata caches and
 listings, the content cache on disk (after quarantining files a dead daemon left unclosed), the
 write-back journal and uploader (resuming what the journal holds), the open-files table, the
-prefetcher, and the background settling of take-over give-backs and of large uploads' parts left
-by an earlier mount; then the :class:`~octuefs.fs.core.FileSystem` over them. :func:`octuefs.mount.serve`
-puts the FUSE layer and the control socket on top. Every path under the cache directory comes
+prefetcher, and the background settling of take-over give-backs an earlier mount left; then the
+:class:`~octuefs.fs.core.FileSystem` over them. :func:`octuefs.mount.serve` hands it the bucket
+(wrapped to upload large files in parts: :mod:`octuefs.writeback.composite`, whose sweep of parts
+an earlier mount left starts there, and metered if ``--metrics-port``) and puts the FUSE layer and
+the control socket on top. Every path under the cache directory comes
 from :mod:`octuefs.cachedir`. Tests call :func:`build_filesystem` too, with the in-memory bucket.
 
 LOCK ORDER across modules: a thread holding one of these locks takes only those listed after it.

@@ -323,6 +323,24 @@ def test_a_take_over_patch_whose_answer_is_lost_is_undone(fs, bucket):
     assert os.listdir(fs.givebacks.dir) == []
 
 
+def test_a_take_over_patch_whose_answer_is_lost_and_retried_is_its_own_not_a_change_elsewhere(fs, bucket):
+    """The take-over's PATCH lands, its answer is lost, and the retry meets the metageneration it
+    moved itself (CI's hostile differential run, seed 461021585: `mv b.txt a` in a burst of lost
+    answers). That 412 is the PATCH's own success, not a change made elsewhere: the rename goes
+    on. It used to fail with EIO saying the source had changed, settle the give-back as "nothing
+    was changed", and leave the source with the replaced file's Octue id for good."""
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    before, kept = shown(fs, "/data.csv"), octue_of(bucket, "data.csv")
+    bucket.fail_next("patch", after=True)
+    fs.rename("/tmp1", "/data.csv")
+    assert sorted(bucket.objects()) == ["data.csv"] and bucket.read_range("data.csv", 0, 100) == b"new"
+    assert octue_of(bucket, "data.csv") == kept and shown(fs, "/data.csv") == before
+    assert os.listdir(fs.givebacks.dir) == []
+
+
 def test_a_temp_file_removed_while_its_give_back_is_queued_stays_removed(bucket, tmp_path):
     """After a failed take-over whose give-back had to be queued, the editor removes its temp
     file (as `sed -i` does on failure): the queued give-back is dropped with it, not saved

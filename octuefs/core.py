@@ -641,11 +641,12 @@ class FileSystem:
         take.record = self.givebacks.note(self.bucket.name, src_info, donor, dst_name)
         try:
             take.taken = self._take(take, src_info, donor)
-        except (Conflict, MetadataTooLarge):
-            self.givebacks.settled(take.record)  # refused: nothing was changed
+        except MetadataTooLarge:
+            self.givebacks.settled(take.record)  # refused before any request: nothing was changed
             raise
         except BaseException:
-            # The PATCH may have landed with its answer lost: undo it if it did (the record
+            # The PATCH may have landed with its answer lost (even a 412 may follow one: the
+            # retry's, met by a change made elsewhere on top): undo it if it did (the record
             # stays for the next mount if the bucket cannot tell now).
             self.givebacks.settle_now(self.bucket, take.record)
             self.metacache.forget(src_name)

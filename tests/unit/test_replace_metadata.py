@@ -341,6 +341,36 @@ def test_a_take_over_patch_whose_answer_is_lost_and_retried_is_its_own_not_a_cha
     assert os.listdir(fs.givebacks.dir) == []
 
 
+def test_a_take_over_refused_after_its_patch_landed_unanswered_gives_the_source_its_own_back(fs, bucket):
+    """The take-over's PATCH lands with its answer lost and is then refused for another reason
+    (here the source's metadata was changed elsewhere on top of it): the rename fails, and the
+    source must not keep the replaced file's id, neither in the bucket nor as the mount shows it:
+    a failed rename has no effect."""
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, kept = octue_of(bucket, "tmp1"), octue_of(bucket, "data.csv")
+    shown_before = shown(fs, "/tmp1")
+    real = bucket.server.patch
+
+    def lands_then_a_change_elsewhere(name, *args, **kwargs):
+        bucket.server.patch = real
+        done = real(name, *args, **kwargs)
+        real(name, {"made-elsewhere": "1"}, None, None, None)
+        return done
+
+    bucket.fail_next("patch", after=True)
+    bucket.server.patch = lands_then_a_change_elsewhere
+    with pytest.raises(Conflict):
+        fs.rename("/tmp1", "/data.csv")
+    assert {k: v for k, v in octue_of(bucket, "tmp1").items()} == own
+    assert bucket.stat("tmp1").metadata["made-elsewhere"] == "1"
+    assert shown(fs, "/tmp1") == shown_before
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+    assert os.listdir(fs.givebacks.dir) == []
+
+
 def test_a_temp_file_removed_while_its_give_back_is_queued_stays_removed(bucket, tmp_path):
     """After a failed take-over whose give-back had to be queued, the editor removes its temp
     file (as `sed -i` does on failure): the queued give-back is dropped with it, not saved

@@ -136,7 +136,10 @@ class ControlServer:
 
             def run() -> None:
                 try:
-                    left.append(uploader.sync(timeout, progress=lambda d, t: progress.append((d, t))))
+                    pending = uploader.sync(timeout, progress=lambda d, t: progress.append((d, t)))
+                    # Take-overs' give-backs still owed count as pending: a source carrying the id
+                    # of the file it failed to replace is not what the mount shows.
+                    left.append(pending + self.fs.givebacks.settle_owed(self.fs.bucket))
                 except BaseException as exc:  # handed to the client as an error reply
                     failed.append(exc)
                 finally:

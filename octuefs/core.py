@@ -139,9 +139,12 @@ class FileSystem:
     def _settle_give_backs(self, records: list[tuple[str, dict]]) -> None:
         for record_id, record in records:
             try:
-                self.givebacks.settle(self.bucket, record_id, record)
+                settled = self.givebacks.settle(self.bucket, record_id, record)
             except Exception:
-                log.exception("settling a give-back owed to %r failed; the next mount tries again", record.get("name"))
+                log.exception("settling a give-back owed to %r failed; it is tried again", record.get("name"))
+                settled = False
+            if not settled:
+                self.givebacks.owe(self.bucket, record_id)  # (and `octuefs sync` waits for it)
 
     @staticmethod
     def _sweep_parts(bucket: Bucket) -> None:
@@ -158,6 +161,9 @@ class FileSystem:
         else by asking for it alone (see :mod:`octuefs.listings`)."""
         if name == self.ns.prefix.rstrip("/") or not name:
             return DIR
+        if self.givebacks.owes(name):  # a failed take-over's: the source's own metadata first
+            self.givebacks.settle_owed(self.bucket, name)
+            self.metacache.forget(name)
         known = self.metacache.lookup(name)
         if known is not None:
             return known
@@ -646,9 +652,10 @@ class FileSystem:
             raise
         except BaseException:
             # The PATCH may have landed with its answer lost (even a 412 may follow one: the
-            # retry's, met by a change made elsewhere on top): undo it if it did (the record
-            # stays for the next mount if the bucket cannot tell now).
-            self.givebacks.settle_now(self.bucket, take.record)
+            # retry's, met by a change made elsewhere on top): undo it if it did. If the bucket
+            # cannot tell now, it is owed: tried again, and waited for by `octuefs sync`.
+            if not self.givebacks.settle_now(self.bucket, take.record):
+                self.givebacks.owe(self.bucket, take.record)
             self.metacache.forget(src_name)
             raise
         log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
@@ -656,7 +663,9 @@ class FileSystem:
             yield take
         except BaseException as exc:
             outcome, owed = self._give_back(src_name, src_info, take.taken, dst_name)
-            if not owed:
+            if owed:
+                self.givebacks.owe(self.bucket, take.record)
+            else:
                 self.givebacks.settled(take.record)
             if outcome and isinstance(exc, OctuefsError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
                 exc.args = (f"{exc.args[0]}; {outcome}",)  # (the error says what became of the source)
@@ -766,7 +775,7 @@ class FileSystem:
             log.error("%r carries the Octue metadata (the id) of %r after a failed rename over it, and putting its "
                       "own back could not be queued: %s", src_name, dst_name, exc)
             return (f"{src_name!r} still carries the Octue metadata (the id) of {dst_name!r}: putting its own back "
-                    f"failed ({exc}); the next mount tries again"), True
+                    f"failed ({exc}); it is tried again, and `octuefs sync` waits for it"), True
         try:
             # A few seconds at most (a failing upload still "moves", so not ``idle``): the rename
             # has already spent its time on the copy; past that the error says it is queued.
@@ -1116,6 +1125,10 @@ class FileSystem:
                     log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)
         if self.prefetch is not None:
             self.prefetch.close()  # nothing more fetched ahead for readers who are leaving
-        left = self.uploader.shutdown(drain=not self.leave_pending if drain is None else drain)
+        drain = not self.leave_pending if drain is None else drain
+        self.givebacks.stop()  # (what is still owed stays journaled for the next mount)
+        left = self.uploader.shutdown(drain=drain)
+        if drain:
+            left += self.givebacks.settle_owed(self.bucket)
         self.cache.close()
         return left

@@ -371,6 +371,70 @@ def test_a_take_over_refused_after_its_patch_landed_unanswered_gives_the_source_
     assert os.listdir(fs.givebacks.dir) == []
 
 
+def _take_over_lost_then_away(bucket, tmp_path):
+    """A take-over whose PATCH lands, its answer lost, and then the bucket stops answering, so
+    the give-back cannot even be tried: it is owed. Background tries are off (``stop``), so
+    only what the test does next can settle it. Returns (fs, own Octue keys of tmp1, shown)."""
+    from octuefs.errors import TransientError
+
+    from .corekit import stall
+
+    fs = make_fs(bucket, tmp_path, op_timeout=1.0)
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, shown_before = octue_of(bucket, "tmp1"), shown(fs, "/tmp1")
+    fs.givebacks.stop()
+    real_patch = bucket.patch_metadata
+
+    def lands_then_away(name, *args, **kwargs):
+        real_patch(name, *args, **kwargs)
+        stall(bucket)
+        raise TransientError("503: answer lost")
+
+    fs.bucket.patch_metadata = lands_then_away
+    try:
+        with pytest.raises(TransientError):
+            fs.rename("/tmp1", "/data.csv")
+    finally:
+        fs.bucket.patch_metadata = real_patch
+    assert fs.givebacks.owes("tmp1")
+    return fs, own, shown_before
+
+
+def test_a_give_back_owed_is_settled_before_the_source_is_shown_again(bucket, tmp_path):
+    """Once the bucket answers, the mount never shows the failed rename's source with the id it
+    took: looking it up settles what it is owed first."""
+    from .corekit import heal
+
+    fs, own, shown_before = _take_over_lost_then_away(bucket, tmp_path)
+    heal(bucket)
+    assert shown(fs, "/tmp1") == shown_before
+    assert octue_of(bucket, "tmp1") == own and os.listdir(fs.givebacks.dir) == []
+    fs.shutdown()
+
+
+def test_a_sync_counts_a_give_back_owed_as_pending_until_it_is_settled(bucket, tmp_path):
+    """`octuefs sync` returning "all written" means no source still carries an id it took:
+    while the bucket is away the owed give-back is pending; once it answers, the sync settles it."""
+    from octuefs.control import ControlServer, request
+
+    from .corekit import heal
+
+    fs, own, _ = _take_over_lost_then_away(bucket, tmp_path)
+    sock = str(tmp_path / "ctl.sock")
+    server = ControlServer(fs, sock)
+    try:
+        assert request(sock, "sync", timeout=5, expect="left")["left"] == 1
+        heal(bucket)
+        assert request(sock, "sync", timeout=5, expect="left")["left"] == 0
+    finally:
+        server.close()
+    assert octue_of(bucket, "tmp1") == own and os.listdir(fs.givebacks.dir) == []
+    fs.shutdown()
+
+
 def test_a_temp_file_removed_while_its_give_back_is_queued_stays_removed(bucket, tmp_path):
     """After a failed take-over whose give-back had to be queued, the editor removes its temp
     file (as `sed -i` does on failure): the queued give-back is dropped with it, not saved

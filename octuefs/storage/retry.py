@@ -317,7 +317,9 @@ def confirm_patch(
             raise exc
         if info.metageneration != if_metageneration_match + 1:
             raise exc
-        held = all(info.metadata.get(k) == v if v is not None else k not in info.metadata for k, v in changes.items())
+        # (A key patched away is absent on GCS; fake-gcs-server, the embedded emulator, keeps it as "".)
+        held = all(info.metadata.get(k) == v if v is not None else info.metadata.get(k) in (None, "")
+                   for k, v in changes.items())
         if held and (content_type is None or info.content_type == content_type):
             log.info("metadata patch of %s had succeeded before its retry (metageneration %d)", name,
                      info.metageneration)

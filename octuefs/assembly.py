@@ -101,6 +101,9 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
 def _settle_give_backs(givebacks: OwedGiveBacks, bucket: Bucket, records: list[tuple[str, dict]]) -> None:
     for record_id, record in records:
         try:
-            givebacks.settle(bucket, record_id, record)
+            settled = givebacks.settle(bucket, record_id, record)
         except Exception:
-            log.exception("settling a give-back owed to %r failed; the next mount tries again", record.get("name"))
+            log.exception("settling a give-back owed to %r failed; it is tried again", record.get("name"))
+            settled = False
+        if not settled:
+            givebacks.owe(bucket, record_id)  # (and `octuefs sync` waits for it)

@@ -207,8 +207,11 @@ class FileSystem:
         return self.uploader.snapshot()
 
     def sync_uploads(self, timeout: float | None, progress: Callable[[int, int], None]) -> int:
-        """Wait for the pending uploads; how many are left."""
-        return self.uploader.sync(timeout, progress=progress)
+        """Wait for the pending uploads; how many are left. Take-overs' give-backs still owed
+        count as pending: a source carrying the id of the file it failed to replace is not what
+        the mount shows."""
+        pending = self.uploader.sync(timeout, progress=progress)
+        return pending + self.givebacks.settle_owed(self.bucket)
 
     def unreported_conflicts(self) -> tuple[int, list]:
         return self.journal.unreported_conflicts()
@@ -242,6 +245,10 @@ class FileSystem:
                     log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)
         if self.prefetch is not None:
             self.prefetch.close()  # nothing more fetched ahead for readers who are leaving
-        left = self.uploader.shutdown(drain=not self.leave_pending if drain is None else drain)
+        drain = not self.leave_pending if drain is None else drain
+        self.givebacks.stop()  # (what is still owed stays journaled for the next mount)
+        left = self.uploader.shutdown(drain=drain)
+        if drain:
+            left += self.givebacks.settle_owed(self.bucket)
         self.cache.close()
         return left

@@ -24,6 +24,7 @@ class Lookups:
     def __init__(self, parts: MountParts):
         self.config, self.ns, self.metacache, self.fills = parts.config, parts.ns, parts.metacache, parts.fills
         self.files = parts.files
+        self.bucket, self.givebacks = parts.bucket, parts.givebacks
 
     def lookup(self, name: str) -> ObjectInfo | object:
         """What object name ``name`` is: its ObjectInfo, ``DIR`` or ``MISSING``. From the
@@ -31,6 +32,9 @@ class Lookups:
         else by asking for it alone (see :mod:`octuefs.cache.listings`)."""
         if name == self.ns.prefix.rstrip("/") or not name:
             return DIR
+        if self.givebacks.owes(name):  # a failed take-over's: the source's own metadata first
+            self.givebacks.settle_owed(self.bucket, name)
+            self.metacache.forget(name)
         known = self.metacache.lookup(name)
         if known is not None:
             return known

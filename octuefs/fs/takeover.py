@@ -83,13 +83,15 @@ class TakeOvers:
         take.record = self.givebacks.note(self.bucket.name, src_info, donor, dst_name)
         try:
             take.taken = self._take(take, src_info, donor)
-        except (Conflict, MetadataTooLarge):
-            self.givebacks.settled(take.record)  # refused: nothing was changed
+        except MetadataTooLarge:
+            self.givebacks.settled(take.record)  # refused before any request: nothing was changed
             raise
         except BaseException:
-            # The PATCH may have landed with its answer lost: undo it if it did (the record
-            # stays for the next mount if the bucket cannot tell now).
-            self.givebacks.settle_now(self.bucket, take.record)
+            # The PATCH may have landed with its answer lost (even a 412 may follow one: the
+            # retry's, met by a change made elsewhere on top): undo it if it did. If the bucket
+            # cannot tell now, it is owed: tried again, and waited for by `octuefs sync`.
+            if not self.givebacks.settle_now(self.bucket, take.record):
+                self.givebacks.owe(self.bucket, take.record)
             self.metacache.forget(src_name)
             raise
         log.info("%r replaces %r, which it takes the Octue metadata of (it had none of its own)", src_name, dst_name)
@@ -97,7 +99,9 @@ class TakeOvers:
             yield take
         except BaseException as exc:
             outcome, owed = self._give_back(src_name, src_info, take.taken, dst_name)
-            if not owed:
+            if owed:
+                self.givebacks.owe(self.bucket, take.record)
+            else:
                 self.givebacks.settled(take.record)
             if outcome and isinstance(exc, OctuefsError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
                 exc.args = (f"{exc.args[0]}; {outcome}",)  # (the error says what became of the source)
@@ -207,7 +211,7 @@ class TakeOvers:
             log.error("%r carries the Octue metadata (the id) of %r after a failed rename over it, and putting its "
                       "own back could not be queued: %s", src_name, dst_name, exc)
             return (f"{src_name!r} still carries the Octue metadata (the id) of {dst_name!r}: putting its own back "
-                    f"failed ({exc}); the next mount tries again"), True
+                    f"failed ({exc}); it is tried again, and `octuefs sync` waits for it"), True
         try:
             # A few seconds at most (a failing upload still "moves", so not ``idle``): the rename
             # has already spent its time on the copy; past that the error says it is queued.

@@ -50,6 +50,7 @@ from octuefs.storage.retry import (
     composed_fingerprint,
     confirm_copy,
     confirm_delete,
+    confirm_patch,
     confirm_upload,
     current_bound,
     cut_to,
@@ -249,8 +250,9 @@ class FakeBucket(Bucket):
     def patch_metadata(self, name: str, changes: Mapping[str, str | None], if_metageneration_match: int | None = None,
                        if_generation_match: int | None = None, content_type: str | None = None) -> ObjectInfo:
         changes = dict(changes)
+        resolve = confirm_patch(self.stat, name, changes, content_type, if_generation_match, if_metageneration_match)
         return self._run("patch", lambda: self.server.patch(name, changes, content_type, if_generation_match,
-                                                            if_metageneration_match))
+                                                            if_metageneration_match), after_ambiguous=resolve)
 
     def copy(self, source: str, destination: str, if_source_generation_match: int | None = None,
              if_generation_match: int | None = None, *, if_metageneration_match: int | None = None,

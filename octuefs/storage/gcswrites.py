@@ -26,6 +26,7 @@ from octuefs.storage.retry import (
     composed_fingerprint,
     confirm_copy,
     confirm_delete,
+    confirm_patch,
     confirm_upload,
 )
 
@@ -220,7 +221,10 @@ class GCSWrites:
             )
             return blob
 
-        return self._complete(self._call("changing the metadata of", attempt, name))
+        resolve = confirm_patch(self.stat, name, {k: (None if v is None else str(v)) for k, v in changes.items()},
+                                content_type, if_generation_match, if_metageneration_match)
+        result = self._call("changing the metadata of", attempt, name, after_ambiguous=resolve)
+        return result if isinstance(result, ObjectInfo) else self._complete(result)  # (ObjectInfo: it had landed)
 
     def _check_only(self, name: str, if_metageneration_match: int | None, if_generation_match: int | None) -> ObjectInfo:
         """A patch with nothing to change: check the preconditions against a stat."""

@@ -297,6 +297,43 @@ def confirm_delete(exc: Exception) -> None:
     raise exc
 
 
+def confirm_patch(
+    stat: Callable[[str], ObjectInfo],
+    name: str,
+    changes: Mapping[str, str | None],
+    content_type: str | None,
+    if_generation_match: int | None,
+    if_metageneration_match: int | None,
+) -> Callable[[Exception], ObjectInfo]:
+    """An ``after_ambiguous`` for metadata patches: a PreconditionFailed after a lost response is
+    a success if the object is still the generation patched, its metageneration moved exactly
+    once past the one named (by the patch that landed unanswered, and nothing since), and it
+    holds the changes (and content type) sent. Without a metageneration precondition a retry
+    cannot meet its own patch: its failure is real."""
+
+    def resolve(exc: Exception) -> ObjectInfo:
+        if not isinstance(exc, PreconditionFailed) or if_metageneration_match is None:
+            raise exc
+        try:
+            info = stat(name)
+        except NotFound:
+            raise exc from None
+        if if_generation_match is not None and info.generation != if_generation_match:
+            raise exc
+        if info.metageneration != if_metageneration_match + 1:
+            raise exc
+        # (A key patched away is absent on GCS; fake-gcs-server, the embedded emulator, keeps it as "".)
+        held = all(info.metadata.get(k) == v if v is not None else info.metadata.get(k) in (None, "")
+                   for k, v in changes.items())
+        if held and (content_type is None or info.content_type == content_type):
+            log.info("metadata patch of %s had succeeded before its retry (metageneration %d)", name,
+                     info.metageneration)
+            return info
+        raise exc
+
+    return resolve
+
+
 def confirm_copy(
     stat: Callable[[str], ObjectInfo],
     source: str,

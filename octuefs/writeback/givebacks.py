@@ -15,6 +15,14 @@ it itself).
 Settling a left-over record: the source, if it still holds the same content with exactly the
 Octue keys it took, gets its own back (one PATCH, with the generation and metageneration just
 read as preconditions); anything else there (gone, rewritten, changed since) is left alone.
+
+Owed: a record whose rename has ended (failed) but which could not be settled then (the bucket
+did not answer), or one an earlier mount left that the start could not settle. The mount does
+not wait for the next one: it tries again in the background (backing off), before a lookup of
+the source (so the mount never shows the replaced file's id on it once the bucket answers), and
+at every ``octuefs sync``, which counts what is still owed as pending: a sync that says all is
+written means no source still carries an id it took. Locking: ``_lock`` guards ``_owed`` and
+``_thread``; no bucket request is made under it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Mapping
 
@@ -39,9 +48,15 @@ def octue_keys(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 class OwedGiveBacks:
+    RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between background tries of what is owed
+
     def __init__(self, cache_dir: str):
         self.dir = CacheDir(cache_dir).givebacks
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._lock = threading.Lock()
+        self._owed: dict[str, str] = {}  # record id -> the source's name
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _write(self, record_id: str, record: dict) -> None:
         path = os.path.join(self.dir, record_id + ".json")
@@ -105,8 +120,51 @@ class OwedGiveBacks:
         try:
             return self.settle(bucket, record_id, record)
         except Exception:
-            log.exception("settling the give-back owed to %r failed; the next mount tries again", record.get("name"))
+            log.exception("settling the give-back owed to %r failed; it is tried again", record.get("name"))
             return False
+
+    def owe(self, bucket: Bucket, record_id: str) -> None:
+        """The rename of record ``record_id`` has ended without settling it: keep trying."""
+        record = self._read(os.path.join(self.dir, record_id + ".json"))
+        if record is None:
+            return
+        with self._lock:
+            self._owed[record_id] = record.get("name", "")
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._retry, args=(bucket,), name="octuefs-givebacks-owed",
+                                                daemon=True)
+                self._thread.start()
+
+    def owes(self, name: str) -> bool:
+        with self._lock:
+            return name in self._owed.values()
+
+    def settle_owed(self, bucket: Bucket, name: str | None = None) -> int:
+        """Try to settle what is owed (to ``name`` only, if given); return how many are still owed."""
+        with self._lock:
+            todo = [rid for rid, source in self._owed.items() if name is None or source == name]
+        for record_id in todo:
+            if self.settle_now(bucket, record_id):
+                with self._lock:
+                    self._owed.pop(record_id, None)
+        with self._lock:
+            return len(self._owed)
+
+    def _retry(self, bucket: Bucket) -> None:
+        delay = self.RETRY_FIRST
+        while not self._stop.wait(delay):
+            with self._lock:
+                before = len(self._owed)
+            left = self.settle_owed(bucket)
+            with self._lock:
+                if not self._owed:
+                    self._thread = None
+                    return
+            delay = self.RETRY_FIRST if left < before else min(self.RETRY_MAX, delay * 2)
+
+    def stop(self) -> None:
+        """No more background tries (what is still owed stays journaled for the next mount)."""
+        self._stop.set()
 
     def settle(self, bucket: Bucket, record_id: str, record: dict) -> bool:
         """Give the source of a record an earlier mount left its own Octue keys back if it still
@@ -117,8 +175,8 @@ class OwedGiveBacks:
         except NotFound:
             current = None
         except (OctuefsError, OSError) as exc:
-            log.warning("could not settle the give-back owed to %r (a rename over %r interrupted): %s; the next "
-                        "mount tries again", name, record.get("dst"), exc)
+            log.warning("could not settle the give-back owed to %r (a rename over %r interrupted): %s; it is "
+                        "tried again", name, record.get("dst"), exc)
             return False
         same = current is not None and (current.size, current.md5, current.crc32c) == (
             record.get("size"), record.get("md5"), record.get("crc32c"))
@@ -133,7 +191,7 @@ class OwedGiveBacks:
                 pass  # changed meanwhile: left alone
             except (OctuefsError, OSError) as exc:
                 log.warning("could not give %r its own Octue metadata back (a rename over %r was interrupted): %s; "
-                            "the next mount tries again", name, record.get("dst"), exc)
+                            "it is tried again", name, record.get("dst"), exc)
                 return False
         self.settled(record_id)
         return True

@@ -69,6 +69,22 @@ def test_every_call_does_what_it_promises_through_a_faulty_network(faulty, tmp_p
     assert all(counts.get(f, 0) > 0 for f in MIX), counts  # every kind of fault was met
 
 
+def test_a_guarded_patch_whose_answer_is_lost_is_its_own_success_not_a_412(faulty):
+    """GCSBucket's half of confirm_patch: the PATCH reaches the server (the strict emulator moves
+    the metageneration), its answer is lost, and the retry's 412 is recognised as its own."""
+    bucket, direct, proxy = faulty
+    info = direct.upload_bytes("p", b"x", {"own": "1"}, if_generation_match=0)
+    real, shots = proxy._choose, ["reset_after"]
+    proxy._choose = lambda kind: shots.pop() if shots and kind == "json" else real(kind)
+    got = bucket.patch_metadata("p", {"k": "v", "own": None}, if_generation_match=info.generation,
+                                if_metageneration_match=info.metageneration)
+    now = direct.stat("p")
+    assert not shots and proxy.counts.get("requests_json", 0) >= 2
+    assert got.metageneration == now.metageneration == info.metageneration + 1
+    assert dict(got.metadata) == dict(now.metadata) and now.metadata["k"] == "v"
+    assert not now.metadata.get("own")  # (fake-gcs-server keeps a key patched away as "")
+
+
 def test_every_bounded_call_on_a_stalled_network_ends_with_etimedout(faulty, tmp_path):
     bucket, direct, proxy = faulty
     direct.upload_bytes("a", b"a")

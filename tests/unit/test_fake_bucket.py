@@ -197,6 +197,41 @@ def test_metageneration_failure_after_a_retry_is_real_when_another_writer_patche
     assert fake.objects() == {"a": b"v1"} and dict(fake.stat("a").metadata) == {"k": "theirs"}
 
 
+def test_lost_response_on_a_guarded_patch_counts_as_success(fake):
+    """The patch lands (the metageneration moves), its answer is lost, the retry meets its own
+    metageneration: success, not a 412 read as "changed elsewhere"."""
+    base = fake.upload_bytes("a", b"v1", {"keep": "1", "old": "x"})
+    fake.fail_next("patch", after=True)
+    info = fake.patch_metadata("a", {"k": "v", "old": None}, if_generation_match=base.generation,
+                               if_metageneration_match=base.metageneration)
+    assert info == fake.stat("a") and fake.calls["patch"] == 2
+    assert (info.metageneration, dict(info.metadata)) == (2, {"keep": "1", "k": "v"})
+
+
+def test_a_patch_refused_after_a_retry_is_real_when_another_writer_patched(fake):
+    base = fake.upload_bytes("a", b"v1")
+    fake.fail_next("patch", error=lambda: (fake.patch_metadata("a", {"k": "theirs"}), TransientError("x"))[1])
+    with pytest.raises(PreconditionFailed):
+        fake.patch_metadata("a", {"k": "ours"}, if_generation_match=base.generation, if_metageneration_match=1)
+    assert dict(fake.stat("a").metadata) == {"k": "theirs"}
+
+
+def test_a_patch_refused_after_a_retry_is_real_when_another_writer_patched_the_same(fake):
+    """Even the same change made elsewhere and then another on top: two moves, not ours alone."""
+    base = fake.upload_bytes("a", b"v1")
+    fake.fail_next("patch", after=True)
+    real = fake.server.patch
+
+    def and_another(*args, **kwargs):
+        fake.server.patch = real
+        real(*args, **kwargs)
+        return real("a", {"k": "v"}, None, None, None)
+
+    fake.server.patch = and_another
+    with pytest.raises(PreconditionFailed):
+        fake.patch_metadata("a", {"k": "v"}, if_generation_match=base.generation, if_metageneration_match=1)
+
+
 def test_lost_response_on_delete_counts_as_success(fake):
     fake.upload_bytes("a", b"data")
     fake.fail_next("delete", after=True)

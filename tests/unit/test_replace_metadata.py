@@ -323,6 +323,118 @@ def test_a_take_over_patch_whose_answer_is_lost_is_undone(fs, bucket):
     assert os.listdir(fs.givebacks.dir) == []
 
 
+def test_a_take_over_patch_whose_answer_is_lost_and_retried_is_its_own_not_a_change_elsewhere(fs, bucket):
+    """The take-over's PATCH lands, its answer is lost, and the retry meets the metageneration it
+    moved itself (CI's hostile differential run, seed 461021585: `mv b.txt a` in a burst of lost
+    answers). That 412 is the PATCH's own success, not a change made elsewhere: the rename goes
+    on. It used to fail with EIO saying the source had changed, settle the give-back as "nothing
+    was changed", and leave the source with the replaced file's Octue id for good."""
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    before, kept = shown(fs, "/data.csv"), octue_of(bucket, "data.csv")
+    bucket.fail_next("patch", after=True)
+    fs.rename("/tmp1", "/data.csv")
+    assert sorted(bucket.objects()) == ["data.csv"] and bucket.read_range("data.csv", 0, 100) == b"new"
+    assert octue_of(bucket, "data.csv") == kept and shown(fs, "/data.csv") == before
+    assert os.listdir(fs.givebacks.dir) == []
+
+
+def test_a_take_over_refused_after_its_patch_landed_unanswered_gives_the_source_its_own_back(fs, bucket):
+    """The take-over's PATCH lands with its answer lost and is then refused for another reason
+    (here the source's metadata was changed elsewhere on top of it): the rename fails, and the
+    source must not keep the replaced file's id, neither in the bucket nor as the mount shows it:
+    a failed rename has no effect."""
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, kept = octue_of(bucket, "tmp1"), octue_of(bucket, "data.csv")
+    shown_before = shown(fs, "/tmp1")
+    real = bucket.server.patch
+
+    def lands_then_a_change_elsewhere(name, *args, **kwargs):
+        bucket.server.patch = real
+        done = real(name, *args, **kwargs)
+        real(name, {"made-elsewhere": "1"}, None, None, None)
+        return done
+
+    bucket.fail_next("patch", after=True)
+    bucket.server.patch = lands_then_a_change_elsewhere
+    with pytest.raises(Conflict):
+        fs.rename("/tmp1", "/data.csv")
+    assert {k: v for k, v in octue_of(bucket, "tmp1").items()} == own
+    assert bucket.stat("tmp1").metadata["made-elsewhere"] == "1"
+    assert shown(fs, "/tmp1") == shown_before
+    assert octue_of(bucket, "data.csv") == kept and bucket.read_range("data.csv", 0, 100) == b"old"
+    assert os.listdir(fs.givebacks.dir) == []
+
+
+def _take_over_lost_then_away(bucket, tmp_path):
+    """A take-over whose PATCH lands, its answer lost, and then the bucket stops answering, so
+    the give-back cannot even be tried: it is owed. Background tries are off (``stop``), so
+    only what the test does next can settle it. Returns (fs, own Octue keys of tmp1, shown)."""
+    from octuefs.errors import TransientError
+
+    from .corekit import stall
+
+    fs = make_fs(bucket, tmp_path, op_timeout=1.0)
+    write(fs, "/data.csv", b"old")
+    tag_it(fs, "/data.csv")
+    write(fs, "/tmp1", b"new")
+    settle(fs)
+    own, shown_before = octue_of(bucket, "tmp1"), shown(fs, "/tmp1")
+    fs.givebacks.stop()
+    real_patch = bucket.patch_metadata
+
+    def lands_then_away(name, *args, **kwargs):
+        real_patch(name, *args, **kwargs)
+        stall(bucket)
+        raise TransientError("503: answer lost")
+
+    fs.bucket.patch_metadata = lands_then_away
+    try:
+        with pytest.raises(TransientError):
+            fs.rename("/tmp1", "/data.csv")
+    finally:
+        fs.bucket.patch_metadata = real_patch
+    assert fs.givebacks.owes("tmp1")
+    return fs, own, shown_before
+
+
+def test_a_give_back_owed_is_settled_before_the_source_is_shown_again(bucket, tmp_path):
+    """Once the bucket answers, the mount never shows the failed rename's source with the id it
+    took: looking it up settles what it is owed first."""
+    from .corekit import heal
+
+    fs, own, shown_before = _take_over_lost_then_away(bucket, tmp_path)
+    heal(bucket)
+    assert shown(fs, "/tmp1") == shown_before
+    assert octue_of(bucket, "tmp1") == own and os.listdir(fs.givebacks.dir) == []
+    fs.shutdown()
+
+
+def test_a_sync_counts_a_give_back_owed_as_pending_until_it_is_settled(bucket, tmp_path):
+    """`octuefs sync` returning "all written" means no source still carries an id it took:
+    while the bucket is away the owed give-back is pending; once it answers, the sync settles it."""
+    from octuefs.control import ControlServer, request
+
+    from .corekit import heal
+
+    fs, own, _ = _take_over_lost_then_away(bucket, tmp_path)
+    sock = str(tmp_path / "ctl.sock")
+    server = ControlServer(fs, sock)
+    try:
+        assert request(sock, "sync", timeout=5, expect="left")["left"] == 1
+        heal(bucket)
+        assert request(sock, "sync", timeout=5, expect="left")["left"] == 0
+    finally:
+        server.close()
+    assert octue_of(bucket, "tmp1") == own and os.listdir(fs.givebacks.dir) == []
+    fs.shutdown()
+
+
 def test_a_temp_file_removed_while_its_give_back_is_queued_stays_removed(bucket, tmp_path):
     """After a failed take-over whose give-back had to be queued, the editor removes its temp
     file (as `sed -i` does on failure): the queued give-back is dropped with it, not saved

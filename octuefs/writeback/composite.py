@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from octuefs.durable import fsync_dir
-from octuefs.errors import NotFound, PreconditionFailed, StorageError
+from octuefs.errors import BucketUnreachable, NotFound, PreconditionFailed, StorageError
 from octuefs.storage.base import Bucket
 from octuefs.storage.checksums import combine_b64, range_crc32c_b64
 from octuefs.storage.objects import (
@@ -187,7 +187,11 @@ class ComposingBucket(Bucket):
             start, length = ranges[i]
             crcs[i] = range_crc32c_b64(path, start, length)
             with _PART_SLOTS:
-                self.upload_range(parts[i], path, start, length, crc32c=crcs[i], progress=progress)
+                try:
+                    self.upload_range(parts[i], path, start, length, crc32c=crcs[i], progress=progress)
+                except BucketUnreachable as exc:  # its text names the part's object: say whose part it is
+                    raise BucketUnreachable(f"{exc}, a part of gs://{self.name}/{name} (part {i + 1} of "
+                                            f"{len(parts)})") from exc
 
         # GCS refuses a compose whose precondition fails; fake-gcs-server ignores it, so check
         # before sending the parts (no upload for nothing) and again before composing (a change

@@ -220,18 +220,21 @@ def test_a_touch_made_as_the_files_upload_lands_is_not_lost_to_the_next_setfattr
     bucket = FakeBucket("b")
     fs = make_fs(bucket, tmp_path, patch_pace=5.0, upload_hold=30.0)
     close_write(fs, "/f.csv", b"data")
-    real = fs.resolve
+    # utimens looks the path up through the core's Lookups (fs.lookups, shared by every part of
+    # the core), not through fs.resolve: replacing fs.resolve would never run this hook.
+    real = fs.lookups.resolve
     calls = []
 
-    def resolve_then_land(path, **kwargs):
-        found = real(path, **kwargs)
+    def resolve_then_land(path, *args, **kwargs):
+        found = real(path, *args, **kwargs)
         if not calls:
             calls.append(path)
             assert fs.uploader.sync(timeout=30) == 0  # the upload lands now: its node, idle, goes
         return found
-    fs.resolve = resolve_then_land
+    fs.lookups.resolve = resolve_then_land
     fs.utimens("/f.csv", 1_000_000.0)
-    fs.resolve = real
+    fs.lookups.resolve = real
+    assert calls == ["/f.csv"]  # the upload did land between the lookup and the change
     fs.setxattr("/f.csv", "user.octue.tags.c", b"3")
     assert fs.uploader.sync(timeout=30) == 0
     assert tags(bucket, "f.csv") == {"c": 3}

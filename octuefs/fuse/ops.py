@@ -226,7 +226,7 @@ class OctueOperations(mfusepy.Operations):
 
     @_translated
     def listing(self, path, fh: int, offset: int) -> tuple[list[tuple[str, bytes | None]], frozenset[str] | Everything]:
-        """The entries of open directory ``fh`` for READDIRPLUS, from ``offset`` on: at least
+        """The entries of open directory ``fh`` for READDIR(PLUS), from ``offset`` on: at least
         one unless the listing has ended, more as its pages arrive. Listed afresh at offset 0
         (a new ``readdir`` or a ``rewinddir``), kept for the rest. Returns the entries so far
         and the names among them to refresh before they are sent (:meth:`DirStream.stale`).
@@ -448,18 +448,19 @@ class _FUSE(mfusepy.FUSE):
         the attributes only in that mode; the listing is taken once per open directory, at
         offset 0, as a :class:`DirStream` that grows as the bucket's pages arrive, and the
         requests that follow page through it, with each entry's attributes as they are when its
-        page is sent. A plain READDIR (libfuse buffers the whole listing itself) numbers the
-        entries the same way, so the kernel may switch between the two on one open directory.
+        page is sent. A plain READDIR (which the kernel sends after the first READDIRPLUS unless
+        a lookup advised more) pages through the same listing, without attributes: answered
+        from a listing of its own (libfuse's, taken afresh at that offset), an entry new since
+        would shift the positions, and a name already sent would be sent again.
         """
-        if not flags & FUSE_READDIR_PLUS:
-            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+        plus = flags & FUSE_READDIR_PLUS
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         entries, stale = self.operations.listing(decoded, fip.contents.fh, offset)
         st = mfusepy.c_stat()
         address, size = ctypes.addressof(st), ctypes.sizeof(st)
         for position in range(offset, len(entries)):
             name, packed = entries[position]
-            if packed is not None and name in stale:
+            if plus and packed is not None and name in stale:
                 # The kernel takes these attributes as newer than anything it saw before this
                 # request, so they must be current, not the listing's (a file appended to
                 # since, or removed, would otherwise be cached as it was).
@@ -469,7 +470,7 @@ class _FUSE(mfusepy.FUSE):
                 full = filler(buf, encoded, None, position + 1, 0)
             else:
                 ctypes.memmove(address, packed, size)
-                full = filler(buf, encoded, st, position + 1, FUSE_FILL_DIR_PLUS)
+                full = filler(buf, encoded, st, position + 1, FUSE_FILL_DIR_PLUS if plus else 0)
             if full:
                 break
         return 0

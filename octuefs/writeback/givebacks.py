@@ -136,6 +136,11 @@ class OwedGiveBacks:
                 self._thread.start()
 
     def owes(self, name: str) -> bool:
+        """Asked by every lookup: nothing owed (the usual case) is answered without the lock (a
+        dict's emptiness is read atomically; an entry added meanwhile is for a rename that has
+        already returned its error, and the next lookup sees it)."""
+        if not self._owed:
+            return False
         with self._lock:
             return name in self._owed.values()
 

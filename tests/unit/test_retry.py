@@ -3,7 +3,6 @@ unreachable, missing or refuses us."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -122,14 +121,6 @@ def test_after_ambiguous_only_after_a_transient_failure():
 
 
 # --- real network failures --------------------------------------------------------------------
-
-
-@pytest.fixture
-def closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return port  # nothing listens here now
 
 
 def test_gcs_bucket_at_a_closed_port_gives_transient_error_within_the_deadline(monkeypatch, closed_port):

@@ -4,7 +4,6 @@ a test that failed on the renovated code before its fix (or is marked xfail, str
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -12,14 +11,6 @@ from octuefs.errors import BucketUnreachable
 from octuefs.storage.base import RetryPolicy
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return port  # nothing listens here now
 
 
 def test_a_composite_upload_the_bucket_never_answers_names_the_file_and_its_part(monkeypatch, closed_port, tmp_path):

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import run_octuefs
+from tests.e2e.conftest import run_octuefs, wait_until
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.fuse
@@ -44,8 +44,13 @@ def test_a_failed_mv_onto_a_pending_file_keeps_its_newest_version(proxy, mount_f
     m.sync()
     assert os.listdir(m.path) == ["A"]  # a fresh listing answers that "B" is free meanwhile
     proxy.set_faults({"stall": 1.0})  # the bucket stops answering
+    uploads_before = proxy.counts.get("requests_upload", 0)
     (m / "B").write_bytes(b"v1")
     (m / "B").write_bytes(b"version two")  # both closes succeed: write-back
+    # B's upload is on its way (stalled): the bucket may have its version, so neither a rename
+    # over B nor its unlink can finish without the bucket. (Before the first attempt starts, a
+    # busy machine's case, the unlink of a file never sent is rightly done at once, locally.)
+    assert wait_until(lambda: proxy.counts.get("requests_upload", 0) > uploads_before), "B's upload never started"
     assert errno_of(lambda: os.rename(m / "A", m / "B")) == errno.ETIMEDOUT
     assert errno_of(lambda: os.unlink(m / "B")) == errno.ETIMEDOUT
     proxy.heal()

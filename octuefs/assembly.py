@@ -1,7 +1,7 @@
 """The one place a mount's parts are built and wired: bucket -> caches -> write-back -> filesystem.
 
-:func:`build_filesystem` makes, in order: the bounded view of the bucket, the metadata caches and
-listings, the content cache on disk (after quarantining files a dead daemon left unclosed), the
+:func:`build_filesystem` makes, in order: the metadata caches, the bucket wrapped to keep them
+told of every change made through it, its bounded view, the listings, the content cache on disk (after quarantining files a dead daemon left unclosed), the
 write-back journal and uploader (resuming what the journal holds), the open-files table, the
 prefetcher, and the background settling of take-over give-backs an earlier mount left; then the
 :class:`~octuefs.fs.core.FileSystem` over them. :func:`octuefs.mount.serve` hands it the bucket
@@ -37,6 +37,7 @@ import time
 from octuefs.cache.content import ContentCache
 from octuefs.cache.listings import DirectoryFills
 from octuefs.cache.metacache import MetadataCache
+from octuefs.cache.ownwrites import CachingBucket
 from octuefs.cache.prefetch import Prefetcher
 from octuefs.cachedir import CacheDir
 from octuefs.config import MountConfig, effective_cache_size, format_size
@@ -62,11 +63,14 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
     # metadata changes, renames) goes through a bounded view: it answers within about
     # op_timeout or fails with BucketUnreachable. Background uploads use the bucket itself
     # and retry for as long as it takes.
+    # Every change made through the bucket, by either, is laid over the metadata caches as it
+    # answers (cache/ownwrites.py): the one place they learn of the mount's own writes.
+    metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
+    bucket = CachingBucket(bucket, metacache)
     bounded = bucket.bounded(config.op_timeout)
     started = time.time()
     times = Times(started)  # what stat shows as mtime and ctime (times.py)
     ns = Namespace(config.prefix)
-    metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
     fills = DirectoryFills(bounded, metacache, ns)
     quarantine_unclosed(where.staging, where.root)
     cache = cache or ContentCache(where.root, bounded, config.block_size, cache_size=effective_cache_size(config))

@@ -145,12 +145,11 @@ class FileOps:
                     except NotFound:
                         pass
                     except PreconditionFailed as exc:
-                        self.metacache.forget(name)
                         raise Conflict(f"{name!r} changed in the bucket since it was read; not deleted") from exc
                 self.files.gone(name, info)
             if node is not None:
                 self.files.forget(node)
         self.cache.drop(name)
-        self.metacache.removed(name)
+        self.metacache.removed(name)  # (a file never uploaded, or deleted elsewhere first: no delete told it)
         self.times.entry_changed(name)
         self.states.forget(name)  # a file made there later, elsewhere, has no conflict of ours

@@ -14,8 +14,8 @@ import shutil
 
 from octuefs.fs.filenode import FileNode
 from octuefs.octue import metadata as octue
+from octuefs.octue.merge import merge_metadata
 from octuefs.writeback.entry import CONFLICT, DONE, Entry, patched_object
-from octuefs.writeback.merge import merge_metadata
 
 
 class Landing:
@@ -40,12 +40,11 @@ class Landing:
                     self._new_versions[entry.name] = (info.generation, info.metageneration)
                 else:
                     self._new_versions.pop(entry.name, None)
+        # (The caches learnt of the version as the bucket answered: cache/ownwrites.py. The
+        # object at a conflict's name is someone else's, not known here.)
         if entry.state == CONFLICT:
             self.metacache.forget(entry.name)
-            self.metacache.wrote(info)
         if node is None:
-            if entry.state == DONE:
-                self.metacache.wrote(info)
             return
         with node.lock:
             if entry.state == DONE:
@@ -54,7 +53,6 @@ class Landing:
                 if entry.patch and node.base is not None:
                     self.cache.carry_over(node.base, info)
                 node.base = info
-                self.metacache.wrote(info)
                 if entry.patch and node.pending and node.pending[-1] is entry and not node.dirty:
                     # The content type as it landed: a patch re-applied to a version made
                     # elsewhere leaves that version's own (the next setfattr must not put it back).

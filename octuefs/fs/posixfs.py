@@ -345,10 +345,8 @@ class PosixSurface:
         try:
             info = self.bucket.upload_bytes(name, data, meta, if_generation_match=0)
         except PreconditionFailed as exc:
-            self.metacache.forget(name)
             raise FileExists(path) from exc
         self.uploader.mutated(name)
-        self.metacache.wrote(info)
         self.times.entry_changed(name)  # (an entry made: its directory's times move, as for a create)
         return info
 

@@ -100,8 +100,6 @@ class Renames:
                 self.files.forget(dst_node)
             self.cache.drop(dst_name)
             self.uploader.mutated(dst_name)  # (a setfattr of it right after keeps GCS's pace)
-            self.metacache.removed(src_name)
-            self.metacache.wrote(moved)
             self.files.renamed(node, src_name, dst_name, moved, still_new=new and not took_over, took_over=took_over)
             if dst_name == src_name + BACKUP_SUFFIX and not took_over:  # (over an older backup too: emacs)
                 self.files.left_for_backup(src_name, moved)
@@ -175,8 +173,6 @@ class Renames:
         self.uploader.wait_pace(name)  # (an upload or setfattr landed just before the copy: not a 429 from GCS)
         try:
             self.bucket.delete(name, if_generation_match=info.generation, if_metageneration_match=info.metageneration)
-        except BucketUnreachable as exc:
-            if self.files.node(copied.name) is None:
-                self.metacache.wrote(copied)
+        except BucketUnreachable as exc:  # (the caches know the copy: cache/ownwrites.py)
             raise BucketUnreachable(f"{exc}; it was copied to {copied.name!r} first, so it is under both names now") \
                 from exc

@@ -17,8 +17,8 @@ from octuefs.errors import OctuefsError
 from octuefs.fs.filenode import FileNode
 from octuefs.octue import metadata as octue
 from octuefs.octue import posixmeta
+from octuefs.octue.merge import merge_metadata
 from octuefs.writeback.entry import Entry
-from octuefs.writeback.merge import merge_metadata
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from octuefs.errors import (
 from octuefs.fs.files import FileNode
 from octuefs.fs.parts import MountParts
 from octuefs.octue import metadata as octue
+from octuefs.octue.merge import merge_metadata
 from octuefs.storage.base import ObjectInfo
-from octuefs.writeback.merge import merge_metadata
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,6 @@ class TakeOvers:
             taken = self.bucket.patch_metadata(take.src_name, changes, if_generation_match=src_info.generation,
                                                if_metageneration_match=src_info.metageneration)
         except PreconditionFailed as exc:
-            self.metacache.forget(take.src_name)
             raise Conflict(f"{take.src_name!r} changed in the bucket before it could replace {take.dst_name!r}") \
                 from exc
         self.cache.carry_over(src_info, taken)

@@ -415,6 +415,16 @@ class Datafile(CloudWrites):
         self._stored = decode_object_metadata(self._raw)
         self._content_md5 = (info.md5 or content_md5) if info is not None else None
 
+    def _take_stored_fields(self) -> None:
+        """The fields as the object holds them (after an update merged in changes made
+        elsewhere); the tags and labels are changed in place, for whoever holds them."""
+        stored = self._stored
+        self._timestamp, self._cluster, self._sequence = stored.timestamp, stored.cluster, stored.sequence
+        self._tags.clear()
+        self._tags.update(stored.tags)
+        self._labels.clear()
+        self._labels.update(stored.labels)
+
     def _get_bucket(self) -> Bucket:
         if self._bucket is None:
             self._bucket = self._bucket_for(self._location[0])

@@ -3,8 +3,10 @@
 :class:`CloudWrites` is the part of :class:`~octuefs.octue.datafile.Datafile` that writes:
 ``to_cloud`` (to its own location or a new one), ``upload`` and ``update_cloud_metadata``.
 Changed content goes up with its metadata in ONE upload preconditioned on the generation (and
-metageneration) read; a metadata-only change is ONE patch of the changed keys; a failed
-precondition is a :class:`~octuefs.errors.Conflict` that overwrites nothing. The Datafile
+metageneration) read; a metadata-only change is ONE patch of the changed keys, re-applied to a
+change made elsewhere meanwhile by the rule the mount's setfattr follows too
+(:mod:`octuefs.octue.merge`); any other failed precondition is a
+:class:`~octuefs.errors.Conflict` that overwrites nothing. The Datafile
 supplies the state (``_location``, ``_info``, ``_raw``...) and its bucket (``_get_bucket``,
 ``_bucket_for``).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
-from octuefs.errors import BucketNotFound, NotFound, PreconditionFailed
+from octuefs.errors import BucketNotFound, Conflict, NotFound, PreconditionFailed
 from octuefs.octue.cloud_paths import (
     bucket_name_arg,
     check_object_name,
@@ -23,16 +25,19 @@ from octuefs.octue.cloud_paths import (
     split_cloud_path,
     url_in_place_of_names,
 )
+from octuefs.octue.merge import reapply
 from octuefs.octue.metadata import (
     check_size_limits,
     decode_object_metadata,
     encode_object_metadata,
-    metadata_patch,
+    metadata_delta,
 )
 from octuefs.storage import Bucket, ObjectInfo
 from octuefs.storage.retry import file_md5
 
 _log = logging.getLogger(__name__)
+
+RACE_ATTEMPTS = 5  # patches re-applied after changes elsewhere, before giving up (Conflict)
 
 
 class CloudWrites:
@@ -77,24 +82,58 @@ class CloudWrites:
         return self.to_cloud(cloud_path=cloud_path)
 
     def update_cloud_metadata(self) -> None:
-        """Send changed metadata in one patch of the changed keys; send nothing if nothing changed."""
+        """Send changed metadata in one patch of the changed keys; send nothing if nothing changed.
+
+        A change made elsewhere meanwhile (the patch's metageneration precondition fails) is met
+        by the one rule for such a race (:mod:`octuefs.octue.merge`): this datafile's changes are
+        applied again to the object as it is now, key by key and tag by tag, keeping what changed
+        only elsewhere, and the datafile then holds the merged metadata. A key (or tag) changed
+        both here and elsewhere raises :class:`~octuefs.errors.Conflict` and writes nothing, as
+        does content replaced or deleted elsewhere."""
         self._require_location("update_cloud_metadata")
         if not self._metadata_changed():
             _log.debug("%s: metadata unchanged; nothing to send", self.cloud_path)
             return
         if self._info is None:
             raise NotFound(f"{self.cloud_path}: no such object; write its content first (open('w') or to_cloud())")
-        meta = self._model(self._id)
-        check_size_limits(encode_object_metadata(meta, self._raw))
-        changes = metadata_patch(self._raw, meta)
-        _log.debug("%s: patching metadata keys %s", self.cloud_path, sorted(changes))
-        try:
-            info = self._get_bucket().patch_metadata(
-                self._location[1], changes, self._info.metageneration, self._info.generation
-            )
-        except (PreconditionFailed, NotFound) as exc:
-            raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path, exc) from exc
+        base, seen = dict(self._raw), self._info
+        wanted = encode_object_metadata(self._model(self._id), base)
+        check_size_limits(wanted)
+        bucket, name = self._get_bucket(), self._location[1]
+        for _ in range(RACE_ATTEMPTS):
+            changes = metadata_delta(dict(seen.metadata), wanted)
+            _log.debug("%s: patching metadata keys %s", self.cloud_path, sorted(changes))
+            try:
+                info = bucket.patch_metadata(name, changes, seen.metageneration, seen.generation) if changes else seen
+                break
+            except NotFound as exc:
+                raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path, exc) from exc
+            except PreconditionFailed as exc:
+                seen, wanted = self._reapplied(bucket, name, base, wanted, exc)
+        else:
+            raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path,
+                                 PreconditionFailed(f"changed elsewhere {RACE_ATTEMPTS} times while re-applied"))
         self._adopt(info, self._content_md5)
+        self._take_stored_fields()  # (what was merged in from elsewhere)
+
+    def _reapplied(self, bucket: Bucket, name: str, base: dict[str, str], wanted: dict[str, str],
+                   exc: PreconditionFailed) -> tuple[ObjectInfo, dict[str, str]]:
+        """The object as it is now and this datafile's change re-applied to it, or Conflict."""
+        try:
+            current = bucket.stat(name)
+        except NotFound:
+            raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path, exc) from exc
+        if current.generation != self._info.generation:  # new content: its metadata is not ours to merge
+            raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path, exc) from exc
+        merged, both = reapply(base, wanted, dict(current.metadata))
+        if both:
+            raise Conflict(f"{self.cloud_path}: metadata key(s) {sorted(both)} changed both here and in the bucket "
+                           f"since this datafile read it; nothing was written. Read it again with "
+                           f"Datafile.from_cloud() and reapply the changes") from exc
+        check_size_limits(merged)
+        _log.info("%s: its metadata changed in the bucket meanwhile; this datafile's change is applied to it "
+                  "(keys changed elsewhere kept)", self.cloud_path)
+        return current, merged
 
     def _sync_content(self) -> None:
         content_type = self._info.content_type if self._info else None

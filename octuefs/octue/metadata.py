@@ -60,8 +60,10 @@ from octuefs.octue.objectform import (
     encode_object_metadata,
     identified,
     merge_tags,
+    metadata_delta,
     metadata_patch,
     octue_patch_from,
+    same_field_value,
     with_octue_id,
 )
 from octuefs.octue.xattrform import (
@@ -94,6 +96,7 @@ __all__ = [
     "instant_micros",
     "decode_object_metadata",
     "encode_object_metadata",
+    "metadata_delta",
     "metadata_patch",
     "check_size_limits",
     "merge_tags",
@@ -111,6 +114,7 @@ __all__ = [
     "loads_local_metadata",
     "with_octue_id",
     "octue_patch_from",
+    "same_field_value",
     "TAGS_KEY",
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",

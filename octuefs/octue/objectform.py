@@ -56,6 +56,23 @@ def decode_object_metadata(custom: Mapping[str, str] | None) -> OctueMetadata:
     return OctueMetadata(**values, xattrs=userxattrs.from_custom(custom))
 
 
+def same_field_value(key: str, a: str | None, b: str | None) -> bool:
+    """Do two stored values of custom metadata key ``key`` (None: absent) mean the same? For an
+    Octue field, what they decode to is compared: an absent ``octue__cluster`` and ``"0"`` mean
+    the same (a writer that stores every field spells out the default). A malformed value means
+    only itself. Any other key: the same text."""
+    if a == b:
+        return True
+    field = key[len(OCTUE_PREFIX):] if key.startswith(OCTUE_PREFIX) else None
+    if field not in FIELDS:
+        return False
+    try:
+        decoded = [decode_field(field, raw) if _is_set(raw) else getattr(OctueMetadata(), field) for raw in (a, b)]
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return decoded[0] == decoded[1]
+
+
 def encode_object_metadata(meta: OctueMetadata, existing: Mapping[str, str] | None = None) -> dict[str, str]:
     """The whole custom metadata to store for ``meta`` on an object that now has ``existing``.
 
@@ -105,7 +122,12 @@ def metadata_patch(existing: Mapping[str, str] | None, meta: OctueMetadata) -> d
     ``{}`` means there is nothing to send; ``None`` deletes a key (a user attribute removed).
     """
     old = dict(existing or {})
-    new = encode_object_metadata(meta, old)
+    return metadata_delta(old, encode_object_metadata(meta, old))
+
+
+def metadata_delta(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str | None]:
+    """The keys one PATCH sends to turn custom metadata ``old`` into ``new``: those changed, and
+    None for those removed (a key stored empty is as good as absent: not sent)."""
     changes: dict[str, str | None] = {key: value for key, value in new.items() if old.get(key) != value}
     changes.update({key: None for key, value in old.items() if key not in new and value != ""})
     return changes

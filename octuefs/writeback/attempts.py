@@ -25,6 +25,7 @@ from octuefs.errors import (
     StorageError,
     TransientError,
 )
+from octuefs.octue.merge import fits_limits, merge_metadata
 from octuefs.storage.base import ChecksumMismatch, ObjectInfo
 from octuefs.writeback.entry import (
     BASE_UNKNOWN,
@@ -35,7 +36,6 @@ from octuefs.writeback.entry import (
     is_version,
     version_key,
 )
-from octuefs.writeback.merge import fits_limits, merge_metadata
 
 log = logging.getLogger(__name__)
 

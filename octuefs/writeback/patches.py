@@ -8,9 +8,10 @@ import logging
 import time
 
 from octuefs.errors import NotFound, OctuefsError, PreconditionFailed
+from octuefs.octue.merge import reapply
+from octuefs.octue.metadata import metadata_delta
 from octuefs.storage.base import ObjectInfo
 from octuefs.writeback.entry import BASE_UNKNOWN, DONE, QUEUED, Entry, object_fields
-from octuefs.writeback.merge import apply_changes, merge_metadata
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ class MetadataPatches:
                 self._cond.notify_all()
                 self._work_ready.notify_all()
                 return
-        base = entry.base_metadata or {}
-        changes: dict[str, str | None] = {k: v for k, v in entry.metadata.items() if base.get(k) != v}
-        changes.update({k: None for k, v in base.items() if k not in entry.metadata and v != ""})
+        changes = metadata_delta(entry.base_metadata or {}, entry.metadata)
         was = (entry.base_object or {}).get("content_type")
         content_type = (entry.content_type or "application/octet-stream") if entry.content_type != was else None
         try:
@@ -120,9 +119,10 @@ class MetadataPatches:
 
     def _settle_patch(self, entry: Entry) -> None:
         """The object moved on since the change was made (a change elsewhere, or our own patch
-        whose answer was lost): the change is applied again to what is there, key by key
-        (the Octue tags tag by tag). A key changed here and elsewhere takes this mount's value,
-        the later setfattr (as GCS's last writer would), and the log says which key."""
+        whose answer was lost): the change is applied again to what is there by the one rule
+        for a race (:func:`octuefs.octue.merge.reapply`): key by key, the Octue tags tag by tag;
+        a key changed here and elsewhere takes this mount's value, the later setfattr, already
+        acknowledged, and the log says which key."""
         try:
             current = self.bucket.stat(entry.name)
         except NotFound:
@@ -133,9 +133,8 @@ class MetadataPatches:
             self._finish(entry, current, DONE)
             return
         theirs = dict(current.metadata)
-        merged = merge_metadata(entry.base_metadata, entry.metadata, theirs)
-        if merged is None:
-            merged, overwritten = apply_changes(entry.base_metadata or {}, entry.metadata, theirs)
+        merged, overwritten = reapply(entry.base_metadata or {}, entry.metadata, theirs)  # (octue/merge.py)
+        if overwritten:
             log.warning("the metadata of %r changed in the bucket while a setfattr here waited to be sent; the "
                         "change made here is applied to it, and for key(s) %s, changed on both sides, this mount's "
                         "value replaces the bucket's (%s)", entry.name, sorted(overwritten),

@@ -507,13 +507,49 @@ def test_a_content_upload_after_a_metadata_change_elsewhere_raises_and_keeps_it(
 
 
 def test_a_metadata_conflict_raises_and_does_not_overwrite(bucket):
+    """The same tag changed here and elsewhere: the one rule for a race (octue/merge.py) tells the
+    caller, who is still there, and writes nothing."""
     put(bucket, metadata=AWARE_FRACTION)
     datafile = Datafile.from_cloud(PROJECT, BUCKET, OBJECT)
     bucket.patch_metadata(OBJECT, {"octue__tags": '{"by": "someone else"}'})
     datafile.tags = {"by": "me"}
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict, match=r"\['octue__tags'\] changed both here and in the bucket"):
         datafile.update_cloud_metadata()
     assert raw(bucket)["octue__tags"] == '{"by": "someone else"}'
+
+
+def test_a_metadata_change_elsewhere_to_other_keys_is_kept_and_ours_applied(bucket):
+    """As a setfattr through the mount: a change elsewhere meanwhile to another field (and to
+    another tag) is kept, this datafile's is applied over it, and the datafile then holds both."""
+    put(bucket, metadata=AWARE_FRACTION)
+    datafile = Datafile.from_cloud(PROJECT, BUCKET, OBJECT)
+    elsewhere = Datafile.from_cloud(PROJECT, BUCKET, OBJECT)
+    elsewhere.labels = {"from-elsewhere"}
+    elsewhere.tags["site"] = "north"
+    elsewhere.update_cloud_metadata()
+    datafile.cluster = 4
+    datafile.tags["height_m"] = 100
+    bucket.reset_calls()
+    datafile.update_cloud_metadata()
+    assert bucket.calls["patch"] == 2 and bucket.calls["stat"] == 1  # refused, read again, re-applied
+    after = Datafile.from_cloud(PROJECT, BUCKET, OBJECT)
+    assert after.labels == {"from-elsewhere"} and after.cluster == 4
+    assert after.tags == {"instrument": "anemometer", "height_m": 100, "calibrated": True, "site": "north"}
+    assert datafile.labels == {"from-elsewhere"} and datafile.tags == after.tags  # the datafile holds both
+    assert content(bucket) == DATA
+    bucket.reset_calls()
+    datafile.update_cloud_metadata()
+    assert sum(bucket.calls[w] for w in WRITES) == 0  # nothing left to send: it holds what is there
+
+
+def test_a_metadata_change_to_content_replaced_elsewhere_raises(bucket):
+    put(bucket, metadata=AWARE_FRACTION)
+    datafile = Datafile.from_cloud(PROJECT, BUCKET, OBJECT)
+    bucket.upload_bytes(OBJECT, b"new content", {"octue__cluster": "9"})
+    datafile.cluster = 4
+    with pytest.raises(Conflict, match="changed in the bucket"):
+        datafile.update_cloud_metadata()
+    assert raw(bucket) == {"octue__cluster": "9"} and content(bucket) == b"new content"
 
 
 def test_a_create_conflict_raises_and_does_not_overwrite(bucket):

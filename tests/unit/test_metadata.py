@@ -808,9 +808,25 @@ def test_user_attribute_sizes_follow_the_gcs_limits():
 
 
 def test_concurrent_changes_of_different_user_attributes_merge():
-    from octuefs.writeback.merge import merge_metadata
+    from octuefs.octue.merge import merge_metadata
 
     base = {"octuefs.user.a": "1", "octuefs.user.b": "1"}
     ours = octue.encode_object_metadata(octue.set_xattr(octue.decode_object_metadata(base), "user.a", b"2"), base)
     theirs = {"octuefs.user.a": "1"}  # user.b removed elsewhere
     assert merge_metadata(base, ours, theirs) == {"octuefs.user.a": "2"}
+
+
+def test_a_default_spelled_out_elsewhere_is_no_change_in_a_merge():
+    """Another writer that stores every field (octuefs's Datafile, say) writes ``octue__cluster``
+    "0" where the base had none: no change, so our cluster is no conflict with it, in the strict
+    merge of an upload and in the re-apply of a metadata update alike."""
+    from octuefs.octue.merge import merge_metadata, reapply
+
+    base = {"octue__labels": '{"_type": "set", "items": ["a"]}'}
+    theirs = {**base, "octue__cluster": "0", "octue__sequence": "null"}
+    ours = {**base, "octue__cluster": "4"}
+    assert merge_metadata(base, ours, theirs) == {**base, "octue__cluster": "4", "octue__sequence": "null"}
+    assert reapply(base, ours, theirs) == ({**base, "octue__cluster": "4", "octue__sequence": "null"}, set())
+    really = {**base, "octue__cluster": "2"}
+    assert merge_metadata(base, ours, really) is None
+    assert reapply(base, ours, really) == (ours, {"octue__cluster"})

@@ -80,6 +80,7 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
     uploader = Uploader(bucket, journal, workers=config.upload_workers, burst_hold=config.upload_hold,
                         small_workers=config.small_uploads)
     uploader.patch_pace = config.patch_pace
+    bucket.on_change.append(uploader.mutated)  # every change the mount makes keeps GCS's pace
     files = OpenFiles(bounded, cache, metacache, uploader, upload_on_close=config.upload_on_close,
                       fsync_timeout=config.fsync_timeout, op_timeout=config.op_timeout, times=times)
     # The next small files of a directory read in name order, fetched before they are opened.

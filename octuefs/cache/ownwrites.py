@@ -16,6 +16,10 @@ and delete, a dataset record, a link, a conflict copy, a give-back):
   carried out; the caller knows what it tried and decides (forgetting here would make every
   lookup during an outage fail instead of being answered from what is known).
 
+Whoever else must know that the mount changed an object registers in ``on_change`` (called with
+the object's name, markers included, once the change answered): write-back keeps GCS's pace of
+one change per object per second from it (``Uploader.mutated``).
+
 Two kinds of object are not the caches' business and pass untouched: directory markers (names
 ending in ``/``; posixfs.py keeps them, and a marker is not its directory: mkdir and rmdir say
 that themselves with ``made_dir`` and ``removed(is_dir=True)``), and parts of composite uploads
@@ -47,9 +51,11 @@ class CachingBucket(Bucket):
     Attributes it does not define (test hooks such as ``calls`` or ``fail_next``) are the wrapped
     bucket's. Lock: none of its own; the cache's lock is a leaf, taken after the request answered."""
 
-    def __init__(self, inner: Bucket, metacache: MetadataCache):
+    def __init__(self, inner: Bucket, metacache: MetadataCache,
+                 on_change: list[Callable[[str], None]] | None = None):
         self.inner = inner
         self.metacache = metacache
+        self.on_change = on_change if on_change is not None else []  # (shared with its views)
 
     @property
     def name(self) -> str:
@@ -62,7 +68,7 @@ class CachingBucket(Bucket):
         return getattr(self.inner, attr)
 
     def with_retry(self, retry: RetryPolicy) -> Bucket:
-        return CachingBucket(self.inner.with_retry(retry), self.metacache)
+        return CachingBucket(self.inner.with_retry(retry), self.metacache, self.on_change)
 
     # --- what a change teaches the caches --------------------------------------------------------
 
@@ -79,7 +85,12 @@ class CachingBucket(Bucket):
     def _wrote(self, info: ObjectInfo) -> ObjectInfo:
         if not info.name.endswith("/"):
             self.metacache.wrote(info)
+        self._changed(info.name)
         return info
+
+    def _changed(self, name: str) -> None:
+        for call in self.on_change:
+            call(name)
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -107,6 +118,7 @@ class CachingBucket(Bucket):
         self._changing([name], lambda: self.inner.delete(name, *args, **kwargs))
         if not name.endswith("/"):
             self.metacache.removed(name)
+        self._changed(name)
 
     # --- reads: passed through -----------------------------------------------------------------
 

@@ -372,7 +372,6 @@ class DatasetXattrs:
         landed = self.bucket.upload_bytes(
             record_name, body, metadata, if_generation_match=generation, content_type=content_type,
             if_metageneration_match=replaced.metageneration if replaced is not None and generation else None)
-        self.uploader.mutated(record_name)
         with self._lock:
             self._memo[(record_name, landed.generation)] = records.decode_dataset_record(body)
             for prefix, written in self._watchers:

@@ -249,7 +249,6 @@ class PosixSurface:
                 with self._lock:
                     self._markers.pop(name, None)  # changed elsewhere meanwhile: read it again
                 continue
-            self.uploader.mutated(key)
             self.marker_seen(key, new)
             return
         raise PreconditionFailed(f"the marker object {key!r} kept changing; its attributes were not changed")
@@ -346,7 +345,6 @@ class PosixSurface:
             info = self.bucket.upload_bytes(name, data, meta, if_generation_match=0)
         except PreconditionFailed as exc:
             raise FileExists(path) from exc
-        self.uploader.mutated(name)
         self.times.entry_changed(name)  # (an entry made: its directory's times move, as for a create)
         return info
 

@@ -99,7 +99,6 @@ class Renames:
             if dst_node is not None:
                 self.files.forget(dst_node)
             self.cache.drop(dst_name)
-            self.uploader.mutated(dst_name)  # (a setfattr of it right after keeps GCS's pace)
             self.files.renamed(node, src_name, dst_name, moved, still_new=new and not took_over, took_over=took_over)
             if dst_name == src_name + BACKUP_SUFFIX and not took_over:  # (over an older backup too: emacs)
                 self.files.left_for_backup(src_name, moved)

@@ -58,8 +58,9 @@ class MetadataPatches:
             time.sleep(max(0.0, min(self.patch_pace, last + self.patch_pace - time.monotonic())))
 
     def mutated(self, name: str) -> None:
-        """The mount changed object ``name`` outside the queue just now (a rename's copy, a
-        touch): a metadata patch of it keeps GCS's pace from then on too."""
+        """The mount changed object ``name`` just now (a rename's copy, a touch, an upload: the
+        mount's bucket wrapper, cache/ownwrites.py, calls this for every change that answered):
+        a metadata patch of it keeps GCS's pace from then on too."""
         self._mutated(name)
 
     def _mutated(self, name: str) -> None:

@@ -136,3 +136,15 @@ def test_a_mount_shows_what_write_back_uploaded_without_asking_the_bucket(tmp_pa
         assert set(fake.calls) == {"stat"}  # the test's own stat above, and nothing else
     finally:
         fs.uploader.shutdown(drain=False)
+
+
+def test_whoever_must_know_of_a_change_is_told_once_it_answered(bucket, fake):
+    told = []
+    bucket.on_change.append(told.append)
+    info = bucket.upload_bytes("d/", b"")
+    bucket.bounded(5.0).upload_bytes("d/f", b"1")
+    bucket.with_retry(RetryPolicy(deadline=0.0)).copy("d/f", "d/g")
+    with pytest.raises(PreconditionFailed):
+        bucket.delete("d/", if_generation_match=info.generation + 1)
+    bucket.delete("d/f")
+    assert told == ["d/", "d/f", "d/g", "d/f"]  # markers too (a pace is per object); not the refused delete

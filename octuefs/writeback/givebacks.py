@@ -144,6 +144,24 @@ class OwedGiveBacks:
         with self._lock:
             return name in self._owed.values()
 
+    def status(self) -> list[dict]:
+        """What is owed, for ``octuefs status``: each source still carrying the Octue keys it
+        took from the file it was to replace, with when that rename failed."""
+        with self._lock:
+            owed = list(self._owed)
+        rows = []
+        for record_id in owed:
+            path = os.path.join(self.dir, record_id + ".json")
+            record = self._read(path)
+            try:
+                since = os.stat(path).st_mtime
+            except OSError:
+                continue  # settled meanwhile
+            if record is not None:
+                rows.append({"id": record_id, "name": record.get("name", ""), "replacing": record.get("dst", ""),
+                             "since": since})
+        return rows
+
     def settle_owed(self, bucket: Bucket, name: str | None = None) -> int:
         """Try to settle what is owed (to ``name`` only, if given); return how many are still owed."""
         with self._lock:

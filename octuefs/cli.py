@@ -409,7 +409,7 @@ def _status(args: argparse.Namespace) -> int:
         out.append(f"  {row['state']:<8} {row['size']:>12,d} B  {row['name']}{what}  (attempts {row['attempts']}){error}")
     for c in conflicts:
         out.append(f"  conflict: {c['object']} changed in the bucket ({c['theirs']}); yours saved as {c['saved_as']}")
-    for g in report.get("givebacks", []):
+    for g in report.get("give_backs", []):
         out.append(f"  owed     give-back: {g['name']} still carries the Octue id of {g['replacing']} (a rename "
                    "over it failed); given back as soon as the bucket answers, and `octuefs sync` waits for it")
     return _print_out(out)

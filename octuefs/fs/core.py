@@ -200,7 +200,7 @@ class FileSystem:
         return self.bucket.name
 
     def upload_status(self) -> dict:
-        return {**self.uploader.status(), "givebacks": self.givebacks.status()}
+        return {**self.uploader.status(), "give_backs": self.givebacks.status()}
 
     def pending_uploads(self) -> list:
         """The uploads queued or running now (the uploader's snapshot)."""

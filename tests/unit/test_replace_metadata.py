@@ -427,11 +427,11 @@ def test_a_sync_counts_a_give_back_owed_as_pending_until_it_is_settled(bucket, t
     server = ControlServer(fs, sock)
     try:
         assert request(sock, "sync", timeout=5, expect="left")["left"] == 1
-        owed = request(sock, "status", timeout=5, expect="uploads")["givebacks"]  # what `octuefs status` lists
+        owed = request(sock, "status", timeout=5, expect="uploads")["give_backs"]  # what `octuefs status` lists
         assert [(g["name"], g["replacing"]) for g in owed] == [("tmp1", "data.csv")]
         heal(bucket)
         assert request(sock, "sync", timeout=5, expect="left")["left"] == 0
-        assert request(sock, "status", timeout=5, expect="uploads")["givebacks"] == []
+        assert request(sock, "status", timeout=5, expect="uploads")["give_backs"] == []
     finally:
         server.close()
     assert octue_of(bucket, "tmp1") == own and os.listdir(fs.givebacks.dir) == []

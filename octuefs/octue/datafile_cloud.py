@@ -97,9 +97,9 @@ class CloudWrites:
         if self._info is None:
             raise NotFound(f"{self.cloud_path}: no such object; write its content first (open('w') or to_cloud())")
         base, seen = dict(self._raw), self._info
-        wanted = encode_object_metadata(self._model(self._id), base)
-        check_size_limits(wanted)
-        bucket, name = self._get_bucket(), self._location[1]
+        ours = encode_object_metadata(self._model(self._id), base)  # (this datafile's change, against base)
+        check_size_limits(ours)
+        bucket, name, wanted = self._get_bucket(), self._location[1], ours
         for _ in range(RACE_ATTEMPTS):
             changes = metadata_delta(dict(seen.metadata), wanted)
             _log.debug("%s: patching metadata keys %s", self.cloud_path, sorted(changes))
@@ -108,15 +108,15 @@ class CloudWrites:
                 break
             except NotFound as exc:
                 raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path, exc) from exc
-            except PreconditionFailed as exc:
-                seen, wanted = self._reapplied(bucket, name, base, wanted, exc)
+            except PreconditionFailed as exc:  # re-applied each time from base and ours, never from a merge
+                seen, wanted = self._reapplied(bucket, name, base, ours, exc)
         else:
             raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path,
                                  PreconditionFailed(f"changed elsewhere {RACE_ATTEMPTS} times while re-applied"))
         self._adopt(info, self._content_md5)
         self._take_stored_fields()  # (what was merged in from elsewhere)
 
-    def _reapplied(self, bucket: Bucket, name: str, base: dict[str, str], wanted: dict[str, str],
+    def _reapplied(self, bucket: Bucket, name: str, base: dict[str, str], ours: dict[str, str],
                    exc: PreconditionFailed) -> tuple[ObjectInfo, dict[str, str]]:
         """The object as it is now and this datafile's change re-applied to it, or Conflict."""
         try:
@@ -125,7 +125,7 @@ class CloudWrites:
             raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path, exc) from exc
         if current.generation != self._info.generation:  # new content: its metadata is not ours to merge
             raise conflict_error(self.cloud_path, self._info, "metadata", self._local_path, exc) from exc
-        merged, both = reapply(base, wanted, dict(current.metadata))
+        merged, both = reapply(base, ours, dict(current.metadata))
         if both:
             raise Conflict(f"{self.cloud_path}: metadata key(s) {sorted(both)} changed both here and in the bucket "
                            f"since this datafile read it; nothing was written. Read it again with "

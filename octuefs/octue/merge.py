@@ -18,37 +18,43 @@ from __future__ import annotations
 
 from octuefs.errors import OctuefsError
 from octuefs.octue.metadata import (
+    SDK_VERSION_KEY,
     TAGS_KEY,
     check_size_limits,
     merge_tags,
+    reapply_tags,
     same_field_value,
 )
+
+
+def _changed(key: str, base: str | None, value: str | None) -> bool:
+    """Is ``value`` a change of ``key`` from ``base``? Judged by meaning on either side: a writer
+    that stores every field spells out defaults the base left out (an absent ``octue__cluster``
+    and ``"0"``), and that is no change (:func:`~octuefs.octue.objectform.same_field_value`)."""
+    return not same_field_value(key, base, value)
 
 
 def merge_metadata(base: dict[str, str] | None, ours: dict[str, str], theirs: dict[str, str]) -> dict[str, str] | None:
     """Our custom metadata with a change made elsewhere to the same content merged in, key by key
     (the Octue tags, :data:`TAGS_KEY`, tag by tag) against the metadata both started from; None if
     both changed one key (or tag) differently, or the base is not known: then neither may win
-    silently. (A value that means what the base's did, such as a default spelled out, is no
-    change: :func:`~octuefs.octue.objectform.same_field_value`.)"""
+    silently. ``octue__sdk_version`` only records who wrote last and never conflicts: ours."""
     if base is None:
         return None
     merged: dict[str, str] = {}
     for key in ours.keys() | theirs.keys() | base.keys():
         b, o, t = base.get(key), ours.get(key), theirs.get(key)
-        if o != b and t != b and o != t:
-            if same_field_value(key, b, t):  # theirs only spelled out what the base meant
-                if o is not None:
-                    merged[key] = o
-                continue
+        ours_changed, theirs_changed = _changed(key, b, o), _changed(key, b, t)
+        if ours_changed and theirs_changed and not same_field_value(key, o, t) and key != SDK_VERSION_KEY:
             if key != TAGS_KEY:
                 return None
             value = merge_tags(b, o, t)  # one key, many tags: different tags set on each side merge
             if value is None:
                 return None
-            merged[key] = value
-            continue
-        value = t if o == b else o
+        elif theirs_changed and not ours_changed:
+            value = t
+        else:
+            value = t if o == b else o  # (neither changed it: either spelling)
         if value is not None:
             merged[key] = value
     return merged
@@ -64,24 +70,25 @@ def fits_limits(custom: dict[str, str]) -> bool:
 
 
 def reapply(base: dict[str, str], ours: dict[str, str], theirs: dict[str, str]) -> tuple[dict[str, str], set[str]]:
-    """``theirs`` with the keys ``ours`` changed from ``base`` set as ours has them (tags merged
-    tag by tag where they can be); and the keys where that replaced a change of theirs (what the
-    caller warns of, or refuses: see the module docstring)."""
+    """``theirs`` with the keys ``ours`` changed from ``base`` set as ours has them (the Octue tags
+    tag by tag: a tag changed only elsewhere is kept); and the keys where that replaced a
+    different change of theirs (what the caller warns of, or refuses: see the module docstring).
+    A default ours only spelled out is no change of ours; ``octue__sdk_version`` never clashes."""
     merged, overwritten = dict(theirs), set()
     for key in ours.keys() | base.keys():
         b, o, t = base.get(key), ours.get(key), theirs.get(key)
-        if o == b:
+        if not _changed(key, b, o):
             continue
-        if t != b and t != o:
-            value = merge_tags(b, o, t) if key == TAGS_KEY else None
-            if value is not None:
-                merged[key] = value
-                continue
-            if not same_field_value(key, b, t):  # (theirs only spelled out what the base meant)
+        clash = _changed(key, b, t) and not same_field_value(key, o, t) and key != SDK_VERSION_KEY
+        if clash and key == TAGS_KEY:
+            merged[key], clashed_tags = reapply_tags(b, o, t)
+            if clashed_tags:
                 overwritten.add(key)
+            continue
+        if clash:
+            overwritten.add(key)
         if o is None:
             merged.pop(key, None)
         else:
             merged[key] = o
     return merged, overwritten
-

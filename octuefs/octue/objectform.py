@@ -29,7 +29,7 @@ MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 4096
 MAX_TOTAL_BYTES = 8192
 
-_SDK_VERSION_KEY = OCTUE_PREFIX + "sdk_version"
+SDK_VERSION_KEY = OCTUE_PREFIX + "sdk_version"
 
 
 def _is_set(raw: Any) -> bool:
@@ -104,7 +104,7 @@ def encode_object_metadata(meta: OctueMetadata, existing: Mapping[str, str] | No
     if meta.id is None:
         raise ValueError("cannot encode Octue metadata without an id; call with_id() first")
     result.update(written)
-    result[_SDK_VERSION_KEY] = _octue_json.dumps(SDK_LAYOUT_VERSION)
+    result[SDK_VERSION_KEY] = _octue_json.dumps(SDK_LAYOUT_VERSION)
     return result
 
 
@@ -151,16 +151,28 @@ def merge_tags(base: str | None, ours: str | None, theirs: str | None) -> str | 
     """Three stored ``octue__tags`` texts merged tag by tag (both sides changed the key: one set
     tag ``a``, the other tag ``b``): the merged text, or None if both changed one tag
     differently (then neither may win silently)."""
+    merged, clashed = _merged_tags(base, ours, theirs)
+    return None if clashed else merged
+
+
+def reapply_tags(base: str | None, ours: str | None, theirs: str | None) -> tuple[str, set[str]]:
+    """``theirs`` tags with the tags ``ours`` changed from ``base`` set (or removed) as ours has
+    them; and the names of the tags where that replaced a different change of theirs."""
+    return _merged_tags(base, ours, theirs)
+
+
+def _merged_tags(base: str | None, ours: str | None, theirs: str | None) -> tuple[str, set[str]]:
     b, o, t = (dict(stored_value("tags", text)) if text else {} for text in (base, ours, theirs))
     merged: dict[str, Any] = {}
+    clashed: set[str] = set()
     for name in o.keys() | t.keys() | b.keys():
         bv, ov, tv = (canonical(d[name]) if name in d else None for d in (b, o, t))
         if ov != bv and tv != bv and ov != tv:
-            return None
+            clashed.add(name)  # (ours is taken: reapply's caller warns or refuses)
         source = t if ov == bv else o
         if name in source:
             merged[name] = source[name]
-    return field_text("tags", dict(sorted(merged.items())))
+    return field_text("tags", dict(sorted(merged.items()))), clashed
 
 
 def check_size_limits(custom: Mapping[str, str | None]) -> None:

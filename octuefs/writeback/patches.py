@@ -129,7 +129,9 @@ class MetadataPatches:
         except NotFound:
             self._patch_gone(entry)
             return
-        if dict(current.metadata) == entry.metadata:
+        set_here = entry.content_type != (entry.base_object or {}).get("content_type")
+        type_there = not set_here or (entry.content_type or "application/octet-stream") == current.content_type
+        if dict(current.metadata) == entry.metadata and type_there:  # (else: a change elsewhere, undone)
             log.info("the metadata change of %r was already in the bucket", entry.name)
             self._finish(entry, current, DONE)
             return

@@ -289,7 +289,7 @@ def test_a_chmod_of_a_version_replaced_elsewhere_keeps_their_new_mtime(fs_on):
 
 def test_chmod_setfattr_touch_and_close_coalesce_into_one_request(fs_on):
     bucket = FakeBucket("b")
-    fs = fs_on(bucket, patch_pace=0.5)
+    fs = fs_on(bucket, patch_pace=0.5, upload_hold=0.5)  # (a close's upload held, as a mount's is by default)
     fh = fs.create("/f", os.O_WRONLY | os.O_CREAT, 0o644)
     fs.write(fh, b"x", 0)
     fs.chmod("/f", 0o600)
@@ -297,7 +297,7 @@ def test_chmod_setfattr_touch_and_close_coalesce_into_one_request(fs_on):
     fs.set_times("/f", 5.0, 6.0)
     fs.flush(fh)
     fs.release(fh)
-    fs.chown("/f", 3, 4)  # after the close, before the upload's pace allows it
+    fs.chown("/f", 3, 4)  # after the close, while its upload is held
     fs.setxattr("/f", "user.octue.tags.step", b"2")
     bucket.reset_calls()
     assert fs.uploader.sync(timeout=30) == 0

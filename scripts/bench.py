@@ -724,7 +724,11 @@ class Bench:
         self.ls_mount()
         self._ls(self.local / "list", "ls_local")
         with self.timed("list_client"):
-            listed = {b.name: b.size for b in self.client.list_blobs(BUCKET, prefix="list/", delimiter="/")}
+            blobs = self.client.list_blobs(BUCKET, prefix="list/", delimiter="/")
+            listed = {b.name: b.size for page in blobs.pages for b in page}
+        # (GCS sends at most 1,000 objects a page; fake-gcs-server, asked for no limit as the
+        # client asks, the whole directory: the floor is the pages the client was sent)
+        self.m["list_client_pages"] = blobs.page_number
         if listed != {f"list/{k}": size for k, (size, _) in expect.items()}:
             raise BenchError(f"the client lists {len(listed)} objects under list/, not {n}")
         self.stats_and_xattrs("mount")
@@ -1016,13 +1020,14 @@ class Bench:
                 f"client {rate('small_read_client', n):,.0f} files/s" + floor(f"client {per_rtt(n)}"),
                 f"{r:.2f}x client", f">= {want:g}x client at 20 ms (#15)", r >= want if rtt > 0 else None)
         n = s.objects
-        pages = -(-n // 1000)  # GCS lists at most 1,000 objects a page
+        pages = int(m.get("list_client_pages") or -(-n // 1000))  # as the client was sent them
+        want = 1.2 if rtt > 0 else 1.5  # issue 15: at most 1.2x the client's listing at a distance
         for temp in ("cold", "warm"):
             r = m[f"ls_mount_{temp}"] / m["list_client"]
             row(f"ls -l {n} objects, {temp}", f"{m[f'ls_mount_{temp}']:.2f} s",
                 f"client list {m['list_client']:.2f} s; local ls -l {m['ls_local']:.3f} s"
                 + (floor(f"{pages * rtt:.2f} s ({pages} list pages)") if temp == "cold" else ""), f"{r:.2f}x client time",
-                *(("<= 1.5x client time", r <= 1.5) if temp == "cold" else ()))
+                *((f"<= {want:g}x client time" + (" (#15)" if rtt > 0 else ""), r <= want) if temp == "cold" else ()))
         row(f"stat x{n} (listed), daemon", f"{rate('stat_mount', n):,.0f} /s",
             f"client GET {rate('stat_client', m['stat_client_n']):,.0f} /s; local {rate('stat_local', n):,.0f} /s; "
             f"mount right after ls (kernel cache) {rate('stat_mount_after_ls', n):,.0f} /s",

@@ -38,6 +38,15 @@ LOOKUP_PAGES = 10  # pages a fill lists for lookups alone (10,000 entries)
 LOOKUP_WAIT = 2  # pages past the first a lookup waits for before asking for its name alone
 STOPPED_KEPT = 32  # fills stopped short kept for a readdir to resume (their pages are in memory)
 IDLE = 0.5  # seconds a fill's thread waits for someone to want more pages before it ends
+# Entries asked for per page. GCS sends at most 1,000 whatever is asked ("this parameter or 1,000
+# items, whichever is smaller"); fake-gcs-server sends what is asked, and the whole listing if
+# nothing is (as the google-cloud-storage client asks). A page for lookups alone asks for 1,000,
+# GCS's own page, so a lookup's bounds (LOOKUP_PAGES, LOOKUP_WAIT) mean the same everywhere; a
+# page that a readdir may read (a probe's, which is the listing's first page, and every page a
+# readdir wants) asks for READ_PAGE: on a server that allows it, a directory of that many
+# entries is one round trip, as for the client, and a response stays a few MiB.
+LOOKUP_PAGE = 1000
+READ_PAGE = 5000
 
 
 def _in_a_page_thread() -> bool:
@@ -71,10 +80,15 @@ class _Fill:
         self.lookup_want = 0  # pages wanted for lookups (while kept)
         self.reader_want = 0  # pages wanted by readdirs
         self.seen_files: set[str] = set()
+        self.probe = False  # started as a probe: its first page may be a readdir's
         self.epoch_of_parent: tuple[int, int] | None = None  # (a probe's: its parent's when it was sent)
 
     def want(self) -> int:
         return max(self.reader_want, self.lookup_want if self.kept else 0)
+
+    def page_size(self) -> int:
+        """Entries to ask for in the next page (see READ_PAGE)."""
+        return READ_PAGE if self.reader_want or (self.probe and not self.pages) else LOOKUP_PAGE
 
     def needs_thread(self) -> bool:
         return not self.running and not self.done and self.error is None and len(self.pages) < self.want()
@@ -210,6 +224,7 @@ class DirectoryFills:
             if fill is None or fill.error is not None or not (
                     fill.running or self.metacache.now() - fill.started < self.metacache.negative_ttl):
                 fill = self._start(prefix)
+                fill.probe = True
             fill.lookup_want = max(fill.lookup_want, 1)
             self._run_if_needed(fill)
             return fill
@@ -286,13 +301,16 @@ class DirectoryFills:
         token = fill.token
         with self._cond:
             one = fill.want() - len(fill.pages) <= 1
+            size = fill.page_size()
         if one:
-            page = self.bucket.list_page(fill.prefix, "/", page_token=token)
+            page = self.bucket.list_page(fill.prefix, "/", page_token=token, max_results=size)
             yield page
             if not page.next_token:
                 return
             token = page.next_token
-        ahead = self.bucket.iter_pages_ahead(fill.prefix, "/", depth=1, page_token=token)
+            with self._cond:
+                size = fill.page_size()
+        ahead = self.bucket.iter_pages_ahead(fill.prefix, "/", max_results=size, depth=1, page_token=token)
         try:
             yield from ahead
         finally:

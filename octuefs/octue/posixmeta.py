@@ -71,6 +71,9 @@ class PosixFacts:
 
 
 _NOTHING = PosixFacts()
+# Every key decode reads: metadata with none of them (most objects) decodes to _NOTHING.
+_KEYS = frozenset({MODE_KEY, UID_KEY, GID_KEY, MTIME_KEY, ATIME_KEY, SYMLINK_KEY, GCSFUSE_SYMLINK_KEY, TYPE_KEY,
+                   RDEV_KEY})
 
 
 def _set(custom: Mapping[str, str], key: str) -> str | None:
@@ -124,7 +127,7 @@ def _rdev(raw: str | None) -> int:
 
 def decode(custom: Mapping[str, str] | None) -> PosixFacts:
     """The POSIX facts of an object with custom metadata ``custom``. Never raises."""
-    if not custom:
+    if not custom or _KEYS.isdisjoint(custom):  # (one set operation: a listing decodes thousands)
         return _NOTHING
     file_type, target = stat.S_IFREG, None
     if (_set(custom, SYMLINK_KEY) or "").lower() == "true":

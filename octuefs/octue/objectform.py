@@ -151,17 +151,13 @@ def merge_tags(base: str | None, ours: str | None, theirs: str | None) -> str | 
     """Three stored ``octue__tags`` texts merged tag by tag (both sides changed the key: one set
     tag ``a``, the other tag ``b``): the merged text, or None if both changed one tag
     differently (then neither may win silently)."""
-    merged, clashed = _merged_tags(base, ours, theirs)
+    merged, clashed = reapply_tags(base, ours, theirs)
     return None if clashed else merged
 
 
 def reapply_tags(base: str | None, ours: str | None, theirs: str | None) -> tuple[str, set[str]]:
     """``theirs`` tags with the tags ``ours`` changed from ``base`` set (or removed) as ours has
     them; and the names of the tags where that replaced a different change of theirs."""
-    return _merged_tags(base, ours, theirs)
-
-
-def _merged_tags(base: str | None, ours: str | None, theirs: str | None) -> tuple[str, set[str]]:
     b, o, t = (dict(stored_value("tags", text)) if text else {} for text in (base, ours, theirs))
     merged: dict[str, Any] = {}
     clashed: set[str] = set()

@@ -107,13 +107,18 @@ def read_state(mountpoint: str) -> dict | None:
 # --- the daemon ------------------------------------------------------------------------------
 
 
+# Connections the daemon opens while it checks the bucket: the first lookup lists a directory and
+# probes a name beside it, the first read's GET has a read-ahead GET beside it (see check).
+WARM_CONNECTIONS = 4
+
+
 @contextlib.contextmanager
 def _bucket_for(config: MountConfig) -> Iterator[object]:
     """The bucket to serve; for --local, an embedded emulator runs for the duration."""
     from octuefs.storage import open_bucket
 
     if not config.local:
-        yield open_bucket(config.bucket, config.project)
+        yield open_bucket(config.bucket, config.project, connections=WARM_CONNECTIONS)
         return
     from octuefs.local import demo
     from octuefs.local.emulator import Emulator

@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 MAX_OPEN_FILES = 256  # cached copies with an open descriptor at once
+# Bytes per second one ranged GET brings, for sizing the first read-ahead by the distance (see
+# ContentCache._first_window): at 20 ms, 20 MiB, what the client's one stream brings meanwhile.
+STREAM_RATE = 1024 * MiB
 
 
 class _Table(dict):
@@ -151,8 +154,19 @@ class ContentCache(Fetching):
     def _new_entry(self, key: tuple[str, int], path: str, size: int, complete: bool = False) -> Entry:
         bs = self.block_size
         initial = min(max(2 * bs, 4 * MiB), self.read_ahead)
-        streams = Streams(initial=initial, maximum=self.read_ahead, tolerance=max(bs, MiB), min_run=max(bs, 2 * MiB))
+        streams = Streams(initial=initial, maximum=self.read_ahead, tolerance=max(bs, MiB), min_run=max(bs, 2 * MiB),
+                          first=self._first_window)
         return Entry(key, path, size, bs, streams, complete)
+
+    def _first_window(self) -> int:
+        """The read-ahead of a read at offset 0: what one stream brings in the bucket's round
+        trip (its fastest small request, at STREAM_RATE), at most half the largest window, so
+        the request after it goes out before its bytes are all in; near the bucket (or before
+        any request was timed) less than the usual start, which then stands. Bounded by the
+        distance: a reader that reads the start of a file and goes elsewhere leaves at most
+        that much fetched for nothing."""
+        wall, _cpu, timed = getattr(self.bucket, "round_trip", lambda: (0.0, 0.0, 0))()
+        return min(self.read_ahead // 2, int(wall * STREAM_RATE)) if timed else 0
 
     def _pin(self, info: ObjectInfo, first: int = 0, last: int = -1) -> Entry:
         """The entry of ``info``'s generation (made if new), pinned with an open descriptor,

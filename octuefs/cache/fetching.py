@@ -121,21 +121,29 @@ class Fetching:
         last = (end - 1) // bs
         for attempt in (1, 2):
             with entry.lock:
-                if entry.missing == 0:
-                    waits = []
-                else:
-                    waits = self._schedule_locked(info, entry, start // bs, last, DEMAND)
-                if attempt == 1:
-                    self._count_read(hit=not waits)
-                if not waits and entry.missing == 0:
-                    return
-                if read_ahead and attempt == 1:
+                window = None  # the read-ahead this read earned, [lo, hi)
+                if read_ahead and attempt == 1 and entry.missing:
                     ahead = entry.streams.observe(start, end)
                     if ahead is not None and ahead[0] < entry.size:
                         # From the end of this read, not just the new part of the window:
                         # blocks of the window that were evicted or had no room are asked again.
-                        lo, hi = min(ahead[0], end), min(ahead[1], entry.size)
-                        self._schedule_locked(info, entry, lo // bs, (hi - 1) // bs, AHEAD)
+                        window = min(ahead[0], end), min(ahead[1], entry.size)
+                if entry.missing == 0:
+                    waits = []
+                else:
+                    # A read that must fetch its own last block takes the read-ahead right
+                    # after it into the same request (one round trip, one connection: the
+                    # first read of a stream, where a second GET beside it would wait for a
+                    # connection of its own as well).
+                    merge = (window[1] - 1) // bs if window is not None else None
+                    waits = self._schedule_locked(info, entry, start // bs, last, DEMAND, merge)
+                if attempt == 1:
+                    self._count_read(hit=not waits)
+                if not waits and entry.missing == 0:
+                    return
+                if window is not None:
+                    lo, hi = window
+                    self._schedule_locked(info, entry, lo // bs, (hi - 1) // bs, AHEAD)
             # Each fetch up to the last block this read needs from it, not to its own end.
             failed = [f for f in waits if not f.wait_for(min(f.last, last))]
             if not failed:
@@ -147,10 +155,13 @@ class Fetching:
             if own:
                 _reraise(own[0].error or StorageError(f"blocks of {info.name!r} were not fetched"))
 
-    def _schedule_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> list[_Fetch]:
+    def _schedule_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int,
+                         merge: int | None = None) -> list[_Fetch]:
         """Fetches bringing blocks ``first..last``: new ones for blocks neither present nor in
-        flight (runs of at most ``blocks_per_request``), and those already in flight. Holds
-        entry.lock."""
+        flight (runs of at most ``blocks_per_request``), and those already in flight. With
+        ``merge``, a new fetch of block ``last`` goes on through the blocks after it up to
+        ``merge`` (read-ahead) while they are missing and not in flight, up to
+        ``ahead_blocks_per_request`` in all. Holds entry.lock."""
         fetches: list[_Fetch] = []
         run: int | None = None  # first block of the run of blocks to fetch being gathered
         longest = self.blocks_per_request if priority == DEMAND else self.ahead_blocks_per_request
@@ -182,7 +193,13 @@ class Fetching:
                 fetches.append(self._start_locked(info, entry, run, block, priority))
                 run = None
         if run is not None:
-            fetches.append(self._start_locked(info, entry, run, last, priority))
+            end = last
+            if merge is not None:
+                limit = min(merge, len(entry.present) - 1, run + self.ahead_blocks_per_request - 1)
+                while end < limit and not (entry.present[end + 1] or end + 1 in entry.inflight
+                                           or end + 1 in entry.failed):
+                    end += 1
+            fetches.append(self._start_locked(info, entry, run, end, priority))
         return fetches
 
     def _start_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> _Fetch:

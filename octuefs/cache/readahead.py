@@ -6,6 +6,11 @@ since the kernel sends neighbouring requests concurrently and they may arrive ou
 continues a *stream*. A stream is sequential once it has run ``min_run`` bytes, or at once
 if it started at offset 0 (like the kernel's own read-ahead). A sequential stream gets a window
 of read-ahead that doubles, up to ``maximum`` bytes, each time the reader has eaten half of it.
+It starts at ``initial`` bytes; one that starts at offset 0 may start larger (``first``: the
+cache asks for what one request brings in a round trip, so that at a distance the next request
+goes out before the first one's bytes are all in, and near the bucket nothing changes); such a
+stream's window also doubles as soon as it has run past ``min_run``, not only once the reader
+has eaten half of it.
 Several streams per object are tracked at once (two readers of one file, or one reader jumping
 between two places); a read that matches none starts a new one. Random reads, even of a MiB or
 two (which the kernel sends as several neighbouring requests), fetch only what they touch.
@@ -40,6 +45,7 @@ class _Stream:
     ahead: int  # read-ahead has been requested up to here (exclusive)
     window: int  # current read-ahead size, bytes
     sequential: bool
+    early: bool = False  # its window grows as soon as it runs past min_run (see Streams.first)
 
 
 class Streams:
@@ -47,18 +53,26 @@ class Streams:
 
     MAX_STREAMS = 4
 
-    def __init__(self, initial: int, maximum: int, tolerance: int, min_run: int):
+    def __init__(self, initial: int, maximum: int, tolerance: int, min_run: int,
+                 first: Callable[[], int] | None = None):
         self.initial = initial
         self.maximum = max(initial, maximum)
         self.tolerance = tolerance
         self.min_run = min_run
+        # The window of a stream that starts at offset 0 (asked when one does): ``initial``
+        # unless the caller says more (the cache: what arrives in a round trip, when far).
+        self.first = first
         self._streams: list[_Stream] = []  # most recently used last
 
     def observe(self, start: int, end: int) -> tuple[int, int] | None:
         """Note a read of ``[start, end)``; return the byte range to read ahead, if any."""
         stream = self._match(start)
         if stream is None:
-            stream = _Stream(start=start, pos=end, ahead=end, window=self.initial, sequential=start == 0)
+            window = self.initial
+            if start == 0 and self.first is not None:
+                window = min(self.maximum, max(self.initial, self.first()))
+            stream = _Stream(start=start, pos=end, ahead=end, window=window, sequential=start == 0,
+                             early=window > self.initial)
             self._streams.append(stream)
             if len(self._streams) > self.MAX_STREAMS:
                 del self._streams[0]
@@ -72,6 +86,12 @@ class Streams:
                 if stream.pos - stream.start < self.min_run:
                     return None
                 stream.sequential = True
+            elif stream.early and stream.pos - stream.start > self.min_run:
+                # Far from the bucket, a stream from offset 0 that has gone on past the kernel's
+                # own read-ahead grows now, while its first request is still arriving: waiting
+                # for the reader to eat half of it would leave the pipe empty for a round trip.
+                stream.early = False
+                stream.window = min(self.maximum, stream.window * 2)
             elif stream.ahead - stream.pos > stream.window // 2:
                 return None  # still well ahead of the reader
             else:

@@ -23,12 +23,14 @@ def open_bucket(
     *,
     endpoint: str | None = None,
     check_deadline: float = 3.0,
+    connections: int = 1,
 ) -> Bucket:
     """Open GCS bucket ``name``: on the emulator at ``endpoint`` (e.g. ``Emulator.url``) or at
     ``STORAGE_EMULATOR_HOST`` if either is given, else on GCS with Application Default Credentials.
 
     With ``check``, make one listing request first (retried for at most ``check_deadline``
-    seconds, so a wrong emulator address fails fast) and raise a one-line error:
+    seconds, so a wrong emulator address fails fast; ``connections`` of them at once, which leaves
+    that many connections open for what comes next) and raise a one-line error:
     ``BucketNotFound("bucket 'x' does not exist ...")``, ``PermissionDenied`` (no credentials or
     no access, with what to do about it) or ``TransientError("cannot reach GCS at <url>: ...")``.
     """
@@ -36,5 +38,5 @@ def open_bucket(
 
     bucket = gcs.GCSBucket(name, project=project, retry=retry or RetryPolicy(), endpoint=endpoint)
     if check:
-        bucket.check(deadline=check_deadline)
+        bucket.check(deadline=check_deadline, connections=connections)
     return bucket

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -164,6 +165,15 @@ def translate_error(exc: BaseException, bucket: str, name: str | None = None) ->
 # --- client --------------------------------------------------------------------------------
 
 
+def _quietly(bucket: GCSBucket) -> None:
+    """A one-object listing whose answer nobody needs (:meth:`GCSBucket.check`'s others): an
+    error is the first one's to report, if it meets it too."""
+    try:
+        bucket.list_page(max_results=1)
+    except Exception as exc:
+        log.debug("an extra listing while checking the bucket failed: %s", exc)
+
+
 def emulator_host() -> str | None:
     return os.environ.get("STORAGE_EMULATOR_HOST") or None
 
@@ -279,12 +289,22 @@ class GCSBucket(GCSReads, GCSWrites, Bucket):
 
     # --- the bucket itself ---------------------------------------------------------------
 
-    def check(self, deadline: float = 3.0) -> None:
+    def check(self, deadline: float = 3.0, connections: int = 1) -> None:
         """Verify the bucket exists and can be listed, retrying only for ``deadline`` seconds.
+
+        With ``connections`` > 1, that many one-object listings go out at once (only the first
+        one's answer counts), so as many connections are open and pooled when it returns: a
+        fresh mount's first requests that go out together (a lookup's listing beside its probe,
+        a read's GET beside its read-ahead) then pay no handshake, a round trip each here and
+        more with TLS.
 
         Raises BucketNotFound, PermissionDenied or TransientError with a one-line message.
         """
         quick = self.with_retry(RetryPolicy(initial_delay=0.1, max_delay=1.0, deadline=deadline), (min(deadline, 5.0), 30.0))
+        extra = [threading.Thread(target=_quietly, args=(quick,), name="octuefs-warm", daemon=True)
+                 for _ in range(connections - 1)]
+        for thread in extra:
+            thread.start()
         try:
             quick.list_page(max_results=1)
         except BucketNotFound:
@@ -293,6 +313,9 @@ class GCSBucket(GCSReads, GCSWrites, Bucket):
             raise PermissionDenied(f"no permission to list bucket {self.name!r}: {str(exc).split(': ', 1)[-1]}") from exc
         except TransientError as exc:
             raise TransientError(f"cannot reach GCS at {self.endpoint}: {str(exc).split(': ', 1)[-1]}") from exc
+        finally:
+            for thread in extra:
+                thread.join(deadline)
 
     def create(self, location: str | None = None) -> None:
         """Create the bucket (used for emulators and tests); nothing happens if it exists."""

@@ -64,3 +64,27 @@ def test_a_second_round_of_concurrent_requests_opens_no_connection(emulator, tmp
         assert opened <= 2 * THREADS  # one per thread at most, in each pool
         assert not [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]
         assert bucket.list_page(f"second/").objects == []
+
+
+def test_checking_the_bucket_with_n_connections_leaves_them_open_for_the_first_requests(emulator):
+    """A mount checks its bucket on WARM_CONNECTIONS connections at once, so that its first
+    requests that go out together (a lookup's listing and probe, a read's GET and read-ahead)
+    wait for no handshake."""
+    from octuefs.mount import WARM_CONNECTIONS
+    from octuefs.storage import open_bucket
+
+    name = f"octuefs-warm-{uuid.uuid4().hex[:12]}"
+    emulator.create_bucket(name)
+    upstream = urlsplit(emulator.url)
+    with DelayLine((upstream.hostname, upstream.port), rtt_ms=10) as line:
+        bucket = open_bucket(name, endpoint=line.url, connections=WARM_CONNECTIONS)
+        assert line.connections == WARM_CONNECTIONS
+        everyone = threading.Barrier(WARM_CONNECTIONS)
+
+        def one(_: int) -> None:
+            everyone.wait(30)
+            bucket.list_page(max_results=1)
+
+        with ThreadPoolExecutor(WARM_CONNECTIONS) as pool:
+            list(pool.map(one, range(WARM_CONNECTIONS)))
+        assert line.connections == WARM_CONNECTIONS  # all of them found one open

@@ -66,14 +66,84 @@ def bucket():
 def test_a_sequential_reader_keeps_long_read_ahead_requests_in_flight(tmp_path, bucket):
     info, data = put(bucket, "seq.bin", 96 * MiB)
     cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=32 * MiB)
-    bucket.set_latency(0.002)
+    bucket.set_latency(0.02)
     assert read_all(cache, info) == data
     assert bucket.blocks_fetched(MiB) == list(range(96))  # every block exactly once
+    # The first read's block and the window it earned (4 MiB from where it ends) are one GET.
+    assert bucket.ranges[0] == (0, 5 * MiB)
     # Read-ahead asks for half its window (16 MiB) at a time: about 96 / 16 requests, where
     # requests of request_size (2 MiB) would be 48 round trips.
     assert max(hi - lo for lo, hi in bucket.ranges) == 16 * MiB
     assert bucket.calls["read"] <= 12
     assert bucket.max_active >= 2  # the next one is on its way while the reader eats this one
+
+
+class FarBucket(StreamingBucket):
+    """A StreamingBucket that says it is ``rtt`` seconds away, as GCSBucket.round_trip does
+    (its fastest small request, the CPU of one, how many were timed)."""
+
+    rtt = 0.02
+
+    def round_trip(self):
+        return self.rtt, 0.0005, 8
+
+
+def test_far_from_the_bucket_a_read_at_offset_0_asks_for_what_a_round_trip_brings_in_one_get(tmp_path):
+    bucket = FarBucket("far")
+    info, data = put(bucket, "far.bin", 96 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=64 * MiB)
+    assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]
+    assert wait_until(lambda: pool_settled(cache._pool))
+    # 20 ms at STREAM_RATE (1 GiB/s) is 20.5 MiB past the read: one GET, not a block and a
+    # read-ahead GET beside it (which would need a second connection, and its handshake).
+    assert bucket.ranges == [(0, 21 * MiB)]
+    # It is bounded by the distance: a bucket ten times as far gets half the largest window.
+    bucket.rtt, bucket.ranges = 0.2, []
+    other, _ = put(bucket, "farther.bin", 96 * MiB, seed=1)
+    assert cache.read(other, 0, 128 * KiB)
+    assert wait_until(lambda: pool_settled(cache._pool))
+    assert bucket.ranges == [(0, 32 * MiB), (32 * MiB, 33 * MiB)]  # (a GET is 32 MiB at most)
+
+
+def test_near_the_bucket_a_read_at_offset_0_reads_ahead_as_before(tmp_path):
+    bucket = FarBucket("near")
+    bucket.rtt = 0.0003  # loopback: less than the usual start, which stands
+    info, data = put(bucket, "near.bin", 64 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=64 * MiB)
+    assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]
+    assert wait_until(lambda: pool_settled(cache._pool))
+    assert bucket.ranges == [(0, 5 * MiB)]  # the block, and 4 MiB (two blocks' worth) past the read
+
+
+def test_far_from_the_bucket_a_stream_from_offset_0_grows_as_soon_as_it_goes_on(tmp_path):
+    bucket = FarBucket("grows")
+    info, data = put(bucket, "grows.bin", 96 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=64 * MiB)
+    for offset in range(0, 3 * MiB, 128 * KiB):  # past min_run (2 MiB), far from half the window
+        assert cache.read(info, offset, 128 * KiB) == data[offset : offset + 128 * KiB]
+    assert wait_until(lambda: pool_settled(cache._pool))
+    # The window doubled (20 MiB to 41 MiB from the reader) once the reader went past 2 MiB: the
+    # next request is on its way long before the first one's 21 MiB are eaten.
+    assert bucket.ranges == [(0, 21 * MiB), (21 * MiB, 44 * MiB)]
+    assert read_all(cache, info) == data
+    assert bucket.blocks_fetched(MiB) == list(range(96))  # every block once
+
+
+def test_far_from_the_bucket_random_readers_still_fetch_only_their_blocks(tmp_path):
+    bucket = FarBucket("random-far")
+    info, data = put(bucket, "random.bin", 64 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=64 * MiB)
+    offsets = random.Random(5).sample(range(MiB, info.size - 4 * KiB), 30)
+    for offset in offsets:
+        assert cache.read(info, offset, 4 * KiB) == data[offset : offset + 4 * KiB]
+    assert wait_until(lambda: pool_settled(cache._pool))
+    assert all(hi - lo == MiB for lo, hi in bucket.ranges)  # one block each: no window, no merge
+    # One read of the start (a file's header) fetches the first window, and nothing more after it.
+    assert cache.read(info, 0, 4 * KiB) == data[: 4 * KiB]
+    assert cache.read(info, 40 * MiB, 4 * KiB) == data[40 * MiB : 40 * MiB + 4 * KiB]
+    assert wait_until(lambda: pool_settled(cache._pool))
+    assert max(hi for lo, hi in bucket.ranges if lo == 0) <= 21 * MiB
+    assert sum(hi - lo for lo, hi in bucket.ranges) <= (30 + 1) * MiB + 21 * MiB
 
 
 def test_a_random_reader_asks_for_its_blocks_only(tmp_path, bucket):

@@ -152,12 +152,27 @@ class FetchPool:
         self._running: dict[object, int] = {}  # key -> its read-ahead tasks running
         self._ahead = 0  # read-ahead tasks running
 
-    def submit(self, fn: Callable[[], None], priority: int, key: object = None) -> Task:
+    def submit(self, fn: Callable[[], None], priority: int, key: object = None, counted: bool = False) -> Task:
+        """Queue ``fn``; ``counted``: it already holds a read-ahead slot (:meth:`take_ahead`),
+        given back when it ends."""
         task = Task(fn, priority, key)
+        task.ahead = counted
         with self._cond:
             heapq.heappush(self._heap, (priority, next(self._seq), task))
             self._wake_locked()
         return task
+
+    def take_ahead(self, key: object) -> bool:
+        """A read-ahead slot of ``key`` for a task a reader waits for that carries read-ahead
+        too (a read's GET that goes on past the read): True if one was free, and it is taken
+        (pass ``counted`` to :meth:`submit`). Such a task runs at once, as DEMAND, but while it
+        runs it counts as read-ahead, so the worker kept for readers stays free."""
+        with self._cond:
+            if self._ahead >= self.ahead_limit or self._running.get(key, 0) >= self.ahead_per_key:
+                return False
+            self._ahead += 1
+            self._running[key] = self._running.get(key, 0) + 1
+            return True
 
     def boost(self, task: Task) -> None:
         """Run ``task`` as a DEMAND task if it has not started yet (a reader now waits on it)."""

@@ -1,0 +1,88 @@
+"""Review of the cold sequential read change (c5ea459): the first read's GET carries its
+read-ahead. What a user relies on around it: a read someone waits for always finds a worker,
+and read-ahead (merged into a read's GET or not) keeps to the cache's read-ahead rules."""
+
+from __future__ import annotations
+
+import threading
+
+from octuefs.storage.base import pwrite_all
+
+from .test_cache import (
+    fast_checksums,  # noqa: F401 - an autouse fixture, used here too
+    make_cache,
+    pool_settled,
+    put,
+    wait_until,
+)
+from .test_cache_streaming import StreamingBucket
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class HoldingBucket(StreamingBucket):
+    """A ranged GET of more than one block writes its first block, then holds until ``gate``:
+    the read-ahead part of a long GET still arriving, as at a distance."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.held = 0
+        self._count = threading.Lock()
+
+    def read_range_into(self, name, start, end, fd, generation=None, progress=None):
+        data = self.read_range(name, start, end, generation)
+        for at in range(0, len(data), self.piece):
+            pwrite_all(fd, data[at : at + self.piece], start + at)
+            if progress is not None:
+                progress(start + min(at + self.piece, len(data)))
+            if at == 0 and len(data) > self.piece:
+                with self._count:
+                    self.held += 1
+                assert self.gate.wait(10), "test gate never opened"
+        return len(data)
+
+
+def test_a_reader_of_a_new_file_is_not_held_back_by_the_read_ahead_of_files_opened_before(tmp_path):
+    """`head -c 100 *` with 8 readers at once (xargs -P8): each file's first read returns once
+    its block is in, while its read-ahead goes on arriving. The next file's first read must
+    find a worker at once (one is always kept for reads someone waits for), not wait until
+    some earlier file's read-ahead has all arrived."""
+    bucket = HoldingBucket("hold")
+    files = [put(bucket, f"f{i}.bin", 32 * MiB, seed=i) for i in range(9)]
+    cache = make_cache(tmp_path, bucket, block_size=MiB, fetch_workers=8)
+    try:
+        for info, data in files[:8]:  # each returns with its first block
+            assert cache.read(info, 0, 100) == data[:100]
+        assert wait_until(lambda: bucket.held >= 7)
+        info, data = files[8]
+        got = {}
+        reader = threading.Thread(target=lambda: got.update(data=cache.read(info, 0, 100)), daemon=True)
+        reader.start()
+        reader.join(3)
+        assert got.get("data") == data[:100], "the 9th file's first read waited for others' read-ahead"
+    finally:
+        bucket.gate.set()
+        assert wait_until(lambda: pool_settled(cache._pool))
+
+
+def test_a_small_cache_shared_by_readers_from_offset_0_fetches_each_block_once(tmp_path):
+    """Six files read side by side from offset 0 through a 16 MiB cache: each reader's first
+    GET carries read-ahead, which must keep to the read-ahead rules (within the read-ahead
+    budget, spared until read, dropped when there is no room), or the readers evict each
+    other's blocks before they are read and fetch them again."""
+    from .test_cache import RecordingBucket
+    from .test_cache_size import bounded
+
+    limit = 16 * MiB
+    bucket = RecordingBucket("small-cache")
+    cache = bounded(tmp_path, bucket, limit, request_size=2 * MiB)
+    objects = [put(bucket, f"m{i}.bin", 16 * MiB, seed=60 + i) for i in range(6)]
+    outs = [bytearray() for _ in objects]
+    for offset in range(0, 16 * MiB, 128 * KiB):
+        for (info, _), out in zip(objects, outs):
+            out += cache.read(info, offset, 128 * KiB)
+            assert cache.usage()["clean_bytes"] <= limit
+    assert all(bytes(out) == data for (_, data), out in zip(objects, outs))
+    assert sum(hi - lo for lo, hi in bucket.ranges) <= 1.05 * 6 * 16 * MiB

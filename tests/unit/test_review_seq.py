@@ -5,6 +5,9 @@ and read-ahead (merged into a read's GET or not) keeps to the cache's read-ahead
 from __future__ import annotations
 
 import threading
+import time
+
+import pytest
 
 from octuefs.storage.base import pwrite_all
 
@@ -86,3 +89,40 @@ def test_a_small_cache_shared_by_readers_from_offset_0_fetches_each_block_once(t
             assert cache.usage()["clean_bytes"] <= limit
     assert all(bytes(out) == data for (_, data), out in zip(objects, outs))
     assert sum(hi - lo for lo, hi in bucket.ranges) <= 1.05 * 6 * 16 * MiB
+
+
+def _slow_warmers(monkeypatch, first):
+    """GCSBucket.list_page answers the check's own listing with ``first()`` at once, and holds
+    the listings that only warm connections (threads named octuefs-warm) for 8 s: a path that
+    drops some connections."""
+    from octuefs.storage import gcs
+
+    def list_page(self, *args, **kwargs):
+        if threading.current_thread().name == "octuefs-warm":
+            time.sleep(8)
+            return None
+        return first()
+
+    monkeypatch.setattr(gcs.GCSBucket, "list_page", list_page)
+    return gcs.GCSBucket("warm", project="p", endpoint="http://127.0.0.1:9")
+
+
+def test_a_bucket_check_waits_for_its_extra_connections_no_longer_than_its_deadline(monkeypatch):
+    """The listings that only open connections are waited for within the check's deadline in
+    all (not the deadline once per connection), and not at all once the check has failed: the
+    mount's error line comes at once."""
+    from octuefs.errors import BucketNotFound
+
+    bucket = _slow_warmers(monkeypatch, lambda: None)
+    started = time.monotonic()
+    bucket.check(deadline=1.0, connections=4)
+    assert time.monotonic() - started < 2.0
+
+    def missing():
+        raise BucketNotFound("no such bucket")
+
+    bucket = _slow_warmers(monkeypatch, missing)
+    started = time.monotonic()
+    with pytest.raises(BucketNotFound):
+        bucket.check(deadline=1.0, connections=4)
+    assert time.monotonic() - started < 0.5

@@ -158,10 +158,12 @@ class Fetching:
             failed = [f for f in waits if not f.wait_for(min(f.last, last))]
             if not failed:
                 return
-            # A failed fetch this read merely joined (a read-ahead, or a read of the generation
-            # the content had before carry_over) is not this read's failure: the blocks are
-            # missing again, so fetch them once more, for this read.
-            own = [f for f in failed if attempt == 2 or not (f.ahead or f.generation != info.generation)]
+            # A failed fetch this read merely joined (a read-ahead, the read-ahead a read's fetch
+            # carries, or a read of the generation the content had before carry_over) is not
+            # this read's failure: the blocks are missing again, so fetch them once more, for
+            # this read.
+            own = [f for f in failed if attempt == 2 or not (
+                f.ahead or f.generation != info.generation or min(f.last, last) >= f.split)]
             if own:
                 _reraise(own[0].error or StorageError(f"blocks of {info.name!r} were not fetched"))
 

@@ -18,6 +18,7 @@ from .test_cache import (
     put,
     wait_until,
 )
+from .test_cache_size import read_all
 from .test_cache_streaming import StreamingBucket
 
 KiB = 1024
@@ -31,6 +32,7 @@ class HoldingBucket(StreamingBucket):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
+        self.fail_with: BaseException | None = None  # raised by a held GET once let go
         self.held = 0
         self._count = threading.Lock()
 
@@ -44,6 +46,9 @@ class HoldingBucket(StreamingBucket):
                 with self._count:
                     self.held += 1
                 assert self.gate.wait(10), "test gate never opened"
+                failure, self.fail_with = self.fail_with, None
+                if failure is not None:
+                    raise failure
         return len(data)
 
 
@@ -126,3 +131,36 @@ def test_a_bucket_check_waits_for_its_extra_connections_no_longer_than_its_deadl
     with pytest.raises(BucketNotFound):
         bucket.check(deadline=1.0, connections=4)
     assert time.monotonic() - started < 0.5
+
+
+def test_a_reader_that_joined_the_read_ahead_of_another_reads_get_tries_again_when_it_fails(tmp_path):
+    """The first read's GET carries read-ahead; a second read (the kernel's own read-ahead of
+    the same reader, or another reader) joins it for a block of that read-ahead. The GET breaks
+    after the first read's block: that is not the second read's failure (as for any read-ahead
+    it joined): it asks for its block once more and gets it."""
+    from octuefs.errors import TransientError
+
+    bucket = HoldingBucket("joined")
+    info, data = put(bucket, "joined.bin", 16 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=MiB)
+    assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]
+    assert wait_until(lambda: bucket.held == 1)  # the GET that goes on past block 0 holds
+    (lo, hi), = [(lo, hi) for lo, hi in bucket.ranges if hi - lo > MiB]
+    assert lo <= MiB < 3 * MiB <= hi  # blocks 1 and 2 come in it
+    got = {}
+
+    def second():
+        try:
+            got["data"] = cache.read(info, 2 * MiB, 100)
+        except Exception as exc:  # what the kernel would turn into EIO
+            got["error"] = exc
+
+    reader = threading.Thread(target=second, daemon=True)
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive()  # it waits for block 2, which that GET brings
+    bucket.fail_with = TransientError("connection reset mid-body")
+    bucket.gate.set()
+    reader.join(10)
+    assert got == {"data": data[2 * MiB : 2 * MiB + 100]}
+    assert read_all(cache, info) == data

@@ -164,3 +164,24 @@ def test_a_reader_that_joined_the_read_ahead_of_another_reads_get_tries_again_wh
     reader.join(10)
     assert got == {"data": data[2 * MiB : 2 * MiB + 100]}
     assert read_all(cache, info) == data
+
+
+def test_far_from_the_bucket_head_c_100_fetches_what_it_did_near_it_and_cat_the_round_trip(tmp_path):
+    """`head -c 100 *`, `dd bs=4k count=1`, a header read: the kernel asks 16-32 KiB at offset 0
+    and the reader leaves. That first read reads ahead as near the bucket (the usual start), not
+    what a round trip brings (up to half the largest window, per file); a first read the size a
+    streaming reader asks (cat, cp: 256 KiB) gets the round trip's window."""
+    from .test_cache_streaming import FarBucket
+
+    bucket = FarBucket("heads")
+    cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=2 * MiB, read_ahead=64 * MiB)
+    head, head_data = put(bucket, "head.bin", 96 * MiB)
+    assert cache.read(head, 0, 16 * KiB) == head_data[: 16 * KiB]
+    assert wait_until(lambda: pool_settled(cache._pool))
+    assert bucket.ranges == [(0, 5 * MiB)]  # its block, and the usual 4 MiB past the read
+    bucket.ranges = []
+    cat, data = put(bucket, "cat.bin", 96 * MiB, seed=1)
+    assert cache.read(cat, 0, 256 * KiB) == data[: 256 * KiB]
+    assert wait_until(lambda: pool_settled(cache._pool))
+    assert bucket.ranges == [(0, 21 * MiB)]  # 20 ms at 1 GiB/s past the read, in one GET
+    assert read_all(cache, head) == head_data  # a header reader that goes on reads it all

@@ -62,6 +62,10 @@ MAX_OPEN_FILES = 256  # cached copies with an open descriptor at once
 # Bytes per second one ranged GET brings, for sizing the first read-ahead by the distance (see
 # ContentCache._first_window): at 20 ms, 20 MiB, what the client's one stream brings meanwhile.
 STREAM_RATE = 1024 * MiB
+# A first read at offset 0 this large is a streaming reader's (the kernel asks 256 KiB for cat and
+# cp, 1 MiB for dd bs=1M), which gets that window; head -c 100 or a header read asks 16-32 KiB
+# and reads ahead as near the bucket (12 MiB fetched, not up to 36: `head -c 100 *`).
+FIRST_READ = 64 * 1024
 
 
 class _Table(dict):
@@ -155,7 +159,7 @@ class ContentCache(Fetching):
         bs = self.block_size
         initial = min(max(2 * bs, 4 * MiB), self.read_ahead)
         streams = Streams(initial=initial, maximum=self.read_ahead, tolerance=max(bs, MiB), min_run=max(bs, 2 * MiB),
-                          first=self._first_window)
+                          first=self._first_window, first_read=FIRST_READ)
         return Entry(key, path, size, bs, streams, complete)
 
     def _first_window(self) -> int:

@@ -42,9 +42,16 @@ class _Fetch:
     soon as its last byte is written (``landed`` of them so far), so a reader of the first
     block of a long read-ahead does not wait for the whole range. ``error`` is set before
     ``done``; ``landed`` and the end are announced under ``cond`` (see :meth:`wait_for`);
-    ``wanted`` (a reader waits for it) is guarded by the entry's lock."""
+    ``wanted`` (a reader waits for it) is guarded by the entry's lock.
 
-    __slots__ = ("first", "last", "generation", "ahead", "wanted", "done", "error", "task", "landed", "cond")
+    A read's fetch may carry read-ahead after the blocks it needs: blocks ``split..last``.
+    Those are read-ahead for the cache's room (reserved within the read-ahead budget, spared
+    until read, left out of the GET when there is no room: ``last`` becomes ``split - 1``)
+    unless a reader waits for one of them (``carried_wanted``, under the entry's lock);
+    ``carried`` is how their room was reserved (as read-ahead or not)."""
+
+    __slots__ = ("first", "last", "generation", "ahead", "wanted", "done", "error", "task", "landed", "cond",
+                 "split", "carried_wanted", "carried")
 
     def __init__(self, first: int, last: int, generation: int, ahead: bool):
         self.first = first
@@ -57,6 +64,9 @@ class _Fetch:
         self.task: Task | None = None
         self.landed = 0  # blocks first..first + landed - 1 are present (guarded by cond)
         self.cond = threading.Condition(threading.Lock())
+        self.split = last + 1  # first block of the read-ahead a read's fetch carries
+        self.carried_wanted = False
+        self.carried = False
 
     def brought(self, block: int) -> bool:
         return block < self.first + self.landed
@@ -148,10 +158,12 @@ class Fetching:
             failed = [f for f in waits if not f.wait_for(min(f.last, last))]
             if not failed:
                 return
-            # A failed fetch this read merely joined (a read-ahead, or a read of the generation
-            # the content had before carry_over) is not this read's failure: the blocks are
-            # missing again, so fetch them once more, for this read.
-            own = [f for f in failed if attempt == 2 or not (f.ahead or f.generation != info.generation)]
+            # A failed fetch this read merely joined (a read-ahead, the read-ahead a read's fetch
+            # carries, or a read of the generation the content had before carry_over) is not
+            # this read's failure: the blocks are missing again, so fetch them once more, for
+            # this read.
+            own = [f for f in failed if attempt == 2 or not (
+                f.ahead or f.generation != info.generation or min(f.last, last) >= f.split)]
             if own:
                 _reraise(own[0].error or StorageError(f"blocks of {info.name!r} were not fetched"))
 
@@ -180,6 +192,8 @@ class Fetching:
                     fetches.append(self._start_locked(info, entry, run, block - 1, priority))
                     run = None
                 fetch = entry.inflight.get(block)
+                if fetch is not None and priority == DEMAND and block >= fetch.split:
+                    fetch.carried_wanted = True  # its read-ahead part is a read's now: it stays
                 if fetch is not None and (not fetches or fetches[-1] is not fetch):
                     fetches.append(fetch)
                     if priority == DEMAND:
@@ -199,21 +213,31 @@ class Fetching:
                 while end < limit and not (entry.present[end + 1] or end + 1 in entry.inflight
                                            or end + 1 in entry.failed):
                     end += 1
-            fetches.append(self._start_locked(info, entry, run, end, priority))
+                # The read-ahead part takes a read-ahead slot of the pool: a read's GET that goes
+                # on arriving after its read returned must not take the worker kept for readers.
+                if end > last and not self._pool.take_ahead(entry):
+                    end = last
+            fetches.append(self._start_locked(info, entry, run, end, priority, split=last + 1))
         return fetches
 
-    def _start_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> _Fetch:
+    def _start_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int,
+                      split: int | None = None) -> _Fetch:
         fetch = _Fetch(first, last, info.generation, ahead=priority == AHEAD)
+        if split is not None and split <= last:
+            fetch.split = split
         for block in range(first, last + 1):
             entry.inflight[block] = fetch
         entry.pins += 1  # the fetch writes through entry.fd; _run_fetch unpins
-        fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority, key=entry)
+        fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority, key=entry,
+                                       counted=fetch.split <= last)
         return fetch
 
     def _reserve(self, entry: Entry, fetch: _Fetch, nbytes: int) -> bool | None:
         """Room for a fetch's bytes before its GET: True if reserved as read-ahead, False as a
         fetch a reader waits for, None if it was a read-ahead nobody waits for and there was no
         room (it is dropped, its blocks left missing)."""
+        if fetch.split <= fetch.last:
+            return self._reserve_carrying(entry, fetch, nbytes)
         with self._lock:
             with entry.lock:
                 wanted = fetch.wanted
@@ -232,6 +256,41 @@ class Fetching:
         log.debug("read-ahead of blocks %d-%d of %s dropped: no room in the cache", fetch.first, fetch.last, entry.path)
         return None
 
+    def _reserve_carrying(self, entry: Entry, fetch: _Fetch, nbytes: int) -> bool:
+        """:meth:`_reserve` of a read's fetch carrying read-ahead: its own blocks as a fetch a
+        reader waits for, the rest as read-ahead, or (no room) left out of the GET."""
+        own = min(fetch.split * self.block_size, entry.size) - fetch.first * self.block_size
+        with self._lock:
+            self.space.reserve(own, ahead=False)
+            with entry.lock:
+                wanted = fetch.carried_wanted
+            if not wanted and self.space.reserve(nbytes - own, ahead=True):
+                fetch.carried = True
+                return False
+            with entry.lock:
+                if fetch.carried_wanted:
+                    self.space.reserve(nbytes - own, ahead=False)
+                    return False
+                for block in range(fetch.split, fetch.last + 1):
+                    if entry.inflight.get(block) is fetch:
+                        del entry.inflight[block]
+                fetch.last = fetch.split - 1
+        log.debug("read-ahead after blocks %d-%d of %s left out: no room in the cache", fetch.first, fetch.last,
+                  entry.path)
+        return False
+
+    def _settle_locked(self, entry: Entry, fetch: _Fetch, blocks: range, ahead: bool, landed: list[int],
+                       fresh: bool) -> None:
+        """Space.settle for ``blocks`` of ``fetch``, its own and the read-ahead it carries each
+        as their room was reserved. Holds the cache's lock."""
+        split = min(max(fetch.split, blocks.start), blocks.stop)
+        for part, part_ahead, part_fresh in ((range(blocks.start, split), ahead, fresh),
+                                             (range(split, blocks.stop), fetch.carried,
+                                              fetch.carried and not fetch.carried_wanted)):
+            if part:
+                self.space.settle(entry, sum(entry.block_bytes(b) for b in part), part_ahead,
+                                  [b for b in landed if b in part], part_fresh)
+
     def _run_fetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, priority: int) -> None:
         """In a pool thread: one ranged GET pinned to the generation, written into the copy;
         each block lands (present, counted, its readers woken) once its last byte is written."""
@@ -240,6 +299,7 @@ class Fetching:
         ahead = self._reserve(entry, fetch, hi - lo)
         if ahead is None:
             return
+        hi = min((fetch.last + 1) * bs, entry.size)  # (read-ahead it carried may be left out)
         count = fetch.last - fetch.first + 1
 
         def progress(upto: int) -> None:  # bytes [lo, upto) are in the copy
@@ -272,7 +332,7 @@ class Fetching:
                     entry.failed.pop(block, None)
             fetch.error = error
         with self._lock:  # give back the reservation of the blocks that did not land
-            self.space.settle(entry, hi - min(hi, (fetch.first + fetch.landed) * bs), ahead, [], False)
+            self._settle_locked(entry, fetch, range(fetch.first + fetch.landed, fetch.last + 1), ahead, [], False)
         fetch.announce(done=True)
         self._unpin(entry)
         if error is not None:
@@ -297,7 +357,7 @@ class Fetching:
         with self._lock:
             if entry.dropped:  # (set under _lock) its blocks no longer count
                 landed = []
-            self.space.settle(entry, sum(entry.block_bytes(b) for b in blocks), ahead, landed, fresh)
+            self._settle_locked(entry, fetch, blocks, ahead, landed, fresh)
         fetch.announce(landed=whole)
 
     # --- whole small objects ahead (see octuefs.cache.prefetch) ---------------------------------

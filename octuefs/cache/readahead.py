@@ -54,7 +54,7 @@ class Streams:
     MAX_STREAMS = 4
 
     def __init__(self, initial: int, maximum: int, tolerance: int, min_run: int,
-                 first: Callable[[], int] | None = None):
+                 first: Callable[[], int] | None = None, first_read: int = 0):
         self.initial = initial
         self.maximum = max(initial, maximum)
         self.tolerance = tolerance
@@ -62,6 +62,10 @@ class Streams:
         # The window of a stream that starts at offset 0 (asked when one does): ``initial``
         # unless the caller says more (the cache: what arrives in a round trip, when far).
         self.first = first
+        # ... for a first read of at least ``first_read`` bytes: the kernel asks that much for a
+        # reader that streams (cat, cp, dd: 256 KiB to 1 MiB), 16-32 KiB for one that reads a
+        # file's first bytes and leaves (head -c, a header), which gets ``initial``.
+        self.first_read = first_read
         self._streams: list[_Stream] = []  # most recently used last
 
     def observe(self, start: int, end: int) -> tuple[int, int] | None:
@@ -69,7 +73,7 @@ class Streams:
         stream = self._match(start)
         if stream is None:
             window = self.initial
-            if start == 0 and self.first is not None:
+            if start == 0 and self.first is not None and end - start >= self.first_read:
                 window = min(self.maximum, max(self.initial, self.first()))
             stream = _Stream(start=start, pos=end, ahead=end, window=window, sequential=start == 0,
                              early=window > self.initial)
@@ -152,12 +156,27 @@ class FetchPool:
         self._running: dict[object, int] = {}  # key -> its read-ahead tasks running
         self._ahead = 0  # read-ahead tasks running
 
-    def submit(self, fn: Callable[[], None], priority: int, key: object = None) -> Task:
+    def submit(self, fn: Callable[[], None], priority: int, key: object = None, counted: bool = False) -> Task:
+        """Queue ``fn``; ``counted``: it already holds a read-ahead slot (:meth:`take_ahead`),
+        given back when it ends."""
         task = Task(fn, priority, key)
+        task.ahead = counted
         with self._cond:
             heapq.heappush(self._heap, (priority, next(self._seq), task))
             self._wake_locked()
         return task
+
+    def take_ahead(self, key: object) -> bool:
+        """A read-ahead slot of ``key`` for a task a reader waits for that carries read-ahead
+        too (a read's GET that goes on past the read): True if one was free, and it is taken
+        (pass ``counted`` to :meth:`submit`). Such a task runs at once, as DEMAND, but while it
+        runs it counts as read-ahead, so the worker kept for readers stays free."""
+        with self._cond:
+            if self._ahead >= self.ahead_limit or self._running.get(key, 0) >= self.ahead_per_key:
+                return False
+            self._ahead += 1
+            self._running[key] = self._running.get(key, 0) + 1
+            return True
 
     def boost(self, task: Task) -> None:
         """Run ``task`` as a DEMAND task if it has not started yet (a reader now waits on it)."""

@@ -293,8 +293,9 @@ class GCSBucket(GCSReads, GCSWrites, Bucket):
     def check(self, deadline: float = 3.0, connections: int = 1) -> None:
         """Verify the bucket exists and can be listed, retrying only for ``deadline`` seconds.
 
-        With ``connections`` > 1, that many one-object listings go out at once (only the first
-        one's answer counts), so as many connections are open and pooled when it returns: a
+        With ``connections`` > 1, once the check's one-object listing is answered, that many more
+        go out at once (the first's connection among them), so as many connections are open and
+        pooled when it returns: a
         fresh mount's first requests that go out together (a lookup's listing beside its probe,
         a read's GET beside its read-ahead) then pay no handshake, a round trip each here and
         more with TLS.
@@ -302,10 +303,6 @@ class GCSBucket(GCSReads, GCSWrites, Bucket):
         Raises BucketNotFound, PermissionDenied or TransientError with a one-line message.
         """
         quick = self.with_retry(RetryPolicy(initial_delay=0.1, max_delay=1.0, deadline=deadline), (min(deadline, 5.0), 30.0))
-        extra = [threading.Thread(target=_quietly, args=(quick,), name="octuefs-warm", daemon=True)
-                 for _ in range(connections - 1)]
-        for thread in extra:
-            thread.start()
         until = time.monotonic() + deadline
         try:
             quick.list_page(max_results=1)
@@ -315,8 +312,13 @@ class GCSBucket(GCSReads, GCSWrites, Bucket):
             raise PermissionDenied(f"no permission to list bucket {self.name!r}: {str(exc).split(': ', 1)[-1]}") from exc
         except TransientError as exc:
             raise TransientError(f"cannot reach GCS at {self.endpoint}: {str(exc).split(': ', 1)[-1]}") from exc
-        # The others, within the deadline in all (a failed check waits for none: its error
-        # line is what the mount shows, and they end on their own, daemon threads).
+        # The others only once the first was answered: its credentials' token is then at hand
+        # for them (four at once would each fetch one), and a failing endpoint gets one check,
+        # not four. Waited for within the deadline in all; they end on their own (daemon threads).
+        extra = [threading.Thread(target=_quietly, args=(quick,), name="octuefs-warm", daemon=True)
+                 for _ in range(connections if connections > 1 else 0)]
+        for thread in extra:
+            thread.start()
         for thread in extra:
             thread.join(max(0.0, until - time.monotonic()))
 

@@ -133,6 +133,41 @@ def test_a_bucket_check_waits_for_its_extra_connections_no_longer_than_its_deadl
     assert time.monotonic() - started < 0.5
 
 
+def test_a_bucket_check_opens_its_extra_connections_only_after_its_own_listing_was_answered(monkeypatch):
+    """The listings that only warm connections go out after the check's own listing was
+    answered (its credentials' token is then fetched once, not once per connection), and not
+    at all when the check fails: a wrong bucket or a failing endpoint gets one check."""
+    from octuefs.errors import BucketNotFound
+    from octuefs.storage import gcs
+
+    calls: list[tuple[str, float]] = []
+    answered: list[float] = []
+    outcome = {"fail": False}
+
+    def list_page(self, *args, **kwargs):
+        calls.append((threading.current_thread().name, time.monotonic()))
+        if threading.current_thread().name != "octuefs-warm":
+            time.sleep(0.05)  # the check's own round trip
+            answered.append(time.monotonic())
+            if outcome["fail"]:
+                raise BucketNotFound("no such bucket")
+        return None
+
+    monkeypatch.setattr(gcs.GCSBucket, "list_page", list_page)
+    bucket = gcs.GCSBucket("warm", project="p", endpoint="http://127.0.0.1:9")
+    bucket.check(deadline=1.0, connections=4)
+    warm = [t for name, t in calls if name == "octuefs-warm"]
+    assert len(calls) == 5 and len(warm) == 4  # the check's, then 4 at once
+    assert min(warm) >= answered[0]
+
+    calls.clear()
+    outcome["fail"] = True
+    with pytest.raises(BucketNotFound):
+        bucket.check(deadline=1.0, connections=4)
+    time.sleep(0.1)
+    assert [name for name, _ in calls] == [threading.current_thread().name]
+
+
 def test_a_reader_that_joined_the_read_ahead_of_another_reads_get_tries_again_when_it_fails(tmp_path):
     """The first read's GET carries read-ahead; a second read (the kernel's own read-ahead of
     the same reader, or another reader) joins it for a block of that read-ahead. The GET breaks

@@ -120,11 +120,12 @@ class Fetching:
         bs = self.block_size
         last = (end - 1) // bs
         for attempt in (1, 2):
+            here: list[_Fetch] = []  # a fetch this thread runs itself (see _start_locked)
             with entry.lock:
                 if entry.missing == 0:
                     waits = []
                 else:
-                    waits = self._schedule_locked(info, entry, start // bs, last, DEMAND)
+                    waits = self._schedule_locked(info, entry, start // bs, last, DEMAND, here)
                 if attempt == 1:
                     self._count_read(hit=not waits)
                 if not waits and entry.missing == 0:
@@ -136,6 +137,11 @@ class Fetching:
                         # blocks of the window that were evicted or had no room are asked again.
                         lo, hi = min(ahead[0], end), min(ahead[1], entry.size)
                         self._schedule_locked(info, entry, lo // bs, (hi - 1) // bs, AHEAD)
+            for fetch in here:  # (after the read-ahead was queued: it goes on meanwhile)
+                try:
+                    self._run_fetch(info, entry, fetch, DEMAND)
+                finally:
+                    self._pool.unclaim()
             # Each fetch up to the last block this read needs from it, not to its own end.
             failed = [f for f in waits if not f.wait_for(min(f.last, last))]
             if not failed:
@@ -147,10 +153,12 @@ class Fetching:
             if own:
                 _reraise(own[0].error or StorageError(f"blocks of {info.name!r} were not fetched"))
 
-    def _schedule_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> list[_Fetch]:
+    def _schedule_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int,
+                         here: list[_Fetch] | None = None) -> list[_Fetch]:
         """Fetches bringing blocks ``first..last``: new ones for blocks neither present nor in
-        flight (runs of at most ``blocks_per_request``), and those already in flight. Holds
-        entry.lock."""
+        flight (runs of at most ``blocks_per_request``), and those already in flight. With
+        ``here``, the first new one may be left for the calling thread to run (see
+        :meth:`_start_locked`). Holds entry.lock."""
         fetches: list[_Fetch] = []
         run: int | None = None  # first block of the run of blocks to fetch being gathered
         longest = self.blocks_per_request if priority == DEMAND else self.ahead_blocks_per_request
@@ -159,14 +167,14 @@ class Fetching:
             failed = _recent_failure_locked(entry, block, info.generation, now)
             if failed is not None:
                 if run is not None:
-                    fetches.append(self._start_locked(info, entry, run, block - 1, priority))
+                    fetches.append(self._start_locked(info, entry, run, block - 1, priority, here))
                     run = None
                 if priority == DEMAND and failed not in fetches:
                     fetches.append(failed)  # done, with its error: no new request
                 continue
             if entry.present[block] or block in entry.inflight:
                 if run is not None:
-                    fetches.append(self._start_locked(info, entry, run, block - 1, priority))
+                    fetches.append(self._start_locked(info, entry, run, block - 1, priority, here))
                     run = None
                 fetch = entry.inflight.get(block)
                 if fetch is not None and (not fetches or fetches[-1] is not fetch):
@@ -179,17 +187,25 @@ class Fetching:
             if run is None:
                 run = block
             if block - run + 1 == longest:
-                fetches.append(self._start_locked(info, entry, run, block, priority))
+                fetches.append(self._start_locked(info, entry, run, block, priority, here))
                 run = None
         if run is not None:
-            fetches.append(self._start_locked(info, entry, run, last, priority))
+            fetches.append(self._start_locked(info, entry, run, last, priority, here))
         return fetches
 
-    def _start_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int) -> _Fetch:
+    def _start_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int,
+                      here: list[_Fetch] | None = None) -> _Fetch:
+        """A new fetch of blocks ``first..last``, queued on the pool; or, given an empty
+        ``here`` and a free place in the pool (:meth:`FetchPool.claim`), put in ``here`` for the
+        reader's own thread to run: a small file's read then costs no hand-off to a worker
+        and back. Holds entry.lock."""
         fetch = _Fetch(first, last, info.generation, ahead=priority == AHEAD)
         for block in range(first, last + 1):
             entry.inflight[block] = fetch
         entry.pins += 1  # the fetch writes through entry.fd; _run_fetch unpins
+        if here is not None and not here and self._pool.claim():
+            here.append(fetch)  # (fetch.task stays None: nothing to boost)
+            return fetch
         fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority, key=entry)
         return fetch
 

@@ -301,7 +301,8 @@ class Fetching:
 
     # --- whole small objects ahead (see octuefs.cache.prefetch) ---------------------------------
 
-    def prefetch(self, info: ObjectInfo, pool: FetchPool) -> Callable[[], bool] | None:
+    def prefetch(self, info: ObjectInfo, pool: FetchPool,
+                 done: Callable[[], None] | None = None) -> Callable[[], bool] | None:
         """Start fetching the whole of ``info``'s generation, in one request, on ``pool`` (the
         caller's: its fetches never take the workers readers need) before anyone reads it.
 
@@ -310,6 +311,8 @@ class Fetching:
         in flight). Its bytes are read-ahead: counted, spared only while not read yet, dropped
         when there is no room. A reader that comes meanwhile joins it, and moves it into this
         cache's own pool at once if it is still queued; whichever pool runs it first does.
+        ``done()`` is called once it has run (in that pool's thread, with no lock held); not if
+        it was cancelled.
         """
         bs = self.block_size
         if not 0 < info.size <= self.blocks_per_request * bs:
@@ -324,15 +327,18 @@ class Fetching:
                     entry.inflight[block] = fetch
                 entry.pins += 1  # the fetch's, given back when it ends or is cancelled
                 claim = threading.Lock()  # taken by whoever runs or cancels it first
-                fetch.task = pool.submit(lambda: self._run_prefetch(info, entry, fetch, claim), AHEAD)
+                fetch.task = pool.submit(lambda: self._run_prefetch(info, entry, fetch, claim, done), AHEAD)
         finally:
             self._unpin(entry)
         return lambda: self._cancel_prefetch(entry, fetch, claim)
 
-    def _run_prefetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, claim: threading.Lock) -> None:
+    def _run_prefetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, claim: threading.Lock,
+                      done: Callable[[], None] | None = None) -> None:
         if claim.acquire(blocking=False):  # else cancelled, or run by the other pool already
             self._run_fetch(info, entry, fetch, AHEAD)
             self._drop_if_empty(entry)
+            if done is not None:
+                done()
 
     def _cancel_prefetch(self, entry: Entry, fetch: _Fetch, claim: threading.Lock) -> bool:
         with entry.lock:

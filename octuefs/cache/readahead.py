@@ -147,6 +147,18 @@ class FetchPool:
             self._wake_locked()
         return task
 
+    def resize(self, workers: int) -> None:
+        """Run at most ``workers`` tasks at once from now on (those running go on)."""
+        with self._cond:
+            if workers == self.workers or workers < 1:
+                return
+            self.ahead_limit = max(1, min(workers, self.ahead_limit + workers - self.workers))
+            self.workers = workers
+            for _ in range(min(len(self._heap) - self._waiting, workers - self._threads)):
+                self._threads += 1  # queued tasks may run in the new places
+                threading.Thread(target=self._work, name=f"{self.name}-{self._threads}", daemon=True).start()
+            self._cond.notify_all()
+
     def claim(self) -> bool:
         """Take one of the pool's places to run a fetch in the calling thread, if one is free
         (then :meth:`unclaim` when done); False: submit it instead."""

@@ -1,5 +1,6 @@
-"""Reading ahead across files (octuefs.cache.prefetch): a directory's small files opened in name order
-are fetched before they are opened, bounded, dropped when the order breaks, never stale.
+"""Reading ahead across files (octuefs.cache.prefetch): a directory's small files opened in name order,
+or the rest of a directory read whole in no order, are fetched before they are opened, bounded,
+dropped when the pattern breaks, never stale.
 
 Every GET the bucket serves is recorded with the thread that asked (prefetches run on the
 ``octuefs-prefetch`` pool), so the tests count requests and see who made them."""
@@ -399,7 +400,7 @@ def test_wholesale_stops_when_a_file_is_read_again_or_closed_half_read(bucket, t
         assert read(fs, "/" + name) == data[name]
     quiet(fs)
     assert fs.prefetch.stats()["bulk_started"] == started
-    assert all(bucket.got(name) <= 1 for name in names(n)) and len(bucket.gets) == len(set(n for n, _ in bucket.gets))
+    assert all(bucket.got(name) <= 1 for name in names(n)) and len(bucket.gets) == len({n for n, _ in bucket.gets})
 
 
 def test_a_file_opened_twice_in_a_row_does_not_break_the_pattern(bucket, tmp_path):

@@ -86,6 +86,7 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
     # The next small files of a directory read in name order, fetched before they are opened.
     prefetch = (Prefetcher(cache, metacache, lambda name: files.node(name) is not None, files=config.prefetch_files)
                 if config.prefetch_files else None)
+    files.watch = prefetch  # which files readers read whole: a directory read whole in no order
     recovered = journal.load(bucket.name)
     files.recover([e for e in recovered if not e.check_copy])  # (a copy check is no file's version)
     uploader.start(recovered)

@@ -98,7 +98,8 @@ def _mount_arguments(p: argparse.ArgumentParser) -> None:
                    help="a directory's files opened in name order: fetch up to N of the next small ones "
                         "before they are opened (default 32)")
     p.add_argument("--no-prefetch", dest="prefetch_files", action="store_const", const=0,
-                   help="never fetch files before they are opened (same as --prefetch-files 0)")
+                   help="never fetch files before they are opened, neither the next ones of a directory read "
+                        "in name order nor the rest of one read whole in no order (same as --prefetch-files 0)")
     p.add_argument("--fsync-timeout", type=float, help="seconds fsync waits for the bucket before EIO (default 300)")
     p.add_argument("--op-timeout", type=float,
                    help="seconds any other call waits for an unreachable bucket before ETIMEDOUT (default 30)")

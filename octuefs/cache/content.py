@@ -205,13 +205,19 @@ class ContentCache(Fetching):
         """Close the descriptors of the least recently used, unpinned entries, until at most
         ``keep`` (default MAX_OPEN_FILES) stay open. Holds _lock."""
         keep = MAX_OPEN_FILES if keep is None else keep
-        for key, old in list(self._open.items()):
-            if len(self._open) <= keep:
-                return
+        excess = len(self._open) - keep
+        if excess <= 0:
+            return
+        closing = []  # the oldest unpinned, found without copying the whole list (once per new pin past the bound)
+        for key, old in self._open.items():
             with old.lock:
                 if old.pins:
                     continue
-                fd, old.fd = old.fd, None
+                closing.append((key, old.fd))
+                old.fd = None
+            if len(closing) == excess:
+                break
+        for key, fd in closing:
             del self._open[key]
             if fd is not None:
                 os.close(fd)

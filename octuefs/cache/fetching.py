@@ -130,6 +130,7 @@ class Fetching:
         bs = self.block_size
         last = (end - 1) // bs
         for attempt in (1, 2):
+            here: list[_Fetch] = []  # a fetch this thread runs itself (see _start_locked)
             with entry.lock:
                 window = None  # the read-ahead this read earned, [lo, hi)
                 if read_ahead and attempt == 1 and entry.missing:
@@ -146,7 +147,7 @@ class Fetching:
                     # first read of a stream, where a second GET beside it would wait for a
                     # connection of its own as well).
                     merge = (window[1] - 1) // bs if window is not None else None
-                    waits = self._schedule_locked(info, entry, start // bs, last, DEMAND, merge)
+                    waits = self._schedule_locked(info, entry, start // bs, last, DEMAND, merge, here)
                 if attempt == 1:
                     self._count_read(hit=not waits)
                 if not waits and entry.missing == 0:
@@ -154,6 +155,11 @@ class Fetching:
                 if window is not None:
                     lo, hi = window
                     self._schedule_locked(info, entry, lo // bs, (hi - 1) // bs, AHEAD)
+            for fetch in here:  # (after the read-ahead was queued: it goes on meanwhile)
+                try:
+                    self._run_fetch(info, entry, fetch, DEMAND)
+                finally:
+                    self._pool.unclaim()
             # Each fetch up to the last block this read needs from it, not to its own end.
             failed = [f for f in waits if not f.wait_for(min(f.last, last))]
             if not failed:
@@ -168,12 +174,13 @@ class Fetching:
                 _reraise(own[0].error or StorageError(f"blocks of {info.name!r} were not fetched"))
 
     def _schedule_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int,
-                         merge: int | None = None) -> list[_Fetch]:
+                         merge: int | None = None, here: list[_Fetch] | None = None) -> list[_Fetch]:
         """Fetches bringing blocks ``first..last``: new ones for blocks neither present nor in
         flight (runs of at most ``blocks_per_request``), and those already in flight. With
         ``merge``, a new fetch of block ``last`` goes on through the blocks after it up to
         ``merge`` (read-ahead) while they are missing and not in flight, up to
-        ``ahead_blocks_per_request`` in all. Holds entry.lock."""
+        ``ahead_blocks_per_request`` in all. With ``here``, the first new one may be left for
+        the calling thread to run (see :meth:`_start_locked`). Holds entry.lock."""
         fetches: list[_Fetch] = []
         run: int | None = None  # first block of the run of blocks to fetch being gathered
         longest = self.blocks_per_request if priority == DEMAND else self.ahead_blocks_per_request
@@ -182,14 +189,14 @@ class Fetching:
             failed = _recent_failure_locked(entry, block, info.generation, now)
             if failed is not None:
                 if run is not None:
-                    fetches.append(self._start_locked(info, entry, run, block - 1, priority))
+                    fetches.append(self._start_locked(info, entry, run, block - 1, priority, here))
                     run = None
                 if priority == DEMAND and failed not in fetches:
                     fetches.append(failed)  # done, with its error: no new request
                 continue
             if entry.present[block] or block in entry.inflight:
                 if run is not None:
-                    fetches.append(self._start_locked(info, entry, run, block - 1, priority))
+                    fetches.append(self._start_locked(info, entry, run, block - 1, priority, here))
                     run = None
                 fetch = entry.inflight.get(block)
                 if fetch is not None and priority == DEMAND and block >= fetch.split:
@@ -204,7 +211,7 @@ class Fetching:
             if run is None:
                 run = block
             if block - run + 1 == longest:
-                fetches.append(self._start_locked(info, entry, run, block, priority))
+                fetches.append(self._start_locked(info, entry, run, block, priority, here))
                 run = None
         if run is not None:
             end = last
@@ -217,17 +224,26 @@ class Fetching:
                 # on arriving after its read returned must not take the worker kept for readers.
                 if end > last and not self._pool.take_ahead(entry):
                     end = last
-            fetches.append(self._start_locked(info, entry, run, end, priority, split=last + 1))
+            fetches.append(self._start_locked(info, entry, run, end, priority, here, split=last + 1))
         return fetches
 
     def _start_locked(self, info: ObjectInfo, entry: Entry, first: int, last: int, priority: int,
-                      split: int | None = None) -> _Fetch:
+                      here: list[_Fetch] | None = None, split: int | None = None) -> _Fetch:
+        """A new fetch of blocks ``first..last`` (read-ahead from block ``split`` on), queued on
+        the pool; or, given an empty ``here`` and a free place in the pool
+        (:meth:`FetchPool.claim`), put in ``here`` for the reader's own thread to run: a small
+        file's read then costs no hand-off to a worker and back. A fetch that carries read-ahead
+        is always queued: the reader returns when its own blocks land, not when the GET ends.
+        Holds entry.lock."""
         fetch = _Fetch(first, last, info.generation, ahead=priority == AHEAD)
         if split is not None and split <= last:
             fetch.split = split
         for block in range(first, last + 1):
             entry.inflight[block] = fetch
         entry.pins += 1  # the fetch writes through entry.fd; _run_fetch unpins
+        if here is not None and not here and fetch.split > last and self._pool.claim():
+            here.append(fetch)  # (fetch.task stays None: nothing to boost)
+            return fetch
         fetch.task = self._pool.submit(lambda: self._run_fetch(info, entry, fetch, priority), priority, key=entry,
                                        counted=fetch.split <= last)
         return fetch
@@ -362,7 +378,8 @@ class Fetching:
 
     # --- whole small objects ahead (see octuefs.cache.prefetch) ---------------------------------
 
-    def prefetch(self, info: ObjectInfo, pool: FetchPool) -> Callable[[], bool] | None:
+    def prefetch(self, info: ObjectInfo, pool: FetchPool,
+                 done: Callable[[], None] | None = None) -> Callable[[], bool] | None:
         """Start fetching the whole of ``info``'s generation, in one request, on ``pool`` (the
         caller's: its fetches never take the workers readers need) before anyone reads it.
 
@@ -371,6 +388,8 @@ class Fetching:
         in flight). Its bytes are read-ahead: counted, spared only while not read yet, dropped
         when there is no room. A reader that comes meanwhile joins it, and moves it into this
         cache's own pool at once if it is still queued; whichever pool runs it first does.
+        ``done()`` is called once it has run (in that pool's thread, with no lock held); not if
+        it was cancelled.
         """
         bs = self.block_size
         if not 0 < info.size <= self.blocks_per_request * bs:
@@ -385,15 +404,18 @@ class Fetching:
                     entry.inflight[block] = fetch
                 entry.pins += 1  # the fetch's, given back when it ends or is cancelled
                 claim = threading.Lock()  # taken by whoever runs or cancels it first
-                fetch.task = pool.submit(lambda: self._run_prefetch(info, entry, fetch, claim), AHEAD)
+                fetch.task = pool.submit(lambda: self._run_prefetch(info, entry, fetch, claim, done), AHEAD)
         finally:
             self._unpin(entry)
         return lambda: self._cancel_prefetch(entry, fetch, claim)
 
-    def _run_prefetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, claim: threading.Lock) -> None:
+    def _run_prefetch(self, info: ObjectInfo, entry: Entry, fetch: _Fetch, claim: threading.Lock,
+                      done: Callable[[], None] | None = None) -> None:
         if claim.acquire(blocking=False):  # else cancelled, or run by the other pool already
             self._run_fetch(info, entry, fetch, AHEAD)
             self._drop_if_empty(entry)
+            if done is not None:
+                done()
 
     def _cancel_prefetch(self, entry: Entry, fetch: _Fetch, claim: threading.Lock) -> bool:
         with entry.lock:

@@ -83,3 +83,10 @@ class MovedMeanwhile(FileNotFound):
 class Handle:
     node: FileNode
     writable: bool
+    # A reader of a clean file: the version it reads, and whether it read it whole from offset 0
+    # (told to the prefetcher, octuefs.cache.prefetch). ``lock`` guards the three after it.
+    watched: ObjectInfo | None = None
+    got: int = 0  # bytes read through this handle
+    from_zero: bool = False  # one of its reads began at offset 0
+    whole: bool = False  # both, and ``got`` reached the size
+    lock: threading.Lock | None = None

@@ -99,6 +99,9 @@ class OpenFiles(Moves, Saving, Landing):
         self._gone: cachetools.LRUCache[str, int] = cachetools.LRUCache(NEW_VERSIONS_KEPT)
         # entry id -> (mtime, ctime) of the version it uploads, for Times once it lands; guarded by _lock
         self._sealed_times: cachetools.LRUCache[str, tuple[float, float]] = cachetools.LRUCache(NEW_VERSIONS_KEPT)
+        # Told, at each close of a reader of a clean file, whether it read the file whole from
+        # offset 0 (the prefetcher: ``released(name, info, whole)``); set by the assembly.
+        self.watch = None
 
     # --- the tables ---------------------------------------------------------------------
 
@@ -171,7 +174,9 @@ class OpenFiles(Moves, Saving, Landing):
             if not moving:
                 node.opens += 1
                 fh = next(self._next_fh)
-                self._handles[fh] = Handle(node, writable)
+                handle = self._handles[fh] = Handle(node, writable)
+                if not writable and self.watch is not None and node.base is not None and not node.unsaved:
+                    handle.watched, handle.lock = node.base, threading.Lock()
         if moving:
             with node.lock:
                 while node.moving:
@@ -201,6 +206,7 @@ class OpenFiles(Moves, Saving, Landing):
             handle = self._handles.pop(fh, None)
             if handle is None:
                 return
+            watched = handle.watched
             node = handle.node
             node.opens -= 1
             if node.idle and self._nodes.get(node.name) is node:
@@ -214,6 +220,8 @@ class OpenFiles(Moves, Saving, Landing):
             # An unlinked node's writes after its unlink have nowhere to go: drop them too.
             _unlink_quietly(node.staging)
             node.staging = None
+        if watched is not None and self.watch is not None:
+            self.watch.released(watched.name, watched, handle.whole)
 
     def forget(self, node: FileNode) -> None:
         """Drop a node that no longer stands for anything (its object was deleted).
@@ -243,7 +251,8 @@ class OpenFiles(Moves, Saving, Landing):
         return None
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        node = self.handle(fh).node
+        handle = self.handle(fh)
+        node = handle.node
         with node.lock:
             local = self._local_copy(node)
             if local is not None:
@@ -254,9 +263,12 @@ class OpenFiles(Moves, Saving, Landing):
         if base is None:
             return b""
         try:
-            return self.cache.read(base, offset, size)
+            data = self.cache.read(base, offset, size)
         except NotFound as exc:
             raise StaleFile(f"{node.name!r} changed in the bucket while it was open; reopen it") from exc
+        if handle.watched is not None and not handle.whole:
+            _count_read(handle, offset, len(data))
+        return data
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         node = self.handle(fh).node
@@ -393,6 +405,16 @@ def _fits(node: FileNode, size: int) -> None:
     """Refuse a size no upload could ever put in the bucket, before anything is written."""
     if size > MAX_OBJECT_SIZE:
         raise FileTooLarge(f"{node.name!r}: {size} bytes is more than a GCS object holds (5 TiB)")
+
+
+def _count_read(handle: Handle, offset: int, n: int) -> None:
+    """A reader's bytes: once it has read its file whole from offset 0, its release tells the
+    prefetcher so (the kernel's reads of one file may come out of order: bytes are counted, not
+    ranges)."""
+    with handle.lock:
+        handle.got += n
+        handle.from_zero = handle.from_zero or offset == 0
+        handle.whole = handle.from_zero and handle.got >= handle.watched.size
 
 
 def _unlink_quietly(path: str) -> None:

@@ -73,6 +73,23 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
             written += os.pwrite(fd, view[written:], offset + written)
 
 
+# Is the bucket far away (its small requests wait on the network, not the CPU)? A bucket that
+# times its requests (``round_trip()``: the fastest small request's wall time, a typical one's CPU
+# time, how many were timed) is far once FAR_SAMPLES were timed and the fastest took FAR_RATIO
+# times the CPU a typical one used, and FAR_WALL seconds at least. Write-back (uploads in flight,
+# the burst hold) and prefetching (requests in flight) size themselves by it.
+FAR_SAMPLES = 3
+FAR_RATIO = 4.0
+FAR_WALL = 0.005
+
+
+def far_away(bucket: object) -> tuple[bool, float, float]:
+    """(far, the fastest small request's wall time, a typical one's CPU time) for ``bucket``
+    (near: one that does not time its requests)."""
+    wall, cpu, timed = getattr(bucket, "round_trip", lambda: (0.0, 0.0, 0))()
+    return timed >= FAR_SAMPLES and wall >= max(FAR_WALL, FAR_RATIO * cpu), wall, cpu
+
+
 def read_file_range(path: str, start: int, length: int) -> bytes:
     """Bytes [start, start + length) of a local file being uploaded; ``OSError`` if it ends first."""
     with open(path, "rb") as f:

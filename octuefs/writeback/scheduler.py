@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from octuefs.storage.base import far_away
 from octuefs.writeback.entry import QUEUED, RUNNING, Entry
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,9 @@ BURST_MAX_BYTES = 8 * 1024 * 1024  # larger files are never held: their uploads 
 SMALL_UPLOAD_MAX = 1024 * 1024
 SMALL_IN_FLIGHT = 32
 # The burst hold is for uploads that compete with closes for the CPU. When the bucket is far
-# away, a small upload is mostly a wait for its answer. The bucket times its small requests
-# (``round_trip()``); once FAR_SAMPLES were timed and the fastest took FAR_RATIO times the CPU a
-# typical one used, and FAR_WALL seconds at least, nothing is held any more (the closes keep the
-# CPU, the round trips overlap them) and small uploads run SMALL_IN_FLIGHT at once. Looked at
-# again every FAR_RECHECK seconds at most.
-FAR_SAMPLES = 3
-FAR_RATIO = 4.0
-FAR_WALL = 0.005
+# away (:func:`octuefs.storage.base.far_away`), a small upload is mostly a wait for its answer:
+# nothing is held any more (the closes keep the CPU, the round trips overlap them) and small
+# uploads run SMALL_IN_FLIGHT at once. Looked at again every FAR_RECHECK seconds at most.
 FAR_RECHECK = 0.5
 
 
@@ -95,11 +91,10 @@ class Scheduler:
 
     def _far(self, now: float) -> bool:
         """Is the bucket far enough that small uploads wait on the network, not the CPU? (See
-        FAR_RATIO; a bucket that does not time its requests is near.) Caller holds _cond."""
+        :func:`far_away`; a bucket that does not time its requests is near.) Caller holds _cond."""
         if now - self._far_checked >= FAR_RECHECK:
             self._far_checked = now
-            wall, cpu, timed = getattr(self.bucket, "round_trip", lambda: (0.0, 0.0, 0))()
-            far = timed >= FAR_SAMPLES and wall >= max(FAR_WALL, FAR_RATIO * cpu)
+            far, wall, cpu = far_away(self.bucket)
             if far != self.hold_yields:
                 self.hold_yields = far
                 log.debug("small requests take %.1f ms, %.2f ms of it CPU: uploads wait on the %s", wall * 1000,

@@ -1,12 +1,14 @@
 """Reading ahead across files through a real mount: ``cat`` of a directory's files in name order
 gets exact bytes, and fake-gcs-server (counted by a fault proxy with no faults) serves the next
-files' content before ``cat`` opens them, each file once."""
+files' content before ``cat`` opens them, each file once; a directory read whole in a shuffled
+order has the rest fetched ahead after 32 files, and 20 random files cost 20 downloads."""
 
 from __future__ import annotations
 
 import random
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -28,11 +30,11 @@ def counted(emulator, monkeypatch):
         yield p
 
 
-def put_files(mount, emulator) -> dict[str, bytes]:
+def put_files(mount, emulator, n: int = N) -> dict[str, bytes]:
     from octuefs.storage.gcs import GCSBucket
 
     direct = GCSBucket(mount.bucket.name, endpoint=emulator.url)
-    files = {f"f{i:03d}.dat": random.Random(i).randbytes(4096 + i) for i in range(N)}
+    files = {f"f{i:03d}.dat": random.Random(i).randbytes(4096 + i) for i in range(n)}
     for name, data in files.items():
         direct.upload_bytes(f"d/{name}", data)
     return files
@@ -77,3 +79,28 @@ def test_no_prefetch_fetches_nothing_ahead(counted, mount_factory, emulator):
     first = subprocess.run(["cat", *(str(m / "d" / n) for n in names[:5])], capture_output=True, check=True).stdout
     assert first == b"".join(files[n] for n in names[:5])
     assert downloads(counted) - before == 5
+
+
+def test_a_directory_read_whole_in_no_order_is_fetched_ahead_each_file_once(counted, mount_factory, emulator):
+    """A data loader with shuffle=True: once 32 files were read whole (and closed), the others
+    are fetched before they are opened; every file is fetched once and read exact."""
+    m = mount_factory()
+    files = put_files(m, emulator, 150)
+    order = random.Random(4).sample(sorted(files), len(files))
+    before = downloads(counted)
+    for name in order[:40]:
+        assert (m / "d" / name).read_bytes() == files[name]
+    assert wait_until(lambda: downloads(counted) - before >= 40 + 50), counted.counts
+    for name in order[40:]:
+        assert (m / "d" / name).read_bytes() == files[name]
+    assert downloads(counted) - before == 150
+
+
+def test_a_handful_of_files_read_in_no_order_fetches_nothing_more(counted, mount_factory, emulator):
+    m = mount_factory()
+    files = put_files(m, emulator, 150)
+    before = downloads(counted)
+    for name in random.Random(5).sample(sorted(files), 20):
+        assert (m / "d" / name).read_bytes() == files[name]
+    time.sleep(0.5)  # (anything started meanwhile would have landed)
+    assert downloads(counted) - before == 20

@@ -217,6 +217,41 @@ def test_a_read_across_many_blocks_fetches_them_in_parallel(tmp_path, bucket):
     assert elapsed < 7 * 0.05  # not one request after another
 
 
+def test_a_reader_runs_its_own_get_in_its_thread_within_the_pools_bound(tmp_path, bucket):
+    """A read of a small file makes its GET in the reader's own thread (no hand-off to a worker
+    and back), in one of the pool's places: readers and workers together never run more GETs at
+    once than the pool's bound, and a reader that finds every place taken queues its fetch."""
+    files = [put(bucket, f"small{i}", 4 * KiB, seed=i) for i in range(3)]
+    cache = make_cache(tmp_path, bucket, block_size=MiB, fetch_workers=2)
+    threads: dict[str, str] = {}
+    read_range = bucket.read_range
+
+    def recording(name, start, end, generation=None):
+        threads[name] = threading.current_thread().name
+        return read_range(name, start, end, generation)
+
+    bucket.read_range = recording
+    info, data = files[0]
+    assert cache.read(info, 0, 4096) == data  # alone: in this thread
+    assert threads["small0"] == threading.current_thread().name
+    gate = bucket.gates[0] = threading.Event()  # every GET now waits at the gate
+    cache.drop("small0")
+    threads.clear()
+    got: dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda i=i: got.update({f"small{i}": cache.read(files[i][0], 0, 4096)}),
+                                name=f"reader{i}") for i in range(3)]
+    for reader in readers:
+        reader.start()
+    assert wait_until(lambda: bucket._active == 2)
+    time.sleep(0.05)
+    assert bucket._active == 2 and len(threads) == 2  # the third waits for a place
+    gate.set()
+    for reader in readers:
+        reader.join(5)
+    assert got == {f"small{i}": files[i][1] for i in range(3)} and bucket.max_active == 2
+    assert len(threads) == 3 and sum(1 for t in threads.values() if t.startswith("reader")) >= 2
+
+
 # --- blocks in flight ----------------------------------------------------------------------------
 
 
@@ -387,7 +422,7 @@ def test_a_reader_of_a_carried_over_generation_is_not_failed_by_the_old_ones_fet
     cache.carry_over(old, new)
     new_reader = threading.Thread(target=read, args=("new", new))
     new_reader.start()
-    assert joined(1, readers=2)  # the new reader now waits for the old generation's fetch of block 1
+    assert joined(1, readers=1)  # the new reader now waits for the old generation's fetch of block 1 (the old reader runs it)
     gate.set()
     old_reader.join(5)
     new_reader.join(5)

@@ -1,5 +1,6 @@
-"""Reading ahead across files (octuefs.cache.prefetch): a directory's small files opened in name order
-are fetched before they are opened, bounded, dropped when the order breaks, never stale.
+"""Reading ahead across files (octuefs.cache.prefetch): a directory's small files opened in name order,
+or the rest of a directory read whole in no order, are fetched before they are opened, bounded,
+dropped when the pattern breaks, never stale.
 
 Every GET the bucket serves is recorded with the thread that asked (prefetches run on the
 ``octuefs-prefetch`` pool), so the tests count requests and see who made them."""
@@ -101,12 +102,12 @@ def test_shuffled_order_prefetches_at_most_a_few_then_nothing(bucket, tmp_path):
     data = fill(bucket, 100)
     fs = make_fs(bucket, tmp_path)
     listed(fs)
-    shuffled = random.Random(3).sample(names(100), 100)
+    shuffled = random.Random(3).sample(names(100), 100)[: fs.prefetch.wholesale_after - 1]  # (then: see below)
     for name in shuffled:
         assert read(fs, "/" + name) == data[name]
     quiet(fs)
     assert len(bucket.prefetched()) <= prefetch_module.SKIP * 4  # a chance pair in order fetches a window
-    assert len(bucket.gets) <= 100 + prefetch_module.SKIP * 4 and all(bucket.got(n) >= 1 for n in names(100))
+    assert len(bucket.gets) <= len(shuffled) + prefetch_module.SKIP * 4
 
 
 def test_the_window_is_bounded_in_requests_in_flight(bucket, tmp_path):
@@ -273,3 +274,231 @@ def test_parallel_readers_of_one_sorted_list_get_exact_bytes_each_file_fetched_o
     quiet(fs)
     assert len(bucket.gets) == 120 and all(bucket.got(n) == 1 for n in names(120))
     assert len(bucket.prefetched()) > 60  # out of order by a step or two, still read ahead
+
+
+# --- a directory read whole in no order (wholesale) ---------------------------------------------
+
+
+def scattered(n: int, stride: int = 37) -> list[str]:
+    """Every file of ``names(n)`` once, no two consecutive ones near each other in the listing: an
+    order reading in name order cannot follow (``n`` must not be a multiple of ``stride``)."""
+    return [names(n)[(i * stride) % n] for i in range(n)]
+
+
+def bulk(fs) -> list[str]:
+    return [n for n in fs.prefetch.stats() if n.startswith("bulk")]
+
+
+def test_a_directory_read_whole_in_no_order_is_fetched_ahead_after_k_files_each_once(bucket, tmp_path):
+    n = 400
+    data = fill(bucket, n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    k, lead = fs.prefetch.wholesale_after, fs.prefetch.lead
+    order = scattered(n)
+    for name in order[: k - 1]:
+        assert read(fs, "/" + name) == data[name]
+    quiet(fs)
+    assert bucket.prefetched() == [] and len(bucket.gets) == k - 1  # nothing before K files read whole
+    assert read(fs, "/" + order[k - 1]) == data[order[k - 1]]  # the K-th: its close starts the rest
+    quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] == len(bucket.prefetched()) == lead * k  # K files earned lead * K
+    for name in order[k:]:
+        assert read(fs, "/" + name) == data[name]
+        quiet(fs)
+    assert len(bucket.gets) == n and all(bucket.got(name) == 1 for name in names(n))  # each file once
+    ahead = bucket.prefetched()
+    assert not set(ahead) & set(order[:k])
+    # All the others but a few the reader reached (at random) before the fetches (in listing order) did:
+    assert len(ahead) == fs.prefetch.stats()["bulk_opened"] >= n - k - 4
+    assert fs.cache.usage()["read_misses"] == n - len(ahead)  # those asked nothing of the bucket
+
+
+def test_a_handful_of_files_read_in_no_order_fetches_nothing_more(bucket, tmp_path):
+    data = fill(bucket, 1000)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    few = random.Random(5).sample(names(1000), 20)
+    for name in few:
+        assert read(fs, "/" + name) == data[name]
+    quiet(fs)
+    assert len(bucket.gets) == 20 and bucket.prefetched() == []  # one GET per file read, nothing else
+    k = fs.prefetch.wholesale_after
+    more = [name for name in scattered(1000) if name not in few][: k - 1 - 20]
+    for name in more:  # nor K - 1 distinct files
+        assert read(fs, "/" + name) == data[name]
+    quiet(fs)
+    assert len(bucket.gets) == k - 1 and bucket.prefetched() == [] and "bulk_started" not in fs.prefetch.stats()
+
+
+def test_wholesale_fetches_are_bounded_in_requests_in_flight_and_by_what_the_reader_read(bucket, tmp_path):
+    n = 300
+    data = fill(bucket, n)
+    bucket.held = set(names(n))  # every prefetch GET waits (a slow network)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    k, lead, requests = fs.prefetch.wholesale_after, fs.prefetch.lead, fs.prefetch.pool.workers
+    for name in scattered(n)[:k]:
+        assert read(fs, "/" + name) == data[name]
+    assert wait_until(lambda: bucket.active == requests)
+    assert fs.prefetch.stats()["bulk_in_flight"] == fs.prefetch.stats()["bulk_started"] == requests  # none queued
+    # A read elsewhere meanwhile is not held behind them.
+    bucket.upload_bytes("e/other.dat", b"x" * 5000)
+    assert read(fs, "/e/other.dat") == b"x" * 5000
+    bucket.release.set()
+    quiet(fs)
+    assert bucket.max_active == requests  # never more in flight
+    stats = fs.prefetch.stats()
+    assert stats["bulk_started"] == len(bucket.prefetched()) == lead * k < n - k  # the reader stopped at K files
+    assert stats["bulk_in_flight"] == 0
+
+
+def test_wholesale_fetches_are_bounded_in_bytes_and_by_the_cache_size(bucket, tmp_path):
+    size = 64 * KiB
+    data = fill(bucket, 100, size)
+    fs = make_fs(bucket, tmp_path, cache_size=4 * MiB)  # a budget of 4 MiB / 8 = 512 KiB: 8 files
+    assert fs.prefetch.max_bytes == 512 * KiB
+    listed(fs)
+    k = fs.prefetch.wholesale_after
+    for i, name in enumerate(scattered(100)[: k + 20]):
+        assert read(fs, "/" + name) == data[name]
+        quiet(fs)
+        stats = fs.prefetch.stats()
+        assert stats["outstanding_bytes"] <= 512 * KiB and stats["outstanding_files"] <= 8
+        if i == k - 1:
+            assert stats["bulk_started"] == 8  # the budget, not lead * K
+    assert fs.cache.usage()["clean_bytes"] <= 4 * MiB
+
+
+def test_wholesale_stops_when_a_file_is_read_again_or_closed_half_read(bucket, tmp_path):
+    n = 300
+    data = fill(bucket, n)
+    bucket.held = set(names(n))
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    k, requests = fs.prefetch.wholesale_after, fs.prefetch.pool.workers
+    order = scattered(n)
+    for name in order[:k]:
+        read(fs, "/" + name)
+    assert wait_until(lambda: bucket.active == requests)
+    assert read(fs, "/" + order[0]) == data[order[0]]  # read again (not one of the last few): the pattern breaks
+    bucket.release.set()
+    quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] == requests  # nothing started after the break
+    for name in order[k : 2 * k - 1]:  # K - 1 new files: not enough to start again
+        assert read(fs, "/" + name) == data[name]
+    quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] == requests
+    assert read(fs, "/" + order[2 * k - 1]) == data[order[2 * k - 1]]  # the K-th since the break: again
+    quiet(fs)
+    started = fs.prefetch.stats()["bulk_started"]
+    assert started > requests and fs.prefetch.stats()["bulk_runs"] == 2
+    fh = fs.open("/" + order[2 * k], os.O_RDONLY)  # a file closed half read: the pattern breaks
+    assert fs.read(fh, 100, 0) == data[order[2 * k]][:100]
+    fs.release(fh)
+    for name in order[2 * k + 1 : 2 * k + 10]:
+        assert read(fs, "/" + name) == data[name]
+    quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] == started
+    assert all(bucket.got(name) <= 1 for name in names(n)) and len(bucket.gets) == len({n for n, _ in bucket.gets})
+
+
+def test_a_file_opened_twice_in_a_row_does_not_break_the_pattern(bucket, tmp_path):
+    """A program that opens each file twice (looks at its header, then reads it) reads the
+    directory whole all the same."""
+    n = 100
+    data = fill(bucket, n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    for name in scattered(n)[: fs.prefetch.wholesale_after]:
+        assert read(fs, "/" + name) == data[name]
+        assert read(fs, "/" + name) == data[name]
+    quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] > 0
+
+
+def test_wholesale_gives_up_when_the_files_it_fetched_are_not_opened(bucket, tmp_path):
+    """A reader of the last quarter of the directory only: the files fetched (from the start of
+    the listing) are never opened, far fewer hits than a reader of the whole directory would
+    have had, so the run gives up, and does not start again while the directory is read."""
+    n = 1000
+    data = fill(bucket, n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    last_quarter = [names(n)[750 + (i * 37) % 250] for i in range(250)]
+    for name in last_quarter[:100]:
+        assert read(fs, "/" + name) == data[name]
+        quiet(fs)
+    stats = fs.prefetch.stats()
+    assert stats["bulk_given_up"] == 1 and "bulk_opened" not in stats
+    started = stats["bulk_started"]
+    assert started < 100 * fs.prefetch.lead * 3 / 4  # it stopped early, not at the lead's bound
+    assert stats["outstanding_files"] == stats["outstanding_bytes"] == 0  # their budget given back
+    for name in last_quarter[100:]:
+        assert read(fs, "/" + name) == data[name]
+    quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] == started and fs.prefetch.stats()["bulk_runs"] == 1
+
+
+def test_wholesale_fetches_only_files_of_the_kinds_read(bucket, tmp_path):
+    pictures = {f"d/p{i:03d}.jpg": random.Random(i).randbytes(3000) for i in range(80)}
+    for i in range(80):
+        bucket.upload_bytes(f"d/p{i:03d}.json", b'{"label": %d}' % i)  # beside each picture, never read
+    for name, content in pictures.items():
+        bucket.upload_bytes(name, content)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    order = [sorted(pictures)[(i * 37) % 80] for i in range(80)]
+    for name in order:
+        assert read(fs, "/" + name) == pictures[name]
+        quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] > 0
+    assert not [n for n in bucket.prefetched() if n.endswith(".json")]
+    assert len(bucket.gets) == 80
+
+
+def test_wholesale_never_serves_bytes_older_than_the_lookup_says(bucket, tmp_path):
+    """The files are fetched as the generations the listing names. One replaced in the bucket
+    after its copy landed, and one replaced while its fetch was on its way, read new bytes once
+    the listing is refreshed: the copies fetched ahead are of generations nobody opens now."""
+    n = 100
+    data = fill(bucket, n)
+    order = scattered(n)
+    k = 32
+    late = order[k + 5]
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    assert fs.prefetch.wholesale_after == k
+    bucket.held = {late}  # its fetch waits on the network
+    for name in order[:k]:
+        read(fs, "/" + name)
+    assert wait_until(lambda: bucket.active == 1)
+    landed = next(name for name in bucket.prefetched() if name != late)
+    assert wait_until(lambda: fs.cache.usage()["cached_files"] >= k + 1)
+    new = b"replaced elsewhere after the listing" * 50
+    bucket.upload_bytes(landed, new)
+    bucket.upload_bytes(late, new)  # replaced while its fetch of the old generation waits
+    bucket.release.set()
+    quiet(fs)
+    fs.metacache.clear()  # the listing's time is up: the next lookups ask the bucket
+    listed(fs)
+    for name in order[k:]:
+        assert read(fs, "/" + name) == (new if name in (landed, late) else data[name])
+
+
+def test_more_prefetches_run_at_once_when_the_bucket_is_far(bucket, tmp_path):
+    """Near the bucket a prefetch is CPU (8 at once); far away it is a wait for the answer, and
+    16 run at once (the bucket's own timing of its small requests says which)."""
+    fill(bucket, 10)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    read(fs, "/d/f000.dat")
+    assert fs.prefetch.pool.workers == fs.prefetch.requests == 8
+    bucket.round_trip = lambda: (0.020, 0.001, 5)  # 20 ms a request, 1 ms of it CPU
+    fs.prefetch._far_checked = -prefetch_module.FAR_RECHECK
+    read(fs, "/d/f005.dat")
+    assert fs.prefetch.pool.workers == fs.prefetch.far_requests == 16
+    bucket.round_trip = lambda: (0.0004, 0.0003, 5)
+    fs.prefetch._far_checked = -prefetch_module.FAR_RECHECK
+    read(fs, "/d/f009.dat")
+    assert fs.prefetch.pool.workers == 8

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -78,6 +79,19 @@ def listed(fs) -> None:
     fs.readdir("/d")
 
 
+def late_pool(fs, delay: float = 0.3) -> None:
+    """The prefetch pool's threads take each task ``delay`` late (a loaded machine: they are
+    scheduled after the reader has gone on to open the next file)."""
+    pool = fs.prefetch.pool
+    take = pool._next
+
+    def late():
+        time.sleep(delay)
+        return take()
+
+    pool._next = late
+
+
 def quiet(fs) -> None:
     """Wait until no prefetch is queued or running."""
     assert wait_until(lambda: not fs.prefetch.pool._heap and fs.prefetch.pool._waiting == fs.prefetch.pool._threads)
@@ -110,12 +124,17 @@ def test_shuffled_order_prefetches_at_most_a_few_then_nothing(bucket, tmp_path):
     assert len(bucket.gets) <= len(shuffled) + prefetch_module.SKIP * 4
 
 
-def test_the_window_is_bounded_in_requests_in_flight(bucket, tmp_path):
+@pytest.mark.parametrize("late", [False, True], ids=["prompt", "late-pool"])
+def test_the_window_is_bounded_in_requests_in_flight(bucket, tmp_path, late):
     data = fill(bucket, 60)
     bucket.held = set(names(60)[4:])
     fs = make_fs(bucket, tmp_path)
+    if late:
+        late_pool(fs)
     listed(fs)
-    for name in names(4):  # prefetches of f002 and f003 answer; the rest stay in flight
+    for i, name in enumerate(names(4)):  # prefetches of f002 and f003 answer; the rest stay in flight
+        if i >= 2:  # (a reader that came first would take the queued prefetch over, in the cache's pool)
+            assert wait_until(lambda: bucket.got(name) == 1)
         assert read(fs, "/" + name) == data[name]
     requests = fs.prefetch.pool.workers
     assert wait_until(lambda: bucket.active == requests)
@@ -159,12 +178,17 @@ def test_a_file_replaced_after_the_listing_is_never_served_with_the_old_bytes(bu
         assert read(fs, "/" + name) == (new if name in ("d/f004.dat", "d/f009.dat") else data[name])
 
 
-def test_a_breaking_pattern_cancels_the_queued_prefetches(bucket, tmp_path):
+@pytest.mark.parametrize("late", [False, True], ids=["prompt", "late-pool"])
+def test_a_breaking_pattern_cancels_the_queued_prefetches(bucket, tmp_path, late):
     data = fill(bucket, 60)
     bucket.held = set(names(60)[4:])
     fs = make_fs(bucket, tmp_path)
+    if late:
+        late_pool(fs)
     listed(fs)
-    for name in names(4):
+    for i, name in enumerate(names(4)):
+        if i >= 2:  # (as above: the prefetch of f002 and f003 answers first)
+            assert wait_until(lambda: bucket.got(name) == 1)
         assert read(fs, "/" + name) == data[name]
     requests = fs.prefetch.pool.workers
     assert wait_until(lambda: bucket.active == requests)

@@ -526,3 +526,59 @@ def test_more_prefetches_run_at_once_when_the_bucket_is_far(bucket, tmp_path):
     fs.prefetch._far_checked = -prefetch_module.FAR_RECHECK
     read(fs, "/d/f009.dat")
     assert fs.prefetch.pool.workers == 8
+
+
+def test_wholesale_never_fetches_a_file_pending_upload(bucket, tmp_path):
+    """A file written through the mount and not yet uploaded reads the local version: its old
+    bytes in the bucket are never fetched ahead, by a directory read whole either."""
+    n = 100
+    data = fill(bucket, n)
+    order = scattered(n)
+    k = 32
+    mine = order[k + 3]
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    held = HeldUpload(bucket)
+    close_write(fs, "/" + mine, b"mine, not yet in the bucket")
+    assert held.started.wait(5)
+    for name in order:
+        want = b"mine, not yet in the bucket" if name == mine else data[name]
+        assert read(fs, "/" + name) == want
+        quiet(fs)
+    held.release()
+    assert fs.prefetch.stats()["bulk_started"] > 0
+    assert mine not in bucket.prefetched() and bucket.got(mine) == 0
+
+
+def test_a_failed_wholesale_fetch_is_no_reader_s_error(bucket, tmp_path):
+    """The bucket was away while files were fetched ahead (nobody waiting for them) and is back:
+    a reader that opens one of those files now fetches it and gets its bytes, not the error of a
+    fetch it never asked for."""
+    from octuefs.errors import BucketUnreachable
+
+    n = 100
+    data = fill(bucket, n)
+    order = scattered(n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    k = fs.prefetch.wholesale_after
+    away = threading.Event()
+    away.set()
+    plain, refused = bucket.read_range, set()
+
+    def read_range(name, start, end, generation=None):
+        if away.is_set() and threading.current_thread().name.startswith("octuefs-prefetch"):
+            refused.add(name)
+            raise BucketUnreachable("the bucket is away")
+        return plain(name, start, end, generation)
+
+    bucket.read_range = read_range
+    for name in order[:k]:
+        assert read(fs, "/" + name) == data[name]
+    assert wait_until(lambda: fs.prefetch.stats().get("bulk_started", 0) >= fs.prefetch.pool.workers)
+    quiet(fs)
+    away.clear()  # back
+    failed = [n for n in order[k:] if n in refused]
+    assert failed
+    for name in failed[:4]:
+        assert read(fs, "/" + name) == data[name]

@@ -297,7 +297,10 @@ def test_parallel_readers_of_one_sorted_list_get_exact_bytes_each_file_fetched_o
     assert got == [data[n] for n in names(120)]
     quiet(fs)
     assert len(bucket.gets) == 120 and all(bucket.got(n) == 1 for n in names(120))
-    assert len(bucket.prefetched()) > 60  # out of order by a step or two, still read ahead
+    # Out of order by a step or two, still read ahead: prefetches were started for most files
+    # (whether the prefetch pool or a reader that came first made each GET is the machine's
+    # timing: a loaded CI machine runs the pool's threads late).
+    assert fs.prefetch.stats()["started"] > 60
 
 
 # --- a directory read whole in no order (wholesale) ---------------------------------------------

@@ -585,3 +585,27 @@ def test_a_failed_wholesale_fetch_is_no_reader_s_error(bucket, tmp_path):
     assert failed
     for name in failed[:4]:
         assert read(fs, "/" + name) == data[name]
+
+
+def test_unmount_while_wholesale_fetches_are_in_flight_neither_hangs_nor_fails(bucket, tmp_path, caplog):
+    """Unmounting cancels what is queued and does not wait for the GETs on their way; those
+    end quietly, and start nothing more."""
+    n = 300
+    data = fill(bucket, n)
+    bucket.held = set(names(n))
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    for name in scattered(n)[: fs.prefetch.wholesale_after]:
+        assert read(fs, "/" + name) == data[name]
+    requests = fs.prefetch.pool.workers
+    assert wait_until(lambda: bucket.active == requests)
+    followed = fs.prefetch._dirs["d/"]
+    finished = threading.Event()
+    threading.Thread(target=lambda: (fs.shutdown(), finished.set()), daemon=True).start()
+    assert finished.wait(5), "unmount waited for the prefetches in flight"
+    started = fs.prefetch.stats()["bulk_started"]
+    bucket.release.set()
+    quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] == started == len(bucket.prefetched())  # nothing after
+    assert followed.flying == 0  # each counted out once: the cancelled and those that ended
+    assert not [r for r in caplog.records if r.levelno >= 30], [r.getMessage() for r in caplog.records]

@@ -99,3 +99,22 @@ def test_readers_and_workers_give_back_every_place_and_slot_after_errors_and_no_
     with pool._cond:
         assert (pool._claimed, pool._busy, pool._ahead, pool._running) == (0, 0, 0, {})
     assert cache.space._ahead_reserved == 0  # every read-ahead reservation settled
+
+
+def test_a_reader_does_not_take_a_place_from_a_queued_fetch_another_reader_waits_for():
+    """A fetch a reader waits for, queued because every place was taken, gets the next place
+    that frees: a reader coming meanwhile queues behind it rather than running its own GET in
+    that place first (a stream of small-file readers would otherwise hold a big file's reader,
+    whose GET carries read-ahead and is always queued, back for as long as they keep coming)."""
+    from octuefs.cache.readahead import DEMAND, FetchPool
+
+    pool = FetchPool(1)
+    assert pool.claim()  # a reader runs its GET in the one place
+    ran = threading.Event()
+    pool.submit(ran.set, DEMAND)  # another reader's fetch waits for a place
+    pool.unclaim()
+    assert not pool.claim(), "a newcomer took the place the queued fetch was waiting for"
+    assert ran.wait(5)
+    assert wait_until(lambda: pool._busy == 0)
+    assert pool.claim()  # nothing queued: a reader runs its own again
+    pool.unclaim()

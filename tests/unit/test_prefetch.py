@@ -616,3 +616,32 @@ def test_unmount_while_wholesale_fetches_are_in_flight_neither_hangs_nor_fails(b
     assert fs.prefetch.stats()["bulk_started"] == started == len(bucket.prefetched())  # nothing after
     assert followed.flying == 0  # each counted out once: the cancelled and those that ended
     assert not [r for r in caplog.records if r.levelno >= 30], [r.getMessage() for r in caplog.records]
+
+
+def test_files_written_through_the_mount_while_a_directory_is_read_whole_are_not_fetched(bucket, tmp_path):
+    """A program writes new files into the directory another reads whole: while they are open
+    or pending they are the mount's own (never fetched), and once uploaded their content is the
+    cache's already: not one GET of them, and each reads back what was written."""
+    n = 120
+    data = fill(bucket, n)
+    order = scattered(n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    k = fs.prefetch.wholesale_after
+    written = {f"d/w{i:03d}.dat": random.Random(f"w{i}").randbytes(4 * KiB) for i in range(20)}
+    for name in order[:k]:
+        assert read(fs, "/" + name) == data[name]
+    for name, content in written.items():
+        close_write(fs, "/" + name, content)
+    assert wait_until(lambda: set(written) <= set(bucket.objects()) and not any(fs.files.node(n) for n in written))
+    fs.metacache.clear()  # the next copy of the listing has them (uploaded, as the bucket says)
+    listed(fs)
+    fs.prefetch._dirs["d/"].taken -= prefetch_module.REFRESH  # (its copy's time is up)
+    for name in order[k:]:
+        assert read(fs, "/" + name) == data[name]
+        quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] > 0
+    assert fs.prefetch._dirs["d/"].bulk_cursor == max(written)[2:]  # the run went past them all
+    for name, content in written.items():
+        assert read(fs, "/" + name) == content
+    assert not [name for name in written if bucket.got(name)]

@@ -645,3 +645,25 @@ def test_files_written_through_the_mount_while_a_directory_is_read_whole_are_not
     for name, content in written.items():
         assert read(fs, "/" + name) == content
     assert not [name for name in written if bucket.got(name)]
+
+
+def test_two_readers_of_one_directory_in_different_orders_get_exact_bytes_each_file_fetched_once(bucket, tmp_path):
+    """Two programs read the whole directory at once, each in its own shuffled order: whatever
+    the prefetcher makes of that (the second one's opens are reopens of files the first read),
+    every read is exact and no file is fetched twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = 200
+    data = fill(bucket, n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    orders = [random.Random(seed).sample(names(n), n) for seed in (11, 12)]
+
+    def reader(order):
+        return [name for name in order if read(fs, "/" + name) != data[name]]
+
+    with ThreadPoolExecutor(2) as pool:
+        wrong = [w for ws in pool.map(reader, orders) for w in ws]
+    assert not wrong
+    quiet(fs)
+    assert all(bucket.got(name) == 1 for name in names(n)) and len(bucket.gets) == n

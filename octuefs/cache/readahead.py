@@ -200,10 +200,13 @@ class FetchPool:
 
     def claim(self) -> bool:
         """Take one of the pool's places to run a fetch in the calling thread, if one is free
-        (then :meth:`unclaim` when done); False: submit it instead."""
+        and no queued fetch a reader waits for is owed it (then :meth:`unclaim` when done);
+        False: submit it instead."""
         with self._cond:
             if self._busy + self._claimed >= self.workers:
                 return False
+            if self._heap and self._heap[0][0] <= DEMAND and not self._heap[0][2].started:
+                return False  # a queued fetch a reader waits for goes first (its thread may not have woken yet)
             self._claimed += 1
             return True
 

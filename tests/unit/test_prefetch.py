@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -78,9 +79,29 @@ def listed(fs) -> None:
     fs.readdir("/d")
 
 
+def late_pool(fs, delay: float = 0.3) -> None:
+    """The prefetch pool's threads take each task ``delay`` late (a loaded machine: they are
+    scheduled after the reader has gone on to open the next file)."""
+    pool = fs.prefetch.pool
+    take = pool._next
+
+    def late():
+        time.sleep(delay)
+        return take()
+
+    pool._next = late
+
+
+def idle(pool) -> bool:
+    """Nothing running in ``pool``, nothing queued to run (read under its lock, at once)."""
+    with pool._cond:
+        return not (pool._busy or pool._claimed or [t for _, _, t in pool._heap if not t.started])
+
+
 def quiet(fs) -> None:
-    """Wait until no prefetch is queued or running."""
-    assert wait_until(lambda: not fs.prefetch.pool._heap and fs.prefetch.pool._waiting == fs.prefetch.pool._threads)
+    """Wait until no prefetch is queued or running: in the prefetch pool, nor in the cache's own
+    (a prefetch a reader took over runs there, and starts the next wholesale fetches when done)."""
+    assert wait_until(lambda: idle(fs.prefetch.pool) and idle(fs.cache._pool))
 
 
 def test_files_read_in_listing_order_are_fetched_ahead_and_then_read_without_a_request(bucket, tmp_path):
@@ -110,12 +131,17 @@ def test_shuffled_order_prefetches_at_most_a_few_then_nothing(bucket, tmp_path):
     assert len(bucket.gets) <= len(shuffled) + prefetch_module.SKIP * 4
 
 
-def test_the_window_is_bounded_in_requests_in_flight(bucket, tmp_path):
+@pytest.mark.parametrize("late", [False, True], ids=["prompt", "late-pool"])
+def test_the_window_is_bounded_in_requests_in_flight(bucket, tmp_path, late):
     data = fill(bucket, 60)
     bucket.held = set(names(60)[4:])
     fs = make_fs(bucket, tmp_path)
+    if late:
+        late_pool(fs)
     listed(fs)
-    for name in names(4):  # prefetches of f002 and f003 answer; the rest stay in flight
+    for i, name in enumerate(names(4)):  # prefetches of f002 and f003 answer; the rest stay in flight
+        if i >= 2:  # (a reader that came first would take the queued prefetch over, in the cache's pool)
+            assert wait_until(lambda: bucket.got(name) == 1)
         assert read(fs, "/" + name) == data[name]
     requests = fs.prefetch.pool.workers
     assert wait_until(lambda: bucket.active == requests)
@@ -159,12 +185,17 @@ def test_a_file_replaced_after_the_listing_is_never_served_with_the_old_bytes(bu
         assert read(fs, "/" + name) == (new if name in ("d/f004.dat", "d/f009.dat") else data[name])
 
 
-def test_a_breaking_pattern_cancels_the_queued_prefetches(bucket, tmp_path):
+@pytest.mark.parametrize("late", [False, True], ids=["prompt", "late-pool"])
+def test_a_breaking_pattern_cancels_the_queued_prefetches(bucket, tmp_path, late):
     data = fill(bucket, 60)
     bucket.held = set(names(60)[4:])
     fs = make_fs(bucket, tmp_path)
+    if late:
+        late_pool(fs)
     listed(fs)
-    for name in names(4):
+    for i, name in enumerate(names(4)):
+        if i >= 2:  # (as above: the prefetch of f002 and f003 answers first)
+            assert wait_until(lambda: bucket.got(name) == 1)
         assert read(fs, "/" + name) == data[name]
     requests = fs.prefetch.pool.workers
     assert wait_until(lambda: bucket.active == requests)
@@ -273,7 +304,10 @@ def test_parallel_readers_of_one_sorted_list_get_exact_bytes_each_file_fetched_o
     assert got == [data[n] for n in names(120)]
     quiet(fs)
     assert len(bucket.gets) == 120 and all(bucket.got(n) == 1 for n in names(120))
-    assert len(bucket.prefetched()) > 60  # out of order by a step or two, still read ahead
+    # Out of order by a step or two, still read ahead: prefetches were started for most files
+    # (whether the prefetch pool or a reader that came first made each GET is the machine's
+    # timing: a loaded CI machine runs the pool's threads late).
+    assert fs.prefetch.stats()["started"] > 60
 
 
 # --- a directory read whole in no order (wholesale) ---------------------------------------------
@@ -502,3 +536,134 @@ def test_more_prefetches_run_at_once_when_the_bucket_is_far(bucket, tmp_path):
     fs.prefetch._far_checked = -prefetch_module.FAR_RECHECK
     read(fs, "/d/f009.dat")
     assert fs.prefetch.pool.workers == 8
+
+
+def test_wholesale_never_fetches_a_file_pending_upload(bucket, tmp_path):
+    """A file written through the mount and not yet uploaded reads the local version: its old
+    bytes in the bucket are never fetched ahead, by a directory read whole either."""
+    n = 100
+    data = fill(bucket, n)
+    order = scattered(n)
+    k = 32
+    mine = order[k + 3]
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    held = HeldUpload(bucket)
+    close_write(fs, "/" + mine, b"mine, not yet in the bucket")
+    assert held.started.wait(5)
+    for name in order:
+        want = b"mine, not yet in the bucket" if name == mine else data[name]
+        assert read(fs, "/" + name) == want
+        quiet(fs)
+    held.release()
+    assert fs.prefetch.stats()["bulk_started"] > 0
+    assert mine not in bucket.prefetched() and bucket.got(mine) == 0
+
+
+def test_a_failed_wholesale_fetch_is_no_reader_s_error(bucket, tmp_path):
+    """The bucket was away while files were fetched ahead (nobody waiting for them) and is back:
+    a reader that opens one of those files now fetches it and gets its bytes, not the error of a
+    fetch it never asked for."""
+    from octuefs.errors import BucketUnreachable
+
+    n = 100
+    data = fill(bucket, n)
+    order = scattered(n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    k = fs.prefetch.wholesale_after
+    away = threading.Event()
+    away.set()
+    plain, refused = bucket.read_range, set()
+
+    def read_range(name, start, end, generation=None):
+        if away.is_set() and threading.current_thread().name.startswith("octuefs-prefetch"):
+            refused.add(name)
+            raise BucketUnreachable("the bucket is away")
+        return plain(name, start, end, generation)
+
+    bucket.read_range = read_range
+    for name in order[:k]:
+        assert read(fs, "/" + name) == data[name]
+    assert wait_until(lambda: fs.prefetch.stats().get("bulk_started", 0) >= fs.prefetch.pool.workers)
+    quiet(fs)
+    away.clear()  # back
+    failed = [n for n in order[k:] if n in refused]
+    assert failed
+    for name in failed[:4]:
+        assert read(fs, "/" + name) == data[name]
+
+
+def test_unmount_while_wholesale_fetches_are_in_flight_neither_hangs_nor_fails(bucket, tmp_path, caplog):
+    """Unmounting cancels what is queued and does not wait for the GETs on their way; those
+    end quietly, and start nothing more."""
+    n = 300
+    data = fill(bucket, n)
+    bucket.held = set(names(n))
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    for name in scattered(n)[: fs.prefetch.wholesale_after]:
+        assert read(fs, "/" + name) == data[name]
+    requests = fs.prefetch.pool.workers
+    assert wait_until(lambda: bucket.active == requests)
+    followed = fs.prefetch._dirs["d/"]
+    finished = threading.Event()
+    threading.Thread(target=lambda: (fs.shutdown(), finished.set()), daemon=True).start()
+    assert finished.wait(5), "unmount waited for the prefetches in flight"
+    started = fs.prefetch.stats()["bulk_started"]
+    bucket.release.set()
+    quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] == started == len(bucket.prefetched())  # nothing after
+    assert followed.flying == 0  # each counted out once: the cancelled and those that ended
+    assert not [r for r in caplog.records if r.levelno >= 30], [r.getMessage() for r in caplog.records]
+
+
+def test_files_written_through_the_mount_while_a_directory_is_read_whole_are_not_fetched(bucket, tmp_path):
+    """A program writes new files into the directory another reads whole: while they are open
+    or pending they are the mount's own (never fetched), and once uploaded their content is the
+    cache's already: not one GET of them, and each reads back what was written."""
+    n = 120
+    data = fill(bucket, n)
+    order = scattered(n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    k = fs.prefetch.wholesale_after
+    written = {f"d/w{i:03d}.dat": random.Random(f"w{i}").randbytes(4 * KiB) for i in range(20)}
+    for name in order[:k]:
+        assert read(fs, "/" + name) == data[name]
+    for name, content in written.items():
+        close_write(fs, "/" + name, content)
+    assert wait_until(lambda: set(written) <= set(bucket.objects()) and not any(fs.files.node(n) for n in written))
+    fs.metacache.clear()  # the next copy of the listing has them (uploaded, as the bucket says)
+    listed(fs)
+    fs.prefetch._dirs["d/"].taken -= prefetch_module.REFRESH  # (its copy's time is up)
+    for name in order[k:]:
+        assert read(fs, "/" + name) == data[name]
+        quiet(fs)
+    assert fs.prefetch.stats()["bulk_started"] > 0
+    assert fs.prefetch._dirs["d/"].bulk_cursor == max(written)[2:]  # the run went past them all
+    for name, content in written.items():
+        assert read(fs, "/" + name) == content
+    assert not [name for name in written if bucket.got(name)]
+
+
+def test_two_readers_of_one_directory_in_different_orders_get_exact_bytes_each_file_fetched_once(bucket, tmp_path):
+    """Two programs read the whole directory at once, each in its own shuffled order: whatever
+    the prefetcher makes of that (the second one's opens are reopens of files the first read),
+    every read is exact and no file is fetched twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = 200
+    data = fill(bucket, n)
+    fs = make_fs(bucket, tmp_path)
+    listed(fs)
+    orders = [random.Random(seed).sample(names(n), n) for seed in (11, 12)]
+
+    def reader(order):
+        return [name for name in order if read(fs, "/" + name) != data[name]]
+
+    with ThreadPoolExecutor(2) as pool:
+        wrong = [w for ws in pool.map(reader, orders) for w in ws]
+    assert not wrong
+    quiet(fs)
+    assert all(bucket.got(name) == 1 for name in names(n)) and len(bucket.gets) == n

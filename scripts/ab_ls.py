@@ -108,8 +108,10 @@ def populate(direct, n: int, posix: bool) -> dict[str, int]:
 
 def mount(tree: str, mp: Path, cache: Path, log: Path, env: dict, extra: list[str]) -> int:
     mp.mkdir(parents=True, exist_ok=True)
+    # (run in the tree: ``python -m`` puts the working directory first on sys.path, before PYTHONPATH)
     r = subprocess.run([sys.executable, "-m", "octuefs", "mount", BUCKET, str(mp), "--cache-dir", str(cache),
-                        "--log-file", str(log), *extra], env=env, capture_output=True, text=True, timeout=120)
+                        "--log-file", str(log), *extra], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=tree)
     if r.returncode != 0:
         raise SystemExit(f"mount from {tree} failed: {r.stderr}")
     text = r.stdout
@@ -118,7 +120,7 @@ def mount(tree: str, mp: Path, cache: Path, log: Path, env: dict, extra: list[st
         pid = int(text.split("(pid ", 1)[1].split(",", 1)[0].split(")", 1)[0])
     if pid is None:
         state = subprocess.run([sys.executable, "-m", "octuefs", "status", str(mp), "--json"], env=env,
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, cwd=tree)
         try:
             pid = int(json.loads(state.stdout).get("pid"))
         except (ValueError, TypeError, AttributeError):
@@ -126,9 +128,18 @@ def mount(tree: str, mp: Path, cache: Path, log: Path, env: dict, extra: list[st
     return pid
 
 
-def unmount(mp: Path, env: dict, pid: int | None) -> None:
+def mapped(pid: int | None, fragment: str) -> bool:
+    """Whether the daemon has a file whose path holds ``fragment`` mapped (a C extension it loaded)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return any(fragment in line for line in f)
+    except (OSError, TypeError):
+        return False
+
+
+def unmount(mp: Path, env: dict, pid: int | None, tree: str) -> None:
     subprocess.run([sys.executable, "-m", "octuefs", "unmount", str(mp), "--timeout", "60"], env=env,
-                   capture_output=True)
+                   capture_output=True, cwd=tree)
     if os.path.ismount(mp):
         subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
     if pid:
@@ -158,6 +169,10 @@ def main() -> None:
     p.add_argument("--posix", action="store_true", help="some objects with POSIX keys, symlinks, markers")
     p.add_argument("--profile", help="record each tree's daemon with py-spy into this folder")
     p.add_argument("--daemon-cpu", action="store_true")
+    p.add_argument("--check-loaded", metavar="NAME",
+                   help="say whether each tree's daemon loaded a C extension whose path holds NAME (round 0)")
+    p.add_argument("--settle", type=float, default=0.5,
+                   help="seconds of rest before each timed listing (the emulator and the delay line idle)")
     p.add_argument("--drop-caches", action="store_true",
                    help="drop the page cache before each ls (the daemon's and ls's code then come from disk)")
     p.add_argument("--keep-logs", help="copy each round's daemon log (at --log-level debug) here")
@@ -210,6 +225,8 @@ def main() -> None:
                 env = {**os.environ, "PYTHONPATH": tree, "STORAGE_EMULATOR_HOST": url}
                 mp, cache, log = work / f"mnt-{side}-{r}", work / f"cache-{side}-{r}", work / f"log-{side}-{r}.log"
                 pid = mount(tree, mp, cache, log, env, extra)
+                if r == 0 and a.check_loaded:
+                    print(f"{side}: daemon {pid} has {a.check_loaded!r} loaded: {mapped(pid, a.check_loaded)}", flush=True)
                 try:
                     if dropped:
                         drop_caches()
@@ -217,10 +234,11 @@ def main() -> None:
                     if a.profile and pid:
                         out = Path(a.profile) / f"{side}-{r}.txt"
                         out.parent.mkdir(parents=True, exist_ok=True)
-                        prof = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "1000", "--format",
+                        prof = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "1000", "--gil", "--format",
                                                  "raw", "--nonblocking", "--threads", "-o", str(out)],
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         time.sleep(1.0)
+                    time.sleep(a.settle)
                     cpu0 = task_cpu_ns(pid) if pid else 0
                     wrapper = ["strace", "--seccomp-bpf", "-f", "-tt", "-T", "-e", "trace=execve,openat,getdents64,exit_group", "-o", str(Path(a.strace) / f"ls-{side}-{r}.txt")] if a.strace else []
                     if a.strace:
@@ -231,7 +249,7 @@ def main() -> None:
                         prof.send_signal(signal.SIGINT)
                         prof.wait(timeout=60)
                 finally:
-                    unmount(mp, env, pid)
+                    unmount(mp, env, pid, tree)
                     if a.keep_logs:
                         Path(a.keep_logs).mkdir(parents=True, exist_ok=True)
                         shutil.copy(log, Path(a.keep_logs) / log.name)
@@ -239,6 +257,7 @@ def main() -> None:
                 times[side].append(took)
                 cpus[side].append(cpu)
                 row[side] = took
+            time.sleep(a.settle)
             c = client_list()
             clients.append(c)
             row["client"] = c
@@ -254,8 +273,14 @@ def main() -> None:
             summary[side] = {"median_s": st.median(times[side]), "median_ratio": st.median(ratios),
                              "ratios": [round(x, 3) for x in ratios],
                              "daemon_cpu_median_s": st.median(cpus[side]) if a.daemon_cpu else None}
+            first = [x for r, x in enumerate(ratios) if (r % 2 == 0) == (side == list(trees)[0])]
+            later = [x for r, x in enumerate(ratios) if (r % 2 == 0) != (side == list(trees)[0])]
+            summary[side]["median_ratio_when_first"] = st.median(first) if first else None
+            summary[side]["median_ratio_when_later"] = st.median(later) if later else None
             print(f"{side:>8}: median {st.median(times[side]):.3f} s, median ratio to client {st.median(ratios):.3f}"
-                  f" (ratios {' '.join(f'{x:.2f}' for x in ratios)})"
+                  + (f" (first in its round {st.median(first):.3f}, after the other {st.median(later):.3f})"
+                     if first and later else "")
+                  + f" (ratios {' '.join(f'{x:.2f}' for x in ratios)})"
                   + (f", daemon cpu median {st.median(cpus[side]):.3f} s" if a.daemon_cpu else ""))
         result["summary"] = summary
         result["client_median_s"] = st.median(clients)

@@ -14,9 +14,15 @@ cancels out in the ratio.
 
 Objects are made as the bench makes them (Octue tags and labels as custom metadata, text/csv,
 100-1,099 bytes). ``--posix`` gives every tenth object POSIX keys, one in fifty a symlink's
-key, and adds directory markers, so the attrs' slow paths are exercised too. ``--profile DIR``
-records each tree's daemon with py-spy during its ls (raw stacks, all rounds appended).
-``--daemon-cpu`` also reports the daemon's CPU seconds during the ls (from /proc schedstat).
+key, and adds directory markers, so the attrs' slow paths are exercised too (ls -l then reads
+each link's target: one GET a link). ``--profile DIR`` records each tree's daemon with py-spy
+(``--gil``: the time it holds the interpreter) during its ls, one raw file per round.
+``--daemon-cpu`` also reports the daemon's CPU during the ls (/proc/PID/stat: 10 ms ticks, so
+read its median over rounds). ``--strace DIR`` times ls's own execve, openat and getdents64.
+
+Each tree's mount runs with the tree as its working directory: ``python -m`` puts that before
+PYTHONPATH, so run from another tree both sides would run that one (``--check-loaded NAME`` says
+whether each daemon loaded a C extension that only one side uses).
 """
 
 from __future__ import annotations

@@ -122,10 +122,7 @@ class Directories:
         files: set[str] = set()
         dirs: set[str] = set()
         held: dict[str, ObjectInfo] = {}
-        def release(entry: str, info: ObjectInfo) -> tuple[str, Attr]:
-            files.add(entry)
-            return entry, local.pop(entry, None) or self._file_attr(info)
-
+        file_attr = self._file_attr
         for page in self.fills.pages(prefix):
             batch = []
             for entry in page.dirs:
@@ -139,8 +136,15 @@ class Directories:
                 if entry not in dirs:
                     held[entry] = info
             horizon = page.horizon
-            for entry in [e for e in held if horizon is None or prefix + e + "/" <= horizon]:
-                batch.append(release(entry, held.pop(entry)))
+            if horizon is None:  # (every file held is released)
+                released, held = held, {}
+            else:
+                released = {e: held.pop(e) for e in [e for e in held if prefix + e + "/" <= horizon]}
+            files.update(released)
+            if local:
+                batch += [(entry, local.pop(entry, None) or file_attr(info)) for entry, info in released.items()]
+            else:
+                batch += [(entry, file_attr(info)) for entry, info in released.items()]
             if horizon is None:
                 after = self._local_attrs(prefix, self.files.nodes_under(prefix))
                 local.update((f, a) for f, a in after.items() if f not in files)

@@ -23,13 +23,13 @@ Locks: ``_lock`` guards ``_targets`` and ``_markers``; it is never held during a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import stat
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import NamedTuple
 
 import cachetools
 
@@ -60,9 +60,9 @@ TARGET_READ_MAX = 4096
 _UNKNOWN = object()
 
 
-@dataclasses.dataclass(frozen=True)
-class Attr:
-    """What ``stat`` shows of an entry; None where the mount's defaults apply."""
+class Attr(NamedTuple):
+    """What ``stat`` shows of an entry; None where the mount's defaults apply. (A named tuple: a
+    listing makes thousands, in a fifth of a frozen dataclass's time.)"""
 
     is_dir: bool
     size: int = 0
@@ -79,12 +79,17 @@ class Attr:
     known: bool = True
 
 
+_new = tuple.__new__
+
+
 def facts_attr(facts: posixmeta.PosixFacts, size: int, mtime: float, is_dir: bool = False,
                ctime: float | None = None) -> Attr:
+    if facts is posixmeta.NOTHING:  # (most objects: no POSIX keys)
+        return _new(Attr, (is_dir, size, mtime, None, None, None, None, None, 0, ctime, True))
     if facts.is_symlink and facts.target is not None:
         size = len(facts.target.encode("utf-8", "surrogateescape"))  # (older gcsfuse: an empty object)
-    return Attr(is_dir, size, mtime, None if is_dir or facts.file_type == stat.S_IFREG else facts.file_type,
-                facts.mode, facts.uid, facts.gid, facts.atime, facts.rdev, ctime=ctime)
+    return _new(Attr, (is_dir, size, mtime, None if is_dir or facts.file_type == stat.S_IFREG else facts.file_type,
+                       facts.mode, facts.uid, facts.gid, facts.atime, facts.rdev, ctime, True))
 
 
 def object_attr(info: ObjectInfo, mtime: float, ctime: float | None = None) -> Attr:

@@ -58,8 +58,10 @@ class Times:
         metadata change since moves only the ctime, to when it landed), else the bucket's."""
         updated = info.updated.timestamp()
         stored = stored_mtime(info)
-        with self._lock:
-            kept = self._versions.get((info.name, info.generation))
+        kept = None
+        if self._versions:  # (none on a mount that has written nothing: no lock, no lookup)
+            with self._lock:
+                kept = self._versions.get((info.name, info.generation))
         if kept is None:
             return (updated if stored is None else stored), updated
         metageneration, mtime, ctime = kept

@@ -126,7 +126,7 @@ class OctueOperations(mfusepy.Operations):
         self.fs = fs
         self.metrics = metrics  # octuefs.metrics.Metrics when --metrics-port is given
         self.mountpoint = mountpoint  # set by run(); used once the mount is up
-        self._attrs = StatAttrs(fs.config)
+        self._attrs = StatAttrs(fs.config, mfusepy.c_stat)
         self._opened = OpenedGenerations(fs)  # keep_cache: see octuefs.fuse.kernel
         self._dirs: dict[int, list] = {}  # open directory -> its entries (READDIRPLUS); _dirs_lock
         self._dirs_lock = threading.Lock()
@@ -202,27 +202,8 @@ class OctueOperations(mfusepy.Operations):
             return None
 
     def packed(self, attr: Attr) -> bytes | None:
-        """:meth:`StatAttrs.st` as a ``struct stat``, for READDIRPLUS (mfusepy's ``set_st_attrs`` took a
-        fifth of a listing's time, entry by entry, request by request). Kept as bytes: 185
-        bytes an entry where the ctypes struct takes 288, for a listing held whole. None for an
-        entry whose attributes are not known (sent without: the kernel asks for them)."""
-        if not attr.known:
-            return None
-        st = mfusepy.c_stat()
-        st.st_mode = self._attrs.mode(attr)
-        st.st_nlink = 2 if attr.is_dir else 1
-        st.st_size = attr.size
-        st.st_blocks = (attr.size + 511) // 512
-        st.st_uid, st.st_gid = self._attrs.owners(attr)
-        st.st_rdev = attr.rdev
-        sec, nsec = divmod(int(attr.mtime * 1e9), 10**9)
-        st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = sec, nsec
-        st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(
-            int((attr.mtime if attr.ctime is None else attr.ctime) * 1e9), 10**9)
-        if attr.atime is not None:
-            sec, nsec = divmod(int(attr.atime * 1e9), 10**9)
-        st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = sec, nsec
-        return bytes(st)
+        """:meth:`StatAttrs.st` as a ``struct stat``, for READDIRPLUS (:meth:`StatAttrs.packed`)."""
+        return self._attrs.packed(attr)
 
     @_translated
     def listing(self, path, fh: int, offset: int) -> tuple[list[tuple[str, bytes | None]], frozenset[str] | Everything]:
@@ -413,6 +394,9 @@ def _time(ns: int) -> float | None:
 
 
 _XATTR_PREFIXES = tuple(p.encode() for p in XATTR_PREFIXES)
+# libfuse's fuse_fill_dir_t with the struct stat pointer taken from bytes (or None)
+_FILLER_OF_BYTES = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, mfusepy.c_off_t,
+                                    getattr(mfusepy, "fuse_fill_dir_flags", ctypes.c_int))
 _worker = threading.local()  # .pinned: this libfuse worker thread keeps its Python thread state
 
 
@@ -456,8 +440,11 @@ class _FUSE(mfusepy.FUSE):
         plus = flags & FUSE_READDIR_PLUS
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         entries, stale = self.operations.listing(decoded, fip.contents.fh, offset)
-        st = mfusepy.c_stat()
-        address, size = ctypes.addressof(st), ctypes.sizeof(st)
+        # The filler, taking the packed struct stat as it is kept (bytes) rather than a ctypes
+        # struct to copy it into: libfuse copies what the pointer shows, and never writes to it.
+        fill = ctypes.cast(filler, _FILLER_OF_BYTES)
+        with_attrs = FUSE_FILL_DIR_PLUS if plus else 0
+        encoding, errors = self.encoding, self.errors
         for position in range(offset, len(entries)):
             name, packed = entries[position]
             if plus and packed is not None and name in stale:
@@ -465,13 +452,7 @@ class _FUSE(mfusepy.FUSE):
                 # request, so they must be current, not the listing's (a file appended to
                 # since, or removed, would otherwise be cached as it was).
                 packed = self.operations.current(decoded, name)
-            encoded = name.encode(self.encoding, self.errors)
-            if packed is None:
-                full = filler(buf, encoded, None, position + 1, 0)
-            else:
-                ctypes.memmove(address, packed, size)
-                full = filler(buf, encoded, st, position + 1, FUSE_FILL_DIR_PLUS if plus else 0)
-            if full:
+            if fill(buf, name.encode(encoding, errors), packed, position + 1, 0 if packed is None else with_attrs):
                 break
         return 0
 

@@ -70,8 +70,8 @@ class PosixFacts:
         return self.file_type == stat.S_IFLNK
 
 
-_NOTHING = PosixFacts()
-# Every key decode reads: metadata with none of them (most objects) decodes to _NOTHING.
+NOTHING = PosixFacts()  # what metadata without any POSIX key says (most objects'); compare with ``is``
+# Every key decode reads: metadata with none of them (most objects) decodes to NOTHING.
 _KEYS = frozenset({MODE_KEY, UID_KEY, GID_KEY, MTIME_KEY, ATIME_KEY, SYMLINK_KEY, GCSFUSE_SYMLINK_KEY, TYPE_KEY,
                    RDEV_KEY})
 
@@ -128,7 +128,7 @@ def _rdev(raw: str | None) -> int:
 def decode(custom: Mapping[str, str] | None) -> PosixFacts:
     """The POSIX facts of an object with custom metadata ``custom``. Never raises."""
     if not custom or _KEYS.isdisjoint(custom):  # (one set operation: a listing decodes thousands)
-        return _NOTHING
+        return NOTHING
     file_type, target = stat.S_IFREG, None
     if (_set(custom, SYMLINK_KEY) or "").lower() == "true":
         file_type = stat.S_IFLNK
@@ -145,6 +145,9 @@ def decode(custom: Mapping[str, str] | None) -> PosixFacts:
 
 def decoded(info) -> PosixFacts:
     """:func:`decode` of an ObjectInfo's metadata, memoized on it (an ObjectInfo never changes)."""
+    custom = info.metadata
+    if not custom or _KEYS.isdisjoint(custom):  # (no memo needed: nothing to decode)
+        return NOTHING
     facts = info.__dict__.get("_posix_memo")
     if facts is None:
         facts = decode(info.metadata)

@@ -17,7 +17,7 @@ import orjson
 
 from octuefs.errors import NotFound, RangeNotSatisfiable, StorageError, TransientError
 from octuefs.storage.base import pwrite_all
-from octuefs.storage.jsonapi import Timeout, guess_next_token, object_info
+from octuefs.storage.jsonapi import Timeout, decode_listing, guess_next_token, object_info
 from octuefs.storage.objects import FetchedPage, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,18 @@ class GCSReads:
                                                                            max_results, timeout), shown=prefix)
 
         def convert() -> ListPage:
+            typed = decode_listing(raw)  # (the fast way; None for an answer it cannot take whole)
+            if typed is not None:
+                listed, prefixes, token = typed
+                if not delimiter:
+                    return ListPage(listed, prefixes, token, None)
+                markers = dict.fromkeys(prefixes)
+                objects = [info for info in listed if info.name not in markers]
+                if len(objects) != len(listed):  # (a prefix's marker: includeTrailingDelimiter)
+                    for info in listed:
+                        if info.name in markers:
+                            markers[info.name] = info
+                return ListPage(objects, prefixes, token, markers)
             try:
                 answer = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:

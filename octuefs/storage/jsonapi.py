@@ -35,6 +35,7 @@ from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 import google.auth.transport.urllib3
+import msgspec
 import orjson
 import requests.adapters
 import requests.certs
@@ -43,7 +44,7 @@ import urllib3
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 
-from octuefs.storage.objects import ObjectInfo
+from octuefs.storage.objects import NO_METADATA, ObjectInfo
 
 Timeout = float | tuple[float, float]
 T = TypeVar("T")
@@ -80,6 +81,60 @@ def object_info(resource: Mapping) -> ObjectInfo | None:
         return None
 
 
+class _Listed(msgspec.Struct, gc=False):
+    """The fields of a listed object that :func:`object_info` reads, as :func:`decode_listing`
+    takes them: the numbers as GCS sends them (int64 as a decimal string; a JSON number taken
+    too), made ints here with ``int()`` as object_info does, so that both read alike."""
+
+    name: str
+    size: str | int
+    generation: str | int
+    metageneration: str | int
+    updated: str
+    crc32c: str | None = None
+    md5Hash: str | None = None  # noqa: N815 (GCS's name)
+    contentType: str | None = None  # noqa: N815
+    storageClass: str | None = None  # noqa: N815
+    metadata: dict[str, str] | None = None
+
+
+class _ListAnswer(msgspec.Struct, gc=False):
+    items: list[_Listed] = []
+    prefixes: list[str] = []
+    nextPageToken: str | None = None  # noqa: N815
+
+
+_LIST_DECODER = msgspec.json.Decoder(_ListAnswer)
+
+
+def decode_listing(page: bytes) -> tuple[list[ObjectInfo], list[str], str | None] | None:
+    """A listing page's objects, prefixes and next token, as ``object_info`` of each item of
+    the decoded page would give them; None for an answer it cannot take whole (a field of
+    another type than GCS sends, a missing field, an unreadable time, not JSON): the caller
+    then decodes it the general way, which says what is wrong.
+
+    A typed decoder (msgspec) reads only the fields object_info reads and skips the rest
+    without making objects of them: fake-gcs-server sends every field of every object (about
+    1 KB each, its ACL included, whatever ``fields=`` asks), and decoding all of it was the
+    largest part of a cold ``ls -l``'s CPU (5,000 objects: 40 ms with orjson and object_info,
+    10 ms here)."""
+    try:
+        answer = _LIST_DECODER.decode(page)
+    except msgspec.DecodeError:  # (ValidationError included)
+        return None
+    new, proxy, empty = tuple.__new__, MappingProxyType, NO_METADATA
+    try:
+        objects = [
+            new(ObjectInfo, (o.name, int(o.size), int(o.generation), int(o.metageneration), parse_time(o.updated),
+                             o.crc32c, o.md5Hash, o.contentType, o.storageClass,
+                             proxy(o.metadata) if o.metadata is not None else empty))
+            for o in answer.items
+        ]
+    except (TypeError, ValueError):
+        return None
+    return objects, answer.prefixes, answer.nextPageToken or None
+
+
 _NEXT_TOKEN = re.compile(rb'"nextPageToken"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
@@ -87,7 +142,8 @@ def guess_next_token(page: bytes) -> str | None:
     """The ``nextPageToken`` of an undecoded listing page, found without decoding the page (a
     tenth of the time). A guess: the first such key may be an object's custom metadata, so the
     decoded page has the last word."""
-    found = _NEXT_TOKEN.search(page)
+    at = page.find(b'"nextPageToken"')  # (a plain search first: the pattern would scan a last page whole)
+    found = _NEXT_TOKEN.search(page, at) if at >= 0 else None
     if found is None:
         return None
     try:
@@ -96,9 +152,15 @@ def guess_next_token(page: bytes) -> str | None:
         return None
 
 
+_UTC = dt.timezone.utc
+
+
 def parse_time(text: str) -> dt.datetime:
     value = dt.datetime.fromisoformat(text)  # (3.11 and later: "Z", and nanoseconds, truncated)
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    tz = value.tzinfo
+    if tz is _UTC:  # (GCS's own form, "...Z": as it is)
+        return value
+    return value.replace(tzinfo=_UTC) if tz is None else value.astimezone(_UTC)
 
 
 def _pool_manager(base_url: str, pool_size: int, trust_env: bool) -> urllib3.PoolManager:

@@ -55,7 +55,7 @@ def check_sources(sources: Sequence[str]) -> list[str]:
     return sources
 
 
-_NO_METADATA: Mapping[str, str] = MappingProxyType({})
+NO_METADATA: Mapping[str, str] = MappingProxyType({})  # an object's metadata when it has none
 
 
 class _ObjectFields(NamedTuple):
@@ -68,7 +68,7 @@ class _ObjectFields(NamedTuple):
     md5: str | None = None  # base64, as GCS reports it
     content_type: str | None = None
     storage_class: str | None = None
-    metadata: Mapping[str, str] = _NO_METADATA  # read-only
+    metadata: Mapping[str, str] = NO_METADATA  # read-only
 
 
 class ObjectInfo(_ObjectFields):
@@ -80,7 +80,7 @@ class ObjectInfo(_ObjectFields):
 
     def __new__(cls, name: str, size: int, generation: int, metageneration: int, updated: dt.datetime,
                 crc32c: str | None = None, md5: str | None = None, content_type: str | None = None,
-                storage_class: str | None = None, metadata: Mapping[str, str] | None = _NO_METADATA) -> ObjectInfo:
+                storage_class: str | None = None, metadata: Mapping[str, str] | None = NO_METADATA) -> ObjectInfo:
         if type(metadata) is not MappingProxyType:
             metadata = MappingProxyType(dict(metadata or {}))
         return tuple.__new__(cls, (name, size, generation, metageneration, updated, crc32c, md5, content_type,

@@ -282,10 +282,13 @@ class _Libfuse:
         if self.buffered is None:
             got: list[tuple[str, int]] = []
 
-            def filler(buf, name, st, off, flags):
+            def fill(buf, name, st, off, flags):
                 got.append((name.decode(), off))
                 return 0
 
+            from octuefs.fuse import ops  # (mfusepy as ops loads it: libfuse 3)
+
+            filler = ops.mfusepy.fuse_fill_dir_t(fill)  # (a C function, as libfuse gives)
             self.fuse.readdir_fuse_3(self.path, None, filler, offset, self.fip, 1 if plus else 0)
             assert all(off for _, off in got) or not any(off for _, off in got)
             if all(off for _, off in got):

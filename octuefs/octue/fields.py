@@ -82,7 +82,7 @@ def _label_words(text: str) -> list[Any]:
         return stripped.split()
     try:
         items = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: "[[[[..." nested past the parser's depth)
         items = None
     if not isinstance(items, list):
         raise InvalidMetadata("labels", "text starting with '[' must be a JSON list of labels", text)

@@ -830,3 +830,12 @@ def test_a_default_spelled_out_elsewhere_is_no_change_in_a_merge():
     really = {**base, "octue__cluster": "2"}
     assert merge_metadata(base, ours, really) is None
     assert reapply(base, ours, really) == (ours, {"octue__cluster"})
+
+
+def test_labels_nested_past_the_parsers_depth_are_refused_not_a_crash():
+    """setfattr -v '[[[[...' (found by the xattr fuzz test): a JSON list nested deeper than the
+    parser goes is invalid labels (EINVAL for setfattr), not a RecursionError (EIO and a traceback)."""
+    from octuefs.octue.fields import validate_labels
+
+    with pytest.raises(InvalidMetadata, match="JSON list of labels"):
+        validate_labels("[" * 100_000)

@@ -17,7 +17,12 @@ import orjson
 
 from octuefs.errors import NotFound, RangeNotSatisfiable, StorageError, TransientError
 from octuefs.storage.base import pwrite_all
-from octuefs.storage.jsonapi import Timeout, decode_listing, guess_next_token, object_info
+from octuefs.storage.jsonapi import (
+    Timeout,
+    decode_listing,
+    guess_next_token,
+    object_info,
+)
 from octuefs.storage.objects import FetchedPage, ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)

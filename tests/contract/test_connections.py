@@ -63,7 +63,7 @@ def test_a_second_round_of_concurrent_requests_opens_no_connection(emulator, tmp
         assert line.connections == opened, "the second round opened connections: the pool dropped some"
         assert opened <= 2 * THREADS  # one per thread at most, in each pool
         assert not [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]
-        assert bucket.list_page(f"second/").objects == []
+        assert bucket.list_page("second/").objects == []
 
 
 def test_checking_the_bucket_with_n_connections_leaves_them_open_for_the_first_requests(emulator):

@@ -53,10 +53,10 @@ import argparse
 import collections
 import contextlib
 import ctypes
-import os
 import http.client
 import http.server
 import json
+import os
 import random
 import select
 import signal
@@ -234,9 +234,11 @@ class FaultProxy:
         with self._lock:
             self._stalled.add(event)
         end = time.monotonic() + self.stall_seconds
+        poller = select.poll()  # not select.select: it cannot take a descriptor numbered 1024 or more
+        poller.register(conn, select.POLLIN)
         try:
             while not event.wait(0.2) and time.monotonic() < end:
-                if select.select([conn], [], [], 0)[0]:  # readable while waiting: the client hung up
+                if poller.poll(0):  # readable while waiting: the client hung up
                     try:
                         if not conn.recv(1, socket.MSG_PEEK):
                             return

@@ -14,3 +14,14 @@ def closed_port():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return port  # nothing listens here now
+
+
+@pytest.fixture(autouse=True)
+def _close_idle_descriptors():
+    """After each test, close the descriptors its FileSystems keep open for reuse (the cache stays
+    usable: a test's background thread still reading opens them again)."""
+    from .corekit import made
+
+    yield
+    while made:
+        made.pop().cache.close()

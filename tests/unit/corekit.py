@@ -21,6 +21,11 @@ from octuefs.storage.fake import FakeBucket
 
 MiB = 1024 * 1024
 
+# Every FileSystem make_fs built in the running test: tests/unit/conftest.py closes the cached
+# copies' descriptors each holds open for reuse (up to 256) once the test ends, so a worker that
+# runs hundreds of tests does not pile up thousands of descriptors (past 1024, select() fails).
+made: list[FileSystem] = []
+
 
 # Fixtures a module takes by importing ``bucket`` and ``fs`` from here: a FileSystem on an
 # in-memory bucket named "bk" (the name dataset records' gs:// paths use), shut down after the test.
@@ -41,7 +46,9 @@ def make_fs(bucket, tmp_path, cache="cache", **overrides) -> FileSystem:
     overrides.setdefault("upload_hold", 0.0)
     config = MountConfig(bucket=bucket.name, mountpoint=str(tmp_path / "mnt"), cache_dir=str(tmp_path / cache),
                          block_size=MiB, **overrides)
-    return build_filesystem(bucket, config)
+    fs = build_filesystem(bucket, config)
+    made.append(fs)
+    return fs
 
 
 def close_write(fs: FileSystem, path: str, data: bytes) -> None:

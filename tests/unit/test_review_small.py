@@ -110,10 +110,18 @@ def test_a_reader_does_not_take_a_place_from_a_queued_fetch_another_reader_waits
 
     pool = FetchPool(1)
     assert pool.claim()  # a reader runs its GET in the one place
-    ran = threading.Event()
-    pool.submit(ran.set, DEMAND)  # another reader's fetch waits for a place
+    ran, go = threading.Event(), threading.Event()
+
+    def fetch():  # holds its place until the test has looked (else it may be done before)
+        ran.set()
+        go.wait(5)
+
+    pool.submit(fetch, DEMAND)  # another reader's fetch waits for a place
     pool.unclaim()
-    assert not pool.claim(), "a newcomer took the place the queued fetch was waiting for"
+    try:
+        assert not pool.claim(), "a newcomer took the place the queued fetch was waiting for"
+    finally:
+        go.set()
     assert ran.wait(5)
     assert wait_until(lambda: pool._busy == 0)
     assert pool.claim()  # nothing queued: a reader runs its own again

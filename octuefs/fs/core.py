@@ -245,6 +245,7 @@ class FileSystem:
                     log.exception("could not save %r at unmount; it stays in %s", node.name, node.staging)
         if self.prefetch is not None:
             self.prefetch.close()  # nothing more fetched ahead for readers who are leaving
+        self.posix.links.close()
         drain = not self.leave_pending if drain is None else drain
         self.givebacks.stop()  # (what is still owed stays journaled for the next mount)
         left = self.uploader.shutdown(drain=drain)

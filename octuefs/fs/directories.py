@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from stat import S_IFLNK
 
 from octuefs.cache.metacache import DIR, MISSING
 from octuefs.errors import (
@@ -86,9 +87,18 @@ class Directories:
         # The mount's own changes update the cached listing before a node is dropped.
         local = self._local_attrs(prefix, self.files.nodes_under(prefix))
         out = [(d, self.posix.dir_attr(prefix + d, fetch=False)) for d in sorted(listing.dirs)]
-        out += [(f, local.pop(f, None) or self._file_attr(info)) for f, info in sorted(listing.files.items())]
+        files = [(f, local.pop(f, None) or self._file_attr(info)) for f, info in sorted(listing.files.items())]
+        self._note_links(files, listing.files)
+        out += files
         out += [(f, attr) for f, attr in local.items() if f not in listing.dirs]  # new files not yet in the bucket
         return iter([(out, False)])
+
+    def _note_links(self, files: list[tuple[str, Attr]], infos: dict[str, ObjectInfo]) -> None:
+        """The links among a listing's ``files``: their targets may be read ahead once a program
+        reads one of them (:mod:`octuefs.fs.linktargets`)."""
+        links = [(infos[entry], attr) for entry, attr in files if attr.file_type == S_IFLNK]
+        if links:
+            self.posix.links_listed(links)
 
     def dir_epoch(self, path: str) -> tuple[int, int]:
         """A token that changes whenever the mount changes something in directory ``path``."""
@@ -141,10 +151,12 @@ class Directories:
             else:
                 released = {e: held.pop(e) for e in [e for e in held if prefix + e + "/" <= horizon]}
             files.update(released)
+            shown = len(batch)
             if local:
                 batch += [(entry, local.pop(entry, None) or file_attr(info)) for entry, info in released.items()]
             else:
                 batch += [(entry, file_attr(info)) for entry, info in released.items()]
+            self._note_links(batch[shown:], released)
             if horizon is None:
                 after = self._local_attrs(prefix, self.files.nodes_under(prefix))
                 local.update((f, a) for f, a in after.items() if f not in files)

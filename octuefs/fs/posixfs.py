@@ -14,11 +14,13 @@ What ``stat`` shows (:class:`Attr`) comes from an object's custom metadata in Go
   ``--stat-ttl``; a directory whose marker is still not known is listed without attributes (the
   kernel then asks).
 * A symbolic link is an object whose content is its target, with ``goog-reserved-file-is-symlink``;
-  its target is read once per generation (at most one GET) and kept. The daemon never follows one.
+  its target is read once per generation (at most one GET) and kept, and read ahead when a
+  program reads a directory's links one after another (:mod:`octuefs.fs.linktargets`). The
+  daemon never follows one.
 * Named pipes, sockets and device nodes are empty objects whose type is in their metadata.
 * Hard links are refused with EPERM: an object has one name.
 
-Locks: ``_lock`` guards ``_targets`` and ``_markers``; it is never held during a request.
+Locks: ``_lock`` guards ``_markers``; it is never held during a request.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from octuefs.errors import (
     TransientError,
 )
 from octuefs.fs.files import FileNode
+from octuefs.fs.linktargets import LinkTargets
 from octuefs.fs.lookups import Lookups
 from octuefs.fs.parts import MountParts
 from octuefs.octue import posixmeta
@@ -51,12 +54,7 @@ from octuefs.storage.base import ObjectInfo
 
 log = logging.getLogger(__name__)
 
-TARGETS_KEPT = 65536  # symlink targets remembered, by (name, generation)
 MARKERS_KEPT = 65536  # directory markers remembered
-# The most of a link's content read and kept: the kernel takes at most PATH_MAX bytes of a target
-# (less one for its NUL), so a "link" object of 10 MiB written elsewhere costs 4 KiB, not 10 MiB
-# per generation in the target cache.
-TARGET_READ_MAX = 4096
 _UNKNOWN = object()
 
 
@@ -104,7 +102,7 @@ class PosixSurface:
         self.lookups = lookups
         self.changing = changing  # XattrSurface.changing: one metadata change of an object at a time
         self._lock = threading.Lock()
-        self._targets: cachetools.LRUCache[tuple[str, int], str] = cachetools.LRUCache(TARGETS_KEPT)
+        self.links = LinkTargets(parts.bucket)
         # directory name -> its marker's ObjectInfo, or None (it has none); from a listing or a stat
         self._markers: cachetools.TTLCache[str, ObjectInfo | None] = cachetools.TTLCache(
             MARKERS_KEPT, max(parts.config.stat_ttl, 0.001))
@@ -290,8 +288,7 @@ class PosixSurface:
         if not data:
             raise FileNotFound("a symbolic link needs a target")
         info = self._make(path, data, {**posixmeta.symlink_metadata(), posixmeta.MODE_KEY: "777", **owner})
-        with self._lock:
-            self._targets[(info.name, info.generation)] = target
+        self.links.remember(info, target)
 
     def readlink(self, path: str) -> str:
         try:
@@ -311,17 +308,15 @@ class PosixSurface:
         facts = posixmeta.decoded(info)
         if facts.target is not None:
             return facts.target
-        key = (info.name, info.generation)
-        with self._lock:
-            known = self._targets.get(key)
-        if known is not None:
-            return known
-        size = min(info.size, TARGET_READ_MAX)
-        data = self.bucket.read_range(info.name, 0, size, generation=info.generation) if size else b""
-        target = data.decode("utf-8", "surrogateescape")
-        with self._lock:
-            self._targets[key] = target
-        return target
+        return self.links.target(info)
+
+    def links_listed(self, listed: list[tuple[ObjectInfo, Attr]]) -> None:
+        """A listing's files (with their attributes): the links among them whose target is their
+        content may be read ahead (:mod:`octuefs.fs.linktargets`)."""
+        links = [info for info, attr in listed if attr.file_type == stat.S_IFLNK and info.size
+                 and posixmeta.decoded(info).is_symlink and posixmeta.decoded(info).target is None]
+        if links:
+            self.links.listed(links)
 
     # --- special files, hard links -----------------------------------------------------------
 

@@ -128,7 +128,7 @@ class LinkTargets:
             return known
         if read is not None:
             read.done.wait()
-            if read.error is None:
+            if read.target is not None:
                 return read.target
             if isinstance(read.error, (BucketUnreachable, NotFound)):
                 raise read.error  # (reading it again would wait as long for the same answer)

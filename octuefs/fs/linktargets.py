@@ -19,11 +19,12 @@ A reader never waits longer than reading its link itself would: a read ahead sti
 reader at once; one under way is joined (it began first, with the same deadline), and if it
 found the bucket unreachable or the generation gone, its reader is told so rather than kept
 waiting as long again. Any other failure of a read ahead is no reader's error: it reads it
-itself. The workers are the daemon's own (:class:`~octuefs.cache.readahead.FetchPool`):
-a read ahead stalled at unmount does not keep the process from exiting.
+itself. The workers are daemon threads (a :class:`~octuefs.cache.readahead.FetchPool` of
+their own, ending when idle): a read ahead stalled at unmount does not keep the process from
+exiting.
 
 Locks: ``_lock`` guards every dict here and each read's ``started`` and ``taken``; it is never
-held during a request or a wait.
+held during a request or a wait, and is taken before the pool's (a read is queued under it).
 """
 
 from __future__ import annotations

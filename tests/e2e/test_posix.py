@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -74,6 +75,32 @@ def test_links_made_by_gcloud_and_older_gcsfuse_are_links(mount):
     with pytest.raises(OSError) as err:  # a link to nowhere: the kernel follows, the daemon does not
         (mount / "old-style").read_text()
     assert err.value.errno == errno.ENOENT
+
+
+def test_a_directory_of_links_made_elsewhere_reads_right_through_ls_cp_and_ln_sf(mount, tmp_path):
+    # Its links' targets are read ahead once the first is read (fs/linktargets.py): whatever the
+    # order, and with links replaced through the mount while reads ahead are in flight, every
+    # link shows its own target, as the bucket holds it.
+    made = {}
+    for i in range(120):
+        target = f"../t/{i:04d}-\u00e9t\u00e9.csv" if i % 3 else f"/abs/{'x' * (i + 1)}"
+        mount.bucket.upload_bytes(f"links/l{i:04d}", target.encode(), {SYMLINK: "true"})
+        made[f"l{i:04d}"] = target
+    mount.bucket.upload_bytes("links/plain", b"not a link")
+    assert len(os.listdir(mount / "links")) == 121
+    assert os.readlink(mount / "links/l0000") == made["l0000"]  # the next ones of the listing are read ahead
+    for i in range(10, 20):  # replaced here while those reads are in flight
+        subprocess.run(["ln", "-sfn", f"new/{i}", str(mount / f"links/l{i:04d}")], check=True)
+        made[f"l{i:04d}"] = f"new/{i}"
+    listing = subprocess.run(["ls", "-l", str(mount / "links")], capture_output=True, text=True, check=True,
+                             env={**os.environ, "LC_ALL": "C.UTF-8"}).stdout
+    shown = dict(re.search(r" (l\d{4}) -> (.*)$", line).groups() for line in listing.splitlines() if line[0] == "l")
+    assert shown == made
+    subprocess.run(["cp", "-a", str(mount / "links"), str(tmp_path / "copy")], check=True)
+    assert {n: os.readlink(tmp_path / "copy" / n) for n in made} == made
+    assert (tmp_path / "copy/plain").read_bytes() == b"not a link"
+    for name, target in made.items():  # and in the bucket
+        assert mount.bucket.read_range(f"links/{name}", 0, 4096).decode() == target
 
 
 def test_readlink_of_a_plain_file_is_einval(mount):

@@ -6,10 +6,11 @@ needs only the listing (its size is the target's length), but ``readlink`` needs
 -l``, ``ls --color``, ``cp -a``, ``rsync -l`` and ``tar`` read every link of a directory, one
 after another: one round trip each, 40 links 0.8 s at 20 ms. So a directory's listing notes the
 links whose target it does not carry (:meth:`LinkTargets.listed`), and once one of them is
-read, the next ones in listing order are read ahead, AHEAD at most not yet asked for at a time
-and WORKERS at once: the program's next ``readlink`` finds its target read or on its way.
-A directory whose links nobody reads costs nothing more; one whose single link is read costs at
-most AHEAD more small GETs.
+read, the next ones in listing order are read ahead, WORKERS at once: the program's next
+``readlink`` finds its target read or on its way. The window (targets read ahead and not yet
+asked for) starts at INITIAL and doubles each time the reader has used half of it, up to AHEAD:
+a directory whose links nobody reads costs nothing more, one whose single link is read (a
+``current`` link in each of many directories) at most INITIAL more small GETs.
 
 Every read is pinned to the generation listed: a link replaced since is not found at that
 generation and its reader looks it up again (``PosixSurface.readlink``).
@@ -48,8 +49,8 @@ TARGET_READ_MAX = 4096
 DIRS_NOTED = 256  # directories with reads ahead not yet asked for
 LINKS_NOTED = 10_000  # links remembered per directory
 NOTED_KEPT = 65536  # listed links remembered, all directories (each keeps its ObjectInfo alive)
-AHEAD = 64  # targets read ahead and not yet asked for, per directory
-REFILL = AHEAD // 2  # read more ahead once fewer than this are left unasked
+INITIAL = 8  # targets read ahead and not yet asked for, per directory, at first ...
+AHEAD = 64  # ... and at most (read more once fewer than half the window are left unasked)
 WORKERS = 16  # reads ahead at once
 IDLE = 5.0  # seconds a worker with nothing to read waits for more before it ends
 
@@ -75,9 +76,9 @@ class _Read:
 
 
 class LinkTargets:
-    def __init__(self, bucket: Bucket, workers: int = WORKERS, ahead: int = AHEAD):
+    def __init__(self, bucket: Bucket, workers: int = WORKERS, ahead: int = AHEAD, initial: int = INITIAL):
         self.bucket = bucket
-        self.workers, self.ahead, self.refill = workers, ahead, max(ahead // 2, 1)
+        self.workers, self.ahead, self.initial = workers, ahead, min(initial, ahead)
         self._lock = threading.Lock()
         self._known: cachetools.LRUCache[Key, str] = cachetools.LRUCache(TARGETS_KEPT)
         self._reading: dict[Key, _Read] = {}  # reads ahead queued or under way
@@ -85,6 +86,7 @@ class LinkTargets:
         # how many (set again after each change, so the cache sees its size)
         self._noted: cachetools.LRUCache[str, dict[Key, ObjectInfo]] = cachetools.LRUCache(NOTED_KEPT, getsizeof=len)
         self._unasked: dict[str, set[Key]] = {}  # directory -> targets read ahead, not yet asked for
+        self._window: dict[str, int] = {}  # directory -> its window (see the module's docstring)
         self._pool: FetchPool | None = None
         self._closed = False
         self.stats = {"read": 0, "ahead": 0, "ahead_used": 0, "taken_back": 0}
@@ -123,7 +125,7 @@ class LinkTargets:
             unasked = self._unasked.get(directory)
             if unasked is not None and key in unasked:
                 unasked.discard(key)
-                self.stats["ahead_used"] += 1
+                self.stats["ahead_used"] += read is not None or known is not None
             self._read_ahead_locked(directory)
         if known is not None:
             return known
@@ -148,6 +150,7 @@ class LinkTargets:
                 self._reading.pop(key).taken = True
             self._noted.clear()
             self._unasked.clear()
+            self._window.clear()
 
     def _read(self, info: ObjectInfo) -> str:
         size = min(info.size, TARGET_READ_MAX)
@@ -164,17 +167,20 @@ class LinkTargets:
             self._noted.pop(directory, None)
 
     def _read_ahead_locked(self, directory: str) -> None:
-        """Keep up to ``ahead`` targets of ``directory`` read (or on their way) and not yet asked
-        for, the next of its listed links in listing order, once fewer than ``refill`` are left."""
+        """Once fewer than half of ``directory``'s window are read (or on their way) and not yet
+        asked for, double the window (from the second time on) and read the next of its listed
+        links, in listing order, until that many are."""
         noted = self._noted.get(directory)
         if not noted or self._closed:
             return
         unasked = self._unasked.setdefault(directory, set())
-        if len(unasked) >= self.refill:
+        window = self._window.get(directory)
+        if window is not None and len(unasked) >= max(window // 2, 1):
             return
+        window = self._window[directory] = self.initial if window is None else min(window * 2, self.ahead)
         if self._pool is None:
             self._pool = FetchPool(self.workers, idle=IDLE, name="octuefs-link")
-        while noted and len(unasked) < self.ahead:
+        while noted and len(unasked) < window:
             key, info = next(iter(noted.items()))
             del noted[key]
             if key in self._known or key in self._reading:
@@ -185,6 +191,7 @@ class LinkTargets:
             self.stats["ahead"] += 1
         self._renoted_locked(directory, noted)
         if len(self._unasked) > DIRS_NOTED:  # (directories left half read)
+            self._window.pop(next(iter(self._unasked)), None)
             self._unasked.pop(next(iter(self._unasked)))
 
     def _run_ahead(self, key: Key, read: _Read) -> None:

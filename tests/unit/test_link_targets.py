@@ -14,7 +14,7 @@ import time
 import pytest
 
 from octuefs.errors import BucketUnreachable, TransientError
-from octuefs.fs.linktargets import AHEAD
+from octuefs.fs.linktargets import AHEAD, INITIAL
 from octuefs.octue import posixmeta
 from octuefs.storage.fake import FakeBucket
 from octuefs.storage.retry import current_bound, cut_to
@@ -96,7 +96,10 @@ def test_ls_l_of_a_directory_of_links_reads_each_target_once_and_mostly_ahead(tm
         took = time.monotonic() - start
         assert sorted(bucket.gets) == sorted(made)  # each target once, no plain file read
         stats = fs.posix.links.stats
-        assert stats["read"] == 1 and stats["ahead_used"] == 149  # only the first was read by its reader
+        # The first was read by its reader, as is, now and then, one asked for before its worker
+        # took it up (taken back: a worker starting late on a busy machine); the rest came ahead.
+        assert stats["read"] + stats["ahead_used"] == 150 and stats["read"] - stats["taken_back"] == 1
+        assert stats["ahead_used"] >= 140, stats
         assert took < 150 * 0.02 / 2, took  # one after another would take 3 s; 16 at a time ~0.2 s
     finally:
         fs.shutdown()
@@ -123,7 +126,7 @@ def test_reading_one_link_reads_at_most_a_window_more(tmp_path):
         assert fs.readlink("/d/l0500") == made["d/l0500"]
         assert wait_until(lambda: not fs.posix.links._reading)
         time.sleep(0.1)
-        assert len(bucket.gets) == 1 + AHEAD
+        assert len(bucket.gets) == 1 + INITIAL  # (a `current` link in each of many directories)
         assert len(set(bucket.gets)) == len(bucket.gets)
     finally:
         fs.shutdown()
@@ -164,6 +167,7 @@ def test_unmount_while_reads_ahead_wait_neither_hangs_nor_leaves_a_reader_waitin
     bucket = SlowBucket("lt", delay=0.05)
     made = links(bucket, 200)
     fs = make_fs(bucket, tmp_path)
+    fs.posix.links.initial = AHEAD  # (a window grown as far as it goes)
     fs.readdir("/d")
     assert fs.readlink("/d/l0000") == made["d/l0000"]  # AHEAD more queued, 16 at a time
     got = {}
@@ -184,6 +188,7 @@ def test_a_reader_does_not_wait_behind_reads_ahead_that_stall(tmp_path):
     made = links(bucket, 100)
     fs = make_fs(bucket, tmp_path, op_timeout=1.5)
     try:
+        fs.posix.links.initial = AHEAD  # (a window grown as far as it goes: 16 reads under way)
         fs.readdir("/d")
         bucket.stalled.update(n for n in made if n not in ("d/l0000", "d/l0040"))
         assert fs.readlink("/d/l0000") == made["d/l0000"]
@@ -203,6 +208,7 @@ def test_a_reader_that_joined_a_read_ahead_which_found_the_bucket_unreachable_is
     made = links(bucket, 20)
     fs = make_fs(bucket, tmp_path, op_timeout=2.0)
     try:
+        fs.posix.links.initial = AHEAD  # (a window grown as far as it goes: 16 reads under way)
         fs.readdir("/d")
         bucket.stalled.update(n for n in made if n != "d/l0000")
         assert fs.readlink("/d/l0000") == made["d/l0000"]

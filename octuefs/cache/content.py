@@ -316,6 +316,21 @@ class ContentCache(Fetching):
             return _pread_all(entry.fd, end - offset, offset)
         finally:
             self._release(entry, first, last)
+
+    def read_into(self, info: ObjectInfo, offset: int, buf: memoryview) -> int:
+        """:meth:`read` of ``len(buf)`` bytes into ``buf``: how many it holds (fewer at the end)."""
+        end = min(offset + len(buf), info.size)
+        if offset >= end:
+            return 0
+        first, last = offset // self.block_size, (end - 1) // self.block_size
+        entry = self._pin(info, first, last)
+        try:
+            self._fill(info, entry, offset, end, read_ahead=True)
+            if pread_into(entry.fd, buf[:end - offset], offset) != end - offset:
+                raise StorageError(f"cached copy of {info.name!r} ended early")
+            return end - offset
+        finally:
+            self._release(entry, first, last)
     # --- writes -------------------------------------------------------------------------
 
     def new_staging_path(self) -> str:
@@ -433,6 +448,18 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
         parts.append(more)
         done += len(more)
     return b"".join(parts)
+
+
+def pread_into(fd: int, buf: memoryview, offset: int) -> int:
+    """Fill ``buf`` from ``fd`` at ``offset`` (without the GIL, no bytes object made): how
+    many bytes it holds, fewer only at the end of the file."""
+    done, size = 0, len(buf)
+    while done < size:
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
 
 
 def _copy_range(src: int, dst: int, start: int, length: int, chunk: int = 8 * MiB) -> None:

@@ -126,6 +126,9 @@ class FileSystem:
     def read(self, fh: int, size: int, offset: int) -> bytes:
         return self.files.read(fh, size, offset)
 
+    def read_into(self, fh: int, offset: int, buf: memoryview) -> int:
+        return self.files.read_into(fh, offset, buf)
+
     def write(self, fh: int, data: bytes, offset: int) -> int:
         return self.files.write(fh, data, offset)
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 
 import cachetools
 
-from octuefs.cache.content import ContentCache
+from octuefs.cache.content import ContentCache, pread_into
 from octuefs.cache.metacache import MetadataCache
 from octuefs.errors import (
     FileNotFound,
@@ -269,6 +269,30 @@ class OpenFiles(Moves, Saving, Landing):
         if handle.watched is not None and not handle.whole:
             _count_read(handle, offset, len(data))
         return data
+
+    def read_into(self, fh: int, offset: int, buf: memoryview) -> int:
+        """:meth:`read` of ``len(buf)`` bytes into ``buf``: how many it holds now (the FUSE
+        adapter's way, with memory libfuse owns: no bytes object per read)."""
+        handle = self.handle(fh)
+        node = handle.node
+        with node.lock:
+            local = self._local_copy(node)
+            if local is not None:
+                fd = os.open(local, os.O_RDONLY)
+                try:
+                    return pread_into(fd, buf, offset)
+                finally:
+                    os.close(fd)
+            base = node.base
+        if base is None:
+            return 0
+        try:
+            n = self.cache.read_into(base, offset, buf)
+        except NotFound as exc:
+            raise StaleFile(f"{node.name!r} changed in the bucket while it was open; reopen it") from exc
+        if handle.watched is not None and not handle.whole:
+            _count_read(handle, offset, n)
+        return n
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         node = self.handle(fh).node

@@ -60,6 +60,9 @@ def test_metrics_move_as_files_are_written_read_and_patched(mount_factory):
     assert _total(after_read, "octuefs_bucket_read_bytes_total") >= 8
     assert _total(after_read, "octuefs_bucket_requests_total", kind="read", outcome="ok") >= 1
     assert _total(after_read, "octuefs_bucket_request_seconds_count", kind="read") >= 1
+    # Reads are answered by read_buf (octuefs.fuse.bufreads) and still counted as the reads they are.
+    assert _total(after_read, "octuefs_fuse_operations_total", op="read", outcome="ok") >= 2
+    assert _total(after_read, "octuefs_fuse_operations_total", op="read_buf", outcome="ok") == 0
 
     with pytest.raises(FileNotFoundError):
         (mount / "absent.csv").read_bytes()

@@ -7,7 +7,10 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import subprocess
+import sys
 import threading
+import time
 
 from octuefs.mount import read_state
 
@@ -141,3 +144,33 @@ def test_a_read_that_fails_in_the_daemon_gives_an_error_and_the_mount_lives_on(m
         os.close(fd)
     assert failures >= 1  # (the point: reads that fail in the daemon, after it set up the vector)
     assert path.read_bytes() == b"new" * 1000  # the daemon is still there, and right
+
+
+def test_reads_while_the_bucket_is_unreachable_pending_files_and_a_reader_killed_midway(private):
+    m = private.mount()
+    cold = random.Random(11).randbytes(8 * MiB)
+    private.bucket().upload_bytes("cold.bin", cold)
+    os.listdir(m.path)
+    private.freeze(m)
+    try:
+        pending = random.Random(12).randbytes(3 * MiB + 5)
+        (m.path / "pending.bin").write_bytes(pending)  # closed: its upload waits in the journal
+        fd = os.open(m.path / "pending.bin", os.O_RDONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, 4 * MiB)
+        try:  # answered from the journal's copy
+            assert os.preadv(fd, [buf], 0) == len(pending) and buf[:len(pending)] == pending
+        finally:
+            buf.close()
+            os.close(fd)
+        # A reader waiting on the frozen bucket, killed: its read is answered to no one later.
+        reader = subprocess.Popen([sys.executable, "-c", f"open({str(m.path / 'cold.bin')!r}, 'rb').read()"])
+        time.sleep(1.0)
+        assert reader.poll() is None  # still waiting for the bucket
+        reader.kill()
+        reader.wait(10)
+    finally:
+        private.thaw()
+    assert (m.path / "cold.bin").read_bytes() == cold
+    assert (m.path / "pending.bin").read_bytes() == pending
+    m.sync()
+    assert private.bucket().read_range("pending.bin", 0, 8 * MiB) == pending

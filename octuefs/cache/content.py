@@ -301,24 +301,20 @@ class ContentCache(Fetching):
     # --- reads --------------------------------------------------------------------------
 
     def read(self, info: ObjectInfo, offset: int, size: int) -> bytes:
-        """Bytes ``[offset, offset + size)`` of ``info``'s generation, fetching missing blocks.
+        """Bytes ``[offset, offset + size)`` of ``info``'s generation (fewer at its end): :meth:`read_into`
+        a buffer as long as the bytes there are, so the two cannot drift apart."""
+        buf = bytearray(max(0, min(offset + size, info.size) - offset))
+        self.read_into(info, offset, memoryview(buf))
+        return bytes(buf)
+
+    def read_into(self, info: ObjectInfo, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` with the bytes of ``info``'s generation at ``offset``, fetching missing
+        blocks: how many it holds (fewer at the end). The blocks are held and pinned until the
+        bytes are in ``buf``.
 
         Sequential reads start read-ahead of the blocks that follow. Raises the error of a
         failed fetch of a block this read needs (the block stays missing).
         """
-        end = min(offset + size, info.size)
-        if offset >= end:
-            return b""
-        first, last = offset // self.block_size, (end - 1) // self.block_size
-        entry = self._pin(info, first, last)
-        try:
-            self._fill(info, entry, offset, end, read_ahead=True)
-            return _pread_all(entry.fd, end - offset, offset)
-        finally:
-            self._release(entry, first, last)
-
-    def read_into(self, info: ObjectInfo, offset: int, buf: memoryview) -> int:
-        """:meth:`read` of ``len(buf)`` bytes into ``buf``: how many it holds (fewer at the end)."""
         end = min(offset + len(buf), info.size)
         if offset >= end:
             return 0
@@ -327,10 +323,11 @@ class ContentCache(Fetching):
         try:
             self._fill(info, entry, offset, end, read_ahead=True)
             if pread_into(entry.fd, buf[:end - offset], offset) != end - offset:
-                raise StorageError(f"cached copy of {info.name!r} ended early")
+                raise StorageError(f"cached copy of {info.name!r} ended early at {offset}")
             return end - offset
         finally:
             self._release(entry, first, last)
+
     # --- writes -------------------------------------------------------------------------
 
     def new_staging_path(self) -> str:
@@ -434,21 +431,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) == size:
-        return data
-    parts = [data]  # a single pread stops short of 2 GiB
-    done = len(data)
-    while done < size:
-        more = os.pread(fd, size - done, offset + done)
-        if not more:
-            raise StorageError(f"cached copy ended early at {offset + done}")
-        parts.append(more)
-        done += len(more)
-    return b"".join(parts)
-
 
 def pread_into(fd: int, buf: memoryview, offset: int) -> int:
     """Fill ``buf`` from ``fd`` at ``offset`` (without the GIL, no bytes object made): how

@@ -251,28 +251,19 @@ class OpenFiles(Moves, Saving, Landing):
         return None
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
-        handle = self.handle(fh)
-        node = handle.node
-        with node.lock:
-            local = self._local_copy(node)
-            if local is not None:
-                with open(local, "rb") as f:
-                    f.seek(offset)
-                    return f.read(size)
-            base = node.base
-        if base is None:
-            return b""
-        try:
-            data = self.cache.read(base, offset, size)
-        except NotFound as exc:
-            raise StaleFile(f"{node.name!r} changed in the bucket while it was open; reopen it") from exc
-        if handle.watched is not None and not handle.whole:
-            _count_read(handle, offset, len(data))
-        return data
+        """Up to ``size`` bytes at ``offset`` (fewer at the end)."""
+        buf, n = self._read(fh, offset, size, None)
+        return bytes(buf[:n])
 
     def read_into(self, fh: int, offset: int, buf: memoryview) -> int:
         """:meth:`read` of ``len(buf)`` bytes into ``buf``: how many it holds now (the FUSE
         adapter's way, with memory libfuse owns: no bytes object per read)."""
+        return self._read(fh, offset, len(buf), buf)[1]
+
+    def _read(self, fh: int, offset: int, size: int, buf: memoryview | None) -> tuple[memoryview, int]:
+        """The one way an open file is read (:meth:`read`, :meth:`read_into`): into ``buf``, or if
+        None into a new buffer no longer than the bytes there are (a caller may ask for 1 GiB);
+        that buffer, and how many bytes it holds."""
         handle = self.handle(fh)
         node = handle.node
         with node.lock:
@@ -280,19 +271,21 @@ class OpenFiles(Moves, Saving, Landing):
             if local is not None:
                 fd = os.open(local, os.O_RDONLY)
                 try:
-                    return pread_into(fd, buf, offset)
+                    buf = _buffer(buf, size, os.fstat(fd).st_size - offset)
+                    return buf, pread_into(fd, buf, offset)
                 finally:
                     os.close(fd)
             base = node.base
+        buf = _buffer(buf, size, 0 if base is None else base.size - offset)
         if base is None:
-            return 0
+            return buf, 0
         try:
             n = self.cache.read_into(base, offset, buf)
         except NotFound as exc:
             raise StaleFile(f"{node.name!r} changed in the bucket while it was open; reopen it") from exc
         if handle.watched is not None and not handle.whole:
             _count_read(handle, offset, n)
-        return n
+        return buf, n
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         node = self.handle(fh).node
@@ -429,6 +422,11 @@ def _fits(node: FileNode, size: int) -> None:
     """Refuse a size no upload could ever put in the bucket, before anything is written."""
     if size > MAX_OBJECT_SIZE:
         raise FileTooLarge(f"{node.name!r}: {size} bytes is more than a GCS object holds (5 TiB)")
+
+
+def _buffer(buf: memoryview | None, size: int, there: int) -> memoryview:
+    """``buf``, or a new one for a read of up to ``size`` bytes of which ``there`` are there."""
+    return buf if buf is not None else memoryview(bytearray(max(0, min(size, there))))
 
 
 def _count_read(handle: Handle, offset: int, n: int) -> None:

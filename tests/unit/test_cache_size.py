@@ -174,15 +174,15 @@ def test_a_block_a_reader_is_about_to_return_is_never_evicted(tmp_path, bucket, 
     held, held_data = put(bucket, "held.bin", MiB, seed=1)
     others = [put(bucket, f"o{i}.bin", 2 * MiB, seed=10 + i) for i in range(4)]
     at_pread, go_on = threading.Event(), threading.Event()
-    real_pread = cache_module._pread_all
+    real_pread = cache_module.pread_into  # (read is read_into a buffer of its own)
 
-    def slow_pread(fd, size, offset):
+    def slow_pread(fd, buf, offset):
         if threading.current_thread().name == "holder":
             at_pread.set()
             assert go_on.wait(10)
-        return real_pread(fd, size, offset)
+        return real_pread(fd, buf, offset)
 
-    monkeypatch.setattr(cache_module, "_pread_all", slow_pread)
+    monkeypatch.setattr(cache_module, "pread_into", slow_pread)
     result = {}
     holder = threading.Thread(target=lambda: result.update(got=cache.read(held, 0, held.size)), name="holder")
     holder.start()

@@ -8,28 +8,19 @@ import ctypes
 import errno
 import os
 import random
+import tracemalloc
 
 import pytest
 
 from octuefs.fuse.bufreads import FuseBufvec, answer_read
-from octuefs.storage.fake import FakeBucket
 
-from .corekit import MiB, close_write, make_fs
+from . import corekit
+from .corekit import MiB, close_write
+
+bucket, fs = corekit.bucket, corekit.fs  # fixtures: a FileSystem on a fake bucket
 
 _libc = ctypes.CDLL(None)
 _libc.free.argtypes = [ctypes.c_void_p]
-
-
-@pytest.fixture
-def bucket():
-    return FakeBucket("bk")
-
-
-@pytest.fixture
-def fs(bucket, tmp_path):
-    fs = make_fs(bucket, tmp_path)
-    yield fs
-    fs.shutdown()
 
 
 def _read_into(fs, fh: int, offset: int, size: int) -> bytes:
@@ -134,3 +125,26 @@ def test_the_vector_has_libfuse_3s_layout():
     # three size_t; struct fuse_buf is size, flags, mem, fd, pos.
     assert FuseBufvec.buf.offset == 3 * ctypes.sizeof(ctypes.c_size_t)
     assert ctypes.sizeof(FuseBufvec) == 3 * 8 + 40
+
+
+def test_a_read_asking_for_far_more_than_there_is_allocates_only_what_there_is(fs, bucket):
+    # read() is read_into() a buffer of its own (one path, so the two cannot drift); that buffer
+    # is as long as the bytes there are, not as the size asked (the folder metadata asks 1 GiB).
+    bucket.upload_bytes("c.bin", b"c" * 3000)
+    fh = fs.open("/c.bin", os.O_RDWR)
+    try:
+        tracemalloc.start()
+        try:
+            assert fs.read(fh, 1 << 30, 0) == b"c" * 3000  # from the cache
+            assert fs.read(fh, 1 << 30, 2990) == b"c" * 10
+            assert fs.read(fh, 1 << 30, 5000) == b""
+            fs.write(fh, b"NEW", 2999)
+            assert fs.read(fh, 1 << 30, 2998) == b"cNEW"  # from the staging copy
+            assert fs.read(fh, 1 << 30, 9000) == b""
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 * MiB
+    finally:
+        fs.flush(fh)
+        fs.release(fh)

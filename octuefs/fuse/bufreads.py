@@ -11,7 +11,10 @@ that memory (``os.preadv``, which lets go of the GIL); libfuse writes it to the 
 is, with no copy of its own.
 
 mfusepy's ``fuse_bufvec`` declares ``buf`` as a pointer; in libfuse 3 it is an array of one
-``struct fuse_buf`` inside the vector (include/fuse_common.h), as declared here.
+``struct fuse_buf`` inside the vector (include/fuse_common.h), as declared here. That layout was
+checked against libfuse 3.0 to 3.16 (:func:`layout_known`); on any other libfuse the adapter
+leaves ``read_buf`` out and libfuse asks plain ``read``: a vector of the wrong size handed to
+libfuse could corrupt the daemon's memory, a plain read only costs one more copy.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class FuseBufvec(ctypes.Structure):
         ("off", ctypes.c_size_t),
         ("buf", FuseBuf * 1),
     ]
+
+
+def layout_known(major: int, minor: int) -> bool:
+    """Whether libfuse ``major.minor`` has the ``struct fuse_buf`` declared here."""
+    return major == 3 and minor <= 16
 
 
 _libc = ctypes.CDLL(None)

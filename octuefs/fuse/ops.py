@@ -42,7 +42,7 @@ import mfusepy  # noqa: E402
 from octuefs.errors import OctuefsError, errno_for
 from octuefs.fs.core import XATTR_PREFIXES, Attr, FileSystem
 from octuefs.fuse.attrs import StatAttrs
-from octuefs.fuse.bufreads import answer_read
+from octuefs.fuse.bufreads import answer_read, layout_known
 from octuefs.fuse.dirstreams import DirStream, Everything
 from octuefs.fuse.kernel import OpenedGenerations, raise_read_ahead
 
@@ -344,6 +344,8 @@ class OctueOperations(mfusepy.Operations):
         return answer_read(bufpp, size, lambda buf: self.fs.read_into(fh, offset, buf))
 
     read_buf = _translated(read_buf, "read")
+    # (only on a libfuse whose struct fuse_buf is the one declared there; else plain read)
+    read_buf.libfuse_ignore = not layout_known(mfusepy.fuse_version_major, mfusepy.fuse_version_minor)
 
     @_translated
     def write(self, path, data, offset, fi):

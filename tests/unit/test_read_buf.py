@@ -127,6 +127,20 @@ def test_the_vector_has_libfuse_3s_layout():
     assert ctypes.sizeof(FuseBufvec) == 3 * 8 + 40
 
 
+def test_read_buf_is_used_only_on_a_libfuse_whose_layout_was_checked():
+    # A libfuse whose struct fuse_buf differs (or one not checked) gets plain read: a wrong-sized
+    # vector could corrupt the daemon's memory, a plain read costs one copy more.
+    import mfusepy
+
+    from octuefs.fuse.bufreads import layout_known
+    from octuefs.fuse.ops import OctueOperations
+
+    assert layout_known(3, 14) and layout_known(3, 16)
+    assert not layout_known(3, 17) and not layout_known(2, 9) and not layout_known(4, 0)
+    here = layout_known(mfusepy.fuse_version_major, mfusepy.fuse_version_minor)
+    assert OctueOperations.read_buf.libfuse_ignore is (not here)
+
+
 def test_a_read_asking_for_far_more_than_there_is_allocates_only_what_there_is(fs, bucket):
     # read() is read_into() a buffer of its own (one path, so the two cannot drift); that buffer
     # is as long as the bytes there are, not as the size asked (the folder metadata asks 1 GiB).

@@ -64,13 +64,23 @@ __all__ = ["DEFAULT_CONTENT_TYPE", "MAX_COMPOSE_SOURCES", "MAX_OBJECT_SIZE", "PA
 T = TypeVar("T")
 
 
+# One lock per descriptor number: writes to one file (the fetches of one cached copy) take turns
+# here, where a waiting thread sleeps, rather than in the kernel, which serializes them anyway
+# (a buffered write holds the file's inode lock) and lets a waiter spin on the CPU meanwhile.
+_writing: dict[int, threading.Lock] = {}
+
+
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """``os.pwrite`` until all of ``data`` is written."""
-    written = os.pwrite(fd, data, offset)
-    if written < len(data):
-        view = memoryview(data)
-        while written < len(data):
-            written += os.pwrite(fd, view[written:], offset + written)
+    """``os.pwrite`` until all of ``data`` is written (one writer of ``fd`` at a time)."""
+    lock = _writing.get(fd)
+    if lock is None:
+        lock = _writing.setdefault(fd, threading.Lock())
+    with lock:
+        written = os.pwrite(fd, data, offset)
+        if written < len(data):
+            view = memoryview(data)
+            while written < len(data):
+                written += os.pwrite(fd, view[written:], offset + written)
 
 
 # Is the bucket far away (its small requests wait on the network, not the CPU)? A bucket that

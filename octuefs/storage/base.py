@@ -64,9 +64,8 @@ __all__ = ["DEFAULT_CONTENT_TYPE", "MAX_COMPOSE_SOURCES", "MAX_OBJECT_SIZE", "PA
 T = TypeVar("T")
 
 
-# One lock per descriptor number: writes to one file (the fetches of one cached copy) take turns
-# here, where a waiting thread sleeps, rather than in the kernel, which serializes them anyway
-# (a buffered write holds the file's inode lock) and lets a waiter spin on the CPU meanwhile.
+# A lock per descriptor number: writes to one file take turns here, asleep, not in the kernel,
+# which serializes them anyway (the inode lock) and lets a waiter spin on the CPU meanwhile.
 _writing: dict[int, threading.Lock] = {}
 
 

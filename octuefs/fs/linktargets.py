@@ -190,9 +190,10 @@ class LinkTargets:
             unasked.add(key)
             self.stats["ahead"] += 1
         self._renoted_locked(directory, noted)
-        if len(self._unasked) > DIRS_NOTED:  # (directories left half read)
-            self._window.pop(next(iter(self._unasked)), None)
-            self._unasked.pop(next(iter(self._unasked)))
+        if len(self._unasked) > DIRS_NOTED:  # (the oldest directory left half read)
+            oldest = next(iter(self._unasked))
+            del self._unasked[oldest]
+            self._window.pop(oldest, None)
 
     def _run_ahead(self, key: Key, read: _Read) -> None:
         with self._lock:

@@ -180,19 +180,27 @@ def test_unmount_while_reads_ahead_wait_neither_hangs_nor_leaves_a_reader_waitin
     assert not reader.is_alive() and got["t"] == made["d/l0060"]  # cancelled ahead: it read it itself
 
 
+def stalled_after_the_first(tmp_path, n: int, op_timeout: float, answering: tuple[str, ...] = ()):
+    """A program read the first of ``n`` listed links; the bucket then stops answering for the
+    others (but ``answering``), and the 16 workers all stall on reads ahead of a window grown as
+    far as it goes. The bucket, the links, and the FileSystem (the caller shuts it down)."""
+    bucket = StallingBucket("lt")
+    made = links(bucket, n)
+    fs = make_fs(bucket, tmp_path, op_timeout=op_timeout)
+    fs.posix.links.initial = AHEAD
+    fs.readdir("/d")
+    bucket.stalled.update(name for name in made if name != "d/l0000" and name not in answering)
+    assert fs.readlink("/d/l0000") == made["d/l0000"]
+    assert wait_until(lambda: bucket.stalling == 16)
+    return bucket, made, fs
+
+
 def test_a_reader_does_not_wait_behind_reads_ahead_that_stall(tmp_path):
     # The bucket stops answering for most links just after a program read the first one: the 16
     # workers all stall on reads ahead, and the link the program asks for next is still queued
     # behind them. It must not wait for them (1.5 s and more): reading it itself takes no time.
-    bucket = StallingBucket("lt")
-    made = links(bucket, 100)
-    fs = make_fs(bucket, tmp_path, op_timeout=1.5)
+    bucket, made, fs = stalled_after_the_first(tmp_path, 100, op_timeout=1.5, answering=("d/l0040",))
     try:
-        fs.posix.links.initial = AHEAD  # (a window grown as far as it goes: 16 reads under way)
-        fs.readdir("/d")
-        bucket.stalled.update(n for n in made if n not in ("d/l0000", "d/l0040"))
-        assert fs.readlink("/d/l0000") == made["d/l0000"]
-        assert wait_until(lambda: bucket.stalling == 16)
         start = time.monotonic()
         assert fs.readlink("/d/l0040") == made["d/l0040"]
         assert time.monotonic() - start < 0.75
@@ -204,15 +212,8 @@ def test_a_reader_does_not_wait_behind_reads_ahead_that_stall(tmp_path):
 def test_a_reader_that_joined_a_read_ahead_which_found_the_bucket_unreachable_is_told_so(tmp_path):
     # Its read began before the reader asked and had the same deadline: reading again would keep
     # the reader waiting longer than reading it itself would have, for the same answer.
-    bucket = StallingBucket("lt")
-    made = links(bucket, 20)
-    fs = make_fs(bucket, tmp_path, op_timeout=2.0)
+    bucket, made, fs = stalled_after_the_first(tmp_path, 20, op_timeout=2.0)
     try:
-        fs.posix.links.initial = AHEAD  # (a window grown as far as it goes: 16 reads under way)
-        fs.readdir("/d")
-        bucket.stalled.update(n for n in made if n != "d/l0000")
-        assert fs.readlink("/d/l0000") == made["d/l0000"]
-        assert wait_until(lambda: bucket.stalling == 16)
         with pytest.raises(BucketUnreachable):
             fs.readlink("/d/l0005")  # joins its read ahead, 2 s from its end
         assert bucket.reads["d/l0005"] == 1

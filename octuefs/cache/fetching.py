@@ -124,6 +124,10 @@ class Fetching:
     """Bringing missing blocks of cached copies (a mixin of :class:`~octuefs.cache.content.ContentCache`,
     whose table, pins, space and pool it uses)."""
 
+    # Streams in a copy this large are followed to its end, also once it is complete (for
+    # ContentCache._let_go); in a smaller one only while blocks are missing.
+    follow_streams_from: int
+
     def _fill(self, info: ObjectInfo, entry: Entry, start: int, end: int, read_ahead: bool = False) -> None:
         """Make bytes ``[start, end)`` present, waiting for their fetches. Entry pinned, and
         those blocks held."""
@@ -133,7 +137,7 @@ class Fetching:
             here: list[_Fetch] = []  # a fetch this thread runs itself (see _start_locked)
             with entry.lock:
                 window = None  # the read-ahead this read earned, [lo, hi)
-                if read_ahead and attempt == 1 and entry.missing:
+                if read_ahead and attempt == 1 and (entry.missing or entry.size >= self.follow_streams_from):
                     ahead = entry.streams.observe(start, end)
                     if ahead is not None and ahead[0] < entry.size:
                         # From the end of this read, not just the new part of the window:

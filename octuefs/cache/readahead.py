@@ -107,6 +107,14 @@ class Streams:
         stream.ahead = stream.pos + stream.window
         return (lo, stream.ahead) if stream.ahead > lo else None
 
+    def sequential_from(self, start: int) -> int | None:
+        """Where the sequential stream a read at ``start`` (already observed) belongs to began;
+        None if the read is not part of one."""
+        for stream in reversed(self._streams):
+            if stream.sequential and stream.start <= start <= stream.pos:
+                return stream.start
+        return None
+
     def _match(self, start: int) -> _Stream | None:
         for stream in reversed(self._streams):
             if stream.pos - self.tolerance <= start <= stream.pos + self.tolerance:

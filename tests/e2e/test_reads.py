@@ -188,3 +188,25 @@ def test_large_reads_of_an_object_written_through_the_mount(mount, tool, tmp_pat
     assert mount.bucket.read_range("c.bin", 0, len(data) + 1) == data
     cmd = ["cat", str(mount / "c.bin")] if tool == "cat" else ["dd", f"if={mount / 'c.bin'}", "bs=1M", "status=none"]
     assert subprocess.run(cmd, capture_output=True, check=True).stdout == data
+
+
+def test_a_streamed_file_read_again_after_the_kernel_dropped_it_comes_from_the_cached_copy(mount):
+    # 96 MiB: past the size at which a streaming reader's cached copy leaves memory behind it
+    # (octuefs.cache.content.LET_GO_MIN); the bytes it let go of must still be on disk.
+    data = random.Random(96).randbytes(96 * MiB)
+    mount.bucket.upload_bytes("stream.bin", data)
+    path = mount / "stream.bin"
+    cat = subprocess.run(["cat", str(path)], capture_output=True, check=True)
+    assert sha256(cat.stdout) == sha256(data)
+    # Gone from the bucket (the mount's listing still names it): a read can come only from the copy.
+    mount.bucket.delete("stream.bin")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the kernel's pages of the mounted file
+        assert resident_bytes(fd, len(data)) < len(data) // 4
+        got = bytearray()
+        while chunk := os.read(fd, 4 * MiB):
+            got += chunk
+    finally:
+        os.close(fd)
+    assert sha256(bytes(got)) == sha256(data)

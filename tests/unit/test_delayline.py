@@ -116,6 +116,38 @@ def test_a_small_window_slows_but_never_loses_or_reorders(echo):
     assert got == data
 
 
+def test_a_receiver_that_stops_reading_stops_the_sender_then_gets_every_byte():
+    """Back-pressure: the line holds at most ``window`` bytes per direction, so a sender whose
+    receiver does not read ends up blocked (a line that buffered without bound would take it all)."""
+    data = random.Random(2).randbytes(96 << 20)
+    with socket.create_server(("127.0.0.1", 0)) as sink, \
+            DelayLine(("127.0.0.1", sink.getsockname()[1]), rtt_ms=2, window=1 << 20) as line, \
+            socket.create_connection(("127.0.0.1", line.port)) as client:
+        server, _ = sink.accept()
+        sent = [0]
+
+        def send():
+            for at in range(0, len(data), 1 << 20):
+                client.sendall(data[at:at + (1 << 20)])
+                sent[0] = at + (1 << 20)
+            client.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        last = -1
+        while sent[0] != last:  # until the sender makes no progress
+            last = sent[0]
+            time.sleep(0.5)
+        assert sent[0] < len(data) // 2, sent[0]  # the kernel's buffers and the window, no more
+        with server:
+            got = bytearray()
+            while chunk := server.recv(1 << 20):
+                got += chunk
+        sender.join(10)
+    assert len(got) == len(data)
+    assert got == data
+
+
 def test_many_concurrent_connections(echo):
     n = 64
     payloads = [random.Random(i).randbytes(1000 + 997 * i) for i in range(n)]

@@ -8,9 +8,11 @@ many connections at once; stop() leaves no thread, no process and no listening p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -146,6 +148,26 @@ def test_a_receiver_that_stops_reading_stops_the_sender_then_gets_every_byte():
         sender.join(10)
     assert len(got) == len(data)
     assert got == data
+
+
+def test_a_reset_on_one_side_closes_the_other():
+    with socket.create_server(("127.0.0.1", 0)) as sink, \
+            DelayLine(("127.0.0.1", sink.getsockname()[1]), rtt_ms=RTT_MS) as line, \
+            socket.create_connection(("127.0.0.1", line.port)) as client:
+        client.sendall(b"hello")
+        server, _ = sink.accept()
+        with server:
+            assert server.recv(16) == b"hello"
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # closed with a reset, and the client never half-closed: the line closes the client's
+        # side too, so its reads end and its writes fail instead of waiting forever
+        client.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert client.recv(16) == b""
+        with pytest.raises(OSError):
+            for _ in range(100):
+                client.sendall(b"x" * 4096)
+                time.sleep(0.01)
 
 
 def test_many_concurrent_connections(echo):

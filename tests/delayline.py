@@ -16,6 +16,10 @@ What it models, per connection:
 - a half-close (EOF) is passed on ``rtt/2`` later, after the bytes before it; a reset or an
   error on one side closes both.
 
+A real network's delay costs the hosts nothing, so the relay keeps its own CPU low: each chunk is
+received (``recv_into``) into a pooled buffer and sent (``sendmsg``) from there when due, on
+non-blocking sockets driven by the loop's readers, writers and timers; no copy in user space.
+
 :class:`DelayLine` runs the relay on an asyncio loop in a thread of the calling process (tests);
 :class:`DelayLineProcess` runs it as a child process (``python tests/delayline.py``), so that its
 CPU does not compete for the GIL with the process being measured (the bench). Both stop cleanly:
@@ -107,7 +111,7 @@ class _Pipe:
             block = self.block = self.pool.take()
             block.live = True
         start = block.used
-        room = min(_BLOCK - start, self.window - self.queued)  # > 0: else not reading
+        room = min(_BLOCK - start, max(self.window - self.queued, 1))  # reading: room in the window
         try:
             n = self.src.recv_into(block.view[start:start + room])
         except (BlockingIOError, InterruptedError):
@@ -328,7 +332,11 @@ class DelayLine:
         while True:
             try:
                 client, _ = self._listener.accept()
-            except OSError:  # none left (BlockingIOError), or out of descriptors: next time
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors: accept again in a second, not in a busy loop
+                self._loop.remove_reader(self._listener)
+                self._loop.call_later(1.0, self._accept_again)
                 return
             self.connections += 1
             if self.upstream is None:
@@ -338,6 +346,10 @@ class DelayLine:
             task = self._loop.create_task(self._connect(client, self._loop.time(), self.upstream))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _accept_again(self) -> None:
+        if self._listener.fileno() >= 0:  # not stopped meanwhile
+            self._loop.add_reader(self._listener, self._accept)
 
     async def _connect(self, client: socket.socket, accepted: float, upstream: tuple[str, int]) -> None:
         server = None

@@ -16,6 +16,10 @@ What it models, per connection:
 - a half-close (EOF) is passed on ``rtt/2`` later, after the bytes before it; a reset or an
   error on one side closes both.
 
+A real network's delay costs the hosts nothing, so the relay keeps its own CPU low: each chunk is
+received (``recv_into``) into a pooled buffer and sent (``sendmsg``) from there when due, on
+non-blocking sockets driven by the loop's readers, writers and timers; no copy in user space.
+
 :class:`DelayLine` runs the relay on an asyncio loop in a thread of the calling process (tests);
 :class:`DelayLineProcess` runs it as a child process (``python tests/delayline.py``), so that its
 CPU does not compete for the GIL with the process being measured (the bench). Both stop cleanly:
@@ -41,66 +45,201 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
-_READ = 1024 * 1024
+_BLOCK = 1024 * 1024  # receive buffers; a chunk is a slice of one, sent from where it was received
+_MIN_ROOM = 64 * 1024  # a block with less room left is retired (once sent) for a fresh one
+_KEEP = 32  # free blocks kept for reuse, per line
+_IOV = 512  # chunks handed to one sendmsg
 _WINDOW = 64 * 1024 * 1024
-_EOF = None
+
+
+class _Block:
+    """A receive buffer. Chunks are memoryview slices of it (never copied); it is reused once
+    every chunk cut from it has been sent and no direction is still receiving into it."""
+
+    __slots__ = ("view", "used", "pending", "live")
+
+    def __init__(self):
+        self.view = memoryview(bytearray(_BLOCK))
+        self.used = 0  # bytes of it handed out as chunks
+        self.pending = 0  # of those chunks, how many are not yet sent
+        self.live = False  # some direction is receiving into it
 
 
 class _Pipe:
-    """One direction of one connection: chunks due at ``arrival + delay``, in order."""
+    """One direction of one connection: chunks received from ``src`` are sent to ``dst`` at
+    ``arrival + delay``, in order. ``recv_into`` a block, ``sendmsg`` from it: the only copies
+    are the kernel's. Invariant: while ``queue`` is not empty, exactly one of a timer (the head
+    is not due yet) or a writer on ``dst`` (the head is due but ``dst`` is full) is armed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, not_before: float, window: int):
-        self.loop = loop
-        self.delay = delay
+    def __init__(self, conn: _Connection, src: socket.socket, dst: socket.socket, not_before: float):
+        self.conn, self.src, self.dst = conn, src, dst
+        self.loop = conn.line._loop
+        self.pool = conn.line._pool
+        self.delay = conn.line.rtt / 2
         self.not_before = not_before  # the end of the modelled handshake
-        self.window = window
-        self.queue: collections.deque = collections.deque()
-        self.queued = 0
-        self.wake = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
+        self.window = conn.line.window
+        self.queue: collections.deque = collections.deque()  # (due, chunk or None for EOF, block)
+        self.queued = 0  # bytes in the queue, at most ``window``
+        self.block: _Block | None = None
+        self.reading = self.writing = self.eof = self.done = False
+        self.timer: asyncio.TimerHandle | None = None
 
-    def due(self) -> float:
-        return max(self.loop.time(), self.not_before) + self.delay
+    def start(self) -> None:
+        self.reading = True
+        self.loop.add_reader(self.src, self._receive)
 
-    async def pump_in(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            await self.room.wait()
-            data = await reader.read(_READ)
-            self.queue.append((self.due(), data or _EOF))
-            self.wake.set()
-            if not data:
-                return
-            self.queued += len(data)
+    def stop(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.src)
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.dst)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.queue.clear()
+
+    def _receive(self) -> None:
+        block = self.block
+        if block is not None and block.pending == 0:
+            block.used = 0  # all sent: start it over
+        elif block is None or _BLOCK - block.used < _MIN_ROOM:
+            if block is not None:
+                block.live = False
+            block = self.block = self.pool.take()
+            block.live = True
+        start = block.used
+        room = min(_BLOCK - start, max(self.window - self.queued, 1))  # reading: room in the window
+        try:
+            n = self.src.recv_into(block.view[start:start + room])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.conn.close()
+            return
+        due = max(self.loop.time(), self.not_before) + self.delay
+        if n == 0:
+            self.eof = True
+            self._stop_reading()
+            self.queue.append((due, None, None))
+        else:
+            block.used += n
+            block.pending += 1
+            self.queue.append((due, block.view[start:start + n], block))
+            self.queued += n
             if self.queued >= self.window:
-                self.room.clear()
+                self._stop_reading()  # back-pressure: the sender waits until some is sent
+        if len(self.queue) == 1:
+            self.timer = self.loop.call_at(due, self._send)
 
-    async def pump_out(self, writer: asyncio.StreamWriter) -> None:
-        while True:
-            while not self.queue:
-                self.wake.clear()
-                await self.wake.wait()
-            due, data = self.queue[0]
-            wait = due - self.loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self.queue.popleft()
-            if data is _EOF:
-                if writer.can_write_eof():
-                    writer.write_eof()
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.src)
+
+    def _send(self) -> None:
+        self.timer = None
+        queue, now, full = self.queue, self.loop.time(), False
+        while queue and queue[0][0] <= now and not full:
+            if queue[0][1] is None:  # EOF, after every byte before it
+                queue.popleft()
+                self._stop_writing()
+                try:
+                    self.dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self.conn.close()
+                    return
+                self.done = True
+                self.conn.pipe_done()
                 return
-            # Everything already due goes in one write: in order, and no slower than the sender.
-            pieces = [data]
-            now = self.loop.time()
-            while self.queue and self.queue[0][0] <= now and self.queue[0][1] is not _EOF:
-                pieces.append(self.queue.popleft()[1])
-            writer.write(b"".join(pieces) if len(pieces) > 1 else data)
-            await writer.drain()
-            self.queued -= sum(len(p) for p in pieces)
-            if self.queued < self.window:
-                self.room.set()
+            # Everything already due goes in one sendmsg: in order, and no slower than the sender.
+            chunks = []
+            for due, chunk, _ in queue:
+                if due > now or chunk is None or len(chunks) == _IOV:
+                    break
+                chunks.append(chunk)
+            try:
+                sent = self.dst.sendmsg(chunks)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.conn.close()
+                return
+            full = sent < sum(len(c) for c in chunks)
+            self.queued -= sent
+            while sent:
+                due, chunk, block = queue[0]
+                if sent < len(chunk):
+                    queue[0] = (due, chunk[sent:], block)
+                    break
+                sent -= len(chunk)
+                queue.popleft()
+                block.pending -= 1
+                if block.pending == 0 and not block.live:
+                    self.pool.give(block)
+        if full:  # dst cannot take more now: go on when it can
+            if not self.writing:
+                self.writing = True
+                self.loop.add_writer(self.dst, self._send)
+        else:
+            self._stop_writing()
+            if queue:
+                self.timer = self.loop.call_at(queue[0][0], self._send)
+        if not self.reading and not self.eof and self.queued < self.window:
+            self.reading = True
+            self.loop.add_reader(self.src, self._receive)
+
+    def _stop_writing(self) -> None:
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.dst)
+
+
+class _Pool:
+    """Free receive blocks, shared by the connections of one line (its loop thread only)."""
+
+    def __init__(self):
+        self.free: list[_Block] = []
+
+    def take(self) -> _Block:
+        if self.free:
+            block = self.free.pop()
+            block.used = 0
+            return block
+        return _Block()
+
+    def give(self, block: _Block) -> None:
+        if len(self.free) < _KEEP:
+            self.free.append(block)
+
+
+class _Connection:
+    """A client socket and its upstream socket, relayed both ways; closes both when both
+    directions have passed their EOF on, or at the first error on either side."""
+
+    def __init__(self, line: DelayLine, client: socket.socket, server: socket.socket, accepted: float):
+        self.line, self.socks, self.closed = line, (client, server), False
+        self.up = _Pipe(self, client, server, accepted + line.rtt if line.handshake else 0.0)
+        self.down = _Pipe(self, server, client, 0.0)
+        line._connections.add(self)
+        self.up.start()
+        self.down.start()
+
+    def pipe_done(self) -> None:
+        if self.up.done and self.down.done:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.up.stop()
+        self.down.stop()
+        for sock in self.socks:
+            sock.close()
+        self.line._connections.discard(self)
 
 
 class DelayLine:
@@ -121,8 +260,10 @@ class DelayLine:
         self.connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task] = set()  # connecting upstream
+        self._connections: set[_Connection] = set()
+        self._pool = _Pool()
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -162,65 +303,79 @@ class DelayLine:
         loop = self._loop = asyncio.new_event_loop()
         try:
             try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._serve, self.host, self.port, reuse_address=True, backlog=1024, limit=_READ))
+                self._listener = socket.create_server((self.host, self.port), backlog=1024)
+                self._listener.setblocking(False)
+                loop.add_reader(self._listener, self._accept)
             except BaseException as exc:
                 self._error = exc
                 return
-            self.port = self._server.sockets[0].getsockname()[1]
+            self.port = self._listener.getsockname()[1]
             self._ready.set()
             loop.run_forever()
         finally:
+            if self._listener is not None:
+                self._listener.close()
             loop.close()
 
     async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._loop.remove_reader(self._listener)
+            self._listener.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for conn in list(self._connections):
+            conn.close()
 
-    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._tasks.add(task)
-        self.connections += 1
-        loop = asyncio.get_running_loop()
-        accepted = loop.time()
-        s_writer = None
-        try:
-            if self.upstream is None:
-                return
-            s_reader, s_writer = await asyncio.open_connection(*self.upstream, limit=_READ)
-            for w in (c_writer, s_writer):
-                sock = w.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            half = self.rtt / 2
-            up = _Pipe(loop, half, accepted + self.rtt if self.handshake else 0.0, self.window)
-            down = _Pipe(loop, half, 0.0, self.window)
-            pumps = [asyncio.ensure_future(c) for c in (up.pump_in(c_reader), up.pump_out(s_writer),
-                                                         down.pump_in(s_reader), down.pump_out(c_writer))]
+    def _accept(self) -> None:
+        while True:
             try:
-                done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
-                # Both directions ended cleanly (EOF passed on), or one failed: close both.
-            finally:
-                for p in pumps:
-                    p.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            pass  # stop(): the connection is closed below; nothing to report
-        finally:
-            for w in (c_writer, s_writer):
-                if w is not None:
-                    w.close()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(w.wait_closed(), 1)
-            self._tasks.discard(task)
+                client, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors: accept again in a second, not in a busy loop
+                self._loop.remove_reader(self._listener)
+                self._loop.call_later(1.0, self._accept_again)
+                return
+            self.connections += 1
+            if self.upstream is None:
+                client.close()
+                continue
+            client.setblocking(False)
+            task = self._loop.create_task(self._connect(client, self._loop.time(), self.upstream))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _accept_again(self) -> None:
+        if self._listener.fileno() >= 0:  # not stopped meanwhile
+            self._loop.add_reader(self._listener, self._accept)
+
+    async def _connect(self, client: socket.socket, accepted: float, upstream: tuple[str, int]) -> None:
+        server = None
+        try:
+            for family, kind, proto, _, addr in socket.getaddrinfo(*upstream, type=socket.SOCK_STREAM):
+                server = socket.socket(family, kind, proto)
+                server.setblocking(False)
+                try:
+                    await self._loop.sock_connect(server, addr)
+                    break
+                except OSError:
+                    server.close()
+                    server = None
+            if server is None:
+                client.close()
+                return
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException as exc:  # stop() while connecting, or the name does not resolve
+            client.close()
+            if server is not None:
+                server.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        _Connection(self, client, server, accepted)
 
 
 class DelayLineProcess:

@@ -8,9 +8,11 @@ many connections at once; stop() leaves no thread, no process and no listening p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +116,58 @@ def test_a_small_window_slows_but_never_loses_or_reorders(echo):
     with DelayLine(("127.0.0.1", echo.port), rtt_ms=2, window=64 << 10) as line:
         got, _ = roundtrip(line.port, data)
     assert got == data
+
+
+def test_a_receiver_that_stops_reading_stops_the_sender_then_gets_every_byte():
+    """Back-pressure: the line holds at most ``window`` bytes per direction, so a sender whose
+    receiver does not read ends up blocked (a line that buffered without bound would take it all)."""
+    data = random.Random(2).randbytes(96 << 20)
+    with socket.create_server(("127.0.0.1", 0)) as sink, \
+            DelayLine(("127.0.0.1", sink.getsockname()[1]), rtt_ms=2, window=1 << 20) as line, \
+            socket.create_connection(("127.0.0.1", line.port)) as client:
+        server, _ = sink.accept()
+        sent = [0]
+
+        def send():
+            for at in range(0, len(data), 1 << 20):
+                client.sendall(data[at:at + (1 << 20)])
+                sent[0] = at + (1 << 20)
+            client.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        last = -1
+        while sent[0] != last:  # until the sender makes no progress
+            last = sent[0]
+            time.sleep(0.5)
+        assert sent[0] < len(data) // 2, sent[0]  # the kernel's buffers and the window, no more
+        with server:
+            got = bytearray()
+            while chunk := server.recv(1 << 20):
+                got += chunk
+        sender.join(10)
+    assert len(got) == len(data)
+    assert got == data
+
+
+def test_a_reset_on_one_side_closes_the_other():
+    with socket.create_server(("127.0.0.1", 0)) as sink, \
+            DelayLine(("127.0.0.1", sink.getsockname()[1]), rtt_ms=RTT_MS) as line, \
+            socket.create_connection(("127.0.0.1", line.port)) as client:
+        client.sendall(b"hello")
+        server, _ = sink.accept()
+        with server:
+            assert server.recv(16) == b"hello"
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # closed with a reset, and the client never half-closed: the line closes the client's
+        # side too, so its reads end and its writes fail instead of waiting forever
+        client.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert client.recv(16) == b""
+        with pytest.raises(OSError):
+            for _ in range(100):
+                client.sendall(b"x" * 4096)
+                time.sleep(0.01)
 
 
 def test_many_concurrent_connections(echo):

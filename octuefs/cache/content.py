@@ -350,10 +350,10 @@ class ContentCache(Fetching):
         bytes comes from the copy on disk. Only residency changes, so a failure is ignored."""
         hi = end // LET_GO_STEP * LET_GO_STEP
         with entry.lock:
-            began = entry.streams.sequential_from(start)
-            if began is None or hi <= entry.let_go:
+            stream = entry.streams.sequential_at(start)
+            if stream is None or hi <= stream.let_go:
                 return
-            entry.let_go = hi
+            stream.let_go, began = hi, stream.start
         # Each call covers a lag's worth before the lag: pages still dirty at the first call
         # that reaches them are written back meanwhile, and the next calls drop them.
         lo, hi = max(began, hi - 2 * LET_GO_LAG), hi - LET_GO_LAG

@@ -49,6 +49,7 @@ class _Stream:
     window: int  # current read-ahead size, bytes
     sequential: bool
     early: bool = False  # its window grows as soon as it runs past min_run (see Streams.first)
+    let_go: int = 0  # the copy's pages behind this stream were handed back up to here (ContentCache._let_go)
 
 
 class Streams:
@@ -107,12 +108,13 @@ class Streams:
         stream.ahead = stream.pos + stream.window
         return (lo, stream.ahead) if stream.ahead > lo else None
 
-    def sequential_from(self, start: int) -> int | None:
-        """Where the sequential stream a read at ``start`` (already observed) belongs to began;
-        None if the read is not part of one."""
+    def sequential_at(self, start: int) -> _Stream | None:
+        """The sequential stream a read at ``start`` (already observed) belongs to; None if the
+        read is not part of one. Each stream keeps its own marks: two readers of one file, or a
+        second pass through it, are followed apart."""
         for stream in reversed(self._streams):
             if stream.sequential and stream.start <= start <= stream.pos:
-                return stream.start
+                return stream
         return None
 
     def _match(self, start: int) -> _Stream | None:

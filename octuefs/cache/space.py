@@ -112,7 +112,6 @@ class Entry:
         self.fd: int | None = None
         self.pins = 0  # reads and fetches using fd right now
         self.dropped = False  # no longer in the table: close fd once unpinned
-        self.let_go = 0  # a streaming reader's pages below this were handed back (ContentCache._let_go)
         self.lock = threading.Lock()
 
     def block_bytes(self, block: int) -> int:

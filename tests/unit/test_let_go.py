@@ -62,9 +62,13 @@ def on_tmpfs(path) -> bool:
     return fstype == "tmpfs"
 
 
-def test_a_streaming_reader_leaves_the_copy_behind_it_out_of_memory_and_loses_no_byte(tmp_path, bucket):
-    if on_tmpfs(tmp_path):
+def need_disk(path) -> None:
+    if on_tmpfs(path):
         pytest.skip("a tmpfs file's pages are its only copy: they cannot be let go")
+
+
+def test_a_streaming_reader_leaves_the_copy_behind_it_out_of_memory_and_loses_no_byte(tmp_path, bucket):
+    need_disk(tmp_path)
     info, data = put(bucket, "big.bin", SIZE)
     cache = make_cache(tmp_path, bucket)
     got = bytearray()
@@ -103,3 +107,34 @@ def test_a_file_below_the_size_keeps_its_copy_in_memory(tmp_path, bucket):
     got = b"".join(cache.read(info, offset, MiB) for offset in range(0, size, MiB))
     assert got == data
     assert resident(copy_path(cache, info), 0, size - LET_GO_LAG) > 0.9
+
+
+def test_two_readers_of_one_file_at_different_places_each_leave_the_copy_behind_them_out_of_memory(tmp_path, bucket):
+    need_disk(tmp_path)
+    size = 2 * LET_GO_MIN + 32 * MiB
+    info, data = put(bucket, "big.bin", size)
+    cache = make_cache(tmp_path, bucket)
+    half = size // 2
+    for offset in range(0, half, MiB):  # one reads the first half, the other the second, in turns
+        for at in (offset, half + offset):
+            assert cache.read(info, at, MiB) == data[at : at + MiB]
+        time.sleep(0.002)
+    path = copy_path(cache, info)
+    behind = half - 2 * LET_GO_LAG - LET_GO_STEP
+    assert resident(path, half, half + behind) < 0.25, "the pages the reader ahead went past are still in memory"
+    assert resident(path, 0, behind) < 0.25, "the pages the reader behind went past are still in memory"
+
+
+def test_a_second_pass_through_a_file_leaves_the_copy_behind_it_out_of_memory_too(tmp_path, bucket):
+    # As when the kernel's cache of the mounted file lost the first pass's pages: the second
+    # reads them from the copy on disk, onto new pages, which it must hand back as well.
+    need_disk(tmp_path)
+    info, data = put(bucket, "big.bin", SIZE)
+    cache = make_cache(tmp_path, bucket)
+    for _ in range(2):
+        got = bytearray()
+        for offset in range(0, SIZE, MiB):
+            got += cache.read(info, offset, MiB)
+            time.sleep(0.002)
+        assert bytes(got) == data
+    assert resident(copy_path(cache, info), 0, SIZE - 2 * LET_GO_LAG - LET_GO_STEP) < 0.25

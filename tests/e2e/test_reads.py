@@ -210,3 +210,24 @@ def test_a_streamed_file_read_again_after_the_kernel_dropped_it_comes_from_the_c
     finally:
         os.close(fd)
     assert sha256(bytes(got)) == sha256(data)
+
+
+def test_a_second_read_of_a_large_file_leaves_the_cached_copy_out_of_memory_too(mount):
+    # The kernel lost the mounted file's pages after a first cat: the second reaches the daemon
+    # and reads the cached copy back from disk, onto pages it must hand back too (the first's
+    # mark of how far it let go must not hold the second back).
+    data = random.Random(7).randbytes(96 * MiB)
+    mount.bucket.upload_bytes("again.bin", data)
+    path = mount / "again.bin"
+    for _ in range(2):
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the kernel's pages of the mounted file
+        os.close(fd)
+        assert sha256(subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout) == sha256(data)
+    copies = [os.path.join(d, f) for d, _, files in os.walk(mount.cache / "blocks") for f in files]
+    assert len(copies) == 1
+    fd = os.open(copies[0], os.O_RDONLY)
+    try:
+        assert resident_bytes(fd, len(data)) < len(data) // 2, "the second read left the copy in memory"
+    finally:
+        os.close(fd)

@@ -40,8 +40,10 @@ RECENT_FAILURE = 2.0  # seconds
 class _Fetch:
     """One ranged GET of blocks ``first..last`` of an entry. Its blocks land in order, each as
     soon as its last byte is written (``landed`` of them so far), so a reader of the first
-    block of a long read-ahead does not wait for the whole range. ``error`` is set before
-    ``done``; ``landed`` and the end are announced under ``cond`` (see :meth:`wait_for`);
+    block of a long read-ahead does not wait for the whole range; a reader of the first bytes
+    of a block need not wait for the whole block either (``upto``: bytes from the fetch's start
+    up to there are in the copy). ``error`` is set before ``done``; ``landed``, ``upto`` and the
+    end are announced under ``cond`` (see :meth:`wait_for`);
     ``wanted`` (a reader waits for it) is guarded by the entry's lock.
 
     A read's fetch may carry read-ahead after the blocks it needs: blocks ``split..last``.
@@ -51,7 +53,7 @@ class _Fetch:
     ``carried`` is how their room was reserved (as read-ahead or not)."""
 
     __slots__ = ("first", "last", "generation", "ahead", "wanted", "done", "error", "task", "landed", "cond",
-                 "split", "carried_wanted", "carried")
+                 "split", "carried_wanted", "carried", "upto")
 
     def __init__(self, first: int, last: int, generation: int, ahead: bool):
         self.first = first
@@ -63,6 +65,7 @@ class _Fetch:
         self.error: BaseException | None = None
         self.task: Task | None = None
         self.landed = 0  # blocks first..first + landed - 1 are present (guarded by cond)
+        self.upto = 0  # the bytes from the first block's start up to here are written (guarded by cond)
         self.cond = threading.Condition(threading.Lock())
         self.split = last + 1  # first block of the read-ahead a read's fetch carries
         self.carried_wanted = False
@@ -71,14 +74,17 @@ class _Fetch:
     def brought(self, block: int) -> bool:
         return block < self.first + self.landed
 
-    def wait_for(self, block: int) -> bool:
-        """Wait until ``block`` has landed or the fetch is over; whether it landed."""
+    def wait_for(self, block: int, upto: int) -> bool:
+        """Wait until ``block`` has landed, or the bytes before ``upto`` (in that block) are
+        written, or the fetch is over; whether the reader has its bytes."""
         with self.cond:
-            self.cond.wait_for(lambda: self.brought(block) or self.done.is_set())
-            return self.brought(block)
+            self.cond.wait_for(lambda: self.brought(block) or self.upto >= upto or self.done.is_set())
+            return self.brought(block) or self.upto >= upto
 
-    def announce(self, landed: int | None = None, done: bool = False) -> None:
+    def announce(self, landed: int | None = None, done: bool = False, upto: int | None = None) -> None:
         with self.cond:
+            if upto is not None:
+                self.upto = max(self.upto, upto)
             if landed is not None:
                 self.landed = landed
             if done:
@@ -164,8 +170,8 @@ class Fetching:
                     self._run_fetch(info, entry, fetch, DEMAND)
                 finally:
                     self._pool.unclaim()
-            # Each fetch up to the last block this read needs from it, not to its own end.
-            failed = [f for f in waits if not f.wait_for(min(f.last, last))]
+            # Each fetch up to the last byte this read needs from it, not to its own end.
+            failed = [f for f in waits if not f.wait_for(min(f.last, last), min(end, (min(f.last, last) + 1) * bs))]
             if not failed:
                 return
             # A failed fetch this read merely joined (a read-ahead, the read-ahead a read's fetch
@@ -326,6 +332,8 @@ class Fetching:
             whole = count if upto >= hi else upto // bs - fetch.first
             if whole > fetch.landed:  # (only this thread changes it)
                 self._land(entry, fetch, whole, ahead)
+            if upto < hi:  # a reader of this block's first bytes need not wait for all of it
+                fetch.announce(upto=upto)
 
         error: BaseException | None = None
         try:

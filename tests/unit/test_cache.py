@@ -108,12 +108,12 @@ def joined(monkeypatch):
     class WatchedFetch(fetching._Fetch):
         __slots__ = ()
 
-        def wait_for(self, block):
+        def wait_for(self, block, upto):
             with cond:
                 waiting[self] = waiting.get(self, 0) + 1
                 cond.notify_all()
             try:
-                return super().wait_for(block)
+                return super().wait_for(block, upto)
             finally:
                 with cond:
                     waiting[self] -= 1

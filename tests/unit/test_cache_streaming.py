@@ -173,6 +173,32 @@ def test_a_reader_gets_a_block_as_soon_as_it_lands_not_when_the_request_ends(tmp
     assert bucket.blocks_fetched(MiB) == list(range(16))
 
 
+def test_a_reader_of_a_blocks_first_bytes_does_not_wait_for_the_rest_of_the_block(tmp_path, bucket):
+    # 4 MiB blocks written 1 MiB at a time. A read at offset 0 starts read-ahead of the blocks
+    # after it, in a GET the pool runs; held after its first MiB, it has written a quarter of
+    # block 1. A reader of bytes in that quarter gets them now; a reader past it waits for them.
+    info, data = put(bucket, "piece.bin", 16 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=4 * MiB, request_size=4 * MiB, read_ahead=8 * MiB)
+    pause = bucket.pauses[4 * MiB] = threading.Event()
+    assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]
+    assert wait_until(lambda: 4 * MiB in bucket.paused), "the read-ahead GET never started"
+    got = {}
+    early = threading.Thread(target=lambda: got.setdefault("early", cache.read(info, 4 * MiB + 1000, 64 * KiB)))
+    early.start()
+    early.join(5)
+    assert not early.is_alive(), "a reader of bytes already written waited for the whole block"
+    assert got["early"] == data[4 * MiB + 1000 : 4 * MiB + 1000 + 64 * KiB]
+    later = threading.Thread(target=lambda: got.setdefault("later", cache.read(info, 7 * MiB, 4096)))
+    later.start()
+    later.join(0.3)
+    assert later.is_alive(), "a reader of bytes not written yet did not wait for them"
+    pause.set()
+    later.join(5)
+    assert got["later"] == data[7 * MiB : 7 * MiB + 4096]
+    assert read_all(cache, info) == data
+    assert bucket.blocks_fetched(4 * MiB).count(1) == 1  # block 1 came in that one GET
+
+
 def test_a_request_that_fails_half_way_keeps_its_landed_blocks_and_mixes_no_generations(tmp_path, bucket):
     old, data = put(bucket, "replaced.bin", 16 * MiB)
     cache = make_cache(tmp_path, bucket, block_size=MiB, request_size=MiB, read_ahead=16 * MiB)

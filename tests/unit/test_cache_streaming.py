@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from octuefs.cache.readahead import AHEAD, DEMAND, FetchPool
-from octuefs.errors import NotFound
+from octuefs.errors import NotFound, StorageError
 from octuefs.storage.base import pwrite_all
 
 from .test_cache import (
@@ -31,7 +31,8 @@ MiB = 1024 * KiB
 class StreamingBucket(RecordingBucket):
     """A RecordingBucket whose ``read_range_into`` writes a block at a time, reporting progress
     as a streaming download does, and can stop after the first block of the request starting
-    at an offset: hold there (``pauses``) or fail there (``breaks``)."""
+    at an offset: hold there (``pauses``, then fail if ``fail_after_pause``) or fail there
+    (``breaks``)."""
 
     piece = MiB
 
@@ -40,6 +41,7 @@ class StreamingBucket(RecordingBucket):
         self.pauses: dict[int, threading.Event] = {}
         self.paused: set[int] = set()  # requests holding after their first piece
         self.breaks: dict[int, BaseException] = {}
+        self.fail_after_pause: dict[int, BaseException] = {}  # fail there once the pause ends
 
     def read_range_into(self, name, start, end, fd, generation=None, progress=None):
         data = self.read_range(name, start, end, generation)  # one request, recorded
@@ -55,6 +57,9 @@ class StreamingBucket(RecordingBucket):
                 if gate is not None:
                     self.paused.add(start)
                     assert gate.wait(10), "test pause never ended"
+                    failure = self.fail_after_pause.pop(start, None)
+                    if failure is not None:
+                        raise failure
         return len(data)
 
 
@@ -197,6 +202,36 @@ def test_a_reader_of_a_blocks_first_bytes_does_not_wait_for_the_rest_of_the_bloc
     assert got["later"] == data[7 * MiB : 7 * MiB + 4096]
     assert read_all(cache, info) == data
     assert bucket.blocks_fetched(4 * MiB).count(1) == 1  # block 1 came in that one GET
+
+
+def test_a_reader_never_gets_bytes_a_get_that_failed_mid_block_did_not_write(tmp_path, bucket):
+    # The read-ahead GET of blocks 1.. writes the first MiB of block 1 (4 MiB blocks), holds,
+    # then fails. The reader of that MiB has it; the reader past it, waiting meanwhile, gets its
+    # own bytes asked again, never the hole the failed GET left (zeros in the copy).
+    info, data = put(bucket, "half.bin", 16 * MiB)
+    cache = make_cache(tmp_path, bucket, block_size=4 * MiB, request_size=4 * MiB, read_ahead=8 * MiB)
+    pause = bucket.pauses[4 * MiB] = threading.Event()
+    assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]
+    assert wait_until(lambda: 4 * MiB in bucket.paused), "the read-ahead GET never started"
+    assert cache.read(info, 5 * MiB - 4096, 4096) == data[5 * MiB - 4096 : 5 * MiB]  # written: no wait
+    got, errors = {}, []
+
+    def late():
+        try:
+            got["late"] = cache.read(info, 5 * MiB, 64 * KiB)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    reader = threading.Thread(target=late)
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive(), "a reader of bytes not written yet did not wait for them"
+    bucket.fail_after_pause[4 * MiB] = StorageError("connection reset mid-body")
+    pause.set()
+    reader.join(5)
+    assert not reader.is_alive() and not errors, errors
+    assert got["late"] == data[5 * MiB : 5 * MiB + 64 * KiB]
+    assert read_all(cache, info) == data
 
 
 def test_a_request_that_fails_half_way_keeps_its_landed_blocks_and_mixes_no_generations(tmp_path, bucket):

@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO))
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
 from google.cloud import storage  # noqa: E402
 
-from octuefs.local.emulator import Emulator, _free_port  # noqa: E402
-from tests.delayline import DelayLineProcess  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/
+import emulated  # noqa: E402
 
 BUCKET = "ab-ls"
 DIR = "list/"
@@ -187,17 +187,8 @@ def main() -> None:
     a = p.parse_args()
     trees = dict(t.split("=", 1) for t in a.tree)
 
-    delay = None
-    if a.rtt_ms > 0:
-        port = _free_port("127.0.0.1")
-        delay = DelayLineProcess(("127.0.0.1", port), a.rtt_ms).start()
-        em = Emulator(port=port, kill_with_parent=True, external_url=delay.url).start()
-        url = delay.url
-    else:
-        em = Emulator(data_dir=None, kill_with_parent=True).start()
-        url = em.url
+    em, delay, url = emulated.start(a.rtt_ms)
     work = Path(tempfile.mkdtemp(prefix="ab-ls-"))
-    os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
     result: dict = {"rtt_ms": a.rtt_ms, "objects": a.objects, "rounds": []}
     try:
         em.create_bucket(BUCKET)
@@ -293,13 +284,7 @@ def main() -> None:
         if a.json:
             Path(a.json).write_text(json.dumps(result, indent=1))
     finally:
-        for d in work.glob("mnt-*"):
-            if os.path.ismount(d):
-                subprocess.run(["fusermount3", "-uz", str(d)], capture_output=True)
-        em.stop()
-        if delay is not None:
-            delay.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        emulated.finish(em, delay, work)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ import google_crc32c  # noqa: E402
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
 from google.cloud import storage  # noqa: E402
 
-from octuefs.local.emulator import Emulator, _free_port  # noqa: E402
-from tests.delayline import DelayLineProcess  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/
+import emulated  # noqa: E402
 
 BUCKET, NAME, MiB, PAGE = "ab-read", "big.bin", 1 << 20, 4096
 MARKS = (1, 32, 64, 128, 192)
@@ -113,16 +113,7 @@ def main() -> int:
     a = ap.parse_args()
     trees = dict(t.split("=", 1) for t in a.tree)
     work = Path(tempfile.mkdtemp(prefix="ab-read-"))
-    line = None
-    if a.rtt_ms > 0:  # the line first: the emulator must know its URL
-        port = _free_port("127.0.0.1")
-        line = DelayLineProcess(("127.0.0.1", port), a.rtt_ms).start()
-        emulator = Emulator(port=port, kill_with_parent=True, external_url=line.url).start()
-        endpoint = line.url
-    else:
-        emulator = Emulator(data_dir=None, kill_with_parent=True).start()
-        endpoint = emulator.url
-    os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
+    emulator, line, endpoint = emulated.start(a.rtt_ms)
     rates: dict[str, list[float]] = {name: [] for name in [*trees, "client"]}
     cpu: dict[str, list[float]] = {name: [] for name in trees}
     try:
@@ -144,14 +135,7 @@ def main() -> int:
             rates["client"].append(client_read(a, blob, want, expected))
             print(f"round {r}: " + "  ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True)
     finally:
-        for name in trees:
-            mp = work / f"mnt-{name}"
-            if os.path.ismount(mp):
-                subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
-        emulator.stop()
-        if line is not None:
-            line.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        emulated.finish(emulator, line, work)
     unit = "reads/s" if a.random else "MiB/s"
     client_median = st.median(rates["client"])
     for name, values in rates.items():

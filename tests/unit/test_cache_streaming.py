@@ -178,15 +178,20 @@ def test_a_reader_gets_a_block_as_soon_as_it_lands_not_when_the_request_ends(tmp
     assert bucket.blocks_fetched(MiB) == list(range(16))
 
 
-def test_a_reader_of_a_blocks_first_bytes_does_not_wait_for_the_rest_of_the_block(tmp_path, bucket):
-    # 4 MiB blocks written 1 MiB at a time. A read at offset 0 starts read-ahead of the blocks
-    # after it, in a GET the pool runs; held after its first MiB, it has written a quarter of
-    # block 1. A reader of bytes in that quarter gets them now; a reader past it waits for them.
-    info, data = put(bucket, "piece.bin", 16 * MiB)
+def held_after_a_quarter_of_block_1(tmp_path, bucket, name: str):
+    """4 MiB blocks written 1 MiB at a time: a read at offset 0 starts read-ahead of the blocks
+    after it, in a GET the pool runs, held (``pause``) once it has written the first MiB of block 1."""
+    info, data = put(bucket, name, 16 * MiB)
     cache = make_cache(tmp_path, bucket, block_size=4 * MiB, request_size=4 * MiB, read_ahead=8 * MiB)
     pause = bucket.pauses[4 * MiB] = threading.Event()
     assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]
     assert wait_until(lambda: 4 * MiB in bucket.paused), "the read-ahead GET never started"
+    return info, data, cache, pause
+
+
+def test_a_reader_of_a_blocks_first_bytes_does_not_wait_for_the_rest_of_the_block(tmp_path, bucket):
+    # A reader of bytes in the quarter of block 1 written gets them now; a reader past it waits.
+    info, data, cache, pause = held_after_a_quarter_of_block_1(tmp_path, bucket, "piece.bin")
     got = {}
     early = threading.Thread(target=lambda: got.setdefault("early", cache.read(info, 4 * MiB + 1000, 64 * KiB)))
     early.start()
@@ -205,14 +210,9 @@ def test_a_reader_of_a_blocks_first_bytes_does_not_wait_for_the_rest_of_the_bloc
 
 
 def test_a_reader_never_gets_bytes_a_get_that_failed_mid_block_did_not_write(tmp_path, bucket):
-    # The read-ahead GET of blocks 1.. writes the first MiB of block 1 (4 MiB blocks), holds,
-    # then fails. The reader of that MiB has it; the reader past it, waiting meanwhile, gets its
-    # own bytes asked again, never the hole the failed GET left (zeros in the copy).
-    info, data = put(bucket, "half.bin", 16 * MiB)
-    cache = make_cache(tmp_path, bucket, block_size=4 * MiB, request_size=4 * MiB, read_ahead=8 * MiB)
-    pause = bucket.pauses[4 * MiB] = threading.Event()
-    assert cache.read(info, 0, 128 * KiB) == data[: 128 * KiB]
-    assert wait_until(lambda: 4 * MiB in bucket.paused), "the read-ahead GET never started"
+    # The held GET then fails. The reader of the MiB it wrote has it; the reader past it, waiting
+    # meanwhile, gets its own bytes asked again, never the hole the failed GET left (zeros).
+    info, data, cache, pause = held_after_a_quarter_of_block_1(tmp_path, bucket, "half.bin")
     assert cache.read(info, 5 * MiB - 4096, 4096) == data[5 * MiB - 4096 : 5 * MiB]  # written: no wait
     got, errors = {}, []
 

@@ -66,8 +66,8 @@ STREAM_RATE = 1024 * MiB
 # cp, 1 MiB for dd bs=1M), which gets that window; head -c 100 or a header read asks 16-32 KiB
 # and reads ahead as near the bucket (12 MiB fetched, not up to 36: `head -c 100 *`).
 FIRST_READ = 64 * 1024
-# A reader streaming through a copy this large hands back its pages LET_GO_LAG behind it,
-# LET_GO_STEP at a time (see ContentCache._let_go).
+# A reader streaming through a copy this large hands back its pages between one and two
+# LET_GO_LAG behind it, LET_GO_STEP at a time (see ContentCache._let_go).
 LET_GO_MIN = 64 * MiB
 LET_GO_LAG = 16 * MiB
 LET_GO_STEP = 4 * MiB
@@ -346,17 +346,18 @@ class ContentCache(Fetching):
         lately costs the host a fault; measured here: new pages fill at ~400 MiB/s, reused ones
         at ~5 GiB/s). Between one and two LET_GO_LAG behind a sequential reader, the copy's
         pages are dropped (``POSIX_FADV_DONTNEED``: it starts their writeback and drops those
-        written), so the stream's next fetches reuse them. Nothing leaves the cache: a later read of those
-        bytes comes from the copy on disk. Only residency changes, so a failure is ignored."""
-        hi = end // LET_GO_STEP * LET_GO_STEP
+        written), so the stream's next fetches reuse them. Nothing leaves the cache: a later
+        read of those bytes comes from the copy on disk. Only residency changes, so a failure
+        is ignored."""
+        at = end // LET_GO_STEP * LET_GO_STEP
         with entry.lock:
             stream = entry.streams.sequential_at(start)
-            if stream is None or hi <= stream.let_go:
+            if stream is None or at <= stream.let_go:
                 return
-            stream.let_go, began = hi, stream.start
+            stream.let_go, began = at, stream.start
         # Each call covers a lag's worth before the lag: pages still dirty at the first call
         # that reaches them are written back meanwhile, and the next calls drop them.
-        lo, hi = max(began, hi - 2 * LET_GO_LAG), hi - LET_GO_LAG
+        lo, hi = max(began, at - 2 * LET_GO_LAG), at - LET_GO_LAG
         if hi <= lo:
             return
         try:

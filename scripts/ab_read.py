@@ -67,6 +67,14 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def minor_faults(pid: int | None) -> int:
+    """The daemon's minor page faults so far (new pages it touched: see the module's note)."""
+    if pid is None:
+        return 0
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
 def read_whole(path: str, marks: list[int]) -> tuple[int, int]:
     crc, n, t0 = google_crc32c.Checksum(), 0, time.perf_counter()
     with open(path, "rb", buffering=0) as f:
@@ -181,7 +189,7 @@ def one_read(a, name: str, tree: str, work: Path, endpoint: str, r: int, want: i
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         idle0, all0 = busy_ticks()
-        cpu0, marks = cpu_seconds(pid), []
+        cpu0, faults0, marks = cpu_seconds(pid), minor_faults(pid), []
         t = time.perf_counter()
         if a.random:
             read_random(str(mp / NAME), expected)
@@ -198,7 +206,8 @@ def one_read(a, name: str, tree: str, work: Path, endpoint: str, r: int, want: i
         if a.marks:
             busy = 100 * (1 - (idle1 - idle0) / max(1, all1 - all0))
             print(f"  {name}: ms at {'/'.join(map(str, MARKS))}/all MiB {marks}; machine {busy:.0f}% busy; "
-                  f"daemon CPU in the read {cpu_seconds(pid) - cpu0:.2f} s of {dt:.2f} s", flush=True)
+                  f"daemon CPU in the read {cpu_seconds(pid) - cpu0:.2f} s of {dt:.2f} s, "
+                  f"{minor_faults(pid) - faults0} minor faults", flush=True)
         return a.random / dt if a.random else a.mib / dt
     finally:
         subprocess.run([*command, "unmount", str(mp)], cwd=tree, env=env, capture_output=True, timeout=150)

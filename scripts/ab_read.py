@@ -99,11 +99,17 @@ def read_random(path: str, expected: list[tuple[int, int]]) -> None:
 
 
 class _Sink:
-    def __init__(self):
+    """The client's download: its CRC, and (``marks``) ms from ``started`` when it had each of MARKS MiB."""
+
+    def __init__(self, started: float = 0.0):
         self.crc = google_crc32c.Checksum()
+        self.started, self.got, self.marks = started, 0, []
 
     def write(self, data) -> int:
         self.crc.update(bytes(data))
+        self.got += len(data)
+        while len(self.marks) < len(MARKS) and self.got >= MARKS[len(self.marks)] * MiB:
+            self.marks.append(round((time.perf_counter() - self.started) * 1000))
         return len(data)
 
 
@@ -161,9 +167,11 @@ def client_read(a, blob, want: int, expected: list[tuple[int, int]]) -> float:
             if google_crc32c.value(blob.download_as_bytes(start=offset, end=offset + PAGE - 1, checksum=None)) != crc:
                 raise SystemExit(f"WRONG BYTES from the client at {offset}")
         return a.random / (time.perf_counter() - t)
-    sink = _Sink()
+    sink = _Sink(t)
     blob.download_to_file(sink)
     dt = time.perf_counter() - t
+    if a.marks:
+        print(f"  client: ms at {'/'.join(map(str, MARKS))}/all MiB {sink.marks + [round(dt * 1000)]}", flush=True)
     if int.from_bytes(sink.crc.digest(), "big") != want:
         raise SystemExit("WRONG BYTES from the client")
     return a.mib / dt

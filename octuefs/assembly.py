@@ -61,8 +61,8 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
     """A FileSystem serving ``bucket`` as ``config`` says, its caches and write-back built and
     started (``cache``: a content cache made by the caller, for tests). ``root_page``: the first
     page of the mount root's listing, as the bucket's check listed it (``storage.open_checked``),
-    kept as the root's first page (:meth:`DirectoryFills.seed`); None: the root is listed when
-    first needed."""
+    whose names then answer the first lookups at the root (:meth:`DirectoryFills.seed`); None:
+    they are looked up as any other."""
     where = CacheDir(config.cache_dir)
     # Every request made while serving a call someone waits on (lookups, listings, reads,
     # metadata changes, renames) goes through a bounded view: it answers within about
@@ -108,12 +108,11 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
                        fills=fills, cache=cache, journal=journal, uploader=uploader, files=files, prefetch=prefetch,
                        givebacks=givebacks)
     fs = FileSystem(parts, givebacks_settled=givebacks_settled)
-    # Kept once the filesystem is built: it watches the root's marker in the page (a prefix's).
+    # Kept once the filesystem is built: it watches the markers in the page (a prefix's own).
     if root_page is not None and root_page.prefix == ns.prefix:
         kept = fills.seed(root_page.page, root_page.sent, root_epoch)
-        log.debug("the check's first page of the root (%d entries, asked for %.3fs ago): %s",
-                  len(root_page.page.objects) + len(root_page.page.prefixes), metacache.now() - root_page.sent,
-                  "kept" if kept else "not kept")
+        log.debug("the check's first page of the root, asked for %.3fs ago: %d of its names kept",
+                  metacache.now() - root_page.sent, kept)
     return fs
 
 

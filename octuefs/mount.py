@@ -116,14 +116,14 @@ WARM_CONNECTIONS = 4
 def _bucket_for(config: MountConfig) -> Iterator[tuple[object, object]]:
     """The bucket to serve, and the first page of the mount's root that its check listed (a
     ``SentPage``, None for --local); for --local, an embedded emulator runs for the duration."""
-    from octuefs.cache.listings import READ_PAGE
+    from octuefs.cache.listings import LOOKUP_PAGE
     from octuefs.storage import open_bucket, open_checked
 
     if not config.local:
-        # The check lists the root's first page as a readdir's fill would ask for it (``ls`` of
-        # the root reads it), and the mount keeps it: its first lookups ask the bucket nothing.
+        # The check lists the root's first page, as a fill for lookups asks for it (GCS's own
+        # 1,000 entries), and the mount keeps what it shows: its first lookups ask nothing.
         yield open_checked(config.bucket, config.project, connections=WARM_CONNECTIONS, prefix=config.prefix,
-                           page_size=READ_PAGE)
+                           page_size=LOOKUP_PAGE)
         return
     from octuefs.local import demo
     from octuefs.local.emulator import Emulator

@@ -7,8 +7,8 @@ request per file beyond its content. At the same time, and only when a fill star
 of ``name/`` is asked for (a *probe*): if the name is a directory, that page is its listing's
 first page, which ``ls`` then reads without a round trip of its own.
 
-The mount root's first page comes from the bucket's check, made before the mount (:meth:`DirectoryFills.seed`):
-kept as a fill's first page, so the first lookups at the root ask nothing.
+The mount root's first page comes from the bucket's check, made before the mount: what it
+shows answers the first lookups at the root as stats would (:meth:`DirectoryFills.seed`).
 
 A fill is single-flight per directory: lookups and readdirs that arrive while it runs wait for
 its pages instead of sending their own. Its pages are kept as they arrive
@@ -117,13 +117,12 @@ class DirectoryFills:
             return self.ask_alone(name)
         prefix = parent_prefix(name)
         with self._cond:
-            # (a fill may have ended since the caller looked; one stopped short, or the root's
-            # first page, may answer from the pages it holds: no page more is wanted for that)
-            known = self.metacache.lookup(name)
-            if known is not None:
-                return known
             fill = self._fills.get(prefix)
-            new = fill is None or not self._joinable(fill, name)
+            new = fill is None or not self._joinable(fill)
+            if new:  # (a fill may have ended since the caller looked)
+                known = self.metacache.lookup(name)
+                if known is not None:
+                    return known
         probe = None
         if new:
             # The probe first: if the name is a directory, its page is the one ``ls`` waits
@@ -144,20 +143,12 @@ class DirectoryFills:
         answer = self._wait_for(name, fill, fresh_since, probe)
         return answer if answer is not None else self.ask_alone(name)
 
-    def _joinable(self, fill: _Fill, name: str) -> bool:  # LOCKS_REQUIRED(_cond)
-        """Can a lookup of ``name`` wait for ``fill`` rather than start another? While it runs;
-        once stopped short (at its bound, or the mount root's first page), as long as its pages
-        are kept: names past its pages (it goes on from there, or they are asked for alone).
-        Not for a name its first page passed that the cache no longer answers (absent, for
-        longer than negative_ttl): more of the old listing cannot decide it, a new listing's
-        first page does."""
+    def _joinable(self, fill: _Fill) -> bool:  # LOCKS_REQUIRED(_cond)
+        """Can a lookup wait for ``fill`` rather than start another? While it runs; once stopped
+        short (at its bound), names past it are asked for alone, as long as its pages are kept."""
         if fill.error is not None or not fill.kept:
             return False
-        if fill.running:
-            return True
-        first = fill.pages[0].horizon if fill.pages else None
-        passed = first is not None and name + "/" <= first
-        return not passed and self.metacache.now() - fill.started < self.metacache.list_ttl
+        return fill.running or self.metacache.now() - fill.started < self.metacache.list_ttl
 
     def _wait_for(self, name: str, fill: _Fill, fresh_since: float | None, probe: _Fill | None) -> Entry | None:
         """The answer ``fill`` gives for ``name``, waiting for its first page and at most
@@ -273,29 +264,34 @@ class DirectoryFills:
                 return
             i += 1
 
-    # --- the fills themselves ----------------------------------------------------------------
+    # --- the mount root's first page, from the bucket's check ---------------------------------
 
-    def seed(self, page: ListPage, sent: float, epoch: tuple[int, int]) -> bool:
-        """Keep ``page``, the first page of the mount root's listing (the bucket's check listed
-        it: ``storage.open_checked``), as a fill's first page, asked for at ``sent`` (on the
-        metadata cache's clock) from ``epoch`` on (the root's, from before the mount could
-        change anything: its changes since are laid over the page). Its names are then answered
-        with no request, under the freshness of any listing: a name it does not show is "does
-        not exist" within negative_ttl of ``sent``, then listed anew; the page is not kept once
-        list_ttl has passed. With a next token, the fill stands stopped short there: a lookup
-        past its horizon, or a readdir, goes on from it. Whether the page was kept."""
+    def seed(self, page: ListPage, sent: float, epoch: tuple[int, int]) -> int:
+        """Keep what ``page`` shows: the first page of the mount root's listing, which the
+        bucket's check listed (``storage.open_checked``) at ``sent`` (on the metadata cache's
+        clock), from ``epoch`` on (the root's, from before the mount could change anything: a
+        name it changed since is not kept). Each file and directory it shows is kept as a stat's
+        answer is, for stat_ttl (none if that has passed since ``sent``), so the first lookups of
+        the root's names ask the bucket nothing; its subdirectories' markers (and a prefix's own) are seen as a
+        listing's are. It is no listing of the root: a name it does not show is looked up, and
+        ``ls`` lists, as on a mount without it (an object uploaded elsewhere right after mounting
+        shows at once). A file is kept only where the page decides it (a directory of its name
+        may come on the next page: it hides the file). How many names were kept."""
         prefix = self.ns.prefix
-        if not self.metacache.keeps_listings or self.metacache.now() - sent >= self.metacache.list_ttl:
-            return False
-        fill = _Fill(prefix, epoch, sent)
-        converted = self._convert(fill, page)
-        with self._cond:
-            if prefix in self._fills:  # (a listing of its own began: fresher)
-                return False
-            self._keep(fill, page, converted)
-            if fill.kept and not fill.done:
-                self._fills[prefix] = fill
-            return fill.kept
+        if not self.metacache.stat_ttl > self.metacache.now() - sent:
+            return 0
+        converted = self._convert(_Fill(prefix, epoch, sent), page)
+        dirs = set(converted.dirs)
+        for d in converted.dirs:
+            self.metacache.put_dir(prefix + d, epoch)
+        kept = len(dirs)
+        for entry, info in converted.files:
+            if entry not in dirs and (converted.horizon is None or prefix + entry + "/" <= converted.horizon):
+                self.metacache.put_file(info, epoch)
+                kept += 1
+        return kept
+
+    # --- the fills themselves ----------------------------------------------------------------
 
     def settle(self, timeout: float) -> bool:
         """Wait until no fill runs (their requests answered and kept); whether none does."""

@@ -114,6 +114,7 @@ class MetadataCache:
         self._missing: cachetools.TTLCache = cachetools.TTLCache(maxsize, max(negative_ttl, 1e-9), timer)
         self._listings: cachetools.TTLCache = cachetools.TTLCache(10_000, max(list_ttl, 1e-9), timer)
         self._partials: cachetools.TTLCache = cachetools.TTLCache(1_000, max(list_ttl, 1e-9), timer)
+        self.stat_ttl = stat_ttl
         self.negative_ttl = negative_ttl
         self.list_ttl = list_ttl
         self._negative_enabled = negative_ttl > 0

@@ -1,9 +1,9 @@
 """The mount keeps the first page of its root that checking the bucket listed (issue 15): right
 after ``octuefs mount``, ``stat`` and ``cat`` of a file at the root send no listing, only the
 read (fake-gcs-server, counted by a fault proxy with no faults). What the page shows is believed
-as a stat's answer is (docs/semantics.md, "Freshness"): an object deleted elsewhere is gone once
---stat-ttl has passed; what it does not show is asked for: an object uploaded elsewhere right
-after the mount opens at once."""
+as a listing's names are (docs/semantics.md, "Freshness"): an object deleted elsewhere is gone
+once --list-ttl has passed; what it does not show is asked for: an object uploaded elsewhere
+right after the mount opens at once, and ``ls`` lists."""
 
 from __future__ import annotations
 
@@ -83,15 +83,15 @@ def test_an_object_uploaded_elsewhere_right_after_the_mount_opens_by_name_at_onc
     assert sorted(os.listdir(m.path)) == ["new.txt", "newdir", "old.txt"]
 
 
-def test_a_root_object_deleted_elsewhere_right_after_the_mount_is_gone_once_stat_ttl_has_passed(emulator,
+def test_a_root_object_deleted_elsewhere_right_after_the_mount_is_gone_once_list_ttl_has_passed(emulator,
                                                                                                mount_factory):
-    """What the check's page shows is believed as a stat's answer is, --stat-ttl, no longer."""
-    stat_ttl = 1.0
+    """What the check's page shows is believed as a listing's names are, --list-ttl, no longer."""
+    list_ttl = 1.0
     name, direct = _bucket_holding(emulator, {"gone.txt": b"deleted elsewhere", "d/gone": b"and a directory"})
-    m = mount_factory("--stat-ttl", str(stat_ttl), bucket=name)
+    m = mount_factory("--list-ttl", str(list_ttl), bucket=name)
     started = time.monotonic()  # (the check asked before this)
     direct.delete("gone.txt")
     direct.delete("d/gone")
-    time.sleep(max(0.0, started + stat_ttl + 0.1 - time.monotonic()))
+    time.sleep(max(0.0, started + list_ttl + 0.1 - time.monotonic()))
     assert not os.path.exists(m / "gone.txt")  # (never looked up before: the kernel holds no entry)
     assert not os.path.exists(m / "d")

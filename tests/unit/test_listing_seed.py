@@ -1,8 +1,9 @@
-"""The mount root's first page, listed by the bucket's check before the mount, kept as stats
-(``DirectoryFills.seed``): the first lookups of the root's names ask the bucket nothing, for
---stat-ttl (none once it has passed since the check asked); a name it does not show is looked up as on a mount without
-it (one listing: an object uploaded elsewhere since shows at once), and one deleted elsewhere
-goes with the next listing of the root. Request counts are the fake bucket's; times a fake clock's."""
+"""The mount root's first page, listed by the bucket's check before the mount, kept for the
+names it shows (``DirectoryFills.seed``): the first lookups of the root's names ask the bucket
+nothing, for --list-ttl (none once it has passed since the check asked); a name it does not show
+is looked up, and a readdir lists, as on a mount without it (an object uploaded elsewhere since
+shows at once), and one deleted elsewhere goes with the next listing of the root. Request counts
+are the fake bucket's; times a fake clock's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from octuefs.cache.metacache import DIR, MISSING, MetadataCache
 from octuefs.namespace import Namespace
 from octuefs.storage.fake import FakeBucket
 
-STAT_TTL, LIST_TTL, NEGATIVE_TTL = 30.0, 30.0, 5.0
+STAT_TTL, LIST_TTL, NEGATIVE_TTL = 20.0, 30.0, 5.0
 
 
 class _Recording(FakeBucket):
@@ -64,7 +65,7 @@ def _lookup(fills, name):
 def test_the_checks_page_answers_the_roots_names_with_no_request():
     names = [f"f{i:03d}.csv" for i in range(50)] + ["d/inner.txt"]
     bucket, _clock, _mc, fills, page, sent, epoch = _setup(names)
-    assert fills.seed(page, sent, epoch) == 51
+    assert fills.seed(page, sent, epoch)
     assert [_lookup(fills, n).size for n in ("f000.csv", "f007.csv", "f049.csv")] == [len(b"f000.csv")] * 3
     assert _lookup(fills, "d") is DIR
     assert bucket.listed == [] and bucket.calls["stat"] == 0
@@ -79,39 +80,56 @@ def test_a_name_it_does_not_show_is_looked_up_and_one_deleted_elsewhere_goes_wit
     assert _lookup(fills, "new.txt").size == len(b"uploaded elsewhere after the check")  # at once
     assert ("", None) in bucket.listed  # the root listed, as on a mount without the page
     assert _lookup(fills, "gone.txt") is MISSING  # that listing decides every name in it
-    assert list(fills.pages(""))[0].files[0][0] == "a.txt"  # ls: the listing, not the check's page
 
 
-def test_names_it_shows_are_kept_for_stat_ttl_as_a_stats_answer_is():
+def test_a_readdir_lists_the_root_rather_than_show_the_checks_page():
+    bucket, _clock, metacache, fills, page, sent, epoch = _setup(["a.txt"])
+    fills.seed(page, sent, epoch)
+    bucket.upload_bytes("new.txt", b"uploaded elsewhere after the check")
+    assert metacache.listing("") is None  # what readdir (fs/directories.py) would show whole: none
+    assert [n for p in fills.pages("") for n, _ in p.files] == ["a.txt", "new.txt"]
+    assert bucket.listed == [("", None)]
+    assert metacache.listing("").files.keys() == {"a.txt", "new.txt"}  # the listing replaced the page
+
+
+def test_the_prefetcher_gets_the_roots_order_from_the_page():
+    bucket, _clock, metacache, fills, page, sent, epoch = _setup(["a.txt", "b.txt", "d/c"])
+    fills.seed(page, sent, epoch)
+    shown = metacache.listing("", names_shown=True)
+    assert sorted(shown.files) == ["a.txt", "b.txt"] and shown.dirs == {"d"}
+
+
+def test_names_it_shows_are_kept_for_list_ttl_from_when_the_check_asked():
     bucket, clock, _mc, fills, page, sent, epoch = _setup(["a.txt"])
     fills.seed(page, sent, epoch)
-    kept = clock.now
-    clock.now = kept + STAT_TTL - 0.01
+    clock.now = sent + LIST_TTL - 0.01
     assert _lookup(fills, "a.txt").size == len(b"a.txt") and bucket.listed == []
-    clock.now = kept + STAT_TTL
+    clock.now = sent + LIST_TTL  # (though kept 0.05 s after)
     assert _lookup(fills, "a.txt").size == len(b"a.txt")
     assert ("", None) in bucket.listed  # asked again: the page is too old
 
 
-def test_a_page_older_than_stat_ttl_is_not_kept():
+def test_a_page_older_than_list_ttl_is_not_kept():
     bucket, clock, metacache, fills, page, sent, epoch = _setup(["a.txt"])
-    clock.now = sent + STAT_TTL
-    assert fills.seed(page, sent, epoch) == 0
-    assert metacache.lookup("a.txt") is None
+    clock.now = sent + LIST_TTL
+    assert not fills.seed(page, sent, epoch)
+    assert metacache.lookup("a.txt") is None and not metacache.knows_listing("")
 
 
-def test_a_file_the_page_does_not_decide_is_not_kept():
-    """A page with more after it: its last file may be hidden by a directory of its name on the
-    next page ("x" < "x/" < "x0"), so it is not kept; the rest are."""
+def test_a_page_with_more_after_it_decides_the_names_up_to_its_horizon():
+    """Its last file may be hidden by a directory of its name on the next page ("x" < "x/" <
+    "x0"): the page does not decide it; a name past the page is looked up by a listing."""
     names = [f"f{i:02d}" for i in range(10)] + ["f09/inner"] + [f"g{i:02d}" for i in range(10)]
     bucket, _clock, metacache, fills, page, sent, epoch = _setup(names, page_size=10)
     assert page.next_token and page.objects[-1].name == "f09"
-    assert fills.seed(page, sent, epoch) == 9
-    assert metacache.lookup("f09") is None and metacache.lookup("f08").size == 3
+    assert fills.seed(page, sent, epoch)
+    assert metacache.lookup("f08").size == 3 and bucket.listed == []
+    assert metacache.lookup("f09") is None and metacache.lookup("g05") is None
     assert _lookup(fills, "f09") is DIR  # (listed: the directory hides the file)
+    assert _lookup(fills, "g05").size == 3
 
 
-def test_the_mounts_changes_since_the_check_are_not_overwritten_by_its_page():
+def test_the_mounts_changes_since_the_check_are_laid_over_its_page():
     bucket, _clock, metacache, fills, page, sent, epoch = _setup(["a.txt", "b.txt"])
     metacache.wrote(bucket.upload_bytes("a.txt", b"written through the mount"))
     metacache.removed("b.txt")
@@ -125,7 +143,7 @@ def test_a_prefix_mount_keeps_the_page_of_its_prefix_and_sees_its_markers():
                                                            prefix="p/")
     seen = {}
     fills.on_marker = lambda prefix, marker: seen.setdefault(prefix, marker.name if marker else None)
-    assert fills.seed(page, sent, epoch) == 2
+    assert fills.seed(page, sent, epoch)
     assert _lookup(fills, "p/x.txt").size == len(b"p/x.txt")
     assert _lookup(fills, "p/sub") is DIR
     assert bucket.listed == []

@@ -111,8 +111,9 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
     # Kept once the filesystem is built: it watches the markers in the page (a prefix's own).
     if root_page is not None and root_page.prefix == ns.prefix:
         kept = fills.seed(root_page.page, root_page.sent, root_epoch)
-        log.debug("the check's first page of the root, asked for %.3fs ago: %d of its names kept",
-                  metacache.now() - root_page.sent, kept)
+        log.debug("the check's first page of the root (%d entries, asked for %.3fs ago): %s",
+                  len(root_page.page.objects) + len(root_page.page.prefixes), metacache.now() - root_page.sent,
+                  "kept" if kept else "not kept")
     return fs
 
 

@@ -116,7 +116,7 @@ class ListPage:
 @dataclasses.dataclass(frozen=True)
 class SentPage:
     """A page of the listing of ``prefix`` (delimiter ``/``, no page token) and when its request
-    was sent, on ``time.monotonic()``'s clock: what the bucket held as of then at the latest.
+    was sent, on ``time.monotonic()``'s clock: the page shows the bucket as it was then or later.
     :meth:`GCSBucket.check <octuefs.storage.gcs.GCSBucket.check>` returns the one it lists, for
     the mount to keep as its root's first page."""
 

@@ -72,10 +72,10 @@ def test_changes_from_the_checks_stale_view_lose_nothing_changed_elsewhere(emula
 
 @pytest.mark.parametrize("where", ["", "s/"])
 def test_reopening_a_file_that_read_estale_reads_its_new_bytes(emulator, mount_factory, where):
-    """FAILS (root: a regression from main; s/: any listing). A root file replaced elsewhere
-    right after the check reads ESTALE ("reopen it", says the log), and every reopen does the same
-    for the rest of --list-ttl: the 404 of the listed generation forgets nothing. On main the
-    root's first lookup listed after the change and read the new bytes."""
+    """A root file replaced elsewhere right after the check reads ESTALE ("reopen it", says the
+    log); a reopen reads the new bytes, as on main, where the root's first lookup listed after the
+    change. (Failed before the 404 of the listed generation forgot the name: every reopen read
+    ESTALE for the rest of --list-ttl, in any listed directory.)"""
     name, direct = _bucket_holding(emulator, {f"{where}a.txt": b"old a", "s/other": b"o"})
     m = mount_factory(*NO_KERNEL_CACHE, bucket=name)
     if where:

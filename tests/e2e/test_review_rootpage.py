@@ -84,3 +84,32 @@ def test_reopening_a_file_that_read_estale_reads_its_new_bytes(emulator, mount_f
     first = _error(lambda: (m / f"{where}a.txt").read_bytes())
     assert first in (None, "ESTALE")  # old bytes never: the listed generation is gone
     assert (m / f"{where}a.txt").read_bytes() == b"NEW a from elsewhere"
+
+
+def test_a_root_of_more_than_a_page_right_after_mounting(emulator, mount_factory):
+    """The check's page is partial (1,000 of 1,200): names on it and past it read, a name
+    uploaded elsewhere before its horizon opens at once, deletes on either side of it stay gone."""
+    name, direct = _bucket_holding(emulator, {f"f{i:05d}": b"%d" % i for i in range(1200)})
+    m = mount_factory(*NO_KERNEL_CACHE, bucket=name)
+    direct.upload_bytes("f00005x", b"uploaded elsewhere after the check")
+    assert (m / "f00010").read_bytes() == b"10" and (m / "f01100").read_bytes() == b"1100"
+    assert (m / "f00005x").read_bytes() == b"uploaded elsewhere after the check"
+    os.unlink(m / "f00020")
+    os.unlink(m / "f01150")
+    assert _error(lambda: os.stat(m / "f00020")) == _error(lambda: os.stat(m / "f01150")) == "ENOENT"
+    assert len(os.listdir(m.path)) == 1199
+
+
+@pytest.mark.parametrize("objects", [{"p/": b"", "p/a": b"a", "p/s/t": b"t"}, {"p/a": b"a", "p/s/t": b"t"}, {}])
+def test_a_prefix_mount_right_after_mounting(emulator, mount_factory, objects):
+    """With its marker, without, and a prefix that does not exist yet (an empty page)."""
+    name, direct = _bucket_holding(emulator, {**objects, "other": b"o"})
+    m = mount_factory(*NO_KERNEL_CACHE, bucket=name, prefix="p")
+    direct.upload_bytes("p/new", b"uploaded elsewhere after the check")
+    assert (m / "new").read_bytes() == b"uploaded elsewhere after the check"
+    assert _error(lambda: os.stat(m / "other")) == "ENOENT"
+    if objects:
+        assert (m / "a").read_bytes() == b"a"
+        os.unlink(m / "a")
+        assert _error(lambda: os.stat(m / "a")) == "ENOENT"
+    assert sorted(os.listdir(m.path)) == (["new", "s"] if objects else ["new"])

@@ -47,6 +47,7 @@ from octuefs.fs.parts import MountParts
 from octuefs.fs.times import Times
 from octuefs.namespace import Namespace
 from octuefs.storage.base import Bucket
+from octuefs.storage.objects import SentPage
 from octuefs.writeback.givebacks import OwedGiveBacks
 from octuefs.writeback.journal import Journal
 from octuefs.writeback.quarantine import quarantine_unclosed
@@ -55,9 +56,13 @@ from octuefs.writeback.uploads import Uploader
 log = logging.getLogger(__name__)
 
 
-def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | None = None) -> FileSystem:
+def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | None = None,
+                     root_page: SentPage | None = None) -> FileSystem:
     """A FileSystem serving ``bucket`` as ``config`` says, its caches and write-back built and
-    started (``cache``: a content cache made by the caller, for tests)."""
+    started (``cache``: a content cache made by the caller, for tests). ``root_page``: the first
+    page of the mount root's listing, as the bucket's check listed it (``storage.open_checked``),
+    whose names then answer the first lookups at the root (:meth:`DirectoryFills.seed`); None:
+    they are looked up as any other."""
     where = CacheDir(config.cache_dir)
     # Every request made while serving a call someone waits on (lookups, listings, reads,
     # metadata changes, renames) goes through a bounded view: it answers within about
@@ -66,6 +71,7 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
     # Every change made through the bucket, by either, is laid over the metadata caches as it
     # answers (cache/ownwrites.py): the one place they learn of the mount's own writes.
     metacache = MetadataCache(config.stat_ttl, config.list_ttl, config.negative_ttl)
+    root_epoch = metacache.epoch(config.prefix)  # (before the mount can change anything)
     bucket = CachingBucket(bucket, metacache)
     bounded = bucket.bounded(config.op_timeout)
     started = time.time()
@@ -101,7 +107,14 @@ def build_filesystem(bucket: Bucket, config: MountConfig, cache: ContentCache | 
     parts = MountParts(config=config, bucket=bounded, started=started, times=times, ns=ns, metacache=metacache,
                        fills=fills, cache=cache, journal=journal, uploader=uploader, files=files, prefetch=prefetch,
                        givebacks=givebacks)
-    return FileSystem(parts, givebacks_settled=givebacks_settled)
+    fs = FileSystem(parts, givebacks_settled=givebacks_settled)
+    # Kept once the filesystem is built: it watches the markers in the page (a prefix's own).
+    if root_page is not None and root_page.prefix == ns.prefix:
+        kept = fills.seed(root_page.page, root_page.sent, root_epoch)
+        log.debug("the check's first page of the root (%d entries, asked for %.3fs ago): %s",
+                  len(root_page.page.objects) + len(root_page.page.prefixes), metacache.now() - root_page.sent,
+                  "kept" if kept else "not kept")
+    return fs
 
 
 def _settle_give_backs(givebacks: OwedGiveBacks, bucket: Bucket, records: list[tuple[str, dict]]) -> None:

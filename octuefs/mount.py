@@ -113,12 +113,17 @@ WARM_CONNECTIONS = 4
 
 
 @contextlib.contextmanager
-def _bucket_for(config: MountConfig) -> Iterator[object]:
-    """The bucket to serve; for --local, an embedded emulator runs for the duration."""
-    from octuefs.storage import open_bucket
+def _bucket_for(config: MountConfig) -> Iterator[tuple[object, object]]:
+    """The bucket to serve, and the first page of the mount's root that its check listed (a
+    ``SentPage``, None for --local); for --local, an embedded emulator runs for the duration."""
+    from octuefs.cache.listings import LOOKUP_PAGE
+    from octuefs.storage import open_bucket, open_checked
 
     if not config.local:
-        yield open_bucket(config.bucket, config.project, connections=WARM_CONNECTIONS)
+        # The check lists the root's first page, as a fill for lookups asks for it (GCS's own
+        # 1,000 entries), and the mount keeps what it shows: its first lookups ask nothing.
+        yield open_checked(config.bucket, config.project, connections=WARM_CONNECTIONS, prefix=config.prefix,
+                           page_size=LOOKUP_PAGE)
         return
     from octuefs.local import demo
     from octuefs.local.emulator import Emulator
@@ -133,7 +138,7 @@ def _bucket_for(config: MountConfig) -> Iterator[object]:
         if config.bucket == demo.DEMO_BUCKET and not bucket.list_page(max_results=1).objects:
             demo.seed(bucket)
         log.info("serving bucket %r from a local emulator at %s (data in %s)", config.bucket, emulator.url, config.local_data_dir)
-        yield bucket
+        yield bucket, None
     finally:
         emulator.stop()
 
@@ -180,7 +185,7 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
 
     os.umask(0o077)  # everything the daemon writes (cache, journal, log, --local data) is private
     os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
-    with _cache_lock(config.cache_dir), _bucket_for(config) as bucket:
+    with _cache_lock(config.cache_dir), _bucket_for(config) as (bucket, root_page):
         # Large files go up in parts, noted in a ledger until deleted; a sweep deletes what earlier mounts left.
         bucket = ComposingBucket(bucket, CacheDir(config.cache_dir).parts)
         bucket.sweep_in_background()
@@ -190,7 +195,7 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
 
             metrics = Metrics()
             bucket = metrics.bucket(bucket)
-        fs = build_filesystem(bucket, config)
+        fs = build_filesystem(bucket, config, root_page=root_page)
         ops = OctueOperations(fs, metrics=metrics)
         control = ControlServer(fs, socket_path(config.mountpoint))
         if metrics is not None:

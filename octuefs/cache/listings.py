@@ -7,6 +7,9 @@ request per file beyond its content. At the same time, and only when a fill star
 of ``name/`` is asked for (a *probe*): if the name is a directory, that page is its listing's
 first page, which ``ls`` then reads without a round trip of its own.
 
+The mount root's first page comes from the bucket's check, made before the mount: the names it
+shows answer the first lookups at the root (:meth:`DirectoryFills.seed`).
+
 A fill is single-flight per directory: lookups and readdirs that arrive while it runs wait for
 its pages instead of sending their own. Its pages are kept as they arrive
 (:meth:`MetadataCache.put_page`), so a name is answered once the listing has passed it. A fill
@@ -260,6 +263,27 @@ class DirectoryFills:
             if page.horizon is None:
                 return
             i += 1
+
+    # --- the mount root's first page, from the bucket's check ---------------------------------
+
+    def seed(self, page: ListPage, sent: float, epoch: tuple[int, int]) -> bool:
+        """Keep ``page``, the first page of the mount root's listing, which the bucket's check
+        listed (``storage.open_checked``) at ``sent`` (on the metadata cache's clock), from
+        ``epoch`` on (the root's, from before the mount could change anything: its changes since
+        are laid over it), for the names it shows only (``Listing.absences`` False): they
+        answer the first lookups at the root with no request, for list_ttl as any listing's
+        (nothing is kept if that has passed since ``sent``), and give the prefetcher the root's
+        order; its subdirectories' markers (and a prefix's own) are seen as a listing's are. A
+        name it does not show is looked up, and ``ls`` lists, as on a mount without it (an
+        object uploaded elsewhere right after mounting shows at once). With more after it, it
+        decides the names up to its horizon, as a partial listing does. Whether it was kept."""
+        prefix = self.ns.prefix
+        if not self.metacache.keeps_listings or self.metacache.now() - sent >= self.metacache.list_ttl:
+            return False
+        owner = _Fill(prefix, epoch, sent)  # (no fill goes on from it: a fill's first page replaces it)
+        converted = self._convert(owner, page)
+        return self.metacache.put_page(prefix, owner, True, sent, converted.dirs, converted.files, converted.horizon,
+                                       epoch, absences=False)
 
     # --- the fills themselves ----------------------------------------------------------------
 

@@ -52,13 +52,16 @@ class Listing:
     """One directory's entries: files by entry name, and subdirectory names.
 
     ``fetched``: when it was asked for (the timer's clock): absence is as of then. ``horizon``:
-    None for a whole listing; for a partial one, the last object name or prefix its pages reached."""
+    None for a whole listing; for a partial one, the last object name or prefix its pages reached.
+    ``absences``: False for a page kept for the names it shows only (the bucket's check's, of the
+    mount's root): a name it does not show is not known to be absent, and no readdir shows it."""
 
     files: dict[str, ObjectInfo]
     dirs: set[str]
     fetched: float = 0.0
     horizon: str | None = None
     owner: object = None  # the fill adding pages to a partial listing
+    absences: bool = True
 
     def decides(self, prefix: str, entry: str) -> bool:
         """Does this listing say what ``entry`` is? A partial one only once it has passed
@@ -66,7 +69,7 @@ class Listing:
         return self.horizon is None or prefix + entry + "/" <= self.horizon
 
     def copy(self) -> Listing:
-        return Listing(dict(self.files), set(self.dirs), self.fetched, self.horizon)
+        return Listing(dict(self.files), set(self.dirs), self.fetched, self.horizon, absences=self.absences)
 
 
 def parent_prefix(name: str) -> str:
@@ -188,7 +191,7 @@ class MetadataCache:
             if name:
                 prefix, entry = parent_prefix(name), _entry(name)
                 for listing in (self._partials.get(prefix), self._listings.get(prefix)):
-                    if listing is None or not listing.decides(prefix, entry):
+                    if listing is None or not listing.decides(prefix, entry) or self._too_old(listing):
                         continue
                     if entry in listing.dirs:
                         return DIR
@@ -207,16 +210,26 @@ class MetadataCache:
                 return MISSING
         return None
 
+    def _too_old(self, listing: Listing) -> bool:  # LOCKS_REQUIRED(_lock)
+        """A page kept for the names it shows only is used for list_ttl from when it was asked
+        for (a fill's pages, from when they are kept)."""
+        return not listing.absences and self._timer() - listing.fetched >= self.list_ttl
+
     def _fresh(self, listing: Listing, fresh_since: float | None) -> bool:
+        if not listing.absences:
+            return False
         if fresh_since is not None and listing.fetched >= fresh_since:
             return True
         return self._negative_enabled and self._timer() - listing.fetched < self.negative_ttl
 
-    def listing(self, prefix: str) -> Listing | None:
-        """A copy of the cached whole listing of ``prefix`` (the cached one changes in place)."""
+    def listing(self, prefix: str, names_shown: bool = False) -> Listing | None:
+        """A copy of the cached whole listing of ``prefix`` (the cached one changes in place).
+        ``names_shown``: one kept for the names it shows only will do (see Listing.absences)."""
         with self._lock:
             listing = self._listings.get(prefix)
-            return listing.copy() if listing is not None else None
+            if listing is None or not (listing.absences or names_shown) or self._too_old(listing):
+                return None
+            return listing.copy()
 
     def knows_listing(self, prefix: str) -> bool:
         """Is any listing of ``prefix`` kept, whole or partial?"""
@@ -253,12 +266,13 @@ class MetadataCache:
 
     def put_page(self, prefix: str, owner: object, first: bool, fetched: float, dirs: Iterable[str],
                  files: Iterable[tuple[str, ObjectInfo]], horizon: str | None,
-                 epoch: tuple[int, int]) -> bool:
+                 epoch: tuple[int, int], absences: bool = True) -> bool:
         """Keep one page of a listing of ``prefix`` asked for by ``owner`` (a fill) at ``fetched``,
         from ``epoch`` on: the first page starts a partial listing, the last (``horizon`` None)
         makes it whole, replacing the one kept before. The mount's changes since ``epoch`` are
-        laid over it. Returns False if the page is not kept, nor will the fill's later ones be:
-        a change that cannot be told by name, or another fill's listing took its place."""
+        laid over it (``absences``: see Listing). Returns False if the page is not kept, nor will
+        the fill's later ones be: a change that cannot be told by name, or another fill's
+        listing took its place."""
         with self._lock:
             changes = self._changes_since(prefix, epoch)
             if changes is None:
@@ -273,7 +287,7 @@ class MetadataCache:
                 return True
             partial = self._partials.get(prefix)
             if first:
-                partial = self._partials[prefix] = Listing({}, set(), fetched, "", owner)
+                partial = self._partials[prefix] = Listing({}, set(), fetched, "", owner, absences)
             elif partial is None or partial.owner is not owner:
                 return False
             partial.files.update(files)

@@ -12,6 +12,7 @@ and delete, a dataset record, a link, a conflict copy, a give-back):
 - a precondition failure (412) or a missing object (404) on any of them: the caches believed
   something the bucket does not hold, so what they know of the name (and its directory's
   listing) is forgotten and asked again (:meth:`~octuefs.cache.metacache.MetadataCache.forget`);
+- a read of a generation the bucket no longer holds (404): the same, so a reopen finds the new version;
 - no answer (a timeout, an outage): nothing changes. The request may or may not have been
   carried out; the caller knows what it tried and decides (forgetting here would make every
   lookup during an outage fail instead of being answered from what is known).
@@ -134,11 +135,23 @@ class CachingBucket(Bucket):
         return self.inner.stat(name)
 
     def read_range(self, name: str, start: int, end: int, generation: int | None = None) -> bytes:
-        return self.inner.read_range(name, start, end, generation)
+        return self._reading(name, generation, lambda: self.inner.read_range(name, start, end, generation))
 
     def read_range_into(self, name: str, start: int, end: int, fd: int, generation: int | None = None,
                         progress: Callable[[int], None] | None = None) -> int:
-        return self.inner.read_range_into(name, start, end, fd, generation, progress)
+        return self._reading(name, generation,
+                             lambda: self.inner.read_range_into(name, start, end, fd, generation, progress))
 
     def download_to_file(self, name: str, path: str, generation: int | None = None) -> ObjectInfo:
-        return self.inner.download_to_file(name, path, generation)
+        return self._reading(name, generation, lambda: self.inner.download_to_file(name, path, generation))
+
+    def _reading(self, name: str, generation: int | None, call: Callable[[], T]) -> T:
+        """A read of the ``generation`` a listing or stat named: a 404 says the caches believe a
+        version the bucket no longer holds (replaced or deleted elsewhere), so what they know of
+        the name is forgotten and the next open looks it up (the read itself fails: ESTALE)."""
+        try:
+            return call()
+        except NotFound:
+            if generation is not None and not name.endswith("/"):
+                self.metacache.forget(name)
+            raise

@@ -392,7 +392,7 @@ class Prefetcher:
             current = d.epoch == epoch and known is not None and known.generation == info.generation
             if age < REFRESH / 4 or (age < REFRESH and current):
                 return True
-        listing = self.metacache.listing(d.prefix)
+        listing = self.metacache.listing(d.prefix, names_shown=True)  # (the order of the names it shows)
         if listing is None:
             if d.names is not None:
                 self._drop_locked(d)

@@ -9,10 +9,10 @@ are uploaded, and the ledger of their parts, live above (:mod:`octuefs.writeback
 from __future__ import annotations
 
 from octuefs.storage.base import Bucket, ListPage, ObjectInfo, RetryPolicy
-from octuefs.storage.objects import DEFAULT_CONTENT_TYPE, guess_content_type
+from octuefs.storage.objects import DEFAULT_CONTENT_TYPE, SentPage, guess_content_type
 
-__all__ = ["Bucket", "ListPage", "ObjectInfo", "RetryPolicy", "open_bucket", "guess_content_type",
-           "DEFAULT_CONTENT_TYPE"]
+__all__ = ["Bucket", "ListPage", "ObjectInfo", "RetryPolicy", "SentPage", "open_bucket", "open_checked",
+           "guess_content_type", "DEFAULT_CONTENT_TYPE"]
 
 
 def open_bucket(
@@ -34,9 +34,30 @@ def open_bucket(
     ``BucketNotFound("bucket 'x' does not exist ...")``, ``PermissionDenied`` (no credentials or
     no access, with what to do about it) or ``TransientError("cannot reach GCS at <url>: ...")``.
     """
+    if not check:
+        from octuefs.storage import gcs
+
+        return gcs.GCSBucket(name, project=project, retry=retry or RetryPolicy(), endpoint=endpoint)
+    return open_checked(name, project, retry, endpoint=endpoint, check_deadline=check_deadline,
+                        connections=connections)[0]
+
+
+def open_checked(
+    name: str,
+    project: str | None = None,
+    retry: RetryPolicy | None = None,
+    *,
+    endpoint: str | None = None,
+    check_deadline: float = 3.0,
+    connections: int = 1,
+    prefix: str = "",
+    page_size: int = 1,
+) -> tuple[Bucket, SentPage]:
+    """:func:`open_bucket` with its check, whose listing is the first page of ``prefix``
+    (``page_size`` entries, delimiter ``/``): the bucket, and that page with when it was asked
+    for (a mount keeps it as its root's first page). The same one-line errors."""
     from octuefs.storage import gcs
 
     bucket = gcs.GCSBucket(name, project=project, retry=retry or RetryPolicy(), endpoint=endpoint)
-    if check:
-        bucket.check(deadline=check_deadline, connections=connections)
-    return bucket
+    page = bucket.check(deadline=check_deadline, connections=connections, prefix=prefix, page_size=page_size)
+    return bucket, page

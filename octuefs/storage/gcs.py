@@ -54,7 +54,7 @@ from octuefs.storage.base import Bucket
 from octuefs.storage.gcsreads import GCSReads
 from octuefs.storage.gcswrites import GCSWrites
 from octuefs.storage.jsonapi import JsonApi, Timeout
-from octuefs.storage.objects import RetryPolicy
+from octuefs.storage.objects import RetryPolicy, SentPage
 from octuefs.storage.retry import Retrier, current_bound, cut_to
 
 log = logging.getLogger(__name__)
@@ -166,11 +166,11 @@ def translate_error(exc: BaseException, bucket: str, name: str | None = None) ->
 # --- client --------------------------------------------------------------------------------
 
 
-def _quietly(bucket: GCSBucket) -> None:
+def _quietly(bucket: GCSBucket, prefix: str) -> None:
     """A one-object listing whose answer nobody needs (:meth:`GCSBucket.check`'s others): an
     error is the first one's to report, if it meets it too."""
     try:
-        bucket.list_page(max_results=1)
+        bucket.list_page(prefix, max_results=1)
     except Exception as exc:
         log.debug("an extra listing while checking the bucket failed: %s", exc)
 
@@ -290,12 +290,15 @@ class GCSBucket(GCSReads, GCSWrites, Bucket):
 
     # --- the bucket itself ---------------------------------------------------------------
 
-    def check(self, deadline: float = 3.0, connections: int = 1) -> None:
-        """Verify the bucket exists and can be listed, retrying only for ``deadline`` seconds.
+    def check(self, deadline: float = 3.0, connections: int = 1, prefix: str = "", page_size: int = 1) -> SentPage:
+        """Verify the bucket exists and can be listed, retrying only for ``deadline`` seconds:
+        list the first page of ``prefix`` (delimiter ``/``, ``page_size`` entries) and return it
+        with when it was asked for (a mount keeps it as its root's first page: its first lookups
+        then ask the bucket nothing).
 
-        With ``connections`` > 1, once the check's one-object listing is answered, that many more
-        go out at once (the first's connection among them), so as many connections are open and
-        pooled when it returns: a
+        With ``connections`` > 1, once the check's listing is answered, that many one-object
+        listings go out at once (the first's connection among them), so as many connections are
+        open and pooled when it returns: a
         fresh mount's first requests that go out together (a lookup's listing beside its probe,
         a read's GET beside its read-ahead) then pay no handshake, a round trip each here and
         more with TLS.
@@ -304,8 +307,9 @@ class GCSBucket(GCSReads, GCSWrites, Bucket):
         """
         quick = self.with_retry(RetryPolicy(initial_delay=0.1, max_delay=1.0, deadline=deadline), (min(deadline, 5.0), 30.0))
         until = time.monotonic() + deadline
+        sent = time.monotonic()  # (before the first attempt: a retried one's answer is no older than this)
         try:
-            quick.list_page(max_results=1)
+            page = quick.list_page(prefix, "/", max_results=page_size)
         except BucketNotFound:
             raise BucketNotFound(f"bucket {self.name!r} does not exist (at {self.endpoint})") from None
         except PermissionDenied as exc:
@@ -315,12 +319,13 @@ class GCSBucket(GCSReads, GCSWrites, Bucket):
         # The others only once the first was answered: its credentials' token is then at hand
         # for them (four at once would each fetch one), and a failing endpoint gets one check,
         # not four. Waited for within the deadline in all; they end on their own (daemon threads).
-        extra = [threading.Thread(target=_quietly, args=(quick,), name="octuefs-warm", daemon=True)
+        extra = [threading.Thread(target=_quietly, args=(quick, prefix), name="octuefs-warm", daemon=True)
                  for _ in range(connections if connections > 1 else 0)]
         for thread in extra:
             thread.start()
         for thread in extra:
             thread.join(max(0.0, until - time.monotonic()))
+        return SentPage(prefix, page, sent)
 
     def create(self, location: str | None = None) -> None:
         """Create the bucket (used for emulators and tests); nothing happens if it exists."""

@@ -114,6 +114,18 @@ class ListPage:
 
 
 @dataclasses.dataclass(frozen=True)
+class SentPage:
+    """A page of the listing of ``prefix`` (delimiter ``/``, no page token) and when its request
+    was sent, on ``time.monotonic()``'s clock: the page shows the bucket as it was then or later.
+    :meth:`GCSBucket.check <octuefs.storage.gcs.GCSBucket.check>` returns the one it lists, for
+    the mount to keep as its root's first page."""
+
+    prefix: str
+    page: ListPage
+    sent: float
+
+
+@dataclasses.dataclass(frozen=True)
 class FetchedPage:
     """A page of a listing as the server sent it: the token of the next page is known at once,
     the entries are made into a :class:`ListPage` by ``convert`` (which may raise

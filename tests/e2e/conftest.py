@@ -170,6 +170,17 @@ def mount_factory(emulator, tmp_path):
         yield make
 
 
+@pytest.fixture
+def counted(emulator, monkeypatch):
+    """A proxy with no faults in front of the session's emulator, counting the requests of the
+    mounts made now by kind (downloads, listings, ...); stopped at the end of the test."""
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(emulator.url, seed=1) as p:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", p.url)
+        yield p
+
+
 @pytest.fixture(scope="module")
 def module_mount_factory(emulator, tmp_path_factory):
     """``mount_factory`` for a whole module: a test module whose tests each work in a directory

@@ -13,21 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.faultproxy import FaultProxy
-
 from .conftest import wait_until
 
 pytestmark = pytest.mark.fuse
 
 N = 40
-
-
-@pytest.fixture
-def counted(emulator, monkeypatch):
-    """A proxy that counts the requests of the mounts made now (downloads, listings...)."""
-    with FaultProxy(emulator.url, seed=1) as p:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", p.url)
-        yield p
 
 
 def put_files(mount, emulator, n: int = N) -> dict[str, bytes]:

@@ -13,19 +13,9 @@ import uuid
 
 import pytest
 
-from tests.faultproxy import FaultProxy
-
 from .conftest import wait_until
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture
-def counted(emulator, monkeypatch):
-    """A proxy that counts the requests of the mounts made now, by kind."""
-    with FaultProxy(emulator.url, seed=1) as p:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", p.url)
-        yield p
 
 
 def _bucket_holding(emulator, objects: dict[str, bytes]) -> tuple[str, object]:

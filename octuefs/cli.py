@@ -316,7 +316,7 @@ def _mount(args: argparse.Namespace, argv: list[str]) -> int:
         mount.serve(config, ready_fd=args.ready_fd)
         return 0
     configure_logging(args.verbose, None, quiet=True)
-    mount.preflight(config)
+    mount.preflight(config, check_bucket=bool(args.verbose))
     child_argv = _child_argv(argv)
     if "--log-file" not in child_argv:
         child_argv += ["--log-file", log_file]

@@ -1,9 +1,13 @@
 """Lifetime of a mount: checks, serving (the filesystem from :mod:`octuefs.assembly`, FUSE and the
 control socket on top), and unmount.
 
-``preflight`` runs the checks whose failure a user should see as one clear line before any
-daemon starts. ``serve`` runs the daemon in the calling process until the filesystem is
-unmounted (starting and stopping the embedded emulator for ``--local``). ``start_background``
+``preflight`` runs the local checks whose failure a user should see as one clear line before any
+daemon starts (FUSE, the mountpoint). ``serve`` runs the daemon in the calling process until the
+filesystem is unmounted (starting and stopping the embedded emulator for ``--local``); the bucket
+is checked there first, before anything is made on disk, and its one-line error is the one the
+command shows. (Checked in the command too, it cost a second set of connections and the Google
+libraries' import: ~0.25 s of every mount at 20 ms. A verbose command still checks it itself, so
+that a failing check's steps show on its terminal.) ``start_background``
 starts ``serve`` in a detached process and returns once the mount is ready, like gcsfuse.
 """
 
@@ -43,8 +47,10 @@ def _fusermount() -> str | None:
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
-def preflight(config: MountConfig) -> None:
-    """Refuse, with one clear line, what would make the mount fail."""
+def preflight(config: MountConfig, check_bucket: bool = False) -> None:
+    """Refuse, with one clear line, what would make the mount fail. ``check_bucket``: the
+    bucket too, here (the daemon checks it anyway; a verbose command does it first so that the
+    steps of a failing check, Google's credentials among them, show on its terminal)."""
     mp = config.mountpoint
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: load the fuse kernel module (modprobe fuse) or run with --device /dev/fuse")
@@ -56,7 +62,7 @@ def preflight(config: MountConfig) -> None:
         raise MountError(f"{mp} is already a mountpoint")
     if os.listdir(mp) and "nonempty" not in config.fuse_options:
         raise MountError(f"mountpoint {mp} is not empty")
-    if not config.local:
+    if check_bucket and not config.local:
         from octuefs.storage import open_bucket
 
         open_bucket(config.bucket, config.project)  # raises BucketNotFound / PermissionDenied / TransientError
@@ -112,18 +118,29 @@ def read_state(mountpoint: str) -> dict | None:
 WARM_CONNECTIONS = 4
 
 
-@contextlib.contextmanager
-def _bucket_for(config: MountConfig) -> Iterator[tuple[object, object]]:
-    """The bucket to serve, and the first page of the mount's root that its check listed (a
-    ``SentPage``, None for --local); for --local, an embedded emulator runs for the duration."""
+def _checked(config: MountConfig) -> tuple[object, object] | None:
+    """The bucket to serve (not --local's), checked, and the first page of the mount's root that
+    its check listed (a ``SentPage``). Raises BucketNotFound, PermissionDenied or TransientError
+    with one line."""
+    if config.local:
+        return None
     from octuefs.cache.listings import LOOKUP_PAGE
-    from octuefs.storage import open_bucket, open_checked
+    from octuefs.storage import open_checked
 
-    if not config.local:
-        # The check lists the root's first page, as a fill for lookups asks for it (GCS's own
-        # 1,000 entries), and the mount keeps what it shows: its first lookups ask nothing.
-        yield open_checked(config.bucket, config.project, connections=WARM_CONNECTIONS, prefix=config.prefix,
-                           page_size=LOOKUP_PAGE)
+    # The check lists the root's first page, as a fill for lookups asks for it (GCS's own 1,000
+    # entries), and the mount keeps what it shows: its first lookups ask nothing.
+    return open_checked(config.bucket, config.project, connections=WARM_CONNECTIONS, prefix=config.prefix,
+                        page_size=LOOKUP_PAGE)
+
+
+@contextlib.contextmanager
+def _bucket_for(config: MountConfig, checked: tuple[object, object] | None) -> Iterator[tuple[object, object]]:
+    """The bucket to serve and its root's first page: ``checked`` (see :func:`_checked`), or for
+    --local an embedded emulator's bucket (no page), the emulator running for the duration."""
+    from octuefs.storage import open_bucket
+
+    if checked is not None:
+        yield checked
         return
     from octuefs.local import demo
     from octuefs.local.emulator import Emulator
@@ -184,8 +201,11 @@ def serve(config: MountConfig, ready_fd: int | None = None) -> None:
     from octuefs.writeback.composite import ComposingBucket
 
     os.umask(0o077)  # everything the daemon writes (cache, journal, log, --local data) is private
+    # The bucket first, before anything is made or locked on disk: a wrong name, credentials or
+    # endpoint ends here with one line, which the command shows (start_background).
+    checked = _checked(config)
     os.makedirs(config.cache_dir, mode=0o700, exist_ok=True)
-    with _cache_lock(config.cache_dir), _bucket_for(config) as (bucket, root_page):
+    with _cache_lock(config.cache_dir), _bucket_for(config, checked) as (bucket, root_page):
         # Large files go up in parts, noted in a ledger until deleted; a sweep deletes what earlier mounts left.
         bucket = ComposingBucket(bucket, CacheDir(config.cache_dir).parts)
         bucket.sweep_in_background()

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from .conftest import wait_until
+from .conftest import force_unmount, run_octuefs, wait_until
 
 pytestmark = pytest.mark.fuse
 
@@ -85,3 +85,25 @@ def test_a_root_object_deleted_elsewhere_right_after_the_mount_is_gone_once_list
     time.sleep(max(0.0, started + list_ttl + 0.1 - time.monotonic()))
     assert not os.path.exists(m / "gone.txt")  # (never looked up before: the kernel holds no entry)
     assert not os.path.exists(m / "d")
+
+
+
+def test_mounting_checks_the_bucket_once(counted, emulator, tmp_path):
+    """The command leaves the bucket's check to the daemon, whose one-line error it shows
+    (tests/e2e/test_cli.py): a mount lists the bucket once (the root's first page), besides the
+    one-object listings that open its connections, not once more from the command. (A verbose
+    command, as the other tests' mounts are, checks it itself too, for its terminal.)"""
+    from octuefs.mount import WARM_CONNECTIONS
+
+    name, _direct = _bucket_holding(emulator, {"a.txt": b"a"})
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    try:
+        run_octuefs("mount", name, str(mp), "--cache-dir", str(tmp_path / "cache"), "--log-file",
+                    str(tmp_path / "octuefs.log"))
+        counts = _settled(counted)
+        assert counts.get("requests_list", 0) == 1 + WARM_CONNECTIONS, counts
+        assert (mp / "a.txt").read_bytes() == b"a"
+    finally:
+        run_octuefs("unmount", str(mp), check=False, timeout=60)
+        force_unmount(mp)

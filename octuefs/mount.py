@@ -293,10 +293,18 @@ def _write_state(config: MountConfig) -> None:
 
 def start_background(argv: list[str], config: MountConfig, log_file: str, timeout: float = 60.0) -> int:
     """Start ``octuefs mount ... --foreground`` detached; return its PID once mounted."""
+    made = _missing_dirs(os.path.dirname(os.path.abspath(log_file)))  # deepest first
+    new_log = not os.path.lexists(log_file)
+    try:
+        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+        # The log names objects: private, like the cache directory it lives in by default.
+        logf = os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != log_file else ""
+        raise MountError(f"cannot write the log file {log_file}: {exc.strerror or exc}{where}") from None
     read_fd, write_fd = os.pipe()
-    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-    # The log names objects: private, like the cache directory it lives in by default.
-    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
+    with logf:
+        start = logf.seek(0, os.SEEK_END)  # what is before is earlier mounts': never their error
         child = subprocess.Popen(
             [sys.executable, "-m", "octuefs", *argv, "--foreground", "--ready-fd", str(write_fd)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
@@ -313,7 +321,10 @@ def start_background(argv: list[str], config: MountConfig, log_file: str, timeou
             except BlockingIOError:
                 pass
             if child.poll() is not None:
-                raise MountError(_last_error(log_file) or f"the mount daemon exited with status {child.returncode}")
+                error = _last_error(log_file, start)
+                if new_log:
+                    _remove_if_only(log_file, error, made)
+                raise MountError(error or f"the mount daemon exited with status {child.returncode}")
             time.sleep(0.02)
     finally:
         os.close(read_fd)
@@ -321,10 +332,32 @@ def start_background(argv: list[str], config: MountConfig, log_file: str, timeou
     raise MountError(f"the mount was not ready after {timeout:.0f}s; see {log_file}")
 
 
-def _last_error(log_file: str) -> str | None:
-    try:
+def _missing_dirs(path: str) -> list[str]:
+    out = []
+    while path and not os.path.exists(path):
+        out.append(path)
+        path = os.path.dirname(path) if os.path.dirname(path) != path else ""
+    return out
+
+
+def _remove_if_only(log_file: str, error: str | None, made: list[str]) -> None:
+    """A failed mount leaves nothing on disk (a mistyped bucket, no ~/.cache/octuefs/<typo>/) when
+    its log, made by this mount, holds nothing but the error the command shows."""
+    with contextlib.suppress(OSError):
         with open(log_file, errors="replace") as f:
-            lines = f.read().splitlines()[-50:]
+            lines = [line for line in f.read().splitlines() if line.strip()]
+        if error is None or lines != [f"octuefs: error: {error}"]:
+            return
+        os.unlink(log_file)
+        for path in made:
+            os.rmdir(path)  # only if empty: what the daemon made there stays
+
+
+def _last_error(log_file: str, start: int = 0) -> str | None:
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()[-50:]
     except FileNotFoundError:
         return None
     for line in reversed(lines):
@@ -333,6 +366,8 @@ def _last_error(log_file: str) -> str | None:
     for line in reversed(lines):
         if " ERROR " in line or "fuse:" in line:
             return line.strip()
+    if "Traceback (most recent call last):" in lines:  # an uncaught error: its own last line
+        return next((line.strip() for line in reversed(lines) if line.strip()), None)
     return None
 
 

@@ -34,12 +34,12 @@ def open_bucket(
     ``BucketNotFound("bucket 'x' does not exist ...")``, ``PermissionDenied`` (no credentials or
     no access, with what to do about it) or ``TransientError("cannot reach GCS at <url>: ...")``.
     """
-    if not check:
-        from octuefs.storage import gcs
+    from octuefs.storage import gcs
 
-        return gcs.GCSBucket(name, project=project, retry=retry or RetryPolicy(), endpoint=endpoint)
-    return open_checked(name, project, retry, endpoint=endpoint, check_deadline=check_deadline,
-                        connections=connections)[0]
+    bucket = gcs.GCSBucket(name, project=project, retry=retry or RetryPolicy(), endpoint=endpoint)
+    if check:
+        bucket.check(deadline=check_deadline, connections=connections)
+    return bucket
 
 
 def open_checked(
@@ -56,8 +56,6 @@ def open_checked(
     """:func:`open_bucket` with its check, whose listing is the first page of ``prefix``
     (``page_size`` entries, delimiter ``/``): the bucket, and that page with when it was asked
     for (a mount keeps it as its root's first page). The same one-line errors."""
-    from octuefs.storage import gcs
-
-    bucket = gcs.GCSBucket(name, project=project, retry=retry or RetryPolicy(), endpoint=endpoint)
+    bucket = open_bucket(name, project, retry, check=False, endpoint=endpoint)
     page = bucket.check(deadline=check_deadline, connections=connections, prefix=prefix, page_size=page_size)
     return bucket, page
